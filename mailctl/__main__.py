@@ -1,0 +1,3 @@
+from mailctl.cli import main
+
+main()

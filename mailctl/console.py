@@ -1,0 +1,134 @@
+"""The two consoles: data on stdout, messages and progress on stderr.
+
+Only this module and cli.py print. Library code reports progress through callbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+out = Console(highlight=False, soft_wrap=False)
+err = Console(stderr=True, highlight=False)
+
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+def emit_json(obj: Any) -> None:
+    """Machine output: one JSON document on stdout, never wrapped or coloured."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def emit_json_line(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+
+
+def info(message: str) -> None:
+    if not _quiet:
+        err.print(message, markup=False, highlight=False)
+
+
+def warn(message: str) -> None:
+    err.print(f"Warning: {message}", style="yellow", markup=False, highlight=False)
+
+
+def error(message: str) -> None:
+    err.print(f"Error: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+
+
+class ProgressReporter:
+    """A task-based progress display: a rich bar on a terminal, plain periodic lines elsewhere.
+
+    Library code is handed `advance`/`update` callbacks; it never sees rich.
+    """
+
+    def __init__(self, description: str, total: int | None, *, interval: float = 5.0) -> None:
+        self.description = description
+        self.total = total
+        self.completed = 0
+        self.interval = interval
+        self._fields: dict[str, Any] = {}
+        self._last_line = time.monotonic()
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._started = time.monotonic()
+        if not _quiet and err.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                transient=False,
+            )
+            self._task = self._progress.add_task(description, total=total, status="")
+
+    def __enter__(self) -> ProgressReporter:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, total=total)
+
+    def advance(self, n: int = 1, status: str = "") -> None:
+        self.completed += n
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, advance=n, status=status)
+            return
+        self._maybe_line(status)
+
+    def _maybe_line(self, status: str) -> None:
+        if _quiet:
+            return
+        now = time.monotonic()
+        if now - self._last_line < self.interval:
+            return
+        self._last_line = now
+        total = f"/{self.total}" if self.total else ""
+        rate = self.completed / max(now - self._started, 1e-9)
+        extra = f" {status}" if status else ""
+        err.print(
+            f"{self.description}: {self.completed}{total} ({rate:.0f}/s){extra}",
+            markup=False,
+            highlight=False,
+        )
+
+
+@contextmanager
+def progress(description: str, total: int | None = None) -> Iterator[ProgressReporter]:
+    with ProgressReporter(description, total) as reporter:
+        yield reporter

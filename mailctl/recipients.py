@@ -1,0 +1,307 @@
+"""Streaming recipient CSV import: decoding, normalisation, validation, dedup, suppression.
+
+Memory stays flat: rows go to a staging table in batches and are merged at the end.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import idna
+
+from mailctl.errors import InputError
+from mailctl.store import Store
+
+BATCH = 5000
+
+# RFC 5321 dot-atom local part (ASCII); quoted local parts are accepted too.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LOCAL = re.compile(
+    rf"^(?:{_ATOM}(?:\.{_ATOM})*|\"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*\")$"
+)
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_TLD = re.compile(r"^(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})$")
+# The common case in one match: dot-atom local part, lower-case ASCII domain.
+_FAST = re.compile(
+    rf"{_ATOM}(?:\.{_ATOM})*@(?:[a-z0-9](?:[a-z0-9-]{{0,61}}[a-z0-9])?\.)+[a-z]{{2,63}}"
+)
+
+
+class InvalidAddress(ValueError):
+    """An address that fails the syntax check; the message says why."""
+
+
+def normalise_address(raw: str) -> tuple[str, str]:
+    """Trim, lower-case and IDNA-encode the domain; return (address, domain) or raise.
+
+    Syntax only: no DNS. The local part keeps its case (RFC 5321 says it may matter).
+    """
+    address = raw.strip()
+    if _FAST.fullmatch(address) and len(address) <= 254:
+        local, _, domain = address.rpartition("@")
+        if len(local) <= 64:
+            return address, domain
+    if not address:
+        raise InvalidAddress("empty address")
+    if "@" not in address:
+        raise InvalidAddress(f"'{address}' has no @")
+    local, _, domain = address.rpartition("@")
+    if not local:
+        raise InvalidAddress(f"'{address}' has an empty local part")
+    if len(local) > 64:
+        raise InvalidAddress(f"'{address}': local part longer than 64 characters")
+    if not _LOCAL.match(local):
+        if not local.isascii():
+            raise InvalidAddress(f"'{address}': non-ASCII local part (needs SMTPUTF8)")
+        raise InvalidAddress(f"'{address}': invalid local part")
+    domain = domain.strip().rstrip(".").lower()
+    if not domain:
+        raise InvalidAddress(f"'{address}' has an empty domain")
+    if not domain.isascii():
+        try:
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:
+            raise InvalidAddress(f"'{address}': invalid international domain ({exc})") from None
+    labels = domain.split(".")
+    if len(labels) < 2:
+        raise InvalidAddress(f"'{address}': domain '{domain}' has no dot")
+    if not all(_LABEL.match(label) for label in labels) or not _TLD.match(labels[-1]):
+        raise InvalidAddress(f"'{address}': invalid domain '{domain}'")
+    address = f"{local}@{domain}"
+    if len(address) > 254:
+        raise InvalidAddress(f"'{address}': longer than 254 characters")
+    return address, domain
+
+
+@dataclass
+class ImportSummary:
+    file: str
+    list_name: str | None
+    rows: int = 0
+    imported: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    suppressed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "list": self.list_name,
+            "rows": self.rows,
+            "imported": self.imported,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "duplicates": self.duplicates,
+            "invalid": self.invalid,
+            "suppressed": self.suppressed,
+        }
+
+
+@dataclass(frozen=True)
+class Reject:
+    line: int
+    reason: str
+    row: list[str]
+
+
+class _DecodedLines:
+    """Decodes a binary file line by line so a decoding error names its line."""
+
+    def __init__(self, stream: IO[bytes], encoding: str, name: str) -> None:
+        try:
+            self._decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+        except LookupError:
+            raise InputError(f"{name}: unknown encoding '{encoding}'") from None
+        self._stream = stream
+        self._name = name
+        self._encoding = encoding
+        self.line = 0
+        self.bytes_read = 0
+
+    def __iter__(self) -> Iterator[str]:
+        decode = self._decoder.decode
+        for raw in self._stream:
+            self.line += 1
+            self.bytes_read += len(raw)
+            try:
+                yield decode(raw)
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{self._name}:{self.line}: cannot decode as {self._encoding} "
+                    f"(byte {raw[exc.start : exc.start + 1]!r} at column {exc.start + 1}); "
+                    "use --encoding, e.g. --encoding latin-1"
+                ) from None
+        tail = decode(b"", final=True)
+        if tail:
+            yield tail
+
+
+def _sniff_delimiter(header: str) -> str:
+    counts = {d: header.count(d) for d in (",", ";", "\t", "|")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+def import_csv(
+    store: Store,
+    path: Path,
+    *,
+    list_name: str | None = None,
+    email_column: str | None = None,
+    delimiter: str | None = None,
+    encoding: str = "utf-8-sig",
+    skip_existing: bool = False,
+    on_reject: Callable[[Reject, list[str]], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ImportSummary:
+    """Import a recipient CSV into the store. Rejected rows are reported, never fatal.
+
+    `on_reject(reject, header)` receives each rejected row; `on_progress(bytes, rows)` is
+    called every batch.
+    """
+    name = str(path)
+    summary = ImportSummary(file=name, list_name=list_name)
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        encoding = "utf-8-sig"  # accept a BOM whether or not the user said so
+    try:
+        stream = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"{name}: cannot open: {exc.strerror}") from None
+    with stream:
+        lines = _DecodedLines(stream, encoding, name)
+        line_iter = iter(lines)
+        first = next(line_iter, None)
+        while first is not None and not first.strip():
+            first = next(line_iter, None)
+        if first is None:
+            raise InputError(f"{name}: the file is empty (a header row is required)")
+        header_line_no = lines.line
+        if delimiter is None:
+            delimiter = _sniff_delimiter(first)
+        elif delimiter in ("\\t", "tab", "TAB"):
+            delimiter = "\t"
+        if len(delimiter) != 1:
+            raise InputError(f"delimiter must be one character, got '{delimiter}'")
+
+        def chained() -> Iterator[str]:
+            yield first
+            yield from line_iter
+
+        reader = csv.reader(chained(), delimiter=delimiter, strict=True)
+        try:
+            header = next(reader)
+        except csv.Error as exc:
+            raise InputError(
+                f"{name}:{header_line_no}: cannot read the header row: {exc}"
+            ) from None
+        header = [column.strip() for column in header]
+        wanted = (email_column or "email").lower()
+        matches = [i for i, column in enumerate(header) if column.lower() == wanted]
+        if not matches:
+            raise InputError(
+                f"{name}:{header_line_no}: no '{email_column or 'email'}' column in the header "
+                f"({', '.join(header)}); use --email-column"
+            )
+        if len(matches) > 1:
+            raise InputError(f"{name}:{header_line_no}: the column '{wanted}' appears twice")
+        for column in header:
+            if not column:
+                raise InputError(f"{name}:{header_line_no}: a header column has no name")
+        if len(set(c.lower() for c in header)) != len(header):
+            raise InputError(f"{name}:{header_line_no}: duplicate column names in the header")
+        email_index = matches[0]
+        field_names = [c for i, c in enumerate(header) if i != email_index]
+        width = len(header)
+
+        store.begin_import()
+        try:
+            batch: list[tuple[str, str, str]] = []
+            valid = 0
+            dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+            row_start = lines.line + 1
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    summary.rows += 1
+                    summary.invalid += 1
+                    if on_reject:
+                        on_reject(Reject(row_start, f"malformed CSV: {exc}", []), header)
+                    row_start = lines.line + 1
+                    continue
+                line_no = row_start
+                row_start = lines.line + 1
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # blank line
+                summary.rows += 1
+                reason = None
+                if len(row) != width:
+                    reason = f"expected {width} columns, found {len(row)}"
+                elif "\n" in (joined := "\x00".join(row)) or "\r" in joined:
+                    reason = "line break inside a field (possible header injection)"
+                else:
+                    try:
+                        address, domain = normalise_address(row[email_index])
+                    except InvalidAddress as exc:
+                        reason = f"invalid address: {exc}"
+                if reason is not None:
+                    summary.invalid += 1
+                    if on_reject:
+                        on_reject(Reject(line_no, reason, row), header)
+                    continue
+                fields = dict(
+                    zip(field_names, row[:email_index] + row[email_index + 1 :], strict=True)
+                )
+                batch.append((address, domain, dumps(fields)))
+                valid += 1
+                if len(batch) >= BATCH:
+                    store.stage_recipients(batch)
+                    batch = []
+                    if on_progress:
+                        on_progress(lines.bytes_read, summary.rows)
+            if batch:
+                store.stage_recipients(batch)
+            summary.duplicates = valid - store.staged_count()
+            counts = store.finish_import(list_name, skip_existing=skip_existing)
+        except BaseException:
+            store.abort_import()
+            raise
+        if on_progress:
+            on_progress(lines.bytes_read, summary.rows)
+    summary.imported = counts.imported
+    summary.updated = counts.updated
+    summary.unchanged = counts.unchanged
+    summary.suppressed = counts.suppressed
+    return summary
+
+
+class RejectsWriter:
+    """Writes rejected rows to a CSV with their line number and reason."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+        self._writer: Any = None
+
+    def __call__(self, reject: Reject, header: list[str]) -> None:
+        if self._writer is None:
+            self._file = self.path.open("w", newline="", encoding="utf-8")
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(["line", "reason", *header])
+        # Line and reason first, so a row with too many columns keeps every value.
+        self._writer.writerow([reject.line, reject.reason, *reject.row])
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
