@@ -1,0 +1,169 @@
+"""Accuracy of mailctl's bounce parser on the labelled corpus, with flufl.bounce beside it.
+
+Usage: python bench/bounce_accuracy.py [CORPUS_DIR] [--misses]
+
+CORPUS_DIR holds eml/ and labels.json (default: ../shared/corpus/bounces next to the repo).
+Figures:
+- recipients: bounce messages whose failed-recipient set is exactly right (a label's
+  alternates, e.g. Original-Recipient vs Final-Recipient, count as the same recipient);
+- permanent: labelled recipients whose permanent/temporary flag matches;
+- suppress: labelled recipients whose suppress decision matches the label's ``hard`` flag
+  (complaints of type abuse/fraud/virus must be suppressed);
+- reason: labelled recipients whose reason matches.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from email import message_from_bytes
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mailctl.bounces import Report, parse_message  # noqa: E402
+
+BOUNCE_CATEGORIES = ("bounce-permanent", "bounce-temporary")
+COMPLAINT_TYPES = frozenset({"abuse", "fraud", "virus"})
+
+
+def _names(label_recipient: dict) -> set[str]:
+    names = {label_recipient["recipient"].lower()} if label_recipient["recipient"] else set()
+    names.update(a.lower() for a in label_recipient.get("alternates") or [])
+    return names
+
+
+def _match(report: Report, label: dict) -> tuple[bool, dict[int, object]]:
+    """(exact set?, label index -> our FailedRecipient)."""
+    labelled = [r for r in label["per_recipient"] if r["recipient"]]
+    ours = list(report.recipients)
+    matched: dict[int, object] = {}
+    used: set[int] = set()
+    for index, expected in enumerate(labelled):
+        names = _names(expected)
+        for position, got in enumerate(ours):
+            if (
+                position not in used
+                and got.address.lower().strip('"') in {n.strip('"') for n in names} | names
+            ):
+                matched[index] = got
+                used.add(position)
+                break
+    exact = len(matched) == len(labelled) == len(ours)
+    return exact, matched
+
+
+def _flufl_exact(raw: bytes, label: dict) -> bool:
+    from flufl.bounce import scan_message
+
+    try:
+        found = {
+            a.decode("utf-8", "replace").lower() if isinstance(a, bytes) else str(a).lower()
+            for a in scan_message(message_from_bytes(raw))
+        }
+    except Exception:  # noqa: BLE001 - a crash is a miss
+        return False
+    labelled = [r for r in label["per_recipient"] if r["recipient"]]
+    if len(found) != len(labelled):
+        return False
+    return all(found & _names(r) for r in labelled)
+
+
+def main(argv: list[str]) -> int:
+    args = [a for a in argv if not a.startswith("--")]
+    show_misses = "--misses" in argv
+    corpus = Path(args[0]) if args else REPO.parent / "shared" / "corpus" / "bounces"
+    labels = json.loads((corpus / "labels.json").read_text())
+
+    exact = total_bounces = flufl_exact = 0
+    counts: Counter[str] = Counter()
+    misses: dict[str, list[str]] = defaultdict(list)
+    kinds: Counter[tuple[str, str]] = Counter()
+    started = time.perf_counter()
+    parse_time = 0.0
+    for label in labels:
+        raw = (corpus / "eml" / label["file"]).read_bytes()
+        t0 = time.perf_counter()
+        report = parse_message(raw, label["file"])
+        parse_time += time.perf_counter() - t0
+        category = label["category"]
+        kinds[(category, str(report.kind))] += 1
+        ok, matched = _match(report, label)
+        if category in BOUNCE_CATEGORIES:
+            total_bounces += 1
+            exact += ok
+            if _flufl_exact(raw, label):
+                flufl_exact += 1
+            if not ok:
+                want = sorted(r["recipient"] for r in label["per_recipient"] if r["recipient"])
+                got = sorted(r.address for r in report.recipients)
+                misses[f"{category} recipients"].append(f"{label['file']}: want {want} got {got}")
+        if category not in BOUNCE_CATEGORIES and category != "complaint-arf":
+            continue
+        labelled = [r for r in label["per_recipient"] if r["recipient"]]
+        for index, expected in enumerate(labelled):
+            got = matched.get(index)
+            counts["recipients"] += 1
+            if category == "complaint-arf":
+                want_suppress = expected.get("feedback_type") in COMPLAINT_TYPES
+            else:
+                want_suppress = bool(expected["hard"])
+                counts["permanent_total"] += 1
+                if got is not None and got.permanent == bool(expected["permanent"]):
+                    counts["permanent_ok"] += 1
+                elif got is not None:
+                    misses[f"{category} permanent"].append(
+                        f"{label['file']}: {expected['recipient']} want {expected['permanent']} got {got.permanent} "  # noqa: E501
+                        f"({got.status} {got.rule}; {got.diagnostic[:90]!r})"
+                    )
+            if got is not None and got.suppress == want_suppress:
+                counts["suppress_ok"] += 1
+            elif got is not None:
+                misses[f"{category} suppress"].append(
+                    f"{label['file']}: {expected['recipient']} want {want_suppress} ({expected['reason']}) got {got.suppress} "  # noqa: E501
+                    f"({got.reason} {got.rule}; {got.diagnostic[:90]!r})"
+                )
+            if got is not None and got.reason == expected["reason"]:
+                counts["reason_ok"] += 1
+            elif got is not None:
+                misses[f"{category} reason"].append(
+                    f"{label['file']}: want {expected['reason']} got {got.reason} ({got.status} {got.rule}; {got.diagnostic[:110]!r})"  # noqa: E501
+                )
+    elapsed = time.perf_counter() - started
+
+    def share(ok: int, total: int) -> str:
+        return f"{ok}/{total} = {100.0 * ok / total:.1f}%" if total else "n/a"
+
+    print(f"corpus: {corpus} ({len(labels)} messages, {total_bounces} bounces)")
+    print(
+        f"exact failed-recipient set (bounces):   mailctl {share(exact, total_bounces)}   flufl.bounce {share(flufl_exact, total_bounces)}"  # noqa: E501
+    )
+    print(
+        f"permanent/temporary flag (recipients):  {share(counts['permanent_ok'], counts['permanent_total'])}"  # noqa: E501
+    )
+    print(
+        f"suppress == label hard / complaint:     {share(counts['suppress_ok'], counts['recipients'])}"  # noqa: E501
+    )
+    print(
+        f"reason (recipients):                    {share(counts['reason_ok'], counts['recipients'])}"  # noqa: E501
+    )
+    print(
+        f"parse speed: {len(labels) / parse_time:,.0f} messages/s (parse only; run took {elapsed:.1f}s with flufl)"  # noqa: E501
+    )
+    print("kinds by category:")
+    for (category, kind), number in sorted(kinds.items()):
+        print(f"  {category:24} -> {kind:10} {number}")
+    print("misses per category:")
+    for key in sorted(misses):
+        print(f"  {key}: {len(misses[key])}")
+        if show_misses:
+            for line in misses[key]:
+                print(f"    {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

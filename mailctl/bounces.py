@@ -1,0 +1,958 @@
+"""Bounce and complaint parsing: mbox / Maildir / .eml in, one ``Report`` per message out.
+
+Pure and streaming: nothing here touches the database or prints. Three kinds of evidence, in
+order of trust:
+
+1. RFC 3464 delivery-status fields (also when nested in another multipart, or mislabelled as
+   text/plain), completed by the human-readable part when they lack a diagnostic;
+2. RFC 5965 ARF feedback reports;
+3. the free text that qmail, Exim, Sendmail, Exchange, Gmail, Yahoo … write, read with general
+   rules (address lines, transcript lines, "Remote host said: …"), never per-MTA templates.
+
+The sender's own addresses (the bounce's From/To, the envelope sender, MAILER-DAEMON,
+postmaster, the returned message's From) are never taken as failed recipients, nor are
+Message-IDs or addresses inside URLs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import compat32
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from mailctl.classify import Verdict, classify_failure
+from mailctl.errors import MailctlError
+
+
+class BounceParseError(MailctlError):
+    """A message or mailbox cannot be read at all."""
+
+
+class Kind(StrEnum):
+    """What a message in a bounce mailbox is."""
+
+    BOUNCE = "bounce"
+    DELAY = "delay"
+    COMPLAINT = "complaint"
+    AUTOREPLY = "autoreply"
+    DELIVERED = "delivered"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class FailedRecipient:
+    """One recipient named by a report, with what happened to it."""
+
+    address: str
+    status: str | None
+    action: str | None
+    reason: str
+    permanent: bool
+    suppress: bool
+    diagnostic: str
+    remote_mta: str | None
+    rule: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """One parsed message from a bounce mailbox."""
+
+    source: str
+    kind: Kind
+    recipients: tuple[FailedRecipient, ...]
+    tracking_id: str | None
+    original_message_id: str | None
+    verp_token: str | None
+    feedback_type: str | None
+    date: str | None
+    digest: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable public shape (``mailctl bounces parse --json``); do not change keys."""
+        return {
+            "source": self.source,
+            "kind": str(self.kind),
+            "recipients": [
+                {
+                    "address": r.address,
+                    "status": r.status,
+                    "action": r.action,
+                    "reason": r.reason,
+                    "permanent": r.permanent,
+                    "suppress": r.suppress,
+                    "diagnostic": r.diagnostic,
+                }
+                for r in self.recipients
+            ],
+            "tracking_id": self.tracking_id,
+            "original_message_id": self.original_message_id,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Patterns (compiled once: parsing must stay well above 1,000 messages/s)
+
+TRACKING_ID = re.compile(r"mc1-[a-z2-7]{16}")
+_TRACKING_ID_BYTES = re.compile(rb"mc1-[a-z2-7]{16}")
+_VERP = re.compile(r"bounces\+(mc1-[a-z2-7]{16})@", re.I)
+_ADDRESS = re.compile(
+    r"""(?<![\w.!#$%&'*+/=?^`{|}~@-])"""
+    r"""([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.+[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\.*"""
+    r"""@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+)"""
+)
+_URL = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+", re.I)
+_MESSAGE_ID_LINE = re.compile(
+    r"^[ \t>]*(?:message-id|in-reply-to|references|x-ms-exchange-\S+|thread-\S+)\s*:.*$",
+    re.I | re.M,
+)
+_SYSTEM_LOCALPART = re.compile(
+    r"^(?:mailer-daemon|postmaster|mail-daemon|maildaemon|mailerdaemon|root|bounces?|noreply|no-reply|nobody|abuse)$",
+    re.I,
+)
+_BOUNCE_SENDER = re.compile(
+    r"mailer-daemon|postmaster|mail[ -]delivery|maildelivery|mdaemon|mail administrator|microsoftexchange|mailer_daemon|bounce",  # noqa: E501
+    re.I,
+)
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|returned mail|return(?:ed)? to sender|failure notice|delivery (?:status )?notification|"  # noqa: E501
+    r"delivery (?:has )?failed|delivery failure|failed delivery|mail delivery|could not (?:be )?deliver|"  # noqa: E501
+    r"not (?:be )?delivered|delivery problem|non[- ]?remis|nondeliverable|non-delivery|mail system error|"  # noqa: E501
+    r"warning: (?:could not|message)|delayed mail|delivery delayed|delivery (?:status|report)|"
+    r"message (?:was )?(?:not delivered|blocked|rejected|undeliverable|could not)|rejected|bounced|"
+    r"unzustellbar|no entregado|unable to deliver|delivery error|error sending|problem delivering|"
+    r"permanent (?:error|failure)|returned",
+    re.I,
+)
+_BOUNCE_BODY = re.compile(
+    r"could not be delivered|couldn'?t be delivered|wasn'?t able to deliver|was not delivered|"
+    r"delivery (?:to the following .{0,40})?(?:has )?failed|undeliverable|permanent (?:error|failure)|"  # noqa: E501
+    r"following (?:address|recipient)s?\b.{0,40}(?:failed|rejected|undeliverable|unknown|delayed|not)|"  # noqa: E501
+    r"unable to deliver|delivery (?:has been )?delayed|has been delayed|returned to sender|"
+    r"transcript of session follows|remote (?:host|server) said|smtp error|said: [245]\d\d|"
+    r"(?:user|host|domain) unknown|not be delivered|delivery failure|unrouteable address|"
+    r"your message .{0,60}(?:rejected|blocked|bounced|not be delivered)|message delivery failed|mail delivery failed",  # noqa: E501
+    re.I,
+)
+_DELAY_BODY = re.compile(
+    r"warning message only|has been delayed|delivery (?:has been |is )?delayed|will (?:be )?(?:retried|retry|keep trying|continue)|"  # noqa: E501
+    r"still (?:trying|retrying|queued)|not yet been delivered|you do not need to resend|delayed mail|"  # noqa: E501
+    r"temporarily (?:deferred|delayed)|delivery .{0,30} delayed",
+    re.I,
+)
+_PERMANENT_BODY = re.compile(
+    r"permanent(?:ly)? (?:error|failure|failed|fatal)|failed permanently|i'?ve given up|has given up|giving up|"  # noqa: E501
+    r"will not be (?:retried|delivered)|could not be delivered|couldn'?t be delivered|undeliverable|"  # noqa: E501
+    r"delivery failed|delivery has failed|were not delivered|was not delivered|could not deliver|"
+    r"unable to deliver|cannot be delivered|was undeliverable",
+    re.I,
+)
+_TEMPORARY_BODY = re.compile(
+    r"temporary (?:error|failure|problem)|transient|will (?:be )?(?:retried|retry|keep trying)",
+    re.I,
+)
+_AUTOREPLY_SUBJECT = re.compile(
+    r"^\s*(?:auto(?:matic)?[ _-]?(?:reply|response|antwort|réponse|respuesta|risposta)|auto:|autoreply|"  # noqa: E501
+    r"out of (?:the )?office|vacation|abwesenheit|absence|congés|fuera de la oficina|away from|i am away|on leave)",  # noqa: E501
+    re.I,
+)
+_ORIGINAL_MARKER = re.compile(
+    r"^[ \t>-]*(?:"
+    r"below this line is a copy of the message|this is a copy of the message|"
+    r"(?:the )?original message (?:follows|headers?|text|below|is attached|was attached|as attachment)|unsent message (?:below|follows)|"  # noqa: E501
+    r"(?:-+ )?original message(?: -+)?\s*$|(?:a )?copy of (?:the|your) (?:original )?message|"
+    r"returned message (?:below|follows)|message (?:headers )?follows|headers? of (?:the )?(?:original|returned) message|"  # noqa: E501
+    r"included is the original message|your message (?:reads|was)[^.]{0,30}:\s*$|"
+    r"(?:-+ )?(?:message|original) (?:headers|header) (?:follow|of the returned)|"
+    r"content-type: (?:message/rfc822|text/rfc822-headers)|"
+    r"------ ?this is a copy|--- ?below this line"
+    r")",
+    re.I | re.M,
+)
+_HEADER_START = re.compile(
+    r"^(?:Return-Path|Received|X-Received|DKIM-Signature|ARC-Seal|Authentication-Results|Delivered-To):[ \t]",  # noqa: E501
+    re.M,
+)
+_HEADER_LINE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*:[ \t]")
+_DSN_FIELDS = re.compile(r"^(?:Final-Recipient|Original-Recipient)\s*:", re.I | re.M)
+_DIAG_LINE = re.compile(
+    r"(?:remote (?:host|server) (?:said|replied|returned)|said:|<<<|smtp (?:error|response)|"
+    r"diagnostic[- ]code|error (?:code|message)|reason|\b[245]\d\d[ -][245]\.\d|\b[245][0-5]\d\b)",
+    re.I,
+)
+_SMTP_CODE_IN_BLOCK = re.compile(r"\b[245][0-5]\d[ -]|#[245]\.\d\.\d|\b[245]\.\d{1,3}\.\d{1,3}\b")
+_HTML_TAG = re.compile(r"<(?:[^>\"']|\"[^\"]*\"|'[^']*')*>|&nbsp;|&[a-z]+;", re.I)
+_HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]*>", re.I)
+_FEEDBACK_COMPLAINT = frozenset({"abuse", "fraud", "virus"})
+_DELIVERED_ACTIONS = frozenset({"delivered", "relayed", "expanded", "deliverable"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _clean(text: str) -> str:
+    """Headers parsed by compat32 keep undecodable bytes as surrogates; make them printable."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _header(msg: Message, name: str) -> str:
+    value = msg.get(name)
+    if value is None:
+        return ""
+    return _clean(str(value))
+
+
+def _addresses(text: str) -> list[str]:
+    return [m.group(1).strip(".") for m in _ADDRESS.finditer(text)]
+
+
+def _decode_part(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if payload is None:
+        raw = part.get_payload()
+        return _clean(raw) if isinstance(raw, str) else ""
+    if not isinstance(payload, bytes):
+        return ""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return payload.decode(charset, "replace")
+    except (LookupError, UnicodeError):
+        return payload.decode("latin-1")
+
+
+def _html_to_text(html: str) -> str:
+    text = _HTML_BREAK.sub("\n", html)
+    return _HTML_TAG.sub(" ", text)
+
+
+def _field_blocks(text: str) -> list[dict[str, str]]:
+    """RFC 3464 field blocks from plain text: unfold, split on blank lines, keep the first value."""
+    blocks: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    last: str | None = None
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                blocks.append(current)
+            current, last = {}, None
+            continue
+        if line[0] in " \t" and last is not None:
+            current[last] += " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        if sep and name and " " not in name.strip():
+            last = name.strip().lower()
+            current.setdefault(last, value.strip())
+        else:
+            last = None
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def _blocks_of_dsn_part(part: Message) -> list[dict[str, str]]:
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        blocks = []
+        for sub in payload:
+            if isinstance(sub, Message):
+                block: dict[str, str] = {}
+                for name, value in sub.items():
+                    block.setdefault(name.strip().lower(), _clean(" ".join(str(value).split())))
+                if block:
+                    blocks.append(block)
+        if blocks:
+            return blocks
+    return _field_blocks(_decode_part(part))
+
+
+def _address_of_field(value: str | None) -> str | None:
+    if not value:
+        return None
+    _, sep, rest = value.partition(";")
+    candidate = (rest if sep else value).strip().strip("<>").strip()
+    if "@" not in candidate:
+        return None
+    found = _addresses(candidate)
+    if candidate.startswith('"') or not found:
+        return candidate.split()[0] if candidate else None
+    return found[0]
+
+
+def _without_type(value: str | None) -> str:
+    if not value:
+        return ""
+    kind, sep, rest = value.partition(";")
+    if sep and kind.strip().lower() in (
+        "smtp",
+        "x-unix",
+        "x-postfix",
+        "x-local",
+        "x-smtp",
+        "mail",
+        "unix",
+    ):
+        return rest.strip()
+    return value.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# The message walk
+
+
+@dataclass
+class _Parts:
+    texts: list[str]
+    dsn_blocks: list[list[dict[str, str]]]
+    feedback: list[dict[str, str]]
+    feedback_rcpts: list[str]
+    original_headers: list[Message]
+
+
+def _collect(msg: Message, parts: _Parts, depth: int = 0) -> None:
+    """Walk the MIME tree. A returned message (message/rfc822) is read for headers only,
+    unless it is itself a bounce (a forwarded DSN): then its report parts count too."""
+    if depth > 8:
+        return
+    ctype = msg.get_content_type()
+    # compat32 gives message/delivery-status (and message/*) list payloads too: type first.
+    if msg.is_multipart() and not ctype.startswith("message/"):
+        payload = msg.get_payload()
+        if isinstance(payload, list):
+            for sub in payload:
+                if isinstance(sub, Message):
+                    _collect(sub, parts, depth + 1)
+        elif isinstance(payload, str):
+            parts.texts.append(_clean(payload))  # boundary missing: read the body as text
+        return
+    if ctype in ("message/delivery-status", "message/global-delivery-status"):
+        parts.dsn_blocks.append(_blocks_of_dsn_part(msg))
+    elif ctype == "message/feedback-report":
+        blocks = _blocks_of_dsn_part(msg)
+        merged: dict[str, str] = {}
+        for block in blocks:
+            for key, value in block.items():
+                merged.setdefault(key, value)
+        parts.feedback.append(merged)
+        # Original-Rcpt-To may repeat (one per complaining recipient); collect every one.
+        raw_text = _feedback_text(msg)
+        parts.feedback_rcpts.extend(
+            re.findall(r"^Original-Rcpt-To\s*:\s*<?([^\s>]+)>?", raw_text, re.I | re.M)
+        )
+    elif ctype in ("message/rfc822", "message/global"):
+        payload = msg.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+        if isinstance(inner, Message):
+            parts.original_headers.append(inner)
+            if inner.get_content_type() == "multipart/report" and depth < 4:
+                _collect(inner, parts, depth + 1)
+    elif ctype in ("text/rfc822-headers", "message/rfc822-headers", "text/rfc822-header"):
+        text = _decode_part(msg)
+        parts.original_headers.append(
+            BytesParser(policy=compat32).parsebytes(
+                text.encode("utf-8", "replace"), headersonly=True
+            )
+        )
+    elif ctype.startswith("text/") or ctype == "application/octet-stream" and depth == 0:
+        text = _decode_part(msg)
+        if ctype == "text/html":
+            # Only used when no plain-text part exists (checked by the caller).
+            parts.texts.append("\x00html\x00" + _html_to_text(text))
+        else:
+            parts.texts.append(text)
+
+
+def _feedback_text(part: Message) -> str:
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        return "\n".join(
+            "\n".join(f"{k}: {v}" for k, v in sub.items())
+            for sub in payload
+            if isinstance(sub, Message)
+        )
+    return _decode_part(part)
+
+
+# ---------------------------------------------------------------------------------------------
+# Free text
+
+
+def _split_original(text: str) -> tuple[str, str]:
+    """(notification, returned message) from a bounce body that carries both in one text."""
+    cut = len(text)
+    marker = _ORIGINAL_MARKER.search(text)
+    if marker:
+        cut = marker.start()
+    header = _HEADER_START.search(text)
+    if header and header.start() < cut and header.start() > 0:
+        # A header block only counts when a second header line follows it closely.
+        following = text[header.end() : header.end() + 400].splitlines()[1:4]
+        if any(_HEADER_LINE.match(line) or line[:1] in " \t" for line in following):
+            cut = header.start()
+    return text[:cut], text[cut:]
+
+
+@dataclass(frozen=True)
+class _Found:
+    address: str
+    block: str
+
+
+def _excluded(address: str, own: set[str]) -> bool:
+    lowered = address.lower()
+    if lowered in own:
+        return True
+    local, _, domain = lowered.rpartition("@")
+    if _SYSTEM_LOCALPART.match(local) or local.startswith(
+        ("mailer-daemon", "postmaster", "bounces+")
+    ):
+        return True
+    if TRACKING_ID.search(local):
+        return True  # a mailctl Message-ID or VERP address, never a recipient
+    return not domain or "." not in domain
+
+
+_CONTACT_BEFORE = re.compile(
+    r"(?:contact|send (?:an? )?(?:e-?mail|mail|message)s? to|write to|e-?mail|reach|questions?|help|assistance|abuse desk|"  # noqa: E501
+    r"administrator|from|sender|reply-to|return-path|envelope|mail from:?|sent by)\W{0,6}(?:us\W+)?(?:at\W+)?[<(\[\"']*$",  # noqa: E501
+    re.I,
+)
+_STRONG_LINE = re.compile(
+    r"^[\s>*-]*<?([^\s<>]+@[^\s<>]+?)>?\s*:?\s*$|rcpt to:\s*<([^>\s]+)>|final-recipient:\s*rfc822;\s*<?([^\s>]+)",  # noqa: E501
+    re.I | re.M,
+)
+
+
+def _free_text_recipients(notification: str, own: set[str], hint: set[str]) -> list[_Found]:
+    found = _scan_recipients(notification, own, hint)
+    if found or not own:
+        return found
+    # Nothing left after removing the sender's addresses: a message someone sent to himself
+    # (or the bounce went to the failed address) names it on a line of its own, "<addr>:".
+    strong = {
+        next(g for g in m.groups() if g).strip("<>").lower()
+        for m in _STRONG_LINE.finditer(notification)
+    }
+    allowed = {a for a in own if a in strong}
+    return _scan_recipients(notification, own - allowed, hint) if allowed else []
+
+
+def _scan_recipients(notification: str, own: set[str], hint: set[str]) -> list[_Found]:
+    """Failed addresses in a human-readable notification, each with its text block.
+
+    Every address the notification names, minus the sender's own, Message-IDs and URLs. Its
+    block runs from the line naming it to the line naming the next one; lines of an SMTP
+    transcript just above it (``<<< 550 …``) belong to it too.
+    """
+    scrubbed = _MESSAGE_ID_LINE.sub("", notification)
+    scrubbed = _URL.sub(" ", scrubbed)
+    lines = scrubbed.splitlines()
+    first_line: dict[str, int] = {}
+    order: list[str] = []
+    for index, line in enumerate(lines):
+        if "@" not in line:
+            continue
+        for match in _ADDRESS.finditer(line):
+            address = match.group(1).strip(".")
+            key = address.lower()
+            if key in first_line or _excluded(address, own):
+                continue
+            if _CONTACT_BEFORE.search(line[max(0, match.start() - 60) : match.start()]):
+                continue  # "please contact <support@…>", "from <sender>": not a recipient
+            first_line[key] = index
+            order.append(address)
+    if not order:
+        return []
+    if hint:
+        # Exim's X-Failed-Recipients (or DSN addresses) are the authority when present.
+        kept = [a for a in order if a.lower() in hint]
+        if kept:
+            order = kept
+    starts = sorted(first_line[a.lower()] for a in order)
+    found = []
+    for address in order:
+        start = first_line[address.lower()]
+        later = [s for s in starts if s > start]
+        end = later[0] if later else min(len(lines), start + 25)
+        begin = start
+        # Pull in transcript lines directly above (Sendmail: "<<< 550 …" then "550 <addr>…").
+        while (
+            begin > 0
+            and begin - 1 not in starts
+            and lines[begin - 1].lstrip().startswith(("<<<", ">>>"))
+            and start - begin < 6
+        ):
+            begin -= 1
+        block = "\n".join(lines[begin:end]).strip()
+        found.append(_Found(address, block))
+    return found
+
+
+def _diagnostic_of_block(block: str, address: str) -> str:
+    """The part of a block that is the remote server's words, for the report."""
+    lines = [line.strip() for line in block.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    picked = [line for line in lines if _DIAG_LINE.search(line)]
+    text = " ".join(picked or lines)
+    return text[:1000]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracking
+
+
+def _tracking(
+    msg: Message, originals: list[Message], tail: str, raw: bytes
+) -> tuple[str | None, str | None, str | None]:
+    """(tracking_id, original_message_id, verp_token)."""
+    verp = None
+    for name in (
+        "To",
+        "Delivered-To",
+        "X-Original-To",
+        "Envelope-To",
+        "X-Envelope-To",
+        "Return-Path",
+    ):
+        for value in msg.get_all(name) or []:
+            found = _VERP.search(str(value))
+            if found:
+                verp = found.group(1)
+                break
+        if verp:
+            break
+    original_id = None
+    tracking = None
+    for original in originals:
+        mailctl_id = original.get("X-Mailctl-ID")
+        if mailctl_id and not tracking:
+            found = TRACKING_ID.search(str(mailctl_id))
+            tracking = found.group(0) if found else None
+        message_id = original.get("Message-ID")
+        if message_id and not original_id:
+            original_id = _clean(" ".join(str(message_id).split()))
+    if original_id is None and tail:
+        found = re.search(r"^[ \t>]*Message-ID\s*:\s*(<[^>\s]+>|\S+)", tail, re.I | re.M)
+        if found:
+            original_id = found.group(1)
+    if tracking is None and original_id:
+        found = TRACKING_ID.search(original_id)
+        tracking = found.group(0) if found else None
+    if tracking is None and tail:
+        found = re.search(r"X-Mailctl-ID\s*:\s*(mc1-[a-z2-7]{16})", tail, re.I)
+        tracking = found.group(1) if found else None
+    if tracking is None:
+        tracking = verp
+    if tracking is None:
+        found_bytes = _TRACKING_ID_BYTES.search(raw)
+        tracking = found_bytes.group(0).decode() if found_bytes else None
+    return tracking, original_id, verp
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification helpers
+
+
+def _recipient(
+    address: str,
+    verdict: Verdict,
+    action: str | None,
+    diagnostic: str,
+    remote_mta: str | None,
+) -> FailedRecipient:
+    return FailedRecipient(
+        address=_clean(address),
+        status=verdict.status,
+        action=action,
+        reason=verdict.reason,
+        permanent=verdict.permanent,
+        suppress=verdict.suppress,
+        diagnostic=_clean(diagnostic),
+        remote_mta=remote_mta,
+        rule=verdict.rule,
+    )
+
+
+def _is_autoreply(msg: Message, subject: str) -> bool:
+    auto = _header(msg, "Auto-Submitted").lower()
+    if auto.startswith("auto-replied") or auto.startswith("auto-notified"):
+        return True
+    if (
+        msg.get("X-Autoreply")
+        or msg.get("X-Autorespond")
+        or msg.get("X-Autoresponder")
+        or msg.get("X-Vacation")
+    ):
+        return True
+    if _header(msg, "Precedence").lower() == "auto_reply":
+        return True
+    if _header(msg, "X-Auto-Response-Suppress") and subject.lower().startswith(
+        ("automatic reply", "auto:", "autoreply")
+    ):
+        return True
+    return bool(_AUTOREPLY_SUBJECT.search(subject))
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def parse_message(raw: bytes, source: str) -> Report:
+    """Parse one message. Never raises on malformed content; BounceParseError if unreadable."""
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise BounceParseError(f"{source}: not bytes")
+    raw = bytes(raw)
+    if not raw.strip():
+        raise BounceParseError(f"{source}: empty message")
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        msg = BytesParser(policy=compat32).parsebytes(raw)
+        return _parse(msg, raw, source, digest)
+    except BounceParseError:
+        raise
+    except Exception:  # noqa: BLE001 - malformed MIME must not stop an import of millions
+        return Report(source, Kind.UNKNOWN, (), None, None, None, None, None, digest)
+
+
+def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
+    parts = _Parts([], [], [], [], [])
+    _collect(msg, parts)
+    subject = _header(msg, "Subject")
+    date = _header(msg, "Date") or None
+    from_header = _header(msg, "From")
+
+    plain = [t for t in parts.texts if not t.startswith("\x00html\x00")]
+    texts = plain or [t[6:] for t in parts.texts]
+    full_text = "\n".join(texts)
+    notification, tail = _split_original(full_text) if full_text else ("", "")
+    if not parts.original_headers and tail:
+        parts.original_headers.append(
+            BytesParser(policy=compat32).parsebytes(
+                tail.lstrip(" \t-").encode("utf-8", "replace")[:20000], headersonly=True
+            )
+        )
+
+    tracking, original_id, verp = _tracking(msg, parts.original_headers, tail, raw)
+
+    def report(
+        kind: Kind, recipients: list[FailedRecipient], feedback_type: str | None = None
+    ) -> Report:
+        return Report(
+            source,
+            kind,
+            tuple(recipients),
+            tracking,
+            original_id,
+            verp,
+            feedback_type,
+            date,
+            digest,
+        )
+
+    # The sender's own addresses: never failed recipients.
+    own: set[str] = set()
+    for name in (
+        "From",
+        "To",
+        "Cc",
+        "Reply-To",
+        "Sender",
+        "Return-Path",
+        "Errors-To",
+        "Delivered-To",
+        "X-Original-To",
+    ):
+        for value in msg.get_all(name) or []:
+            own.update(a.lower() for a in _addresses(_clean(str(value))))
+    for original in parts.original_headers:
+        for name in ("From", "Return-Path", "Sender", "Reply-To", "Errors-To"):
+            for value in original.get_all(name) or []:
+                own.update(a.lower() for a in _addresses(_clean(str(value))))
+    if raw.startswith(b"From "):
+        envelope = raw[5 : raw.find(b"\n")].split(b" ", 1)[0].decode("latin-1")
+        own.add(envelope.lower())
+
+    # 1. ARF feedback report.
+    if parts.feedback:
+        feedback = parts.feedback[0]
+        feedback_type = (feedback.get("feedback-type") or "").strip().lower() or None
+        addresses = parts.feedback_rcpts or [
+            a
+            for key in ("original-rcpt-to", "removal-recipient")
+            if (a := _address_of_field(feedback.get(key)))
+        ]
+        if not addresses:
+            for original in parts.original_headers:
+                addresses = [
+                    a for a in _addresses(_header(original, "To")) if a.lower() not in own or True
+                ]
+                if addresses:
+                    break
+        complaint = feedback_type in _FEEDBACK_COMPLAINT
+        seen: set[str] = set()
+        recipients = []
+        for address in addresses:
+            if address.lower() in seen:
+                continue
+            seen.add(address.lower())
+            recipients.append(
+                FailedRecipient(
+                    address,
+                    None,
+                    None,
+                    "feedback",
+                    True,
+                    complaint,
+                    f"feedback-type: {feedback_type}",
+                    None,
+                    "arf",
+                )
+            )
+        return report(Kind.COMPLAINT if complaint else Kind.UNKNOWN, recipients, feedback_type)
+
+    # 1b. Microsoft's JMRP complaints: no ARF part, the complained-about message is attached
+    # with X-HmXmrOriginalRecipient naming the complaining recipient.
+    for original in parts.original_headers:
+        complainer = _header(original, "X-HmXmrOriginalRecipient")
+        if complainer:
+            addresses = _addresses(complainer)[:1]
+            return report(
+                Kind.COMPLAINT,
+                [
+                    FailedRecipient(
+                        a, None, None, "feedback", True, True, "feedback-type: abuse", None, "jmrp"
+                    )
+                    for a in addresses
+                ],
+                "abuse",
+            )
+    # 1c. A mail client's one-click unsubscribe (Apple Mail): an opt-out, not a complaint.
+    if _header(msg, "X-Apple-Unsubscribe").lower() == "true":
+        addresses = _addresses(from_header)[:1]
+        return report(
+            Kind.UNKNOWN,
+            [
+                FailedRecipient(
+                    a,
+                    None,
+                    None,
+                    "feedback",
+                    True,
+                    False,
+                    "feedback-type: opt-out",
+                    None,
+                    "unsubscribe",
+                )
+                for a in addresses
+            ],
+            "opt-out",
+        )
+
+    # 2. RFC 3464 fields: a delivery-status part, or fields pasted into a text part.
+    blocks = [block for group in parts.dsn_blocks for block in group]
+    if not any(
+        "final-recipient" in b or "original-recipient" in b for b in blocks
+    ) and _DSN_FIELDS.search(full_text):
+        blocks = _field_blocks(full_text)
+    recipient_blocks = [b for b in blocks if "final-recipient" in b or "original-recipient" in b]
+    if recipient_blocks:
+        return _from_dsn(recipient_blocks, notification, own, report)
+
+    # 3. Auto-replies (after DSNs: Postfix marks its own bounces "Auto-Submitted: auto-replied").
+    bounce_like = bool(
+        _BOUNCE_SENDER.search(from_header)
+        or _BOUNCE_SUBJECT.search(subject)
+        or msg.get("X-Failed-Recipients")
+        or msg.get_content_type() == "multipart/report"
+        or _BOUNCE_BODY.search(notification[:5000])
+    )
+    if _is_autoreply(msg, subject) and not (
+        _BOUNCE_SENDER.search(from_header) or msg.get("X-Failed-Recipients")
+    ):
+        return report(Kind.AUTOREPLY, [])
+    if not bounce_like:
+        return report(Kind.UNKNOWN, [])
+
+    # 4. Free text.
+    hint = {a.lower() for v in msg.get_all("X-Failed-Recipients") or [] for a in _addresses(str(v))}
+    found = _free_text_recipients(notification, own, hint)
+    if not found and hint:
+        found = [_Found(a, notification) for a in sorted(hint)]
+    if not found:
+        return report(Kind.UNKNOWN, [])
+    delay = bool(_DELAY_BODY.search(subject + "\n" + notification)) and not _PERMANENT_BODY.search(
+        notification
+    )
+    default_permanent = not delay and not (
+        _TEMPORARY_BODY.search(notification) and not _PERMANENT_BODY.search(notification)
+    )
+    preamble = notification[: notification.find(found[0].address)] if found else notification
+    recipients = []
+    for item in found:
+        action = "delayed" if delay else "failed"
+        verdict = _classify_block(item.block, preamble, subject, action, default_permanent)
+        recipients.append(
+            _recipient(
+                item.address, verdict, action, _diagnostic_of_block(item.block, item.address), None
+            )
+        )
+    kind = Kind.DELAY if delay else Kind.BOUNCE
+    return report(kind, recipients)
+
+
+_REPLY_START = re.compile(
+    r"\b[245][0-5]\d[ -]|\b[245]\.\d{1,3}\.\d{1,3}\b|said:|<<<|error (?:that the other server )?returned",  # noqa: E501
+    re.I,
+)
+
+
+def _classify_block(
+    block: str, preamble: str, subject: str, action: str | None, default_permanent: bool
+) -> Verdict:
+    """The remote server's own reply decides first; the MTA's prose around it only when the
+    reply says nothing recognisable (prose like "rejected by the recipient domain" is vaguer)."""
+    start = _REPLY_START.search(block)
+    candidates = [block[start.start() :]] if start else []
+    candidates += [block, block + "\n" + preamble + "\n" + subject]
+    fallback: Verdict | None = None
+    for text in candidates:
+        verdict = classify_failure(
+            None, text, action, default_permanent=default_permanent, context=block
+        )
+        if not verdict.rule.startswith(("class.", "status.")):
+            return verdict
+        if fallback is None or (
+            fallback.rule.startswith("class.") and verdict.rule.startswith("status.")
+        ):
+            fallback = verdict
+    assert fallback is not None
+    return fallback
+
+
+def _from_dsn(
+    blocks: list[dict[str, str]], notification: str, own: set[str], report: Any
+) -> Report:
+    per_text = (
+        {f.address.lower(): f.block for f in _free_text_recipients(notification, set(), set())}
+        if notification
+        else {}
+    )
+    recipients: list[FailedRecipient] = []
+    seen: set[str] = set()
+    actions: list[str] = []
+    for block in blocks:
+        final = _address_of_field(block.get("final-recipient"))
+        original = _address_of_field(block.get("original-recipient"))
+        # Report the address we sent to: Original-Recipient is that, Final-Recipient may be
+        # the result of forwarding or aliasing on the receiving side.
+        address = original or final
+        if not address or address.lower() in seen:
+            continue
+        seen.add(address.lower())
+        action = (
+            (block.get("action") or "").strip().lower().split()[0] if block.get("action") else None
+        )
+        status = block.get("status") or None
+        diagnostic = _without_type(block.get("diagnostic-code"))
+        remote_mta = _without_type(block.get("remote-mta")) or None
+        text_block = per_text.get((final or "").lower()) or per_text.get(address.lower()) or ""
+        if text_block and (not diagnostic or not _SMTP_CODE_IN_BLOCK.search(diagnostic)):
+            diagnostic = (diagnostic + " " + text_block).strip() if diagnostic else text_block
+        if action == "deliverable" or action is None and status and status.startswith("2."):
+            action = "delivered"  # "deliverable" answers a verify request (non-standard wording)
+        if action is None:
+            action = "failed" if status and status[:1] in "45" else None
+        verdict = classify_failure(status, diagnostic, action, context=text_block)
+        actions.append(action or "")
+        recipients.append(
+            _recipient(address, verdict, action, " ".join(diagnostic.split())[:1000], remote_mta)
+        )
+    if any(a == "failed" or a == "" for a in actions):
+        kind = Kind.BOUNCE
+    elif any(a == "delayed" for a in actions):
+        kind = Kind.DELAY
+    elif actions and all(a in _DELIVERED_ACTIONS for a in actions):
+        kind = Kind.DELIVERED
+    else:
+        kind = Kind.BOUNCE
+    result: Report = report(kind, recipients)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Mailboxes
+
+
+def _split_mbox(stream: BinaryIO, name: str) -> Iterator[tuple[str, bytes]]:
+    """Stream an mbox: a message starts at a "From " line at the top or after a blank line.
+
+    Reads line by line so memory stays flat on a multi-GB mailbox; the "From " line itself is
+    kept (it carries the envelope sender). ">From " quoting is undone (mboxrd).
+    """
+    index = 0
+    lines: list[bytes] = []
+    previous_blank = True
+    for line in stream:
+        if line.startswith(b"From ") and previous_blank:
+            if lines and any(chunk.strip() for chunk in lines):
+                index += 1
+                yield f"{name}#{index}", b"".join(lines)
+            lines = [line]
+            previous_blank = False
+            continue
+        if line.startswith(b">") and line.lstrip(b">").startswith(b"From "):
+            line = line[1:]
+        lines.append(line)
+        previous_blank = not line.strip(b"\r\n")
+    if lines and any(chunk.strip() for chunk in lines):
+        index += 1
+        yield f"{name}#{index}", b"".join(lines)
+
+
+def iter_messages(path: str | Path) -> Iterator[tuple[str, bytes]]:
+    """(source, raw bytes) for every message in an mbox file, a Maildir, a .eml file or "-"."""
+    if str(path) == "-":
+        stdin = sys.stdin.buffer
+        head = stdin.peek(5)[:5] if hasattr(stdin, "peek") else b""
+        if head.startswith(b"From "):
+            yield from _split_mbox(stdin, "-")
+        else:
+            yield "-", stdin.read()
+        return
+    target = Path(path)
+    if target.is_dir():
+        folders = [target / "cur", target / "new"]
+        if not any(folder.is_dir() for folder in folders):
+            raise BounceParseError(f"{target}: not a Maildir (no cur/ or new/)")
+        for folder in folders:
+            if not folder.is_dir():
+                continue
+            for entry in sorted(folder.iterdir()):
+                if entry.is_file() and not entry.name.startswith("."):
+                    yield str(entry), entry.read_bytes()
+        return
+    try:
+        stream = target.open("rb")
+    except OSError as error:
+        raise BounceParseError(f"{target}: {error.strerror or error}") from error
+    with stream:
+        head = stream.read(5)
+        stream.seek(0)
+        if head == b"From " and target.suffix.lower() != ".eml":
+            yield from _split_mbox(stream, str(target))
+        else:
+            yield str(target), stream.read()

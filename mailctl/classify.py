@@ -1,0 +1,1483 @@
+"""One classifier for live SMTP replies and for failed recipients in bounce reports.
+
+Decision order (first match wins):
+
+1. ``RULES``: provider tags and texts, then general phrases used across MTAs. One data table
+   so that ``rules.py`` can extend or override it (see ``classify_reply(rules=...)``).
+2. The RFC 3463 enhanced status code (``X.Y.Z``), detail first, then subject (``X.Y``).
+3. The basic SMTP reply class (2xx, 4xx, 5xx) and a few well-known basic codes.
+
+Reasons use Sisimai's vocabulary so that figures compare with the shared bounce corpus.
+Suppression is only ever decided for the recipient's own fault (it does not exist, its domain
+does not exist or accepts no mail, it has moved) and for complaints: a block, a policy, an
+authentication or a reputation problem is the sender's, and suppressing the recipient for it
+would silently shrink the list while the real problem stays.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Scope(StrEnum):
+    """Whom a reply is about, which decides the action."""
+
+    RECIPIENT = "recipient"  # this address: suppress when hard, count when soft
+    LANE = "lane"  # this sending IP towards this provider: slow down or pause
+    CAMPAIGN = "campaign"  # the content or the sending domain: stop, never suppress
+    TRANSIENT = "transient"  # nothing to learn: retry the message later
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a reply or a failed DSN recipient means for mailctl."""
+
+    scope: Scope
+    permanent: bool
+    reason: str
+    suppress: bool
+    status: str | None
+    rule: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One text rule. ``permanent=None`` takes it from the reply's class (4xx/5xx)."""
+
+    id: str
+    regex: re.Pattern[str]
+    scope: Scope
+    permanent: bool | None
+    reason: str
+    suppress: bool
+    provider: str | None = None  # when set, only applies if the caller names that provider
+
+
+# Reasons that are the recipient's own, permanent fault; the only bounce reasons that suppress.
+HARD_REASONS = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
+
+# Default scope of each reason when a general rule or a status code decided it.
+REASON_SCOPE: dict[str, Scope] = {
+    "userunknown": Scope.RECIPIENT,
+    "hostunknown": Scope.RECIPIENT,
+    "hasmoved": Scope.RECIPIENT,
+    "notaccept": Scope.RECIPIENT,
+    "mailboxfull": Scope.RECIPIENT,
+    "suspend": Scope.RECIPIENT,
+    "filtered": Scope.RECIPIENT,
+    "exceedlimit": Scope.RECIPIENT,
+    "vacation": Scope.RECIPIENT,
+    "feedback": Scope.RECIPIENT,
+    "delivered": Scope.RECIPIENT,
+    "onhold": Scope.RECIPIENT,
+    "blocked": Scope.LANE,
+    "badreputation": Scope.LANE,
+    "requireptr": Scope.LANE,
+    "toomanyconn": Scope.LANE,
+    "failedstarttls": Scope.LANE,
+    "speeding": Scope.TRANSIENT,
+    "expired": Scope.TRANSIENT,
+    "networkerror": Scope.TRANSIENT,
+    "systemerror": Scope.TRANSIENT,
+    "systemfull": Scope.TRANSIENT,
+    "mailererror": Scope.TRANSIENT,
+    "undefined": Scope.TRANSIENT,
+    "authfailure": Scope.CAMPAIGN,
+    "policyviolation": Scope.CAMPAIGN,
+    "spamdetected": Scope.CAMPAIGN,
+    "virusdetected": Scope.CAMPAIGN,
+    "contenterror": Scope.CAMPAIGN,
+    "mesgtoobig": Scope.CAMPAIGN,
+    "notcompliantrfc": Scope.CAMPAIGN,
+    "securityerror": Scope.CAMPAIGN,
+    "rejected": Scope.CAMPAIGN,
+    "norelaying": Scope.CAMPAIGN,
+    "syntaxerror": Scope.CAMPAIGN,
+}
+
+R, L, C, T = Scope.RECIPIENT, Scope.LANE, Scope.CAMPAIGN, Scope.TRANSIENT
+
+
+def _rule(
+    rule_id: str,
+    pattern: str,
+    scope: Scope,
+    permanent: bool | None,
+    reason: str,
+    suppress: bool,
+    provider: str | None = None,
+) -> Rule:
+    return Rule(rule_id, re.compile(pattern, re.I), scope, permanent, reason, suppress, provider)
+
+
+# Provider replies from PROVIDERS.md. Tags (TSS04, S3150, 4.7.28) are matched before prose,
+# because providers reword their prose more often than their tags.
+PROVIDER_RULES: tuple[Rule, ...] = (
+    # Google
+    _rule(
+        "google.rate-limited",
+        r"4\.7\.28\b|UnsolicitedRateLimitError",
+        L,
+        False,
+        "badreputation",
+        False,
+    ),
+    _rule(
+        "google.unusual-amount",
+        r"unusual (?:amount|rate) of unsolicited mail.*(?:temporarily )?blocked",
+        L,
+        None,
+        "blocked",
+        False,
+    ),
+    _rule(
+        "google.low-domain-reputation",
+        r"very low reputation of the sending domain",
+        C,
+        None,
+        "badreputation",
+        False,
+    ),
+    _rule(
+        "google.suspicious-content",
+        r"suspicious due to the nature of the content",
+        C,
+        None,
+        "spamdetected",
+        False,
+    ),
+    _rule(
+        "google.dmarc-ratelimit",
+        r"4\.7\.32\b|rate limited because there is no DMARC alignment",
+        C,
+        None,
+        "authfailure",
+        False,
+    ),
+    _rule("google.receiving-rate-perm", r"ReceivingRatePerm", T, False, "speeding", False),
+    _rule(
+        "google.receiving-rate",
+        r"\?p=ReceivingRate\b|receiving mail at a rate that prevents",
+        R,
+        False,
+        "speeding",
+        False,
+    ),
+    _rule(
+        "google.temp-rejected",
+        r"Mail server temporarily rejected message",
+        T,
+        False,
+        "systemerror",
+        False,
+    ),
+    _rule("google.over-quota-perm", r"OverQuotaPerm", R, True, "mailboxfull", True),
+    _rule("google.over-quota-temp", r"OverQuotaTemp", R, False, "mailboxfull", False),
+    _rule(
+        "google.no-such-user",
+        r"\?p=NoSuchUser|email account that you tried to reach does not exist",
+        R,
+        None,
+        "userunknown",
+        True,
+    ),
+    _rule(
+        "google.disabled-user",
+        r"\?p=DisabledUser|email account that you tried to reach is disabled",
+        R,
+        None,
+        "suspend",
+        True,
+    ),
+    _rule(
+        "google.unsolicited",
+        r"UnsolicitedMessageError|this message is likely unsolicited mail",
+        C,
+        None,
+        "spamdetected",
+        False,
+    ),
+    _rule(
+        "google.dmarc-policy",
+        r"5\.7\.26\b|not accepted due to (?:the )?domain's DMARC policy",
+        C,
+        None,
+        "authfailure",
+        False,
+    ),
+    _rule("google.requireptr", r"5\.7\.25\b", L, None, "requireptr", False),
+    # Yahoo / AOL
+    _rule("yahoo.ts03", r"\[TS03\]|permanently deferred", L, False, "blocked", False),
+    _rule(
+        "yahoo.tss",
+        r"\[(?:TSS|IPTS)0\d\]|temporarily deferred due to unexpected volume or user complaints",
+        L,
+        False,
+        "badreputation",
+        False,
+    ),
+    _rule(
+        "yahoo.max-per-connection",
+        r"Max message per connection reached",
+        L,
+        False,
+        "toomanyconn",
+        False,
+    ),
+    _rule(
+        "yahoo.deferred-170",
+        r"Message temporarily deferred - \[\d+\]",
+        T,
+        False,
+        "systemerror",
+        False,
+    ),
+    _rule("yahoo.bl21", r"\[BL2\d\]|because the ip is in Spamhaus", L, None, "blocked", False),
+    _rule(
+        "yahoo.ph01",
+        r"\[PH01\]|Email not accepted for policy reasons",
+        C,
+        None,
+        "policyviolation",
+        False,
+    ),
+    _rule(
+        "yahoo.no-account",
+        r"(?:user|recipient) doesn'?t have an? \S+ account",
+        R,
+        None,
+        "userunknown",
+        True,
+    ),
+    _rule(
+        "yahoo.disabled", r"mailbox is disabled \(554\.30\)|\(554\.30\)", R, None, "suspend", True
+    ),
+    # Microsoft
+    _rule(
+        "microsoft.ip-reputation",
+        r"4\.7\.650\b|rate limited due to IP reputation",
+        L,
+        False,
+        "badreputation",
+        False,
+    ),
+    _rule(
+        "microsoft.server-busy",
+        r"4\.7\.500\b|\(S77719\)|Server busy\. Please try again later",
+        L,
+        False,
+        "toomanyconn",
+        False,
+    ),
+    _rule(
+        "microsoft.concurrent-connections",
+        r"concurrent connections per resource forest",
+        L,
+        False,
+        "toomanyconn",
+        False,
+    ),
+    _rule(
+        "microsoft.s3150",
+        r"\(S3150\)|part of their network is on our block list",
+        L,
+        None,
+        "blocked",
+        False,
+    ),
+    _rule("microsoft.s3140", r"\(S314\d\)", L, None, "blocked", False),
+    _rule(
+        "microsoft.auth-level",
+        r"5\.7\.515\b|does not meet the required authentication level",
+        C,
+        None,
+        "authfailure",
+        False,
+    ),
+    _rule("microsoft.s775", r"\(S775\)", L, False, "badreputation", False),
+    # Others
+    _rule(
+        "apple.excessive-volume", r"deferred due to excessive volume", R, False, "speeding", False
+    ),
+    _rule("apple.hcm", r"\[HCM\d\]", L, False, "blocked", False),
+    _rule(
+        "generic.untrusted-ip",
+        r"too many messages from a new or untrusted IP",
+        L,
+        False,
+        "speeding",
+        False,
+    ),
+    _rule("generic.greylisted", r"grey-?list|gray-?list", T, False, "undefined", False),
+    _rule(
+        "generic.ip-reputation-ratelimit",
+        r"IP reputation ratelimit",
+        L,
+        False,
+        "badreputation",
+        False,
+    ),
+    _rule("comcast.rl0000", r"\bRL0000\b", L, False, "toomanyconn", False),
+    _rule(
+        "generic.too-many-connections",
+        r"too many (?:concurrent |simultaneous |smtp )?connections|connection (?:rate )?limit",
+        L,
+        False,
+        "toomanyconn",
+        False,
+    ),
+)
+
+
+def _phrases(*items: str) -> str:
+    return "|".join(items)
+
+
+# General phrases across MTAs, ordered most specific first: "mailbox full" must win over
+# "user" phrases, a named block list over "rejected", and "expired" only when nothing else said
+# why (qmail writes "Giving up on <host>" after every permanent failure).
+GENERAL_RULES: tuple[Rule, ...] = (
+    _rule(
+        "text.delivered",
+        _phrases(r"^2\.\d\.\d+\b", r"successfully delivered", r"delivery succeeded"),
+        R,
+        False,
+        "delivered",
+        False,
+    ),
+    _rule(
+        "text.vacation",
+        _phrases(r"\bvacation\b", r"out of (?:the )?office", r"auto(?:matic)?[- ]?reply"),
+        R,
+        False,
+        "vacation",
+        False,
+    ),
+    _rule(
+        "text.mailboxfull",
+        _phrases(
+            r"mailbox (?:is )?full",
+            r"full mailbox",
+            r"mail ?box\b[^.]{0,40}\bfull",
+            r"over ?quota",
+            r"quota exceeded",
+            r"exceed(?:ed|s|ing)? (?:the |its |their |his )?(?:\w+ )?(?:mailbox |disk |storage )?quota",  # noqa: E501
+            r"exceeded (?:his|her|its|their)? ?storage allocation",
+            r"disk quota",
+            r"insufficient (?:disk )?space",
+            r"not enough (?:disk |storage )?space",
+            r"no space left",
+            r"mailfolder is full",
+            r"mailbox size limit",
+            r"space has been used up",
+            r"too much mail data",
+            r"quota (?:violation|usage|limit)",
+            r"mailbox has exceeded",
+            r"would exceed (?:the )?(?:maximum|mailbox|quota)",
+            r"storage (?:limit|quota)",
+            r"user has too many messages",
+            r"\bquota\b",
+        ),
+        R,
+        None,
+        "mailboxfull",
+        False,
+    ),
+    _rule(
+        "text.mesgtoobig",
+        _phrases(
+            r"message (?:is )?too (?:big|large)",
+            r"message (?:file )?size exceeds",
+            r"exceeds? (?:the )?(?:max(?:imum)?|fixed) (?:message )?size",
+            r"message length exceeds",
+            r"size limit",
+            r"mail size limit",
+            r"exceeded maximum (?:inbound )?message size",
+            r"message file too big",
+            r"too big for (?:this|the) system",
+            r"size (?:of (?:your|the) message )?exceeds",
+        ),
+        C,
+        None,
+        "mesgtoobig",
+        False,
+    ),
+    _rule(
+        "text.exceedlimit",
+        _phrases(r"message header size exceeds limit", r"recipient list exceeds"),
+        C,
+        None,
+        "exceedlimit",
+        False,
+    ),
+    _rule(
+        "text.suspend",
+        _phrases(
+            r"account (?:has been |is )?(?:disabled|suspended|deactivated|inactive|expired|locked|closed|blocked)",  # noqa: E501
+            r"(?:mailbox|user|recipient|address) (?:is |has been )?(?:currently )?(?:disabled|suspended|deactivated|inactive|locked|frozen)",  # noqa: E501
+            r"(?:disabled|suspended|deactivated|inactive|invalid/inactive) (?:user|mailbox|account|recipient)",  # noqa: E501
+            r"is a deactivated mailbox",
+            r"mailbox clos",
+            r"not activated",
+            r"(?:service|recipient) suspend",
+            r"temporarily inactive",
+            r"discontinued",
+            r"unavailable or access denied",
+        ),
+        R,
+        None,
+        "suspend",
+        False,
+    ),
+    _rule(
+        "text.hasmoved",
+        _phrases(
+            r"has been replaced by",
+            r"address has changed",
+            r"has moved to",
+            r"changed (?:his|her|their) (?:e-?mail )?address",
+        ),
+        R,
+        None,
+        "hasmoved",
+        True,
+    ),
+    _rule(
+        "text.expired",
+        _phrases(
+            r"(?:message|envelope|delivery time) expired",
+            r"retry time(?:out)? (?:not reached|exceeded)",
+            r"in the queue too long",
+            r"unable to deliver in \d+ (?:minutes|hours)",
+            r"could not be delivered (?:for|within)",
+            r"(?:has|have) been failing for",
+            r"will be retried for",
+            r"socket error",
+            r"(?:wasn'?t|unable|failed) (?:able )?to (?:establish|connect)",
+            r"could not connect",
+            r"connection timed out",
+            r"did not accept our requests to connect",
+            r"operation timed out",
+            r"not reachable within",
+            r"queue (?:period|lifetime)",
+            r"all hosts have been failing",
+        ),
+        T,
+        None,
+        "expired",
+        False,
+    ),
+    _rule(
+        "text.notaccept-nomx",
+        _phrases(
+            r"no mx (?:record )?(?:found|for)",
+            r"couldn'?t find a mail exchanger",
+            r"indicated no smtp service",
+            r"no mail exchanger",
+            r"does not accept (?:any )?(?:e-?)?mail",
+            r"null ?mx",
+        ),
+        R,
+        None,
+        "notaccept",
+        True,
+    ),
+    _rule(
+        "text.networkerror-dns",
+        _phrases(
+            r"host not found, try again",
+            r"name service error",
+            r"dns query failed",
+            r"network error",
+            r"temporary dns",
+            r"dns (?:lookup )?(?:error|timeout|servfail)",
+        ),
+        T,
+        None,
+        "networkerror",
+        False,
+    ),
+    _rule(
+        "text.blocked-ip",
+        _phrases(
+            r"\bip\b[^.;]{0,40}(?:black ?list|block ?list|listed|banned|blocked|denied|not allowed|invalid)",  # noqa: E501
+            r"invalid ip for sending",
+            r"banned sending ip",
+            r"black ?listed",
+            r"block ?listed",
+            r"\b(?:dnsbl|rbl)\b",
+            r"spamhaus",
+            r"spamcop",
+            r"\bsorbs\b",
+            r"client host rejected",
+            r"no access from mail server",
+            r"use the smtp server of your isp",
+            r"too many unwanted messages",
+            r"messages from \S+ weren'?t sent",
+            r"connection refused by",
+            r"(?:service|esmtp) not (?:available|accepting)",
+            r"unverifi?able sending ips?",
+        ),
+        L,
+        None,
+        "blocked",
+        False,
+    ),
+    _rule(
+        "text.requireptr-mismatch",
+        _phrases(
+            r"mismatches client ip",
+            r"does not match (?:the )?(?:client|connecting|sending) ip",
+        ),
+        L,
+        None,
+        "requireptr",
+        False,
+    ),
+    _rule(
+        "text.policyviolation-strong",
+        _phrases(
+            r"header error",
+            r"protocol violation",
+            r"content presents a potential",
+            r"host network not allowed",
+            r"policy violation",
+            r"organization(?:al)? (?:policy|settings)",
+            r"not accepted for policy reasons",
+            r"denied by policy",
+        ),
+        C,
+        None,
+        "policyviolation",
+        False,
+    ),
+    _rule(
+        "text.notcompliantrfc",
+        _phrases(
+            r"not (?:rfc ?(?:5322|2822|822)|rfc)[- ]?compliant",
+            r"rfc ?(?:5322|2822|822) ?(?:compliant|violation|specifications?)",
+            r"rfcmessagenoncompliant",
+            r"duplicate (?:header|message-id)",
+            r"multiple (?:addresses in )?from:? header",
+            r"(?:missing|invalid|malformed) (?:or invalid )?(?:date|from|message-id) header",
+            r"header(?:s)? (?:is|are) (?:not compliant|malformed|invalid)",
+            r"bare (?:lf|cr|linefeed)",
+        ),
+        C,
+        None,
+        "notcompliantrfc",
+        False,
+    ),
+    _rule(
+        "text.securityerror-auth",
+        _phrases(
+            r"unauthenticated senders?", r"authentication required", r"must (?:be )?authenticated?"
+        ),
+        C,
+        None,
+        "securityerror",
+        False,
+    ),
+    _rule(
+        "text.sender-rejected",
+        _phrases(
+            r"domain of sender address",
+            r"sender address (?:is )?(?:rejected|refused|denied|invalid)",
+            r"sender verify failed",
+            r"sender (?:domain )?(?:is )?(?:invalid|unknown|must (?:exist|resolve))",
+            r"sender was rejected",
+            r"unroutable sender",
+            r"invalid sender",
+            r"sender (?:address )?(?:domain )?does not exist",
+        ),
+        C,
+        None,
+        "rejected",
+        False,
+    ),
+    _rule(
+        "text.norelaying",
+        _phrases(
+            r"relay(?:ing)? (?:access )?(?:denied|not (?:permitted|allowed))",
+            r"not permitted to relay",
+            r"unable to relay",
+            r"relaying (?:mail )?(?:to \S+ )?(?:is )?(?:denied|prohibited|not allowed)",
+            r"not allowed to relay",
+            r"as a relay",
+            r"not an open relay",
+            r"open relay",
+            r"(?:isn't|not) in my list of allowed rcpthosts",
+            r"not configured to relay",
+            r"we don'?t handle mail for",
+            r"no relaying",
+            r"relay not permitted",
+            r"(?:is )?not (?:a )?(?:local|gateway) (?:host|domain)",
+            r"requires authentication when attempting to send to a non-local",
+        ),
+        C,
+        None,
+        "norelaying",
+        False,
+    ),
+    _rule(
+        "text.authfailure",
+        _phrases(
+            r"\bspf\b",
+            r"\bdmarc\b",
+            r"\bdkim\b",
+            r"sender policy framework",
+            r"domainkeys",
+            r"authentication level",
+            r"not authorized to send (?:mail|email|on behalf)",
+            r"is not allowed to send mail",
+            r"unauthenticated (?:email|mail)\b",
+            r"email authentication",
+            r"authentication (?:information|checks?)",
+        ),
+        C,
+        None,
+        "authfailure",
+        False,
+    ),
+    _rule(
+        "text.requireptr",
+        _phrases(
+            r"\bptr\b",
+            r"reverse (?:dns|lookup|resolution)",
+            r"\brdns\b",
+            r"cannot find your hostname",
+            r"ip name lookup failed",
+            r"fail(?:ed)? to look ?up (?:the )?(?:sender|your) ip",
+            r"(?:no|without|valid) (?:reverse|inverse)",
+            r"generic dns",
+            r"unresolvable relay host",
+            r"forward (?:dns|lookup) .{0,40}does not (?:point|match)",
+            r"hostname .{0,30}(?:does not|doesn'?t) resolve",
+        ),
+        L,
+        None,
+        "requireptr",
+        False,
+    ),
+    _rule(
+        "text.badreputation",
+        _phrases(
+            r"(?:poor|bad|low|negative) (?:ip |domain |sender |sending )?reputation",
+            r"reputation (?:problem|of|is)",
+            r"unusual rate of unsolicited",
+            r"temporarily deferred due to user complaints",
+        ),
+        L,
+        None,
+        "badreputation",
+        False,
+    ),
+    _rule(
+        "text.mailererror",
+        _phrases(
+            r"x-unix;",
+            r"command (?:died|failed|output)",
+            r"procmail",
+            r"exit (?:code|status)",
+            r"mailer error",
+            r"pipe to \|",
+            r"\|/usr/",
+            r"unknown mailer error",
+            r"local delivery failed",
+        ),
+        T,
+        None,
+        "mailererror",
+        False,
+    ),
+    _rule(
+        "text.hostunknown",
+        _phrases(
+            r"host (?:or domain name )?(?:not found|unknown)",
+            r"unknown host",
+            r"domain (?:name )?(?:does not exist|not found|unknown)",
+            r"no such domain",
+            r"unknown domain",
+            r"host or domain name not found",
+            r"(?:domain|host) (?:is )?(?:not )?(?:reachable|unreachable)(?! within)",
+            r"unroute?able (?:mail )?(?:address|domain)",
+            r"name or service not known",
+            r"(?:recipient|receiving) domain must exist",
+            r"nxdomain",
+            r"(?:domain|host) \S+ (?:does not exist|not found)",
+            r"dns (?:records? )?(?:for the destination|lookup failed)",
+            r"no (?:mx|dns) (?:or a )?records?",
+            r"mx (?:record )?(?:for|lookup)\S* .{0,30}(?:not found|fail)",
+            r"could not (?:be )?resolve[d]? (?:the )?(?:domain|host|recipient)",
+            r"domain (?:\S+ )?could not be found",
+            r"account or domain may not exist",
+            r"(?:invalid|bad) (?:recipient )?domain",
+            r"all relevant mx records point to non-existent hosts",
+        ),
+        R,
+        None,
+        "hostunknown",
+        True,
+    ),
+    _rule(
+        "text.notaccept",
+        _phrases(
+            r"does not accept (?:any )?(?:e-?)?mail",
+            r"null ?mx",
+            r"not accepting (?:any )?(?:e-?)?mail",
+            r"accepts no mail",
+            r"mail receiving disabled",
+            r"no mail(?:box)? (?:service|host) (?:for|on)",
+        ),
+        R,
+        None,
+        "notaccept",
+        True,
+    ),
+    _rule(
+        "text.userunknown",
+        _phrases(
+            r"user(?:name)? (?:is )?unknown",
+            r"unknown (?:user|recipient|mailbox|local[- ]?part|address|e-?mail)",
+            r"no such (?:user|recipient|mailbox|address|person|account|local user)",
+            r"(?:user|recipient|mailbox|address|account|addressee)\S* (?:does ?n[o']t|did not) exist",  # noqa: E501
+            r"(?:user|recipient|mailbox|address|account|addressee) (?:\S+ )?(?:not (?:found|exist|known|listed|valid|present)|unknown|invalid|nonexistent|non-existent)",  # noqa: E501
+            r"(?:user|recipient|mailbox|address|account|addressee) (?:was )?not found",
+            r"(?:invalid|bad|unknown|nonexistent|non-existent) (?:recipient|mailbox|user|address|account|destination)",  # noqa: E501
+            r"mailbox (?:is )?unavailable",
+            r"mailbox (?:currently )?not available",
+            r"mailbox unavaiable",
+            r"no mailbox",
+            r"does not exist",
+            r"doesn'?t exist",
+            r"not a (?:known|valid) (?:user|recipient|mailbox|address)",
+            r"is not a valid (?:mailbox|user|recipient|address)",
+            r"not (?:a )?valid (?:user|recipient|mailbox|address)",
+            r"(?:address|mailbox|user|recipient) (?:is )?(?:rejected|refused)\b(?!: (?:greylist|access denied))",  # noqa: E501
+            r"recipient (?:address )?rejected",
+            r"no (?:such )?account",
+            r"not known at this site",
+            r"there is no one at this address",
+            r"could not be found",
+            r"no longer (?:valid|accepts|available|exists|in use|active)",
+            r"address (?:is )?(?:wrong|invalid)",
+            r"utilisateur inconnu",
+            r"unbekannt",
+            r"nicht gefunden",
+            r"destinatario (?:inesistente|sconosciuto)",
+            r"no existe",
+            r"badrcptto",
+            r"not in my validrcptto",
+            r"not listed in",
+            r"is not a (?:local|valid) address",
+            r"resolver\.adr\.recipnotfound",
+            r"recipnotfound",
+            r"recipient not ok",
+            r"invalid (?:to|rcpt)\b",
+            r"mailbox \S+ (?:does not exist|not found)",
+            r"dd this user",
+            r"address (?:is )?not (?:valid|accepted)",
+            r"does not have (?:an? )?(?:e-?mail )?(?:account|mailbox)",
+            r"no (?:valid )?recipients",
+            r"user (?:\S+ )?(?:is )?not (?:here|local|active)",
+            r"rejected: recipient",
+        ),
+        R,
+        None,
+        "userunknown",
+        True,
+    ),
+    _rule(
+        "text.filtered",
+        _phrases(
+            r"refused due to recipient preferences",
+            r"rejected by (?:the )?recipient",
+            r"recipient (?:is only accepting|refuses)",
+            r"(?:user|recipient) refuses",
+            r"filtered",
+            r"this account is protected",
+            r"not accepting mail from",
+            r"domain filter",
+            r"has restricted",
+            r"only accepting mail from",
+        ),
+        R,
+        None,
+        "filtered",
+        False,
+    ),
+    _rule(
+        "text.spamdetected",
+        _phrases(
+            r"\bspam\b(?! ?(?:haus|cop|rats|trap))",
+            r"junk mail",
+            r"unsolicited",
+            r"bulk (?:e-?)?mail",
+            r"content filter",
+            r"message (?:was )?(?:rejected|blocked|identified) (?:as|by)",
+            r"(?:considered|classified|detected|flagged|identified) as",
+            r"scored? (?:too high|\d)",
+            r"looks? like",
+            r"\bube\b",
+        ),
+        C,
+        None,
+        "spamdetected",
+        False,
+    ),
+    _rule(
+        "text.virusdetected",
+        _phrases(r"\bvirus", r"malware", r"infected", r"executable (?:attachment|file)"),
+        C,
+        None,
+        "virusdetected",
+        False,
+    ),
+    _rule(
+        "text.rejected-sender",
+        _phrases(
+            r"sender (?:address )?(?:rejected|refused|denied|not (?:allowed|accepted|pre-approved))",  # noqa: E501
+            r"(?:envelope|mail from|from address)[^.]{0,30}(?:rejected|blocked|denied|invalid|not (?:allowed|valid))",  # noqa: E501
+            r"domain of sender address",
+            r"sender (?:address )?(?:domain )?(?:is )?(?:invalid|unknown|empty|must)",
+            r"sender verify failed",
+            r"badmailfrom",
+            r"batv",
+            r"null sender",
+            r"empty envelope sender",
+            r"unroutable sender",
+            r"returned mail not accepted",
+            r"fully qualified (?:e-?mail )?address required",
+            r"mail from",
+            r"administrative prohibition",
+            r"members-only",
+            r"access denied",
+            r"not (?:a )?member",
+            r"non-member",
+            r"senderfilterconfig",
+            r"blacklisted address",
+            r"address .{0,20}blacklisted",
+            r"sender (?:is )?(?:not )?(?:verified|spammer|blocked)",
+            r"message rejected: email address is not verified",
+        ),
+        C,
+        None,
+        "rejected",
+        False,
+    ),
+    _rule(
+        "text.speeding",
+        _phrases(
+            r"rate limit(?:ed)?(?! in effect)",
+            r"too many (?:messages|emails|mails)",
+            r"try again slower",
+            r"exceed(?:ed|ing)? (?:the )?(?:maximum )?(?:sending )?rate",
+            r"messages per (?:hour|minute|day)",
+            r"throttl",
+        ),
+        T,
+        None,
+        "speeding",
+        False,
+    ),
+    _rule(
+        "text.toomanyconn",
+        _phrases(
+            r"too many (?:concurrent |simultaneous |smtp )?(?:connections|sessions|errors)",
+            r"connection (?:rate )?limit",
+            r"maximum (?:number of )?(?:concurrent )?connections",
+            r"trop de connexions",
+            r"too many recipients",
+        ),
+        L,
+        None,
+        "toomanyconn",
+        False,
+    ),
+    _rule(
+        "text.blocked",
+        _phrases(
+            r"block ?list",
+            r"black ?list",
+            r"deny ?list",
+            r"spamhaus",
+            r"spamcop",
+            r"\brbl\b",
+            r"\bdnsbl\b",
+            r"\bsorbs\b",
+            r"barracuda",
+            r"blocked",
+            r"listed (?:in|on|at|by)",
+            r"\bbanned\b",
+            r"client host rejected",
+            r"connection (?:refused|rejected|dropped|reset)",
+            r"not (?:currently )?accepting (?:mail|connections) from",
+            r"dynamic ip",
+            r"(?:ip|host) (?:address )?(?:is )?(?:not allowed|rejected|denied|refused)",
+            r"your (?:ip|network|server|host)",
+            r"go away",
+            r"helo command rejected",
+            r"confirm this mail server",
+            r"open proxy",
+            r"refused - see",
+            r"rejected - see",
+            r"suspiciously like spammer",
+            r"(?:service|esmtp) not (?:available|accepting)",
+            r"dial-?up",
+            r"\bcbl\b",
+            r"abuse",
+        ),
+        L,
+        None,
+        "blocked",
+        False,
+    ),
+    _rule(
+        "text.policyviolation",
+        _phrases(
+            r"polic(?:y|ies)",
+            r"prohibited",
+            r"not (?:accepted|permitted|allowed) (?:for|by|due)",
+            r"illegal attachment",
+            r"attachment",
+            r"organi[sz]ation(?:al)? (?:settings|policy)",
+            r"not subscribed",
+            r"closed (?:mailing )?list",
+            r"captcha",
+            r"message given low priority",
+        ),
+        C,
+        None,
+        "policyviolation",
+        False,
+    ),
+    _rule(
+        "text.failedstarttls",
+        _phrases(
+            r"starttls",
+            r"tls (?:is )?required",
+            r"must issue a starttls",
+            r"encryption (?:is )?required",
+        ),
+        L,
+        None,
+        "failedstarttls",
+        False,
+    ),
+    _rule(
+        "text.securityerror",
+        _phrases(
+            r"authentication (?:is )?(?:required|failure|failed|credentials)",
+            r"must (?:be )?authenticate",
+            r"not authenticated",
+            r"insecure",
+            r"security",
+            r"verification fail",
+            r"you don'?t authenticate",
+            r"auth(?:entication)? (?:required|failed)",
+        ),
+        C,
+        None,
+        "securityerror",
+        False,
+    ),
+    _rule(
+        "text.contenterror",
+        _phrases(
+            r"8-?bit data",
+            r"mime (?:complexity|header|part|error|content)",
+            r"(?:invalid|unnecessary) (?:mime|base64|encoding)",
+            r"message (?:content|body) (?:rejected|invalid|not accepted)",
+            r"content (?:rejected|error)",
+            r"binary content",
+            r"too many received:? headers",
+            r"header (?:size|line) (?:too|exceeds)",
+            r"line too long",
+        ),
+        C,
+        None,
+        "contenterror",
+        False,
+    ),
+    _rule(
+        "text.systemfull",
+        _phrases(
+            r"system (?:is )?full",
+            r"insufficient system storage",
+            r"mail system full",
+            r"out of (?:disk|storage)",
+        ),
+        T,
+        None,
+        "systemfull",
+        False,
+    ),
+    _rule(
+        "text.networkerror",
+        _phrases(
+            r"mail (?:forwarding )?loop",
+            r"routing loop",
+            r"too many hops",
+            r"hop count",
+            r"no route to host",
+            r"host is unreachable",
+            r"connection timed out",
+            r"timed? ?out",
+            r"could not connect",
+            r"unable to connect",
+            r"network (?:is )?unreachable",
+            r"host name lookup failure",
+            r"malformed (?:or unexpected )?name server reply",
+            r"looping",
+            r"lost connection",
+            r"dns (?:error|failure|problem|timeout|servfail)",
+            r"temporary (?:dns|lookup) failure",
+            r"unable to resolve",
+            r"connection (?:closed|lost)",
+            r"protocol error",
+            r"try again later",
+        ),
+        T,
+        None,
+        "networkerror",
+        False,
+    ),
+    _rule(
+        "text.systemerror",
+        _phrases(
+            r"system (?:error|config)",
+            r"configuration error",
+            r"internal (?:server )?error",
+            r"local error",
+            r"server error",
+            r"temporary (?:failure|error|problem)",
+            r"temporarily (?:unavailable|rejected|deferred)",
+            r"service (?:currently )?unavailable",
+            r"interrupted system call",
+            r"resources? (?:temporarily )?unavailable",
+            r"loops? back to myself",
+            r"mail server (?:is )?(?:busy|down)",
+            r"aliasing/forwarding loop",
+            r"can'?t create (?:user )?output file",
+            r"transaction failed",
+            r"processing error",
+            r"error while (?:being )?processed",
+            r"try again",
+        ),
+        T,
+        None,
+        "systemerror",
+        False,
+    ),
+    _rule(
+        "text.expired",
+        _phrases(
+            r"retry time(?:out)? (?:not reached|exceeded)",
+            r"(?:message|delivery) (?:time )?expired",
+            r"expired",
+            r"giving up",
+            r"could not be delivered (?:for|within)",
+            r"(?:has|have) been (?:delayed|failing|queued|undeliverable) for",
+            r"(?:been )?trying to deliver",
+            r"in the queue too long",
+            r"queue (?:period|lifetime|time)",
+            r"not reachable within",
+            r"(?:unable to|could not) deliver .{0,40}after (?:multiple )?(?:retries|attempts|\d+)",
+            r"too (?:many|long)",
+            r"delayed",
+            r"will be retried",
+            r"has not (?:yet )?been delivered",
+            r"still (?:trying|retrying|undelivered)",
+            r"retry",
+        ),
+        T,
+        None,
+        "expired",
+        False,
+    ),
+    _rule(
+        "text.syntaxerror",
+        _phrases(
+            r"syntax error",
+            r"command (?:not )?(?:unrecognized|recognized|not implemented)",
+            r"unrecognized command",
+            r"bad sequence of commands",
+            r"parameter",
+        ),
+        C,
+        None,
+        "syntaxerror",
+        False,
+    ),
+)
+
+RULES: tuple[Rule, ...] = PROVIDER_RULES + GENERAL_RULES
+
+
+# RFC 3463 (and the IANA registry) codes, mapped to a reason. Detail "Y.Z" first, then subject "Y".
+STATUS_DETAIL: dict[str, str] = {
+    "1.1": "userunknown",
+    "1.2": "hostunknown",
+    "1.3": "userunknown",
+    "1.4": "userunknown",
+    "1.5": "delivered",
+    "1.6": "hasmoved",
+    "1.7": "rejected",
+    "1.8": "rejected",
+    "1.9": "systemerror",
+    "1.10": "notaccept",
+    "2.0": "suspend",
+    "2.1": "suspend",
+    "2.2": "mailboxfull",
+    "2.3": "exceedlimit",
+    "2.4": "systemerror",
+    "3.0": "systemerror",
+    "3.1": "systemfull",
+    "3.2": "systemerror",
+    "3.3": "systemerror",
+    "3.4": "mesgtoobig",
+    "3.5": "systemerror",
+    "4.0": "networkerror",
+    "4.1": "networkerror",
+    "4.2": "networkerror",
+    "4.3": "systemerror",
+    "4.4": "hostunknown",
+    "4.5": "systemfull",
+    "4.6": "networkerror",
+    "4.7": "expired",
+    "5.0": "syntaxerror",
+    "5.1": "syntaxerror",
+    "5.2": "syntaxerror",
+    "5.3": "toomanyconn",
+    "5.4": "syntaxerror",
+    "5.5": "syntaxerror",
+    "5.6": "syntaxerror",
+    "6.0": "contenterror",
+    "6.1": "contenterror",
+    "6.2": "contenterror",
+    "6.3": "contenterror",
+    "6.4": "contenterror",
+    "6.5": "contenterror",
+    "6.6": "contenterror",
+    "6.7": "contenterror",
+    "6.8": "contenterror",
+    "6.9": "contenterror",
+    "6.10": "contenterror",
+    "7.0": "securityerror",
+    "7.1": "rejected",
+    "7.2": "rejected",
+    "7.3": "securityerror",
+    "7.4": "securityerror",
+    "7.5": "securityerror",
+    "7.6": "securityerror",
+    "7.7": "securityerror",
+    "7.8": "securityerror",
+    "7.9": "securityerror",
+    "7.10": "failedstarttls",
+    "7.11": "failedstarttls",
+    "7.12": "securityerror",
+    "7.13": "suspend",
+    "7.14": "securityerror",
+    "7.15": "securityerror",
+    "7.16": "mailboxfull",
+    "7.17": "hasmoved",
+    "7.18": "suspend",
+    "7.19": "suspend",
+    "7.20": "authfailure",
+    "7.21": "authfailure",
+    "7.22": "authfailure",
+    "7.23": "authfailure",
+    "7.24": "authfailure",
+    "7.25": "requireptr",
+    "7.26": "authfailure",
+    "7.27": "notaccept",
+    "7.28": "badreputation",
+    "7.29": "authfailure",
+    "7.30": "authfailure",
+}
+STATUS_SUBJECT: dict[str, str] = {
+    "0": "undefined",
+    "1": "userunknown",
+    "2": "mailboxfull",
+    "3": "systemerror",
+    "4": "networkerror",
+    "5": "syntaxerror",
+    "6": "contenterror",
+    "7": "securityerror",
+}
+
+_ENHANCED_AFTER_CODE = re.compile(r"\b[245]\d\d[ -]#?([245]\.\d{1,3}\.\d{1,3})(?![\d.]*\d)")
+_ENHANCED_ANY = re.compile(r"(?<![\w.])#?([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
+_REPLY_CODE = re.compile(r"(?<![\w.\-/:])([245][0-5]\d)(?:[ -]|$)(?!\d)", re.M)
+_DELAY = re.compile(
+    r"(?:try(?:ing)? again|retry|greylisted|graylisted|wait|come back|deferred|delayed)\D{0,40}?"
+    r"(?:in|for|after|within)?\s*(\d+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hrs?|hours?)\b",
+    re.I,
+)
+_DELAY_UNIT = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_enhanced_status(text: str | None) -> str | None:
+    """The RFC 3463 code in a reply or diagnostic ("5.1.1"), or None.
+
+    A code right after the basic reply code wins over one found elsewhere in the text, and
+    dotted numbers that are parts of IP addresses or versions are not taken.
+    """
+    if not text:
+        return None
+    found = _ENHANCED_AFTER_CODE.search(text) or _ENHANCED_ANY.search(text)
+    return found.group(1) if found else None
+
+
+def parse_reply_code(text: str | None) -> int | None:
+    """The first basic SMTP reply code (250, 421, 550 …) in a text, or None."""
+    if not text:
+        return None
+    found = _REPLY_CODE.search(text)
+    return int(found.group(1)) if found else None
+
+
+def parse_reply_delay(text: str | None) -> int | None:
+    """Seconds the receiver asked us to wait ("try again in 5 minutes"), or None."""
+    if not text:
+        return None
+    found = _DELAY.search(text)
+    if not found:
+        return None
+    return int(found.group(1)) * _DELAY_UNIT[found.group(2)[0].lower()]
+
+
+# The SMTP command a rejection answered. It matters more than the words: "user unknown" in
+# reply to DATA is a content filter speaking (the recipient was accepted at RCPT), and any
+# rejection of MAIL FROM or of the connection is about the sender, not the recipient.
+_STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    (
+        "data",
+        re.compile(
+            r"in reply to end of data|after end of data|after data\b|in reply to data command|>>> data\s*\n\s*<<<\s*5|"  # noqa: E501
+            r"smtp command:?\s*\n?\s*data\b|command:\s*data\b|-+\s*smtp command\s*\n\s*data\b",
+            re.I,
+        ),
+    ),
+    (
+        "mail",
+        re.compile(
+            r"in reply to mail from|after mail from|>>> mail from:[^\n]*\n\s*<<<\s*5|sender was rejected",  # noqa: E501
+            re.I,
+        ),
+    ),
+    (
+        "connect",
+        re.compile(
+            r"after initial connection|in reply to (?:the )?initial greeting|during greeting|greeting wait|"  # noqa: E501
+            r"in reply to (?:ehlo|helo) command|after (?:ehlo|helo)\b|>>> (?:ehlo|helo)[^\n]*\n\s*<<<\s*5",  # noqa: E501
+            re.I,
+        ),
+    ),
+)
+
+
+def smtp_stage(text: str | None) -> str | None:
+    """Which command a rejection answered: "data", "mail", "connect" or None (RCPT, unknown)."""
+    if not text:
+        return None
+    for stage, pattern in _STAGES:
+        if pattern.search(text):
+            return stage
+    return None
+
+
+_CONTINUATION = re.compile(r"\b[245]\d\d[- ](?:#?[245]\.\d{1,3}\.\d{1,3}\b)?")
+
+
+def _flatten(text: str) -> str:
+    """One line, with the repeated reply codes of a multi-line reply removed after the first
+    ("550-5.7.1 Messages with multiple 550-5.7.1 addresses" -> one sentence)."""
+    flat = " ".join(text.split())
+    first = _CONTINUATION.search(flat)
+    if not first:
+        return flat
+    head, tail = flat[: first.end()], flat[first.end() :]
+    code = first.group(0).strip()
+    return head + tail.replace(code + " ", "").replace(code.replace(" ", "-") + " ", "")
+
+
+def _refine(verdict: Verdict, cls: str | None) -> Verdict:
+    """Adjustments that need both the words and the code class."""
+    if cls == "4" and verdict.reason == "hostunknown":
+        # A temporary DNS failure is not proof the domain does not exist.
+        return Verdict(
+            Scope.TRANSIENT, False, "networkerror", False, verdict.status, verdict.rule + "@4xx"
+        )
+    if verdict.reason == "mesgtoobig" and verdict.status and verdict.status[1:] == ".2.3":
+        return Verdict(
+            Scope.RECIPIENT, verdict.permanent, "exceedlimit", False, verdict.status, verdict.rule
+        )
+    return verdict
+
+
+def _scope_for(reason: str, permanent: bool) -> Scope:
+    return REASON_SCOPE.get(reason, Scope.TRANSIENT)
+
+
+def _at_stage(verdict: Verdict, stage: str | None) -> Verdict:
+    """Re-read a recipient-sounding verdict given the SMTP command it answered."""
+    if stage is None or verdict.reason not in HARD_REASONS:
+        return verdict
+    explicit = verdict.status is not None and verdict.status[2:4] == "1."
+    if stage == "data" and not explicit:
+        reason, scope = "filtered", Scope.RECIPIENT
+    elif stage == "mail":
+        reason, scope = "rejected", Scope.CAMPAIGN
+    elif stage == "connect":
+        reason, scope = "blocked", Scope.LANE
+    else:
+        return verdict
+    return Verdict(
+        scope, verdict.permanent, reason, False, verdict.status, f"{verdict.rule}@{stage}"
+    )
+
+
+def _verdict(
+    reason: str,
+    scope: Scope,
+    permanent: bool,
+    rule_suppress: bool,
+    status: str | None,
+    rule_id: str,
+) -> Verdict:
+    # Only a permanent failure can suppress, and only for the recipient's own fault.
+    suppress = rule_suppress and permanent and scope is Scope.RECIPIENT
+    return Verdict(scope, permanent, reason, suppress, status, rule_id)
+
+
+def _class_of(code: int | None, status: str | None) -> str | None:
+    if status:
+        return status[0]
+    if code:
+        return str(code)[0]
+    return None
+
+
+def decide(
+    code: int | None,
+    status: str | None,
+    text: str,
+    provider: str | None = None,
+    *,
+    default_permanent: bool = True,
+    rules: Iterable[Rule] | None = None,
+    stage: str | None = None,
+) -> Verdict:
+    """The shared decision: text rules, then the enhanced status, then the reply class.
+
+    ``default_permanent`` applies when neither a code nor a status says 4xx or 5xx (free-text
+    bounces without any code).
+    """
+    cls = _class_of(code, status)
+    if cls == "2":
+        return Verdict(Scope.RECIPIENT, False, "delivered", False, status, "class.2xx")
+    class_permanent = cls == "5" if cls in ("4", "5") else default_permanent
+    flat = _flatten(text) if text else ""
+    if flat:
+        for rule in RULES if rules is None else rules:
+            if rule.provider and provider and rule.provider != provider:
+                continue
+            if rule.regex.search(flat):
+                permanent = class_permanent if rule.permanent is None else rule.permanent
+                verdict = _verdict(
+                    rule.reason, rule.scope, permanent, rule.suppress, status, rule.id
+                )
+                return _at_stage(_refine(verdict, cls), stage or smtp_stage(text))
+    if status and status[0] in "45":
+        _, _, rest = status.partition(".")
+        subject = rest.partition(".")[0]
+        reason = STATUS_DETAIL.get(rest) or STATUS_SUBJECT.get(subject, "undefined")
+        permanent = status[0] == "5"
+        scope = _scope_for(reason, permanent)
+        if not permanent and scope is Scope.RECIPIENT and reason not in ("mailboxfull", "speeding"):
+            scope = Scope.TRANSIENT  # a 4xx "user unknown" is a temporary lookup problem
+        verdict = _verdict(
+            reason, scope, permanent, reason in HARD_REASONS, status, f"status.{status}"
+        )
+        return _at_stage(_refine(verdict, cls), stage or smtp_stage(text))
+    return _by_basic_code(code, class_permanent, status)
+
+
+def _by_basic_code(code: int | None, permanent: bool, status: str | None) -> Verdict:
+    if code == 421:
+        # RFC 5321: the service is closing the channel; in bulk mail this is a throttle.
+        return Verdict(Scope.LANE, False, "toomanyconn", False, status, "class.421")
+    if code in (500, 501, 502, 503, 504, 555):
+        return Verdict(Scope.CAMPAIGN, True, "syntaxerror", False, status, f"class.{code}")
+    if code == 552:
+        return Verdict(Scope.RECIPIENT, True, "mailboxfull", False, status, "class.552")
+    if code == 452:
+        return Verdict(Scope.TRANSIENT, False, "systemfull", False, status, "class.452")
+    if code is not None and 400 <= code < 500:
+        return Verdict(Scope.TRANSIENT, False, "undefined", False, status, "class.4xx")
+    if code is not None and 500 <= code < 600:
+        return Verdict(Scope.RECIPIENT, True, "onhold", False, status, "class.5xx")
+    # No code at all: nothing says whose fault it is, so never suppress on it.
+    return Verdict(
+        Scope.TRANSIENT if not permanent else Scope.RECIPIENT,
+        permanent,
+        "undefined",
+        False,
+        status,
+        "class.none",
+    )
+
+
+def classify_reply(
+    code: int | None, text: str, provider: str | None = None, rules: Iterable[Rule] | None = None
+) -> Verdict:
+    """Classify a live SMTP reply: its basic code and full text (with the enhanced code)."""
+    text = text or ""
+    if code is None:
+        code = parse_reply_code(text)
+    return decide(code, parse_enhanced_status(text), text, provider, rules=rules)
+
+
+def classify_failure(
+    status: str | None,
+    diagnostic: str,
+    action: str | None = None,
+    code: int | None = None,
+    *,
+    default_permanent: bool = True,
+    rules: Iterable[Rule] | None = None,
+    context: str = "",
+) -> Verdict:
+    """Classify one failed recipient of a bounce (DSN fields, or what a free-text bounce said).
+
+    ``context`` is the human-readable text around the recipient; only the SMTP command it
+    names (RCPT, DATA, MAIL FROM …) is taken from it.
+    """
+    diagnostic = diagnostic or ""
+    stage = smtp_stage(diagnostic) or smtp_stage(context)
+    if status is not None:
+        status = parse_enhanced_status(status) or None
+    diag_status = parse_enhanced_status(diagnostic)
+    # The DSN's Status is the reporting MTA's summary; a more specific code in the remote
+    # server's own words is better evidence (e.g. Status 5.0.0 for "550 5.1.1 no such user").
+    if diag_status and (status is None or status.endswith(".0.0") or status[0] == diag_status[0]):
+        status = diag_status if status is None or status.endswith(".0.0") else status
+    if code is None:
+        code = parse_reply_code(diagnostic)
+    if action == "delayed":
+        # A delay is a warning: the message is still being retried, nothing is final yet.
+        verdict = decide(
+            code, status, diagnostic, default_permanent=False, rules=rules, stage=stage
+        )
+        return Verdict(
+            verdict.scope, verdict.permanent, verdict.reason, False, verdict.status, verdict.rule
+        )
+    if action in ("delivered", "relayed", "expanded", "deliverable"):
+        return Verdict(Scope.RECIPIENT, False, "delivered", False, status, f"action.{action}")
+    return decide(
+        code, status, diagnostic, default_permanent=default_permanent, rules=rules, stage=stage
+    )

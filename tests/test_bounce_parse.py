@@ -1,0 +1,233 @@
+"""The bounce parser over the corpus copy in tests/data/bounces (BSD-2-Clause, see LICENSE.*)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailctl.bounces import BounceParseError, Kind, iter_messages, parse_message
+
+DATA = Path(__file__).parent / "data" / "bounces"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from bounce_accuracy import COMPLAINT_TYPES, _match  # noqa: E402
+
+LABELS = json.loads((DATA / "labels.json").read_text())
+BOUNCES = ("bounce-permanent", "bounce-temporary")
+
+
+@pytest.fixture(scope="module")
+def parsed() -> dict[str, object]:
+    return {
+        x["file"]: parse_message((DATA / "eml" / x["file"]).read_bytes(), x["file"]) for x in LABELS
+    }
+
+
+def test_accuracy_floors(parsed: dict) -> None:
+    exact = bounces = perm_ok = perm_total = suppress_ok = reason_ok = recipients = 0
+    for label in LABELS:
+        report = parsed[label["file"]]
+        ok, matched = _match(report, label)
+        if label["category"] in BOUNCES:
+            bounces += 1
+            exact += ok
+        elif label["category"] != "complaint-arf":
+            continue
+        for index, expected in enumerate(r for r in label["per_recipient"] if r["recipient"]):
+            recipients += 1
+            got = matched.get(index)
+            if got is None:
+                continue
+            if label["category"] == "complaint-arf":
+                want_suppress = expected["feedback_type"] in COMPLAINT_TYPES
+            else:
+                want_suppress = expected["hard"]
+                perm_total += 1
+                perm_ok += got.permanent == bool(expected["permanent"])
+            suppress_ok += got.suppress == want_suppress
+            reason_ok += got.reason == expected["reason"]
+    # Floors a little below what the parser reaches (see bench/bounce_accuracy.py).
+    assert exact / bounces >= 0.96
+    assert perm_ok / (perm_total or 1) >= 0.93
+    assert suppress_ok / recipients >= 0.88
+    assert reason_ok / recipients >= 0.77
+
+
+def test_negatives_are_not_bounces() -> None:
+    for path in sorted((DATA / "negative").iterdir()):
+        report = parse_message(path.read_bytes(), path.name)
+        assert report.kind is Kind.UNKNOWN, path
+        assert report.recipients == ()
+
+
+@pytest.mark.parametrize(("name", "count"), [("mbox-0", 37), ("mbox-1", 1)])
+def test_mbox_split(name: str, count: int) -> None:
+    sources = [source for source, _ in iter_messages(DATA / "mbox" / name)]
+    assert len(sources) == count
+    assert sources[0].endswith(f"{name}#1") and sources[-1].endswith(f"{name}#{count}")
+
+
+def test_mbox_messages_parse_as_bounces() -> None:
+    kinds = [
+        parse_message(raw, source).kind for source, raw in iter_messages(DATA / "mbox" / "mbox-0")
+    ]
+    assert kinds.count(Kind.BOUNCE) + kinds.count(Kind.DELAY) >= 30
+
+
+def test_autoreplies(parsed: dict) -> None:
+    for label in LABELS:
+        if label["category"] == "auto-reply":
+            report = parsed[label["file"]]
+            assert report.kind is Kind.AUTOREPLY, label["file"]
+            assert not any(r.suppress for r in report.recipients)
+
+
+def test_delayed_never_suppresses(parsed: dict) -> None:
+    delays = [report for report in parsed.values() if report.kind is Kind.DELAY]
+    assert delays
+    for report in delays:
+        assert not any(r.suppress for r in report.recipients), report.source
+    assert parsed["rfc3464-09.eml"].kind is Kind.DELAY
+
+
+def test_arf_complaint(parsed: dict) -> None:
+    report = parsed["arf-16.eml"]
+    assert report.kind is Kind.COMPLAINT and report.feedback_type == "abuse"
+    assert len(report.recipients) == 7
+    assert all(r.suppress and r.reason == "feedback" for r in report.recipients)
+    opt_out = parsed["arf-12.eml"]
+    assert opt_out.kind is not Kind.COMPLAINT
+    assert not any(r.suppress for r in opt_out.recipients)
+
+
+def test_delivery_success_dsn(parsed: dict) -> None:
+    report = parsed["rfc3464-28.eml"]
+    assert report.kind is Kind.DELIVERED
+    assert not any(r.suppress for r in report.recipients)
+
+
+MAILCTL_DSN = b"""\
+From: Mail Delivery System <MAILER-DAEMON@mx.example.net>
+To: bounces+mc1-abcdefghijklmnop@bounce.example.com
+Subject: Undelivered Mail Returned to Sender
+Message-ID: <20240101000000.1234@mx.example.net>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+<ann@example.org>: host mx.example.org said: 550 5.1.1 <ann@example.org>: Recipient
+    address rejected: User unknown in local recipient table (in reply to RCPT TO command)
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.net
+
+Final-Recipient: rfc822; ann@example.org
+Original-Recipient: rfc822;ann@example.org
+Action: failed
+Status: 5.1.1
+Remote-MTA: dns; mx.example.org
+Diagnostic-Code: smtp; 550 5.1.1 <ann@example.org>: Recipient address rejected: User unknown
+
+--B
+Content-Type: text/rfc822-headers
+
+From: News <news@sender.example.com>
+To: ann@example.org
+Subject: November
+Message-ID: <mc1-abcdefghijklmnop@sender.example.com>
+X-Mailctl-ID: mc1-abcdefghijklmnop
+
+--B--
+"""
+
+
+def test_mailctl_tracking_id() -> None:
+    report = parse_message(MAILCTL_DSN, "synthetic")
+    assert report.kind is Kind.BOUNCE
+    assert report.tracking_id == "mc1-abcdefghijklmnop"
+    assert report.verp_token == "mc1-abcdefghijklmnop"
+    assert report.original_message_id == "<mc1-abcdefghijklmnop@sender.example.com>"
+    [recipient] = report.recipients
+    assert (recipient.address, recipient.status, recipient.suppress) == (
+        "ann@example.org",
+        "5.1.1",
+        True,
+    )
+    data = report.to_json()
+    assert list(data) == ["source", "kind", "recipients", "tracking_id", "original_message_id"]
+    assert list(data["recipients"][0]) == [
+        "address",
+        "status",
+        "action",
+        "reason",
+        "permanent",
+        "suppress",
+        "diagnostic",
+    ]
+    json.dumps(data)
+    assert len(report.digest) == 64
+
+
+def test_streaming_mbox_built_on_the_fly(tmp_path: Path) -> None:
+    path = tmp_path / "bounces.mbox"
+    with path.open("wb") as mbox:
+        for number in range(200):
+            mbox.write(b"From MAILER-DAEMON Thu Jan  1 00:00:00 2024\n")
+            body = MAILCTL_DSN.replace(
+                b"mc1-abcdefghijklmnop",
+                b"mc1-"
+                + bytes(f"{number:0>16}", "ascii").translate(
+                    bytes.maketrans(b"0123456789", b"abcdefghij")
+                ),
+            )
+            mbox.write(body.replace(b"\nFrom ", b"\n>From "))
+            mbox.write(b"\n")
+    reports = [parse_message(raw, source) for source, raw in iter_messages(path)]
+    assert len(reports) == 200
+    assert reports[-1].source.endswith("#200")
+    assert all(r.kind is Kind.BOUNCE for r in reports)
+    assert len({r.tracking_id for r in reports}) == 200
+
+
+def test_maildir_and_single_file(tmp_path: Path) -> None:
+    for folder in ("cur", "new", "tmp"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "new" / "1.eml").write_bytes(MAILCTL_DSN)
+    (tmp_path / "cur" / "2.eml").write_bytes(MAILCTL_DSN)
+    assert len(list(iter_messages(tmp_path))) == 2
+    single = tmp_path / "one.eml"
+    single.write_bytes(MAILCTL_DSN)
+    assert [source for source, _ in iter_messages(single)] == [str(single)]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes(range(256)) * 20,
+        b"\xff\xfe\x00garbage\r\n\r\n\x00\x01",
+        MAILCTL_DSN[: len(MAILCTL_DSN) // 2],
+        b'Content-Type: multipart/report; boundary="X"\n\n--X\nContent-Type: message/delivery-status\n\nFinal-Recipient',  # noqa: E501
+        b"Subject: =?utf-8?B?broken?=\nContent-Type: text/plain; charset=nonexistent-charset\n\n\xe9\xe9 user unknown",  # noqa: E501
+        b"From: MAILER-DAEMON@x\nContent-Type: message/rfc822\n\n",
+    ],
+)
+def test_malformed_input_never_crashes(raw: bytes) -> None:
+    report = parse_message(raw, "bad")
+    json.dumps(report.to_json())
+
+
+def test_empty_input_is_a_parse_error(tmp_path: Path) -> None:
+    with pytest.raises(BounceParseError):
+        parse_message(b"", "empty")
+    empty = tmp_path / "empty.eml"
+    empty.write_bytes(b"")
+    for source, raw in iter_messages(empty):
+        with pytest.raises(BounceParseError):
+            parse_message(raw, source)
