@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.table import Table
 
 from mailctl import __version__, console
-from mailctl.errors import MailctlError
+from mailctl.errors import MailctlError, UsageError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -38,7 +37,9 @@ recipients_app = typer.Typer(help="Import and inspect recipients.", context_sett
 suppress_app = typer.Typer(
     help="The suppression list every send honours.", context_settings=CONTEXT
 )
+campaign_app = typer.Typer(help="Inspect and control campaigns.", context_settings=CONTEXT)
 app.add_typer(recipients_app, name="recipients", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign", no_args_is_help=True)
 app.add_typer(suppress_app, name="suppress", no_args_is_help=True)
 
 
@@ -223,6 +224,415 @@ def recipients_count(
             console.out.print(f"  {name}: {count}")
 
 
+# --------------------------------------------------------------------------- send
+
+SEND_HELP = """Send a campaign, or every active campaign with --all (the cron form).
+
+Loads the campaign file, imports its CSV, queues every recipient not yet queued and
+sends. Running it again resumes: nothing sent is sent again and new CSV rows are queued.
+Suppressed recipients are never sent. A campaign whose content changed since it started
+is refused unless --update (applied to unsent messages only).
+
+Exit codes: 0 finished, or stopped for a normal reason (--limit, --max-time, Ctrl-C, all
+remaining work deferred); 1 error; 2 usage or configuration error; 75 another run holds
+the database lock.
+
+Examples:
+  mailctl send campaigns/welcome.yaml
+  mailctl send campaigns/welcome.yaml --dry-run
+  mailctl send --all --max-time 9m --quiet     # from cron every 10 minutes
+"""
+
+
+def _load_profiles(near: Path | None) -> Any:
+    from mailctl.config import find_profiles, load_profiles
+
+    return load_profiles(find_profiles(state.profiles, near))
+
+
+@app.command("send", help=SEND_HELP)
+def send(
+    campaign_file: Annotated[
+        Path | None, typer.Argument(help="Campaign YAML file.", show_default=False)
+    ] = None,
+    all_campaigns: Annotated[
+        bool, typer.Option("--all", help="Send every active campaign in the database.")
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option(help="Attempt at most this many messages in this run.", min=1)
+    ] = None,
+    max_time: Annotated[
+        str | None, typer.Option(help="Stop after this long, e.g. 9m, 1h30m.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Render and print the first messages; change nothing.")
+    ] = False,
+    show: Annotated[int, typer.Option(help="How many messages --dry-run prints.", min=0)] = 3,
+    update: Annotated[
+        bool, typer.Option("--update", help="Apply a changed campaign to its unsent messages.")
+    ] = False,
+    wait: Annotated[
+        bool | None,
+        typer.Option(
+            "--wait/--no-wait",
+            help="Wait for deferred messages that fall due before --max-time "
+            "[default: wait only when --max-time is given].",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    from mailctl.config import parse_duration
+
+    if (campaign_file is None) == (not all_campaigns):
+        raise UsageError("give a campaign file or --all (not both)")
+    if dry_run and campaign_file is None:
+        raise UsageError("--dry-run needs a campaign file")
+    seconds = None
+    if max_time is not None:
+        try:
+            seconds = parse_duration(max_time)
+        except ValueError as exc:
+            raise UsageError(f"--max-time: {exc}") from None
+    console.set_quiet(quiet or json_output)
+    profiles = _load_profiles(campaign_file.parent if campaign_file else None)
+    if dry_run:
+        assert campaign_file is not None
+        _dry_run(campaign_file, profiles, show)
+        return
+    from mailctl.engine import SendOptions
+
+    options = SendOptions(limit=limit, max_time=seconds, wait=wait)
+    summary = _send(campaign_file, profiles, options, update=update)
+    if json_output:
+        console.emit_json(summary.as_dict())
+    elif not quiet:
+        _print_summary(summary)
+
+
+def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bool) -> Any:
+    import asyncio
+    import os
+    import socket
+    import time
+
+    from mailctl.campaigns import active_jobs, prepare
+    from mailctl.engine import Engine, RunSummary
+
+    with _open_store() as store, store.send_lock():
+        now = time.time()
+        recovered = store.recover_interrupted()
+        if recovered:
+            console.warn(
+                f"{recovered} messages were in flight when an earlier run died; they are "
+                "queued again and may reach their recipients twice"
+            )
+        if campaign_file is not None:
+            with console.progress("Loading recipients", None) as bar:
+                prepared = [
+                    prepare(
+                        store,
+                        campaign_file,
+                        profiles,
+                        update=update,
+                        now=now,
+                        on_progress=lambda done, rows: bar.advance(0, status=f"{rows} rows"),
+                    )
+                ]
+        else:
+            prepared = active_jobs(store, profiles, now=now)
+        jobs = []
+        for item in prepared:
+            row = store.get_campaign(item.job.name)
+            if item.imported is not None and item.imported.invalid:
+                console.warn(
+                    f"{item.imported.invalid} rows of {item.imported.file} were rejected "
+                    "(see `mailctl recipients import --rejects FILE`)"
+                )
+            if row is not None and row["status"] != "active" and row["status"] != "done":
+                console.info(f"campaign {item.job.name} is {row['status']}: not sending")
+                continue
+            jobs.append(item.job)
+        summary_queued = sum(p.queued for p in prepared)
+        summary_suppressed = sum(p.suppressed for p in prepared)
+        if not jobs:
+            summary = RunSummary(
+                campaigns=[p.job.name for p in prepared], stop_reason="nothing to send"
+            )
+            summary.queued, summary.suppressed = summary_queued, summary_suppressed
+            return summary
+        total = sum(store.remaining(job.campaign_id) for job in jobs)
+        run_id = store.start_run(os.getpid(), socket.gethostname(), now)
+
+        async def main() -> RunSummary:
+            import signal
+
+            from mailctl.config import TransportKind
+            from mailctl.transport import Sandbox
+
+            sandbox = None
+            sandbox_jobs = [j for j in jobs if j.profile.transport is TransportKind.SANDBOX]
+            if sandbox_jobs:
+                outbox = sandbox_jobs[0].profile.outbox or Path("outbox")
+                sandbox = Sandbox(outbox)
+                await sandbox.start()
+                console.info(f"sandbox: delivering to an embedded SMTP server, Maildir {outbox}/")
+            display = console.SendProgress()
+            started = time.monotonic()
+
+            def on_progress(engine: Engine) -> None:
+                s = engine.summary
+                done = s.sent + s.deferred + s.bounced + s.failed + s.expired + s.suppressed
+                rate = s.sent / max(time.monotonic() - started, 1e-6)
+                lanes = [vars(lane) for lane in engine.lanes.values()]
+                display.update(total, done, rate, lanes)
+
+            engine = Engine(
+                store,
+                jobs,
+                run_id=run_id,
+                options=options,
+                sandbox_port=sandbox.port if sandbox else None,
+                on_progress=on_progress,
+            )
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, engine.request_stop)
+            try:
+                with display:
+                    return await engine.run()
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+                if sandbox is not None:
+                    await sandbox.close()
+
+        summary = asyncio.run(main())
+        summary.queued = summary_queued
+        summary.suppressed += summary_suppressed
+        summary.recovered = recovered
+        store.finish_run(run_id, time.time(), summary.stop_reason, recovered)
+        return summary
+
+
+def _print_summary(summary: Any) -> None:
+    import datetime as dt
+
+    data = summary.as_dict()
+    table = Table(title="Send summary", show_header=False)
+    for key in (
+        "campaign",
+        "queued",
+        "sent",
+        "deferred",
+        "bounced",
+        "failed",
+        "expired",
+        "suppressed",
+        "remaining",
+        "elapsed",
+        "stop_reason",
+    ):
+        value = data[key]
+        if key == "campaign" and isinstance(value, list):
+            value = ", ".join(value)
+        if key == "elapsed":
+            value = f"{value:.1f} s"
+        table.add_row(key.replace("_", " "), str(value))
+    console.out.print(table)
+    if summary.next_attempt_at and summary.remaining:
+        when = dt.datetime.fromtimestamp(summary.next_attempt_at).strftime("%Y-%m-%d %H:%M:%S")
+        console.info(f"{summary.remaining} messages wait for a retry; next one is due at {when}")
+
+
+def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
+    """Render the first messages without touching the database or the network."""
+    from mailctl.campaigns import check_fields, make_renderer
+    from mailctl.config import load_campaign
+    from mailctl.recipients import import_csv
+    from mailctl.render import new_tracking_id
+    from mailctl.store import Store, resolve_db_path
+
+    campaign = load_campaign(campaign_file)
+    profiles.get(campaign.profile)
+    renderer = make_renderer(campaign, profiles)
+    with Store.open(":memory:") as scratch:
+        if campaign.csv is not None:
+            summary = import_csv(
+                scratch,
+                campaign.csv.path,
+                list_name=campaign.list_key,
+                email_column=campaign.csv.email_column,
+                delimiter=campaign.csv.delimiter,
+                encoding=campaign.csv.encoding,
+            )
+            if summary.invalid:
+                console.warn(f"{summary.invalid} rows of {campaign.csv.path} would be rejected")
+            source = scratch
+        else:
+            db_path = resolve_db_path(state.db)
+            if not db_path.exists():
+                raise MailctlError(
+                    f"{db_path} does not exist, so list '{campaign.list_key}' is empty"
+                )
+            source = Store.open(db_path, migrate=False)
+        check_fields(source, renderer, campaign.list_key)
+        total = source.count_recipients(campaign.list_key)
+        for row in source.iter_recipients(campaign.list_key, limit=show):
+            message = renderer.render(row["email"], row["fields"], new_tracking_id())
+            console.out.print(
+                f"--- MAIL FROM:<{message.envelope_from}> RCPT TO:<{message.recipient}>",
+                markup=False,
+                highlight=False,
+            )
+            console.out.print(
+                message.data.decode("utf-8", errors="replace").replace("\r\n", "\n"),
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+    console.info(
+        f"dry run: {total} recipients would be queued for {campaign.name}; nothing was sent"
+    )
+
+
+# --------------------------------------------------------------------------- campaigns
+
+
+def _campaign_row(store: Any, name: str) -> dict[str, Any]:
+    row = store.get_campaign(name)
+    if row is None:
+        raise MailctlError(f"no campaign named '{name}' (see `mailctl campaign list`)")
+    return row
+
+
+@campaign_app.command("list")
+def campaign_list(
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List campaigns, newest first, with their message counts.
+
+    Example: mailctl campaign list
+    """
+    with _open_store() as store:
+        rows = []
+        for row in store.list_campaigns():
+            counts = store.message_counts(row["id"])
+            rows.append(
+                {
+                    "name": row["name"],
+                    "status": row["status"],
+                    "class": row["traffic_class"],
+                    "stop_reason": row["stop_reason"],
+                    **counts,
+                }
+            )
+    if json_output:
+        console.emit_json(rows)
+        return
+    table = Table(
+        "name", "status", "class", "queued", "sent", "deferred", "bounced", "failed", "suppressed"
+    )
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["status"],
+            r["class"],
+            str(r["queued"]),
+            str(r["sent"]),
+            str(r["deferred"]),
+            str(r["bounced"]),
+            str(r["failed"]),
+            str(r["suppressed"]),
+        )
+    console.out.print(table)
+
+
+@campaign_app.command("show")
+def campaign_show(
+    name: Annotated[str, typer.Argument(help="Campaign name.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one campaign: status, why it stopped, counts and the top replies.
+
+    Example: mailctl campaign show welcome
+    """
+    with _open_store() as store:
+        row = _campaign_row(store, name)
+        counts = store.message_counts(row["id"])
+        replies = store.top_replies(row["id"])
+    data = {
+        "name": row["name"],
+        "status": row["status"],
+        "stop_reason": row["stop_reason"],
+        "profile": row["profile"],
+        "class": row["traffic_class"],
+        "pool": row["pool"],
+        "list": row["list_name"],
+        "file": row["path"],
+        "content_version": row["content_version"],
+        "counts": counts,
+        "top_replies": [{"reply": t, "count": n} for t, n in replies],
+    }
+    if json_output:
+        console.emit_json(data)
+        return
+    table = Table(title=f"Campaign {name}", show_header=False)
+    for key in ("status", "stop_reason", "profile", "class", "pool", "list", "file"):
+        if data[key] is not None:
+            table.add_row(key.replace("_", " "), str(data[key]))
+    for key, value in counts.items():
+        table.add_row(key.replace("_", " "), str(value))
+    console.out.print(table)
+    if replies:
+        top = Table("count", "reply", title="Top replies")
+        for text, count in replies:
+            top.add_row(str(count), text or "")
+        console.out.print(top)
+
+
+def _set_status(name: str, status: str, allowed_from: tuple[str, ...], verb: str) -> None:
+    with _open_store() as store:
+        row = _campaign_row(store, name)
+        if row["status"] not in allowed_from:
+            raise MailctlError(f"campaign '{name}' is {row['status']}; cannot {verb} it")
+        store.set_campaign_status(
+            row["id"], status, f"{verb}d by hand" if status != "active" else None
+        )
+        extra = ""
+        if status == "cancelled":
+            extra = f"; {store.cancel_unsent(row['id'])} unsent messages cancelled"
+    console.info(f"campaign {name}: {status}{extra}")
+
+
+@campaign_app.command("pause")
+def campaign_pause(name: Annotated[str, typer.Argument(help="Campaign name.")]) -> None:
+    """Pause a campaign: `send --all` skips it until it is resumed.
+
+    Example: mailctl campaign pause welcome
+    """
+    _set_status(name, "paused", ("active", "done"), "pause")
+
+
+@campaign_app.command("resume")
+def campaign_resume(name: Annotated[str, typer.Argument(help="Campaign name.")]) -> None:
+    """Resume a paused campaign, or one a circuit breaker stopped (deliberately).
+
+    Example: mailctl campaign resume welcome
+    """
+    _set_status(name, "active", ("paused", "stopped", "active"), "resume")
+
+
+@campaign_app.command("cancel")
+def campaign_cancel(name: Annotated[str, typer.Argument(help="Campaign name.")]) -> None:
+    """Cancel a campaign for good: its unsent messages are never sent.
+
+    Example: mailctl campaign cancel welcome
+    """
+    _set_status(name, "cancelled", ("active", "paused", "stopped", "done"), "cancel")
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -234,13 +644,13 @@ def run(argv: list[str] | None = None) -> int:
     console.set_quiet(False)
     try:
         command.main(args=args, prog_name="mailctl", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         console.error("aborted")
         return 130
-    except click.ClickException as exc:
-        exc.show(file=sys.stderr)
+    except typer.TyperException as exc:  # usage errors: bad option, missing argument
+        exc.show(file=sys.stderr)  # type: ignore[attr-defined]
         return 2
     except MailctlError as exc:
         if state.debug:

@@ -132,3 +132,68 @@ class ProgressReporter:
 def progress(description: str, total: int | None = None) -> Iterator[ProgressReporter]:
     with ProgressReporter(description, total) as reporter:
         yield reporter
+
+
+class SendProgress:
+    """The send loop's display: an overall bar plus one row per lane on a terminal;
+    a plain status line every few seconds elsewhere; nothing when quiet."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self._last_line = 0.0
+        self._progress: Progress | None = None
+        self._overall: TaskID | None = None
+        self._lane_tasks: dict[Any, TaskID] = {}
+        if not _quiet and err.is_terminal:
+            self._progress = Progress(
+                TextColumn("{task.description:<34}"),
+                BarColumn(bar_width=30),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                transient=False,
+                refresh_per_second=4,
+            )
+            self._overall = self._progress.add_task("[bold]all lanes", total=None, detail="")
+
+    def __enter__(self) -> SendProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, total: int, done: int, rate: float, lanes: list[dict[str, Any]]) -> None:
+        if _quiet:
+            return
+        if self._progress is not None and self._overall is not None:
+            self._progress.update(
+                self._overall, total=total or None, completed=done, detail=f"{rate:,.0f} msg/s"
+            )
+            for lane in lanes:
+                key = (lane["ip"], lane["provider"])
+                task = self._lane_tasks.get(key)
+                label = f"  {lane['ip']} → {lane['provider']}"[:34]
+                if task is None:
+                    task = self._progress.add_task(label, total=None, detail="")
+                    self._lane_tasks[key] = task
+                state = lane["state"] if lane["state"] == "normal" else f"[yellow]{lane['state']}"
+                detail = (
+                    f"sent {lane['sent']} deferred {lane['deferred']} bounced {lane['bounced']} "
+                    f"failed {lane['failed']} {state}"
+                )
+                self._progress.update(task, completed=lane["sent"], detail=detail)
+            return
+        now = time.monotonic()
+        if now - self._last_line < self.interval:
+            return
+        self._last_line = now
+        err.print(
+            f"sending: {done}/{total} done, {rate:,.0f} msg/s, {len(lanes)} lanes",
+            markup=False,
+            highlight=False,
+        )

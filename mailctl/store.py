@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
-from mailctl.errors import StoreError
+from mailctl.errors import LockedError, StoreError
 
 DEFAULT_DB = "mailctl.db"
 
@@ -57,6 +57,76 @@ MIGRATIONS: list[list[str]] = [
             expires_at REAL
         )""",
     ],
+    # 2: campaigns, messages and their replies, send runs
+    [
+        """CREATE TABLE campaigns (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            path TEXT,
+            profile TEXT NOT NULL,
+            traffic_class TEXT NOT NULL,
+            pool TEXT NOT NULL,
+            list_name TEXT NOT NULL,
+            content TEXT NOT NULL,          -- JSON of what recipients see (see Campaign.content)
+            content_hash TEXT NOT NULL,
+            content_version INTEGER NOT NULL DEFAULT 1,
+            status TEXT NOT NULL DEFAULT 'active',  -- active, paused, done, stopped, cancelled
+            stop_reason TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            campaign_id INTEGER NOT NULL REFERENCES campaigns(id),
+            recipient_id INTEGER NOT NULL REFERENCES recipients(id),
+            email TEXT NOT NULL,
+            domain TEXT NOT NULL,
+            -- queued, sending, sent, deferred, bounced, complained, failed, expired,
+            -- suppressed, cancelled
+            state TEXT NOT NULL,
+            tracking_id TEXT NOT NULL UNIQUE,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            queued_at REAL NOT NULL,
+            next_attempt_at REAL NOT NULL,
+            last_attempt_at REAL,
+            sent_at REAL,
+            ip TEXT,
+            provider TEXT,
+            last_code INTEGER,
+            last_reply TEXT,
+            reason TEXT,
+            run_id INTEGER,
+            possible_duplicate INTEGER NOT NULL DEFAULT 0,
+            content_version INTEGER NOT NULL DEFAULT 1,
+            UNIQUE (campaign_id, recipient_id)
+        )""",
+        "CREATE INDEX messages_due ON messages(state, next_attempt_at)",
+        "CREATE INDEX messages_campaign_state ON messages(campaign_id, state)",
+        "CREATE INDEX messages_email ON messages(email)",
+        """CREATE TABLE replies (
+            id INTEGER PRIMARY KEY,
+            message_id INTEGER REFERENCES messages(id),
+            at REAL NOT NULL,
+            ip TEXT,
+            provider TEXT,
+            code INTEGER,
+            text TEXT,
+            outcome TEXT NOT NULL,          -- deferred, bounced, failed, expired
+            reason TEXT,
+            rule TEXT
+        )""",
+        "CREATE INDEX replies_at ON replies(at)",
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            finished_at REAL,
+            stop_reason TEXT,
+            recovered INTEGER NOT NULL DEFAULT 0
+        )""",
+    ],
 ]
 
 
@@ -90,7 +160,9 @@ class Store:
     def open(cls, path: str | Path | None = None, *, migrate: bool = True) -> Store:
         db_path = resolve_db_path(path)
         try:
-            if not db_path.exists():
+            if str(db_path) == ":memory:":
+                pass  # a scratch database (dry runs): nothing touches the disk
+            elif not db_path.exists():
                 if db_path.parent and not db_path.parent.exists():
                     raise StoreError(f"{db_path}: directory {db_path.parent} does not exist")
                 # Recipient data is personal data: the file is private from the start.
@@ -411,6 +483,436 @@ class Store:
         )
         for row in self.conn.execute(sql, params):
             yield dict(zip(keys, row, strict=True))
+
+    # ------------------------------------------------------------------ campaigns
+
+    _CAMPAIGN_COLUMNS = (
+        "id",
+        "name",
+        "path",
+        "profile",
+        "traffic_class",
+        "pool",
+        "list_name",
+        "content",
+        "content_hash",
+        "content_version",
+        "status",
+        "stop_reason",
+        "created_at",
+        "updated_at",
+    )
+
+    def get_campaign(self, name: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            f"SELECT {', '.join(self._CAMPAIGN_COLUMNS)} FROM campaigns WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            return None
+        campaign = dict(zip(self._CAMPAIGN_COLUMNS, row, strict=True))
+        campaign["content"] = json.loads(campaign["content"])
+        return campaign
+
+    def list_campaigns(self, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        sql = f"SELECT {', '.join(self._CAMPAIGN_COLUMNS)} FROM campaigns"
+        params: list[Any] = []
+        if statuses:
+            sql += f" WHERE status IN ({','.join('?' * len(statuses))})"
+            params += list(statuses)
+        sql += " ORDER BY created_at DESC, id DESC"
+        result = []
+        for row in self.conn.execute(sql, params):
+            campaign = dict(zip(self._CAMPAIGN_COLUMNS, row, strict=True))
+            campaign["content"] = json.loads(campaign["content"])
+            result.append(campaign)
+        return result
+
+    def create_campaign(
+        self,
+        *,
+        name: str,
+        path: str,
+        profile: str,
+        traffic_class: str,
+        pool: str,
+        list_name: str,
+        content: dict[str, Any],
+        content_hash: str,
+        now: float,
+    ) -> int:
+        cur = self.conn.execute(
+            """INSERT INTO campaigns (name, path, profile, traffic_class, pool, list_name, content,
+                                      content_hash, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                name,
+                path,
+                profile,
+                traffic_class,
+                pool,
+                list_name,
+                json.dumps(content),
+                content_hash,
+                now,
+                now,
+            ),
+        )
+        return int(cur.lastrowid or 0)
+
+    def update_campaign(
+        self,
+        campaign_id: int,
+        *,
+        content: dict[str, Any],
+        content_hash: str,
+        path: str,
+        profile: str,
+        traffic_class: str,
+        pool: str,
+        now: float,
+    ) -> int:
+        """Apply changed content to the campaign and its unsent messages; returns how many."""
+        with self.transaction() as c:
+            c.execute(
+                """UPDATE campaigns SET content = ?, content_hash = ?, path = ?, profile = ?,
+                     traffic_class = ?, pool = ?, content_version = content_version + 1,
+                     updated_at = ?
+                   WHERE id = ?""",
+                (
+                    json.dumps(content),
+                    content_hash,
+                    path,
+                    profile,
+                    traffic_class,
+                    pool,
+                    now,
+                    campaign_id,
+                ),
+            )
+            cur = c.execute(
+                """UPDATE messages SET content_version =
+                     (SELECT content_version FROM campaigns WHERE id = ?)
+                   WHERE campaign_id = ? AND state IN ('queued', 'deferred')""",
+                (campaign_id, campaign_id),
+            )
+            return cur.rowcount
+
+    def set_campaign_status(
+        self, campaign_id: int, status: str, reason: str | None = None, now: float | None = None
+    ) -> None:
+        self.conn.execute(
+            "UPDATE campaigns SET status = ?, stop_reason = ?, updated_at = ? WHERE id = ?",
+            (status, reason, time.time() if now is None else now, campaign_id),
+        )
+
+    def cancel_unsent(self, campaign_id: int) -> int:
+        cur = self.conn.execute(
+            """UPDATE messages SET state = 'cancelled'
+               WHERE campaign_id = ? AND state IN ('queued', 'deferred')""",
+            (campaign_id,),
+        )
+        return cur.rowcount
+
+    def message_counts(self, campaign_id: int) -> dict[str, int]:
+        counts = dict.fromkeys(MESSAGE_STATES, 0)
+        for state, count in self.conn.execute(
+            "SELECT state, count(*) FROM messages WHERE campaign_id = ? GROUP BY state",
+            (campaign_id,),
+        ):
+            counts[state] = count
+        counts["possible_duplicates"] = self.conn.execute(
+            "SELECT count(*) FROM messages WHERE campaign_id = ? AND possible_duplicate = 1",
+            (campaign_id,),
+        ).fetchone()[0]
+        return counts
+
+    # ------------------------------------------------------------------ messages
+
+    def queue_messages(
+        self, campaign_id: int, list_name: str, now: float, make_tracking_id: Callable[[], str]
+    ) -> tuple[int, int]:
+        """One message per list member not yet queued for this campaign.
+
+        Returns (queued, suppressed): suppressed recipients get a row in state `suppressed`
+        so they are counted, and are never sent.
+        """
+        c = self.conn
+        with self.transaction():
+            c.execute("DROP TABLE IF EXISTS temp.to_queue")
+            c.execute(
+                """CREATE TEMP TABLE to_queue AS
+                   SELECT r.id AS recipient_id, r.email, r.domain,
+                          (EXISTS (SELECT 1 FROM suppression x
+                                   WHERE x.address IN (r.email, '*@' || r.domain)
+                                     AND (x.expires_at IS NULL OR x.expires_at > ?)))
+                            AS suppressed
+                   FROM lists l
+                   JOIN list_members m ON m.list_id = l.id
+                   JOIN recipients r ON r.id = m.recipient_id
+                   WHERE l.name = ?
+                     AND NOT EXISTS (SELECT 1 FROM messages g
+                                     WHERE g.campaign_id = ? AND g.recipient_id = r.id)
+                   ORDER BY r.id""",
+                (now, list_name, campaign_id),
+            )
+            version = c.execute(
+                "SELECT content_version FROM campaigns WHERE id = ?", (campaign_id,)
+            ).fetchone()[0]
+            queued = suppressed = 0
+            cursor = c.execute("SELECT recipient_id, email, domain, suppressed FROM temp.to_queue")
+            while rows := cursor.fetchmany(5000):
+                batch = []
+                for recipient_id, email, domain, is_suppressed in rows:
+                    state = "suppressed" if is_suppressed else "queued"
+                    suppressed += bool(is_suppressed)
+                    queued += not is_suppressed
+                    batch.append(
+                        (
+                            campaign_id,
+                            recipient_id,
+                            email,
+                            domain,
+                            state,
+                            make_tracking_id(),
+                            now,
+                            now,
+                            version,
+                        )
+                    )
+                c.executemany(
+                    """INSERT INTO messages (campaign_id, recipient_id, email, domain, state,
+                         tracking_id, queued_at, next_attempt_at, content_version)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    batch,
+                )
+            c.execute("DROP TABLE temp.to_queue")
+        return queued, suppressed
+
+    _CLAIM_COLUMNS = (
+        "id",
+        "campaign_id",
+        "recipient_id",
+        "email",
+        "domain",
+        "tracking_id",
+        "attempts",
+        "queued_at",
+        "possible_duplicate",
+    )
+
+    def claim_due(
+        self, campaign_ids: Sequence[int], now: float, run_id: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """Move up to `limit` due messages to `sending` for this run, with their fields."""
+        if not campaign_ids:
+            return []
+        marks = ",".join("?" * len(campaign_ids))
+        with self.transaction() as c:
+            rows = c.execute(
+                f"""UPDATE messages SET state = 'sending', run_id = ?
+                    WHERE id IN (
+                      SELECT id FROM messages
+                      WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ?
+                        AND campaign_id IN ({marks})
+                      ORDER BY next_attempt_at, id LIMIT ?)
+                    RETURNING {", ".join(self._CLAIM_COLUMNS)}""",
+                (run_id, now, *campaign_ids, limit),
+            ).fetchall()
+            claimed = [dict(zip(self._CLAIM_COLUMNS, row, strict=True)) for row in rows]
+            if claimed:
+                ids = [m["recipient_id"] for m in claimed]
+                fields = dict(
+                    c.execute(
+                        f"SELECT id, fields FROM recipients WHERE id IN ({','.join('?' * len(ids))})",
+                        ids,
+                    ).fetchall()
+                )
+                for message in claimed:
+                    message["fields"] = json.loads(fields[message["recipient_id"]])
+        claimed.sort(key=lambda m: m["id"])
+        return claimed
+
+    def release(self, message_ids: Sequence[int]) -> None:
+        """Claimed but never attempted: back to the queue, untouched."""
+        if not message_ids:
+            return
+        with self.transaction() as c:
+            c.executemany(
+                "UPDATE messages SET state = 'queued' WHERE id = ? AND state = 'sending'",
+                [(i,) for i in message_ids],
+            )
+
+    def record_outcomes(self, outcomes: Sequence[Any]) -> None:
+        """Commit a batch of delivery outcomes (engine.Outcome) in one transaction."""
+        if not outcomes:
+            return
+        with self.transaction() as c:
+            c.executemany(
+                """UPDATE messages SET state = ?, attempts = attempts + ?, last_attempt_at = ?,
+                     next_attempt_at = ?, sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END,
+                     ip = ?, provider = ?, last_code = ?, last_reply = ?, reason = ?
+                   WHERE id = ?""",
+                [
+                    (
+                        o.state,
+                        1 if o.attempted else 0,
+                        o.at,
+                        o.next_attempt_at,
+                        o.state,
+                        o.at,
+                        o.ip,
+                        o.provider,
+                        o.code,
+                        o.reply,
+                        o.reason,
+                        o.message_id,
+                    )
+                    for o in outcomes
+                ],
+            )
+            c.executemany(
+                """INSERT INTO replies (message_id, at, ip, provider, code, text, outcome, reason,
+                                        rule)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    (
+                        o.message_id,
+                        o.at,
+                        o.ip,
+                        o.provider,
+                        o.code,
+                        o.reply,
+                        o.state,
+                        o.reason,
+                        o.rule,
+                    )
+                    for o in outcomes
+                    if o.state != "sent" and o.attempted
+                ],
+            )
+            for o in outcomes:
+                if o.suppress:
+                    self.suppress(
+                        o.email,
+                        "hard_bounce",
+                        source=f"smtp:{o.ip or ''}",
+                        status=o.status,
+                        diagnostic=o.reply,
+                        now=o.at,
+                    )
+
+    def recover_interrupted(self) -> int:
+        """Messages left in `sending` by a run that died: back to the queue, flagged.
+
+        Called only while holding the send lock, so their run is certainly gone. Any of
+        them may have been delivered before the crash: they are possible duplicates.
+        """
+        with self.transaction() as c:
+            cur = c.execute(
+                """UPDATE messages SET state = 'queued', possible_duplicate = 1
+                   WHERE state = 'sending'"""
+            )
+            return cur.rowcount
+
+    def next_due_at(self, campaign_ids: Sequence[int]) -> float | None:
+        if not campaign_ids:
+            return None
+        row = self.conn.execute(
+            f"""SELECT min(next_attempt_at) FROM messages
+                WHERE state IN ('queued', 'deferred')
+                  AND campaign_id IN ({",".join("?" * len(campaign_ids))})""",
+            list(campaign_ids),
+        ).fetchone()
+        return row[0]
+
+    def remaining(self, campaign_id: int) -> int:
+        return int(
+            self.conn.execute(
+                """SELECT count(*) FROM messages WHERE campaign_id = ?
+                   AND state IN ('queued', 'deferred', 'sending')""",
+                (campaign_id,),
+            ).fetchone()[0]
+        )
+
+    def recipient_missing_field(self, list_name: str, field_name: str) -> str | None:
+        """The first list member whose fields lack `field_name`, or None."""
+        path = '$."' + field_name.replace('"', '""') + '"'
+        row = self.conn.execute(
+            """SELECT r.email FROM lists l JOIN list_members m ON m.list_id = l.id
+               JOIN recipients r ON r.id = m.recipient_id
+               WHERE l.name = ? AND json_type(r.fields, ?) IS NULL
+               ORDER BY r.id LIMIT 1""",
+            (list_name, path),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    @contextmanager
+    def send_lock(self) -> Iterator[None]:
+        """One send run per database. The OS drops the lock when the holder dies."""
+        import fcntl
+
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                raise LockedError(
+                    f"another mailctl run holds {self.path} (pid {holder or 'unknown'}); "
+                    "try again when it finishes"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def is_suppressed(self, address: str, now: float) -> bool:
+        return self.suppression_for(address, now=now) is not None
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, pid: int, host: str, now: float) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO runs (pid, host, started_at, heartbeat_at) VALUES (?, ?, ?, ?)",
+            (pid, host, now, now),
+        )
+        return int(cur.lastrowid or 0)
+
+    def heartbeat(self, run_id: int, now: float) -> None:
+        self.conn.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (now, run_id))
+
+    def finish_run(self, run_id: int, now: float, stop_reason: str, recovered: int) -> None:
+        self.conn.execute(
+            """UPDATE runs SET finished_at = ?, heartbeat_at = ?, stop_reason = ?, recovered = ?
+               WHERE id = ?""",
+            (now, now, stop_reason, recovered, run_id),
+        )
+
+    def top_replies(self, campaign_id: int, limit: int = 10) -> list[tuple[str, int]]:
+        return [
+            (text, count)
+            for text, count in self.conn.execute(
+                """SELECT y.text, count(*) AS n FROM replies y JOIN messages m ON m.id = y.message_id
+                   WHERE m.campaign_id = ? GROUP BY y.text ORDER BY n DESC LIMIT ?""",
+                (campaign_id, limit),
+            )
+        ]
+
+
+MESSAGE_STATES = (
+    "queued",
+    "sending",
+    "sent",
+    "deferred",
+    "bounced",
+    "complained",
+    "failed",
+    "expired",
+    "suppressed",
+    "cancelled",
+)
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -1,0 +1,226 @@
+"""SMTP delivery over aiosmtplib: pooled, reused connections per destination.
+
+A destination is where connections go: the relay, the embedded sandbox server, or (with
+direct delivery) an MX host. Connections are reused up to a messages-per-connection limit.
+A connection that dies mid-message yields a deferral, never a "sent".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosmtplib
+from aiosmtplib.errors import (
+    SMTPConnectResponseError,
+    SMTPException,
+    SMTPRecipientRefused,
+    SMTPResponseException,
+    SMTPSenderRefused,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+
+from mailctl.config import Profile, TlsMode, TransportKind
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One SMTP reply as a single line. code None: no reply (network failure)."""
+
+    code: int | None
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return self.code is not None and 200 <= self.code < 300
+
+    @property
+    def from_receiver(self) -> bool:
+        """Only replies the receiver actually sent may feed reputation rules."""
+        return self.code is not None
+
+
+def _reply(code: int | None, message: str) -> Reply:
+    text = " ".join(line.strip() for line in (message or "").splitlines() if line.strip())
+    return Reply(code, f"{code} {text}".strip() if code is not None else text)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a pool of connections goes and how it talks."""
+
+    name: str
+    host: str
+    port: int
+    tls: TlsMode = TlsMode.NONE
+    tls_required: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never printed
+    helo: str | None = None
+    source_ip: str | None = None
+    timeout: float = 30.0
+    validate_certs: bool = True
+
+
+class Connection:
+    """One SMTP session, reused for many messages."""
+
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
+        self.client: aiosmtplib.SMTP | None = None
+        self.messages = 0
+        self.alive = False
+
+    async def open(self) -> Reply | None:
+        """Connect, EHLO, STARTTLS, AUTH. Returns None on success, else the failure reply."""
+        d = self.destination
+        source = (d.source_ip, 0) if d.source_ip and d.source_ip not in ("0.0.0.0", "::") else None
+        tls_context = None
+        if d.tls is not TlsMode.NONE and not d.validate_certs:
+            tls_context = ssl.create_default_context()
+            tls_context.check_hostname = False
+            tls_context.verify_mode = ssl.CERT_NONE
+        client = aiosmtplib.SMTP(
+            hostname=d.host,
+            port=d.port,
+            local_hostname=d.helo,
+            source_address=source,
+            timeout=d.timeout,
+            use_tls=d.tls is TlsMode.IMPLICIT,
+            start_tls=False,
+            validate_certs=d.validate_certs,
+            tls_context=tls_context,
+        )
+        try:
+            await client.connect()
+            if d.tls is TlsMode.STARTTLS:
+                await client.ehlo()
+                if client.supports_extension("starttls"):
+                    await client.starttls(validate_certs=d.validate_certs, tls_context=tls_context)
+                elif d.tls_required:
+                    client.close()
+                    return Reply(None, f"{d.name}: STARTTLS not offered and TLS is required")
+            if d.username:
+                await client.login(d.username, d.password or "")
+        except SMTPConnectResponseError as exc:
+            client.close()
+            return _reply(exc.code, exc.message)
+        except SMTPResponseException as exc:
+            client.close()
+            return _reply(exc.code, exc.message)
+        except (TimeoutError, SMTPException, OSError) as exc:
+            client.close()
+            return Reply(None, f"connection to {d.name} failed: {_describe(exc)}")
+        self.client = client
+        self.alive = True
+        self.messages = 0
+        return None
+
+    async def send(self, envelope_from: str, recipient: str, data: bytes) -> Reply:
+        """One transaction. After a refusal the session is reset for the next message."""
+        client = self.client
+        assert client is not None
+        try:
+            await client.mail(envelope_from)
+            await client.rcpt(recipient)
+            response = await client.data(data)
+        except (SMTPRecipientRefused, SMTPSenderRefused) as exc:
+            reply = _reply(exc.code, exc.message)
+            await self._after_refusal(reply)
+            return reply
+        except SMTPServerDisconnected as exc:
+            self._dead()
+            return Reply(None, f"connection lost: {_describe(exc)}")
+        except SMTPTimeoutError as exc:
+            self._dead()
+            return Reply(None, f"timeout: {_describe(exc)}")
+        except SMTPResponseException as exc:
+            reply = _reply(exc.code, exc.message)
+            await self._after_refusal(reply)
+            return reply
+        except (SMTPException, OSError) as exc:
+            self._dead()
+            return Reply(None, f"connection error: {_describe(exc)}")
+        self.messages += 1
+        return _reply(response.code, response.message)
+
+    async def _after_refusal(self, reply: Reply) -> None:
+        if reply.code == 421:  # the server is closing the channel
+            self._dead()
+            return
+        try:
+            assert self.client is not None
+            await self.client.rset()
+        except (SMTPException, OSError):
+            self._dead()
+
+    def _dead(self) -> None:
+        self.alive = False
+        if self.client is not None:
+            self.client.close()
+        self.client = None
+
+    async def close(self) -> None:
+        if self.client is not None and self.alive:
+            try:
+                await asyncio.wait_for(self.client.quit(), timeout=2)
+            except (TimeoutError, SMTPException, OSError):
+                pass
+        self._dead()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+class Sandbox:
+    """The embedded local SMTP server of the `sandbox` profile (messages go to a Maildir)."""
+
+    def __init__(self, outbox: Path) -> None:
+        self.outbox = outbox
+        self.server = None  # mailctl.sim.SimServer
+        self.port = 0
+
+    async def start(self) -> int:
+        from mailctl.sim import SimConfig, SimServer
+
+        for sub in ("tmp", "new", "cur"):  # a Maildir, also when the folder already exists
+            (self.outbox / sub).mkdir(parents=True, exist_ok=True)
+        self.server = await SimServer(SimConfig(maildir=self.outbox)).start()
+        self.port = self.server.port
+        return self.port
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+
+
+def relay_destination(
+    profile: Profile, source_ip: str | None, port: int | None = None
+) -> Destination:
+    """The single destination of a relay or sandbox profile."""
+    if profile.transport is TransportKind.SANDBOX:
+        return Destination(
+            name="sandbox",
+            host="127.0.0.1",
+            port=port or 0,
+            helo=profile.helo or "localhost",
+            timeout=profile.timeout,
+        )
+    assert profile.host is not None and profile.port is not None
+    return Destination(
+        name=f"{profile.host}:{profile.port}",
+        host=profile.host,
+        port=port or profile.port,
+        tls=profile.tls,
+        tls_required=profile.tls_required,
+        username=profile.username,
+        password=profile.password(),
+        helo=profile.helo,
+        source_ip=source_ip,
+        timeout=profile.timeout,
+    )
