@@ -275,6 +275,9 @@ class Engine:
                     reason = "interrupted"
                     break
                 if self.options.limit is not None and self.attempted >= self.options.limit:
+                    # The last claims are already queued to connections: let them go out.
+                    while self._busy() and not self._stop.is_set():
+                        await self._pause(0.02)
                     reason = "limit"
                     break
                 now = clock.now()
@@ -286,7 +289,7 @@ class Engine:
                     batch = min(batch, self.options.limit - self.attempted)
                 claimed = self._claim(now, batch)
                 if not claimed:
-                    if self._in_flight or any(not g.queue.empty() for g in self._groups.values()):
+                    if self._busy():
                         await self._pause(0.05)
                         continue
                     self._commit(force=True)
@@ -321,6 +324,9 @@ class Engine:
         if batch <= 0:
             return []
         return self.store.claim_due(self.claim_order, now, self.run_id, batch)
+
+    def _busy(self) -> bool:
+        return bool(self._in_flight) or any(not g.queue.empty() for g in self._groups.values())
 
     async def _pause(self, seconds: float, until: float | None = None) -> None:
         """Sleep on the injected clock, waking early on stop."""

@@ -1,0 +1,298 @@
+"""End-to-end sending against simulated providers on 127.0.0.1 (real SMTP, real SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import json
+import re
+import sqlite3
+import textwrap
+from email import policy
+from pathlib import Path
+
+import pytest
+
+from mailctl.campaigns import prepare
+from mailctl.cli import run
+from mailctl.config import load_profiles
+from mailctl.engine import Engine, SendOptions
+from mailctl.sim import AddressRule, Reply, SimBehaviour
+from mailctl.store import Store
+
+
+class FakeClock:
+    """Injected into the engine: sleeping advances time at once."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += max(seconds, 0.0)
+        await asyncio.sleep(0)
+
+
+def make_workspace(tmp_path: Path, port: int, rows: int = 20, *, extra: str = "",
+                   profile_extra: str = "") -> Path:
+    (tmp_path / "profiles.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            default_profile: relay
+            profiles:
+              relay:
+                transport: relay
+                host: 127.0.0.1
+                port: {port}
+                tls: none
+                connections: 3
+                messages_per_connection: 7
+                retry: [5m, 10m, 20m]
+                max_age: 1h
+            """
+        ) + profile_extra
+    )
+    lines = ["email,first_name"] + [f"user{i}@example.com,User{i}" for i in range(rows)]
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "c.yaml").write_text(
+        textwrap.dedent(
+            """\
+            name: news
+            from: "News Désk <news@example.com>"
+            subject: "Héllo {{ first_name }}"
+            text: "Hi {{ first_name }}, unsubscribe at {{ unsubscribe_url }}"
+            html: "<p>Hi {{ first_name }}</p>"
+            recipients: list.csv
+            unsubscribe: {url: "https://example.com/u/{{ email | urlencode }}", mailto: "u@example.com"}
+            """
+        ) + extra
+    )
+    return tmp_path
+
+
+def send(ws: Path, *args: str) -> tuple[int, dict]:
+    code = run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), "send",
+                str(ws / "c.yaml"), "--json", *args])
+    return code, {}
+
+
+def summary(capsys: pytest.CaptureFixture[str]) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+def db_states(ws: Path) -> dict[str, int]:
+    conn = sqlite3.connect(ws / "m.db")
+    return dict(conn.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall())
+
+
+def test_send_resume_and_new_rows(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server()
+    ws = make_workspace(tmp_path, server.port, rows=25)
+    assert send(ws)[0] == 0
+    result = summary(capsys)
+    assert (result["queued"], result["sent"], result["remaining"]) == (25, 25, 0)
+    assert result["stop_reason"] == "finished"
+    assert sorted(d.rcpt for d in server.deliveries) == sorted(f"user{i}@example.com" for i in range(25))
+    # Connections are reused: 25 messages over at most 7 per connection.
+    assert server.sim.connection_count <= 3 + 25 // 7 + 1
+
+    assert send(ws)[0] == 0
+    assert summary(capsys)["sent"] == 0
+    assert len(server.deliveries) == 25
+
+    with (ws / "list.csv").open("a") as f:
+        f.write("late1@example.com,Late\nlate2@example.com,Later\n")
+    assert send(ws)[0] == 0
+    assert summary(capsys)["sent"] == 2
+    assert sorted(d.rcpt for d in server.deliveries[25:]) == ["late1@example.com", "late2@example.com"]
+
+
+def test_rendered_message_is_correct_mime(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server(maildir=tmp_path / "box")
+    ws = make_workspace(tmp_path, server.port, rows=2)
+    assert send(ws)[0] == 0
+    capsys.readouterr()
+    files = sorted((tmp_path / "box" / "new").iterdir())
+    assert len(files) == 2
+    msg = email.message_from_bytes(files[0].read_bytes(), policy=policy.default)
+    assert msg.get_content_type() == "multipart/alternative"
+    assert str(msg["Subject"]).startswith("Héllo User")
+    assert str(msg["From"]) == "News Désk <news@example.com>"
+    tracking = str(msg["X-Mailctl-ID"])
+    assert re.fullmatch(r"mc1-[a-z2-7]{16}", tracking)
+    assert str(msg["Message-ID"]) == f"<{tracking}@example.com>"
+    assert str(msg["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
+    assert "https://example.com/u/user" in str(msg["List-Unsubscribe"])
+    assert "mailto:u@example.com" in str(msg["List-Unsubscribe"])
+    assert msg["Date"] is not None
+    text = msg.get_body(("plain",)).get_content()
+    assert text.startswith("Hi User") and "https://example.com/u/user" in text
+    assert msg.get_body(("html",)).get_content().startswith("<p>Hi User")
+    ids = {d.mailctl_id for d in server.deliveries}
+    assert len(ids) == 2
+
+
+def test_replies_bounce_suppress_fail_defer(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server(
+        SimBehaviour(
+            rcpt_rules=(
+                AddressRule("user0@example.com", Reply(550, "5.1.1 <{rcpt}>: user unknown")),
+                AddressRule("user1@example.com", Reply(554, "5.7.1 Message rejected for policy reasons")),
+                AddressRule("user2@example.com", Reply(451, "4.3.0 try later")),
+            ),
+            drop_data_for=("user3@example.com",),
+        )
+    )
+    ws = make_workspace(tmp_path, server.port, rows=8)
+    assert send(ws)[0] == 0
+    result = summary(capsys)
+    assert (result["sent"], result["bounced"], result["failed"], result["deferred"]) == (4, 1, 1, 2)
+    assert result["stop_reason"] == "deferred"
+    assert db_states(ws) == {"sent": 4, "bounced": 1, "failed": 1, "deferred": 2}
+    with Store.open(ws / "m.db") as store:
+        assert store.suppression_for("user0@example.com")["reason"] == "hard_bounce"
+        assert store.suppression_for("user1@example.com") is None  # policy: sender's fault
+        assert store.suppression_for("user3@example.com") is None
+    delivered = {d.rcpt for d in server.deliveries}
+    assert "user3@example.com" not in delivered  # dropped mid-DATA: never counted as sent
+
+
+def test_suppressed_recipients_are_never_sent(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server()
+    ws = make_workspace(tmp_path, server.port, rows=5)
+    with Store.open(ws / "m.db") as store:
+        store.suppress("user1@example.com", "unsubscribe")
+        store.suppress("*@example.org", "manual")
+    with (ws / "list.csv").open("a") as f:
+        f.write("x@example.org,X\n")
+    assert send(ws)[0] == 0
+    result = summary(capsys)
+    assert (result["sent"], result["suppressed"]) == (4, 2)
+    assert {d.rcpt for d in server.deliveries} == {f"user{i}@example.com" for i in (0, 2, 3, 4)}
+    assert db_states(ws)["suppressed"] == 2
+
+
+def test_suppression_is_checked_again_before_delivery(sim_server, tmp_path: Path) -> None:
+    server = sim_server()
+    ws = make_workspace(tmp_path, server.port, rows=3)
+    profiles = load_profiles(ws / "profiles.yaml")
+    with Store.open(ws / "m.db") as store:
+        prepared = prepare(store, ws / "c.yaml", profiles, now=1_800_000_000.0)
+        store.suppress("user2@example.com", "complaint")  # arrives after queueing
+        run_id = store.start_run(1, "test", 1_800_000_000.0)
+        engine = Engine(store, [prepared.job], run_id=run_id, clock=FakeClock())
+        result = asyncio.run(engine.run())
+    assert (result.sent, result.suppressed) == (2, 1)
+    assert "user2@example.com" not in {d.rcpt for d in server.deliveries}
+
+
+def test_retry_schedule_then_expiry_with_injected_clock(sim_server, tmp_path: Path) -> None:
+    server = sim_server(
+        SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", Reply(451, "4.7.1 busy")),))
+    )
+    ws = make_workspace(tmp_path, server.port, rows=2)
+    profiles = load_profiles(ws / "profiles.yaml")
+    clock = FakeClock()
+    with Store.open(ws / "m.db") as store:
+        prepared = prepare(store, ws / "c.yaml", profiles, now=clock.now())
+        run_id = store.start_run(1, "test", clock.now())
+        engine = Engine(store, [prepared.job], run_id=run_id, clock=clock,
+                        options=SendOptions(max_time=4 * 3600))
+        result = asyncio.run(engine.run())
+        row = store.conn.execute(
+            "SELECT state, attempts, last_code FROM messages WHERE email = 'user0@example.com'"
+        ).fetchone()
+    # 5m, 10m, 20m, 20m ... until max_age (1h) is passed: then expired, not failed.
+    assert row[0] == "expired" and row[2] == 451
+    assert 4 <= row[1] <= 6
+    assert result.sent == 1 and result.expired == 1
+    attempts = [r for r in server.refusals if r.rcpt == "user0@example.com"]
+    assert len(attempts) == row[1]
+    gaps = [b.time - a.time for a, b in zip(attempts, attempts[1:], strict=False)]
+    assert all(g >= 0 for g in gaps)
+
+
+def test_connect_421_defers_everything(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server(SimBehaviour(connect_reply=Reply(421, "4.7.0 Try again later")))
+    ws = make_workspace(tmp_path, server.port, rows=4)
+    assert send(ws)[0] == 0
+    result = summary(capsys)
+    assert result["sent"] == 0 and result["remaining"] == 4
+    assert db_states(ws) == {"deferred": 4}
+    assert not server.deliveries
+
+
+def test_dry_run_changes_nothing(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server()
+    ws = make_workspace(tmp_path, server.port, rows=5)
+    code = run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), "send",
+                str(ws / "c.yaml"), "--dry-run", "--show", "2"])
+    out = capsys.readouterr()
+    assert code == 0
+    assert out.out.count("RCPT TO:<") == 2 and "Subject: =?utf-8?" in out.out
+    assert "5 recipients would be queued" in out.err
+    assert not (ws / "m.db").exists()
+    assert not server.deliveries
+
+
+def test_missing_template_field_is_an_error_before_sending(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server()
+    ws = make_workspace(tmp_path, server.port, rows=3)
+    text = (ws / "c.yaml").read_text().replace("Hi {{ first_name }},", "Hi {{ nickname }},")
+    (ws / "c.yaml").write_text(text)
+    assert send(ws)[0] == 2
+    err = capsys.readouterr().err
+    assert "'nickname'" in err and "user0@example.com" in err
+    assert not server.deliveries
+    code = run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), "send",
+                str(ws / "c.yaml"), "--dry-run"])
+    assert code == 2 and "'nickname'" in capsys.readouterr().err
+
+
+def test_changed_campaign_needs_update(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server(
+        SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", Reply(451, "4.3.0 later")),))
+    )
+    ws = make_workspace(tmp_path, server.port, rows=3)
+    assert send(ws)[0] == 0
+    capsys.readouterr()
+    (ws / "c.yaml").write_text((ws / "c.yaml").read_text().replace("Héllo", "Hello again"))
+    assert send(ws)[0] == 2
+    err = capsys.readouterr().err
+    assert "changed since it started (subject)" in err and "--update" in err
+    assert send(ws, "--update")[0] == 0
+    capsys.readouterr()
+    with Store.open(ws / "m.db") as store:
+        versions = dict(store.conn.execute("SELECT email, content_version FROM messages"))
+    assert versions["user0@example.com"] == 2 and versions["user1@example.com"] == 1
+
+
+def test_second_run_is_locked_out(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server()
+    ws = make_workspace(tmp_path, server.port, rows=2)
+    with Store.open(ws / "m.db") as store, store.send_lock():
+        assert send(ws)[0] == 75
+        assert "another mailctl run holds" in capsys.readouterr().err
+    assert send(ws)[0] == 0
+
+
+def test_limit_and_campaign_commands(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server()
+    ws = make_workspace(tmp_path, server.port, rows=10)
+    assert send(ws, "--limit", "4")[0] == 0
+    result = summary(capsys)
+    assert (result["sent"], result["remaining"], result["stop_reason"]) == (4, 6, "limit")
+    base = ["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml")]
+    assert run([*base, "campaign", "pause", "news"]) == 0
+    assert run([*base, "send", "--all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sent"] == 0
+    assert run([*base, "campaign", "resume", "news"]) == 0
+    assert run([*base, "send", "--all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sent"] == 6
+    assert run([*base, "campaign", "show", "news", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "done" and shown["counts"]["sent"] == 10
+    assert run([*base, "campaign", "cancel", "nope"]) == 1
+    assert len(server.deliveries) == 10
