@@ -1,3 +1,4 @@
 from mailctl.cli import main
 
-main()
+if __name__ == "__main__":  # spawned render workers import this module too
+    main()

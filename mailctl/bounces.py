@@ -119,7 +119,7 @@ _SYSTEM_LOCALPART = re.compile(
     re.I,
 )
 _BOUNCE_SENDER = re.compile(
-    r"mailer-daemon|postmaster|mail[ -]delivery|maildelivery|mdaemon|mail administrator|microsoftexchange|mailer_daemon|bounce",  # noqa: E501
+    r"mailer-daemon|post_?master|mail[ -]delivery|maildelivery|mdaemon|mail administrator|microsoftexchange|mailer_daemon|bounce",  # noqa: E501
     re.I,
 )
 _BOUNCE_SUBJECT = re.compile(
@@ -337,6 +337,12 @@ def _collect(msg: Message, parts: _Parts, depth: int = 0) -> None:
                     _collect(sub, parts, depth + 1)
         elif isinstance(payload, str):
             parts.texts.append(_clean(payload))  # boundary missing: read the body as text
+        return
+    if ctype.startswith("multipart/"):
+        # Declared multipart but its boundary never occurs: the whole body is one text.
+        payload = msg.get_payload()
+        if isinstance(payload, str):
+            parts.texts.append(_clean(payload))
         return
     if ctype in ("message/delivery-status", "message/global-delivery-status"):
         parts.dsn_blocks.append(_blocks_of_dsn_part(msg))
@@ -770,7 +776,10 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
         blocks = _field_blocks(full_text)
     recipient_blocks = [b for b in blocks if "final-recipient" in b or "original-recipient" in b]
     if recipient_blocks:
-        return _from_dsn(recipient_blocks, notification, own, report)
+        dsn_report: Report = _from_dsn(recipient_blocks, notification, own, report)
+        if dsn_report.recipients:
+            return dsn_report
+        # Only non-address recipients (Exim's "save to /mail/spool/…"): read the text.
 
     # 3. Auto-replies (after DSNs: Postfix marks its own bounces "Auto-Submitted: auto-replied").
     bounce_like = bool(
@@ -792,6 +801,13 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
     found = _free_text_recipients(notification, own, hint)
     if not found and hint:
         found = [_Found(a, notification) for a in sorted(hint)]
+    if not found:
+        # The report names nobody ("Delivery report unavailable", a bare transcript): the
+        # returned message's single To address is the one that failed.
+        for original in parts.original_headers[:1]:
+            to = [a for a in _addresses(_header(original, "To")) if not _excluded(a, own)]
+            if len(to) == 1:
+                found = [_Found(to[0], notification)]
     if not found:
         return report(Kind.UNKNOWN, [])
     delay = bool(_DELAY_BODY.search(subject + "\n" + notification)) and not _PERMANENT_BODY.search(

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from re import _constants as _sre_constants  # type: ignore[attr-defined]
+from re import _parser as _sre_parser  # type: ignore[attr-defined]
+from typing import Any
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -297,6 +300,14 @@ PROVIDER_RULES: tuple[Rule, ...] = (
         "authfailure",
         False,
     ),
+    _rule(
+        "microsoft.mailbox-unavailable",
+        r"requested action not taken: mailbox unavailable",
+        R,
+        None,
+        "userunknown",
+        True,
+    ),
     _rule("microsoft.s775", r"\(S775\)", L, False, "badreputation", False),
     # Others
     _rule(
@@ -464,6 +475,7 @@ GENERAL_RULES: tuple[Rule, ...] = (
             r"not reachable within",
             r"queue (?:period|lifetime)",
             r"all hosts have been failing",
+            r"(?:host|server|domain) (?:is )?(?:not reachable|unreachable)",
         ),
         T,
         None,
@@ -483,6 +495,16 @@ GENERAL_RULES: tuple[Rule, ...] = (
         R,
         None,
         "notaccept",
+        True,
+    ),
+    _rule(
+        # Stock texts that name a missing domain outright; ahead of the block-list and DNS
+        # rules because they go on to mention both ("… may not exist, they may be blacklisted").
+        "text.hostunknown-strong",
+        _phrases(r"account or domain may not exist", r"host or domain name not found"),
+        R,
+        None,
+        "hostunknown",
         True,
     ),
     _rule(
@@ -702,7 +724,6 @@ GENERAL_RULES: tuple[Rule, ...] = (
             r"no such domain",
             r"unknown domain",
             r"host or domain name not found",
-            r"(?:domain|host) (?:is )?(?:not )?(?:reachable|unreachable)(?! within)",
             r"unroute?able (?:mail )?(?:address|domain)",
             r"name or service not known",
             r"(?:recipient|receiving) domain must exist",
@@ -1117,6 +1138,127 @@ GENERAL_RULES: tuple[Rule, ...] = (
 RULES: tuple[Rule, ...] = PROVIDER_RULES + GENERAL_RULES
 
 
+_LITERAL = _sre_constants.LITERAL
+_BRANCH = _sre_constants.BRANCH
+_SUBPATTERN = _sre_constants.SUBPATTERN
+_MAX_REPEAT = _sre_constants.MAX_REPEAT
+_MIN_REPEAT = _sre_constants.MIN_REPEAT
+_sre_parse = _sre_parser.parse
+
+
+def _lowered_pattern(pattern: str) -> str:
+    """A rule's pattern for lower-cased text: literals lower-cased, escapes (``\\S``) kept."""
+    out: list[str] = []
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\" and index + 1 < len(pattern):
+            out.append(pattern[index : index + 2])
+            index += 2
+            continue
+        out.append(char.lower())
+        index += 1
+    return "".join(out)
+
+
+def _required_literals(items: Any) -> list[str] | None:
+    """Literals of which at least one must occur for a parsed pattern to match, or None."""
+    best: list[str] | None = None
+    run: list[str] = []
+
+    def consider(option: list[str] | None) -> None:
+        nonlocal best
+        if option and (best is None or min(map(len, option)) > min(map(len, best))):
+            best = option
+
+    for op, arg in list(items) + [(None, None)]:
+        if op is _LITERAL:
+            run.append(chr(arg))
+            continue
+        consider(["".join(run)] if run else None)
+        run = []
+        if op is _BRANCH:
+            options = [_required_literals(branch) for branch in arg[1]]
+            if all(options):
+                consider([lit for option in options if option for lit in option])
+        elif op is _SUBPATTERN:
+            consider(_required_literals(arg[-1]))
+        elif op in (_MAX_REPEAT, _MIN_REPEAT) and arg[0] >= 1:
+            consider(_required_literals(arg[2]))
+    return best
+
+
+class _RuleMatcher:
+    """A rule table with a cheap pre-filter: one pass over the lower-cased text finds which
+    rules' key phrases occur at all, and only those rules' regexes run, in table order."""
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = rules
+        self.regexes = [re.compile(_lowered_pattern(rule.regex.pattern)) for rule in rules]
+        self.always: list[int] = []
+        self.short: list[tuple[str, int]] = []  # key phrases shorter than an index key
+        self.index: dict[str, list[tuple[str, int]]] = {}
+        for number, regex in enumerate(self.regexes):
+            literals = _required_literals(_sre_parse(regex.pattern))
+            if not literals or min(map(len, literals)) < 2:
+                self.always.append(number)
+                continue
+            for literal in set(literals):
+                if len(literal) < _KEY:
+                    self.short.append((literal, number))
+                else:
+                    self.index.setdefault(literal[:_KEY], []).append((literal, number))
+
+    def first(self, lowered: str) -> Rule | None:
+        candidates = set(self.always)
+        for literal, number in self.short:
+            if literal in lowered:
+                candidates.add(number)
+        get = self.index.get
+        startswith = lowered.startswith
+        for position in range(len(lowered) - _KEY + 1):
+            entries = get(lowered[position : position + _KEY])
+            if entries:
+                for literal, number in entries:
+                    if startswith(literal, position):
+                        candidates.add(number)
+        regexes = self.regexes
+        for number in sorted(candidates):
+            if regexes[number].search(lowered):
+                return self.rules[number]
+        return None
+
+
+_KEY = 3
+_MATCHERS: dict[tuple[Rule, ...], _RuleMatcher] = {}
+_DEFAULT_MATCHER: list[_RuleMatcher] = []
+
+
+def _matcher(rules: tuple[Rule, ...] | None) -> _RuleMatcher:
+    if rules is None:
+        if not _DEFAULT_MATCHER:
+            _DEFAULT_MATCHER.append(_RuleMatcher(RULES))
+        return _DEFAULT_MATCHER[0]
+    matcher = _MATCHERS.get(rules)
+    if matcher is None:
+        if len(_MATCHERS) > 32:
+            _MATCHERS.clear()  # callers passing ever-new tables must not grow memory
+        matcher = _MATCHERS[rules] = _RuleMatcher(rules)
+    return matcher
+
+
+def _first_rule(flat: str, provider: str | None, rules: Iterable[Rule] | None) -> Rule | None:
+    if rules is None and not _PROVIDER_SPECIFIC:
+        return _matcher(None).first(flat.lower())
+    table = RULES if rules is None else tuple(rules)
+    if provider is not None:
+        table = tuple(r for r in table if not (r.provider and r.provider != provider))
+    return _matcher(table).first(flat.lower())
+
+
+_PROVIDER_SPECIFIC = any(rule.provider for rule in RULES)
+
+
 # RFC 3463 (and the IANA registry) codes, mapped to a reason. Detail "Y.Z" first, then subject "Y".
 STATUS_DETAIL: dict[str, str] = {
     "1.1": "userunknown",
@@ -1277,11 +1419,28 @@ _STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
             re.I,
         ),
     ),
+    (
+        # Postfix "in reply to RCPT TO command", Exim "after RCPT TO:<a>", a Sendmail
+        # transcript, qmail "does not like recipient" / "most progress was RCPT TO",
+        # "SMTP:RCPT" summaries.
+        "rcpt",
+        re.compile(
+            r"in reply to rcpt to|after rcpt to|>>> rcpt to:[^\n]*\n\s*<<<\s*[45]|\bsmtp[: ]rcpt\b|"
+            r"does not like recipient|progress was rcpt to|rcpt to:?\s*<[^>\s]*>\s*:?\s*[45]\d\d\b|"
+            r"smtp command:?\s*\n?\s*rcpt\b|command:\s*rcpt\b|\[rcpt_to\]",
+            re.I,
+        ),
+    ),
 )
 
 
+# Reports wrap lines anywhere ("(in reply to\n    RCPT TO command)"): any run of white space
+# between the words of a stage phrase will do.
+_STAGES = tuple((stage, re.compile(p.pattern.replace(" ", r"\s+"), p.flags)) for stage, p in _STAGES)
+
+
 def smtp_stage(text: str | None) -> str | None:
-    """Which command a rejection answered: "data", "mail", "connect" or None (RCPT, unknown)."""
+    """Which command a rejection answered: "data", "mail", "connect", "rcpt" or None."""
     if not text:
         return None
     for stage, pattern in _STAGES:
@@ -1323,17 +1482,35 @@ def _scope_for(reason: str, permanent: bool) -> Scope:
     return REASON_SCOPE.get(reason, Scope.TRANSIENT)
 
 
-def _at_stage(verdict: Verdict, stage: str | None) -> Verdict:
-    """Re-read a recipient-sounding verdict given the SMTP command it answered."""
-    if stage is None or verdict.reason not in HARD_REASONS:
+def _at_stage(verdict: Verdict, stage: str | None, *, rcpt_evidence: bool = False) -> Verdict:
+    """Re-read a recipient-sounding verdict given the SMTP command it answered.
+
+    With ``rcpt_evidence`` (bounce reports), a general "user unknown" phrase only proves a
+    missing mailbox when the status says X.1.x or the report shows the RCPT command was
+    refused: security appliances and content filters answer "user unknown" after DATA to hide
+    a filtering decision, and a bounce that does not say which command failed cannot tell the
+    two apart (Sisimai reads it the same way: "filtered"). Providers' own documented replies
+    (Gmail NoSuchUser, Yahoo "doesn't have a … account") are RCPT replies by construction;
+    with pipelining a Sendmail transcript may show them after DATA.
+    """
+    if verdict.reason not in HARD_REASONS:
         return verdict
     explicit = verdict.status is not None and verdict.status[2:4] == "1."
-    if stage == "data" and not explicit:
+    general = verdict.rule.startswith("text.")
+    if stage == "data" and not explicit and general and verdict.reason == "userunknown":
         reason, scope = "filtered", Scope.RECIPIENT
     elif stage == "mail":
         reason, scope = "rejected", Scope.CAMPAIGN
     elif stage == "connect":
         reason, scope = "blocked", Scope.LANE
+    elif (
+        rcpt_evidence
+        and verdict.reason == "userunknown"
+        and general
+        and not explicit
+        and stage != "rcpt"
+    ):
+        reason, scope, stage = "filtered", Scope.RECIPIENT, "no-rcpt"
     else:
         return verdict
     return Verdict(
@@ -1371,6 +1548,7 @@ def decide(
     default_permanent: bool = True,
     rules: Iterable[Rule] | None = None,
     stage: str | None = None,
+    rcpt_evidence: bool = False,
 ) -> Verdict:
     """The shared decision: text rules, then the enhanced status, then the reply class.
 
@@ -1382,16 +1560,13 @@ def decide(
         return Verdict(Scope.RECIPIENT, False, "delivered", False, status, "class.2xx")
     class_permanent = cls == "5" if cls in ("4", "5") else default_permanent
     flat = _flatten(text) if text else ""
-    if flat:
-        for rule in RULES if rules is None else rules:
-            if rule.provider and provider and rule.provider != provider:
-                continue
-            if rule.regex.search(flat):
-                permanent = class_permanent if rule.permanent is None else rule.permanent
-                verdict = _verdict(
-                    rule.reason, rule.scope, permanent, rule.suppress, status, rule.id
-                )
-                return _at_stage(_refine(verdict, cls), stage or smtp_stage(text))
+    rule = _first_rule(flat, provider, rules) if flat else None
+    if rule is not None:
+        permanent = class_permanent if rule.permanent is None else rule.permanent
+        verdict = _verdict(rule.reason, rule.scope, permanent, rule.suppress, status, rule.id)
+        return _at_stage(
+            _refine(verdict, cls), stage or smtp_stage(text), rcpt_evidence=rcpt_evidence
+        )
     if status and status[0] in "45":
         _, _, rest = status.partition(".")
         subject = rest.partition(".")[0]
@@ -1403,7 +1578,9 @@ def decide(
         verdict = _verdict(
             reason, scope, permanent, reason in HARD_REASONS, status, f"status.{status}"
         )
-        return _at_stage(_refine(verdict, cls), stage or smtp_stage(text))
+        return _at_stage(
+            _refine(verdict, cls), stage or smtp_stage(text), rcpt_evidence=rcpt_evidence
+        )
     return _by_basic_code(code, class_permanent, status)
 
 
@@ -1471,7 +1648,13 @@ def classify_failure(
     if action == "delayed":
         # A delay is a warning: the message is still being retried, nothing is final yet.
         verdict = decide(
-            code, status, diagnostic, default_permanent=False, rules=rules, stage=stage
+            code,
+            status,
+            diagnostic,
+            default_permanent=False,
+            rules=rules,
+            stage=stage,
+            rcpt_evidence=True,
         )
         return Verdict(
             verdict.scope, verdict.permanent, verdict.reason, False, verdict.status, verdict.rule
@@ -1479,5 +1662,11 @@ def classify_failure(
     if action in ("delivered", "relayed", "expanded", "deliverable"):
         return Verdict(Scope.RECIPIENT, False, "delivered", False, status, f"action.{action}")
     return decide(
-        code, status, diagnostic, default_permanent=default_permanent, rules=rules, stage=stage
+        code,
+        status,
+        diagnostic,
+        default_permanent=default_permanent,
+        rules=rules,
+        stage=stage,
+        rcpt_evidence=True,
     )

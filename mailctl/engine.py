@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import multiprocessing
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,7 +52,10 @@ class SendOptions:
     commit_interval: float = 0.25
     stop_grace: float = 30.0
     heartbeat_interval: float = 5.0
-    queue_per_connection: int = 8
+    queue_per_connection: int = 64
+    # Render in a separate process when a run has at least this many messages due and the
+    # machine has a second core: the event loop then spends its core on SMTP alone.
+    render_process_threshold: int = 2000
 
 
 @dataclass
@@ -212,6 +219,7 @@ class Engine:
         self._last_commit = 0.0
         self._last_heartbeat = 0.0
         self.started = 0.0
+        self._render_pool: RenderPool | None = None
 
     # ------------------------------------------------------------------ control
 
@@ -269,6 +277,9 @@ class Engine:
         wait = self.options.wait if self.options.wait is not None else deadline is not None
         reason = "finished"
         ticker = asyncio.create_task(self._ticker())
+        due = sum(self.store.remaining(cid) for cid in self.jobs)
+        if (os.cpu_count() or 1) > 1 and due >= self.options.render_process_threshold:
+            self._render_pool = RenderPool(list(self.jobs.values()))
         try:
             while True:
                 if self._stop.is_set():
@@ -308,6 +319,8 @@ class Engine:
         finally:
             await self._shutdown()
             ticker.cancel()
+            if self._render_pool is not None:
+                self._render_pool.close()
         self.summary.stop_reason = reason
         self.summary.elapsed = clock.now() - self.started
         self.summary.remaining = sum(self.store.remaining(cid) for cid in self.jobs)
@@ -341,30 +354,43 @@ class Engine:
 
     async def _dispatch(self, claimed: list[dict[str, Any]], now: float) -> None:
         suppressed = self.store.suppressed_set([m["email"] for m in claimed], now)
+        to_render = []
         for message in claimed:
-            job = self.jobs[message["campaign_id"]]
             if message["email"] in suppressed:
                 # Checked again just before delivery: a bounce may have arrived meanwhile.
                 self._record(self._outcome_for(message, "suppressed", now, attempted=False))
-                continue
+            else:
+                to_render.append(message)
+        rendered: list[RenderedMessage | str] | None = None
+        if self._render_pool is not None and len(to_render) > 16:
             try:
-                rendered = job.renderer.render(
-                    message["email"], message["fields"], message["tracking_id"]
-                )
-            except TemplateError as exc:
+                rendered = await self._render_pool.render(to_render)
+            except BrokenProcessPool:
+                self._render_pool = None  # render here from now on: slower, never stuck
+        if rendered is None:
+            rendered = [self._render_here(message) for message in to_render]
+        for message, result in zip(to_render, rendered, strict=True):
+            if isinstance(result, str):
                 self._record(
                     self._outcome_for(
-                        message, "failed", now, attempted=False, reply=str(exc), reason="template"
+                        message, "failed", now, attempted=False, reply=result, reason="template"
                     )
                 )
                 continue
-            group = self._group_for(job)
-            item = Item(message, job, rendered)
             if self._stop.is_set():
                 self._record(self._outcome_for(message, "queued", now, attempted=False))
                 continue
-            await group.queue.put(item)
+            job = self.jobs[message["campaign_id"]]
+            await self._group_for(job).queue.put(Item(message, job, result))
             self.attempted += 1
+
+    def _render_here(self, message: dict[str, Any]) -> RenderedMessage | str:
+        try:
+            return self.jobs[message["campaign_id"]].renderer.render(
+                message["email"], message["fields"], message["tracking_id"]
+            )
+        except TemplateError as exc:
+            return str(exc)
 
     def _outcome_for(
         self, message: dict[str, Any], state: str, now: float, *, attempted: bool, **extra: Any
@@ -573,6 +599,50 @@ class Engine:
                 [(mid,) for mid in self._in_flight],
             )
         self._commit(force=True)
+
+
+# ---------------------------------------------------------------------- render process
+
+_worker_renderers: dict[int, Renderer] = {}
+
+
+def _init_render_worker(specs: dict[int, tuple[Campaign, str | None, bool]]) -> None:
+    for campaign_id, (campaign, bounce_domain, verp) in specs.items():
+        _worker_renderers[campaign_id] = Renderer(campaign, bounce_domain=bounce_domain, verp=verp)
+
+
+def _render_batch(batch: list[tuple[int, str, dict[str, Any], str]]) -> list[RenderedMessage | str]:
+    results: list[RenderedMessage | str] = []
+    for campaign_id, email, fields, tracking_id in batch:
+        try:
+            results.append(_worker_renderers[campaign_id].render(email, fields, tracking_id))
+        except TemplateError as exc:
+            results.append(str(exc))
+    return results
+
+
+class RenderPool:
+    """Templates rendered in a second process, batch by batch, while SMTP runs here."""
+
+    def __init__(self, jobs: Sequence[CampaignJob]) -> None:
+        specs = {
+            job.campaign_id: (job.campaign, job.renderer.bounce_domain, job.renderer.verp)
+            for job in jobs
+        }
+        self._executor = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),  # no fork of a running loop
+            initializer=_init_render_worker,
+            initargs=(specs,),
+        )
+
+    async def render(self, messages: Sequence[dict[str, Any]]) -> list[RenderedMessage | str]:
+        batch = [(m["campaign_id"], m["email"], m["fields"], m["tracking_id"]) for m in messages]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _render_batch, batch)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def destination_is_sandbox(profile: Profile) -> bool:

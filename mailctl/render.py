@@ -67,10 +67,16 @@ def encode_address_header(value: str) -> str:
     return f"{encode_header_value(name)} <{address}>"
 
 
-def _qp(text: str) -> bytes:
+_LONG_LINE = re.compile(r"[^\n]{999}")
+
+
+def _encode_body(text: str) -> tuple[str, bytes]:
+    """(Content-Transfer-Encoding, body): 7bit when it already is, else quoted-printable."""
     body = text.replace("\r\n", "\n").replace("\r", "\n")
+    if body.isascii() and not _LONG_LINE.search(body):
+        return "7bit", body.replace("\n", "\r\n").encode("ascii")
     encoded = binascii.b2a_qp(body.encode("utf-8"), istext=True)
-    return encoded.replace(b"\n", b"\r\n")
+    return "quoted-printable", encoded.replace(b"\n", b"\r\n")
 
 
 class _Date:
@@ -202,25 +208,27 @@ class Renderer:
                 headers.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
         if text is not None and html is not None:
             boundary = self._boundary
-            text_qp, html_qp = _qp(text), _qp(html)
-            if boundary.encode() in text_qp or boundary.encode() in html_qp:
+            text_cte, text_body = _encode_body(text)
+            html_cte, html_body = _encode_body(html)
+            if boundary.encode() in text_body or boundary.encode() in html_body:
                 boundary = "=_mailctl_" + base64.b32encode(os.urandom(10)).decode().lower()
             headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n')
             b = boundary.encode("ascii")
             body = b"".join(
                 (
                     b"\r\n--", b, b"\r\nContent-Type: text/plain; charset=utf-8\r\n",
-                    b"Content-Transfer-Encoding: quoted-printable\r\n\r\n", text_qp,
+                    b"Content-Transfer-Encoding: ", text_cte.encode(), b"\r\n\r\n", text_body,
                     b"\r\n--", b, b"\r\nContent-Type: text/html; charset=utf-8\r\n",
-                    b"Content-Transfer-Encoding: quoted-printable\r\n\r\n", html_qp,
+                    b"Content-Transfer-Encoding: ", html_cte.encode(), b"\r\n\r\n", html_body,
                     b"\r\n--", b, b"--\r\n",
                 )
             )
         else:
             subtype = "plain" if text is not None else "html"
+            cte, encoded = _encode_body(text if text is not None else html or "")
             headers.append(f"Content-Type: text/{subtype}; charset=utf-8\r\n")
-            headers.append("Content-Transfer-Encoding: quoted-printable\r\n")
-            body = b"\r\n" + _qp(text if text is not None else html or "")
+            headers.append(f"Content-Transfer-Encoding: {cte}\r\n")
+            body = b"\r\n" + encoded
             if not body.endswith(b"\r\n"):
                 body += b"\r\n"
         data = "".join(headers).encode("utf-8") + body

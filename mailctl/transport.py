@@ -16,9 +16,8 @@ import aiosmtplib
 from aiosmtplib.errors import (
     SMTPConnectResponseError,
     SMTPException,
-    SMTPRecipientRefused,
+    SMTPHeloError,
     SMTPResponseException,
-    SMTPSenderRefused,
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
@@ -96,10 +95,11 @@ class Connection:
         )
         try:
             await client.connect()
+            await self._greet(client)
             if d.tls is TlsMode.STARTTLS:
-                await client.ehlo()
                 if client.supports_extension("starttls"):
                     await client.starttls(validate_certs=d.validate_certs, tls_context=tls_context)
+                    await self._greet(client)  # the session starts over after STARTTLS
                 elif d.tls_required:
                     client.close()
                     return Reply(None, f"{d.name}: STARTTLS not offered and TLS is required")
@@ -119,18 +119,27 @@ class Connection:
         self.messages = 0
         return None
 
+    @staticmethod
+    async def _greet(client: aiosmtplib.SMTP) -> None:
+        try:
+            await client.ehlo()
+        except SMTPHeloError:
+            await client.helo()  # a very old server: no extensions
+
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> Reply:
         """One transaction. After a refusal the session is reset for the next message."""
         client = self.client
         assert client is not None
         try:
-            await client.mail(envelope_from)
-            await client.rcpt(recipient)
+            # Addresses were validated and IDNA-encoded on import, so they go out as they
+            # are: aiosmtplib's mail()/rcpt() would re-parse both for every message.
+            response = await client.execute_command(b"MAIL", b"FROM:<%s>" % envelope_from.encode())
+            if response.code != 250:
+                return await self._refused(response.code, response.message)
+            response = await client.execute_command(b"RCPT", b"TO:<%s>" % recipient.encode())
+            if response.code not in (250, 251):
+                return await self._refused(response.code, response.message)
             response = await client.data(data)
-        except (SMTPRecipientRefused, SMTPSenderRefused) as exc:
-            reply = _reply(exc.code, exc.message)
-            await self._after_refusal(reply)
-            return reply
         except SMTPServerDisconnected as exc:
             self._dead()
             return Reply(None, f"connection lost: {_describe(exc)}")
@@ -146,6 +155,11 @@ class Connection:
             return Reply(None, f"connection error: {_describe(exc)}")
         self.messages += 1
         return _reply(response.code, response.message)
+
+    async def _refused(self, code: int, message: str) -> Reply:
+        reply = _reply(code, message)
+        await self._after_refusal(reply)
+        return reply
 
     async def _after_refusal(self, reply: Reply) -> None:
         if reply.code == 421:  # the server is closing the channel

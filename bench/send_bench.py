@@ -1,0 +1,141 @@
+"""Send benchmark: mailctl's send loop vs a bare aiosmtplib loop, both into Postfix smtp-sink.
+
+20,000 personalised messages (a few template fields, about 5 KB each) go to smtp-sink on
+127.0.0.1 through mailctl (import, queue, render, deliver, durable state in SQLite), then
+the same number of pre-rendered messages go through a bare aiosmtplib loop over the same
+number of reused connections. Prints messages/s for both and the ratio.
+
+Needs Debian's `postfix` package (smtp-sink). Run by hand:
+    python bench/send_bench.py [MESSAGES] [CONNECTIONS]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiosmtplib
+
+from mailctl.campaigns import prepare
+from mailctl.config import load_profiles
+from mailctl.engine import Engine, SendOptions
+from mailctl.render import new_tracking_id
+from mailctl.store import Store
+
+PARAGRAPH = (
+    "Thanks for being with us, {{ first_name }}. Here is what changed on your {{ plan }} plan "
+    "this month, with the details you asked for from {{ city }}. "
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_sink(port: int) -> subprocess.Popen[bytes]:
+    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    if not Path(sink).exists():
+        sys.exit("smtp-sink not found: apt-get install postfix")
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen([sink, *user, f"127.0.0.1:{port}", "1024"])
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    sys.exit("smtp-sink did not start")
+
+
+def workspace(tmp: Path, port: int, messages: int, connections: int) -> None:
+    (tmp / "profiles.yaml").write_text(
+        f"profiles:\n  sink:\n    transport: relay\n    host: 127.0.0.1\n    port: {port}\n"
+        f"    tls: none\n    connections: {connections}\n    messages_per_connection: 1000\n"
+    )
+    with (tmp / "list.csv").open("w") as f:
+        f.write("email,first_name,plan,city\n")
+        for i in range(messages):
+            f.write(f"user{i}@example{i % 50}.com,User{i},pro,City{i % 30}\n")
+    html = "<html><body>" + "".join(f"<p>{PARAGRAPH}</p>\n" for _ in range(14)) + "</body></html>"
+    text = "\n\n".join(PARAGRAPH for _ in range(14))
+    (tmp / "c.txt").write_text(text)
+    (tmp / "c.html").write_text(html)
+    (tmp / "c.yaml").write_text(
+        "name: bench\nprofile: sink\nfrom: 'Bench <bench@example.com>'\n"
+        "subject: 'Your {{ plan }} update, {{ first_name }}'\ntext_file: c.txt\n"
+        "html_file: c.html\nrecipients: list.csv\n"
+        "unsubscribe: {url: 'https://example.com/u/{{ email|urlencode }}'}\n"
+    )
+
+
+async def bare_loop(port: int, payloads: list[tuple[str, str, bytes]], connections: int) -> float:
+    async def worker(chunk: list[tuple[str, str, bytes]]) -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30)
+        await client.connect()
+        for sent, (sender, rcpt, data) in enumerate(chunk, 1):
+            await client.mail(sender)
+            await client.rcpt(rcpt)
+            await client.data(data)
+            if sent % 1000 == 0:  # the same reconnect cadence as mailctl's profile
+                await client.quit()
+                client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30)
+                await client.connect()
+        await client.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(payloads[i::connections]) for i in range(connections)))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    messages = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    connections = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    port = free_port()
+    sink = start_sink(port)
+    try:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
+            workspace(tmp, port, messages, connections)
+            profiles = load_profiles(tmp / "profiles.yaml")
+            store = Store.open(tmp / "m.db")
+            t0 = time.perf_counter()
+            prepared = prepare(store, tmp / "c.yaml", profiles, now=time.time())
+            t1 = time.perf_counter()
+            engine = Engine(store, [prepared.job], run_id=store.start_run(os.getpid(), "b", t1))
+            summary = asyncio.run(engine.run())
+            t2 = time.perf_counter()
+            sample = prepared.job.renderer.render("user0@example0.com", {
+                "first_name": "User0", "plan": "pro", "city": "City0"}, new_tracking_id())
+            payloads = [
+                (sample.envelope_from, r["email"], prepared.job.renderer.render(
+                    r["email"], r["fields"], new_tracking_id()).data)
+                for r in store.iter_recipients()
+            ]
+            store.close()
+            bare_s = asyncio.run(bare_loop(port, payloads, connections))
+    finally:
+        sink.terminate()
+        sink.wait()
+    send_s = t2 - t1
+    print(f"messages:            {messages:,} (~{len(sample.data) / 1024:.1f} KB each), "
+          f"{connections} connections")
+    print(f"queue (import+queue): {t1 - t0:.2f} s")
+    print(f"mailctl send loop:   {send_s:.2f} s  {summary.sent / send_s:,.0f} msg/s "
+          f"(sent {summary.sent}, deferred {summary.deferred})")
+    print(f"bare aiosmtplib:     {bare_s:.2f} s  {messages / bare_s:,.0f} msg/s")
+    print(f"ratio:               {(summary.sent / send_s) / (messages / bare_s):.2f} of bare "
+          "(target >= 0.7; target >= 3,000 msg/s)")
+
+
+if __name__ == "__main__":
+    main()
