@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
 from re import _constants as _sre_constants  # type: ignore[attr-defined]
 from re import _parser as _sre_parser  # type: ignore[attr-defined]
 from typing import Any
-from dataclasses import dataclass
-from enum import StrEnum
 
 
 class Scope(StrEnum):
@@ -457,47 +457,6 @@ GENERAL_RULES: tuple[Rule, ...] = (
         True,
     ),
     _rule(
-        "text.expired",
-        _phrases(
-            r"(?:message|envelope|delivery time) expired",
-            r"retry time(?:out)? (?:not reached|exceeded)",
-            r"in the queue too long",
-            r"unable to deliver in \d+ (?:minutes|hours)",
-            r"could not be delivered (?:for|within)",
-            r"(?:has|have) been failing for",
-            r"will be retried for",
-            r"socket error",
-            r"(?:wasn'?t|unable|failed) (?:able )?to (?:establish|connect)",
-            r"could not connect",
-            r"connection timed out",
-            r"did not accept our requests to connect",
-            r"operation timed out",
-            r"not reachable within",
-            r"queue (?:period|lifetime)",
-            r"all hosts have been failing",
-            r"(?:host|server|domain) (?:is )?(?:not reachable|unreachable)",
-        ),
-        T,
-        None,
-        "expired",
-        False,
-    ),
-    _rule(
-        "text.notaccept-nomx",
-        _phrases(
-            r"no mx (?:record )?(?:found|for)",
-            r"couldn'?t find a mail exchanger",
-            r"indicated no smtp service",
-            r"no mail exchanger",
-            r"does not accept (?:any )?(?:e-?)?mail",
-            r"null ?mx",
-        ),
-        R,
-        None,
-        "notaccept",
-        True,
-    ),
-    _rule(
         # Stock texts that name a missing domain outright; ahead of the block-list and DNS
         # rules because they go on to mention both ("… may not exist, they may be blacklisted").
         "text.hostunknown-strong",
@@ -521,6 +480,47 @@ GENERAL_RULES: tuple[Rule, ...] = (
         None,
         "networkerror",
         False,
+    ),
+    _rule(
+        "text.expired",
+        _phrases(
+            r"(?:message|envelope|delivery time) expired",
+            r"retry time(?:out)? (?:not reached|exceeded)",
+            r"in the queue too long",
+            r"unable to deliver in \d+ (?:minutes|hours)",
+            r"could not be delivered (?:for|within)",
+            r"(?:has|have) been failing for",
+            r"will be retried for",
+            r"socket error",
+            r"(?:wasn'?t|unable|failed) (?:able )?to (?:establish|connect)",
+            r"could not connect",
+            r"connection timed out",
+            r"did not accept our requests to connect",
+            r"operation timed out",
+            r"not reachable within",
+            r"queue (?:period|lifetime)",
+            r"all hosts have been failing",
+            r"host (?:is )?(?:not reachable|unreachable)",
+        ),
+        T,
+        None,
+        "expired",
+        False,
+    ),
+    _rule(
+        "text.notaccept-nomx",
+        _phrases(
+            r"no mx (?:record )?(?:found|for)",
+            r"couldn'?t find a mail exchanger",
+            r"indicated no smtp service",
+            r"no mail exchanger",
+            r"does not accept (?:any )?(?:e-?)?mail",
+            r"null ?mx",
+        ),
+        R,
+        None,
+        "notaccept",
+        True,
     ),
     _rule(
         "text.blocked-ip",
@@ -584,6 +584,7 @@ GENERAL_RULES: tuple[Rule, ...] = (
             r"rfcmessagenoncompliant",
             r"duplicate (?:header|message-id)",
             r"multiple (?:addresses in )?from:? header",
+            r"multiple addresses in from\b",
             r"(?:missing|invalid|malformed) (?:or invalid )?(?:date|from|message-id) header",
             r"header(?:s)? (?:is|are) (?:not compliant|malformed|invalid)",
             r"bare (?:lf|cr|linefeed)",
@@ -614,6 +615,7 @@ GENERAL_RULES: tuple[Rule, ...] = (
             r"unroutable sender",
             r"invalid sender",
             r"sender (?:address )?(?:domain )?does not exist",
+            r"an address that has been black ?listed",
         ),
         C,
         None,
@@ -728,6 +730,7 @@ GENERAL_RULES: tuple[Rule, ...] = (
             r"name or service not known",
             r"(?:recipient|receiving) domain must exist",
             r"nxdomain",
+            r"domain (?:is )?(?:not reachable|unreachable)(?! within)",
             r"(?:domain|host) \S+ (?:does not exist|not found)",
             r"dns (?:records? )?(?:for the destination|lookup failed)",
             r"no (?:mx|dns) (?:or a )?records?",
@@ -835,6 +838,7 @@ GENERAL_RULES: tuple[Rule, ...] = (
         _phrases(
             r"\bspam\b(?! ?(?:haus|cop|rats|trap))",
             r"junk mail",
+            r"message content rejected",
             r"unsolicited",
             r"bulk (?:e-?)?mail",
             r"content filter",
@@ -1436,7 +1440,9 @@ _STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 # Reports wrap lines anywhere ("(in reply to\n    RCPT TO command)"): any run of white space
 # between the words of a stage phrase will do.
-_STAGES = tuple((stage, re.compile(p.pattern.replace(" ", r"\s+"), p.flags)) for stage, p in _STAGES)
+_STAGES = tuple(
+    (stage, re.compile(p.pattern.replace(" ", r"\s+"), p.flags)) for stage, p in _STAGES
+)
 
 
 def smtp_stage(text: str | None) -> str | None:
@@ -1461,7 +1467,9 @@ def _flatten(text: str) -> str:
         return flat
     head, tail = flat[: first.end()], flat[first.end() :]
     code = first.group(0).strip()
-    return head + tail.replace(code + " ", "").replace(code.replace(" ", "-") + " ", "")
+    for variant in {code, code.replace("-", " ", 1), code.replace(" ", "-", 1)}:
+        tail = tail.replace(variant + " ", "")
+    return head + tail
 
 
 def _refine(verdict: Verdict, cls: str | None) -> Verdict:

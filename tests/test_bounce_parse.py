@@ -50,10 +50,10 @@ def test_accuracy_floors(parsed: dict) -> None:
             suppress_ok += got.suppress == want_suppress
             reason_ok += got.reason == expected["reason"]
     # Floors a little below what the parser reaches (see bench/bounce_accuracy.py).
-    assert exact / bounces >= 0.96
-    assert perm_ok / (perm_total or 1) >= 0.93
-    assert suppress_ok / recipients >= 0.88
-    assert reason_ok / recipients >= 0.77
+    assert exact / bounces >= 0.98
+    assert perm_ok / (perm_total or 1) >= 0.955
+    assert suppress_ok / recipients >= 0.94
+    assert reason_ok / recipients >= 0.835
 
 
 def test_negatives_are_not_bounces() -> None:
