@@ -953,7 +953,11 @@ def iter_messages(path: str | Path) -> Iterator[tuple[str, bytes]]:
     if target.is_dir():
         folders = [target / "cur", target / "new"]
         if not any(folder.is_dir() for folder in folders):
-            raise BounceParseError(f"{target}: not a Maildir (no cur/ or new/)")
+            # A plain folder of saved messages (.eml files, or mbox files): each file in turn.
+            for entry in sorted(target.iterdir()):
+                if entry.is_file() and not entry.name.startswith("."):
+                    yield from iter_messages(entry)
+            return
         for folder in folders:
             if not folder.is_dir():
                 continue

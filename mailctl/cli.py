@@ -38,6 +38,10 @@ suppress_app = typer.Typer(
     help="The suppression list every send honours.", context_settings=CONTEXT
 )
 campaign_app = typer.Typer(help="Inspect and control campaigns.", context_settings=CONTEXT)
+bounces_app = typer.Typer(
+    help="Read bounce and complaint mailboxes (mbox, Maildir, .eml).", context_settings=CONTEXT
+)
+app.add_typer(bounces_app, name="bounces", no_args_is_help=True)
 app.add_typer(recipients_app, name="recipients", no_args_is_help=True)
 app.add_typer(campaign_app, name="campaign", no_args_is_help=True)
 app.add_typer(suppress_app, name="suppress", no_args_is_help=True)
@@ -631,6 +635,251 @@ def campaign_cancel(name: Annotated[str, typer.Argument(help="Campaign name.")])
     Example: mailctl campaign cancel welcome
     """
     _set_status(name, "cancelled", ("active", "paused", "stopped", "done"), "cancel")
+
+
+# --------------------------------------------------------------------------- bounces
+
+
+@bounces_app.command("import")
+def bounces_import(
+    paths: Annotated[
+        list[str], typer.Argument(help="mbox files, Maildir folders, .eml files, or - for stdin.")
+    ],
+    errors: Annotated[
+        Path | None, typer.Option(help="Append messages that could not be parsed to this mbox.")
+    ] = None,
+    soft_limit: Annotated[
+        int, typer.Option(help="Suppress after this many soft bounces on distinct days.", min=1)
+    ] = 3,
+    soft_window: Annotated[int, typer.Option(help="...within this many days.", min=1)] = 30,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+) -> None:
+    """Import bounces and complaints into the suppression list.
+
+    Hard bounces (unknown user or domain) and complaints suppress the address at once;
+    soft bounces suppress it (for a while) only after repeated failures on distinct days;
+    delays and auto-replies never do. Failures that are the sender's fault (blocklists,
+    authentication, policy, content) never suppress anyone. Each report is tied to the
+    message it is about. Importing the same mailbox twice changes nothing.
+
+    Example: mailctl bounces import /var/mail/bounces --json
+    """
+    import time
+
+    from mailctl.suppression import SoftBouncePolicy, import_reports
+
+    console.set_quiet(quiet or json_output)
+    errors_file = errors.open("ab") if errors else None
+
+    def on_error(source: str, raw: bytes, why: str) -> None:
+        console.info(f"{source}: not parsed: {why}")
+        if errors_file is not None:
+            stamp = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime())
+            errors_file.write(f"From MAILER-DAEMON {stamp}\n".encode())
+            errors_file.write(raw.replace(b"\r\n", b"\n").replace(b"\nFrom ", b"\n>From "))
+            errors_file.write(b"\n\n")
+
+    try:
+        with _open_store() as store, console.progress("Importing reports") as bar:
+            result = import_reports(
+                store,
+                paths,
+                policy=SoftBouncePolicy(limit=soft_limit, window_days=soft_window),
+                on_message=lambda r: bar.advance(1, status=f"{r.suppressed} suppressed"),
+                on_error=on_error,
+            )
+    finally:
+        if errors_file is not None:
+            errors_file.close()
+    if json_output:
+        console.emit_json(result.as_dict())
+    elif not quiet:
+        table = Table(title="Bounce import", show_header=False)
+        for key, value in result.as_dict().items():
+            if key != "error_sources":
+                table.add_row(key.replace("_", " "), str(value))
+        console.out.print(table)
+
+
+@bounces_app.command("parse")
+def bounces_parse(
+    paths: Annotated[
+        list[str], typer.Argument(help="mbox files, Maildir folders, .eml files, or - for stdin.")
+    ],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON object per message (the stable format).")
+    ] = True,
+) -> None:
+    """Parse bounce reports without touching the database.
+
+    Prints one JSON object per message: source, kind (bounce, delay, complaint, autoreply,
+    delivered, unknown), recipients (address, status, action, reason, permanent, suppress,
+    diagnostic), tracking_id and original_message_id.
+
+    Example: mailctl bounces parse bounce.eml --json
+    """
+    from mailctl.bounces import BounceParseError, iter_messages, parse_message
+
+    for path in paths:
+        if path != "-" and not Path(path).exists():
+            raise MailctlError(f"{path}: no such file or directory")
+        for source, raw in iter_messages(path):
+            try:
+                report = parse_message(raw, source)
+            except BounceParseError as exc:
+                console.error(f"{source}: {exc}")
+                continue
+            if json_output:
+                console.emit_json_line(report.to_json())
+            else:
+                console.out.print(
+                    f"{source}: {report.kind} " + ", ".join(r.address for r in report.recipients)
+                )
+
+
+# --------------------------------------------------------------------------- suppression
+
+
+def _target(value: str) -> str:
+    from mailctl.recipients import InvalidAddress
+    from mailctl.suppression import parse_suppression_target
+
+    try:
+        return parse_suppression_target(value)
+    except InvalidAddress as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _reason(value: str) -> str:
+    from mailctl.suppression import REASONS
+
+    if value not in REASONS:
+        raise UsageError(f"reason must be one of {', '.join(REASONS)}")
+    return value
+
+
+@suppress_app.command("list")
+def suppress_list(
+    reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List suppressed addresses and domains.
+
+    Example: mailctl suppress list --reason complaint
+    """
+    with _open_store() as store:
+        rows = list(store.iter_suppression(_reason(reason) if reason else None))
+    if json_output:
+        for row in rows:
+            console.emit_json_line(row)
+        return
+    table = Table("address", "reason", "status", "count", "source")
+    for row in rows:
+        table.add_row(
+            row["address"],
+            row["reason"],
+            row["status"] or "",
+            str(row["count"]),
+            row["source"] or "",
+        )
+    console.out.print(table)
+    console.info(f"{len(rows)} suppressed")
+
+
+@suppress_app.command("add")
+def suppress_add(
+    address: Annotated[str, typer.Argument(help="An address, or *@domain for a whole domain.")],
+    reason: Annotated[
+        str, typer.Option(help="manual, unsubscribe, complaint, hard_bounce ...")
+    ] = "manual",
+) -> None:
+    """Suppress an address (or a whole domain with *@domain): it is never sent to.
+
+    Example: mailctl suppress add '*@competitor.example' --reason manual
+    """
+    target = _target(address)
+    with _open_store() as store:
+        added = store.suppress(target, _reason(reason), source="cli")
+    console.info(f"{target}: {'suppressed' if added else 'already suppressed (updated)'}")
+
+
+@suppress_app.command("remove")
+def suppress_remove(
+    address: Annotated[str, typer.Argument(help="An address, or *@domain.")],
+) -> None:
+    """Remove an address or domain from the suppression list.
+
+    Example: mailctl suppress remove ada@example.com
+    """
+    target = _target(address)
+    with _open_store() as store:
+        if not store.unsuppress(target):
+            raise MailctlError(f"{target} is not on the suppression list")
+    console.info(f"{target}: removed")
+
+
+@suppress_app.command("check")
+def suppress_check(
+    address: Annotated[str, typer.Argument(help="The address to look up.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Say whether an address is suppressed, and why (exit 0 either way).
+
+    Example: mailctl suppress check ada@example.com
+    """
+    target = _target(address)
+    with _open_store() as store:
+        entry = store.suppression_for(target)
+    if json_output:
+        console.emit_json({"address": target, "suppressed": entry is not None, "entry": entry})
+    elif entry is None:
+        console.out.print(f"{target} is not suppressed")
+    else:
+        via = "" if entry["address"] == target else f" via {entry['address']}"
+        console.out.print(
+            f"{target} is suppressed{via}: {entry['reason']}"
+            + (f" ({entry['status']})" if entry["status"] else "")
+            + (f", source {entry['source']}" if entry["source"] else "")
+        )
+
+
+@suppress_app.command("import")
+def suppress_import(
+    file: Annotated[Path, typer.Argument(help="CSV with an address (or email) column.")],
+    reason: Annotated[
+        str, typer.Option(help="Reason for rows without a reason column.")
+    ] = "manual",
+) -> None:
+    """Import suppressions from a CSV file (e.g. an ESP's export).
+
+    Example: mailctl suppress import unsubscribes.csv --reason unsubscribe
+    """
+    import time
+
+    from mailctl.suppression import import_suppression_csv
+
+    with _open_store() as store:
+        added, invalid = import_suppression_csv(
+            store, file, reason=_reason(reason), now=time.time()
+        )
+    console.info(f"{added} added, {invalid} invalid rows skipped")
+
+
+@suppress_app.command("export")
+def suppress_export(
+    file: Annotated[Path, typer.Argument(help="CSV file to write.")],
+    reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
+) -> None:
+    """Export the suppression list to CSV.
+
+    Example: mailctl suppress export suppressed.csv
+    """
+    from mailctl.suppression import export_suppression_csv
+
+    with _open_store() as store:
+        count = export_suppression_csv(store, file, _reason(reason) if reason else None)
+    console.info(f"{count} rows written to {file}")
 
 
 # --------------------------------------------------------------------------- entry point

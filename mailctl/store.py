@@ -127,6 +127,48 @@ MIGRATIONS: list[list[str]] = [
             recovered INTEGER NOT NULL DEFAULT 0
         )""",
     ],
+    # 3: bounce and complaint reports, per-IP daily signals
+    [
+        """CREATE TABLE bounce_events (
+            id INTEGER PRIMARY KEY,
+            digest TEXT NOT NULL UNIQUE,     -- sha256 of the raw report: imported once
+            source TEXT,
+            kind TEXT NOT NULL,              -- bounce, delay, complaint, autoreply, delivered, unknown
+            imported_at REAL NOT NULL,
+            reported_at REAL,
+            tracking_id TEXT,
+            original_message_id TEXT,
+            feedback_type TEXT,
+            message_id INTEGER REFERENCES messages(id)
+        )""",
+        """CREATE TABLE bounce_recipients (
+            id INTEGER PRIMARY KEY,
+            event_id INTEGER NOT NULL REFERENCES bounce_events(id),
+            address TEXT NOT NULL,
+            day TEXT NOT NULL,               -- the report's day, for soft-bounce scoring
+            status TEXT,
+            action TEXT,
+            reason TEXT,
+            permanent INTEGER NOT NULL,
+            suppress INTEGER NOT NULL,
+            diagnostic TEXT,
+            message_id INTEGER REFERENCES messages(id)
+        )""",
+        "CREATE INDEX bounce_recipients_address ON bounce_recipients(address, day)",
+        """CREATE TABLE ip_days (
+            ip TEXT NOT NULL,
+            day TEXT NOT NULL,               -- UTC date
+            provider TEXT NOT NULL,
+            sent INTEGER NOT NULL DEFAULT 0,
+            deferred INTEGER NOT NULL DEFAULT 0,
+            bounced INTEGER NOT NULL DEFAULT 0,
+            complained INTEGER NOT NULL DEFAULT 0,
+            throttles INTEGER NOT NULL DEFAULT 0,
+            blocks INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (ip, day, provider)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX messages_sent_at ON messages(sent_at)",
+    ],
 ]
 
 
@@ -790,6 +832,24 @@ class Store:
                     if o.state != "sent" and o.attempted
                 ],
             )
+            # The warm-up's source of truth: what each IP did toward each provider per day.
+            signals: dict[tuple[str, str, str], dict[str, int]] = {}
+            for o in outcomes:
+                if not o.attempted or o.ip is None or o.provider is None:
+                    continue
+                day = time.strftime("%Y-%m-%d", time.gmtime(o.at))
+                counts = signals.setdefault((o.ip, day, o.provider), {})
+                if o.state == "sent":
+                    counts["sent"] = counts.get("sent", 0) + 1
+                elif o.state == "deferred":
+                    counts["deferred"] = counts.get("deferred", 0) + 1
+                elif o.state == "bounced":
+                    counts["bounced"] = counts.get("bounced", 0) + 1
+                if o.scope == "lane" and o.code is not None:
+                    kind = "blocks" if o.reason == "blocked" else "throttles"
+                    counts[kind] = counts.get(kind, 0) + 1
+            for (ip, day, provider), counts in signals.items():
+                self.bump_ip_day(ip, day, provider, **counts)
             for o in outcomes:
                 if o.suppress:
                     self.suppress(
@@ -900,6 +960,127 @@ class Store:
             )
         ]
 
+    # ------------------------------------------------------------------ bounces and signals
+
+    def add_bounce_event(
+        self,
+        *,
+        digest: str,
+        source: str,
+        kind: str,
+        now: float,
+        reported_at: float | None,
+        tracking_id: str | None,
+        original_message_id: str | None,
+        feedback_type: str | None,
+        message_id: int | None,
+    ) -> int | None:
+        """Store a report once; None when this exact report was imported before."""
+        cur = self.conn.execute(
+            """INSERT OR IGNORE INTO bounce_events (digest, source, kind, imported_at,
+                 reported_at, tracking_id, original_message_id, feedback_type, message_id)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                digest,
+                source,
+                kind,
+                now,
+                reported_at,
+                tracking_id,
+                original_message_id,
+                feedback_type,
+                message_id,
+            ),
+        )
+        return int(cur.lastrowid) if cur.rowcount else None
+
+    def add_bounce_recipient(
+        self, event_id: int, day: str, recipient: Any, message_id: int | None
+    ) -> None:
+        self.conn.execute(
+            """INSERT INTO bounce_recipients (event_id, address, day, status, action, reason,
+                 permanent, suppress, diagnostic, message_id)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                event_id,
+                recipient.address,
+                day,
+                recipient.status,
+                recipient.action,
+                recipient.reason,
+                int(recipient.permanent),
+                int(recipient.suppress),
+                recipient.diagnostic,
+                message_id,
+            ),
+        )
+
+    def soft_bounce_days(self, address: str, since_day: str) -> int:
+        """Distinct days with a temporary failure for this address since a day."""
+        row = self.conn.execute(
+            """SELECT count(DISTINCT day) FROM bounce_recipients
+               WHERE address = ? AND day >= ? AND permanent = 0
+                 AND (action IS NULL OR action <> 'delayed')""",
+            (address, since_day),
+        ).fetchone()
+        return int(row[0])
+
+    _MATCH_COLUMNS = ("id", "campaign_id", "email", "state", "ip", "provider", "sent_at")
+
+    def message_by_tracking_id(self, tracking_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            f"SELECT {', '.join(self._MATCH_COLUMNS)} FROM messages WHERE tracking_id = ?",
+            (tracking_id,),
+        ).fetchone()
+        return None if row is None else dict(zip(self._MATCH_COLUMNS, row, strict=True))
+
+    def latest_message_to(self, address: str, since: float) -> dict[str, Any] | None:
+        """The most recent message sent to an address (correlation without a tracking id)."""
+        row = self.conn.execute(
+            f"""SELECT {", ".join(self._MATCH_COLUMNS)} FROM messages
+                WHERE email = ? COLLATE NOCASE AND sent_at >= ?
+                ORDER BY sent_at DESC LIMIT 1""",
+            (address, since),
+        ).fetchone()
+        return None if row is None else dict(zip(self._MATCH_COLUMNS, row, strict=True))
+
+    def mark_reported(
+        self, message_id: int, state: str, reply: str | None, reason: str | None
+    ) -> bool:
+        """A sent message that bounced or drew a complaint later; True if it changed."""
+        allowed = ("sent", "bounced", "failed") if state == "complained" else ("sent",)
+        cur = self.conn.execute(
+            f"""UPDATE messages SET state = ?, last_reply = coalesce(?, last_reply),
+                  reason = coalesce(?, reason)
+                WHERE id = ? AND state IN ({",".join("?" * len(allowed))})""",
+            (state, reply, reason, message_id, *allowed),
+        )
+        return cur.rowcount > 0
+
+    def bump_ip_day(self, ip: str, day: str, provider: str, **counts: int) -> None:
+        columns = [c for c in counts if c in _IP_DAY_COUNTERS]
+        if not columns:
+            return
+        self.conn.execute(
+            f"""INSERT INTO ip_days (ip, day, provider, {", ".join(columns)})
+                VALUES (?, ?, ?, {", ".join("?" * len(columns))})
+                ON CONFLICT(ip, day, provider) DO UPDATE SET
+                {", ".join(f"{c} = {c} + excluded.{c}" for c in columns)}""",
+            (ip, day, provider, *(counts[c] for c in columns)),
+        )
+
+    def ip_days(self, ip: str | None = None) -> list[dict[str, Any]]:
+        keys = ("ip", "day", "provider", *_IP_DAY_COUNTERS)
+        sql = f"SELECT {', '.join(keys)} FROM ip_days"
+        params: list[Any] = []
+        if ip:
+            sql += " WHERE ip = ?"
+            params.append(ip)
+        sql += " ORDER BY ip, day, provider"
+        return [dict(zip(keys, row, strict=True)) for row in self.conn.execute(sql, params)]
+
+
+_IP_DAY_COUNTERS = ("sent", "deferred", "bounced", "complained", "throttles", "blocks")
 
 MESSAGE_STATES = (
     "queued",

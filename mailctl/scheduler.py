@@ -1,0 +1,889 @@
+"""Lanes (sending IP x provider): token buckets, connection caps, pauses, gradual recovery.
+
+A lane is what a provider judges: one of our IPs sending to its servers. Everything here is
+pure and clock-free: every method takes ``now`` (epoch seconds) and jitter comes from an
+injected `random.Random`, so throttling is tested without sleeping.
+
+* `Lane.admit` hands out send permits from token buckets (per minute / hour / day, with a
+  burst) and says how long to wait when there is none or the lane is paused.
+* `Lane.on_reply` feeds a receiver's reply through the rules (`rules.RuleSet`): a match acts
+  (suspend, slow down, disable, stop the campaign, defer the recipient), possibly only on the
+  N-th match within a window; a 421 that no rule names backs the lane off exponentially with
+  jitter. Replies mailctl makes up itself (``from_receiver=False``) never act.
+* After any pause the lane recovers gradually: a quarter of the earlier rate and one
+  connection, then x1.25 rate and +1 connection per clean interval, limits raised at most once
+  a minute. It never snaps back to full speed.
+* `LaneState` is the whole persistent state of a lane (`to_row` / `from_row`), so a cron run
+  at 10:10 honours a 2-hour suspension set by the run at 10:00.
+* `Scheduler` holds the lanes, picks an IP of a pool for a provider (`pick_ip`), and says when
+  the next paused lane wakes (`next_wake`).
+* `check_breaker` is the campaign circuit breaker (bounce and complaint rates).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from fractions import Fraction
+from typing import Any
+
+from mailctl.classify import parse_reply_code
+from mailctl.rules import Action, LaneLimits, ReplyRule, RuleMatch, RuleSet, default_rules
+
+__all__ = [
+    "BreakerPolicy",
+    "BreakerState",
+    "BreakerTrip",
+    "CapacityFn",
+    "EventKind",
+    "Lane",
+    "LaneEvent",
+    "LaneMode",
+    "LaneSnapshot",
+    "LaneState",
+    "RecoveryPolicy",
+    "Scheduler",
+    "check_breaker",
+]
+
+_EPSILON = 1e-9  # float slack when a refilled bucket lands a hair under one token
+_WINDOWS = (60.0, 3600.0, 86400.0)  # per_minute, per_hour, per_day
+
+
+class LaneMode(StrEnum):
+    NORMAL = "normal"  # full speed, or recovering (see LaneState.ramp_factor)
+    SLOWED = "slowed"  # limits lowered until `until`
+    SUSPENDED = "suspended"  # nothing sent until `until`
+    DISABLED = "disabled"  # out of rotation for this provider until resumed (or `until`)
+
+
+class EventKind(StrEnum):
+    NONE = "none"  # nothing changed (a delivery, an ordinary deferral)
+    IGNORED = "ignored"  # not the receiver's word, or the lane already paused for it
+    COUNTED = "counted"  # a triggered rule matched but has not reached its count
+    SUSPENDED = "suspended"
+    SLOWED = "slowed"
+    DISABLED = "disabled"
+    BACKOFF = "backoff"  # a 421 no rule names: exponential backoff
+    STOP_CAMPAIGN = "stop_campaign"
+    DEFER_RECIPIENT = "defer_recipient"
+    BOUNCE_RECIPIENT = "bounce_recipient"
+
+
+@dataclass(frozen=True)
+class LaneEvent:
+    """What a reply did, for the run's log and progress."""
+
+    kind: EventKind
+    ip: str
+    provider: str
+    until: float | None = None
+    reason: str | None = None
+    rule: str | None = None
+    alert: bool = False
+    retry_after: float | None = None  # for the message: the reply's named delay or the rule's
+
+    @property
+    def pauses_lane(self) -> bool:
+        return self.kind in (
+            EventKind.SUSPENDED,
+            EventKind.SLOWED,
+            EventKind.DISABLED,
+            EventKind.BACKOFF,
+        )
+
+
+@dataclass(frozen=True)
+class RecoveryPolicy:
+    """How lanes back off and come back. Defaults follow PROVIDERS.md."""
+
+    start_fraction: float = 0.25  # resume at a quarter of the earlier rate
+    step: float = 1.25  # +25% per clean interval
+    clean_interval: float = 300.0  # seconds without a throttle that earn a step
+    min_change_interval: float = 60.0  # limits rise at most once a minute
+    backoff_initial: float = 60.0  # unknown 421: 1 min, doubling ...
+    backoff_max: float = 3600.0  # ... to 1 h
+    jitter: float = 0.2  # +-20%, so lanes paused together do not resume together
+    min_rate_per_minute: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.start_fraction <= 1:
+            raise ValueError("start_fraction must be in (0, 1]")
+        if self.step <= 1:
+            raise ValueError("step must be above 1")
+        if self.clean_interval < self.min_change_interval:
+            raise ValueError("clean_interval must be at least min_change_interval")
+
+    @property
+    def step_interval(self) -> float:
+        return max(self.clean_interval, self.min_change_interval)
+
+
+# --------------------------------------------------------------------------------------------
+# Persistent state
+
+
+@dataclass(frozen=True)
+class LaneState:
+    """Everything a lane must remember across runs (one row of the ``lanes`` table)."""
+
+    ip: str
+    provider: str
+    mode: LaneMode = LaneMode.NORMAL
+    until: float | None = None  # end of the suspension / slow period / disablement
+    reason: str | None = None
+    rule: str | None = None
+    alert: bool = False
+    # While slowed (or scheduled to slow after a pause): the limits in force, and when a
+    # pause-then-slow rule (Gmail 4.7.28) turns from suspended into slowed.
+    slow_limits: LaneLimits | None = None
+    slow_until: float | None = None
+    earlier_factor: float = 1.0  # rate factor in force when the current pause began
+    ramp_factor: float | None = None  # None: full speed; else fraction of the base rates
+    ramp_connections: int | None = None
+    last_change_at: float | None = None
+    backoff_level: int = 0
+    last_resume_at: float | None = None  # end of the last backoff, to reset it when clean
+    tokens: tuple[float, float, float] | None = None  # minute, hour, day buckets
+    tokens_at: float | None = None
+    hits: tuple[tuple[str, tuple[float, ...]], ...] = ()  # trigger matches per rule id
+    sent: int = 0
+    deferred: int = 0
+    throttled: int = 0
+    updated_at: float | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        """Flat, SQLite-ready values (nested parts as JSON text)."""
+        return {
+            "ip": self.ip,
+            "provider": self.provider,
+            "mode": self.mode.value,
+            "until": self.until,
+            "reason": self.reason,
+            "rule": self.rule,
+            "alert": int(self.alert),
+            "slow_limits": json.dumps(self.slow_limits.as_dict()) if self.slow_limits else None,
+            "slow_until": self.slow_until,
+            "earlier_factor": self.earlier_factor,
+            "ramp_factor": self.ramp_factor,
+            "ramp_connections": self.ramp_connections,
+            "last_change_at": self.last_change_at,
+            "backoff_level": self.backoff_level,
+            "last_resume_at": self.last_resume_at,
+            "tokens": json.dumps(list(self.tokens)) if self.tokens is not None else None,
+            "tokens_at": self.tokens_at,
+            "hits": json.dumps({rule: list(times) for rule, times in self.hits}),
+            "sent": self.sent,
+            "deferred": self.deferred,
+            "throttled": self.throttled,
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> LaneState:
+        """The inverse of `to_row` (accepts a sqlite3.Row or any mapping)."""
+        slow = row["slow_limits"]
+        tokens = row["tokens"]
+        hits = json.loads(row["hits"] or "{}")
+        return cls(
+            ip=row["ip"],
+            provider=row["provider"],
+            mode=LaneMode(row["mode"]),
+            until=row["until"],
+            reason=row["reason"],
+            rule=row["rule"],
+            alert=bool(row["alert"]),
+            slow_limits=LaneLimits.from_dict(json.loads(slow)) if slow else None,
+            slow_until=row["slow_until"],
+            earlier_factor=float(row["earlier_factor"]),
+            ramp_factor=row["ramp_factor"],
+            ramp_connections=row["ramp_connections"],
+            last_change_at=row["last_change_at"],
+            backoff_level=int(row["backoff_level"]),
+            last_resume_at=row["last_resume_at"],
+            tokens=tuple(json.loads(tokens)) if tokens else None,  # type: ignore[arg-type]
+            tokens_at=row["tokens_at"],
+            hits=tuple((rule, tuple(times)) for rule, times in sorted(hits.items())),
+            sent=int(row["sent"]),
+            deferred=int(row["deferred"]),
+            throttled=int(row["throttled"]),
+            updated_at=row["updated_at"],
+        )
+
+
+@dataclass(frozen=True)
+class LaneSnapshot:
+    """One line of ``mailctl lanes``."""
+
+    ip: str
+    provider: str
+    mode: LaneMode
+    until: float | None
+    reason: str | None
+    rule: str | None
+    alert: bool
+    limits: LaneLimits
+    recovering: bool
+    ready_in: float  # seconds until the lane may send (inf: disabled)
+    sent: int
+    deferred: int
+    throttled: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ip": self.ip,
+            "provider": self.provider,
+            "state": self.mode.value,
+            "until": self.until,
+            "reason": self.reason,
+            "rule": self.rule,
+            "alert": self.alert,
+            "limits": self.limits.as_dict(),
+            "recovering": self.recovering,
+            "ready_in": None if math.isinf(self.ready_in) else round(self.ready_in, 3),
+            "sent": self.sent,
+            "deferred": self.deferred,
+            "throttled": self.throttled,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# A lane
+
+
+def _scaled(base: LaneLimits, factor: float, connections: int) -> LaneLimits:
+    def rate(value: float | None) -> float | None:
+        return None if value is None else value * factor
+
+    return replace(
+        base,
+        connections=max(1, min(base.connections, connections)),
+        per_minute=rate(base.per_minute),
+        per_hour=rate(base.per_hour),
+        per_day=rate(base.per_day),
+        burst=max(1, math.floor(base.burst * factor)),
+    )
+
+
+def _rate_factor(limits: LaneLimits, base: LaneLimits) -> float:
+    """How fast ``limits`` lets the lane go compared with ``base`` (the slowest window)."""
+    ratios = [
+        lim / full
+        for lim, full in (
+            (limits.per_minute, base.per_minute),
+            (limits.per_hour, base.per_hour),
+            (limits.per_day, base.per_day),
+        )
+        if lim is not None and full
+    ]
+    return min(ratios, default=1.0)
+
+
+class Lane:
+    """One sending IP towards one provider. Not thread-safe; the engine's loop owns it."""
+
+    def __init__(
+        self,
+        state: LaneState,
+        rules: RuleSet,
+        *,
+        policy: RecoveryPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.state = state
+        self.rules = rules
+        self.policy = policy or RecoveryPolicy()
+        self.rng = rng or random.Random()
+        self.changed = False  # set on every state change, cleared by Scheduler.changed_states
+
+    @property
+    def ip(self) -> str:
+        return self.state.ip
+
+    @property
+    def provider(self) -> str:
+        return self.state.provider
+
+    @property
+    def base(self) -> LaneLimits:
+        """The provider's limits from the rules (profile overrides included)."""
+        return self.rules.limits_for(self.provider)
+
+    def _set(self, state: LaneState, now: float) -> None:
+        self.state = replace(state, updated_at=now)
+        self.changed = True
+
+    # ---------------------------------------------------------------- time passing
+
+    def _min_factor(self) -> float:
+        per_minute = self.base.per_minute
+        if not per_minute:
+            return 0.01
+        return min(1.0, self.policy.min_rate_per_minute / per_minute)
+
+    def _start_ramp(self, s: LaneState, at: float) -> LaneState:
+        start = max(self._min_factor(), self.policy.start_fraction * s.earlier_factor)
+        if s.mode is LaneMode.SLOWED and s.slow_limits is not None:
+            # Never slower after a slow period than during it.
+            start = max(start, _rate_factor(s.slow_limits, self.base))
+        return replace(
+            s,
+            mode=LaneMode.NORMAL,
+            until=None,
+            reason=f"recovering after: {s.reason}" if s.reason else "recovering",
+            slow_limits=None,
+            slow_until=None,
+            ramp_factor=min(1.0, start),
+            ramp_connections=1,
+            last_change_at=at,
+            alert=False,
+        )
+
+    def _slowed_pace(self, s: LaneState) -> bool:
+        """Whether a slow period lowered rate or connections (then it ends in a ramp)."""
+        slow, base = s.slow_limits, self.base
+        if slow is None:
+            return False
+        return slow.connections < base.connections or _rate_factor(slow, base) < 1.0
+
+    def _advance(self, now: float) -> None:
+        """Apply the transitions that time alone causes, lazily, as of ``now``."""
+        s = self.state
+        start = s
+        for _ in range(4):  # at most suspended -> slowed -> normal
+            if s.until is None or now < s.until:
+                break
+            if s.mode is LaneMode.SUSPENDED and s.slow_limits is not None and s.slow_until:
+                if s.slow_until > s.until:
+                    s = replace(
+                        s, mode=LaneMode.SLOWED, until=s.slow_until, slow_until=None,
+                        last_change_at=s.until,
+                    )  # fmt: skip
+                    continue
+            if s.mode is LaneMode.SLOWED and not self._slowed_pace(s):
+                s = replace(
+                    s, mode=LaneMode.NORMAL, until=None, reason=None, slow_limits=None,
+                    slow_until=None, last_change_at=s.until,
+                )  # fmt: skip
+                break
+            if s.mode is LaneMode.SUSPENDED and s.rule is None:
+                s = replace(s, last_resume_at=s.until)  # a backoff ended
+            s = self._start_ramp(s, s.until)  # type: ignore[arg-type]
+            break
+        if s.mode is LaneMode.NORMAL and s.ramp_factor is not None:
+            s = self._ramp_steps(s, now)
+        if s is not start:
+            self._set(s, now)
+
+    def _ramp_steps(self, s: LaneState, now: float) -> LaneState:
+        interval = self.policy.step_interval
+        last = s.last_change_at if s.last_change_at is not None else now
+        steps = int((now - last) // interval)
+        if steps <= 0:
+            return s
+        factor = min(1.0, (s.ramp_factor or 1.0) * self.policy.step**steps)
+        connections = min(self.base.connections, (s.ramp_connections or 1) + steps)
+        if factor >= 1.0 and connections >= self.base.connections:
+            return replace(
+                s, ramp_factor=None, ramp_connections=None, reason=None,
+                last_change_at=last + steps * interval,
+            )  # fmt: skip
+        return replace(
+            s, ramp_factor=factor, ramp_connections=connections,
+            last_change_at=last + steps * interval,
+        )  # fmt: skip
+
+    # ---------------------------------------------------------------- limits and permits
+
+    def _limits_of(self, s: LaneState) -> LaneLimits:
+        base = self.base
+        if s.mode is LaneMode.SLOWED and s.slow_limits is not None:
+            return s.slow_limits
+        if s.mode in (LaneMode.SUSPENDED, LaneMode.DISABLED):
+            return replace(base, connections=0)
+        if s.ramp_factor is not None:
+            return _scaled(base, s.ramp_factor, s.ramp_connections or 1)
+        return base
+
+    def limits(self, now: float) -> LaneLimits:
+        """The limits in force at ``now``: size the lane's connections and reuse by these.
+
+        ``connections`` is 0 while the lane is suspended or disabled.
+        """
+        self._advance(now)
+        return self._limits_of(self.state)
+
+    def _pace_factor(self, s: LaneState) -> float:
+        if s.mode is LaneMode.SLOWED and s.slow_limits is not None:
+            return _rate_factor(s.slow_limits, self.base)
+        return s.ramp_factor if s.ramp_factor is not None else 1.0
+
+    def pause_wait(self, now: float) -> float:
+        """Seconds until a suspension ends (inf while disabled without an end), else 0."""
+        self._advance(now)
+        s = self.state
+        if s.mode is LaneMode.DISABLED:
+            return math.inf if s.until is None else max(0.0, s.until - now)
+        if s.mode is LaneMode.SUSPENDED and s.until is not None:
+            return max(0.0, s.until - now)
+        return 0.0
+
+    def _buckets(self, limits: LaneLimits) -> list[tuple[float, float] | None]:
+        """(rate per second, capacity) for each window with a limit."""
+        buckets: list[tuple[float, float] | None] = []
+        for window, limit in zip(
+            _WINDOWS, (limits.per_minute, limits.per_hour, limits.per_day), strict=True
+        ):
+            if limit is None:
+                buckets.append(None)
+            else:
+                buckets.append((limit / window, max(1.0, min(float(limits.burst), limit))))
+        return buckets
+
+    def _refilled(self, now: float, buckets: list[tuple[float, float] | None]) -> list[float]:
+        s = self.state
+        if s.tokens is None or s.tokens_at is None:
+            return [b[1] if b else 0.0 for b in buckets]  # a new lane starts with its burst
+        elapsed = max(0.0, now - s.tokens_at)
+        return [
+            min(b[1], tokens + b[0] * elapsed) if b else 0.0
+            for tokens, b in zip(s.tokens, buckets, strict=True)
+        ]
+
+    def _token_wait(
+        self, now: float
+    ) -> tuple[float, list[float], list[tuple[float, float] | None]]:  # noqa: E501
+        buckets = self._buckets(self._limits_of(self.state))
+        tokens = self._refilled(now, buckets)
+        wait = 0.0
+        for level, bucket in zip(tokens, buckets, strict=True):
+            if bucket is not None and level < 1.0 - _EPSILON:
+                wait = max(wait, (1.0 - level) / bucket[0])
+        return wait, tokens, buckets
+
+    def ready_in(self, now: float) -> float:
+        """Seconds until `admit` would say yes; does not take a permit."""
+        pause = self.pause_wait(now)
+        if pause > 0:
+            return pause
+        return self._token_wait(now)[0]
+
+    def admit(self, now: float) -> float:
+        """0.0 and a permit taken: send one message now. Otherwise the seconds to wait
+        (until a token, or the end of a pause; inf while disabled) and nothing taken."""
+        pause = self.pause_wait(now)
+        if pause > 0:
+            return pause
+        wait, tokens, buckets = self._token_wait(now)
+        if wait > 0:
+            return wait
+        taken = tuple(
+            max(0.0, level - 1.0) if bucket else 0.0
+            for level, bucket in zip(tokens, buckets, strict=True)
+        )
+        self._set(replace(self.state, tokens=taken, tokens_at=now), now)  # type: ignore[arg-type]
+        return 0.0
+
+    # ---------------------------------------------------------------- replies
+
+    def _event(self, kind: EventKind, **fields: Any) -> LaneEvent:
+        return LaneEvent(kind, self.ip, self.provider, **fields)
+
+    def on_reply(
+        self, reply_text: str, code: int | None, now: float, *, from_receiver: bool
+    ) -> LaneEvent:
+        """Apply what a reply means to this lane, and say what happened.
+
+        ``from_receiver=False`` is for deferrals mailctl made itself (lane paused, cap
+        reached, connection never made): they never trigger, extend or count anything.
+        """
+        if not from_receiver:
+            return self._event(EventKind.IGNORED, reason="not a receiver's reply")
+        self._advance(now)
+        code = code if code is not None else parse_reply_code(reply_text)
+        if code is not None and 200 <= code < 300:
+            self._set(replace(self.state, sent=self.state.sent + 1), now)
+            return self._event(EventKind.NONE)
+        found = self.rules.match(reply_text, self.provider)
+        if found is not None:
+            return self._apply(found, now)
+        if code is not None and 400 <= code < 500:
+            self._set(replace(self.state, deferred=self.state.deferred + 1), now)
+        if code == 421:
+            return self._backoff(reply_text, now)
+        return self._event(EventKind.NONE)
+
+    def _triggered(self, rule: ReplyRule, now: float) -> bool:
+        """Record a match of a triggered rule; True when it reaches its count."""
+        assert rule.trigger is not None
+        hits = dict(self.state.hits)
+        recent = [t for t in hits.get(rule.id, ()) if now - t < rule.trigger.window] + [now]
+        fired = len(recent) >= rule.trigger.count
+        hits[rule.id] = () if fired else tuple(recent)
+        kept = tuple(sorted((rid, times) for rid, times in hits.items() if times))
+        self._set(replace(self.state, hits=kept), now)
+        return fired
+
+    def _apply(self, found: RuleMatch, now: float) -> LaneEvent:
+        rule = found.rule
+        s = self.state
+        if rule.action is Action.DEFER_RECIPIENT:
+            self._set(replace(s, deferred=s.deferred + 1), now)
+            return self._event(
+                EventKind.DEFER_RECIPIENT, rule=rule.id, retry_after=found.retry_after
+            )
+        if rule.action is Action.BOUNCE_RECIPIENT:
+            return self._event(EventKind.BOUNCE_RECIPIENT, rule=rule.id)
+        if rule.action is Action.STOP_CAMPAIGN:
+            return self._event(
+                EventKind.STOP_CAMPAIGN, rule=rule.id, reason=found.reply, alert=True
+            )
+        if rule.trigger is not None and not self._triggered(rule, now):
+            return self._event(EventKind.COUNTED, rule=rule.id, reason=found.reply)
+        s = self.state
+        s = replace(s, throttled=s.throttled + 1)
+        if s.mode is LaneMode.DISABLED:
+            # Out of rotation already: nothing short of `lanes resume` brings it back.
+            self._set(s, now)
+            return self._event(EventKind.IGNORED, until=s.until, reason="lane disabled")
+        if rule.action is Action.DISABLE_IP:
+            until = now + rule.duration if rule.duration else None
+            s = replace(
+                s, mode=LaneMode.DISABLED, until=until, reason=found.reply, rule=rule.id,
+                alert=rule.alert, slow_limits=None, slow_until=None, ramp_factor=None,
+                ramp_connections=None, earlier_factor=self._earlier(s), last_change_at=now,
+            )  # fmt: skip
+            self._set(s, now)
+            return self._event(
+                EventKind.DISABLED, until=until, reason=found.reply, rule=rule.id, alert=True
+            )
+        if rule.action is Action.SUSPEND:
+            assert rule.duration is not None
+            return self._suspend(s, now + rule.duration, found.reply, rule.id, rule.alert, now)
+        return self._slow(s, found, now)
+
+    def _earlier(self, s: LaneState) -> float:
+        """The pace to recover towards a quarter of: the pace before this episode began."""
+        if s.mode in (LaneMode.SUSPENDED, LaneMode.SLOWED, LaneMode.DISABLED):
+            return s.earlier_factor  # already paused: keep what it was before
+        return self._pace_factor(s)
+
+    def _suspend(
+        self, s: LaneState, until: float, reason: str, rule: str | None, alert: bool, now: float
+    ) -> LaneEvent:
+        if s.mode is LaneMode.SUSPENDED and s.until is not None:
+            until = max(until, s.until)
+        s = replace(
+            s, mode=LaneMode.SUSPENDED, until=until, reason=reason, rule=rule, alert=alert,
+            earlier_factor=self._earlier(s), slow_limits=None, slow_until=None,
+            ramp_factor=None, ramp_connections=None, last_change_at=now,
+        )  # fmt: skip
+        self._set(s, now)
+        kind = EventKind.SUSPENDED if rule is not None else EventKind.BACKOFF
+        return self._event(kind, until=until, reason=reason, rule=rule, alert=alert)
+
+    def _slow(self, s: LaneState, found: RuleMatch, now: float) -> LaneEvent:
+        rule = found.rule
+        assert rule.limits is not None and rule.duration is not None
+        pause = rule.pause or 0.0
+        recent = (
+            s.rule == rule.id
+            and s.last_change_at is not None
+            and now - s.last_change_at < self.policy.min_change_interval
+        )
+        if recent and s.mode in (LaneMode.SLOWED, LaneMode.SUSPENDED):
+            # The same rule again within a minute is the same episode (replies of messages
+            # already in flight): extend it, do not lower the limits once more.
+            end = now + pause + rule.duration
+            if s.mode is LaneMode.SLOWED:
+                s = replace(s, until=max(s.until or end, end))
+            else:
+                s = replace(s, slow_until=max(s.slow_until or end, end))
+            self._set(s, now)
+            until = s.until if s.mode is LaneMode.SLOWED else s.slow_until
+            return self._event(EventKind.SLOWED, until=until, reason=found.reply, rule=rule.id)
+        if s.mode is LaneMode.SLOWED and s.slow_limits is not None:
+            current = s.slow_limits
+        elif s.mode is LaneMode.SUSPENDED:
+            current = _scaled(self.base, s.earlier_factor, self.base.connections)
+        else:
+            current = self._limits_of(s)
+        slowed = rule.limits.apply(current)
+        if slowed.per_minute and current.per_minute and slowed.per_minute < current.per_minute:
+            # A burst as big as before would defeat a lower rate.
+            share = slowed.per_minute / current.per_minute
+            slowed = replace(slowed, burst=max(1, math.floor(current.burst * share)))
+        earlier = self._earlier(s)
+        paused_until = s.until if s.mode is LaneMode.SUSPENDED and s.until else now
+        if pause:
+            paused_until = max(paused_until, now + pause)
+        if paused_until > now:
+            # Pause first (the rule's, or a suspension already running), then slow.
+            s = replace(
+                s, mode=LaneMode.SUSPENDED, until=paused_until, slow_limits=slowed,
+                slow_until=paused_until + rule.duration, reason=found.reply, rule=rule.id,
+                alert=rule.alert, earlier_factor=earlier, ramp_factor=None,
+                ramp_connections=None, last_change_at=now,
+            )  # fmt: skip
+            until = paused_until + rule.duration
+        else:
+            until = now + rule.duration
+            s = replace(
+                s, mode=LaneMode.SLOWED, until=until, slow_limits=slowed, slow_until=None,
+                reason=found.reply, rule=rule.id, alert=rule.alert, earlier_factor=earlier,
+                ramp_factor=None, ramp_connections=None, last_change_at=now,
+            )  # fmt: skip
+        tokens = s.tokens
+        if tokens is not None:
+            # Lower limits take effect at once: no saved-up burst from the faster pace.
+            caps = [b[1] if b else 0.0 for b in self._buckets(slowed)]
+            tokens = tuple(min(t, c) for t, c in zip(tokens, caps, strict=True))  # type: ignore[assignment]
+        self._set(replace(s, tokens=tokens), now)
+        return self._event(
+            EventKind.SLOWED, until=until, reason=found.reply, rule=rule.id, alert=rule.alert
+        )
+
+    def _backoff(self, reply_text: str, now: float) -> LaneEvent:
+        s = self.state
+        if s.mode in (LaneMode.SUSPENDED, LaneMode.DISABLED):
+            # Replies to messages already in flight when the lane paused: same episode.
+            return self._event(EventKind.IGNORED, until=s.until, reason="lane already paused")
+        level = s.backoff_level
+        if s.last_resume_at is not None and now - s.last_resume_at >= self.policy.clean_interval:
+            level = 0  # a clean interval since the last backoff ended
+        level += 1
+        p = self.policy
+        delay = p.backoff_initial * 2 ** (level - 1)
+        delay *= self.rng.uniform(1 - p.jitter, 1 + p.jitter)
+        delay = min(p.backoff_max, delay)
+        s = replace(s, backoff_level=level, throttled=s.throttled + 1)
+        return self._suspend(s, now + delay, " ".join(reply_text.split()), None, False, now)
+
+    # ---------------------------------------------------------------- manual control
+
+    def suspend(self, now: float, until: float, reason: str = "suspended by hand") -> LaneEvent:
+        """``mailctl lanes suspend``: pause until ``until``; recovery ramps as after a throttle."""
+        return self._suspend(self.state, until, reason, "manual", False, now)
+
+    def disable(self, now: float, reason: str = "disabled by hand") -> LaneEvent:
+        s = self.state
+        s = replace(
+            s, mode=LaneMode.DISABLED, until=None, reason=reason, rule="manual",
+            earlier_factor=self._earlier(s), slow_limits=None, slow_until=None,
+            ramp_factor=None, ramp_connections=None, last_change_at=now,
+        )  # fmt: skip
+        self._set(s, now)
+        return self._event(EventKind.DISABLED, reason=reason, rule="manual")
+
+    def resume(self, now: float, *, ramp: bool = True) -> None:
+        """``mailctl lanes resume``: end any pause now. ``ramp=False`` returns to full speed
+        at once (a deliberate operator decision, never an automatic one)."""
+        s = self.state
+        if s.mode is LaneMode.NORMAL and (s.ramp_factor is None or ramp):
+            return
+        if ramp:
+            self._set(self._start_ramp(replace(s, mode=LaneMode.SUSPENDED), now), now)
+        else:
+            self._set(
+                replace(
+                    s,
+                    mode=LaneMode.NORMAL,
+                    until=None,
+                    reason=None,
+                    rule=None,
+                    alert=False,
+                    slow_limits=None,
+                    slow_until=None,
+                    ramp_factor=None,
+                    ramp_connections=None,
+                    backoff_level=0,
+                    last_change_at=now,
+                ),  # fmt: skip
+                now,
+            )
+
+    def snapshot(self, now: float) -> LaneSnapshot:
+        limits = self.limits(now)
+        s = self.state
+        return LaneSnapshot(
+            ip=s.ip,
+            provider=s.provider,
+            mode=s.mode,
+            until=s.until,
+            reason=s.reason,
+            rule=s.rule,
+            alert=s.alert,
+            limits=limits,
+            recovering=s.ramp_factor is not None,
+            ready_in=self.ready_in(now),
+            sent=s.sent,
+            deferred=s.deferred,
+            throttled=s.throttled,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The scheduler
+
+
+CapacityFn = Callable[[str, str], "int | None"]
+"""(ip, provider) -> messages the IP may still send to the provider now (warm-up), None = no cap."""
+
+
+class Scheduler:
+    """All lanes of a run. Lanes are created on first use from the rules' limits."""
+
+    def __init__(
+        self,
+        rules: RuleSet | None = None,
+        *,
+        policy: RecoveryPolicy | None = None,
+        rng: random.Random | None = None,
+        states: Iterable[LaneState] = (),
+    ) -> None:
+        self.rules = rules or default_rules()
+        self.policy = policy or RecoveryPolicy()
+        self.rng = rng or random.Random()
+        self._lanes: dict[tuple[str, str], Lane] = {}
+        self._picks: dict[tuple[str, str], int] = {}
+        for state in states:
+            self._lanes[(state.ip, state.provider)] = self._make(state)
+
+    def _make(self, state: LaneState) -> Lane:
+        return Lane(state, self.rules, policy=self.policy, rng=self.rng)
+
+    def lane(self, ip: str, provider: str) -> Lane:
+        key = (ip, provider)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = self._make(LaneState(ip=ip, provider=provider))
+        return lane
+
+    def lanes(self) -> list[Lane]:
+        return [self._lanes[key] for key in sorted(self._lanes)]
+
+    def changed_states(self) -> list[LaneState]:
+        """States changed since the last call: what to upsert into the ``lanes`` table."""
+        changed = []
+        for lane in self.lanes():
+            if lane.changed:
+                lane.changed = False
+                changed.append(lane.state)
+        return changed
+
+    def next_wake(self, now: float, busy: Iterable[tuple[str, str]] | None = None) -> float | None:
+        """When the first of the lanes with work (``busy``; all lanes when None) may send
+        again: ``now`` if one may send now, None if none ever will (all disabled)."""
+        keys = list(busy) if busy is not None else list(self._lanes)
+        waits = [self.lane(ip, provider).ready_in(now) for ip, provider in keys]
+        finite = [w for w in waits if not math.isinf(w)]
+        return now + min(finite) if finite else None
+
+    def snapshot(self, now: float) -> list[LaneSnapshot]:
+        return [lane.snapshot(now) for lane in self.lanes()]
+
+    def pick_ip(
+        self,
+        pool_ips: Iterable[str],
+        provider: str,
+        now: float,
+        capacity_fn: CapacityFn | None = None,
+    ) -> str | None:
+        """The pool IP to send the next message for ``provider`` from, or None if none may.
+
+        Only IPs of ``pool_ips`` are ever returned (traffic never moves to another pool).
+        Skipped: IPs whose lane to the provider is suspended or disabled, and IPs whose
+        warm-up capacity is used up (spill-over to the pool's other IPs). IPs with a cap
+        (still warming) come first, the one with the most capacity left, so cold IPs get the
+        volume their schedule needs; uncapped IPs take the rest in turn.
+        """
+        candidates: list[tuple[str, int | None]] = []
+        for ip in dict.fromkeys(pool_ips):
+            if self.lane(ip, provider).pause_wait(now) > 0:
+                continue
+            capacity = capacity_fn(ip, provider) if capacity_fn is not None else None
+            if capacity is not None and capacity <= 0:
+                continue
+            candidates.append((ip, capacity))
+        if not candidates:
+            return None
+        capped = [c for c in candidates if c[1] is not None]
+        if capped:
+            ip = max(
+                capped,
+                key=lambda c: (c[1], -self._picks.get((c[0], provider), 0)),
+            )[0]
+        else:
+            ip = min(candidates, key=lambda c: self._picks.get((c[0], provider), 0))[0]
+        self._picks[(ip, provider)] = self._picks.get((ip, provider), 0) + 1
+        return ip
+
+
+# --------------------------------------------------------------------------------------------
+# Circuit breaker
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """Trip above these rates, once at least ``min_sent`` messages were answered."""
+
+    bounce_rate: float = 0.02
+    complaint_rate: float = 0.003
+    min_sent: int = 200
+
+    @classmethod
+    def from_config(cls, breakers: Any) -> BreakerPolicy:
+        """From `config.Breakers` (same field names)."""
+        return cls(breakers.bounce_rate, breakers.complaint_rate, breakers.min_sent)
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    """A campaign's counts. ``sent``: messages the receivers answered (accepted or rejected);
+    ``bounced``: hard bounces, synchronous or from DSNs; ``complained``: ARF reports."""
+
+    sent: int = 0
+    bounced: int = 0
+    complained: int = 0
+
+    def add(self, *, sent: int = 0, bounced: int = 0, complained: int = 0) -> BreakerState:
+        return BreakerState(self.sent + sent, self.bounced + bounced, self.complained + complained)
+
+
+@dataclass(frozen=True)
+class BreakerTrip:
+    kind: str  # "bounce_rate" | "complaint_rate"
+    rate: float
+    threshold: float
+    sent: int
+    reason: str = field(default="")
+
+
+def _exact(value: float) -> Fraction:
+    # Compare as decimals: 4 bounces of 200 is exactly 2%, which must not trip a 2% breaker.
+    return Fraction(repr(value))
+
+
+def check_breaker(state: BreakerState, policy: BreakerPolicy | None = None) -> BreakerTrip | None:
+    """A trip when the bounce rate passes its threshold (strictly above), else the
+    complaint rate; None below ``min_sent`` and at or below the thresholds."""
+    policy = policy or BreakerPolicy()
+    if state.sent <= 0 or state.sent < policy.min_sent:
+        return None
+    for kind, count, threshold in (
+        ("bounce_rate", state.bounced, policy.bounce_rate),
+        ("complaint_rate", state.complained, policy.complaint_rate),
+    ):
+        rate = Fraction(count, state.sent)
+        if rate > _exact(threshold):
+            label = kind.replace("_", " ")
+            reason = (
+                f"{label} {float(rate) * 100:.2f}% is above {threshold * 100:g}% "
+                f"({count} of {state.sent} sent)"
+            )
+            return BreakerTrip(kind, float(rate), threshold, state.sent, reason)
+    return None
