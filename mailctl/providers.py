@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import dns.asyncresolver
 import dns.exception
@@ -170,6 +171,31 @@ class DomainRoute:
         if self.status in (RouteStatus.TIMEOUT, RouteStatus.SKIPPED):
             return DirectAction.DEFER
         return DirectAction.FAIL
+
+    def to_row(self) -> dict[str, Any]:
+        """Flat values for the ``mx_cache`` table (MX hosts as JSON text)."""
+        return {
+            "domain": self.domain,
+            "provider": self.provider,
+            "mx_hosts": json.dumps([list(pair) for pair in self.mx_hosts]),
+            "port": self.port,
+            "status": self.status.value,
+            "detail": self.detail,
+            "expires_at": self.expires_at,
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> DomainRoute:
+        """The inverse of `to_row` (accepts a sqlite3.Row or any mapping)."""
+        return cls(
+            domain=row["domain"],
+            provider=row["provider"],
+            mx_hosts=tuple((int(pref), str(host)) for pref, host in json.loads(row["mx_hosts"])),
+            expires_at=float(row["expires_at"]),
+            status=RouteStatus(row["status"]),
+            port=int(row["port"]),
+            detail=row["detail"] or "",
+        )
 
     def failure_reason(self) -> str | None:
         """The Sisimai reason for recipients this route cannot reach (direct mode)."""
