@@ -18,6 +18,7 @@ from typing import Any
 import sqlite_utils
 
 from mailctl.errors import LockedError, StoreError
+from mailctl.store_reports import ReportQueries
 
 DEFAULT_DB = "mailctl.db"
 
@@ -188,7 +189,7 @@ class StagedCounts:
     suppressed: int
 
 
-class Store:
+class Store(ReportQueries):
     """One open database. Create with `Store.open(path)`."""
 
     def __init__(self, db: sqlite_utils.Database, path: Path) -> None:
