@@ -389,7 +389,7 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
                 s = engine.summary
                 done = s.sent + s.deferred + s.bounced + s.failed + s.expired + s.suppressed
                 rate = s.sent / max(time.monotonic() - started, 1e-6)
-                lanes = [vars(lane) for lane in engine.lanes.values()]
+                lanes = engine.lane_rows()
                 display.update(total, done, rate, lanes)
 
             engine = Engine(

@@ -288,6 +288,7 @@ class Profile:
     max_age: float = 3 * 86400
     retry_delays: tuple[float, ...] = (300, 600, 1200, 2400, 4800, 9600)
     breakers: Breakers = field(default_factory=Breakers)
+    rules: Mapping[str, Any] | None = None  # overrides of the shipped provider rules
 
     def password(self) -> str | None:
         """The relay password, read from the environment variable the profile names."""
@@ -352,6 +353,7 @@ _PROFILE_KEYS = {
     "max_age",
     "retry",
     "breakers",
+    "rules",
 }
 _WARMUP_KEYS = {
     "preset",
@@ -535,8 +537,12 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         overrides = {}
         for domain, target in keys["mx_override"].mapping().items():
             value = target.str()
-            if not re.fullmatch(r"[^\s:]+(:\d{1,5})?|\[[0-9a-fA-F:]+\](:\d{1,5})?", value):
-                raise target.error(f"'{value}' is not host or host:port")
+            from mailctl.providers import parse_mx_override
+
+            try:
+                parse_mx_override(value)
+            except ValueError as exc:
+                raise target.error(str(exc)) from None
             overrides[domain.lower()] = value
         options["mx_override"] = overrides
     if "dns" in keys:
@@ -582,6 +588,12 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
             complaint_rate=br["complaint_rate"].number(0, 1) if "complaint_rate" in br else 0.003,
             min_sent=br["min_sent"].int(minimum=1) if "min_sent" in br else 200,
         )
+    if "rules" in keys:
+        from mailctl.rules import load_rules
+
+        raw = yaml.safe_load(yaml.serialize(keys["rules"].node))
+        load_rules(raw, source=f"{keys['rules'].file}:{keys['rules'].line}: profiles.{name}.rules")
+        options["rules"] = raw
     return Profile(name=name, transport=transport, source=f"{node.file}:{node.line}", **options)
 
 

@@ -8,21 +8,40 @@ so certain the old run is gone) returns them to the queue as possible duplicates
 from __future__ import annotations
 
 import asyncio
-import itertools
 import multiprocessing
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mailctl.budget import WarmupBudget, profile_settings
 from mailctl.classify import Scope, classify_reply, parse_reply_delay
 from mailctl.config import Campaign, Profile, TransportKind
 from mailctl.errors import TemplateError
+from mailctl.providers import (
+    DirectAction,
+    DomainRoute,
+    RouteStatus,
+    normalise_domain,
+    resolve_domains,
+    unresolved_route,
+)
 from mailctl.render import RenderedMessage, Renderer
+from mailctl.rules import TlsPolicy, load_rules
+from mailctl.scheduler import (
+    BreakerPolicy,
+    BreakerState,
+    EventKind,
+    LaneEvent,
+    LaneState,
+    Scheduler,
+    check_breaker,
+)
 from mailctl.store import Store
 from mailctl.transport import Connection, Destination, Reply, relay_destination
 
@@ -98,6 +117,7 @@ class Outcome:
     status: str | None = None
     suppress: bool = False
     scope: str | None = None
+    day: str | None = None  # the sending IP's local day (its warm-up cap's day)
 
 
 @dataclass
@@ -105,6 +125,8 @@ class Item:
     message: dict[str, Any]
     job: CampaignJob
     rendered: RenderedMessage
+    ip: str
+    provider: str
 
 
 @dataclass
@@ -124,14 +146,20 @@ class LaneStats:
 
 @dataclass
 class _Group:
-    """Connections from one sending IP to one destination, fed by one queue."""
+    """Connections from one sending IP to one destination, fed by one queue.
 
-    key: str
+    Relay and sandbox: one group per (profile, IP), shared by all provider lanes (the lanes
+    shape the rate; the smarthost gets the connections). Direct: one group per (IP,
+    provider, MX hosts), and the lane's connection cap applies.
+    """
+
+    key: tuple[str, ...]
     ip: str
     destination: Destination
     connections: int
     messages_per_connection: int
     queue: asyncio.Queue[Item | None]
+    lane_capped: bool = False
     paused_until: float = 0.0
     failures: int = 0
     workers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -175,9 +203,38 @@ class RunSummary:
 ProgressCallback = Callable[["Engine"], None]
 
 
-def provider_of(domain: str) -> str:
-    """The group a recipient domain belongs to (the reputation layer maps MX to providers)."""
-    return domain
+class StoreRouteCache:
+    """providers.RouteCache over the mx_cache table."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def get(self, domain: str, now: float) -> DomainRoute | None:
+        row = self.store.cached_route(domain, now)
+        return None if row is None else DomainRoute.from_row(row)
+
+    def put(self, route: DomainRoute) -> None:
+        if route.status is not RouteStatus.TIMEOUT:  # a timeout is not an answer
+            self.store.cache_route(route.to_row())
+
+
+def _pace(limits: Any) -> float:
+    """Seconds between two messages at a lane's current rate (0: no rate limit)."""
+    gaps = [
+        window / rate
+        for window, rate in (
+            (60, limits.per_minute),
+            (3600, limits.per_hour),
+            (86400, limits.per_day),
+        )
+        if rate
+    ]
+    return max(gaps) if gaps else 0.0
+
+
+EventCallback = Callable[[str], None]
+# A lane wait shorter than this is slept through by the worker; longer ones defer the message.
+SHORT_WAIT = 2.0
 
 
 class Engine:
@@ -191,7 +248,11 @@ class Engine:
         options: SendOptions | None = None,
         sandbox_port: int | None = None,
         on_progress: ProgressCallback | None = None,
+        on_event: EventCallback | None = None,
         rng: random.Random | None = None,
+        resolver: Any = None,
+        scheduler: Scheduler | None = None,
+        budget: WarmupBudget | None = None,
     ) -> None:
         self.store = store
         self.jobs = {job.campaign_id: job for job in jobs}
@@ -204,15 +265,44 @@ class Engine:
         self.options = options or SendOptions()
         self.sandbox_port = sandbox_port
         self.on_progress = on_progress
+        self.on_event = on_event
         self.rng = rng or random.Random()
+        self.resolver = resolver
+        profiles = {job.profile.name: job.profile for job in jobs}
+        if scheduler is None:
+            # One rule set per run: the first profile's overrides (lanes are per IP, and an
+            # IP belongs to one profile).
+            first = next(iter(profiles.values()), None)
+            rules = load_rules(first.rules if first else None)
+            states = [LaneState.from_row(row) for row in store.lane_rows()]
+            scheduler = Scheduler(rules, rng=self.rng, states=states)
+        self.scheduler = scheduler
+        if budget is None:
+            settings: dict[str, Any] = {}
+            for profile in profiles.values():
+                settings.update(profile_settings(profile))
+            budget = WarmupBudget(store, settings)
+        self.budget = budget
         self.summary = RunSummary(campaigns=[job.name for job in jobs])
         self.lanes: dict[tuple[str, str], LaneStats] = {}
-        self.total_due = 0
         self.attempted = 0
         self._pending: list[Outcome] = []
         self._in_flight: dict[int, Item] = {}
-        self._groups: dict[str, _Group] = {}
-        self._pool_cycle: dict[tuple[str, str], itertools.cycle[str]] = {}
+        self._groups: dict[tuple[str, ...], _Group] = {}
+        self._open: dict[tuple[str, str], int] = {}  # open connections per lane (direct)
+        self._next_slot: dict[tuple[str, str], float] = {}
+        self._sent_by_lane: Counter[tuple[str, str]] = Counter()
+        self._routes: dict[tuple[str, str], DomainRoute] = {}
+        self._route_cache = StoreRouteCache(store)
+        self._stopped: dict[int, str] = {}
+        self._breakers: dict[int, BreakerState] = {}
+        for cid in self.jobs:
+            counts = store.message_counts(cid)
+            self._breakers[cid] = BreakerState(
+                sent=counts["sent"] + counts["bounced"] + counts["complained"],
+                bounced=counts["bounced"],
+                complained=counts["complained"],
+            )
         self._stop = asyncio.Event()
         self._force = False
         self._wake = asyncio.Event()
@@ -233,33 +323,103 @@ class Engine:
         self._stop.set()
         self._wake.set()
 
-    # ------------------------------------------------------------------ groups and lanes
+    def _say(self, message: str) -> None:
+        if self.on_event is not None:
+            self.on_event(message)
 
-    def _group_for(self, job: CampaignJob) -> _Group:
-        ips = [ip.ip for ip in job.profile.pools[job.pool]]
-        cycle_key = (job.profile.name, job.pool)
-        if cycle_key not in self._pool_cycle:
-            self._pool_cycle[cycle_key] = itertools.cycle(ips)
-        ip = next(self._pool_cycle[cycle_key])
-        key = f"{job.profile.name}/{ip}"
+    # ------------------------------------------------------------------ routing
+
+    async def _resolve(self, messages: Sequence[dict[str, Any]], now: float) -> None:
+        """Routes for the batch's domains, per profile (MX rollup, cached with its TTL)."""
+        wanted: dict[str, set[str]] = {}
+        for message in messages:
+            profile = self.jobs[message["campaign_id"]].profile
+            domain = message["domain"]
+            if (profile.name, domain) not in self._routes:
+                wanted.setdefault(profile.name, set()).add(domain)
+        for profile_name, domains in wanted.items():
+            profile = next(j.profile for j in self.jobs.values() if j.profile.name == profile_name)
+            lookups = profile.dns and profile.transport is not TransportKind.SANDBOX
+            if not lookups and not profile.mx_override:
+                for domain in domains:
+                    self._routes[(profile_name, domain)] = unresolved_route(
+                        normalise_domain(domain), now, "lookups off"
+                    )
+                continue
+            resolver = self.resolver
+            if resolver is None and lookups:
+                from mailctl.providers import DnsPythonMxResolver
+
+                resolver = self.resolver = DnsPythonMxResolver()
+            if lookups:
+                routes = await resolve_domains(
+                    domains,
+                    resolver,
+                    now=now,
+                    cache=self._route_cache,
+                    mx_override=profile.mx_override,
+                )
+            else:
+                routes = await resolve_domains(
+                    [d for d in domains if normalise_domain(d) in profile.mx_override],
+                    _NoDns(),
+                    now=now,
+                    mx_override=profile.mx_override,
+                )
+            for domain in domains:
+                self._routes[(profile_name, domain)] = routes.get(
+                    normalise_domain(domain)
+                ) or unresolved_route(normalise_domain(domain), now, "lookups off")
+
+    def _provider(self, job: CampaignJob, route: DomainRoute) -> str:
+        if job.profile.transport is TransportKind.DIRECT:
+            return route.provider
+        return route.relay_group()
+
+    def _capacity(self, now: float) -> Callable[[str, str], int | None]:
+        return lambda ip, provider: self.budget.remaining(ip, provider, now)
+
+    def _group_for(self, job: CampaignJob, ip: str, provider: str, route: DomainRoute) -> _Group:
+        profile = job.profile
+        direct = profile.transport is TransportKind.DIRECT
+        key: tuple[str, ...] = (
+            (profile.name, ip, provider, *route.hosts) if direct else (profile.name, ip)
+        )
         group = self._groups.get(key)
-        if group is None:
-            destination = relay_destination(job.profile, ip, self.sandbox_port)
-            profile = job.profile
-            group = _Group(
-                key=key,
-                ip=ip,
-                destination=destination,
-                connections=profile.connections,
-                messages_per_connection=profile.messages_per_connection,
-                queue=asyncio.Queue(
-                    maxsize=profile.connections * self.options.queue_per_connection
-                ),
+        if group is not None:
+            return group
+        sending_ip = next(s for s in profile.pools[job.pool] if s.ip == ip)
+        if direct:
+            limits = self.scheduler.rules.limits_for(provider)
+            destination = Destination(
+                name=f"{route.hosts[0]}:{route.port}",
+                host=route.hosts[0],
+                port=route.port,
+                fallback_hosts=route.hosts[1:],
+                tls=profile.tls if profile.tls.value != "none" else _starttls(),
+                tls_required=limits.tls is TlsPolicy.REQUIRED,
+                helo=sending_ip.helo or profile.helo,
+                source_ip=ip,
+                timeout=profile.timeout,
+                validate_certs=False,  # MX certificates rarely match; TLS still encrypts
             )
-            self._groups[key] = group
-            group.workers = [
-                asyncio.create_task(self._worker(group)) for _ in range(group.connections)
-            ]
+            connections = limits.connections
+            per_connection = limits.messages_per_connection
+        else:
+            destination = relay_destination(profile, ip, self.sandbox_port)
+            connections = profile.connections
+            per_connection = profile.messages_per_connection
+        group = _Group(
+            key=key,
+            ip=ip,
+            destination=destination,
+            connections=connections,
+            messages_per_connection=per_connection,
+            queue=asyncio.Queue(maxsize=max(connections, 1) * self.options.queue_per_connection),
+            lane_capped=direct,
+        )
+        self._groups[key] = group
+        group.workers = [asyncio.create_task(self._worker(group)) for _ in range(connections)]
         return group
 
     def _lane(self, ip: str, provider: str) -> LaneStats:
@@ -285,6 +445,9 @@ class Engine:
                 if self._stop.is_set():
                     reason = "interrupted"
                     break
+                if not self._active():
+                    reason = "campaign stopped"
+                    break
                 if self.options.limit is not None and self.attempted >= self.options.limit:
                     # The last claims are already queued to connections: let them go out.
                     while self._busy() and not self._stop.is_set():
@@ -304,11 +467,12 @@ class Engine:
                         await self._pause(0.05)
                         continue
                     self._commit(force=True)
-                    next_due = self.store.next_due_at(self.claim_order)
+                    next_due = self.store.next_due_at(self._active())
                     if next_due is None:
                         reason = "finished"
                         break
                     if wait and (deadline is None or next_due < deadline):
+                        self._say(f"all remaining work waits; next attempt at {_hms(next_due)}")
                         await self._pause(max(0.0, next_due - clock.now()), until=deadline)
                         continue
                     reason = "deferred"
@@ -327,16 +491,24 @@ class Engine:
         if reason == "deferred" or self.summary.remaining:
             self.summary.next_attempt_at = self.store.next_due_at(self.claim_order)
         for cid in self.jobs:
+            if cid in self._stopped:
+                continue
             if self.store.remaining(cid) == 0:
                 self.store.set_campaign_status(cid, "done", None, now=clock.now())
+        self.summary.stopped_campaigns = {
+            self.jobs[cid].name: why for cid, why in self._stopped.items()
+        }
         if self.on_progress:
             self.on_progress(self)
         return self.summary
 
+    def _active(self) -> list[int]:
+        return [cid for cid in self.claim_order if cid not in self._stopped]
+
     def _claim(self, now: float, batch: int) -> list[dict[str, Any]]:
         if batch <= 0:
             return []
-        return self.store.claim_due(self.claim_order, now, self.run_id, batch)
+        return self.store.claim_due(self._active(), now, self.run_id, batch)
 
     def _busy(self) -> bool:
         return bool(self._in_flight) or any(not g.queue.empty() for g in self._groups.values())
@@ -354,35 +526,130 @@ class Engine:
 
     async def _dispatch(self, claimed: list[dict[str, Any]], now: float) -> None:
         suppressed = self.store.suppressed_set([m["email"] for m in claimed], now)
-        to_render = []
+        await self._resolve(claimed, now)
+        routed: list[tuple[dict[str, Any], str, str, DomainRoute]] = []
+        capacity = self._capacity(now)
         for message in claimed:
+            job = self.jobs[message["campaign_id"]]
             if message["email"] in suppressed:
                 # Checked again just before delivery: a bounce may have arrived meanwhile.
                 self._record(self._outcome_for(message, "suppressed", now, attempted=False))
-            else:
-                to_render.append(message)
+                continue
+            route = self._routes[(job.profile.name, message["domain"])]
+            provider = self._provider(job, route)
+            if job.profile.transport is TransportKind.DIRECT:
+                action = route.direct_action()
+                if action is DirectAction.FAIL:
+                    # NXDOMAIN or a null MX: no server will ever take it; never connect.
+                    reason = route.failure_reason() or "hostunknown"
+                    self._record(
+                        self._outcome_for(
+                            message,
+                            "bounced",
+                            now,
+                            attempted=True,
+                            provider=provider,
+                            reply=f"{route.domain}: {route.status.value} {route.detail}".strip(),
+                            reason=reason,
+                            rule=f"dns.{route.status.value}",
+                            scope="recipient",
+                            suppress=True,
+                            status="5.1.2" if reason == "hostunknown" else "5.1.10",
+                        )
+                    )
+                    continue
+                if action is DirectAction.DEFER:
+                    self._defer_self(
+                        message,
+                        now,
+                        now + job.profile.retry_delays[0],
+                        provider=provider,
+                        why="DNS lookup timed out",
+                    )
+                    continue
+            pool = [s.ip for s in job.profile.pools[job.pool]]
+            ip = self._pick(pool, provider, now, capacity)
+            if ip is None:
+                self._defer_self(
+                    message,
+                    now,
+                    self._capacity_returns(pool, provider, now),
+                    provider=provider,
+                    why="no IP of the pool may send now",
+                )
+                continue
+            self.budget.reserve(ip, provider)
+            routed.append((message, ip, provider, route))
+        if not routed:
+            return
+        messages = [m for m, *_ in routed]
         rendered: list[RenderedMessage | str] | None = None
-        if self._render_pool is not None and len(to_render) > 16:
+        if self._render_pool is not None and len(messages) > 16:
             try:
-                rendered = await self._render_pool.render(to_render)
+                rendered = await self._render_pool.render(messages)
             except BrokenProcessPool:
                 self._render_pool = None  # render here from now on: slower, never stuck
         if rendered is None:
-            rendered = [self._render_here(message) for message in to_render]
-        for message, result in zip(to_render, rendered, strict=True):
+            rendered = [self._render_here(message) for message in messages]
+        for (message, ip, provider, route), result in zip(routed, rendered, strict=True):
             if isinstance(result, str):
+                self.budget.release(ip, provider)
                 self._record(
                     self._outcome_for(
                         message, "failed", now, attempted=False, reply=result, reason="template"
                     )
                 )
                 continue
-            if self._stop.is_set():
+            if self._stop.is_set() or message["campaign_id"] in self._stopped:
+                self.budget.release(ip, provider)
                 self._record(self._outcome_for(message, "queued", now, attempted=False))
                 continue
             job = self.jobs[message["campaign_id"]]
-            await self._group_for(job).queue.put(Item(message, job, result))
+            group = self._group_for(job, ip, provider, route)
+            await group.queue.put(Item(message, job, result, ip, provider))
             self.attempted += 1
+
+    def _pick(
+        self, pool: list[str], provider: str, now: float, capacity: Callable[[str, str], int | None]
+    ) -> str | None:
+        """An IP of the pool whose lane to this provider is open and has warm-up capacity;
+        a lane that is only pacing (tokens) is fine: the worker waits for its slot."""
+        return self.scheduler.pick_ip(pool, provider, now, capacity)
+
+    def _capacity_returns(self, pool: list[str], provider: str, now: float) -> float:
+        moments = []
+        for ip in pool:
+            lane_ready = now + self.scheduler.lane(ip, provider).pause_wait(now)
+            moments.append(max(lane_ready, self.budget.capacity_returns(ip, provider, now)))
+        finite = [m for m in moments if m != float("inf")]
+        return min(finite) if finite else now + 3600
+
+    def _defer_self(
+        self,
+        message: dict[str, Any],
+        now: float,
+        until: float,
+        *,
+        provider: str | None,
+        why: str,
+        ip: str | None = None,
+    ) -> None:
+        """mailctl's own deferral: no attempt, no reply, never feeds a rule or expires."""
+        if until == float("inf"):
+            until = now + 3600
+        self._record(
+            self._outcome_for(
+                message,
+                "deferred",
+                now,
+                attempted=False,
+                next_attempt_at=max(until, now),
+                ip=ip,
+                provider=provider,
+                reason="mailctl",
+                reply=why,
+            )
+        )
 
     def _render_here(self, message: dict[str, Any]) -> RenderedMessage | str:
         try:
@@ -395,6 +662,7 @@ class Engine:
     def _outcome_for(
         self, message: dict[str, Any], state: str, now: float, *, attempted: bool, **extra: Any
     ) -> Outcome:
+        ip = extra.get("ip")
         return Outcome(
             message_id=message["id"],
             campaign_id=message["campaign_id"],
@@ -403,6 +671,7 @@ class Engine:
             attempted=attempted,
             at=now,
             next_attempt_at=extra.pop("next_attempt_at", now),
+            day=self.budget.day_of(ip, now) if ip else None,
             **extra,
         )
 
@@ -418,42 +687,7 @@ class Engine:
                 message = item.message
                 self._in_flight[message["id"]] = item
                 try:
-                    now = self.clock.now()
-                    provider = provider_of(message["domain"])
-                    if group.paused_until > now or self._stop.is_set():
-                        # mailctl's own deferral: no attempt, no reply, never feeds a rule.
-                        state = "queued" if self._stop.is_set() else "deferred"
-                        self._record(
-                            self._outcome_for(
-                                message,
-                                state,
-                                now,
-                                attempted=False,
-                                next_attempt_at=max(group.paused_until, now),
-                                ip=group.ip,
-                                provider=provider,
-                            )
-                        )
-                        continue
-                    if (
-                        connection is None
-                        or not connection.alive
-                        or connection.messages >= group.messages_per_connection
-                    ):
-                        if connection is not None:
-                            await connection.close()
-                        connection = Connection(group.destination)
-                        failure = await connection.open()
-                        if failure is not None:
-                            connection = None
-                            self._connection_failed(group)
-                            self._record(self._classify(item, failure, group.ip, provider))
-                            continue
-                        group.failures = 0
-                    reply = await connection.send(
-                        item.rendered.envelope_from, item.rendered.recipient, item.rendered.data
-                    )
-                    self._record(self._classify(item, reply, group.ip, provider))
+                    connection = await self._deliver(group, item, connection)
                 finally:
                     self._in_flight.pop(message["id"], None)
         except asyncio.CancelledError:
@@ -461,6 +695,96 @@ class Engine:
         finally:
             if connection is not None:
                 await connection.close()
+                if group.lane_capped:
+                    self._lane_closed(group)
+
+    async def _deliver(
+        self, group: _Group, item: Item, connection: Connection | None
+    ) -> Connection | None:
+        """One message through this group; returns the connection to keep using."""
+        message, ip, provider = item.message, item.ip, item.provider
+        lane = self.scheduler.lane(ip, provider)
+        lane_key = (ip, provider)
+        while True:
+            now = self.clock.now()
+            if self._stop.is_set() or message["campaign_id"] in self._stopped:
+                self.budget.release(ip, provider)
+                self._record(self._outcome_for(message, "queued", now, attempted=False))
+                return connection
+            if group.paused_until > now:
+                self.budget.release(ip, provider)
+                self._defer_self(
+                    message,
+                    now,
+                    group.paused_until,
+                    provider=provider,
+                    ip=ip,
+                    why="connections to this destination are failing",
+                )
+                return connection
+            wait = lane.admit(now)
+            if wait == 0:
+                break
+            if wait <= SHORT_WAIT:
+                await self.clock.sleep(wait)
+                continue
+            # Paused, or pacing far behind: spread this lane's messages over its slots.
+            self.budget.release(ip, provider)
+            slot = max(now + wait, self._next_slot.get(lane_key, 0.0))
+            self._next_slot[lane_key] = slot + _pace(lane.limits(now))
+            self._defer_self(
+                message,
+                now,
+                slot,
+                provider=provider,
+                ip=ip,
+                why=f"lane {ip} -> {provider} is {lane.state.mode.value}",
+            )
+            if connection is not None and lane.pause_wait(now) > 0:
+                await connection.close()  # a paused lane keeps no idle connection open
+                if group.lane_capped:
+                    self._lane_closed(group)
+                connection = None
+            return connection
+        limit = group.messages_per_connection
+        if group.lane_capped:
+            limit = min(limit, lane.limits(now).messages_per_connection)
+        if connection is None or not connection.alive or connection.messages >= limit:
+            if connection is not None:
+                await connection.close()
+                if group.lane_capped:
+                    self._lane_closed(group)
+                connection = None
+            if group.lane_capped:
+                cap = lane.limits(now).connections
+                while self._open.get(lane_key, 0) >= max(cap, 1):
+                    await self._pause(0.05)
+                    if self._stop.is_set():
+                        break
+                self._open[lane_key] = self._open.get(lane_key, 0) + 1
+            connection = Connection(group.destination)
+            failure = await connection.open()
+            if failure is not None:
+                if group.lane_capped:
+                    self._lane_closed(group)
+                connection = None
+                self._connection_failed(group)
+                self._after_reply(item, failure)
+                return None
+            group.failures = 0
+        reply = await connection.send(
+            item.rendered.envelope_from, item.rendered.recipient, item.rendered.data
+        )
+        self._after_reply(item, reply)
+        if not connection.alive:
+            if group.lane_capped:
+                self._lane_closed(group)
+            return None
+        return connection
+
+    def _lane_closed(self, group: _Group) -> None:
+        key = (group.ip, group.key[2]) if len(group.key) > 2 else (group.ip, "")
+        self._open[key] = max(0, self._open.get(key, 0) - 1)
 
     def _connection_failed(self, group: _Group) -> None:
         # Back off the whole group so a refusing server is not hammered: 1 s doubling to 5 min.
@@ -468,13 +792,63 @@ class Engine:
         delay = min(300.0, 2.0 ** (group.failures - 1)) * self.rng.uniform(0.8, 1.2)
         group.paused_until = self.clock.now() + delay
 
-    def _classify(self, item: Item, reply: Reply, ip: str, provider: str) -> Outcome:
+    def _after_reply(self, item: Item, reply: Reply) -> None:
+        now = self.clock.now()
+        if reply.ok:
+            # The hot path: a 250 changes no lane state (sent counts go in bulk at commit).
+            self._sent_by_lane[(item.ip, item.provider)] += 1
+            self._record(self._classify(item, reply, _NO_EVENT))
+            return
+        lane = self.scheduler.lane(item.ip, item.provider)
+        event = lane.on_reply(reply.text, reply.code, now, from_receiver=reply.from_receiver)
+        if event.pauses_lane or event.kind is EventKind.DISABLED:
+            self._lane_event(event, item.message["campaign_id"], now)
+        outcome = self._classify(item, reply, event)
+        if not reply.ok:
+            self.budget.release(item.ip, item.provider)
+        self._record(outcome)
+        cid = item.message["campaign_id"]
+        if event.kind is EventKind.STOP_CAMPAIGN:
+            self._stop_campaign(cid, f"{event.reason or 'stopped by rule'} ({reply.text})")
+        elif outcome.state == "failed" and outcome.scope == "campaign":
+            self._stop_campaign(cid, f"the receiver refused the sender: {reply.text}")
+
+    def _lane_event(self, event: LaneEvent, campaign_id: int, now: float) -> None:
+        stats = self._lane(event.ip, event.provider)
+        stats.state = event.kind.value
+        stats.until = event.until
+        stats.reason = event.reason
+        self.store.add_lane_event(
+            at=now,
+            ip=event.ip,
+            provider=event.provider,
+            kind=event.kind.value,
+            until=event.until,
+            reason=event.reason,
+            rule=event.rule,
+            campaign_id=campaign_id,
+        )
+        until = f" until {_hms(event.until)}" if event.until else ""
+        self._say(
+            f"lane {event.ip} -> {event.provider} {event.kind.value}{until}: {event.reason}"
+            + (" [ALERT]" if event.alert else "")
+        )
+
+    def _stop_campaign(self, campaign_id: int, why: str) -> None:
+        if campaign_id in self._stopped:
+            return
+        self._stopped[campaign_id] = why
+        self.store.set_campaign_status(campaign_id, "stopped", why, now=self.clock.now())
+        self._say(f"campaign {self.jobs[campaign_id].name} stopped: {why}")
+        self._wake.set()
+
+    def _classify(self, item: Item, reply: Reply, event: LaneEvent) -> Outcome:
         message, job = item.message, item.job
         now = self.clock.now()
-        base = {"ip": ip, "provider": provider, "code": reply.code, "reply": reply.text}
+        base = {"ip": item.ip, "provider": item.provider, "code": reply.code, "reply": reply.text}
         if reply.ok:
             return self._outcome_for(message, "sent", now, attempted=True, **base)
-        verdict = classify_reply(reply.code, reply.text, provider) if reply.code else None
+        verdict = classify_reply(reply.code, reply.text, item.provider) if reply.code else None
         details = (
             {
                 "reason": verdict.reason,
@@ -491,7 +865,7 @@ class Engine:
             and reply.code >= 500
             and verdict.permanent
         )
-        if permanent and verdict is not None:
+        if permanent and verdict is not None and event.kind is not EventKind.DEFER_RECIPIENT:
             if verdict.scope is Scope.RECIPIENT:
                 return self._outcome_for(
                     message,
@@ -506,14 +880,17 @@ class Engine:
                 return self._outcome_for(message, "failed", now, attempted=True, **base, **details)
         # Temporary, or a throttle/block about this sending IP: try again later.
         attempts = message["attempts"] + 1
-        named = parse_reply_delay(reply.text) if reply.code else None
+        named = event.retry_after or (parse_reply_delay(reply.text) if reply.code else None)
         if named:
             delay = float(named)
         else:
             delays = job.profile.retry_delays
             delay = delays[min(attempts - 1, len(delays) - 1)] * self.rng.uniform(0.85, 1.15)
         next_at = now + delay
-        if next_at > message["queued_at"] + job.max_age:
+        if event.pauses_lane and event.until:
+            next_at = max(next_at, event.until)
+        first = message.get("first_attempt_at") or now
+        if next_at > first + job.max_age:
             return self._outcome_for(message, "expired", now, attempted=True, **base, **details)
         return self._outcome_for(
             message, "deferred", now, attempted=True, next_attempt_at=next_at, **base, **details
@@ -537,6 +914,15 @@ class Engine:
             s.expired += 1
         elif state == "suppressed":
             s.suppressed += 1
+        if outcome.attempted and state in ("sent", "bounced"):
+            cid = outcome.campaign_id
+            breaker = self._breakers[cid].add(sent=1, bounced=int(state == "bounced"))
+            self._breakers[cid] = breaker
+            if state == "bounced":  # a rate can only cross its threshold on a bounce
+                job = self.jobs[cid]
+                trip = check_breaker(breaker, BreakerPolicy.from_config(job.profile.breakers))
+                if trip is not None:
+                    self._stop_campaign(cid, trip.reason)
         if outcome.ip is not None and outcome.provider is not None and state != "queued":
             lane = self._lane(outcome.ip, outcome.provider)
             if state == "sent":
@@ -560,10 +946,36 @@ class Engine:
         released = [o.message_id for o in pending if o.state == "queued"]
         self.store.record_outcomes([o for o in pending if o.state != "queued"])
         self.store.release(released)
+        clock_now = self.clock.now()
+        for (ip, provider), count in self._sent_by_lane.items():
+            self.scheduler.lane(ip, provider).count_sent(count, clock_now)
+        self._sent_by_lane.clear()
+        self.store.upsert_lanes([state.to_row() for state in self.scheduler.changed_states()])
         self._last_commit = now
         if now - self._last_heartbeat >= self.options.heartbeat_interval:
             self.store.heartbeat(self.run_id, self.clock.now())
             self._last_heartbeat = now
+
+    def lane_rows(self) -> list[dict[str, Any]]:
+        """Progress rows: this run's counters with each lane's current state."""
+        now = self.clock.now()
+        rows = []
+        for (ip, provider), stats in self.lanes.items():
+            snapshot = self.scheduler.lane(ip, provider).snapshot(now)
+            rows.append(
+                {
+                    "ip": ip,
+                    "provider": provider,
+                    "sent": stats.sent,
+                    "deferred": stats.deferred,
+                    "bounced": stats.bounced,
+                    "failed": stats.failed,
+                    "state": snapshot.mode.value
+                    if snapshot.mode.value == "normal"
+                    else f"{snapshot.mode.value} until {_hms(snapshot.until)}",
+                }
+            )
+        return rows
 
     async def _ticker(self) -> None:
         while True:
@@ -579,6 +991,7 @@ class Engine:
             while not group.queue.empty():
                 item = group.queue.get_nowait()
                 if item is not None:
+                    self.budget.release(item.ip, item.provider)
                     self._record(self._outcome_for(item.message, "queued", now, attempted=False))
                     self.attempted -= 1
             for _ in group.workers:
@@ -599,6 +1012,30 @@ class Engine:
                 [(mid,) for mid in self._in_flight],
             )
         self._commit(force=True)
+
+
+_NO_EVENT = LaneEvent(EventKind.NONE, "", "")
+
+
+class _NoDns:
+    """A resolver that is never asked (only mx_override answers when lookups are off)."""
+
+    def mx(self, name: str) -> list[tuple[int, str]]:
+        raise RuntimeError("DNS lookups are off for this profile")
+
+    a = aaaa = txt = ptr = mx
+
+
+def _starttls() -> Any:
+    from mailctl.config import TlsMode
+
+    return TlsMode.STARTTLS
+
+
+def _hms(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "?"
+    return time.strftime("%H:%M:%S", time.localtime(timestamp))
 
 
 # ---------------------------------------------------------------------- render process

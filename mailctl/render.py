@@ -67,13 +67,10 @@ def encode_address_header(value: str) -> str:
     return f"{encode_header_value(name)} <{address}>"
 
 
-_LONG_LINE = re.compile(r"[^\n]{999}")
-
-
 def _encode_body(text: str) -> tuple[str, bytes]:
     """(Content-Transfer-Encoding, body): 7bit when it already is, else quoted-printable."""
     body = text.replace("\r\n", "\n").replace("\r", "\n")
-    if body.isascii() and not _LONG_LINE.search(body):
+    if body.isascii() and (len(body) < 999 or max(map(len, body.split("\n"))) < 999):
         return "7bit", body.replace("\n", "\r\n").encode("ascii")
     encoded = binascii.b2a_qp(body.encode("utf-8"), istext=True)
     return "quoted-printable", encoded.replace(b"\n", b"\r\n")

@@ -481,6 +481,8 @@ class Lane:
         wait, tokens, buckets = self._token_wait(now)
         if wait > 0:
             return wait
+        if not any(buckets):
+            return 0.0  # no rate limit on this lane: nothing to take, no state to write
         taken = tuple(
             max(0.0, level - 1.0) if bucket else 0.0
             for level, bucket in zip(tokens, buckets, strict=True)
@@ -489,6 +491,11 @@ class Lane:
         return 0.0
 
     # ---------------------------------------------------------------- replies
+
+    def count_sent(self, count: int, now: float) -> None:
+        """Delivered messages, counted in bulk (a 250 changes nothing else in a lane)."""
+        if count:
+            self._set(replace(self.state, sent=self.state.sent + count), now)
 
     def _event(self, kind: EventKind, **fields: Any) -> LaneEvent:
         return LaneEvent(kind, self.ip, self.provider, **fields)

@@ -170,6 +170,52 @@ MIGRATIONS: list[list[str]] = [
         ) WITHOUT ROWID""",
         "CREATE INDEX messages_sent_at ON messages(sent_at)",
     ],
+    # 4: lanes that outlive a run, the MX cache, manual warm-up events
+    [
+        """CREATE TABLE lanes (
+            ip TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            mode TEXT NOT NULL DEFAULT 'normal'
+                CHECK (mode IN ('normal', 'slowed', 'suspended', 'disabled')),
+            until REAL, reason TEXT, rule TEXT, alert INTEGER NOT NULL DEFAULT 0,
+            slow_limits TEXT, slow_until REAL, earlier_factor REAL NOT NULL DEFAULT 1.0,
+            ramp_factor REAL, ramp_connections INTEGER, last_change_at REAL,
+            backoff_level INTEGER NOT NULL DEFAULT 0, last_resume_at REAL,
+            tokens TEXT, tokens_at REAL, hits TEXT NOT NULL DEFAULT '{}',
+            sent INTEGER NOT NULL DEFAULT 0, deferred INTEGER NOT NULL DEFAULT 0,
+            throttled INTEGER NOT NULL DEFAULT 0, updated_at REAL,
+            PRIMARY KEY (ip, provider)
+        )""",
+        """CREATE TABLE lane_events (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            ip TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            kind TEXT NOT NULL,              -- suspended, slowed, disabled, backoff, resumed ...
+            until REAL,
+            reason TEXT,
+            rule TEXT,
+            campaign_id INTEGER
+        )""",
+        """CREATE TABLE mx_cache (
+            domain TEXT PRIMARY KEY,
+            provider TEXT NOT NULL,
+            mx_hosts TEXT NOT NULL,          -- JSON [[pref, host], ...]
+            port INTEGER NOT NULL DEFAULT 25,
+            status TEXT NOT NULL,
+            detail TEXT,
+            expires_at REAL NOT NULL
+        )""",
+        """CREATE TABLE warmup_events (
+            id INTEGER PRIMARY KEY,
+            ip TEXT NOT NULL,
+            day TEXT NOT NULL,
+            kind TEXT NOT NULL,              -- start, hold, resume, reset
+            preset TEXT,
+            created_at REAL NOT NULL
+        )""",
+        "ALTER TABLE messages ADD COLUMN first_attempt_at REAL",
+    ],
 ]
 
 
@@ -741,6 +787,7 @@ class Store(ReportQueries):
         "attempts",
         "queued_at",
         "possible_duplicate",
+        "first_attempt_at",
     )
 
     def claim_due(
@@ -791,7 +838,10 @@ class Store(ReportQueries):
             return
         with self.transaction() as c:
             c.executemany(
-                """UPDATE messages SET state = ?, attempts = attempts + ?, last_attempt_at = ?,
+                """UPDATE messages SET state = ?, attempts = attempts + ?,
+                     last_attempt_at = CASE WHEN ? THEN ? ELSE last_attempt_at END,
+                     first_attempt_at = CASE WHEN ? THEN coalesce(first_attempt_at, ?)
+                                        ELSE first_attempt_at END,
                      next_attempt_at = ?, sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END,
                      ip = ?, provider = ?, last_code = ?, last_reply = ?, reason = ?
                    WHERE id = ?""",
@@ -799,6 +849,9 @@ class Store(ReportQueries):
                     (
                         o.state,
                         1 if o.attempted else 0,
+                        int(o.attempted),
+                        o.at,
+                        int(o.attempted),
                         o.at,
                         o.next_attempt_at,
                         o.state,
@@ -838,7 +891,7 @@ class Store(ReportQueries):
             for o in outcomes:
                 if not o.attempted or o.ip is None or o.provider is None:
                     continue
-                day = time.strftime("%Y-%m-%d", time.gmtime(o.at))
+                day = o.day or time.strftime("%Y-%m-%d", time.gmtime(o.at))
                 counts = signals.setdefault((o.ip, day, o.provider), {})
                 if o.state == "sent":
                     counts["sent"] = counts.get("sent", 0) + 1
@@ -1079,6 +1132,104 @@ class Store(ReportQueries):
             params.append(ip)
         sql += " ORDER BY ip, day, provider"
         return [dict(zip(keys, row, strict=True)) for row in self.conn.execute(sql, params)]
+
+    # ------------------------------------------------------------------ lanes and routes
+
+    _LANE_COLUMNS = (
+        "ip",
+        "provider",
+        "mode",
+        "until",
+        "reason",
+        "rule",
+        "alert",
+        "slow_limits",
+        "slow_until",
+        "earlier_factor",
+        "ramp_factor",
+        "ramp_connections",
+        "last_change_at",
+        "backoff_level",
+        "last_resume_at",
+        "tokens",
+        "tokens_at",
+        "hits",
+        "sent",
+        "deferred",
+        "throttled",
+        "updated_at",
+    )
+
+    def lane_rows(self) -> list[dict[str, Any]]:
+        cols = self._LANE_COLUMNS
+        return [
+            dict(zip(cols, row, strict=True))
+            for row in self.conn.execute(
+                f"SELECT {', '.join(cols)} FROM lanes ORDER BY ip, provider"
+            )
+        ]
+
+    def upsert_lanes(self, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        cols = self._LANE_COLUMNS
+        self.conn.executemany(
+            f"INSERT OR REPLACE INTO lanes ({', '.join(cols)}) "
+            f"VALUES ({', '.join(':' + c for c in cols)})",
+            rows,
+        )
+
+    def add_lane_event(
+        self,
+        *,
+        at: float,
+        ip: str,
+        provider: str,
+        kind: str,
+        until: float | None,
+        reason: str | None,
+        rule: str | None,
+        campaign_id: int | None,
+    ) -> None:
+        self.conn.execute(
+            """INSERT INTO lane_events (at, ip, provider, kind, until, reason, rule, campaign_id)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+            (at, ip, provider, kind, until, reason, rule, campaign_id),
+        )
+
+    def cached_route(self, domain: str, now: float) -> dict[str, Any] | None:
+        cols = ("domain", "provider", "mx_hosts", "port", "status", "detail", "expires_at")
+        row = self.conn.execute(
+            f"SELECT {', '.join(cols)} FROM mx_cache WHERE domain = ? AND expires_at > ?",
+            (domain, now),
+        ).fetchone()
+        return None if row is None else dict(zip(cols, row, strict=True))
+
+    def cache_route(self, row: dict[str, Any]) -> None:
+        self.conn.execute(
+            """INSERT OR REPLACE INTO mx_cache
+                 (domain, provider, mx_hosts, port, status, detail, expires_at)
+               VALUES (:domain, :provider, :mx_hosts, :port, :status, :detail, :expires_at)""",
+            row,
+        )
+
+    # ------------------------------------------------------------------ warm-up events
+
+    def add_warmup_event(
+        self, ip: str, day: str, kind: str, preset: str | None, now: float
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO warmup_events (ip, day, kind, preset, created_at) VALUES (?, ?, ?, ?, ?)",
+            (ip, day, kind, preset, now),
+        )
+
+    def warmup_events(self, ip: str) -> list[tuple[str, str, str | None]]:
+        return [
+            (day, kind, preset)
+            for day, kind, preset in self.conn.execute(
+                "SELECT day, kind, preset FROM warmup_events WHERE ip = ? ORDER BY day, id", (ip,)
+            )
+        ]
 
 
 _IP_DAY_COUNTERS = ("sent", "deferred", "bounced", "complained", "throttles", "blocks")

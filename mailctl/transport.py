@@ -62,6 +62,7 @@ class Destination:
     source_ip: str | None = None
     timeout: float = 30.0
     validate_certs: bool = True
+    fallback_hosts: tuple[str, ...] = ()  # further MX hosts, tried when a connect fails
 
 
 class Connection:
@@ -74,7 +75,17 @@ class Connection:
         self.alive = False
 
     async def open(self) -> Reply | None:
-        """Connect, EHLO, STARTTLS, AUTH. Returns None on success, else the failure reply."""
+        """Connect (falling back to the next MX host when a host cannot be reached), EHLO,
+        STARTTLS, AUTH. Returns None on success, else the failure reply."""
+        failure: Reply | None = None
+        for host in (self.destination.host, *self.destination.fallback_hosts):
+            failure = await self._open(host)
+            # Only an unreachable host moves on: a server that answered has spoken for all.
+            if failure is None or failure.code is not None:
+                return failure
+        return failure
+
+    async def _open(self, host: str) -> Reply | None:
         d = self.destination
         source = (d.source_ip, 0) if d.source_ip and d.source_ip not in ("0.0.0.0", "::") else None
         tls_context = None
@@ -83,7 +94,7 @@ class Connection:
             tls_context.check_hostname = False
             tls_context.verify_mode = ssl.CERT_NONE
         client = aiosmtplib.SMTP(
-            hostname=d.host,
+            hostname=host,
             port=d.port,
             local_hostname=d.helo,
             source_address=source,

@@ -47,10 +47,13 @@ def make_workspace(tmp_path: Path, port: int, rows: int = 20, *, extra: str = ""
                 host: 127.0.0.1
                 port: {port}
                 tls: none
+                dns: false
                 connections: 3
                 messages_per_connection: 7
                 retry: [5m, 10m, 20m]
                 max_age: 1h
+                # The simulated server is local, not a provider: no lane pacing toward it.
+                rules: {{limits: {{default: {{per_minute: null}}}}}}
             """
         ) + profile_extra
     )
@@ -134,12 +137,11 @@ def test_rendered_message_is_correct_mime(sim_server, tmp_path: Path, capsys) ->
     assert len(ids) == 2
 
 
-def test_replies_bounce_suppress_fail_defer(sim_server, tmp_path: Path, capsys) -> None:
+def test_replies_bounce_suppress_defer(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server(
         SimBehaviour(
             rcpt_rules=(
                 AddressRule("user0@example.com", Reply(550, "5.1.1 <{rcpt}>: user unknown")),
-                AddressRule("user1@example.com", Reply(554, "5.7.1 Message rejected for policy reasons")),
                 AddressRule("user2@example.com", Reply(451, "4.3.0 try later")),
             ),
             drop_data_for=("user3@example.com",),
@@ -148,15 +150,41 @@ def test_replies_bounce_suppress_fail_defer(sim_server, tmp_path: Path, capsys) 
     ws = make_workspace(tmp_path, server.port, rows=8)
     assert send(ws)[0] == 0
     result = summary(capsys)
-    assert (result["sent"], result["bounced"], result["failed"], result["deferred"]) == (4, 1, 1, 2)
+    assert (result["sent"], result["bounced"], result["failed"], result["deferred"]) == (5, 1, 0, 2)
     assert result["stop_reason"] == "deferred"
-    assert db_states(ws) == {"sent": 4, "bounced": 1, "failed": 1, "deferred": 2}
+    assert db_states(ws) == {"sent": 5, "bounced": 1, "deferred": 2}
     with Store.open(ws / "m.db") as store:
         assert store.suppression_for("user0@example.com")["reason"] == "hard_bounce"
-        assert store.suppression_for("user1@example.com") is None  # policy: sender's fault
         assert store.suppression_for("user3@example.com") is None
     delivered = {d.rcpt for d in server.deliveries}
     assert "user3@example.com" not in delivered  # dropped mid-DATA: never counted as sent
+
+
+def test_sender_scoped_refusal_fails_and_stops_campaign(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server(
+        SimBehaviour(
+            rcpt_rules=(
+                AddressRule(
+                    "user1@example.com",
+                    Reply(550, "5.7.26 Unauthenticated email from example.com is not accepted "
+                               "due to domain's DMARC policy."),
+                ),
+            ),
+        )
+    )
+    ws = make_workspace(tmp_path, server.port, rows=30)
+    assert send(ws)[0] == 0
+    result = summary(capsys)
+    assert result["failed"] == 1 and result["stop_reason"] == "campaign stopped"
+    assert result["sent"] < 29 and result["remaining"] == 29 - result["sent"]
+    with Store.open(ws / "m.db") as store:
+        assert store.suppression_for("user1@example.com") is None  # the sender's fault
+        row = store.get_campaign("news")
+    assert row["status"] == "stopped" and "DMARC" in row["stop_reason"]
+    # A stopped campaign is not sent by cron until someone resumes it deliberately.
+    base = ["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml")]
+    assert run([*base, "send", "--all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sent"] == 0
 
 
 def test_suppressed_recipients_are_never_sent(sim_server, tmp_path: Path, capsys) -> None:

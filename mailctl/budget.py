@@ -1,0 +1,165 @@
+"""Today's warm-up capacity per sending IP and provider, enforced by the send loop.
+
+Caps come from warmup.py (pure schedule maths) applied to the IP's history in SQLite; they
+are counted across all campaigns, spread across the IP's sending window, and reserved when a
+message is routed so concurrent sends can never overshoot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import Counter
+from collections.abc import Mapping
+
+from mailctl.config import Profile, WarmupConfig
+from mailctl.store import Store
+from mailctl.warmup import (
+    DayRecord,
+    EventKind,
+    WarmupEvent,
+    WarmupSetting,
+    WarmupState,
+    local_day,
+    next_send_time,
+    provider_cap,
+    state_on,
+    window_allowance,
+)
+
+
+def setting_from_config(config: WarmupConfig) -> WarmupSetting:
+    return WarmupSetting(
+        preset=config.preset,
+        volumes=config.volumes,
+        start=config.start,
+        target_daily=config.target_daily,
+        provider_caps=dict(config.provider_caps),
+        provider_shares=dict(config.provider_shares),
+        window_start_hour=config.window_start_hour,
+        window_end_hour=config.window_end_hour,
+        timezone=config.timezone,
+        idle_reset_days=config.idle_reset_days,
+    )
+
+
+def profile_settings(profile: Profile) -> dict[str, WarmupSetting | None]:
+    """Every IP of a profile with its warm-up setting (None: a warm IP)."""
+    return {
+        ip.ip: setting_from_config(ip.warmup) if ip.warmup else None
+        for pool in profile.pools.values()
+        for ip in pool
+    }
+
+
+def history(store: Store, ip: str) -> list[DayRecord]:
+    """The IP's ip_days rows as one record per day, with per-provider volumes."""
+    days: dict[str, dict[str, int]] = {}
+    providers: dict[str, dict[str, int]] = {}
+    for row in store.ip_days(ip):
+        totals = days.setdefault(row["day"], Counter())
+        for key in ("sent", "deferred", "bounced", "complained", "throttles", "blocks"):
+            totals[key] += row[key]
+        providers.setdefault(row["day"], {})[row["provider"]] = row["sent"]
+    return [
+        DayRecord(day=dt.date.fromisoformat(day), by_provider=providers[day], **totals)
+        for day, totals in sorted(days.items())
+    ]
+
+
+def events(store: Store, ip: str) -> list[WarmupEvent]:
+    return [
+        WarmupEvent(dt.date.fromisoformat(day), EventKind(kind), preset)
+        for day, kind, preset in store.warmup_events(ip)
+    ]
+
+
+def _aware(now: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(now, dt.UTC)
+
+
+class WarmupBudget:
+    """Reservations against each IP's cap for its current local day."""
+
+    def __init__(self, store: Store, settings: Mapping[str, WarmupSetting | None]) -> None:
+        self.store = store
+        self.settings = dict(settings)
+        self._day: dict[str, dt.date] = {}
+        self._state: dict[str, WarmupState] = {}
+        self._sent_ip: Counter[str] = Counter()
+        self._sent_lane: Counter[tuple[str, str]] = Counter()
+        self._utc_second = -1
+        self._utc_day = ""
+
+    def _refresh(self, ip: str, now: float) -> WarmupSetting | None:
+        setting = self.settings.get(ip)
+        today = local_day(setting, _aware(now))
+        if self._day.get(ip) == today:
+            return setting
+        self._day[ip] = today
+        self._state[ip] = state_on(setting, history(self.store, ip), events(self.store, ip), today)
+        self._sent_ip[ip] = 0
+        for key in [k for k in self._sent_lane if k[0] == ip]:
+            del self._sent_lane[key]
+        for row in self.store.ip_days(ip):
+            if row["day"] == today.isoformat():
+                self._sent_ip[ip] += row["sent"]
+                self._sent_lane[(ip, row["provider"])] += row["sent"]
+        return setting
+
+    def day_of(self, ip: str, now: float) -> str:
+        """The IP's local calendar day: the day its cap (and its ip_days row) is for."""
+        setting = self.settings.get(ip)
+        if setting is None:  # the hot path: a warm IP counts in UTC days
+            second = int(now)
+            if second != self._utc_second:
+                self._utc_second = second
+                self._utc_day = time.strftime("%Y-%m-%d", time.gmtime(now))
+            return self._utc_day
+        return local_day(setting, _aware(now)).isoformat()
+
+    def cap_today(self, ip: str, now: float) -> int | None:
+        self._refresh(ip, now)
+        return None if self.settings.get(ip) is None else self._state[ip].cap_today
+
+    def remaining(self, ip: str, provider: str, now: float) -> int | None:
+        """How many more messages may go out now (None: no warm-up limit)."""
+        if self.settings.get(ip) is None:
+            return None
+        setting = self._refresh(ip, now)
+        if setting is None:
+            return None
+        cap = self._state[ip].cap_today
+        if cap is None:
+            return None
+        when = _aware(now)
+        left = (window_allowance(setting, cap, when) or 0) - self._sent_ip[ip]
+        lane_cap = provider_cap(setting, cap, provider)
+        if lane_cap is not None:
+            lane_left = (window_allowance(setting, lane_cap, when) or 0) - self._sent_lane[
+                (ip, provider)
+            ]
+            left = min(left, lane_left)
+        return max(left, 0)
+
+    def reserve(self, ip: str, provider: str) -> None:
+        self._sent_ip[ip] += 1
+        self._sent_lane[(ip, provider)] += 1
+
+    def release(self, ip: str, provider: str) -> None:
+        """A reserved message was not delivered: its slot goes back to the day's cap."""
+        self._sent_ip[ip] -= 1
+        self._sent_lane[(ip, provider)] -= 1
+
+    def capacity_returns(self, ip: str, provider: str, now: float) -> float:
+        """When this IP may send to this provider again (its window or tomorrow's cap)."""
+        setting = self._refresh(ip, now)
+        cap = self._state[ip].cap_today if setting is not None else None
+        if setting is None or cap is None:
+            return now
+        when = _aware(now)
+        moments = [next_send_time(setting, cap, self._sent_ip[ip], when)]
+        lane_cap = provider_cap(setting, cap, provider)
+        if lane_cap is not None:
+            moments.append(next_send_time(setting, lane_cap, self._sent_lane[(ip, provider)], when))
+        return max(moment.timestamp() for moment in moments)
