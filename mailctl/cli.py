@@ -42,6 +42,14 @@ bounces_app = typer.Typer(
     help="Read bounce and complaint mailboxes (mbox, Maildir, .eml).", context_settings=CONTEXT
 )
 app.add_typer(bounces_app, name="bounces", no_args_is_help=True)
+lanes_app = typer.Typer(
+    help="Sending lanes (IP x provider): state, limits, and manual suspend/resume.",
+    context_settings=CONTEXT,
+    invoke_without_command=True,
+)
+rules_app = typer.Typer(help="Provider limits and reply rules.", context_settings=CONTEXT)
+app.add_typer(lanes_app, name="lanes")
+app.add_typer(rules_app, name="rules", no_args_is_help=True)
 app.add_typer(recipients_app, name="recipients", no_args_is_help=True)
 app.add_typer(campaign_app, name="campaign", no_args_is_help=True)
 app.add_typer(suppress_app, name="suppress", no_args_is_help=True)
@@ -880,6 +888,379 @@ def suppress_export(
     with _open_store() as store:
         count = export_suppression_csv(store, file, _reason(reason) if reason else None)
     console.info(f"{count} rows written to {file}")
+
+
+# --------------------------------------------------------------------------- lanes and rules
+
+
+def _scheduler(store: Any, profile_name: str | None = None) -> Any:
+    from mailctl.rules import load_rules
+    from mailctl.scheduler import LaneState, Scheduler
+
+    overrides = None
+    try:
+        profiles = _load_profiles(None)
+        overrides = profiles.get(profile_name).rules
+    except MailctlError:
+        if profile_name:
+            raise
+    states = [LaneState.from_row(row) for row in store.lane_rows()]
+    return Scheduler(load_rules(overrides), states=states)
+
+
+def _when(timestamp: float | None) -> str:
+    import datetime as dt
+
+    if timestamp is None:
+        return ""
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@lanes_app.callback()
+def lanes_show(
+    ctx: typer.Context,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show each lane's state, limits, counters, reason and until when.
+
+    A lane is one sending IP toward one mailbox provider. Throttle replies pause or slow
+    only their lane; the state is kept in the database, so a cron run honours a
+    suspension set by the run before it.
+
+    Example: mailctl lanes --json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    import time
+
+    with _open_store() as store:
+        snapshots = _scheduler(store).snapshot(time.time())
+    if json_output:
+        console.emit_json([s.as_dict() for s in snapshots])
+        return
+    table = Table(
+        "ip",
+        "provider",
+        "state",
+        "until",
+        "reason",
+        "conn",
+        "per min",
+        "sent",
+        "deferred",
+        "throttled",
+    )
+    for s in snapshots:
+        state = s.mode.value + (" (recovering)" if s.recovering else "")
+        table.add_row(
+            s.ip,
+            s.provider,
+            state,
+            _when(s.until),
+            s.reason or "",
+            str(s.limits.connections),
+            str(s.limits.per_minute or "-"),
+            str(s.sent),
+            str(s.deferred),
+            str(s.throttled),
+        )
+    console.out.print(table)
+    if not snapshots:
+        console.info("no lanes yet: they appear once mail has been sent")
+
+
+@lanes_app.command("suspend")
+def lanes_suspend(
+    ip: Annotated[str, typer.Option(help="Sending IP.")],
+    provider: Annotated[str, typer.Option(help="Provider, e.g. google, microsoft, yahoo.")],
+    for_: Annotated[str, typer.Option("--for", help="How long, e.g. 2h.")] = "1h",
+    reason: Annotated[
+        str, typer.Option(help="Why (shown in `mailctl lanes`).")
+    ] = "suspended by hand",
+) -> None:
+    """Suspend one lane by hand; the send loop defers its messages until then.
+
+    Example: mailctl lanes suspend --ip 203.0.113.20 --provider yahoo --for 2h --reason "TS03"
+    """
+    import time
+
+    from mailctl.config import parse_duration
+
+    try:
+        seconds = parse_duration(for_)
+    except ValueError as exc:
+        raise UsageError(f"--for: {exc}") from None
+    now = time.time()
+    with _open_store() as store:
+        scheduler = _scheduler(store)
+        scheduler.lane(ip, provider).suspend(now, now + seconds, reason)
+        store.upsert_lanes([st.to_row() for st in scheduler.changed_states()])
+        store.add_lane_event(
+            at=now,
+            ip=ip,
+            provider=provider,
+            kind="suspended",
+            until=now + seconds,
+            reason=reason,
+            rule="manual",
+            campaign_id=None,
+        )
+    console.info(f"lane {ip} -> {provider} suspended until {_when(now + seconds)}")
+
+
+@lanes_app.command("resume")
+def lanes_resume(
+    ip: Annotated[str, typer.Option(help="Sending IP.")],
+    provider: Annotated[str, typer.Option(help="Provider.")],
+    ramp: Annotated[
+        bool, typer.Option(help="Come back gradually (a quarter of the rate, +25% per step).")
+    ] = True,
+) -> None:
+    """End a lane's pause now (it ramps back up gradually unless --no-ramp).
+
+    Example: mailctl lanes resume --ip 203.0.113.20 --provider yahoo
+    """
+    import time
+
+    now = time.time()
+    with _open_store() as store:
+        scheduler = _scheduler(store)
+        scheduler.lane(ip, provider).resume(now, ramp=ramp)
+        store.upsert_lanes([st.to_row() for st in scheduler.changed_states()])
+        store.add_lane_event(
+            at=now,
+            ip=ip,
+            provider=provider,
+            kind="resumed",
+            until=None,
+            reason="resumed by hand",
+            rule="manual",
+            campaign_id=None,
+        )
+    console.info(f"lane {ip} -> {provider} resumed" + (" (ramping up)" if ramp else ""))
+
+
+@rules_app.command("test")
+def rules_test(
+    reply: Annotated[str, typer.Argument(help='The SMTP reply, e.g. "421 4.7.28 ... gsmtp".')],
+    provider: Annotated[str | None, typer.Option(help="The provider the reply came from.")] = None,
+    profile: Annotated[str | None, typer.Option(help="Use this profile's rule overrides.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Explain what mailctl does with an SMTP reply: scope, suppression, lane action.
+
+    Example: mailctl rules test "421 4.7.0 [TSS04] Messages from 192.0.2.1 deferred" \\
+      --provider yahoo
+    """
+    from mailctl.classify import classify_reply, parse_reply_code
+    from mailctl.rules import load_rules
+
+    overrides = _load_profiles(None).get(profile).rules if profile else None
+    rules = load_rules(overrides)
+    code = parse_reply_code(reply)
+    verdict = classify_reply(code, reply, provider)
+    found = rules.match(reply, provider)
+    data = {
+        "reply": reply,
+        "provider": provider,
+        "code": code,
+        "status": verdict.status,
+        "scope": verdict.scope.value,
+        "permanent": verdict.permanent,
+        "reason": verdict.reason,
+        "suppress": verdict.suppress,
+        "classifier_rule": verdict.rule,
+        "lane_rule": found.rule.id if found else None,
+        "lane_action": found.rule.action.value if found else None,
+        "duration": found.rule.duration if found else None,
+        "retry_after": found.retry_after if found else None,
+    }
+    if json_output:
+        console.emit_json(data)
+        return
+    table = Table(show_header=False, title="Decision")
+    for key, value in data.items():
+        table.add_row(key.replace("_", " "), "" if value is None else str(value))
+    console.out.print(table)
+
+
+@rules_app.command("list")
+def rules_list(
+    profile: Annotated[str | None, typer.Option(help="Include this profile's overrides.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List provider lane limits and reply rules.
+
+    Example: mailctl rules list --json
+    """
+    from mailctl.rules import load_rules
+
+    overrides = _load_profiles(None).get(profile).rules if profile else None
+    rules = load_rules(overrides)
+    limits = {name: lim.as_dict() for name, lim in rules.limits.items()}
+    replies = [
+        {
+            "id": r.id,
+            "match": r.pattern.pattern,
+            "action": r.action.value,
+            "providers": list(r.providers),
+            "duration": r.duration,
+            "trigger": f"{r.trigger.count} in {r.trigger.window:g}s" if r.trigger else None,
+        }
+        for r in rules.replies
+    ]
+    if json_output:
+        console.emit_json({"limits": limits, "replies": replies})
+        return
+    lim = Table(
+        "provider",
+        "connections",
+        "msgs/conn",
+        "per min",
+        "per hour",
+        "per day",
+        "tls",
+        title="Lane limits",
+    )
+    for name, values in limits.items():
+        lim.add_row(
+            name,
+            *(
+                str(values.get(k) if values.get(k) is not None else "-")
+                for k in (
+                    "connections",
+                    "messages_per_connection",
+                    "per_minute",
+                    "per_hour",
+                    "per_day",
+                    "tls",
+                )
+            ),
+        )
+    console.out.print(lim)
+    rep = Table("id", "providers", "action", "duration", "trigger", title="Reply rules")
+    for r in replies:
+        rep.add_row(
+            r["id"],
+            ",".join(r["providers"]) or "any",
+            r["action"],
+            "" if r["duration"] is None else f"{r['duration']:g}s",
+            r["trigger"] or "",
+        )
+    console.out.print(rep)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@app.command("report")
+def report(
+    campaign: Annotated[
+        str | None, typer.Argument(help="Campaign name [default: all campaigns, newest first].")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON (stable; see README).")
+    ] = False,
+    html_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--html", help="Also write a self-contained HTML page with charts here.", dir_okay=False
+        ),
+    ] = None,
+) -> None:
+    """What happened: counts, bounce and complaint rates against the circuit breakers,
+    delivery times, top replies; per sending IP and provider: throttles and lane pauses.
+
+    Example: mailctl report welcome --html welcome.html
+    """
+    import time
+
+    from mailctl.report import build_report, render_html, render_tables
+
+    with _open_store() as store:
+        data = build_report(store, campaign, now=time.time())
+        _add_warmup_to_report(store, data)
+    if html_file is not None:
+        try:
+            html_file.write_text(render_html(data), encoding="utf-8")
+        except OSError as exc:
+            raise MailctlError(f"{html_file}: cannot write: {exc.strerror}") from None
+        console.info(f"wrote {html_file}")
+    if json_output:
+        console.emit_json(data)
+        return
+    for table in render_tables(data):
+        console.out.print(table)
+
+
+def _add_warmup_to_report(store: Any, data: dict[str, Any]) -> None:
+    """Each sending IP's warm-up stage, when profiles.yaml can be found."""
+    import time
+
+    try:
+        profiles = _load_profiles(None)
+    except MailctlError:
+        return
+    from mailctl.budget import WarmupBudget, profile_settings
+
+    settings: dict[str, Any] = {}
+    for profile in profiles.profiles.values():
+        settings.update(profile_settings(profile))
+    budget = WarmupBudget(store, settings)
+    now = time.time()
+    for row in data.get("by_ip", []):
+        ip = row.get("ip")
+        if ip in settings and settings[ip] is not None:
+            budget.cap_today(ip, now)
+            state = budget._state[ip]
+            row["warmup"] = {
+                "stage": state.stage,
+                "status": state.status.value,
+                "cap": state.cap_today,
+            }
+
+
+# --------------------------------------------------------------------------- sim
+
+
+@app.command("sim")
+def sim(
+    provider: Annotated[
+        str, typer.Option(help="Behave like google, microsoft, yahoo, generic or sandbox.")
+    ] = "generic",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 2525,
+    mbox: Annotated[
+        Path | None, typer.Option(help="Append DSNs for asynchronous bounces to this mbox.")
+    ] = None,
+    maildir: Annotated[Path | None, typer.Option(help="Store accepted messages here.")] = None,
+    log: Annotated[
+        Path | None, typer.Option(help="Append one JSON line per accepted recipient.")
+    ] = None,
+) -> None:
+    """Run a simulated mailbox provider on this machine, for rehearsal.
+
+    It answers like the real provider: its throttle replies once a source IP sends too
+    fast, 550 5.1.1 for local parts starting with `unknown`, greylisting and more (see
+    mailctl/sim.py). Point a profile at it with mx_override. Stop with Ctrl-C.
+
+    Example: mailctl sim --provider google --port 2525 --mbox bounces.mbox
+    """
+    from mailctl.sim import SimConfig, preset, run_forever
+
+    config = SimConfig(
+        behaviour=preset(provider), host=host, port=port, mbox=mbox, maildir=maildir, jsonl=log
+    )
+
+    def on_event(event: Any) -> None:
+        console.err.print(
+            f"sim[{provider}] {event.kind}: {event.message}", markup=False, highlight=False
+        )
+
+    try:
+        run_forever(config, on_event=on_event)
+    except KeyboardInterrupt:
+        console.info("sim stopped")
 
 
 # --------------------------------------------------------------------------- entry point

@@ -24,6 +24,8 @@ from rich.progress import (
 )
 
 out = Console(highlight=False, soft_wrap=False)
+if not out.is_terminal:
+    out.width = 160  # tables in files and pipes: wide enough not to wrap every cell
 err = Console(stderr=True, highlight=False)
 
 _quiet = False
