@@ -49,6 +49,11 @@ lanes_app = typer.Typer(
 )
 rules_app = typer.Typer(help="Provider limits and reply rules.", context_settings=CONTEXT)
 app.add_typer(lanes_app, name="lanes")
+warmup_app = typer.Typer(
+    help="Per-IP warm-up: the plan, today's caps, and manual start/hold/reset.",
+    context_settings=CONTEXT,
+)
+app.add_typer(warmup_app, name="warmup", no_args_is_help=True)
 app.add_typer(rules_app, name="rules", no_args_is_help=True)
 app.add_typer(recipients_app, name="recipients", no_args_is_help=True)
 app.add_typer(campaign_app, name="campaign", no_args_is_help=True)
@@ -1148,6 +1153,286 @@ def rules_list(
             r["trigger"] or "",
         )
     console.out.print(rep)
+
+
+# --------------------------------------------------------------------------- warm-up
+
+
+def _warmup_ips(profile_name: str | None, ip: str | None) -> list[tuple[str, Any, str]]:
+    """(ip, setting or None, profile name) for the IPs the command is about."""
+    from mailctl.budget import profile_settings
+
+    profiles = _load_profiles(None)
+    names = [profile_name] if profile_name else list(profiles.profiles)
+    found = []
+    for name in names:
+        profile = profiles.profiles.get(name) if profile_name is None else profiles.get(name)
+        if profile is None:
+            continue
+        for address, setting in profile_settings(profile).items():
+            if address == "0.0.0.0":  # a relay without pools: no IP of ours to warm
+                continue
+            if ip is None or address == ip:
+                found.append((address, setting, name))
+    if ip is not None and not found:
+        raise MailctlError(f"IP {ip} is in no profile's pools ({profiles.path})")
+    return found
+
+
+def _as_of(date_text: str | None) -> Any:
+    import datetime as dt
+
+    if date_text is None:
+        return dt.datetime.now(dt.UTC)
+    try:
+        day = dt.date.fromisoformat(date_text)
+    except ValueError:
+        raise UsageError(f"--date: '{date_text}' is not a date (YYYY-MM-DD)") from None
+    return dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC)
+
+
+def _bar(value: int, top: int, width: int = 40) -> str:
+    return "█" * round(width * value / top) if top else ""
+
+
+@warmup_app.command("plan")
+def warmup_plan(
+    ip: Annotated[str | None, typer.Option(help="Only this sending IP.")] = None,
+    profile: Annotated[str | None, typer.Option(help="Only this profile's IPs.")] = None,
+    days: Annotated[int, typer.Option(help="How many upcoming sending days to show.", min=1)] = 14,
+    date: Annotated[
+        str | None, typer.Option(help="Plan as of this day (YYYY-MM-DD) [default: today].")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The warm-up ramp of each sending IP: past days, upcoming days, target date.
+
+    Stages advance by sending days (days the IP actually sent), not calendar days. A day
+    with throttles, deferrals above 5%, bounces above 2% or complaints above 0.1% holds the
+    stage; a block steps it back. The chart shows each day's cap and what was sent.
+
+    Example: mailctl warmup plan --profile direct --days 30
+    """
+    from mailctl.budget import events, history
+    from mailctl.warmup import local_day, plan
+
+    now = _as_of(date)
+    result = []
+    with _open_store() as store:
+        for address, setting, profile_name in _warmup_ips(profile, ip):
+            today = local_day(setting, now)
+            p = plan(setting, history(store, address), events(store, address), today, days)
+            result.append((address, profile_name, setting, p))
+    if json_output:
+        console.emit_json([_plan_json(a, n, s, p) for a, n, s, p in result])
+        return
+    if not result:
+        console.info("no sending IPs with a warm-up in profiles.yaml")
+    for address, profile_name, setting, p in result:
+        state = p.state
+        title = f"{address} ({profile_name})"
+        if setting is None:
+            console.out.print(f"{title}: warm (no warm-up setting); only lane limits apply")
+            continue
+        console.out.print(
+            f"[bold]{title}[/bold]: {setting.name} to {setting.target_daily:,}/day, "
+            f"stage {state.stage}/{state.stages}, {state.status.value}; today's cap "
+            f"{state.cap_today if state.cap_today is not None else '-'}; target reached "
+            f"{p.target_reached_on or 'not in sight'}"
+        )
+        table = Table(
+            "day",
+            "stage",
+            "cap",
+            "sent",
+            "outcome",
+            "chart (█ sent, ░ unused cap)",
+            title=f"{address}: past sending days and upcoming plan",
+        )
+        top = max([d.cap for d in p.past] + [d.cap for d in p.upcoming] + [1])
+        for d in p.past[-days:]:
+            sent_bar = _bar(min(d.sent, d.cap) if d.cap else d.sent, top)
+            unused = _bar(d.cap, top)[len(sent_bar) :]
+            table.add_row(
+                d.day.isoformat(),
+                str(d.stage),
+                f"{d.cap:,}",
+                f"{d.sent:,}",
+                d.outcome.value,
+                sent_bar + "░" * len(unused),
+            )
+        for d in p.upcoming:
+            caps = ", ".join(f"{k} {v:,}" for k, v in d.provider_caps.items())
+            table.add_row(
+                d.day.isoformat(),
+                str(d.stage),
+                f"{d.cap:,}",
+                "",
+                "planned" + (f" ({caps})" if caps else ""),
+                "░" * len(_bar(d.cap, top)),
+            )
+        console.out.print(table)
+
+
+def _plan_json(address: str, profile_name: str, setting: Any, p: Any) -> dict[str, Any]:
+    state = p.state
+    return {
+        "ip": address,
+        "profile": profile_name,
+        "schedule": setting.name if setting else None,
+        "target_daily": setting.target_daily if setting else None,
+        "status": state.status.value,
+        "stage": state.stage,
+        "stages": state.stages,
+        "cap_today": state.cap_today,
+        "sending_days": state.sending_days,
+        "target_reached_on": p.target_reached_on.isoformat() if p.target_reached_on else None,
+        "past": [
+            {
+                "day": d.day.isoformat(),
+                "stage": d.stage,
+                "cap": d.cap,
+                "sent": d.sent,
+                "outcome": d.outcome.value,
+                "why": d.why,
+            }
+            for d in p.past
+        ],
+        "upcoming": [
+            {
+                "day": d.day.isoformat(),
+                "stage": d.stage,
+                "cap": d.cap,
+                "provider_caps": dict(d.provider_caps),
+            }
+            for d in p.upcoming
+        ],
+    }
+
+
+@warmup_app.command("status")
+def warmup_status(
+    date: Annotated[
+        str | None, typer.Option(help="As of this day (YYYY-MM-DD) [default: now].")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Per IP and provider today: cap, sent, remaining, stage, state.
+
+    Example: mailctl warmup status --json
+    """
+    from mailctl.budget import WarmupBudget
+    from mailctl.warmup import provider_caps
+
+    now = _as_of(date)
+    timestamp = now.timestamp()
+    rows = []
+    with _open_store() as store:
+        ips = _warmup_ips(None, None)
+        budget = WarmupBudget(store, {a: s for a, s, _ in ips})
+        for address, setting, profile_name in ips:
+            cap = budget.cap_today(address, timestamp)
+            state = budget._state[address]
+            day = budget.day_of(address, timestamp)
+            sent_by_provider = {
+                r["provider"]: r["sent"] for r in store.ip_days(address) if r["day"] == day
+            }
+            total_sent = sum(sent_by_provider.values())
+            providers = sorted(set(sent_by_provider) | set(provider_caps(setting, cap)))
+            status = "warm" if setting is None else state.status.value
+            rows.append(
+                {
+                    "ip": address,
+                    "profile": profile_name,
+                    "provider": "*",
+                    "day": day,
+                    "cap": cap,
+                    "sent": total_sent,
+                    "remaining": None if cap is None else max(cap - total_sent, 0),
+                    "stage": state.stage,
+                    "state": status,
+                }
+            )
+            for provider in providers:
+                lane_cap = provider_caps(setting, cap).get(provider, cap)
+                sent = sent_by_provider.get(provider, 0)
+                rows.append(
+                    {
+                        "ip": address,
+                        "profile": profile_name,
+                        "provider": provider,
+                        "day": day,
+                        "cap": lane_cap,
+                        "sent": sent,
+                        "remaining": None if lane_cap is None else max(lane_cap - sent, 0),
+                        "stage": state.stage,
+                        "state": status,
+                    }
+                )
+    if json_output:
+        console.emit_json(rows)
+        return
+    table = Table("ip", "provider", "day", "cap", "sent", "remaining", "stage", "state")
+    for r in rows:
+        table.add_row(
+            r["ip"],
+            r["provider"],
+            r["day"],
+            "-" if r["cap"] is None else f"{r['cap']:,}",
+            f"{r['sent']:,}",
+            "-" if r["remaining"] is None else f"{r['remaining']:,}",
+            str(r["stage"]),
+            r["state"],
+        )
+    console.out.print(table)
+
+
+def _warmup_event(ip: str, kind: str, preset: str | None, date: str | None) -> None:
+    import datetime as dt
+    import time
+
+    from mailctl.warmup import PRESET_NAMES
+
+    if preset is not None and preset not in PRESET_NAMES:
+        raise UsageError(f"--preset must be one of {', '.join(PRESET_NAMES)}")
+    _warmup_ips(None, ip)  # the IP must be one of ours
+    day = _as_of(date).date() if date else dt.date.today()
+    with _open_store() as store:
+        store.add_warmup_event(ip, day.isoformat(), kind, preset, time.time())
+    console.info(f"{ip}: warm-up {kind}" + (f" ({preset})" if preset else "") + f" from {day}")
+
+
+@warmup_app.command("start")
+def warmup_start(
+    ip: Annotated[str, typer.Argument(help="Sending IP.")],
+    preset: Annotated[str, typer.Option(help="sendgrid, sparkpost, ses45 or linear.")],
+    date: Annotated[
+        str | None, typer.Option(help="First day (YYYY-MM-DD) [default: today].")
+    ] = None,
+) -> None:
+    """(Re)start an IP's warm-up at stage 1 with a preset, without editing history.
+
+    Example: mailctl warmup start 203.0.113.20 --preset ses45 --date 2026-12-01
+    """
+    _warmup_event(ip, "start", preset, date)
+
+
+@warmup_app.command("hold")
+def warmup_hold(ip: Annotated[str, typer.Argument(help="Sending IP.")]) -> None:
+    """Freeze an IP's stage (it keeps sending at today's cap) until `warmup start`.
+
+    Example: mailctl warmup hold 203.0.113.20
+    """
+    _warmup_event(ip, "hold", None, None)
+
+
+@warmup_app.command("reset")
+def warmup_reset(ip: Annotated[str, typer.Argument(help="Sending IP.")]) -> None:
+    """Send an IP back to stage 1 of its schedule (e.g. after a block or a long pause).
+
+    Example: mailctl warmup reset 203.0.113.20
+    """
+    _warmup_event(ip, "reset", None, None)
 
 
 # --------------------------------------------------------------------------- report
