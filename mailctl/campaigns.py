@@ -45,8 +45,15 @@ def check_fields(store: Store, renderer: Renderer, list_name: str) -> None:
 
 
 def make_renderer(campaign: Campaign, profiles: ProfilesFile) -> Renderer:
+    from mailctl.preflight import signing_key
+
     profile = profiles.get(campaign.profile)
-    return Renderer(campaign, bounce_domain=profile.bounce_domain, verp=profile.verp)
+    return Renderer(
+        campaign,
+        bounce_domain=profile.bounce_domain,
+        verp=profile.verp,
+        dkim=signing_key(profile, campaign.from_addr),
+    )
 
 
 def prepare(

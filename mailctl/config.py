@@ -289,6 +289,7 @@ class Profile:
     retry_delays: tuple[float, ...] = (300, 600, 1200, 2400, 4800, 9600)
     breakers: Breakers = field(default_factory=Breakers)
     rules: Mapping[str, Any] | None = None  # overrides of the shipped provider rules
+    preflight: bool = True  # DNS checks before a campaign's first send (relay and direct)
 
     def password(self) -> str | None:
         """The relay password, read from the environment variable the profile names."""
@@ -354,6 +355,7 @@ _PROFILE_KEYS = {
     "retry",
     "breakers",
     "rules",
+    "preflight",
 }
 _WARMUP_KEYS = {
     "preset",
@@ -588,6 +590,8 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
             complaint_rate=br["complaint_rate"].number(0, 1) if "complaint_rate" in br else 0.003,
             min_sent=br["min_sent"].int(minimum=1) if "min_sent" in br else 200,
         )
+    if "preflight" in keys:
+        options["preflight"] = keys["preflight"].bool()
     if "rules" in keys:
         from mailctl.rules import load_rules
 

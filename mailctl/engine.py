@@ -1043,9 +1043,9 @@ def _hms(timestamp: float | None) -> str:
 _worker_renderers: dict[int, Renderer] = {}
 
 
-def _init_render_worker(specs: dict[int, tuple[Campaign, str | None, bool]]) -> None:
-    for campaign_id, (campaign, bounce_domain, verp) in specs.items():
-        _worker_renderers[campaign_id] = Renderer(campaign, bounce_domain=bounce_domain, verp=verp)
+def _init_render_worker(specs: dict[int, tuple[Campaign, dict[str, Any]]]) -> None:
+    for campaign_id, (campaign, options) in specs.items():
+        _worker_renderers[campaign_id] = Renderer(campaign, **options)
 
 
 def _render_batch(batch: list[tuple[int, str, dict[str, Any], str]]) -> list[RenderedMessage | str]:
@@ -1062,10 +1062,7 @@ class RenderPool:
     """Templates rendered in a second process, batch by batch, while SMTP runs here."""
 
     def __init__(self, jobs: Sequence[CampaignJob]) -> None:
-        specs = {
-            job.campaign_id: (job.campaign, job.renderer.bounce_domain, job.renderer.verp)
-            for job in jobs
-        }
+        specs = {job.campaign_id: (job.campaign, job.renderer.spec()) for job in jobs}
         self._executor = ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a running loop

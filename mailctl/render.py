@@ -21,6 +21,7 @@ import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from mailctl.config import Campaign, TrafficClass
+from mailctl.dkim import DkimKeyConfig
 from mailctl.errors import TemplateError
 
 TRACKING_PREFIX = "mc1-"
@@ -108,12 +109,17 @@ class Renderer:
         *,
         bounce_domain: str | None = None,
         verp: bool = False,
-        signer: Callable[[bytes], bytes] | None = None,
+        dkim: DkimKeyConfig | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.campaign = campaign
         self.clock = clock
-        self.signer = signer
+        self.dkim = dkim
+        self.signer: Callable[[bytes], bytes] | None = None
+        if dkim is not None:
+            from mailctl.dkim import DkimSigner
+
+            self.signer = DkimSigner(dkim, clock=clock).sign
         _, from_address = parseaddr(campaign.from_addr)
         self.from_domain = from_address.rpartition("@")[2].lower()
         self.bounce_domain = bounce_domain
@@ -145,6 +151,10 @@ class Renderer:
         self._boundary = "=_mailctl_" + base64.b32encode(os.urandom(10)).decode("ascii").lower()
         self._fixed = self._fixed_headers()
 
+    def spec(self) -> dict[str, Any]:
+        """What another process needs to build the same renderer (see engine.RenderPool)."""
+        return {"bounce_domain": self.bounce_domain, "verp": self.verp, "dkim": self.dkim}
+
     def _fixed_headers(self) -> str:
         c = self.campaign
         lines = [f"From: {encode_address_header(c.from_addr)}"]
@@ -166,7 +176,9 @@ class Renderer:
             return f"bounces@{self.bounce_domain}"
         return self.plain_from
 
-    def render(self, recipient: str, fields: Mapping[str, Any], tracking_id: str) -> RenderedMessage:
+    def render(
+        self, recipient: str, fields: Mapping[str, Any], tracking_id: str
+    ) -> RenderedMessage:
         context = dict(fields)
         context["email"] = recipient
         context["campaign"] = self.campaign.name
@@ -213,11 +225,23 @@ class Renderer:
             b = boundary.encode("ascii")
             body = b"".join(
                 (
-                    b"\r\n--", b, b"\r\nContent-Type: text/plain; charset=utf-8\r\n",
-                    b"Content-Transfer-Encoding: ", text_cte.encode(), b"\r\n\r\n", text_body,
-                    b"\r\n--", b, b"\r\nContent-Type: text/html; charset=utf-8\r\n",
-                    b"Content-Transfer-Encoding: ", html_cte.encode(), b"\r\n\r\n", html_body,
-                    b"\r\n--", b, b"--\r\n",
+                    b"\r\n--",
+                    b,
+                    b"\r\nContent-Type: text/plain; charset=utf-8\r\n",
+                    b"Content-Transfer-Encoding: ",
+                    text_cte.encode(),
+                    b"\r\n\r\n",
+                    text_body,
+                    b"\r\n--",
+                    b,
+                    b"\r\nContent-Type: text/html; charset=utf-8\r\n",
+                    b"Content-Transfer-Encoding: ",
+                    html_cte.encode(),
+                    b"\r\n\r\n",
+                    html_body,
+                    b"\r\n--",
+                    b,
+                    b"--\r\n",
                 )
             )
         else:

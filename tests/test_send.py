@@ -48,6 +48,7 @@ def make_workspace(tmp_path: Path, port: int, rows: int = 20, *, extra: str = ""
                 port: {port}
                 tls: none
                 dns: false
+                preflight: false
                 connections: 3
                 messages_per_connection: 7
                 retry: [5m, 10m, 20m]
