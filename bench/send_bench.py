@@ -5,8 +5,11 @@
 the same number of pre-rendered messages go through a bare aiosmtplib loop over the same
 number of reused connections. Prints messages/s for both and the ratio.
 
+With --dkim, the same run is repeated with every message DKIM-signed (RSA-2048) and the
+cost of signing per message is printed.
+
 Needs Debian's `postfix` package (smtp-sink). Run by hand:
-    python bench/send_bench.py [MESSAGES] [CONNECTIONS]
+    python bench/send_bench.py [MESSAGES] [CONNECTIONS] [--dkim]
 """
 
 from __future__ import annotations
@@ -57,13 +60,18 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
     sys.exit("smtp-sink did not start")
 
 
-def workspace(tmp: Path, port: int, messages: int, connections: int) -> None:
+def workspace(
+    tmp: Path, port: int, messages: int, connections: int, dkim: Path | None = None
+) -> None:
+    signing = (
+        f"    dkim: [{{domain: example.com, selector: s1, key_file: {dkim}}}]\n" if dkim else ""
+    )
     (tmp / "profiles.yaml").write_text(
         f"profiles:\n  sink:\n    transport: relay\n    host: 127.0.0.1\n    port: {port}\n"
         f"    tls: none\n    dns: false\n    connections: {connections}\n"
         "    messages_per_connection: 1000\n"
         # smtp-sink is a local sink, not a mailbox provider: no per-lane pacing toward it.
-        "    rules: {limits: {default: {per_minute: null, burst: 100000}}}\n"
+        "    rules: {limits: {default: {per_minute: null, burst: 100000}}}\n" + signing
     )
     with (tmp / "list.csv").open("w") as f:
         f.write("email,first_name,plan,city\n")
@@ -100,44 +108,86 @@ async def bare_loop(port: int, payloads: list[tuple[str, str, bytes]], connectio
     return time.perf_counter() - started
 
 
+def run_mailctl(
+    tmp: Path, port: int, messages: int, connections: int, dkim: Path | None
+) -> tuple[float, float, object, object]:
+    workspace(tmp, port, messages, connections, dkim)
+    profiles = load_profiles(tmp / "profiles.yaml")
+    store = Store.open(tmp / "m.db")
+    t0 = time.perf_counter()
+    prepared = prepare(store, tmp / "c.yaml", profiles, now=time.time())
+    t1 = time.perf_counter()
+    engine = Engine(store, [prepared.job], run_id=store.start_run(os.getpid(), "b", t1))
+    summary = asyncio.run(engine.run())
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, summary, (store, prepared)
+
+
 def main() -> None:
-    messages = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    connections = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    messages = int(args[0]) if args else 20_000
+    connections = int(args[1]) if len(args) > 1 else 8
     port = free_port()
     sink = start_sink(port)
     try:
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
-            workspace(tmp, port, messages, connections)
-            profiles = load_profiles(tmp / "profiles.yaml")
-            store = Store.open(tmp / "m.db")
-            t0 = time.perf_counter()
-            prepared = prepare(store, tmp / "c.yaml", profiles, now=time.time())
-            t1 = time.perf_counter()
-            engine = Engine(store, [prepared.job], run_id=store.start_run(os.getpid(), "b", t1))
-            summary = asyncio.run(engine.run())
-            t2 = time.perf_counter()
-            sample = prepared.job.renderer.render("user0@example0.com", {
-                "first_name": "User0", "plan": "pro", "city": "City0"}, new_tracking_id())
+            (tmp / "plain").mkdir()
+            queue_s, send_s, summary, (store, prepared) = run_mailctl(
+                tmp / "plain", port, messages, connections, None
+            )
+            sample = prepared.job.renderer.render(
+                "user0@example0.com",
+                {"first_name": "User0", "plan": "pro", "city": "City0"},
+                new_tracking_id(),
+            )
             payloads = [
-                (sample.envelope_from, r["email"], prepared.job.renderer.render(
-                    r["email"], r["fields"], new_tracking_id()).data)
+                (
+                    sample.envelope_from,
+                    r["email"],
+                    prepared.job.renderer.render(r["email"], r["fields"], new_tracking_id()).data,
+                )
                 for r in store.iter_recipients()
             ]
             store.close()
             bare_s = asyncio.run(bare_loop(port, payloads, connections))
+            signed = None
+            if "--dkim" in sys.argv:
+                from mailctl.dkim import generate_keypair
+
+                (tmp / "signed").mkdir()
+                key = tmp / "signed" / "key.pem"
+                key.write_bytes(generate_keypair(2048)[0])
+                _, signed_s, signed_summary, (signed_store, _) = run_mailctl(
+                    tmp / "signed", port, messages, connections, key
+                )
+                signed_store.close()
+                signed = (signed_s, signed_summary)
     finally:
         sink.terminate()
         sink.wait()
-    send_s = t2 - t1
-    print(f"messages:            {messages:,} (~{len(sample.data) / 1024:.1f} KB each), "
-          f"{connections} connections")
-    print(f"queue (import+queue): {t1 - t0:.2f} s")
-    print(f"mailctl send loop:   {send_s:.2f} s  {summary.sent / send_s:,.0f} msg/s "
-          f"(sent {summary.sent}, deferred {summary.deferred})")
+    rate = summary.sent / send_s
+    print(
+        f"messages:            {messages:,} (~{len(sample.data) / 1024:.1f} KB each), "
+        f"{connections} connections"
+    )
+    print(f"queue (import+queue): {queue_s:.2f} s")
+    print(
+        f"mailctl send loop:   {send_s:.2f} s  {rate:,.0f} msg/s "
+        f"(sent {summary.sent}, deferred {summary.deferred})"
+    )
     print(f"bare aiosmtplib:     {bare_s:.2f} s  {messages / bare_s:,.0f} msg/s")
-    print(f"ratio:               {(summary.sent / send_s) / (messages / bare_s):.2f} of bare "
-          "(target >= 0.7; target >= 3,000 msg/s)")
+    print(
+        f"ratio:               {rate / (messages / bare_s):.2f} of bare "
+        "(target >= 0.7; target >= 3,000 msg/s)"
+    )
+    if signed is not None:
+        signed_s, signed_summary = signed
+        signed_rate = signed_summary.sent / signed_s
+        print(
+            f"with DKIM (RSA-2048): {signed_s:.2f} s  {signed_rate:,.0f} msg/s; "
+            f"{(signed_s - send_s) / messages * 1e6:,.0f} us more wall time per message"
+        )
 
 
 if __name__ == "__main__":

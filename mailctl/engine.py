@@ -887,8 +887,13 @@ class Engine:
             delays = job.profile.retry_delays
             delay = delays[min(attempts - 1, len(delays) - 1)] * self.rng.uniform(0.85, 1.15)
         next_at = now + delay
-        if event.pauses_lane and event.until:
-            next_at = max(next_at, event.until)
+        if event.pauses_lane:
+            # Not before the lane may send again: the end of its pause, not of a slow period
+            # that follows it (a slowed lane still sends). A lane out of rotation without an
+            # end leaves the retry to the pool's other IPs.
+            pause = self.scheduler.lane(item.ip, item.provider).pause_wait(now)
+            if pause != float("inf"):
+                next_at = max(next_at, now + pause)
         first = message.get("first_attempt_at") or now
         if next_at > first + job.max_age:
             return self._outcome_for(message, "expired", now, attempted=True, **base, **details)
@@ -1059,12 +1064,15 @@ def _render_batch(batch: list[tuple[int, str, dict[str, Any], str]]) -> list[Ren
 
 
 class RenderPool:
-    """Templates rendered in a second process, batch by batch, while SMTP runs here."""
+    """Templates rendered (and DKIM-signed) in other processes, batch by batch, while SMTP
+    runs here. Signing costs several times the rendering, so it gets two workers."""
 
     def __init__(self, jobs: Sequence[CampaignJob]) -> None:
         specs = {job.campaign_id: (job.campaign, job.renderer.spec()) for job in jobs}
+        signing = any(job.renderer.dkim is not None for job in jobs)
+        self.workers = 2 if signing and (os.cpu_count() or 1) > 1 else 1
         self._executor = ProcessPoolExecutor(
-            max_workers=1,
+            max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a running loop
             initializer=_init_render_worker,
             initargs=(specs,),
@@ -1073,7 +1081,14 @@ class RenderPool:
     async def render(self, messages: Sequence[dict[str, Any]]) -> list[RenderedMessage | str]:
         batch = [(m["campaign_id"], m["email"], m["fields"], m["tracking_id"]) for m in messages]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _render_batch, batch)
+        size = -(-len(batch) // self.workers)
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(self._executor, _render_batch, batch[i : i + size])
+                for i in range(0, len(batch), size)
+            )
+        )
+        return [result for part in parts for result in part]
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
