@@ -271,6 +271,7 @@ class Profile:
     port: int | None = None
     tls: TlsMode = TlsMode.NONE
     tls_required: bool = False
+    tls_verify: bool = True  # False only for a relay with a self-signed certificate
     username: str | None = None
     password_env: str | None = None
     helo: str | None = None
@@ -337,6 +338,7 @@ _PROFILE_KEYS = {
     "port",
     "tls",
     "tls_required",
+    "tls_verify",
     "username",
     "password_env",
     "helo",
@@ -453,7 +455,15 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
     elif transport is TransportKind.DIRECT:
         if "pools" not in keys:
             raise node.error("a direct profile needs 'pools' (its sending IPs)")
-    for relay_only in ("host", "port", "tls", "tls_required", "username", "password_env"):
+    for relay_only in (
+        "host",
+        "port",
+        "tls",
+        "tls_required",
+        "tls_verify",
+        "username",
+        "password_env",
+    ):
         if relay_only in keys and transport is not TransportKind.RELAY:
             raise keys[relay_only].error(f"'{relay_only}' applies only to transport: relay")
     if "outbox" in keys and transport is not TransportKind.SANDBOX:
@@ -466,6 +476,8 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         else (TlsMode.STARTTLS if transport is TransportKind.RELAY else TlsMode.NONE)
     )
     options["tls"] = tls
+    if "tls_verify" in keys:
+        options["tls_verify"] = keys["tls_verify"].bool()
     options["tls_required"] = (
         keys["tls_required"].bool() if "tls_required" in keys else tls is not TlsMode.NONE
     )

@@ -248,4 +248,5 @@ def relay_destination(
         helo=profile.helo,
         source_ip=source_ip,
         timeout=profile.timeout,
+        validate_certs=profile.tls_verify,
     )

@@ -1,0 +1,155 @@
+"""Relay delivery options against real SMTP servers: STARTTLS and AUTH."""
+
+from __future__ import annotations
+
+import json
+import socket
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from mailctl.cli import run
+from mailctl.sim import SimBehaviour, TlsMode
+from mailctl.store import Store
+
+from test_send import db_states, make_workspace
+
+
+def relay_profile(ws: Path, port: int, extra: str) -> None:
+    (ws / "profiles.yaml").write_text(textwrap.dedent(f"""\
+        default_profile: relay
+        profiles:
+          relay:
+            transport: relay
+            host: 127.0.0.1
+            port: {port}
+            dns: false
+            preflight: false
+            retry: [5m]
+        """) + textwrap.indent(textwrap.dedent(extra), "    "))
+
+
+def send(ws: Path, capsys) -> dict:
+    code = run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), "send",
+                str(ws / "c.yaml"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def test_starttls_required_and_used(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server(SimBehaviour(), tls=TlsMode.REQUIRE)
+    ws = make_workspace(tmp_path, server.port, rows=3)
+    relay_profile(ws, server.port, "tls: starttls\ntls_verify: false\n")
+    assert send(ws, capsys)["sent"] == 3
+    assert len(server.deliveries) == 3
+
+
+def test_starttls_required_but_not_offered_defers(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server(SimBehaviour())
+    ws = make_workspace(tmp_path, server.port, rows=2)
+    relay_profile(ws, server.port, "tls: starttls\ntls_required: true\n")
+    result = send(ws, capsys)
+    assert result["sent"] == 0 and result["remaining"] == 2
+    assert db_states(ws) == {"deferred": 2}
+    assert not server.deliveries
+    with Store.open(ws / "m.db") as store:
+        reply = store.conn.execute("SELECT last_reply FROM messages LIMIT 1").fetchone()[0]
+    assert "STARTTLS not offered" in reply
+
+
+def test_opportunistic_starttls_sends_in_clear_when_not_offered(sim_server, tmp_path: Path,
+                                                               capsys) -> None:
+    server = sim_server(SimBehaviour())
+    ws = make_workspace(tmp_path, server.port, rows=2)
+    relay_profile(ws, server.port, "tls: starttls\ntls_required: false\n")
+    assert send(ws, capsys)["sent"] == 2
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.received: list[str] = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+        self.received.extend(envelope.rcpt_tos)
+        return "250 OK"
+
+
+@pytest.fixture()
+def auth_server() -> Iterator[tuple[int, _Sink]]:
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and auth_data.login == b"mailer" and (
+            auth_data.password == b"right horse battery"
+        )
+        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    handler = _Sink()
+    # A relay on loopback in a test: AUTH without TLS is deliberate here.
+    controller = Controller(handler, hostname="127.0.0.1", port=port,
+                            authenticator=authenticator, auth_require_tls=False,
+                            auth_required=True)
+    controller.start()
+    yield port, handler
+    controller.stop()
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_auth_with_password_from_environment(auth_server, tmp_path: Path, capsys,
+                                             monkeypatch) -> None:
+    port, handler = auth_server
+    ws = make_workspace(tmp_path, port, rows=2)
+    relay_profile(ws, port, "tls: none\nusername: mailer\npassword_env: RELAY_PW\n")
+    monkeypatch.setenv("RELAY_PW", "right horse battery")
+    assert send(ws, capsys)["sent"] == 2
+    assert sorted(handler.received) == ["user0@example.com", "user1@example.com"]
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_wrong_password_stops_without_suppressing_or_printing_it(auth_server, tmp_path: Path,
+                                                                 capsys, monkeypatch) -> None:
+    port, handler = auth_server
+    ws = make_workspace(tmp_path, port, rows=2)
+    relay_profile(ws, port, "tls: none\nusername: mailer\npassword_env: RELAY_PW\n")
+    monkeypatch.setenv("RELAY_PW", "s3cret-wrong-pass")
+    code = run(["--debug", "--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"),
+                "send", str(ws / "c.yaml"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "s3cret-wrong-pass" not in captured.out + captured.err
+    result = json.loads(captured.out)
+    assert result["sent"] == 0 and not handler.received
+    assert result["stop_reason"] == "campaign stopped"
+    with Store.open(ws / "m.db") as store:
+        assert store.get_campaign("news")["status"] == "stopped"
+        assert store.suppression_for("user0@example.com") is None
+        assert "s3cret-wrong-pass" not in " ".join(
+            str(v) for row in store.conn.execute("SELECT * FROM replies") for v in row
+        )
+
+
+def test_unset_password_variable_is_a_config_error(tmp_path: Path, capsys, monkeypatch) -> None:
+    ws = make_workspace(tmp_path, 1, rows=1)
+    relay_profile(ws, 1, "tls: none\nusername: mailer\npassword_env: RELAY_PW_UNSET\n")
+    monkeypatch.delenv("RELAY_PW_UNSET", raising=False)
+    code = run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), "send",
+                str(ws / "c.yaml")])
+    assert code == 2
+    assert "RELAY_PW_UNSET is not set" in capsys.readouterr().err
+
+
+def test_a_server_that_hangs_times_out_into_a_deferral(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server(SimBehaviour(delays={"DATA": 5}))
+    ws = make_workspace(tmp_path, server.port, rows=1)
+    relay_profile(ws, server.port, "tls: none\ntimeout: 0.3s\n")
+    result = send(ws, capsys)
+    assert result["sent"] == 0 and result["deferred"] == 1
+    with Store.open(ws / "m.db") as store:
+        state, reply = store.conn.execute("SELECT state, last_reply FROM messages").fetchone()
+    assert state == "deferred" and "timeout" in reply.lower()
