@@ -83,7 +83,9 @@ def main() -> None:
     print(f"  imported={summary.imported:,} invalid={summary.invalid} dup={summary.duplicates}")
     print(f"bare executemany:  {bare_s:.2f} s  ({rows / bare_s:,.0f} rows/s)")
     print(f"ratio:             {mailctl_s / bare_s:.2f}x the bare insert (target <= 5x)")
-    print(f"peak RSS:          {rss_after:.0f} MB (before import {rss_before:.0f} MB; target < 200)")
+    print(
+        f"peak RSS:          {rss_after:.0f} MB (before import {rss_before:.0f} MB; target < 200)"
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import aiosmtplib
 
 from mailctl.campaigns import prepare
 from mailctl.config import load_profiles
-from mailctl.engine import Engine, SendOptions
+from mailctl.engine import Engine
 from mailctl.render import new_tracking_id
 from mailctl.store import Store
 

@@ -1,7 +1,7 @@
 """Generate the README's CLI reference from `--help`, so the docs never drift.
 
-    python scripts/cli_reference.py          # rewrite the section in README.md
-    python scripts/cli_reference.py --check  # exit 1 when README.md is out of date (CI/tests)
+python scripts/cli_reference.py          # rewrite the section in README.md
+python scripts/cli_reference.py --check  # exit 1 when README.md is out of date (CI/tests)
 """
 
 from __future__ import annotations

@@ -11,28 +11,38 @@ from pathlib import Path
 
 import dkim as dkimpy
 import pytest
+from test_send import make_workspace
 
 from mailctl.cli import run
 from mailctl.dnscheck import NoAnswer, NXDomain, ZoneResolver
-
-from test_send import make_workspace
 
 ZONES = Path(__file__).parent / "data" / "zones"
 
 
 def keygen(tmp_path: Path, capsys) -> tuple[Path, str]:
     key = tmp_path / "example.com.s1.pem"
-    assert run(["dkim", "keygen", "--selector", "s1", "--domain", "example.com", "--out", str(key)]) == 0
+    assert (
+        run(["dkim", "keygen", "--selector", "s1", "--domain", "example.com", "--out", str(key)])
+        == 0
+    )
     record = capsys.readouterr().out
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
     assert "PRIVATE KEY" not in record and record.startswith("s1._domainkey.example.com.")
-    assert run(["dkim", "keygen", "--selector", "s1", "--domain", "example.com", "--out", str(key)]) == 1
+    assert (
+        run(["dkim", "keygen", "--selector", "s1", "--domain", "example.com", "--out", str(key)])
+        == 1
+    )
     capsys.readouterr()
     return key, record.strip()
 
 
-def write_zone(tmp_path: Path, dkim_record: str, *, spf: str = "v=spf1 ip4:192.0.2.10 -all",
-               dmarc: str | None = "v=DMARC1; p=quarantine") -> list[Path]:
+def write_zone(
+    tmp_path: Path,
+    dkim_record: str,
+    *,
+    spf: str = "v=spf1 ip4:192.0.2.10 -all",
+    dmarc: str | None = "v=DMARC1; p=quarantine",
+) -> list[Path]:
     lines = [
         "$ORIGIN example.com.",
         "$TTL 3600",
@@ -54,7 +64,8 @@ def write_zone(tmp_path: Path, dkim_record: str, *, spf: str = "v=spf1 ip4:192.0
 
 
 def direct_workspace(tmp_path: Path, key: Path) -> Path:
-    (tmp_path / "profiles.yaml").write_text(textwrap.dedent(f"""\
+    (tmp_path / "profiles.yaml").write_text(
+        textwrap.dedent(f"""\
         profiles:
           direct:
             transport: direct
@@ -64,8 +75,10 @@ def direct_workspace(tmp_path: Path, key: Path) -> Path:
               marketing: [192.0.2.10]
             dkim:
               - {{domain: example.com, selector: s1, key_file: {key}}}
-        """))
-    (tmp_path / "c.yaml").write_text(textwrap.dedent("""\
+        """)
+    )
+    (tmp_path / "c.yaml").write_text(
+        textwrap.dedent("""\
         name: promo
         profile: direct
         from: "Shop <news@example.com>"
@@ -73,7 +86,8 @@ def direct_workspace(tmp_path: Path, key: Path) -> Path:
         text: Hi
         list: customers
         unsubscribe: {url: "https://example.com/u"}
-        """))
+        """)
+    )
     return tmp_path
 
 
@@ -112,11 +126,25 @@ def test_sent_messages_carry_a_valid_dkim_signature(sim_server, tmp_path: Path, 
     zones = write_zone(tmp_path, record)
     server = sim_server(maildir=tmp_path / "box")
     ws = make_workspace(
-        tmp_path, server.port, rows=5,
+        tmp_path,
+        server.port,
+        rows=5,
         profile_extra=f"    dkim:\n      - {{domain: example.com, selector: s1, key_file: {key}}}\n",
     )
-    assert run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), "send",
-                str(ws / "c.yaml"), "--json"]) == 0
+    assert (
+        run(
+            [
+                "--db",
+                str(ws / "m.db"),
+                "--profiles",
+                str(ws / "profiles.yaml"),
+                "send",
+                str(ws / "c.yaml"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["sent"] == 5
     resolver = ZoneResolver.from_files(zones)
     files = sorted((tmp_path / "box" / "new").iterdir())
@@ -126,8 +154,17 @@ def test_sent_messages_carry_a_valid_dkim_signature(sim_server, tmp_path: Path, 
         signature = re.search(rb"DKIM-Signature:.*?h=([^;]+);", raw, re.S)
         assert signature is not None
         signed = signature.group(1).replace(b"\r\n", b"").replace(b" ", b"").lower().split(b":")
-        for header in (b"from", b"to", b"subject", b"date", b"message-id", b"list-unsubscribe",
-                       b"list-unsubscribe-post", b"mime-version", b"content-type"):
+        for header in (
+            b"from",
+            b"to",
+            b"subject",
+            b"date",
+            b"message-id",
+            b"list-unsubscribe",
+            b"list-unsubscribe-post",
+            b"mime-version",
+            b"content-type",
+        ):
             assert header in signed
         assert dkimpy.verify(raw, dnsfunc=dnsfunc(resolver)), path.name
         assert not dkimpy.verify(raw.replace(b"Hi User", b"Hi Mallory"), dnsfunc=dnsfunc(resolver))
@@ -137,12 +174,21 @@ def test_send_runs_the_preflight_before_the_first_send(sim_server, tmp_path: Pat
     key, record = keygen(tmp_path, capsys)
     server = sim_server()
     ws = make_workspace(
-        tmp_path, server.port, rows=3,
+        tmp_path,
+        server.port,
+        rows=3,
         profile_extra=f"    dkim:\n      - {{domain: example.com, selector: s1, key_file: {key}}}\n",
     )
     text = (ws / "profiles.yaml").read_text().replace("preflight: false", "preflight: true")
     (ws / "profiles.yaml").write_text(text)
-    base = ["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), "send", str(ws / "c.yaml")]
+    base = [
+        "--db",
+        str(ws / "m.db"),
+        "--profiles",
+        str(ws / "profiles.yaml"),
+        "send",
+        str(ws / "c.yaml"),
+    ]
     bad = write_zone(tmp_path, record, dmarc=None)
     assert run([*base, *[x for z in bad for x in ("--zone", str(z))]]) == 1
     err = capsys.readouterr().err
@@ -160,7 +206,14 @@ def test_skip_check(sim_server, tmp_path: Path, capsys) -> None:
     (ws / "profiles.yaml").write_text(text)
     empty = tmp_path / "empty.zone"
     empty.write_text("$ORIGIN nothing.invalid.\n$TTL 60\n@ IN SOA ns. h. 1 1 1 1 1\n")
-    base = ["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), "send", str(ws / "c.yaml")]
+    base = [
+        "--db",
+        str(ws / "m.db"),
+        "--profiles",
+        str(ws / "profiles.yaml"),
+        "send",
+        str(ws / "c.yaml"),
+    ]
     assert run([*base, "--zone", str(empty)]) == 1
     capsys.readouterr()
     assert run([*base, "--zone", str(empty), "--skip-check", "--json"]) == 0
@@ -169,6 +222,21 @@ def test_skip_check(sim_server, tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("bits", ["512"])
 def test_keygen_refuses_weak_keys(tmp_path: Path, bits: str, capsys) -> None:
-    assert run(["dkim", "keygen", "--selector", "s", "--domain", "example.com", "--bits", bits,
-                "--out", str(tmp_path / "k.pem")]) == 2
+    assert (
+        run(
+            [
+                "dkim",
+                "keygen",
+                "--selector",
+                "s",
+                "--domain",
+                "example.com",
+                "--bits",
+                bits,
+                "--out",
+                str(tmp_path / "k.pem"),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "k.pem").exists()

@@ -79,16 +79,40 @@ def test_bad_ip_names_file_line_and_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("profiles:\n  s:\n    transport: sandbox\n    colour: red\n", ":4: profiles.s.colour: unknown key 'colour'"),
-        ("profiles:\n  s:\n    transport: pigeon\n", ":3: profiles.s.transport: 'pigeon' is not one of sandbox|relay|direct"),
+        (
+            "profiles:\n  s:\n    transport: sandbox\n    colour: red\n",
+            ":4: profiles.s.colour: unknown key 'colour'",
+        ),
+        (
+            "profiles:\n  s:\n    transport: pigeon\n",
+            ":3: profiles.s.transport: 'pigeon' is not one of sandbox|relay|direct",
+        ),
         ("profiles:\n  s:\n    outbox: x\n", ":3: profiles.s: missing required key 'transport'"),
-        ("profiles:\n  r:\n    transport: relay\n    host: smtp.example.com\n    port: many\n", ":5: profiles.r.port: expected a whole number, got 'many'"),
-        ("profiles:\n  r:\n    transport: relay\n    host: smtp.example.com\n    port: 99999\n", ":5: profiles.r.port: 99999 is not a TCP port"),
-        ("profiles:\n  s:\n    transport: sandbox\n    connections: 0\n", ":4: profiles.s.connections: must be at least 1, got 0"),
-        ("profiles:\n  s:\n    transport: sandbox\n    max_age: soon\n", ":4: profiles.s.max_age: 'soon' is not a duration"),
+        (
+            "profiles:\n  r:\n    transport: relay\n    host: smtp.example.com\n    port: many\n",
+            ":5: profiles.r.port: expected a whole number, got 'many'",
+        ),
+        (
+            "profiles:\n  r:\n    transport: relay\n    host: smtp.example.com\n    port: 99999\n",
+            ":5: profiles.r.port: 99999 is not a TCP port",
+        ),
+        (
+            "profiles:\n  s:\n    transport: sandbox\n    connections: 0\n",
+            ":4: profiles.s.connections: must be at least 1, got 0",
+        ),
+        (
+            "profiles:\n  s:\n    transport: sandbox\n    max_age: soon\n",
+            ":4: profiles.s.max_age: 'soon' is not a duration",
+        ),
         ("profiles: [1, 2]\n", ":1: profiles: expected a mapping, got a list"),
-        ("profiles:\n  s:\n    transport: sandbox\n  s:\n    transport: sandbox\n", ":4: profiles.s: duplicate key"),
-        ("profiles:\n  s:\n    transport: sandbox\n    tls: starttls\n", ":4: profiles.s.tls: 'tls' applies only to transport: relay"),
+        (
+            "profiles:\n  s:\n    transport: sandbox\n  s:\n    transport: sandbox\n",
+            ":4: profiles.s: duplicate key",
+        ),
+        (
+            "profiles:\n  s:\n    transport: sandbox\n    tls: starttls\n",
+            ":4: profiles.s.tls: 'tls' applies only to transport: relay",
+        ),
     ],
 )
 def test_profile_errors(tmp_path: Path, text: str, expected: str) -> None:
@@ -161,13 +185,28 @@ unsubscribe: {url: "https://example.com/u"}
     ("replace", "expected"),
     [
         (("name: c1", "name: 'bad name'"), ":1: name: 'bad name' must be letters"),
-        (('from: "Shop <news@example.com>"', "from: nobody"), ":2: from: 'nobody' is not an address"),
-        (('unsubscribe: {url: "https://example.com/u"}', "class: marketing"), "needs 'unsubscribe'"),
+        (
+            ('from: "Shop <news@example.com>"', "from: nobody"),
+            ":2: from: 'nobody' is not an address",
+        ),
+        (
+            ('unsubscribe: {url: "https://example.com/u"}', "class: marketing"),
+            "needs 'unsubscribe'",
+        ),
         (("recipients: list.csv", "recipients: list.csv\nlist: x"), "exactly one of 'recipients'"),
         (('text: "Hello"', "text_file: missing.txt"), ":4: text_file: cannot read"),
-        (('text: "Hello"', 'text: "Hello"\nheaders: {"Bad Name": x}'), "'Bad Name' is not a valid header name"),
-        (('text: "Hello"', 'text: "Hello"\nheaders: {Subject: x}'), "header 'Subject' is set by mailctl"),
-        (('text: "Hello"', 'text: "Hello"\nclass: bulk'), "'bulk' is not one of transactional|marketing"),
+        (
+            ('text: "Hello"', 'text: "Hello"\nheaders: {"Bad Name": x}'),
+            "'Bad Name' is not a valid header name",
+        ),
+        (
+            ('text: "Hello"', 'text: "Hello"\nheaders: {Subject: x}'),
+            "header 'Subject' is set by mailctl",
+        ),
+        (
+            ('text: "Hello"', 'text: "Hello"\nclass: bulk'),
+            "'bulk' is not one of transactional|marketing",
+        ),
     ],
 )
 def test_campaign_errors(tmp_path: Path, replace: tuple[str, str], expected: str) -> None:

@@ -17,16 +17,29 @@ import sys
 import time
 from pathlib import Path
 
-from mailctl.sim import SimBehaviour
-
 from test_send import make_workspace
+
+from mailctl.sim import SimBehaviour
 
 
 def start_send(ws: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "mailctl", "--db", str(ws / "m.db"), "--profiles",
-         str(ws / "profiles.yaml"), "send", str(ws / "c.yaml"), "--json", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "mailctl",
+            "--db",
+            str(ws / "m.db"),
+            "--profiles",
+            str(ws / "profiles.yaml"),
+            "send",
+            str(ws / "c.yaml"),
+            "--json",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
@@ -50,7 +63,11 @@ def test_kill_9_and_resume_loses_nothing(sim_server, tmp_path: Path) -> None:
         # Kill once it is sending (something delivered since the last kill), at a random moment.
         before = sum(delivered(jsonl).values())
         deadline = time.time() + 30
-        while sum(delivered(jsonl).values()) == before and proc.poll() is None and time.time() < deadline:
+        while (
+            sum(delivered(jsonl).values()) == before
+            and proc.poll() is None
+            and time.time() < deadline
+        ):
             time.sleep(0.01)
         time.sleep(rng.uniform(0.05, 0.6))
         if proc.poll() is None:
@@ -69,7 +86,9 @@ def test_kill_9_and_resume_loses_nothing(sim_server, tmp_path: Path) -> None:
     assert set(counts) == expected, f"missing: {sorted(expected - set(counts))[:5]}"
     duplicates = {rcpt for rcpt, n in counts.items() if n > 1}
     conn = sqlite3.connect(ws / "m.db")
-    flagged = {r[0] for r in conn.execute("SELECT email FROM messages WHERE possible_duplicate = 1")}
+    flagged = {
+        r[0] for r in conn.execute("SELECT email FROM messages WHERE possible_duplicate = 1")
+    }
     states = dict(conn.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall())
     assert states == {"sent": rows}
     # Every duplicate was one of the messages in flight at a crash, and flagged as such.
@@ -94,7 +113,10 @@ def test_sigint_stops_cleanly_and_resumes_without_duplicates(sim_server, tmp_pat
     assert 0 < result["sent"] < 400
     conn = sqlite3.connect(ws / "m.db")
     assert conn.execute("SELECT count(*) FROM messages WHERE state = 'sending'").fetchone()[0] == 0
-    assert conn.execute("SELECT count(*) FROM messages WHERE state = 'sent'").fetchone()[0] == result["sent"]
+    assert (
+        conn.execute("SELECT count(*) FROM messages WHERE state = 'sent'").fetchone()[0]
+        == result["sent"]
+    )
     proc = start_send(ws)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err

@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_cli_reference_is_current() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "cli_reference.py"), "--check"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

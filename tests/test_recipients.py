@@ -43,8 +43,19 @@ def test_normalise(raw: str, expected: tuple[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["", "plain", "@example.com", "a@b", "a..b@example.com", "a@-x.com", "a@ex ample.com",
-            "ü@example.com", "a@example.c0m", "x" * 65 + "@example.com"]
+    "raw",
+    [
+        "",
+        "plain",
+        "@example.com",
+        "a@b",
+        "a..b@example.com",
+        "a@-x.com",
+        "a@ex ample.com",
+        "ü@example.com",
+        "a@example.c0m",
+        "x" * 65 + "@example.com",
+    ],
 )
 def test_invalid_addresses(raw: str) -> None:
     with pytest.raises(InvalidAddress):
@@ -57,8 +68,10 @@ def test_file_is_created_private(tmp_path: Path) -> None:
 
 
 def test_import_bom_fields_and_reimport(store: Store, tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "a.csv", "\ufeffEmail,first_name,plan\nada@example.com,Ada,pro\n"
-                     "bob@example.net,Bob,free\n")
+    path = write_csv(
+        tmp_path / "a.csv",
+        "\ufeffEmail,first_name,plan\nada@example.com,Ada,pro\nbob@example.net,Bob,free\n",
+    )
     summary = import_csv(store, path, list_name="l")
     assert (summary.rows, summary.imported, summary.invalid) == (2, 2, 0)
     rows = list(store.iter_recipients("l"))
@@ -68,7 +81,9 @@ def test_import_bom_fields_and_reimport(store: Store, tmp_path: Path) -> None:
 
 
 def test_latin1_with_encoding_and_decode_error_names_line(store: Store, tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "l.csv", "email,name\na@example.com,Zoë\nb@example.com,José\n", "latin-1")
+    path = write_csv(
+        tmp_path / "l.csv", "email,name\na@example.com,Zoë\nb@example.com,José\n", "latin-1"
+    )
     with pytest.raises(InputError, match=r"l\.csv:2: cannot decode as utf-8"):
         import_csv(store, path)
     assert store.count_recipients() == 0  # nothing half-imported
@@ -80,12 +95,12 @@ def test_latin1_with_encoding_and_decode_error_names_line(store: Store, tmp_path
 def test_quoted_fields_bad_rows_and_rejects_file(store: Store, tmp_path: Path) -> None:
     path = write_csv(
         tmp_path / "q.csv",
-        'email,company,note\n'
-        'a@example.com,"Acme, Inc.",fine\n'          # line 2: comma inside quotes
-        'b@example.com,"Multi\nLine",x\n'             # line 3-4: newline in a field -> reject
-        'not-an-address,Foo,x\n'                      # line 5
-        'c@example.com,too,many,columns\n'            # line 6
-        'd@example.com,"Quote ""q""",ok\n',           # line 7
+        "email,company,note\n"
+        'a@example.com,"Acme, Inc.",fine\n'  # line 2: comma inside quotes
+        'b@example.com,"Multi\nLine",x\n'  # line 3-4: newline in a field -> reject
+        "not-an-address,Foo,x\n"  # line 5
+        "c@example.com,too,many,columns\n"  # line 6
+        'd@example.com,"Quote ""q""",ok\n',  # line 7
     )
     rejects_path = tmp_path / "rejects.csv"
     from mailctl.recipients import RejectsWriter
@@ -132,7 +147,9 @@ def test_duplicates_merge_latest_wins_and_skip_existing(store: Store, tmp_path: 
 def test_suppressed_addresses_counted(store: Store, tmp_path: Path) -> None:
     store.suppress("a@example.com", "hard_bounce")
     store.suppress("*@blocked.example", "manual")
-    path = write_csv(tmp_path / "s.csv", "email\na@example.com\nz@blocked.example\nok@example.com\n")
+    path = write_csv(
+        tmp_path / "s.csv", "email\na@example.com\nz@blocked.example\nok@example.com\n"
+    )
     summary = import_csv(store, path)
     assert (summary.imported, summary.suppressed) == (3, 2)
 
@@ -158,18 +175,30 @@ def test_cli_import_json_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFi
     db = str(tmp_path / "cli.db")
     assert run(["--db", db, "recipients", "import", str(path), "--list", "x", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert {k: summary[k] for k in ("rows", "imported", "updated", "unchanged", "duplicates",
-                                    "invalid", "suppressed")} == {
-        "rows": 2, "imported": 1, "updated": 0, "unchanged": 0, "duplicates": 0, "invalid": 1,
+    assert {
+        k: summary[k]
+        for k in ("rows", "imported", "updated", "unchanged", "duplicates", "invalid", "suppressed")
+    } == {
+        "rows": 2,
+        "imported": 1,
+        "updated": 0,
+        "unchanged": 0,
+        "duplicates": 0,
+        "invalid": 1,
         "suppressed": 0,
     }
     assert run(["--db", db, "recipients", "count", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"total": 1, "lists": {"x": 1}}
     assert run(["--db", db, "recipients", "list", "--list", "x", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"email": "a@example.com", "fields": {"name": "A"}}
+    assert json.loads(capsys.readouterr().out) == {
+        "email": "a@example.com",
+        "fields": {"name": "A"},
+    }
     assert run(["--db", db, "recipients", "import", str(tmp_path / "nope.csv")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("Error: ") and "nope.csv: cannot open" in err and len(err.splitlines()) == 1
+    assert (
+        err.startswith("Error: ") and "nope.csv: cannot open" in err and len(err.splitlines()) == 1
+    )
     assert run(["--db", db, "recipients", "import"]) == 2  # usage error
     assert run(["--db", db, "recipients", "list", "--list", "nope"]) == 1
 
@@ -179,11 +208,16 @@ def test_python_m_mailctl_and_env_db(tmp_path: Path) -> None:
     env = {**os.environ, "MAILCTL_DB": str(tmp_path / "env.db")}
     result = subprocess.run(
         [sys.executable, "-m", "mailctl", "recipients", "import", str(path), "--json"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["imported"] == 1
     assert (tmp_path / "env.db").exists()
-    version = subprocess.run([sys.executable, "-m", "mailctl", "--version"], capture_output=True,
-                             text=True, check=False)
+    version = subprocess.run(
+        [sys.executable, "-m", "mailctl", "--version"], capture_output=True, text=True, check=False
+    )
     assert version.returncode == 0 and version.stdout.startswith("mailctl ")

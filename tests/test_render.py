@@ -15,14 +15,18 @@ from mailctl.render import TRACKING_RE, Renderer, new_tracking_id
 
 
 def campaign(tmp_path: Path, body: str, **extra: str) -> Path:
-    text = textwrap.dedent(
-        """\
+    text = (
+        textwrap.dedent(
+            """\
         name: t
         from: "Zoë's Shop <news@shop.example>"
         subject: "{{ subject_line }}"
         list: x
         """
-    ) + body + "".join(f"{k}: {v}\n" for k, v in extra.items())
+        )
+        + body
+        + "".join(f"{k}: {v}\n" for k, v in extra.items())
+    )
     path = tmp_path / "c.yaml"
     path.write_text(text)
     return path
@@ -63,8 +67,9 @@ def test_utf8_bodies_long_subjects_and_html_escaping(tmp_path: Path) -> None:
     )
     renderer = Renderer(load_campaign(path))
     subject = "Größte Auswahl — " * 8
-    message = renderer.render("a@example.com", {"subject_line": subject, "name": "<b>Ann</b>"},
-                              new_tracking_id())
+    message = renderer.render(
+        "a@example.com", {"subject_line": subject, "name": "<b>Ann</b>"}, new_tracking_id()
+    )
     assert all(len(line) <= 998 for line in message.data.split(b"\r\n"))
     assert message.data.isascii()
     parsed = parse(message.data)
@@ -104,7 +109,9 @@ def test_missing_field_and_syntax_errors(tmp_path: Path) -> None:
 
 
 def test_sandbox_blocks_unsafe_template_code(tmp_path: Path) -> None:
-    path = campaign(tmp_path, 'text: "{{ subject_line.__class__.__mro__ }}"\nclass: transactional\n')
+    path = campaign(
+        tmp_path, 'text: "{{ subject_line.__class__.__mro__ }}"\nclass: transactional\n'
+    )
     renderer = Renderer(load_campaign(path))
     with pytest.raises(TemplateError):
         renderer.render("a@example.com", {"subject_line": "x"}, new_tracking_id())

@@ -35,8 +35,9 @@ class FakeClock:
         await asyncio.sleep(0)
 
 
-def make_workspace(tmp_path: Path, port: int, rows: int = 20, *, extra: str = "",
-                   profile_extra: str = "") -> Path:
+def make_workspace(
+    tmp_path: Path, port: int, rows: int = 20, *, extra: str = "", profile_extra: str = ""
+) -> Path:
     (tmp_path / "profiles.yaml").write_text(
         textwrap.dedent(
             f"""\
@@ -56,7 +57,8 @@ def make_workspace(tmp_path: Path, port: int, rows: int = 20, *, extra: str = ""
                 # The simulated server is local, not a provider: no lane pacing toward it.
                 rules: {{limits: {{default: {{per_minute: null}}}}}}
             """
-        ) + profile_extra
+        )
+        + profile_extra
     )
     lines = ["email,first_name"] + [f"user{i}@example.com,User{i}" for i in range(rows)]
     (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
@@ -71,14 +73,25 @@ def make_workspace(tmp_path: Path, port: int, rows: int = 20, *, extra: str = ""
             recipients: list.csv
             unsubscribe: {url: "https://example.com/u/{{ email | urlencode }}", mailto: "u@example.com"}
             """
-        ) + extra
+        )
+        + extra
     )
     return tmp_path
 
 
 def send(ws: Path, *args: str) -> tuple[int, dict]:
-    code = run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), "send",
-                str(ws / "c.yaml"), "--json", *args])
+    code = run(
+        [
+            "--db",
+            str(ws / "m.db"),
+            "--profiles",
+            str(ws / "profiles.yaml"),
+            "send",
+            str(ws / "c.yaml"),
+            "--json",
+            *args,
+        ]
+    )
     return code, {}
 
 
@@ -98,7 +111,9 @@ def test_send_resume_and_new_rows(sim_server, tmp_path: Path, capsys) -> None:
     result = summary(capsys)
     assert (result["queued"], result["sent"], result["remaining"]) == (25, 25, 0)
     assert result["stop_reason"] == "finished"
-    assert sorted(d.rcpt for d in server.deliveries) == sorted(f"user{i}@example.com" for i in range(25))
+    assert sorted(d.rcpt for d in server.deliveries) == sorted(
+        f"user{i}@example.com" for i in range(25)
+    )
     # Connections are reused: 25 messages over at most 7 per connection.
     assert server.sim.connection_count <= 3 + 25 // 7 + 1
 
@@ -110,7 +125,10 @@ def test_send_resume_and_new_rows(sim_server, tmp_path: Path, capsys) -> None:
         f.write("late1@example.com,Late\nlate2@example.com,Later\n")
     assert send(ws)[0] == 0
     assert summary(capsys)["sent"] == 2
-    assert sorted(d.rcpt for d in server.deliveries[25:]) == ["late1@example.com", "late2@example.com"]
+    assert sorted(d.rcpt for d in server.deliveries[25:]) == [
+        "late1@example.com",
+        "late2@example.com",
+    ]
 
 
 def test_rendered_message_is_correct_mime(sim_server, tmp_path: Path, capsys) -> None:
@@ -167,8 +185,11 @@ def test_sender_scoped_refusal_fails_and_stops_campaign(sim_server, tmp_path: Pa
             rcpt_rules=(
                 AddressRule(
                     "user1@example.com",
-                    Reply(550, "5.7.26 Unauthenticated email from example.com is not accepted "
-                               "due to domain's DMARC policy."),
+                    Reply(
+                        550,
+                        "5.7.26 Unauthenticated email from example.com is not accepted "
+                        "due to domain's DMARC policy.",
+                    ),
                 ),
             ),
         )
@@ -227,8 +248,13 @@ def test_retry_schedule_then_expiry_with_injected_clock(sim_server, tmp_path: Pa
     with Store.open(ws / "m.db") as store:
         prepared = prepare(store, ws / "c.yaml", profiles, now=clock.now())
         run_id = store.start_run(1, "test", clock.now())
-        engine = Engine(store, [prepared.job], run_id=run_id, clock=clock,
-                        options=SendOptions(max_time=4 * 3600))
+        engine = Engine(
+            store,
+            [prepared.job],
+            run_id=run_id,
+            clock=clock,
+            options=SendOptions(max_time=4 * 3600),
+        )
         result = asyncio.run(engine.run())
         row = store.conn.execute(
             "SELECT state, attempts, last_code FROM messages WHERE email = 'user0@example.com'"
@@ -256,8 +282,19 @@ def test_connect_421_defers_everything(sim_server, tmp_path: Path, capsys) -> No
 def test_dry_run_changes_nothing(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=5)
-    code = run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), "send",
-                str(ws / "c.yaml"), "--dry-run", "--show", "2"])
+    code = run(
+        [
+            "--db",
+            str(ws / "m.db"),
+            "--profiles",
+            str(ws / "profiles.yaml"),
+            "send",
+            str(ws / "c.yaml"),
+            "--dry-run",
+            "--show",
+            "2",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0
     assert out.out.count("RCPT TO:<") == 2 and "Subject: =?utf-8?" in out.out
@@ -266,7 +303,9 @@ def test_dry_run_changes_nothing(sim_server, tmp_path: Path, capsys) -> None:
     assert not server.deliveries
 
 
-def test_missing_template_field_is_an_error_before_sending(sim_server, tmp_path: Path, capsys) -> None:
+def test_missing_template_field_is_an_error_before_sending(
+    sim_server, tmp_path: Path, capsys
+) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=3)
     text = (ws / "c.yaml").read_text().replace("Hi {{ first_name }},", "Hi {{ nickname }},")
@@ -275,8 +314,17 @@ def test_missing_template_field_is_an_error_before_sending(sim_server, tmp_path:
     err = capsys.readouterr().err
     assert "'nickname'" in err and "user0@example.com" in err
     assert not server.deliveries
-    code = run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), "send",
-                str(ws / "c.yaml"), "--dry-run"])
+    code = run(
+        [
+            "--db",
+            str(ws / "m.db"),
+            "--profiles",
+            str(ws / "profiles.yaml"),
+            "send",
+            str(ws / "c.yaml"),
+            "--dry-run",
+        ]
+    )
     assert code == 2 and "'nickname'" in capsys.readouterr().err
 
 

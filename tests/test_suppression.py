@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_send import make_workspace
 
 from mailctl.cli import run
 from mailctl.sim import AddressRule, Reply, SimBehaviour, append_to_mbox, build_dsn
 from mailctl.store import Store
 from mailctl.suppression import SoftBouncePolicy, import_reports
-
-from test_send import make_workspace
 
 CORPUS = Path(__file__).parent / "data" / "bounces"
 
@@ -40,10 +39,21 @@ def sent_headers(ws: Path, address: str) -> tuple[str, bytes]:
 def test_async_bounces_from_provider_mbox(sim_server, tmp_path: Path, capsys) -> None:
     mbox = tmp_path / "bounces.mbox"
     server = sim_server(
-        SimBehaviour(bounce_rules=(
-            AddressRule("user1@example.com", Reply(550, "5.1.1 <{rcpt}>: Recipient address rejected: User unknown")),
-            AddressRule("user2@example.com", Reply(550, "5.7.1 Service unavailable; client [192.0.2.1] blocked using zen.spamhaus.org")),
-        )),
+        SimBehaviour(
+            bounce_rules=(
+                AddressRule(
+                    "user1@example.com",
+                    Reply(550, "5.1.1 <{rcpt}>: Recipient address rejected: User unknown"),
+                ),
+                AddressRule(
+                    "user2@example.com",
+                    Reply(
+                        550,
+                        "5.7.1 Service unavailable; client [192.0.2.1] blocked using zen.spamhaus.org",
+                    ),
+                ),
+            )
+        ),
         mbox=mbox,
     )
     ws = make_workspace(tmp_path, server.port, rows=6)
@@ -94,16 +104,24 @@ def test_complaint_marks_message_and_suppresses(sim_server, tmp_path: Path, caps
     result = json.loads(capsys.readouterr().out)
     assert (result["complaints"], result["suppressed"], result["matched"]) == (1, 1, 1)
     conn = sqlite3.connect(ws / "m.db")
-    assert conn.execute(
-        "SELECT state FROM messages WHERE tracking_id = ?", (tracking,)
-    ).fetchone()[0] == "complained"
+    assert (
+        conn.execute("SELECT state FROM messages WHERE tracking_id = ?", (tracking,)).fetchone()[0]
+        == "complained"
+    )
     assert conn.execute("SELECT sum(complained) FROM ip_days").fetchone()[0] == 1
 
 
 def _dsn(rcpt: str, status: str, diagnostic: str, when: float, headers: bytes = b"") -> bytes:
-    return build_dsn(reporting_mta="mx.example.net", sender="news@example.com", rcpt=rcpt,
-                     status=status, diagnostic=diagnostic, original_headers=headers,
-                     arrival=when, queue_id=f"Q{int(when)}")
+    return build_dsn(
+        reporting_mta="mx.example.net",
+        sender="news@example.com",
+        rcpt=rcpt,
+        status=status,
+        diagnostic=diagnostic,
+        original_headers=headers,
+        arrival=when,
+        queue_id=f"Q{int(when)}",
+    )
 
 
 def test_soft_bounces_suppress_after_three_distinct_days(tmp_path: Path) -> None:
@@ -113,7 +131,9 @@ def test_soft_bounces_suppress_after_three_distinct_days(tmp_path: Path) -> None
     # Two soft bounces on the same day count once; the third distinct day suppresses.
     for offset in (0, 0.1, 1, 2):
         when = start + offset * day
-        append_to_mbox(mbox, _dsn("full@example.org", "4.2.2", "452 4.2.2 Mailbox full", when), when)
+        append_to_mbox(
+            mbox, _dsn("full@example.org", "4.2.2", "452 4.2.2 Mailbox full", when), when
+        )
     with Store.open(tmp_path / "m.db") as store:
         first = import_reports(store, [str(mbox)], now=start + 3 * day)
         entry = store.suppression_for("full@example.org", now=start + 3 * day)
@@ -124,16 +144,25 @@ def test_soft_bounces_suppress_after_three_distinct_days(tmp_path: Path) -> None
     mbox2 = tmp_path / "soft2.mbox"
     for offset in (0, 1):
         when = start + offset * day
-        append_to_mbox(mbox2, _dsn("busy@example.org", "4.2.2", "452 4.2.2 Mailbox full", when), when)
+        append_to_mbox(
+            mbox2, _dsn("busy@example.org", "4.2.2", "452 4.2.2 Mailbox full", when), when
+        )
     with Store.open(tmp_path / "m2.db") as store:
-        assert import_reports(store, [str(mbox2)], now=start + 2 * day,
-                              policy=SoftBouncePolicy(limit=3)).suppressed == 0
+        assert (
+            import_reports(
+                store, [str(mbox2)], now=start + 2 * day, policy=SoftBouncePolicy(limit=3)
+            ).suppressed
+            == 0
+        )
 
 
 def test_corpus_delays_never_suppress_and_stdin_works(tmp_path: Path, monkeypatch, capsys) -> None:
     labels = json.loads((CORPUS / "labels.json").read_text())
-    delayed = [entry["file"] for entry in labels
-               if any(r.get("action") == "delayed" for r in entry["per_recipient"])]
+    delayed = [
+        entry["file"]
+        for entry in labels
+        if any(r.get("action") == "delayed" for r in entry["per_recipient"])
+    ]
     assert delayed
     db = str(tmp_path / "d.db")
     for name in delayed:
@@ -154,8 +183,15 @@ def test_bounces_parse_prints_stable_json(capsys) -> None:
         assert set(obj) == {"source", "kind", "recipients", "tracking_id", "original_message_id"}
         assert obj["source"].endswith("mbox-1#1") or "#" in obj["source"]
         for r in obj["recipients"]:
-            assert set(r) == {"address", "status", "action", "reason", "permanent", "suppress",
-                              "diagnostic"}
+            assert set(r) == {
+                "address",
+                "status",
+                "action",
+                "reason",
+                "permanent",
+                "suppress",
+                "diagnostic",
+            }
     assert run(["bounces", "import", str(CORPUS / "nope.mbox")]) == 1
 
 
@@ -175,9 +211,15 @@ def test_suppress_commands(tmp_path: Path, capsys) -> None:
     assert run([*db, "suppress", "list", "--json"]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["address"]: r["reason"] for r in listed} == {
-        "Ada@example.com": "manual", "*@blocked.example": "manual", "bob@example.net": "unsubscribe",
+        "Ada@example.com": "manual",
+        "*@blocked.example": "manual",
+        "bob@example.net": "unsubscribe",
     }
-    assert run([*db, "suppress", "export", str(tmp_path / "out.csv"), "--reason", "unsubscribe"]) == 0
-    assert (tmp_path / "out.csv").read_text().splitlines()[1].startswith("bob@example.net,unsubscribe")
+    assert (
+        run([*db, "suppress", "export", str(tmp_path / "out.csv"), "--reason", "unsubscribe"]) == 0
+    )
+    assert (
+        (tmp_path / "out.csv").read_text().splitlines()[1].startswith("bob@example.net,unsubscribe")
+    )
     assert run([*db, "suppress", "remove", "bob@example.net"]) == 0
     assert run([*db, "suppress", "remove", "bob@example.net"]) == 1

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from test_send import db_states, make_workspace
 
 from mailctl.cli import run
 from mailctl.sim import SimBehaviour, TlsMode
 from mailctl.store import Store
 
-from test_send import db_states, make_workspace
-
 
 def relay_profile(ws: Path, port: int, extra: str) -> None:
-    (ws / "profiles.yaml").write_text(textwrap.dedent(f"""\
+    (ws / "profiles.yaml").write_text(
+        textwrap.dedent(f"""\
         default_profile: relay
         profiles:
           relay:
@@ -30,12 +30,23 @@ def relay_profile(ws: Path, port: int, extra: str) -> None:
             dns: false
             preflight: false
             retry: [5m]
-        """) + textwrap.indent(textwrap.dedent(extra), "    "))
+        """)
+        + textwrap.indent(textwrap.dedent(extra), "    ")
+    )
 
 
 def send(ws: Path, capsys) -> dict:
-    code = run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), "send",
-                str(ws / "c.yaml"), "--json"])
+    code = run(
+        [
+            "--db",
+            str(ws / "m.db"),
+            "--profiles",
+            str(ws / "profiles.yaml"),
+            "send",
+            str(ws / "c.yaml"),
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return json.loads(captured.out)
@@ -62,8 +73,9 @@ def test_starttls_required_but_not_offered_defers(sim_server, tmp_path: Path, ca
     assert "STARTTLS not offered" in reply
 
 
-def test_opportunistic_starttls_sends_in_clear_when_not_offered(sim_server, tmp_path: Path,
-                                                               capsys) -> None:
+def test_opportunistic_starttls_sends_in_clear_when_not_offered(
+    sim_server, tmp_path: Path, capsys
+) -> None:
     server = sim_server(SimBehaviour())
     ws = make_workspace(tmp_path, server.port, rows=2)
     relay_profile(ws, server.port, "tls: starttls\ntls_required: false\n")
@@ -82,8 +94,10 @@ class _Sink:
 @pytest.fixture()
 def auth_server() -> Iterator[tuple[int, _Sink]]:
     def authenticator(server, session, envelope, mechanism, auth_data):
-        ok = isinstance(auth_data, LoginPassword) and auth_data.login == b"mailer" and (
-            auth_data.password == b"right horse battery"
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == b"mailer"
+            and (auth_data.password == b"right horse battery")
         )
         return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535
 
@@ -92,17 +106,23 @@ def auth_server() -> Iterator[tuple[int, _Sink]]:
         port = s.getsockname()[1]
     handler = _Sink()
     # A relay on loopback in a test: AUTH without TLS is deliberate here.
-    controller = Controller(handler, hostname="127.0.0.1", port=port,
-                            authenticator=authenticator, auth_require_tls=False,
-                            auth_required=True)
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=authenticator,
+        auth_require_tls=False,
+        auth_required=True,
+    )
     controller.start()
     yield port, handler
     controller.stop()
 
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
-def test_auth_with_password_from_environment(auth_server, tmp_path: Path, capsys,
-                                             monkeypatch) -> None:
+def test_auth_with_password_from_environment(
+    auth_server, tmp_path: Path, capsys, monkeypatch
+) -> None:
     port, handler = auth_server
     ws = make_workspace(tmp_path, port, rows=2)
     relay_profile(ws, port, "tls: none\nusername: mailer\npassword_env: RELAY_PW\n")
@@ -112,14 +132,25 @@ def test_auth_with_password_from_environment(auth_server, tmp_path: Path, capsys
 
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
-def test_wrong_password_stops_without_suppressing_or_printing_it(auth_server, tmp_path: Path,
-                                                                 capsys, monkeypatch) -> None:
+def test_wrong_password_stops_without_suppressing_or_printing_it(
+    auth_server, tmp_path: Path, capsys, monkeypatch
+) -> None:
     port, handler = auth_server
     ws = make_workspace(tmp_path, port, rows=2)
     relay_profile(ws, port, "tls: none\nusername: mailer\npassword_env: RELAY_PW\n")
     monkeypatch.setenv("RELAY_PW", "s3cret-wrong-pass")
-    code = run(["--debug", "--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"),
-                "send", str(ws / "c.yaml"), "--json"])
+    code = run(
+        [
+            "--debug",
+            "--db",
+            str(ws / "m.db"),
+            "--profiles",
+            str(ws / "profiles.yaml"),
+            "send",
+            str(ws / "c.yaml"),
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0
     assert "s3cret-wrong-pass" not in captured.out + captured.err
@@ -138,8 +169,16 @@ def test_unset_password_variable_is_a_config_error(tmp_path: Path, capsys, monke
     ws = make_workspace(tmp_path, 1, rows=1)
     relay_profile(ws, 1, "tls: none\nusername: mailer\npassword_env: RELAY_PW_UNSET\n")
     monkeypatch.delenv("RELAY_PW_UNSET", raising=False)
-    code = run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), "send",
-                str(ws / "c.yaml")])
+    code = run(
+        [
+            "--db",
+            str(ws / "m.db"),
+            "--profiles",
+            str(ws / "profiles.yaml"),
+            "send",
+            str(ws / "c.yaml"),
+        ]
+    )
     assert code == 2
     assert "RELAY_PW_UNSET is not set" in capsys.readouterr().err
 
