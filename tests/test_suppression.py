@@ -166,7 +166,9 @@ def test_corpus_delays_never_suppress_and_stdin_works(tmp_path: Path, monkeypatc
     assert delayed
     db = str(tmp_path / "d.db")
     for name in delayed:
-        assert run(["--db", db, "bounces", "import", str(CORPUS / "eml" / name), "--json"]) == 0
+        # A fresh database per report: the question is what one delay does on its own.
+        one = str(tmp_path / f"{name}.db")
+        assert run(["--db", one, "bounces", "import", str(CORPUS / "eml" / name), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["suppressed"] == 0
     raw = (CORPUS / "eml" / "arf-01.eml").read_bytes()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(raw))))
