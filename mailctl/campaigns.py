@@ -133,8 +133,6 @@ def prepare(
         if row["status"] == "done":
             store.set_campaign_status(campaign_id, "active", None, now=now)
     queued, suppressed = store.queue_messages(campaign_id, campaign.list_key, now, new_tracking_id)
-    if queued and (status := store.get_campaign(campaign.name)) and status["status"] == "done":
-        store.set_campaign_status(campaign_id, "active", None, now=now)
     job = CampaignJob(
         campaign_id=campaign_id,
         campaign=campaign,

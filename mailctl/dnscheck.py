@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import dns.exception
@@ -163,19 +163,28 @@ class _CountingResolver:
         return [_name_text(rdata.target) for rdata in self._ask(reverse, dns.rdatatype.PTR)]
 
 
+R = TypeVar("R", bound=dns.resolver.BaseResolver)
+
+
+def configured_resolver(kind: type[R], timeout: float, nameservers: Sequence[str] | None) -> R:
+    """A dnspython resolver (sync or asyncio) with mailctl's timeouts."""
+    try:
+        resolver = kind(configure=nameservers is None)
+    except dns.resolver.NoResolverConfiguration:
+        raise DnsError("no DNS resolver is configured (/etc/resolv.conf)") from None
+    if nameservers is not None:
+        resolver.nameservers = list(nameservers)
+    resolver.lifetime = timeout
+    resolver.timeout = min(timeout, 2.0)  # per try, so one dead server is skipped
+    return resolver
+
+
 class LiveResolver(_CountingResolver):
     """Real DNS through dnspython, with a per-run cache (SPF trees repeat the same names)."""
 
     def __init__(self, *, timeout: float = 5.0, nameservers: Sequence[str] | None = None):
         super().__init__()
-        try:
-            self._resolver = dns.resolver.Resolver(configure=nameservers is None)
-        except dns.resolver.NoResolverConfiguration:
-            raise DnsError("no DNS resolver is configured (/etc/resolv.conf)") from None
-        if nameservers is not None:
-            self._resolver.nameservers = list(nameservers)
-        self._resolver.lifetime = timeout
-        self._resolver.timeout = min(timeout, 2.0)  # per try, so one dead server is skipped
+        self._resolver = configured_resolver(dns.resolver.Resolver, timeout, nameservers)
         self._cache: dict[tuple[dns.name.Name, int], list[Any] | DnsError] = {}
 
     def _query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> list[Any]:

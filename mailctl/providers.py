@@ -39,7 +39,14 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from mailctl.dnscheck import DnsError, DnsTimeout, NoAnswer, NXDomain, Resolver
+from mailctl.dnscheck import (
+    DnsError,
+    DnsTimeout,
+    NoAnswer,
+    NXDomain,
+    Resolver,
+    configured_resolver,
+)
 
 __all__ = [
     "AddressAnswer",
@@ -385,14 +392,7 @@ class DnsPythonMxResolver:
     """Live DNS through dnspython's asyncio resolver, with the answers' TTLs."""
 
     def __init__(self, *, timeout: float = 5.0, nameservers: Sequence[str] | None = None) -> None:
-        try:
-            self._resolver = dns.asyncresolver.Resolver(configure=nameservers is None)
-        except dns.resolver.NoResolverConfiguration:
-            raise DnsError("no DNS resolver is configured (/etc/resolv.conf)") from None
-        if nameservers is not None:
-            self._resolver.nameservers = list(nameservers)
-        self._resolver.lifetime = timeout
-        self._resolver.timeout = min(timeout, 2.0)  # per try, so one dead server is skipped
+        self._resolver = configured_resolver(dns.asyncresolver.Resolver, timeout, nameservers)
 
     async def _resolve(self, name: str, rdtype: dns.rdatatype.RdataType) -> dns.resolver.Answer:
         label = f"{name} {rdtype.name}"

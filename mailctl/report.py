@@ -115,6 +115,7 @@ from rich.text import Text
 
 from mailctl.classify import REASON_SCOPE, RULES, Scope
 from mailctl.errors import MailctlError
+from mailctl.store import MESSAGE_STATES
 
 if TYPE_CHECKING:
     from mailctl.store import Store
@@ -125,19 +126,8 @@ HOUR = 3600
 DAY = 86400
 TOP_REPLIES = 10
 
-# Message states, in the order people read them.
-STATES = (
-    "queued",
-    "sending",
-    "sent",
-    "deferred",
-    "bounced",
-    "complained",
-    "failed",
-    "expired",
-    "suppressed",
-    "cancelled",
-)
+# Message states, in the order people read them (the store's order).
+STATES = MESSAGE_STATES
 _REMAINING = ("queued", "deferred", "sending")
 _ANSWERED = ("sent", "bounced", "complained", "failed")
 
