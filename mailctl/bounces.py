@@ -411,19 +411,25 @@ def _split_original(text: str) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
+_SESSION_BREAK = re.compile(
+    r"^\s*(?:\.\.\.\s*)?while talking to\b|^\s*[245]\d\d [^\s@]+ \(\w+\)\.\.\. ", re.I
+)
+
+
 @dataclass(frozen=True)
 class _Found:
     address: str
     block: str
 
 
-def _excluded(address: str, own: set[str]) -> bool:
+def _excluded(address: str, own: set[str], *, system_ok: bool = False) -> bool:
     lowered = address.lower()
     if lowered in own:
         return True
     local, _, domain = lowered.rpartition("@")
-    if _SYSTEM_LOCALPART.match(local) or local.startswith(
-        ("mailer-daemon", "postmaster", "bounces+")
+    if not system_ok and (
+        _SYSTEM_LOCALPART.match(local)
+        or local.startswith(("mailer-daemon", "postmaster", "bounces+"))
     ):
         return True
     if TRACKING_ID.search(local):
@@ -442,8 +448,10 @@ _STRONG_LINE = re.compile(
 )
 
 
-def _free_text_recipients(notification: str, own: set[str], hint: set[str]) -> list[_Found]:
-    found = _scan_recipients(notification, own, hint)
+def _free_text_recipients(
+    notification: str, own: set[str], hint: set[str], *, system_ok: bool = False
+) -> list[_Found]:
+    found = _scan_recipients(notification, own, hint, system_ok=system_ok)
     if found or not own:
         return found
     # Nothing left after removing the sender's addresses: a message someone sent to himself
@@ -456,7 +464,9 @@ def _free_text_recipients(notification: str, own: set[str], hint: set[str]) -> l
     return _scan_recipients(notification, own - allowed, hint) if allowed else []
 
 
-def _scan_recipients(notification: str, own: set[str], hint: set[str]) -> list[_Found]:
+def _scan_recipients(
+    notification: str, own: set[str], hint: set[str], *, system_ok: bool = False
+) -> list[_Found]:
     """Failed addresses in a human-readable notification, each with its text block.
 
     Every address the notification names, minus the sender's own, Message-IDs and URLs. Its
@@ -474,7 +484,7 @@ def _scan_recipients(notification: str, own: set[str], hint: set[str]) -> list[_
         for match in _ADDRESS.finditer(line):
             address = match.group(1).strip(".")
             key = address.lower()
-            if key in first_line or _excluded(address, own):
+            if key in first_line or _excluded(address, own, system_ok=system_ok):
                 continue
             if _CONTACT_BEFORE.search(line[max(0, match.start() - 60) : match.start()]):
                 continue  # "please contact <support@…>", "from <sender>": not a recipient
@@ -488,11 +498,35 @@ def _scan_recipients(notification: str, own: set[str], hint: set[str]) -> list[_
         if kept:
             order = kept
     starts = sorted(first_line[a.lower()] for a in order)
+    wanted = {a.lower() for a in order}
+    # Every line naming a found address (not only the first): a report that lists its
+    # recipients twice (in two languages, or a summary then details) must not lend one
+    # recipient's reply to the one listed before it.
+    naming: dict[int, set[str]] = {}
+    for index, line in enumerate(lines):
+        if "@" in line:
+            keys = {m.group(1).strip(".").lower() for m in _ADDRESS.finditer(line)} & wanted
+            if keys:
+                naming[index] = keys
     found = []
     for address in order:
-        start = first_line[address.lower()]
-        later = [s for s in starts if s > start]
-        end = later[0] if later else min(len(lines), start + 25)
+        key = address.lower()
+        start = first_line[key]
+        end = min(len(lines), start + 25)
+        summarised = "..." in lines[start]
+        for index in range(start + 1, end):
+            others = naming.get(index)
+            if others and key not in others:
+                end = index
+                break
+            line = lines[index]
+            if summarised and _SESSION_BREAK.match(line):
+                # Sendmail: after this recipient's "<addr>... reason" line, a new "While
+                # talking to host:" or a "421 host (smtp)... Deferred" line is another session.
+                end = index
+                break
+            if others and key in others and "..." in line:
+                summarised = True
         begin = start
         # Pull in transcript lines directly above (Sendmail: "<<< 550 …" then "550 <addr>…").
         while (
@@ -863,19 +897,31 @@ def _from_dsn(
     blocks: list[dict[str, str]], notification: str, own: set[str], report: Any
 ) -> Report:
     per_text = (
-        {f.address.lower(): f.block for f in _free_text_recipients(notification, set(), set())}
+        {
+            f.address.lower(): f.block
+            # The DSN names its recipients: a postmaster@ there is a real recipient.
+            for f in _free_text_recipients(notification, set(), set(), system_ok=True)
+        }
         if notification
         else {}
     )
     recipients: list[FailedRecipient] = []
     seen: set[str] = set()
     actions: list[str] = []
+    named = {(_address_of_field(b.get("original-recipient")) or "").lower() for b in blocks} | {
+        (_address_of_field(b.get("final-recipient")) or "").lower() for b in blocks
+    }
     for block in blocks:
         final = _address_of_field(block.get("final-recipient"))
         original = _address_of_field(block.get("original-recipient"))
         # Report the address we sent to: Original-Recipient is that, Final-Recipient may be
         # the result of forwarding or aliasing on the receiving side.
         address = original or final
+        if address and address.startswith("@") and per_text:
+            # "Final-Recipient: rfc822; @mx.example.org" (no local part): the report's text
+            # names the address; take it when exactly one text address is left unclaimed.
+            unclaimed = [a for a in per_text if a not in seen and a not in named]
+            address = unclaimed[0] if len(unclaimed) == 1 else None
         if not address or address.lower() in seen:
             continue
         seen.add(address.lower())

@@ -22,9 +22,11 @@ from mailctl.warmup import (
     WarmupState,
     local_day,
     next_send_time,
+    next_window_open,
     provider_cap,
     state_on,
     window_allowance,
+    window_bounds,
 )
 
 
@@ -40,6 +42,8 @@ def setting_from_config(config: WarmupConfig) -> WarmupSetting:
         window_end_hour=config.window_end_hour,
         timezone=config.timezone,
         idle_reset_days=config.idle_reset_days,
+        start_volume=config.start_volume,
+        linear_days=config.linear_days,
     )
 
 
@@ -133,6 +137,8 @@ class WarmupBudget:
         if cap is None:
             return None
         when = _aware(now)
+        if when >= window_bounds(setting, self._day[ip])[1]:
+            return 0  # the window has closed: the rest waits for tomorrow's, never a burst now
         left = (window_allowance(setting, cap, when) or 0) - self._sent_ip[ip]
         lane_cap = provider_cap(setting, cap, provider)
         if lane_cap is not None:
@@ -141,6 +147,42 @@ class WarmupBudget:
             ]
             left = min(left, lane_left)
         return max(left, 0)
+
+    def remaining_today(self, ip: str, provider: str, now: float) -> int | None:
+        """What is left of the IP's cap for the whole day, window aside (None: no cap).
+
+        A cold IP keeps its day's share while this is above zero, even when its window
+        allows nothing right now: only the excess spills over to other IPs of the pool."""
+        if self.settings.get(ip) is None:
+            return None
+        setting = self._refresh(ip, now)
+        cap = self._state[ip].cap_today
+        if setting is None or cap is None:
+            return None
+        if _aware(now) >= window_bounds(setting, self._day[ip])[1]:
+            return 0
+        left = cap - self._sent_ip[ip]
+        lane_cap = provider_cap(setting, cap, provider)
+        if lane_cap is not None:
+            left = min(left, lane_cap - self._sent_lane[(ip, provider)])
+        return max(left, 0)
+
+    def next_day_opens(self, ip: str, now: float) -> float:
+        """When the IP's next day's window opens (its next cap)."""
+        setting = self._refresh(ip, now)
+        if setting is None:
+            return now
+        closes = window_bounds(setting, self._day[ip])[1]
+        return next_window_open(setting, max(_aware(now), closes)).timestamp()
+
+    def window_pace(self, ip: str, now: float) -> float:
+        """Seconds between two messages when the day's cap is spread over the window."""
+        setting = self._refresh(ip, now)
+        cap = self._state[ip].cap_today if setting is not None else None
+        if setting is None or not cap:
+            return 0.0
+        opens, closes = window_bounds(setting, self._day[ip])
+        return (closes - opens).total_seconds() / cap
 
     def reserve(self, ip: str, provider: str) -> None:
         self._sent_ip[ip] += 1
@@ -158,6 +200,8 @@ class WarmupBudget:
         if setting is None or cap is None:
             return now
         when = _aware(now)
+        if when >= window_bounds(setting, self._day[ip])[1]:
+            return next_window_open(setting, when).timestamp()  # today's window has closed
         moments = [next_send_time(setting, cap, self._sent_ip[ip], when)]
         lane_cap = provider_cap(setting, cap, provider)
         if lane_cap is not None:

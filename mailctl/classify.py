@@ -640,6 +640,8 @@ GENERAL_RULES: tuple[Rule, ...] = (
             r"relay not permitted",
             r"(?:is )?not (?:a )?(?:local|gateway) (?:host|domain)",
             r"requires authentication when attempting to send to a non-local",
+            r"insecure mail relay",
+            r"specified domain is not allowed",
         ),
         C,
         None,
@@ -732,6 +734,8 @@ GENERAL_RULES: tuple[Rule, ...] = (
             r"nxdomain",
             r"domain (?:is )?(?:not reachable|unreachable)(?! within)",
             r"(?:domain|host) \S+ (?:does not exist|not found)",
+            # "553 mx.example.com does not exist": a bare host name, not an address.
+            r"(?<![\w@.-])[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\.? (?:does not exist|doesn'?t exist)",  # noqa: E501
             r"dns (?:records? )?(?:for the destination|lookup failed)",
             r"no (?:mx|dns) (?:or a )?records?",
             r"mx (?:record )?(?:for|lookup)\S* .{0,30}(?:not found|fail)",
@@ -759,6 +763,31 @@ GENERAL_RULES: tuple[Rule, ...] = (
         R,
         None,
         "notaccept",
+        True,
+    ),
+    _rule(
+        # "550 : User unknown": the reply's address slot is empty, so no mailbox was looked up;
+        # servers that reject by a recipient's filter settings answer this way (au/ezweb
+        # through any relay), where a real lookup names the address it did not find.
+        "text.filtered-empty-address",
+        r"\b5\d\d ?:? : user unknown",
+        R,
+        None,
+        "filtered",
+        False,
+    ),
+    _rule(
+        # The delivery agent or the directory itself saying the mailbox is not there: this
+        # is a lookup, not a content filter hiding behind "user unknown".
+        "text.userunknown-lookup",
+        _phrases(
+            r"mail\.local: unknown user",
+            r"not listed in (?:the )?(?:public )?(?:name (?:&|and) )?address book",
+            r"not listed in (?:the )?(?:domino )?directory",
+        ),
+        R,
+        None,
+        "userunknown",
         True,
     ),
     _rule(
@@ -1490,7 +1519,21 @@ def _scope_for(reason: str, permanent: bool) -> Scope:
     return REASON_SCOPE.get(reason, Scope.TRANSIENT)
 
 
-def _at_stage(verdict: Verdict, stage: str | None, *, rcpt_evidence: bool = False) -> Verdict:
+_LOOKUP_RULES = frozenset({"text.userunknown-lookup"})
+# A mailbox-level enhanced code (X.1.1 bad mailbox, X.1.2 bad system, X.1.3 bad syntax) that
+# the reporting MTA wrote beside this recipient: with pipelining Sendmail shows the DATA reply
+# first ("<<< 550 5.5.0 … Invalid recipient") and its own verdict "550 5.1.1 <a>... User
+# unknown" after it.
+_MAILBOX_STATUS = re.compile(r"(?<![\w.])[45]\.1\.[123](?![\d.])")
+
+
+def _at_stage(
+    verdict: Verdict,
+    stage: str | None,
+    *,
+    rcpt_evidence: bool = False,
+    mailbox_proof: bool = False,
+) -> Verdict:
     """Re-read a recipient-sounding verdict given the SMTP command it answered.
 
     With ``rcpt_evidence`` (bounce reports), a general "user unknown" phrase only proves a
@@ -1503,8 +1546,10 @@ def _at_stage(verdict: Verdict, stage: str | None, *, rcpt_evidence: bool = Fals
     """
     if verdict.reason not in HARD_REASONS:
         return verdict
-    explicit = verdict.status is not None and verdict.status[2:4] == "1."
-    general = verdict.rule.startswith("text.")
+    status_subject = verdict.status[2:4] if verdict.status else ""
+    # A policy code (X.7.x) with "user unknown" is a filter's answer whatever else is said.
+    explicit = status_subject == "1." or (mailbox_proof and status_subject != "7.")
+    general = verdict.rule.startswith("text.") and verdict.rule not in _LOOKUP_RULES
     if stage == "data" and not explicit and general and verdict.reason == "userunknown":
         reason, scope = "filtered", Scope.RECIPIENT
     elif stage == "mail":
@@ -1557,6 +1602,7 @@ def decide(
     rules: Iterable[Rule] | None = None,
     stage: str | None = None,
     rcpt_evidence: bool = False,
+    mailbox_proof: bool = False,
 ) -> Verdict:
     """The shared decision: text rules, then the enhanced status, then the reply class.
 
@@ -1573,7 +1619,10 @@ def decide(
         permanent = class_permanent if rule.permanent is None else rule.permanent
         verdict = _verdict(rule.reason, rule.scope, permanent, rule.suppress, status, rule.id)
         return _at_stage(
-            _refine(verdict, cls), stage or smtp_stage(text), rcpt_evidence=rcpt_evidence
+            _refine(verdict, cls),
+            stage or smtp_stage(text),
+            rcpt_evidence=rcpt_evidence,
+            mailbox_proof=mailbox_proof,
         )
     if status and status[0] in "45":
         _, _, rest = status.partition(".")
@@ -1587,7 +1636,10 @@ def decide(
             reason, scope, permanent, reason in HARD_REASONS, status, f"status.{status}"
         )
         return _at_stage(
-            _refine(verdict, cls), stage or smtp_stage(text), rcpt_evidence=rcpt_evidence
+            _refine(verdict, cls),
+            stage or smtp_stage(text),
+            rcpt_evidence=rcpt_evidence,
+            mailbox_proof=mailbox_proof,
         )
     return _by_basic_code(code, class_permanent, status)
 
@@ -1644,6 +1696,7 @@ def classify_failure(
     """
     diagnostic = diagnostic or ""
     stage = smtp_stage(diagnostic) or smtp_stage(context)
+    mailbox_proof = bool(_MAILBOX_STATUS.search(context) or _MAILBOX_STATUS.search(diagnostic))
     if status is not None:
         status = parse_enhanced_status(status) or None
     diag_status = parse_enhanced_status(diagnostic)
@@ -1663,6 +1716,7 @@ def classify_failure(
             rules=rules,
             stage=stage,
             rcpt_evidence=True,
+            mailbox_proof=mailbox_proof,
         )
         return Verdict(
             verdict.scope, verdict.permanent, verdict.reason, False, verdict.status, verdict.rule
@@ -1677,4 +1731,5 @@ def classify_failure(
         rules=rules,
         stage=stage,
         rcpt_evidence=True,
+        mailbox_proof=mailbox_proof,
     )

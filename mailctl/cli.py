@@ -1179,13 +1179,13 @@ def rules_list(
         )
     console.out.print(lim)
     rep = Table("id", "providers", "action", "duration", "trigger", title="Reply rules")
-    for r in replies:
+    for rule in rules.replies:
         rep.add_row(
-            r["id"],
-            ",".join(r["providers"]) or "any",
-            r["action"],
-            "" if r["duration"] is None else f"{r['duration']:g}s",
-            r["trigger"] or "",
+            rule.id,
+            ",".join(rule.providers) or "any",
+            rule.action.value,
+            "" if rule.duration is None else f"{rule.duration:g}s",
+            f"{rule.trigger.count} in {rule.trigger.window:g}s" if rule.trigger else "",
         )
     console.out.print(rep)
 
@@ -1296,15 +1296,15 @@ def warmup_plan(
                 d.outcome.value,
                 sent_bar + "░" * len(unused),
             )
-        for d in p.upcoming:
-            caps = ", ".join(f"{k} {v:,}" for k, v in d.provider_caps.items())
+        for planned in p.upcoming:
+            caps = ", ".join(f"{k} {v:,}" for k, v in planned.provider_caps.items())
             table.add_row(
-                d.day.isoformat(),
-                str(d.stage),
-                f"{d.cap:,}",
+                planned.day.isoformat(),
+                str(planned.stage),
+                f"{planned.cap:,}",
                 "",
                 "planned" + (f" ({caps})" if caps else ""),
-                "░" * len(_bar(d.cap, top)),
+                "░" * len(_bar(planned.cap, top)),
             )
         console.out.print(table)
 

@@ -6,6 +6,7 @@ Every error names the file, the line and the key path, in one line:
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import ipaddress
 import os
@@ -144,7 +145,7 @@ class Node:
             valid = "|".join(m.value for m in enum)  # type: ignore[attr-defined]
             raise self.error(f"'{text}' is not one of {valid}") from None
 
-    def ip(self) -> str:
+    def ip(self) -> builtins.str:
         text = self.str()
         try:
             return str(ipaddress.ip_address(text))
@@ -169,7 +170,7 @@ class Node:
         except ValueError:
             raise self.error(f"'{value}' is not a date (YYYY-MM-DD)") from None
 
-    def string_map(self) -> dict[str, str]:
+    def string_map(self) -> dict[builtins.str, builtins.str]:
         return {key: value.str() for key, value in self.mapping().items()}
 
 
@@ -237,6 +238,8 @@ class WarmupConfig:
     window_end_hour: int = 24
     timezone: str = "UTC"
     idle_reset_days: int = 30
+    start_volume: int = 50  # the linear preset's first day
+    linear_days: int = 30  # the linear preset's length
 
 
 @dataclass(frozen=True)
@@ -368,6 +371,8 @@ _WARMUP_KEYS = {
     "provider_shares",
     "window",
     "idle_reset_days",
+    "start_volume",
+    "linear_days",
 }
 _DEFAULT_PORTS = {TlsMode.STARTTLS: 587, TlsMode.IMPLICIT: 465, TlsMode.NONE: 25}
 _SANDBOX_IP = "127.0.0.1"
@@ -393,10 +398,13 @@ def _warmup(node: Node) -> WarmupConfig:
     if (preset is None) == (volumes is None):
         raise node.error("give exactly one of 'preset' or 'volumes'")
     if preset is not None:
-        from mailctl.warmup import PRESETS
+        from mailctl.warmup import PRESET_NAMES
 
-        if preset not in PRESETS:
-            raise keys["preset"].error(f"unknown preset '{preset}' (presets: {', '.join(PRESETS)})")
+        if preset not in PRESET_NAMES:
+            raise keys["preset"].error(
+                f"unknown preset '{preset}' (presets: {', '.join(PRESET_NAMES)})"
+            )
+
     window_start, window_end, tz = 0, 24, "UTC"
     if "window" in keys:
         window = keys["window"].mapping({"start", "end", "timezone"})
@@ -431,6 +439,8 @@ def _warmup(node: Node) -> WarmupConfig:
         window_end_hour=window_end,
         timezone=tz,
         idle_reset_days=keys["idle_reset_days"].int(minimum=1) if "idle_reset_days" in keys else 30,
+        start_volume=keys["start_volume"].int(minimum=1) if "start_volume" in keys else 50,
+        linear_days=keys["linear_days"].int(minimum=2) if "linear_days" in keys else 30,
     )
 
 

@@ -290,8 +290,16 @@ class Engine:
         self._in_flight: dict[int, Item] = {}
         self._groups: dict[tuple[str, ...], _Group] = {}
         self._open: dict[tuple[str, str], int] = {}  # open connections per lane (direct)
+        self._freed: dict[tuple[str, str], asyncio.Event] = {}  # a lane connection closed
+        # Workers holding a message while they wait for a lane connection slot, per lane.
+        self._slot_waiters: Counter[tuple[str, str]] = Counter()
+        self._slot_wanted: dict[tuple[str, str], asyncio.Event] = {}
         self._next_slot: dict[tuple[str, str], float] = {}
         self._sent_by_lane: Counter[tuple[str, str]] = Counter()
+        # Messages deferred to a cold IP's later window slots in this run, per lane.
+        self._window_waiting: dict[int, tuple[str, str]] = {}
+        self._window_waiting_count: dict[tuple[str, str], int] = {}
+        self._window_slot: dict[tuple[str, str], float] = {}
         self._routes: dict[tuple[str, str], DomainRoute] = {}
         self._route_cache = StoreRouteCache(store)
         self._stopped: dict[int, str] = {}
@@ -377,7 +385,16 @@ class Engine:
         return route.relay_group()
 
     def _capacity(self, now: float) -> Callable[[str, str], int | None]:
-        return lambda ip, provider: self.budget.remaining(ip, provider, now)
+        """What is left of each IP's day for routing: a cold IP keeps its share of the day
+        (minus the messages already waiting for its window slots); only the excess spills."""
+
+        def left(ip: str, provider: str) -> int | None:
+            today = self.budget.remaining_today(ip, provider, now)
+            if today is None:
+                return None
+            return today - self._window_waiting_count.get((ip, provider), 0)
+
+        return left
 
     def _group_for(self, job: CampaignJob, ip: str, provider: str, route: DomainRoute) -> _Group:
         profile = job.profile
@@ -531,6 +548,9 @@ class Engine:
         capacity = self._capacity(now)
         for message in claimed:
             job = self.jobs[message["campaign_id"]]
+            waiting = self._window_waiting.pop(message["id"], None)
+            if waiting is not None:  # its window slot has come: it no longer holds a place
+                self._window_waiting_count[waiting] -= 1
             if message["email"] in suppressed:
                 # Checked again just before delivery: a bounce may have arrived meanwhile.
                 self._record(self._outcome_for(message, "suppressed", now, attempted=False))
@@ -578,6 +598,26 @@ class Engine:
                     why="no IP of the pool may send now",
                 )
                 continue
+            allowed = self.budget.remaining(ip, provider, now)
+            if allowed is not None and allowed <= 0:
+                # The IP keeps this message for a later slot of its window: spread, no burst.
+                key = (ip, provider)
+                slot = max(
+                    self.budget.capacity_returns(ip, provider, now),
+                    self._window_slot.get(key, 0.0),
+                )
+                self._window_slot[key] = slot + self.budget.window_pace(ip, now)
+                self._window_waiting[message["id"]] = key
+                self._window_waiting_count[key] = self._window_waiting_count.get(key, 0) + 1
+                self._defer_self(
+                    message,
+                    now,
+                    slot,
+                    provider=provider,
+                    ip=ip,
+                    why=f"warm-up: {ip} sends its next message at its window slot",
+                )
+                continue
             self.budget.reserve(ip, provider)
             routed.append((message, ip, provider, route))
         if not routed:
@@ -618,9 +658,16 @@ class Engine:
 
     def _capacity_returns(self, pool: list[str], provider: str, now: float) -> float:
         moments = []
+        left = self._capacity(now)
         for ip in pool:
             lane_ready = now + self.scheduler.lane(ip, provider).pause_wait(now)
-            moments.append(max(lane_ready, self.budget.capacity_returns(ip, provider, now)))
+            today = left(ip, provider)
+            if today is not None and today <= 0:
+                # The day's cap is used up (or promised to messages waiting for their slots).
+                returns = self.budget.next_day_opens(ip, now)
+            else:
+                returns = self.budget.capacity_returns(ip, provider, now)
+            moments.append(max(lane_ready, returns))
         finite = [m for m in moments if m != float("inf")]
         return min(finite) if finite else now + 3600
 
@@ -681,7 +728,7 @@ class Engine:
         connection: Connection | None = None
         try:
             while True:
-                item = await group.queue.get()
+                item, connection = await self._next_item(group, connection)
                 if item is None:
                     break
                 message = item.message
@@ -697,6 +744,37 @@ class Engine:
                 await connection.close()
                 if group.lane_capped:
                     self._lane_closed(group)
+
+    async def _next_item(
+        self, group: _Group, connection: Connection | None
+    ) -> tuple[Item | None, Connection | None]:
+        """The group's next item, and the connection to keep.
+
+        A lane's connection cap can be below its group's worker count (a slowed or ramping
+        lane allows one connection). A worker idle on an open connection then gives it up as
+        soon as another worker of the lane holds a message and waits for a slot; otherwise
+        each would wait for the other for ever.
+        """
+        if connection is None or not group.lane_capped:
+            return await group.queue.get(), connection
+        lane_key = _lane_key(group)
+        wanted = self._slot_wanted.setdefault(lane_key, asyncio.Event())
+        get = asyncio.ensure_future(group.queue.get())
+        try:
+            while not get.done():
+                if wanted.is_set():
+                    await connection.close()
+                    self._lane_closed(group)
+                    return await get, None
+                waiter = asyncio.ensure_future(wanted.wait())
+                try:
+                    await asyncio.wait({get, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+        finally:
+            if not get.done():
+                get.cancel()
+        return get.result(), connection
 
     async def _deliver(
         self, group: _Group, item: Item, connection: Connection | None
@@ -758,9 +836,26 @@ class Engine:
             if group.lane_capped:
                 cap = lane.limits(now).connections
                 while self._open.get(lane_key, 0) >= max(cap, 1):
-                    await self._pause(0.05)
+                    # Wait for one of the lane's connections to close (not a poll on the
+                    # injected clock: an idle worker must not make time pass), asking idle
+                    # workers of the lane to give theirs up. Re-check now and then: the cap
+                    # rises as a recovering lane ramps up.
+                    freed = self._freed.setdefault(lane_key, asyncio.Event())
+                    wanted = self._slot_wanted.setdefault(lane_key, asyncio.Event())
+                    freed.clear()
+                    self._slot_waiters[lane_key] += 1
+                    wanted.set()
+                    try:
+                        await asyncio.wait_for(freed.wait(), timeout=0.5)
+                    except TimeoutError:
+                        pass
+                    finally:
+                        self._slot_waiters[lane_key] -= 1
+                        if self._slot_waiters[lane_key] <= 0:
+                            wanted.clear()
                     if self._stop.is_set():
                         break
+                    cap = lane.limits(self.clock.now()).connections
                 self._open[lane_key] = self._open.get(lane_key, 0) + 1
             connection = Connection(group.destination)
             failure = await connection.open()
@@ -783,8 +878,11 @@ class Engine:
         return connection
 
     def _lane_closed(self, group: _Group) -> None:
-        key = (group.ip, group.key[2]) if len(group.key) > 2 else (group.ip, "")
+        key = _lane_key(group)
         self._open[key] = max(0, self._open.get(key, 0) - 1)
+        freed = self._freed.get(key)
+        if freed is not None:
+            freed.set()
 
     def _connection_failed(self, group: _Group) -> None:
         # Back off the whole group so a refusing server is not hammered: 1 s doubling to 5 min.
@@ -923,9 +1021,11 @@ class Engine:
             cid = outcome.campaign_id
             breaker = self._breakers[cid].add(sent=1, bounced=int(state == "bounced"))
             self._breakers[cid] = breaker
-            if state == "bounced":  # a rate can only cross its threshold on a bounce
-                job = self.jobs[cid]
-                trip = check_breaker(breaker, BreakerPolicy.from_config(job.profile.breakers))
+            policy = BreakerPolicy.from_config(self.jobs[cid].profile.breakers)
+            # A rate crosses its threshold on a bounce, or when the count reaches min_sent
+            # (bounces before it were not judged yet).
+            if state == "bounced" or breaker.sent == policy.min_sent:
+                trip = check_breaker(breaker, policy)
                 if trip is not None:
                     self._stop_campaign(cid, trip.reason)
         if outcome.ip is not None and outcome.provider is not None and state != "queued":
@@ -1020,6 +1120,11 @@ class Engine:
 
 
 _NO_EVENT = LaneEvent(EventKind.NONE, "", "")
+
+
+def _lane_key(group: _Group) -> tuple[str, str]:
+    """(IP, provider) of a direct group, whose connections count against its lane's cap."""
+    return (group.ip, group.key[2]) if len(group.key) > 2 else (group.ip, "")
 
 
 class _NoDns:

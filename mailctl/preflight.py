@@ -7,7 +7,7 @@ from email.utils import parseaddr
 from pathlib import Path
 
 from mailctl.config import Campaign, Profile, TrafficClass, TransportKind
-from mailctl.dkim import DkimKeyConfig, load_key
+from mailctl.dkim import DkimAlgorithm, DkimKeyConfig, load_key
 from mailctl.dnscheck import CheckReport, LiveResolver, Resolver, ZoneResolver, run_checks
 
 
@@ -18,7 +18,7 @@ def dkim_keys(profile: Profile) -> list[DkimKeyConfig]:
             selector=ref.selector,
             domain=ref.domain,
             private_key_pem=load_key(key_file=ref.key_file, key_env=ref.key_env),
-            algorithm=ref.algorithm,
+            algorithm=DkimAlgorithm(ref.algorithm),
         )
         for ref in profile.dkim
     ]
@@ -38,7 +38,7 @@ def signing_key(profile: Profile, from_address: str) -> DkimKeyConfig | None:
         selector=best.selector,
         domain=best.domain,
         private_key_pem=load_key(key_file=best.key_file, key_env=best.key_env),
-        algorithm=best.algorithm,
+        algorithm=DkimAlgorithm(best.algorithm),
     )
 
 

@@ -788,6 +788,7 @@ class Store(ReportQueries):
         "queued_at",
         "possible_duplicate",
         "first_attempt_at",
+        "next_attempt_at",
     )
 
     def claim_due(
@@ -819,7 +820,7 @@ class Store(ReportQueries):
                 )
                 for message in claimed:
                     message["fields"] = json.loads(fields[message["recipient_id"]])
-        claimed.sort(key=lambda m: m["id"])
+        claimed.sort(key=lambda m: (m["next_attempt_at"], m["id"]))  # due first, as claimed
         return claimed
 
     def release(self, message_ids: Sequence[int]) -> None:
@@ -1046,7 +1047,7 @@ class Store(ReportQueries):
                 message_id,
             ),
         )
-        return int(cur.lastrowid) if cur.rowcount else None
+        return int(cur.lastrowid or 0) if cur.rowcount else None
 
     def add_bounce_recipient(
         self, event_id: int, day: str, recipient: Any, message_id: int | None
@@ -1069,13 +1070,14 @@ class Store(ReportQueries):
             ),
         )
 
-    def soft_bounce_days(self, address: str, since_day: str) -> int:
-        """Distinct days with a temporary failure for this address since a day."""
+    def soft_bounce_days(self, address: str, since_day: str, until_day: str) -> int:
+        """Distinct days with a temporary failure for this address within [since, until]
+        (an old mailbox imported late must not count its future against the past)."""
         row = self.conn.execute(
             """SELECT count(DISTINCT day) FROM bounce_recipients
-               WHERE address = ? AND day >= ? AND permanent = 0
+               WHERE address = ? AND day >= ? AND day <= ? AND permanent = 0
                  AND (action IS NULL OR action <> 'delayed')""",
-            (address, since_day),
+            (address, since_day, until_day),
         ).fetchone()
         return int(row[0])
 

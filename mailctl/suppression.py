@@ -177,7 +177,7 @@ def apply_report(
             continue
         # A soft bounce: scored, suppressed (for a while) only when it keeps happening.
         since = _day(reported_at - policy.window_days * DAY)
-        if store.soft_bounce_days(address, since) >= policy.limit and store.suppress(
+        if store.soft_bounce_days(address, since, day) >= policy.limit and store.suppress(
             address,
             "soft_bounce_limit",
             source=report.source,

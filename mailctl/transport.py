@@ -11,6 +11,7 @@ import asyncio
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiosmtplib
 from aiosmtplib.errors import (
@@ -23,6 +24,9 @@ from aiosmtplib.errors import (
 )
 
 from mailctl.config import Profile, TlsMode, TransportKind
+
+if TYPE_CHECKING:
+    from mailctl.sim import SimServer
 
 
 @dataclass(frozen=True)
@@ -207,7 +211,7 @@ class Sandbox:
 
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
-        self.server = None  # mailctl.sim.SimServer
+        self.server: SimServer | None = None
         self.port = 0
 
     async def start(self) -> int:

@@ -279,3 +279,30 @@ def test_parse_reply_delay() -> None:
     assert parse_reply_delay("450 try again in 90 seconds") == 90
     assert parse_reply_delay("421 Please retry after 2 hours") == 7200
     assert parse_reply_delay("550 5.1.1 no such user") is None
+
+
+def test_bounce_rules_read_the_evidence_around_user_unknown() -> None:
+    # A local delivery agent or a directory lookup proves the mailbox is missing.
+    local = classify_failure("5.5.0", "mail.local: unknown user: a", "failed")
+    assert (local.reason, local.suppress) == ("userunknown", True)
+    notes = classify_failure(None, "User not listed in public Name & Address Book", "failed")
+    assert (notes.reason, notes.suppress) == ("userunknown", True)
+    # Pipelining: the DATA reply comes first, the MTA's own X.1.1 verdict for the address after.
+    transcript = (
+        ">>> DATA\n<<< 550 5.5.0 Invalid recipient\n550 5.1.1 <a@example.fr>... User unknown"
+    )
+    piped = classify_failure("5.5.0", "550 5.5.0 Invalid recipient", "failed", context=transcript)
+    assert (piped.reason, piped.suppress) == ("userunknown", True)
+    # ... unless the remote's own code is a policy code: a filter's answer.
+    policy = classify_failure(
+        "5.7.1", "550 5.7.1 <a@example.fr>: User unknown", "failed", context=transcript
+    )
+    assert (policy.reason, policy.suppress) == ("filtered", False)
+    # An empty address slot: nothing was looked up.
+    empty = classify_failure("5.1.351", "550 5.1.351 Remote server returned -> 550 : User unknown")
+    assert (empty.reason, empty.suppress) == ("filtered", False)
+    # A bare host name that does not exist.
+    host = classify_failure(None, "after end of data: 553 mx.example.com does not exist")
+    assert (host.reason, host.suppress) == ("hostunknown", True)
+    relay = classify_failure(None, "<<< 550 Insecure Mail Relay")
+    assert (relay.reason, relay.suppress) == ("norelaying", False)
