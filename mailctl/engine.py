@@ -29,6 +29,7 @@ from mailctl.providers import (
     RouteStatus,
     normalise_domain,
     resolve_domains,
+    route_for_override,
     unresolved_route,
 )
 from mailctl.render import RenderedMessage, Renderer
@@ -367,13 +368,13 @@ class Engine:
                     cache=self._route_cache,
                     mx_override=profile.mx_override,
                 )
-            else:
-                routes = await resolve_domains(
-                    [d for d in domains if normalise_domain(d) in profile.mx_override],
-                    _NoDns(),
-                    now=now,
-                    mx_override=profile.mx_override,
-                )
+            else:  # lookups off: only the profile's overrides say where a domain goes
+                overrides = {normalise_domain(k): v for k, v in profile.mx_override.items()}
+                routes = {
+                    key: route_for_override(key, overrides[key], now)
+                    for key in map(normalise_domain, domains)
+                    if key in overrides
+                }
             for domain in domains:
                 self._routes[(profile_name, domain)] = routes.get(
                     normalise_domain(domain)
@@ -1125,15 +1126,6 @@ _NO_EVENT = LaneEvent(EventKind.NONE, "", "")
 def _lane_key(group: _Group) -> tuple[str, str]:
     """(IP, provider) of a direct group, whose connections count against its lane's cap."""
     return (group.ip, group.key[2]) if len(group.key) > 2 else (group.ip, "")
-
-
-class _NoDns:
-    """A resolver that is never asked (only mx_override answers when lookups are off)."""
-
-    def mx(self, name: str) -> list[tuple[int, str]]:
-        raise RuntimeError("DNS lookups are off for this profile")
-
-    a = aaaa = txt = ptr = mx
 
 
 def _starttls() -> Any:
