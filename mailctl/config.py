@@ -1,7 +1,9 @@
 """Reads profiles.yaml and campaign YAML into frozen, validated objects.
 
-Every error names the file, the line and the key path, in one line:
-``profiles.yaml:14: profiles.direct.pools.marketing[1]: '10.0.0.999' is not an IPv4 or IPv6 address``
+Every error names the file, the line and the key path, in one line::
+
+    profiles.yaml:14: profiles.direct.pools.marketing[1]: '10.0.0.999' is not an IPv4 or
+    IPv6 address
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ MIGRATIONS: list[list[str]] = [
         ) WITHOUT ROWID""",
         """CREATE TABLE suppression (
             address TEXT PRIMARY KEY,       -- normalised address, or *@domain
-            reason TEXT NOT NULL,           -- hard_bounce, complaint, unsubscribe, manual, soft_bounce_limit
+            -- hard_bounce, complaint, unsubscribe, manual, soft_bounce_limit
+            reason TEXT NOT NULL,
             source TEXT,
             status TEXT,
             diagnostic TEXT,
@@ -134,7 +135,8 @@ MIGRATIONS: list[list[str]] = [
             id INTEGER PRIMARY KEY,
             digest TEXT NOT NULL UNIQUE,     -- sha256 of the raw report: imported once
             source TEXT,
-            kind TEXT NOT NULL,              -- bounce, delay, complaint, autoreply, delivered, unknown
+            -- bounce, delay, complaint, autoreply, delivered, unknown
+            kind TEXT NOT NULL,
             imported_at REAL NOT NULL,
             reported_at REAL,
             tracking_id TEXT,
@@ -814,7 +816,8 @@ class Store(ReportQueries):
                 ids = [m["recipient_id"] for m in claimed]
                 fields = dict(
                     c.execute(
-                        f"SELECT id, fields FROM recipients WHERE id IN ({','.join('?' * len(ids))})",
+                        "SELECT id, fields FROM recipients WHERE id IN "
+                        f"({','.join('?' * len(ids))})",
                         ids,
                     ).fetchall()
                 )
@@ -1009,7 +1012,8 @@ class Store(ReportQueries):
         return [
             (text, count)
             for text, count in self.conn.execute(
-                """SELECT y.text, count(*) AS n FROM replies y JOIN messages m ON m.id = y.message_id
+                """SELECT y.text, count(*) AS n
+                   FROM replies y JOIN messages m ON m.id = y.message_id
                    WHERE m.campaign_id = ? GROUP BY y.text ORDER BY n DESC LIMIT ?""",
                 (campaign_id, limit),
             )
