@@ -1227,7 +1227,12 @@ def _as_of(date_text: str | None) -> Any:
 
 
 def _bar(value: int, top: int, width: int = 40) -> str:
-    return "█" * round(width * value / top) if top else ""
+    """A bar on a log scale: ramps span 50 to 100,000 a day, and every day must show."""
+    import math
+
+    if top <= 0 or value <= 0:
+        return ""
+    return "█" * max(1, round(width * math.log10(1 + value) / math.log10(1 + top)))
 
 
 @warmup_app.command("plan")
@@ -1281,7 +1286,7 @@ def warmup_plan(
             "cap",
             "sent",
             "outcome",
-            "chart (█ sent, ░ unused cap)",
+            "chart, log scale (█ sent, ░ unused cap)",
             title=f"{address}: past sending days and upcoming plan",
         )
         top = max([d.cap for d in p.past] + [d.cap for d in p.upcoming] + [1])
