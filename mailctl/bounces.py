@@ -169,11 +169,21 @@ _ORIGINAL_MARKER = re.compile(
     r"below this line is a copy of the message|this is a copy of the message|"
     r"(?:the )?original message (?:follows|headers?|text|below|is attached|was attached|as attachment)|unsent message (?:below|follows)|"  # noqa: E501
     r"(?:-+ )?original message(?: -+)?\s*$|(?:a )?copy of (?:the|your) (?:original )?message|"
-    r"returned message (?:below|follows)|message (?:headers )?follows|headers? of (?:the )?(?:original|returned) message|"  # noqa: E501
+    r"returned message (?:below|follows)|message (?:headers? )?follows|headers? of (?:the )?(?:original|returned) message|"  # noqa: E501
     r"included is the original message|your message (?:reads|was)[^.]{0,30}:\s*$|"
     r"(?:-+ )?(?:message|original) (?:headers|header) (?:follow|of the returned)|"
     r"content-type: (?:message/rfc822|text/rfc822-headers)|"
-    r"------ ?this is a copy|--- ?below this line"
+    r"------ ?this is a copy|--- ?below this line|"
+    # A title framed by a rule, "------- Returned Message --------", "===== Original Message
+    # Headers =====", or saying where the message is, "--- Undelivered message follows ---"
+    # (Postfix without DSN); a bare "Undeliverable message" heading is not a separator.
+    r"(?:[-=*_]{2,}[ \t]*|(?=\S+ (?:e-?mail|mail|message)(?: headers?| text| content)? "
+    r"(?:follows?|below|attached)))"
+    r"(?:returned|rejected|undelivered|undeliverable|unsent|bounced|original|failed) "
+    r"(?:e-?mail|mail|message)(?: headers?| text| content)?(?: (?:follows?|below|attached))?"
+    r"[ \t.:]*[-=*_]*[ \t\r]*$|"
+    r"(?:enclosed|attached|included|appended|below) (?:is|are) (?:a copy of )?(?:the |your )?"
+    r"(?:original |returned )?(?:message|headers)"
     r")",
     re.I | re.M,
 )
@@ -409,6 +419,62 @@ def _split_original(text: str) -> tuple[str, str]:
         if any(_HEADER_LINE.match(line) or line[:1] in " \t" for line in following):
             cut = header.start()
     return text[:cut], text[cut:]
+
+
+# Header names that open a returned message's header block (Content-* and MIME-Version do
+# not: after "Content-Type: message/rfc822" pasted as text they head the MIME part instead).
+_OPENING_HEADER = re.compile(
+    r"^(?:return-path|received|x-[a-z0-9-]+|dkim-signature|arc-[a-z-]+|authentication-results|"
+    r"delivered-to|from|to|cc|subject|date|message-id|sender|reply-to|errors-to|in-reply-to|"
+    r"references|list-[a-z-]+|precedence|importance|user-agent)[ \t]*:",
+    re.I,
+)
+_FIELD_LINE = re.compile(r"^[!-9;-~]+:")
+_RULE_LINE = re.compile(r"^[\s\-=_*#~+.:|<>\[\]()]*$")
+_QUOTE_PREFIX = re.compile(r"^[ \t]*(?:>[ \t]?)*")
+
+
+def _appended_headers(tail: str) -> Message | None:
+    """The header block of an original message appended as plain text after a separator.
+
+    ``tail`` starts at the separator line ("----- Unsent message follows -----", "--- Below
+    this line is a copy of the message.", "------ This is a copy of the message, including all
+    the headers. ------", …) or directly at the first header line. The block may follow a
+    few rule lines, blank lines or short notes ("The body of the message is 5000 characters
+    long; only the first …"), and may be indented or quoted ("> "); that prefix is removed.
+    It ends at the first blank line or the first line that is neither a field nor a
+    continuation. None when no block with a real message header opens near the top.
+    """
+    lines = tail[:40000].splitlines()
+    start = None
+    prefix = ""
+    for index, line in enumerate(lines[:16]):
+        if _RULE_LINE.match(line):
+            continue
+        quote = _QUOTE_PREFIX.match(line)
+        prefix = quote.group(0) if quote else ""
+        if _OPENING_HEADER.match(line[len(prefix) :]):
+            start = index
+            break
+    if start is None:
+        return None
+    block: list[str] = []
+    for line in lines[start : start + 400]:
+        if prefix:
+            if not line.startswith(prefix.rstrip()):
+                break
+            line = line[len(prefix) :] if line.startswith(prefix) else line[len(prefix.rstrip()) :]
+        if not line.strip():
+            break
+        if not (_FIELD_LINE.match(line) or (block and line[:1] in " \t")):
+            break
+        block.append(line)
+    if not block:
+        return None
+    text = "\n".join(block) + "\n\n"
+    return BytesParser(policy=compat32).parsebytes(
+        text.encode("utf-8", "surrogateescape"), headersonly=True
+    )
 
 
 _SESSION_BREAK = re.compile(
@@ -680,11 +746,9 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
     full_text = "\n".join(texts)
     notification, tail = _split_original(full_text) if full_text else ("", "")
     if not parts.original_headers and tail:
-        parts.original_headers.append(
-            BytesParser(policy=compat32).parsebytes(
-                tail.lstrip(" \t-").encode("utf-8", "replace")[:20000], headersonly=True
-            )
-        )
+        appended = _appended_headers(tail)
+        if appended is not None:
+            parts.original_headers.append(appended)
 
     tracking, original_id, verp = _tracking(msg, parts.original_headers, tail, raw)
 
@@ -869,13 +933,19 @@ _REPLY_START = re.compile(
     re.I,
 )
 
+_POSITIVE_REPLY = re.compile(r"(?:<<<|said:)?[ \t]*(?:2[0-5]\d[ -]|2\.\d{1,3}\.\d{1,3}\b)", re.I)
+
 
 def _classify_block(
     block: str, preamble: str, subject: str, action: str | None, default_permanent: bool
 ) -> Verdict:
     """The remote server's own reply decides first; the MTA's prose around it only when the
     reply says nothing recognisable (prose like "rejected by the recipient domain" is vaguer)."""
-    start = _REPLY_START.search(block)
+    # A transcript's "<<< 250 … Sender ok" before the failing reply is not the verdict.
+    start = next(
+        (m for m in _REPLY_START.finditer(block) if not _POSITIVE_REPLY.match(block, m.start())),
+        None,
+    ) or _REPLY_START.search(block)
     candidates = [block[start.start() :]] if start else []
     candidates += [block, block + "\n" + preamble + "\n" + subject]
     fallback: Verdict | None = None
