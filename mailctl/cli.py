@@ -350,6 +350,8 @@ def _preflight(campaign_file: Path, profiles: Any, zones: list[Path]) -> None:
     profile = profiles.get(campaign.profile)
     if profile.transport is TransportKind.SANDBOX or not profile.preflight:
         return
+    if not profile.dns and not zones:
+        return  # a profile with DNS off (rehearsal): check zones with `mailctl check --zone`
     with _open_store() as store:
         if store.get_campaign(campaign.name) is not None:
             return  # checked when it started
@@ -1067,6 +1069,7 @@ def lanes_resume(
         scheduler = _scheduler(store)
         scheduler.lane(ip, provider).resume(now, ramp=ramp)
         store.upsert_lanes([st.to_row() for st in scheduler.changed_states()])
+        released = store.release_lane_deferrals(ip, provider, now)
         store.add_lane_event(
             at=now,
             ip=ip,
@@ -1077,7 +1080,11 @@ def lanes_resume(
             rule="manual",
             campaign_id=None,
         )
-    console.info(f"lane {ip} -> {provider} resumed" + (" (ramping up)" if ramp else ""))
+    console.info(
+        f"lane {ip} -> {provider} resumed"
+        + (" (ramping up)" if ramp else "")
+        + f"; {released} waiting messages are due now"
+    )
 
 
 @rules_app.command("test")

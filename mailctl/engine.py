@@ -297,6 +297,7 @@ class Engine:
         self._slot_wanted: dict[tuple[str, str], asyncio.Event] = {}
         self._next_slot: dict[tuple[str, str], float] = {}
         self._sent_by_lane: Counter[tuple[str, str]] = Counter()
+        self._last_lane_event: dict[tuple[str, str, str, str | None], float] = {}
         # Messages deferred to a cold IP's later window slots in this run, per lane.
         self._window_waiting: dict[int, tuple[str, str]] = {}
         self._window_waiting_count: dict[tuple[str, str], int] = {}
@@ -810,7 +811,13 @@ class Engine:
             # Paused, or pacing far behind: spread this lane's messages over its slots.
             self.budget.release(ip, provider)
             slot = max(now + wait, self._next_slot.get(lane_key, 0.0))
-            self._next_slot[lane_key] = slot + _pace(lane.limits(now))
+            ends = lane.state.until
+            if ends is not None and slot > ends >= now + wait:
+                # Never book past the end of a slow period at the slow pace: what is left
+                # comes due then and is spaced again at the lane's new rate.
+                slot = ends
+            else:
+                self._next_slot[lane_key] = slot + _pace(lane.limits(now))
             self._defer_self(
                 message,
                 now,
@@ -913,6 +920,12 @@ class Engine:
             self._stop_campaign(cid, f"the receiver refused the sender: {reply.text}")
 
     def _lane_event(self, event: LaneEvent, campaign_id: int, now: float) -> None:
+        # Replies to messages already in flight repeat the event that paused the lane: one
+        # record (and one line) per episode.
+        key = (event.ip, event.provider, event.kind.value, event.rule)
+        if now - self._last_lane_event.get(key, float("-inf")) < 60:
+            return
+        self._last_lane_event[key] = now
         stats = self._lane(event.ip, event.provider)
         stats.state = event.kind.value
         stats.until = event.until

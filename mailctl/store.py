@@ -1185,6 +1185,16 @@ class Store(ReportQueries):
             rows,
         )
 
+    def release_lane_deferrals(self, ip: str, provider: str, now: float) -> int:
+        """Messages mailctl itself deferred for a lane (paused, pacing) fall due now."""
+        cur = self.conn.execute(
+            """UPDATE messages SET next_attempt_at = ?
+               WHERE state = 'deferred' AND reason = 'mailctl' AND provider = ?
+                 AND (ip = ? OR ip IS NULL) AND next_attempt_at > ?""",
+            (now, provider, ip, now),
+        )
+        return cur.rowcount
+
     def add_lane_event(
         self,
         *,

@@ -373,3 +373,26 @@ def test_limit_and_campaign_commands(sim_server, tmp_path: Path, capsys) -> None
     assert shown["status"] == "done" and shown["counts"]["sent"] == 10
     assert run([*base, "campaign", "cancel", "nope"]) == 1
     assert len(server.deliveries) == 10
+
+
+def test_suspended_lane_defers_and_resume_releases_its_mail(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server()
+    ws = make_workspace(tmp_path, server.port, rows=4)
+    base = ["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml")]
+    # A relay profile without pools sends from "0.0.0.0"; with DNS off a domain is its lane.
+    assert run([*base, "lanes", "suspend", "--ip", "0.0.0.0", "--provider", "example.com",
+                "--for", "2h", "--reason", "operator says wait"]) == 0
+    capsys.readouterr()
+    assert send(ws)[0] == 0
+    result = summary(capsys)
+    assert (result["sent"], result["remaining"], result["stop_reason"]) == (0, 4, "deferred")
+    assert not server.deliveries
+    with Store.open(ws / "m.db") as store:
+        reasons = {r[0] for r in store.conn.execute("SELECT reason FROM messages")}
+        attempts = store.conn.execute("SELECT max(attempts) FROM messages").fetchone()[0]
+    assert reasons == {"mailctl"} and attempts == 0  # mailctl's own deferral: no attempt
+    assert run([*base, "lanes", "resume", "--ip", "0.0.0.0", "--provider", "example.com"]) == 0
+    assert "4 waiting messages are due now" in capsys.readouterr().err
+    assert send(ws)[0] == 0
+    assert summary(capsys)["sent"] == 4
+    assert len(server.deliveries) == 4
