@@ -122,6 +122,11 @@ class WarmupBudget:
             return self._utc_day
         return local_day(setting, _aware(now)).isoformat()
 
+    def state(self, ip: str, now: float) -> WarmupState:
+        """Where the IP's warm-up stands on its current local day."""
+        self._refresh(ip, now)
+        return self._state[ip]
+
     def cap_today(self, ip: str, now: float) -> int | None:
         self._refresh(ip, now)
         return None if self.settings.get(ip) is None else self._state[ip].cap_today

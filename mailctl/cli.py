@@ -1379,7 +1379,7 @@ def warmup_status(
         budget = WarmupBudget(store, {a: s for a, s, _ in ips})
         for address, setting, profile_name in ips:
             cap = budget.cap_today(address, timestamp)
-            state = budget._state[address]
+            state = budget.state(address, timestamp)
             day = budget.day_of(address, timestamp)
             sent_by_provider = {
                 r["provider"]: r["sent"] for r in store.ip_days(address) if r["day"] == day
@@ -1658,8 +1658,7 @@ def _add_warmup_to_report(store: Any, data: dict[str, Any]) -> None:
     for row in data.get("by_ip", []):
         ip = row.get("ip")
         if ip in settings and settings[ip] is not None:
-            budget.cap_today(ip, now)
-            state = budget._state[ip]
+            state = budget.state(ip, now)
             row["warmup"] = {
                 "stage": state.stage,
                 "status": state.status.value,
