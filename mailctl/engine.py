@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from mailctl.budget import WarmupBudget, profile_settings
 from mailctl.classify import Scope, classify_reply, parse_reply_delay
-from mailctl.config import Campaign, Profile, TransportKind
+from mailctl.config import Campaign, Profile, TlsMode, TransportKind
 from mailctl.errors import TemplateError
 from mailctl.providers import (
     DirectAction,
@@ -140,9 +140,6 @@ class LaneStats:
     deferred: int = 0
     bounced: int = 0
     failed: int = 0
-    state: str = "normal"
-    until: float | None = None
-    reason: str | None = None
 
 
 @dataclass
@@ -197,6 +194,7 @@ class RunSummary:
             "possible_duplicates_recovered": self.recovered,
             "elapsed": round(self.elapsed, 3),
             "stop_reason": self.stop_reason,
+            "stopped_campaigns": self.stopped_campaigns,  # name -> why a breaker/rule stopped it
             "next_attempt_at": self.next_attempt_at,
         }
 
@@ -415,7 +413,7 @@ class Engine:
                 host=route.hosts[0],
                 port=route.port,
                 fallback_hosts=route.hosts[1:],
-                tls=profile.tls if profile.tls.value != "none" else _starttls(),
+                tls=TlsMode.STARTTLS,  # opportunistic unless the provider's rules require it
                 tls_required=limits.tls is TlsPolicy.REQUIRED,
                 helo=sending_ip.helo or profile.helo,
                 source_ip=ip,
@@ -926,10 +924,6 @@ class Engine:
         if now - self._last_lane_event.get(key, float("-inf")) < 60:
             return
         self._last_lane_event[key] = now
-        stats = self._lane(event.ip, event.provider)
-        stats.state = event.kind.value
-        stats.until = event.until
-        stats.reason = event.reason
         self.store.add_lane_event(
             at=now,
             ip=event.ip,
@@ -1141,12 +1135,6 @@ def _lane_key(group: _Group) -> tuple[str, str]:
     return (group.ip, group.key[2]) if len(group.key) > 2 else (group.ip, "")
 
 
-def _starttls() -> Any:
-    from mailctl.config import TlsMode
-
-    return TlsMode.STARTTLS
-
-
 def _hms(timestamp: float | None) -> str:
     if timestamp is None:
         return "?"
@@ -1202,7 +1190,3 @@ class RenderPool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def destination_is_sandbox(profile: Profile) -> bool:
-    return profile.transport is TransportKind.SANDBOX

@@ -1262,17 +1262,3 @@ MESSAGE_STATES = (
     "suppressed",
     "cancelled",
 )
-
-
-def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-ProgressCallback = Callable[[int], None]
