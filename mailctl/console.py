@@ -63,6 +63,21 @@ def error(message: str) -> None:
     err.print(f"Error: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True)
 
 
+class _PlainLines:
+    """Off a terminal (cron, pipes): at most one plain status line every `interval` seconds."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last = time.monotonic()
+
+    def emit(self, text: str) -> None:
+        now = time.monotonic()
+        if _quiet or now - self._last < self.interval:
+            return
+        self._last = now
+        err.print(text, markup=False, highlight=False)
+
+
 class ProgressReporter:
     """A task-based progress display: a rich bar on a terminal, plain periodic lines elsewhere.
 
@@ -73,9 +88,7 @@ class ProgressReporter:
         self.description = description
         self.total = total
         self.completed = 0
-        self.interval = interval
-        self._fields: dict[str, Any] = {}
-        self._last_line = time.monotonic()
+        self._lines = _PlainLines(interval)
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._started = time.monotonic()
@@ -114,20 +127,10 @@ class ProgressReporter:
         self._maybe_line(status)
 
     def _maybe_line(self, status: str) -> None:
-        if _quiet:
-            return
-        now = time.monotonic()
-        if now - self._last_line < self.interval:
-            return
-        self._last_line = now
         total = f"/{self.total}" if self.total else ""
-        rate = self.completed / max(now - self._started, 1e-9)
+        rate = self.completed / max(time.monotonic() - self._started, 1e-9)
         extra = f" {status}" if status else ""
-        err.print(
-            f"{self.description}: {self.completed}{total} ({rate:.0f}/s){extra}",
-            markup=False,
-            highlight=False,
-        )
+        self._lines.emit(f"{self.description}: {self.completed}{total} ({rate:.0f}/s){extra}")
 
 
 @contextmanager
@@ -141,8 +144,7 @@ class SendProgress:
     a plain status line every few seconds elsewhere; nothing when quiet."""
 
     def __init__(self, interval: float = 5.0) -> None:
-        self.interval = interval
-        self._last_line = 0.0
+        self._lines = _PlainLines(interval)
         self._progress: Progress | None = None
         self._overall: TaskID | None = None
         self._lane_tasks: dict[Any, TaskID] = {}
@@ -190,12 +192,4 @@ class SendProgress:
                 )
                 self._progress.update(task, completed=lane["sent"], detail=detail)
             return
-        now = time.monotonic()
-        if now - self._last_line < self.interval:
-            return
-        self._last_line = now
-        err.print(
-            f"sending: {done}/{total} done, {rate:,.0f} msg/s, {len(lanes)} lanes",
-            markup=False,
-            highlight=False,
-        )
+        self._lines.emit(f"sending: {done}/{total} done, {rate:,.0f} msg/s, {len(lanes)} lanes")
