@@ -753,6 +753,7 @@ _RESERVED_HEADERS = {
     "list-unsubscribe",
     "list-unsubscribe-post",
     "dkim-signature",
+    "feedback-id",
     "return-path",
     "reply-to",
 }

@@ -68,6 +68,7 @@ DEFAULT_SIGNED_HEADERS: tuple[str, ...] = (
     "Content-Type",
     "Content-Transfer-Encoding",
     "Reply-To",
+    "Feedback-ID",
 )
 
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey

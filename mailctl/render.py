@@ -162,6 +162,11 @@ class Renderer:
             lines.append(f"Reply-To: {encode_address_header(c.reply_to)}")
         for name, value in c.headers.items():
             lines.append(f"{name}: {encode_header_value(value)}")
+        # Gmail's feedback loop reports complaint rates per these fields (campaign:class:
+        # mailer:sender); it must be covered by the DKIM signature to count.
+        lines.append(
+            f"Feedback-ID: {c.name}:{c.traffic_class.value}:mailctl:{self.from_domain}"
+        )
         lines.append("MIME-Version: 1.0")
         return "\r\n".join(lines) + "\r\n"
 

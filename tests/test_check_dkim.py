@@ -164,6 +164,7 @@ def test_sent_messages_carry_a_valid_dkim_signature(sim_server, tmp_path: Path, 
             b"list-unsubscribe-post",
             b"mime-version",
             b"content-type",
+            b"feedback-id",
         ):
             assert header in signed
         assert dkimpy.verify(raw, dnsfunc=dnsfunc(resolver)), path.name

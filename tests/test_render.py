@@ -90,6 +90,7 @@ def test_tracking_id_message_id_and_verp(tmp_path: Path) -> None:
     parsed = parse(plain.data)
     assert str(parsed["Message-ID"]) == f"<{tracking}@shop.example>"
     assert str(parsed["X-Mailctl-ID"]) == tracking
+    assert str(parsed["Feedback-ID"]) == "t:transactional:mailctl:shop.example"
     verp = Renderer(loaded, bounce_domain="bounces.shop.example", verp=True)
     assert verp.render("a@example.com", {"subject_line": "s"}, tracking).envelope_from == (
         f"bounces+{tracking}@bounces.shop.example"
