@@ -152,7 +152,7 @@ class SendProgress:
             self._progress = Progress(
                 TextColumn("{task.description:<34}"),
                 BarColumn(bar_width=30),
-                MofNCompleteColumn(),
+                TextColumn("{task.fields[count]:>13}"),
                 TextColumn("{task.fields[detail]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
@@ -160,7 +160,9 @@ class SendProgress:
                 transient=False,
                 refresh_per_second=4,
             )
-            self._overall = self._progress.add_task("[bold]all lanes", total=None, detail="")
+            self._overall = self._progress.add_task(
+                "[bold]all lanes", total=None, detail="", count=""
+            )
 
     def __enter__(self) -> SendProgress:
         if self._progress is not None:
@@ -176,20 +178,27 @@ class SendProgress:
             return
         if self._progress is not None and self._overall is not None:
             self._progress.update(
-                self._overall, total=total or None, completed=done, detail=f"{rate:,.0f} msg/s"
+                self._overall,
+                total=total or None,
+                completed=done,
+                count=f"{done:,}/{total:,}",
+                detail=f"{rate:,.0f} msg/s",
             )
             for lane in lanes:
                 key = (lane["ip"], lane["provider"])
                 task = self._lane_tasks.get(key)
                 label = f"  {lane['ip']} → {lane['provider']}"[:34]
                 if task is None:
-                    task = self._progress.add_task(label, total=None, detail="")
+                    # A lane has no total of its own: its bar shows its share of the run.
+                    task = self._progress.add_task(label, total=total or None, detail="", count="")
                     self._lane_tasks[key] = task
                 state = lane["state"] if lane["state"] == "normal" else f"[yellow]{lane['state']}"
                 detail = (
                     f"sent {lane['sent']} deferred {lane['deferred']} bounced {lane['bounced']} "
                     f"failed {lane['failed']} {state}"
                 )
-                self._progress.update(task, completed=lane["sent"], detail=detail)
+                self._progress.update(
+                    task, total=total or None, completed=lane["sent"], count="", detail=detail
+                )
             return
         self._lines.emit(f"sending: {done}/{total} done, {rate:,.0f} msg/s, {len(lanes)} lanes")
