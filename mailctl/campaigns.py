@@ -144,14 +144,24 @@ def prepare(
     return Prepared(job, imported, queued, suppressed, updated_messages)
 
 
-def active_jobs(store: Store, profiles: ProfilesFile, *, now: float) -> list[Prepared]:
-    """Every active campaign, reloaded from its file (the cron form, `send --all`)."""
-    prepared = []
+def active_jobs(
+    store: Store, profiles: ProfilesFile, *, now: float
+) -> tuple[list[Prepared], list[str]]:
+    """Every active campaign, reloaded from its file (the cron form, `send --all`).
+
+    A campaign that cannot be loaded (file gone or broken, content changed without
+    --update) is left out and named in the second list, so it never holds up the others.
+    """
+    prepared, problems = [], []
     for row in store.list_campaigns(["active"]):
         path = Path(row["path"])
         if not path.exists():
-            raise InputError(
+            problems.append(
                 f"campaign '{row['name']}': its file {path} is gone; pause or cancel the campaign"
             )
-        prepared.append(prepare(store, path, profiles, now=now))
-    return prepared
+            continue
+        try:
+            prepared.append(prepare(store, path, profiles, now=now))
+        except MailctlError as exc:
+            problems.append(f"campaign '{row['name']}' skipped: {exc}")
+    return prepared, problems

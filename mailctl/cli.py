@@ -395,7 +395,9 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
                     )
                 ]
         else:
-            prepared = active_jobs(store, profiles, now=now)
+            prepared, problems = active_jobs(store, profiles, now=now)
+            for problem in problems:
+                console.warn(problem)
         jobs = []
         for item in prepared:
             row = store.get_campaign(item.job.name)

@@ -396,3 +396,25 @@ def test_suspended_lane_defers_and_resume_releases_its_mail(sim_server, tmp_path
     assert send(ws)[0] == 0
     assert summary(capsys)["sent"] == 4
     assert len(server.deliveries) == 4
+
+
+def test_send_all_skips_a_changed_campaign_but_sends_the_others(
+    sim_server, tmp_path: Path, capsys
+) -> None:
+    server = sim_server(
+        SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", Reply(451, "4.3.0 later")),))
+    )
+    ws = make_workspace(tmp_path, server.port, rows=2)
+    base = ["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml")]
+    other = ws / "other.yaml"
+    other.write_text((ws / "c.yaml").read_text().replace("name: news", "name: other"))
+    assert send(ws)[0] == 0  # news: user0 deferred
+    assert run([*base, "send", str(other), "--json"]) == 0
+    capsys.readouterr()
+    (ws / "c.yaml").write_text((ws / "c.yaml").read_text().replace("Héllo", "Changed"))
+    with (ws / "list.csv").open("a") as f:
+        f.write("late@example.com,Late\n")
+    assert run([*base, "send", "--all", "--json"]) == 0
+    out = capsys.readouterr()
+    assert "campaign 'news' skipped" in out.err and "--update" in out.err
+    assert json.loads(out.out)["sent"] == 1  # the other campaign's new row still went out

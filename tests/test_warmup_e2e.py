@@ -226,9 +226,9 @@ def cron_run(
     clock.t = at(day, hour)
     with Store.open(ws / "m.db") as store:
         store.recover_interrupted()
-        jobs = [
-            p.job for p in active_jobs(store, load_profiles(ws / "profiles.yaml"), now=clock.now())
-        ]
+        prepared, problems = active_jobs(store, load_profiles(ws / "profiles.yaml"), now=clock.now())
+        assert not problems, problems
+        jobs = [p.job for p in prepared]
         run_id = store.start_run(1, "test", clock.now())
         engine = Engine(
             store,
