@@ -82,12 +82,17 @@ def _version(value: bool) -> None:
 def main_callback(
     db: Annotated[
         str | None,
-        typer.Option("--db", help="SQLite database file [default: $MAILCTL_DB or ./mailctl.db]"),
+        typer.Option(
+            "--db",
+            metavar="FILE",
+            help="SQLite database file [default: $MAILCTL_DB or ./mailctl.db]",
+        ),
     ] = None,
     profiles: Annotated[
         Path | None,
         typer.Option(
             "--profiles",
+            metavar="FILE",
             help="profiles.yaml to use [default: $MAILCTL_PROFILES, next to the campaign, or ./]",
         ),
     ] = None,
@@ -256,6 +261,7 @@ Exit codes: 0 finished, or stopped for a normal reason (--limit, --max-time, Ctr
 remaining work deferred); 1 error; 2 usage or configuration error; 75 another run holds
 the database lock.
 
+\b
 Examples:
   mailctl send campaigns/welcome.yaml
   mailctl send campaigns/welcome.yaml --dry-run
@@ -281,7 +287,7 @@ def send(
         int | None, typer.Option(help="Attempt at most this many messages in this run.", min=1)
     ] = None,
     max_time: Annotated[
-        str | None, typer.Option(help="Stop after this long, e.g. 9m, 1h30m.")
+        str | None, typer.Option(metavar="DURATION", help="Stop after this long, e.g. 9m, 1h30m.")
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Render and print the first messages; change nothing.")
@@ -296,7 +302,10 @@ def send(
     ] = False,
     zone: Annotated[
         list[Path] | None,
-        typer.Option(help="Answer the preflight from this zone file, not live DNS (repeatable)."),
+        typer.Option(
+            metavar="FILE",
+            help="Answer the preflight from this zone file, not live DNS (repeatable).",
+        ),
     ] = None,
     wait: Annotated[
         bool | None,
@@ -1532,7 +1541,9 @@ def check(
     ] = None,
     zone: Annotated[
         list[Path] | None,
-        typer.Option(help="Answer from this zone file instead of live DNS (repeatable)."),
+        typer.Option(
+            metavar="FILE", help="Answer from this zone file instead of live DNS (repeatable)."
+        ),
     ] = None,
     fast: Annotated[bool, typer.Option(help="Only the quick subset `send` runs.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
