@@ -1670,13 +1670,23 @@ def _by_basic_code(code: int | None, permanent: bool, status: str | None) -> Ver
 
 
 def classify_reply(
-    code: int | None, text: str, provider: str | None = None, rules: Iterable[Rule] | None = None
+    code: int | None,
+    text: str,
+    provider: str | None = None,
+    rules: Iterable[Rule] | None = None,
+    *,
+    stage: str | None = None,
 ) -> Verdict:
-    """Classify a live SMTP reply: its basic code and full text (with the enhanced code)."""
+    """Classify a live SMTP reply: its basic code and full text (with the enhanced code).
+
+    ``stage`` is the command it answered ("connect", "mail", "rcpt", "data"): "user
+    unknown" refusing MAIL FROM is about the sender, and after DATA it is a filter's answer;
+    only at RCPT does it say the recipient's mailbox does not exist.
+    """
     text = text or ""
     if code is None:
         code = parse_reply_code(text)
-    return decide(code, parse_enhanced_status(text), text, provider, rules=rules)
+    return decide(code, parse_enhanced_status(text), text, provider, rules=rules, stage=stage)
 
 
 def classify_failure(

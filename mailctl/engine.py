@@ -16,13 +16,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from mailctl.budget import WarmupBudget, profile_settings
 from mailctl.classify import Scope, classify_reply, parse_reply_delay
 from mailctl.config import Campaign, Profile, TlsMode, TransportKind
-from mailctl.errors import TemplateError
+from mailctl.errors import StoreError, TemplateError
 from mailctl.providers import (
     DirectAction,
     DomainRoute,
@@ -296,6 +296,9 @@ class Engine:
         self._next_slot: dict[tuple[str, str], float] = {}
         self._sent_by_lane: Counter[tuple[str, str]] = Counter()
         self._last_lane_event: dict[tuple[str, str, str, str | None], float] = {}
+        self._suppressed_in_run: set[str] = set()
+        self._cut_by_force: list[Item] = []
+        self._fatal: BaseException | None = None
         # Messages deferred to a cold IP's later window slots in this run, per lane.
         self._window_waiting: dict[int, tuple[str, str]] = {}
         self._window_waiting_count: dict[tuple[str, str], int] = {}
@@ -325,9 +328,21 @@ class Engine:
         """First call: stop claiming, finish in-flight work. Second call: stop at once."""
         if self._stop.is_set():
             self._force = True
+            now = self.clock.now()
+            self._cut_by_force = list(self._in_flight.values())  # before they unwind
             for group in self._groups.values():
                 for task in group.workers:
                     task.cancel()
+                # No worker will take these any more: release them now, so a dispatcher
+                # blocked on a full queue goes on (and releases the rest itself).
+                while not group.queue.empty():
+                    item = group.queue.get_nowait()
+                    if item is not None:
+                        self.budget.release(item.ip, item.provider)
+                        self._record(
+                            self._outcome_for(item.message, "queued", now, attempted=False)
+                        )
+                        self.attempted -= 1
         self._stop.set()
         self._wake.set()
 
@@ -502,6 +517,8 @@ class Engine:
             ticker.cancel()
             if self._render_pool is not None:
                 self._render_pool.close()
+        if self._fatal is not None:
+            raise StoreError(f"{self.store.path}: cannot record outcomes: {self._fatal}")
         self.summary.stop_reason = reason
         self.summary.elapsed = clock.now() - self.started
         self.summary.remaining = sum(self.store.remaining(cid) for cid in self.jobs)
@@ -556,6 +573,8 @@ class Engine:
                 self._record(self._outcome_for(message, "suppressed", now, attempted=False))
                 continue
             route = self._routes[(job.profile.name, message["domain"])]
+            if route.status is RouteStatus.TIMEOUT:
+                del self._routes[(job.profile.name, message["domain"])]  # ask again next batch
             provider = self._provider(job, route)
             if job.profile.transport is TransportKind.DIRECT:
                 action = route.direct_action()
@@ -596,6 +615,7 @@ class Engine:
                     self._capacity_returns(pool, provider, now),
                     provider=provider,
                     why="no IP of the pool may send now",
+                    may_expire=False,  # warm-up caps and pauses never cost a message
                 )
                 continue
             allowed = self.budget.remaining(ip, provider, now)
@@ -616,6 +636,7 @@ class Engine:
                     provider=provider,
                     ip=ip,
                     why=f"warm-up: {ip} sends its next message at its window slot",
+                    may_expire=False,
                 )
                 continue
             self.budget.reserve(ip, provider)
@@ -680,10 +701,32 @@ class Engine:
         provider: str | None,
         why: str,
         ip: str | None = None,
+        may_expire: bool = True,
     ) -> None:
-        """mailctl's own deferral: no attempt, no reply, never feeds a rule or expires."""
+        """mailctl's own deferral: no attempt, no reply, never feeds a rule.
+
+        A message that cannot go anywhere (DNS failing, its lane disabled) still expires at
+        its maximum age; one waiting for warm-up capacity (``may_expire=False``) never does.
+        """
         if until == float("inf"):
             until = now + 3600
+        if may_expire:
+            job = self.jobs[message["campaign_id"]]
+            first = message.get("first_attempt_at") or message["queued_at"]
+            if until > first + job.max_age:
+                self._record(
+                    self._outcome_for(
+                        message,
+                        "expired",
+                        now,
+                        attempted=False,
+                        ip=ip,
+                        provider=provider,
+                        reason="expired",
+                        reply=f"{why} (past the maximum age)",
+                    )
+                )
+                return
         self._record(
             self._outcome_for(
                 message,
@@ -783,6 +826,13 @@ class Engine:
         message, ip, provider = item.message, item.ip, item.provider
         lane = self.scheduler.lane(ip, provider)
         lane_key = (ip, provider)
+        if message["email"] in self._suppressed_in_run:
+            # A hard bounce earlier in this run (another campaign, the same address).
+            self.budget.release(ip, provider)
+            self._record(
+                self._outcome_for(message, "suppressed", self.clock.now(), attempted=False)
+            )
+            return connection
         while True:
             now = self.clock.now()
             if self._stop.is_set() or message["campaign_id"] in self._stopped:
@@ -816,6 +866,13 @@ class Engine:
                 slot = ends
             else:
                 self._next_slot[lane_key] = slot + _pace(lane.limits(now))
+            if connection is not None and lane.pause_wait(now) > 0:
+                await connection.close()  # a paused lane keeps no idle connection open
+                if group.lane_capped:
+                    self._lane_closed(group)
+                connection = None
+            # Recorded last: after its outcome a message must not wait on anything that a
+            # cancellation could interrupt (it would be counted twice at shutdown).
             self._defer_self(
                 message,
                 now,
@@ -824,11 +881,6 @@ class Engine:
                 ip=ip,
                 why=f"lane {ip} -> {provider} is {lane.state.mode.value}",
             )
-            if connection is not None and lane.pause_wait(now) > 0:
-                await connection.close()  # a paused lane keeps no idle connection open
-                if group.lane_capped:
-                    self._lane_closed(group)
-                connection = None
             return connection
         limit = group.messages_per_connection
         if group.lane_capped:
@@ -954,7 +1006,14 @@ class Engine:
         base = {"ip": item.ip, "provider": item.provider, "code": reply.code, "reply": reply.text}
         if reply.ok:
             return self._outcome_for(message, "sent", now, attempted=True, **base)
-        verdict = classify_reply(reply.code, reply.text, item.provider) if reply.code else None
+        verdict = (
+            classify_reply(reply.code, reply.text, item.provider, stage=reply.stage)
+            if reply.code
+            else None
+        )
+        if verdict is not None and reply.stage == "connect" and verdict.scope is Scope.RECIPIENT:
+            # Refused before any recipient was named: about the server or us, not the address.
+            verdict = replace(verdict, scope=Scope.LANE, suppress=False)
         details = (
             {
                 "reason": verdict.reason,
@@ -1011,6 +1070,8 @@ class Engine:
 
     def _record(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
+        if outcome.suppress:
+            self._suppressed_in_run.add(outcome.email)
         s = self.summary
         state = outcome.state
         if state == "sent":
@@ -1057,8 +1118,12 @@ class Engine:
             return
         pending, self._pending = self._pending, []
         released = [o.message_id for o in pending if o.state == "queued"]
-        self.store.record_outcomes([o for o in pending if o.state != "queued"])
-        self.store.release(released)
+        try:
+            self.store.record_outcomes([o for o in pending if o.state != "queued"])
+            self.store.release(released)
+        except BaseException:
+            self._pending = pending + self._pending  # nothing is lost: tried again
+            raise
         clock_now = self.clock.now()
         for (ip, provider), count in self._sent_by_lane.items():
             self.scheduler.lane(ip, provider).count_sent(count, clock_now)
@@ -1093,7 +1158,12 @@ class Engine:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.options.commit_interval)
-            self._commit()
+            try:
+                self._commit()
+            except Exception as exc:  # noqa: BLE001 - the run stops and says why
+                self._fatal = exc
+                self.request_stop()
+                return
             if self.on_progress:
                 self.on_progress(self)
 
@@ -1110,19 +1180,25 @@ class Engine:
             for _ in group.workers:
                 group.queue.put_nowait(None)
         workers = [task for group in self._groups.values() for task in group.workers]
+        cut: list[Item] = []
         if workers:
             done, pending = await asyncio.wait(workers, timeout=self.options.stop_grace)
+            # Taken before cancelling: a cancelled worker forgets its message as it unwinds.
+            cut = list(self._in_flight.values())
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        else:
+            cut = list(self._in_flight.values())
+        cut += [item for item in self._cut_by_force if item not in cut]
         # Anything still in flight was cut off mid-transaction: it may have been delivered.
-        for item in list(self._in_flight.values()):
+        for item in cut:
             self._record(self._outcome_for(item.message, "queued", now, attempted=False))
-        if self._in_flight:
+        if cut:
             self.store.conn.executemany(
                 "UPDATE messages SET possible_duplicate = 1 WHERE id = ?",
-                [(mid,) for mid in self._in_flight],
+                [(item.message["id"],) for item in cut],
             )
         self._commit(force=True)
 

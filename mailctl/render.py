@@ -164,9 +164,7 @@ class Renderer:
             lines.append(f"{name}: {encode_header_value(value)}")
         # Gmail's feedback loop reports complaint rates per these fields (campaign:class:
         # mailer:sender); it must be covered by the DKIM signature to count.
-        lines.append(
-            f"Feedback-ID: {c.name}:{c.traffic_class.value}:mailctl:{self.from_domain}"
-        )
+        lines.append(f"Feedback-ID: {c.name}:{c.traffic_class.value}:mailctl:{self.from_domain}")
         lines.append("MIME-Version: 1.0")
         return "\r\n".join(lines) + "\r\n"
 
@@ -202,6 +200,10 @@ class Renderer:
             raise TemplateError(f"recipient {recipient}: {exc.message}") from None
         except jinja2.TemplateError as exc:
             raise TemplateError(f"recipient {recipient}: template error: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a filter failing on this recipient's data
+            raise TemplateError(
+                f"recipient {recipient}: template failed: {type(exc).__name__}: {exc}"
+            ) from None
         headers = [
             f"Date: {self._date(self.clock())}\r\n",
             self._fixed,
@@ -259,5 +261,10 @@ class Renderer:
                 body += b"\r\n"
         data = "".join(headers).encode("utf-8") + body
         if self.signer is not None:
-            data = self.signer(data) + data
+            try:
+                data = self.signer(data) + data
+            except Exception as exc:  # noqa: BLE001 - never send it unsigned; fail this one
+                raise TemplateError(
+                    f"recipient {recipient}: DKIM signing failed: {type(exc).__name__}"
+                ) from None
         return RenderedMessage(tracking_id, self.envelope_from(tracking_id), recipient, data)

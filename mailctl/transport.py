@@ -31,10 +31,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Reply:
-    """One SMTP reply as a single line. code None: no reply (network failure)."""
+    """One SMTP reply as a single line. code None: no reply (network failure).
+
+    ``stage`` is the command it answered: connect (greeting, EHLO, STARTTLS, AUTH), mail,
+    rcpt or data; the classifier needs it to tell whose fault a refusal is.
+    """
 
     code: int | None
     text: str
+    stage: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -46,9 +51,9 @@ class Reply:
         return self.code is not None
 
 
-def _reply(code: int | None, message: str) -> Reply:
+def _reply(code: int | None, message: str, stage: str | None = None) -> Reply:
     text = " ".join(line.strip() for line in (message or "").splitlines() if line.strip())
-    return Reply(code, f"{code} {text}".strip() if code is not None else text)
+    return Reply(code, f"{code} {text}".strip() if code is not None else text, stage)
 
 
 @dataclass(frozen=True)
@@ -122,10 +127,10 @@ class Connection:
                 await client.login(d.username, d.password or "")
         except SMTPConnectResponseError as exc:
             client.close()
-            return _reply(exc.code, exc.message)
+            return _reply(exc.code, exc.message, "connect")
         except SMTPResponseException as exc:
             client.close()
-            return _reply(exc.code, exc.message)
+            return _reply(exc.code, exc.message, "connect")
         except (TimeoutError, SMTPException, OSError) as exc:
             client.close()
             return Reply(None, f"connection to {d.name} failed: {_describe(exc)}")
@@ -145,15 +150,18 @@ class Connection:
         """One transaction. After a refusal the session is reset for the next message."""
         client = self.client
         assert client is not None
+        stage = "mail"
         try:
             # Addresses were validated and IDNA-encoded on import, so they go out as they
             # are: aiosmtplib's mail()/rcpt() would re-parse both for every message.
             response = await client.execute_command(b"MAIL", b"FROM:<%s>" % envelope_from.encode())
             if response.code != 250:
-                return await self._refused(response.code, response.message)
+                return await self._refused(response.code, response.message, stage)
+            stage = "rcpt"
             response = await client.execute_command(b"RCPT", b"TO:<%s>" % recipient.encode())
             if response.code not in (250, 251):
-                return await self._refused(response.code, response.message)
+                return await self._refused(response.code, response.message, stage)
+            stage = "data"
             response = await client.data(data)
         except SMTPServerDisconnected as exc:
             self._dead()
@@ -162,17 +170,17 @@ class Connection:
             self._dead()
             return Reply(None, f"timeout: {_describe(exc)}")
         except SMTPResponseException as exc:
-            reply = _reply(exc.code, exc.message)
+            reply = _reply(exc.code, exc.message, stage)
             await self._after_refusal(reply)
             return reply
         except (SMTPException, OSError) as exc:
             self._dead()
             return Reply(None, f"connection error: {_describe(exc)}")
         self.messages += 1
-        return _reply(response.code, response.message)
+        return _reply(response.code, response.message, "data")
 
-    async def _refused(self, code: int, message: str) -> Reply:
-        reply = _reply(code, message)
+    async def _refused(self, code: int, message: str, stage: str) -> Reply:
+        reply = _reply(code, message, stage)
         await self._after_refusal(reply)
         return reply
 

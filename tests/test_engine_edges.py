@@ -1,0 +1,197 @@
+"""Edge cases of the send loop found in review: stop paths, stage-aware refusals, template
+failures at run time, and domains whose DNS never answers. Real SMTP, real SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from test_send import FakeClock, db_states, make_workspace
+
+from mailctl.campaigns import prepare
+from mailctl.cli import run
+from mailctl.config import load_profiles
+from mailctl.dnscheck import DnsTimeout
+from mailctl.engine import Engine, SendOptions
+from mailctl.sim import CapAction, Reply, SimBehaviour
+from mailctl.store import Store
+
+
+def start_engine(ws: Path, store: Store, **options: object) -> Engine:
+    prepared = prepare(store, ws / "c.yaml", load_profiles(ws / "profiles.yaml"), now=time.time())
+    run_id = store.start_run(1, "test", time.time())
+    return Engine(store, [prepared.job], run_id=run_id, options=SendOptions(**options))
+
+
+def test_second_stop_returns_at_once_and_leaves_nothing_in_sending(
+    sim_server, tmp_path: Path
+) -> None:
+    server = sim_server(SimBehaviour(delays={"DATA": 5.0}))
+    ws = make_workspace(tmp_path, server.port, rows=400)
+    with Store.open(ws / "m.db") as store:
+        engine = start_engine(ws, store)
+
+        async def main() -> None:
+            task = asyncio.create_task(engine.run())
+            await asyncio.sleep(1.0)
+            engine.request_stop()
+            await asyncio.sleep(0.1)
+            engine.request_stop()  # the second Ctrl-C
+            done, _ = await asyncio.wait({task}, timeout=10)
+            assert done, "a second stop must not hang on a full connection queue"
+            assert task.result().stop_reason == "interrupted"
+
+        asyncio.run(main())
+    states = (
+        sqlite3.connect(ws / "m.db")
+        .execute("SELECT state, possible_duplicate, count(*) FROM messages GROUP BY 1, 2")
+        .fetchall()
+    )
+    assert {(s, d) for s, d, _ in states} <= {("queued", 0), ("queued", 1)}
+    assert sum(n for s, d, n in states if d == 1) == 3  # the three cut off mid-DATA
+
+
+def test_stop_grace_expiry_requeues_and_flags_what_was_in_flight(
+    sim_server, tmp_path: Path
+) -> None:
+    server = sim_server(SimBehaviour(delays={"DATA": 5.0}))
+    ws = make_workspace(tmp_path, server.port, rows=6)
+    with Store.open(ws / "m.db") as store:
+        engine = start_engine(ws, store, stop_grace=0.5)
+
+        async def main() -> None:
+            task = asyncio.create_task(engine.run())
+            await asyncio.sleep(1.0)
+            engine.request_stop()
+            await asyncio.wait_for(task, timeout=10)
+
+        asyncio.run(main())
+    states = dict(
+        ((s, d), n)
+        for s, d, n in sqlite3.connect(ws / "m.db").execute(
+            "SELECT state, possible_duplicate, count(*) FROM messages GROUP BY 1, 2"
+        )
+    )
+    assert states == {("queued", 0): 3, ("queued", 1): 3}
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        # After DATA, "user unknown" is a filter's answer, not a missing mailbox.
+        SimBehaviour(data_reply=Reply(550, "5.7.1 No such user")),
+        # A refusal of MAIL FROM (here the server's per-connection cap answers the second
+        # MAIL with it) is about the sender, however it is worded.
+        SimBehaviour(
+            max_messages_per_connection=1,
+            connection_cap_action=CapAction.REPLY,
+            connection_cap_reply=Reply(550, "5.1.0 <{sender}>... User unknown"),
+        ),
+    ],
+    ids=["data", "mail"],
+)
+def test_user_unknown_at_mail_or_data_never_suppresses(
+    sim_server, behaviour: SimBehaviour, tmp_path: Path, capsys
+) -> None:
+    server = sim_server(behaviour)
+    ws = make_workspace(tmp_path, server.port, rows=6)
+    code = run(
+        [
+            "--db",
+            str(ws / "m.db"),
+            "--profiles",
+            str(ws / "profiles.yaml"),
+            "send",
+            str(ws / "c.yaml"),
+            "--json",
+        ]
+    )
+    assert code == 0
+    capsys.readouterr()
+    with Store.open(ws / "m.db") as store:
+        assert list(store.iter_suppression()) == []
+
+
+def test_a_template_failing_on_one_recipient_fails_that_message_only(
+    sim_server, tmp_path: Path, capsys
+) -> None:
+    server = sim_server()
+    ws = make_workspace(tmp_path, server.port, rows=6)
+    text = (
+        (ws / "c.yaml")
+        .read_text()
+        .replace('text: "Hi {{ first_name }}', 'text: "Hi {{ 100 // (first_name|length - 5) }}')
+    )
+    (ws / "c.yaml").write_text(text)
+    base = [
+        "--db",
+        str(ws / "m.db"),
+        "--profiles",
+        str(ws / "profiles.yaml"),
+        "send",
+        str(ws / "c.yaml"),
+        "--json",
+    ]
+    assert run(base) == 0
+    result = json.loads(capsys.readouterr().out)
+    # "User0".."User5" all have length 5: every one divides by zero, each fails on its own.
+    assert (result["failed"], result["remaining"]) == (6, 0)
+    assert db_states(ws) == {"failed": 6}
+    reasons = {r[0] for r in sqlite3.connect(ws / "m.db").execute("SELECT reason FROM messages")}
+    assert reasons == {"template"}
+
+
+class DeadDns:
+    async def mx(self, name: str) -> object:
+        raise DnsTimeout(f"{name}: SERVFAIL")
+
+    async def addresses(self, name: str) -> object:
+        raise DnsTimeout(f"{name}: SERVFAIL")
+
+
+def test_a_domain_whose_dns_never_answers_expires_at_max_age(tmp_path: Path) -> None:
+    (tmp_path / "profiles.yaml").write_text(
+        textwrap.dedent("""\
+        profiles:
+          direct:
+            transport: direct
+            helo: mta.example.com
+            preflight: false
+            max_age: 1h
+            retry: [5m, 10m]
+            pools: {marketing: [127.0.0.1]}
+        """)
+    )
+    (tmp_path / "l.csv").write_text("email\nx@lame-delegation.example\n")
+    (tmp_path / "c.yaml").write_text(
+        textwrap.dedent("""\
+        name: c
+        from: "News <news@example.com>"
+        subject: hi
+        text: hello
+        recipients: l.csv
+        unsubscribe: {url: "https://example.com/u"}
+        """)
+    )
+    clock = FakeClock()
+    with Store.open(tmp_path / "m.db") as store:
+        prepared = prepare(
+            store, tmp_path / "c.yaml", load_profiles(tmp_path / "profiles.yaml"), now=clock.now()
+        )
+        engine = Engine(
+            store,
+            [prepared.job],
+            run_id=store.start_run(1, "t", clock.now()),
+            clock=clock,
+            resolver=DeadDns(),
+            options=SendOptions(max_time=6 * 3600, wait=True),
+        )
+        summary = asyncio.run(engine.run())
+        state, attempts = store.conn.execute("SELECT state, attempts FROM messages").fetchone()
+    assert (state, attempts) == ("expired", 0)
+    assert summary.remaining == 0
