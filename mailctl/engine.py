@@ -8,6 +8,7 @@ so certain the old run is gone) returns them to the queue as possible duplicates
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import os
 import random
@@ -98,7 +99,7 @@ class CampaignJob:
         return self.campaign.max_age or self.profile.max_age
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
     """What happened to one claimed message; committed in batches."""
 
@@ -744,7 +745,7 @@ class Engine:
     def _render_here(self, message: dict[str, Any]) -> RenderedMessage | str:
         try:
             return self.jobs[message["campaign_id"]].renderer.render(
-                message["email"], message["fields"], message["tracking_id"]
+                message["email"], json.loads(message["fields_json"]), message["tracking_id"]
             )
         except TemplateError as exc:
             return str(exc)
@@ -1227,10 +1228,11 @@ def _init_render_worker(specs: dict[int, tuple[Campaign, dict[str, Any]]]) -> No
         _worker_renderers[campaign_id] = Renderer(campaign, **options)
 
 
-def _render_batch(batch: list[tuple[int, str, dict[str, Any], str]]) -> list[RenderedMessage | str]:
+def _render_batch(batch: list[tuple[int, str, str, str]]) -> list[RenderedMessage | str]:
     results: list[RenderedMessage | str] = []
-    for campaign_id, email, fields, tracking_id in batch:
+    for campaign_id, email, fields_json, tracking_id in batch:
         try:
+            fields = json.loads(fields_json)
             results.append(_worker_renderers[campaign_id].render(email, fields, tracking_id))
         except TemplateError as exc:
             results.append(str(exc))
@@ -1253,7 +1255,9 @@ class RenderPool:
         )
 
     async def render(self, messages: Sequence[dict[str, Any]]) -> list[RenderedMessage | str]:
-        batch = [(m["campaign_id"], m["email"], m["fields"], m["tracking_id"]) for m in messages]
+        batch = [
+            (m["campaign_id"], m["email"], m["fields_json"], m["tracking_id"]) for m in messages
+        ]
         loop = asyncio.get_running_loop()
         size = -(-len(batch) // self.workers)
         parts = await asyncio.gather(

@@ -822,7 +822,8 @@ class Store(ReportQueries):
                     ).fetchall()
                 )
                 for message in claimed:
-                    message["fields"] = json.loads(fields[message["recipient_id"]])
+                    # Raw JSON: whoever renders decodes it (often another process).
+                    message["fields_json"] = fields[message["recipient_id"]]
         claimed.sort(key=lambda m: (m["next_attempt_at"], m["id"]))  # due first, as claimed
         return claimed
 
