@@ -337,15 +337,11 @@ class ProfilesFile:
         return profile
 
 
+# Keys that only mean something for transport: relay.
+_RELAY_KEYS = ("host", "port", "tls", "tls_required", "tls_verify", "username", "password_env")
 _PROFILE_KEYS = {
     "transport",
-    "host",
-    "port",
-    "tls",
-    "tls_required",
-    "tls_verify",
-    "username",
-    "password_env",
+    *_RELAY_KEYS,
     "helo",
     "outbox",
     "timeout",
@@ -467,15 +463,7 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
     elif transport is TransportKind.DIRECT:
         if "pools" not in keys:
             raise node.error("a direct profile needs 'pools' (its sending IPs)")
-    for relay_only in (
-        "host",
-        "port",
-        "tls",
-        "tls_required",
-        "tls_verify",
-        "username",
-        "password_env",
-    ):
+    for relay_only in _RELAY_KEYS:
         if relay_only in keys and transport is not TransportKind.RELAY:
             raise keys[relay_only].error(f"'{relay_only}' applies only to transport: relay")
     if "outbox" in keys and transport is not TransportKind.SANDBOX:

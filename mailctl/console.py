@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console
 from rich.progress import (
@@ -78,7 +78,22 @@ class _PlainLines:
         err.print(text, markup=False, highlight=False)
 
 
-class ProgressReporter:
+class _LiveDisplay:
+    """A rich Progress shown while the `with` block runs (None off a terminal)."""
+
+    _progress: Progress | None = None
+
+    def __enter__(self) -> Self:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+class ProgressReporter(_LiveDisplay):
     """A task-based progress display: a rich bar on a terminal, plain periodic lines elsewhere.
 
     Library code is handed `advance`/`update` callbacks; it never sees rich.
@@ -105,15 +120,6 @@ class ProgressReporter:
             )
             self._task = self._progress.add_task(description, total=total, status="")
 
-    def __enter__(self) -> ProgressReporter:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
     def set_total(self, total: int) -> None:
         self.total = total
         if self._progress is not None and self._task is not None:
@@ -139,7 +145,7 @@ def progress(description: str, total: int | None = None) -> Iterator[ProgressRep
         yield reporter
 
 
-class SendProgress:
+class SendProgress(_LiveDisplay):
     """The send loop's display: an overall bar plus one row per lane on a terminal;
     a plain status line every few seconds elsewhere; nothing when quiet."""
 
@@ -163,15 +169,6 @@ class SendProgress:
             self._overall = self._progress.add_task(
                 "[bold]all lanes", total=None, detail="", count=""
             )
-
-    def __enter__(self) -> SendProgress:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
     def update(self, total: int, done: int, rate: float, lanes: list[dict[str, Any]]) -> None:
         if _quiet:
