@@ -646,7 +646,7 @@ class Engine:
             return
         messages = [m for m, *_ in routed]
         rendered: list[RenderedMessage | str] | None = None
-        if self._render_pool is not None and len(messages) > 16:
+        if self._render_pool is not None and self._render_pool.ready and len(messages) > 16:
             try:
                 rendered = await self._render_pool.render(messages)
             except BrokenProcessPool:
@@ -1253,6 +1253,13 @@ class RenderPool:
             initializer=_init_render_worker,
             initargs=(specs,),
         )
+        # Starting the workers (a new interpreter, imports) takes a few hundred ms: the run
+        # renders in-process until they answer, instead of waiting for them.
+        self._warm = [self._executor.submit(_render_batch, []) for _ in range(self.workers)]
+
+    @property
+    def ready(self) -> bool:
+        return all(future.done() for future in self._warm)
 
     async def render(self, messages: Sequence[dict[str, Any]]) -> list[RenderedMessage | str]:
         batch = [
