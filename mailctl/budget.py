@@ -47,10 +47,11 @@ def setting_from_config(config: WarmupConfig) -> WarmupSetting:
     )
 
 
-def profile_settings(profile: Profile) -> dict[str, WarmupSetting | None]:
-    """Every IP of a profile with its warm-up setting (None: a warm IP)."""
+def profile_settings(*profiles: Profile) -> dict[str, WarmupSetting | None]:
+    """Every IP of these profiles with its warm-up setting (None: a warm IP)."""
     return {
         ip.ip: setting_from_config(ip.warmup) if ip.warmup else None
+        for profile in profiles
         for pool in profile.pools.values()
         for ip in pool
     }

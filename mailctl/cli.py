@@ -1663,9 +1663,7 @@ def _add_warmup_to_report(store: Any, data: dict[str, Any]) -> None:
         return
     from mailctl.budget import WarmupBudget, profile_settings
 
-    settings: dict[str, Any] = {}
-    for profile in profiles.profiles.values():
-        settings.update(profile_settings(profile))
+    settings = profile_settings(*profiles.profiles.values())
     budget = WarmupBudget(store, settings)
     now = time.time()
     for row in data.get("by_ip", []):

@@ -280,10 +280,7 @@ class Engine:
             scheduler = Scheduler(rules, rng=self.rng, states=states)
         self.scheduler = scheduler
         if budget is None:
-            settings: dict[str, Any] = {}
-            for profile in profiles.values():
-                settings.update(profile_settings(profile))
-            budget = WarmupBudget(store, settings)
+            budget = WarmupBudget(store, profile_settings(*profiles.values()))
         self.budget = budget
         self.summary = RunSummary(campaigns=[job.name for job in jobs])
         self.lanes: dict[tuple[str, str], LaneStats] = {}
@@ -615,7 +612,9 @@ class Engine:
                     )
                     continue
             pool = [s.ip for s in job.profile.pools[job.pool]]
-            ip = self._pick(pool, provider, now, capacity)
+            # An open lane with capacity; one that is only pacing is fine: the worker
+            # waits for its slot.
+            ip = self.scheduler.pick_ip(pool, provider, now, capacity)
             if ip is None:
                 self._defer_self(
                     message,
@@ -677,13 +676,6 @@ class Engine:
             group = self._group_for(job, ip, provider, route)
             await group.queue.put(Item(message, job, result, ip, provider))
             self.attempted += 1
-
-    def _pick(
-        self, pool: list[str], provider: str, now: float, capacity: Callable[[str, str], int | None]
-    ) -> str | None:
-        """An IP of the pool whose lane to this provider is open and has warm-up capacity;
-        a lane that is only pacing (tokens) is fine: the worker waits for its slot."""
-        return self.scheduler.pick_ip(pool, provider, now, capacity)
 
     def _capacity_returns(self, pool: list[str], provider: str, now: float) -> float:
         moments = []

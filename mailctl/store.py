@@ -502,8 +502,7 @@ class Store(ReportQueries):
         if not exact and "@" in address and not address.startswith("*@"):
             candidates.append("*@" + address.rsplit("@", 1)[1].lower())
         row = self.conn.execute(
-            f"""SELECT address, reason, source, status, diagnostic, first_seen, last_seen, count,
-                       expires_at
+            f"""SELECT {", ".join(_SUPPRESSION_COLUMNS)}
                 FROM suppression WHERE address IN ({",".join("?" * len(candidates))})
                   AND (expires_at IS NULL OR expires_at > ?)
                 ORDER BY address = ? DESC LIMIT 1""",
@@ -511,18 +510,7 @@ class Store(ReportQueries):
         ).fetchone()
         if row is None:
             return None
-        keys = (
-            "address",
-            "reason",
-            "source",
-            "status",
-            "diagnostic",
-            "first_seen",
-            "last_seen",
-            "count",
-            "expires_at",
-        )
-        return dict(zip(keys, row, strict=True))
+        return dict(zip(_SUPPRESSION_COLUMNS, row, strict=True))
 
     def suppressed_set(self, addresses: Iterable[str], now: float | None = None) -> set[str]:
         """Which of these addresses are suppressed now (exactly or by their domain)."""
@@ -549,10 +537,7 @@ class Store(ReportQueries):
     def iter_suppression(
         self, reason: str | None = None, *, include_expired: bool = False
     ) -> Iterator[dict[str, Any]]:
-        sql = (
-            "SELECT address, reason, source, status, diagnostic, first_seen, last_seen, count,"
-            " expires_at FROM suppression WHERE 1=1"
-        )
+        sql = f"SELECT {', '.join(_SUPPRESSION_COLUMNS)} FROM suppression WHERE 1=1"
         params: list[Any] = []
         if reason:
             sql += " AND reason = ?"
@@ -561,19 +546,8 @@ class Store(ReportQueries):
             sql += " AND (expires_at IS NULL OR expires_at > ?)"
             params.append(time.time())
         sql += " ORDER BY address"
-        keys = (
-            "address",
-            "reason",
-            "source",
-            "status",
-            "diagnostic",
-            "first_seen",
-            "last_seen",
-            "count",
-            "expires_at",
-        )
         for row in self.conn.execute(sql, params):
-            yield dict(zip(keys, row, strict=True))
+            yield dict(zip(_SUPPRESSION_COLUMNS, row, strict=True))
 
     # ------------------------------------------------------------------ campaigns
 
@@ -987,9 +961,6 @@ class Store(ReportQueries):
         finally:
             os.close(fd)
 
-    def is_suppressed(self, address: str, now: float) -> bool:
-        return self.suppression_for(address, now=now) is not None
-
     # ------------------------------------------------------------------ runs
 
     def start_run(self, pid: int, host: str, now: float) -> int:
@@ -1249,6 +1220,10 @@ class Store(ReportQueries):
         ]
 
 
+_SUPPRESSION_COLUMNS = (
+    "address", "reason", "source", "status", "diagnostic", "first_seen", "last_seen", "count",
+    "expires_at",
+)  # fmt: skip
 _IP_DAY_COUNTERS = ("sent", "deferred", "bounced", "complained", "throttles", "blocks")
 
 MESSAGE_STATES = (
