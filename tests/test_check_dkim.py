@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dkim as dkimpy
 import pytest
-from test_send import make_workspace
+from test_send import cli, make_workspace, send
 
 from mailctl.cli import run
 from mailctl.dnscheck import NoAnswer, NXDomain, ZoneResolver
@@ -131,20 +131,7 @@ def test_sent_messages_carry_a_valid_dkim_signature(sim_server, tmp_path: Path, 
         rows=5,
         profile_extra=f"    dkim:\n      - {{domain: example.com, selector: s1, key_file: {key}}}\n",
     )
-    assert (
-        run(
-            [
-                "--db",
-                str(ws / "m.db"),
-                "--profiles",
-                str(ws / "profiles.yaml"),
-                "send",
-                str(ws / "c.yaml"),
-                "--json",
-            ]
-        )
-        == 0
-    )
+    assert cli(ws, "send", str(ws / "c.yaml"), "--json") == 0
     assert json.loads(capsys.readouterr().out)["sent"] == 5
     resolver = ZoneResolver.from_files(zones)
     files = sorted((tmp_path / "box" / "new").iterdir())
@@ -182,21 +169,13 @@ def test_send_runs_the_preflight_before_the_first_send(sim_server, tmp_path: Pat
     )
     text = (ws / "profiles.yaml").read_text().replace("preflight: false", "preflight: true")
     (ws / "profiles.yaml").write_text(text)
-    base = [
-        "--db",
-        str(ws / "m.db"),
-        "--profiles",
-        str(ws / "profiles.yaml"),
-        "send",
-        str(ws / "c.yaml"),
-    ]
     bad = write_zone(tmp_path, record, dmarc=None)
-    assert run([*base, *[x for z in bad for x in ("--zone", str(z))]]) == 1
+    assert send(ws, *[x for z in bad for x in ("--zone", str(z))]) == 1
     err = capsys.readouterr().err
     assert "preflight failed" in err and "dmarc.record" in err
     assert not server.deliveries
     good = write_zone(tmp_path, record)
-    assert run([*base, "--json", *[x for z in good for x in ("--zone", str(z))]]) == 0
+    assert send(ws, *[x for z in good for x in ("--zone", str(z))]) == 0
     assert json.loads(capsys.readouterr().out)["sent"] == 3
 
 
@@ -207,17 +186,9 @@ def test_skip_check(sim_server, tmp_path: Path, capsys) -> None:
     (ws / "profiles.yaml").write_text(text)
     empty = tmp_path / "empty.zone"
     empty.write_text("$ORIGIN nothing.invalid.\n$TTL 60\n@ IN SOA ns. h. 1 1 1 1 1\n")
-    base = [
-        "--db",
-        str(ws / "m.db"),
-        "--profiles",
-        str(ws / "profiles.yaml"),
-        "send",
-        str(ws / "c.yaml"),
-    ]
-    assert run([*base, "--zone", str(empty)]) == 1
+    assert send(ws, "--zone", str(empty)) == 1
     capsys.readouterr()
-    assert run([*base, "--zone", str(empty), "--skip-check", "--json"]) == 0
+    assert send(ws, "--zone", str(empty), "--skip-check") == 0
     assert json.loads(capsys.readouterr().out)["sent"] == 2
 
 

@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_send import FakeClock, db_states, make_workspace
+from test_send import FakeClock, cli, db_states, make_workspace, send
 
 from mailctl.campaigns import prepare
-from mailctl.cli import run
 from mailctl.config import load_profiles
 from mailctl.dnscheck import DnsTimeout
 from mailctl.engine import Engine, SendOptions
@@ -100,17 +99,7 @@ def test_user_unknown_at_mail_or_data_never_suppresses(
 ) -> None:
     server = sim_server(behaviour)
     ws = make_workspace(tmp_path, server.port, rows=6)
-    code = run(
-        [
-            "--db",
-            str(ws / "m.db"),
-            "--profiles",
-            str(ws / "profiles.yaml"),
-            "send",
-            str(ws / "c.yaml"),
-            "--json",
-        ]
-    )
+    code = cli(ws, "send", str(ws / "c.yaml"), "--json")
     assert code == 0
     capsys.readouterr()
     with Store.open(ws / "m.db") as store:
@@ -128,16 +117,7 @@ def test_a_template_failing_on_one_recipient_fails_that_message_only(
         .replace('text: "Hi {{ first_name }}', 'text: "Hi {{ 100 // (first_name|length - 5) }}')
     )
     (ws / "c.yaml").write_text(text)
-    base = [
-        "--db",
-        str(ws / "m.db"),
-        "--profiles",
-        str(ws / "profiles.yaml"),
-        "send",
-        str(ws / "c.yaml"),
-        "--json",
-    ]
-    assert run(base) == 0
+    assert send(ws) == 0
     result = json.loads(capsys.readouterr().out)
     # "User0".."User5" all have length 5: every one divides by zero, each fails on its own.
     assert (result["failed"], result["remaining"]) == (6, 0)

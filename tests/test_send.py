@@ -79,20 +79,21 @@ def make_workspace(
     return tmp_path
 
 
-def send(ws: Path, *args: str) -> tuple[int, dict]:
-    code = run(
-        [
-            "--db",
-            str(ws / "m.db"),
-            "--profiles",
-            str(ws / "profiles.yaml"),
-            "send",
-            str(ws / "c.yaml"),
-            "--json",
-            *args,
-        ]
-    )
-    return code, {}
+def cli(ws: Path, *args: str) -> int:
+    """mailctl with the workspace's database and profiles."""
+    return run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), *args])
+
+
+def send(ws: Path, *args: str) -> int:
+    return cli(ws, "send", str(ws / "c.yaml"), "--json", *args)
+
+
+def send_json(ws: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    """`send --json` that must succeed: its summary."""
+    code = send(ws, *args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
 
 
 def summary(capsys: pytest.CaptureFixture[str]) -> dict:
@@ -107,7 +108,7 @@ def db_states(ws: Path) -> dict[str, int]:
 def test_send_resume_and_new_rows(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=25)
-    assert send(ws)[0] == 0
+    assert send(ws) == 0
     result = summary(capsys)
     assert (result["queued"], result["sent"], result["remaining"]) == (25, 25, 0)
     assert result["stop_reason"] == "finished"
@@ -117,13 +118,13 @@ def test_send_resume_and_new_rows(sim_server, tmp_path: Path, capsys) -> None:
     # Connections are reused: 25 messages over at most 7 per connection.
     assert server.sim.connection_count <= 3 + 25 // 7 + 1
 
-    assert send(ws)[0] == 0
+    assert send(ws) == 0
     assert summary(capsys)["sent"] == 0
     assert len(server.deliveries) == 25
 
     with (ws / "list.csv").open("a") as f:
         f.write("late1@example.com,Late\nlate2@example.com,Later\n")
-    assert send(ws)[0] == 0
+    assert send(ws) == 0
     assert summary(capsys)["sent"] == 2
     assert sorted(d.rcpt for d in server.deliveries[25:]) == [
         "late1@example.com",
@@ -134,7 +135,7 @@ def test_send_resume_and_new_rows(sim_server, tmp_path: Path, capsys) -> None:
 def test_rendered_message_is_correct_mime(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server(maildir=tmp_path / "box")
     ws = make_workspace(tmp_path, server.port, rows=2)
-    assert send(ws)[0] == 0
+    assert send(ws) == 0
     capsys.readouterr()
     files = sorted((tmp_path / "box" / "new").iterdir())
     assert len(files) == 2
@@ -167,7 +168,7 @@ def test_replies_bounce_suppress_defer(sim_server, tmp_path: Path, capsys) -> No
         )
     )
     ws = make_workspace(tmp_path, server.port, rows=8)
-    assert send(ws)[0] == 0
+    assert send(ws) == 0
     result = summary(capsys)
     assert (result["sent"], result["bounced"], result["failed"], result["deferred"]) == (5, 1, 0, 2)
     assert result["stop_reason"] == "deferred"
@@ -195,7 +196,7 @@ def test_sender_scoped_refusal_fails_and_stops_campaign(sim_server, tmp_path: Pa
         )
     )
     ws = make_workspace(tmp_path, server.port, rows=30)
-    assert send(ws)[0] == 0
+    assert send(ws) == 0
     result = summary(capsys)
     assert result["failed"] == 1 and result["stop_reason"] == "campaign stopped"
     assert result["sent"] < 29 and result["remaining"] == 29 - result["sent"]
@@ -204,8 +205,7 @@ def test_sender_scoped_refusal_fails_and_stops_campaign(sim_server, tmp_path: Pa
         row = store.get_campaign("news")
     assert row["status"] == "stopped" and "DMARC" in row["stop_reason"]
     # A stopped campaign is not sent by cron until someone resumes it deliberately.
-    base = ["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml")]
-    assert run([*base, "send", "--all", "--json"]) == 0
+    assert cli(ws, "send", "--all", "--json") == 0
     assert json.loads(capsys.readouterr().out)["sent"] == 0
 
 
@@ -217,7 +217,7 @@ def test_suppressed_recipients_are_never_sent(sim_server, tmp_path: Path, capsys
         store.suppress("*@example.org", "manual")
     with (ws / "list.csv").open("a") as f:
         f.write("x@example.org,X\n")
-    assert send(ws)[0] == 0
+    assert send(ws) == 0
     result = summary(capsys)
     assert (result["sent"], result["suppressed"]) == (4, 2)
     assert {d.rcpt for d in server.deliveries} == {f"user{i}@example.com" for i in (0, 2, 3, 4)}
@@ -272,7 +272,7 @@ def test_retry_schedule_then_expiry_with_injected_clock(sim_server, tmp_path: Pa
 def test_connect_421_defers_everything(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server(SimBehaviour(connect_reply=Reply(421, "4.7.0 Try again later")))
     ws = make_workspace(tmp_path, server.port, rows=4)
-    assert send(ws)[0] == 0
+    assert send(ws) == 0
     result = summary(capsys)
     assert result["sent"] == 0 and result["remaining"] == 4
     assert db_states(ws) == {"deferred": 4}
@@ -282,19 +282,7 @@ def test_connect_421_defers_everything(sim_server, tmp_path: Path, capsys) -> No
 def test_dry_run_changes_nothing(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=5)
-    code = run(
-        [
-            "--db",
-            str(ws / "m.db"),
-            "--profiles",
-            str(ws / "profiles.yaml"),
-            "send",
-            str(ws / "c.yaml"),
-            "--dry-run",
-            "--show",
-            "2",
-        ]
-    )
+    code = cli(ws, "send", str(ws / "c.yaml"), "--dry-run", "--show", "2")
     out = capsys.readouterr()
     assert code == 0
     assert out.out.count("RCPT TO:<") == 2 and "Subject: =?utf-8?" in out.out
@@ -310,21 +298,11 @@ def test_missing_template_field_is_an_error_before_sending(
     ws = make_workspace(tmp_path, server.port, rows=3)
     text = (ws / "c.yaml").read_text().replace("Hi {{ first_name }},", "Hi {{ nickname }},")
     (ws / "c.yaml").write_text(text)
-    assert send(ws)[0] == 2
+    assert send(ws) == 2
     err = capsys.readouterr().err
     assert "'nickname'" in err and "user0@example.com" in err
     assert not server.deliveries
-    code = run(
-        [
-            "--db",
-            str(ws / "m.db"),
-            "--profiles",
-            str(ws / "profiles.yaml"),
-            "send",
-            str(ws / "c.yaml"),
-            "--dry-run",
-        ]
-    )
+    code = cli(ws, "send", str(ws / "c.yaml"), "--dry-run")
     assert code == 2 and "'nickname'" in capsys.readouterr().err
 
 
@@ -333,13 +311,13 @@ def test_changed_campaign_needs_update(sim_server, tmp_path: Path, capsys) -> No
         SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", Reply(451, "4.3.0 later")),))
     )
     ws = make_workspace(tmp_path, server.port, rows=3)
-    assert send(ws)[0] == 0
+    assert send(ws) == 0
     capsys.readouterr()
     (ws / "c.yaml").write_text((ws / "c.yaml").read_text().replace("Héllo", "Hello again"))
-    assert send(ws)[0] == 2
+    assert send(ws) == 2
     err = capsys.readouterr().err
     assert "changed since it started (subject)" in err and "--update" in err
-    assert send(ws, "--update")[0] == 0
+    assert send(ws, "--update") == 0
     capsys.readouterr()
     with Store.open(ws / "m.db") as store:
         versions = dict(store.conn.execute("SELECT email, content_version FROM messages"))
@@ -350,40 +328,54 @@ def test_second_run_is_locked_out(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=2)
     with Store.open(ws / "m.db") as store, store.send_lock():
-        assert send(ws)[0] == 75
+        assert send(ws) == 75
         assert "another mailctl run holds" in capsys.readouterr().err
-    assert send(ws)[0] == 0
+    assert send(ws) == 0
 
 
 def test_limit_and_campaign_commands(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=10)
-    assert send(ws, "--limit", "4")[0] == 0
+    assert send(ws, "--limit", "4") == 0
     result = summary(capsys)
     assert (result["sent"], result["remaining"], result["stop_reason"]) == (4, 6, "limit")
-    base = ["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml")]
-    assert run([*base, "campaign", "pause", "news"]) == 0
-    assert run([*base, "send", "--all", "--json"]) == 0
+    assert cli(ws, "campaign", "pause", "news") == 0
+    assert cli(ws, "send", "--all", "--json") == 0
     assert json.loads(capsys.readouterr().out)["sent"] == 0
-    assert run([*base, "campaign", "resume", "news"]) == 0
-    assert run([*base, "send", "--all", "--json"]) == 0
+    assert cli(ws, "campaign", "resume", "news") == 0
+    assert cli(ws, "send", "--all", "--json") == 0
     assert json.loads(capsys.readouterr().out)["sent"] == 6
-    assert run([*base, "campaign", "show", "news", "--json"]) == 0
+    assert cli(ws, "campaign", "show", "news", "--json") == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["status"] == "done" and shown["counts"]["sent"] == 10
-    assert run([*base, "campaign", "cancel", "nope"]) == 1
+    assert cli(ws, "campaign", "cancel", "nope") == 1
     assert len(server.deliveries) == 10
 
 
-def test_suspended_lane_defers_and_resume_releases_its_mail(sim_server, tmp_path: Path, capsys) -> None:
+def test_suspended_lane_defers_and_resume_releases_its_mail(
+    sim_server, tmp_path: Path, capsys
+) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=4)
-    base = ["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml")]
     # A relay profile without pools sends from "0.0.0.0"; with DNS off a domain is its lane.
-    assert run([*base, "lanes", "suspend", "--ip", "0.0.0.0", "--provider", "example.com",
-                "--for", "2h", "--reason", "operator says wait"]) == 0
+    assert (
+        cli(
+            ws,
+            "lanes",
+            "suspend",
+            "--ip",
+            "0.0.0.0",
+            "--provider",
+            "example.com",
+            "--for",
+            "2h",
+            "--reason",
+            "operator says wait",
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert send(ws)[0] == 0
+    assert send(ws) == 0
     result = summary(capsys)
     assert (result["sent"], result["remaining"], result["stop_reason"]) == (0, 4, "deferred")
     assert not server.deliveries
@@ -391,9 +383,9 @@ def test_suspended_lane_defers_and_resume_releases_its_mail(sim_server, tmp_path
         reasons = {r[0] for r in store.conn.execute("SELECT reason FROM messages")}
         attempts = store.conn.execute("SELECT max(attempts) FROM messages").fetchone()[0]
     assert reasons == {"mailctl"} and attempts == 0  # mailctl's own deferral: no attempt
-    assert run([*base, "lanes", "resume", "--ip", "0.0.0.0", "--provider", "example.com"]) == 0
+    assert cli(ws, "lanes", "resume", "--ip", "0.0.0.0", "--provider", "example.com") == 0
     assert "4 waiting messages are due now" in capsys.readouterr().err
-    assert send(ws)[0] == 0
+    assert send(ws) == 0
     assert summary(capsys)["sent"] == 4
     assert len(server.deliveries) == 4
 
@@ -405,16 +397,15 @@ def test_send_all_skips_a_changed_campaign_but_sends_the_others(
         SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", Reply(451, "4.3.0 later")),))
     )
     ws = make_workspace(tmp_path, server.port, rows=2)
-    base = ["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml")]
     other = ws / "other.yaml"
     other.write_text((ws / "c.yaml").read_text().replace("name: news", "name: other"))
-    assert send(ws)[0] == 0  # news: user0 deferred
-    assert run([*base, "send", str(other), "--json"]) == 0
+    assert send(ws) == 0  # news: user0 deferred
+    assert cli(ws, "send", str(other), "--json") == 0
     capsys.readouterr()
     (ws / "c.yaml").write_text((ws / "c.yaml").read_text().replace("Héllo", "Changed"))
     with (ws / "list.csv").open("a") as f:
         f.write("late@example.com,Late\n")
-    assert run([*base, "send", "--all", "--json"]) == 0
+    assert cli(ws, "send", "--all", "--json") == 0
     out = capsys.readouterr()
     assert "campaign 'news' skipped" in out.err and "--update" in out.err
     assert json.loads(out.out)["sent"] == 1  # the other campaign's new row still went out

@@ -13,9 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_send import make_workspace
-
-from mailctl.cli import run
+from test_send import cli, make_workspace
 
 SINK = shutil.which("smtp-sink") or (
     "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None
@@ -51,17 +49,7 @@ def smtp_sink(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 def test_send_to_smtp_sink(smtp_sink: tuple[int, Path], tmp_path: Path, capsys) -> None:
     port, dump = smtp_sink
     ws = make_workspace(tmp_path, port, rows=50)
-    code = run(
-        [
-            "--db",
-            str(ws / "m.db"),
-            "--profiles",
-            str(ws / "profiles.yaml"),
-            "send",
-            str(ws / "c.yaml"),
-            "--json",
-        ]
-    )
+    code = cli(ws, "send", str(ws / "c.yaml"), "--json")
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert (result["sent"], result["remaining"]) == (50, 0)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_send import make_workspace
+from test_send import cli, make_workspace
 
 from mailctl.cli import run
 from mailctl.sim import AddressRule, Reply, SimBehaviour, append_to_mbox, build_dsn
@@ -18,10 +18,6 @@ from mailctl.store import Store
 from mailctl.suppression import SoftBouncePolicy, import_reports
 
 CORPUS = Path(__file__).parent / "data" / "bounces"
-
-
-def cli(ws: Path, *args: str) -> int:
-    return run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), *args])
 
 
 def sent_headers(ws: Path, address: str) -> tuple[str, bytes]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from test_send import db_states, make_workspace
+from test_send import cli, db_states, make_workspace, send_json
 
 from mailctl.cli import run
 from mailctl.sim import SimBehaviour, TlsMode
@@ -35,28 +35,11 @@ def relay_profile(ws: Path, port: int, extra: str) -> None:
     )
 
 
-def send(ws: Path, capsys) -> dict:
-    code = run(
-        [
-            "--db",
-            str(ws / "m.db"),
-            "--profiles",
-            str(ws / "profiles.yaml"),
-            "send",
-            str(ws / "c.yaml"),
-            "--json",
-        ]
-    )
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return json.loads(captured.out)
-
-
 def test_starttls_required_and_used(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server(SimBehaviour(), tls=TlsMode.REQUIRE)
     ws = make_workspace(tmp_path, server.port, rows=3)
     relay_profile(ws, server.port, "tls: starttls\ntls_verify: false\n")
-    assert send(ws, capsys)["sent"] == 3
+    assert send_json(ws, capsys)["sent"] == 3
     assert len(server.deliveries) == 3
 
 
@@ -64,7 +47,7 @@ def test_starttls_required_but_not_offered_defers(sim_server, tmp_path: Path, ca
     server = sim_server(SimBehaviour())
     ws = make_workspace(tmp_path, server.port, rows=2)
     relay_profile(ws, server.port, "tls: starttls\ntls_required: true\n")
-    result = send(ws, capsys)
+    result = send_json(ws, capsys)
     assert result["sent"] == 0 and result["remaining"] == 2
     assert db_states(ws) == {"deferred": 2}
     assert not server.deliveries
@@ -79,7 +62,7 @@ def test_opportunistic_starttls_sends_in_clear_when_not_offered(
     server = sim_server(SimBehaviour())
     ws = make_workspace(tmp_path, server.port, rows=2)
     relay_profile(ws, server.port, "tls: starttls\ntls_required: false\n")
-    assert send(ws, capsys)["sent"] == 2
+    assert send_json(ws, capsys)["sent"] == 2
 
 
 class _Sink:
@@ -127,7 +110,7 @@ def test_auth_with_password_from_environment(
     ws = make_workspace(tmp_path, port, rows=2)
     relay_profile(ws, port, "tls: none\nusername: mailer\npassword_env: RELAY_PW\n")
     monkeypatch.setenv("RELAY_PW", "right horse battery")
-    assert send(ws, capsys)["sent"] == 2
+    assert send_json(ws, capsys)["sent"] == 2
     assert sorted(handler.received) == ["user0@example.com", "user1@example.com"]
 
 
@@ -169,16 +152,7 @@ def test_unset_password_variable_is_a_config_error(tmp_path: Path, capsys, monke
     ws = make_workspace(tmp_path, 1, rows=1)
     relay_profile(ws, 1, "tls: none\nusername: mailer\npassword_env: RELAY_PW_UNSET\n")
     monkeypatch.delenv("RELAY_PW_UNSET", raising=False)
-    code = run(
-        [
-            "--db",
-            str(ws / "m.db"),
-            "--profiles",
-            str(ws / "profiles.yaml"),
-            "send",
-            str(ws / "c.yaml"),
-        ]
-    )
+    code = cli(ws, "send", str(ws / "c.yaml"))
     assert code == 2
     assert "RELAY_PW_UNSET is not set" in capsys.readouterr().err
 
@@ -187,7 +161,7 @@ def test_a_server_that_hangs_times_out_into_a_deferral(sim_server, tmp_path: Pat
     server = sim_server(SimBehaviour(delays={"DATA": 5}))
     ws = make_workspace(tmp_path, server.port, rows=1)
     relay_profile(ws, server.port, "tls: none\ntimeout: 0.3s\n")
-    result = send(ws, capsys)
+    result = send_json(ws, capsys)
     assert result["sent"] == 0 and result["deferred"] == 1
     with Store.open(ws / "m.db") as store:
         state, reply = store.conn.execute("SELECT state, last_reply FROM messages").fetchone()

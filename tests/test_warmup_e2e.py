@@ -24,10 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_send import FakeClock
+from test_send import cli as cli_in
 
 from mailctl.budget import events, history, profile_settings
 from mailctl.campaigns import active_jobs, prepare
-from mailctl.cli import run
 from mailctl.config import load_profiles
 from mailctl.engine import Engine, RunSummary, SendOptions
 from mailctl.sim import GOOGLE_RATE_LIMITED as GOOGLE_THROTTLE
@@ -226,7 +226,9 @@ def cron_run(
     clock.t = at(day, hour)
     with Store.open(ws / "m.db") as store:
         store.recover_interrupted()
-        prepared, problems = active_jobs(store, load_profiles(ws / "profiles.yaml"), now=clock.now())
+        prepared, problems = active_jobs(
+            store, load_profiles(ws / "profiles.yaml"), now=clock.now()
+        )
         assert not problems, problems
         jobs = [p.job for p in prepared]
         run_id = store.start_run(1, "test", clock.now())
@@ -262,7 +264,7 @@ def message_states(ws: Path) -> dict[str, int]:
 
 def cli_json(ws: Path, capsys: pytest.CaptureFixture[str], *args: str) -> object:
     capsys.readouterr()
-    code = run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), *args, "--json"])
+    code = cli_in(ws, *args, "--json")
     out = capsys.readouterr()
     assert code == 0, out.err
     return json.loads(out.out)
@@ -270,7 +272,7 @@ def cli_json(ws: Path, capsys: pytest.CaptureFixture[str], *args: str) -> object
 
 def cli(ws: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
     capsys.readouterr()
-    code = run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), *args])
+    code = cli_in(ws, *args)
     out = capsys.readouterr()
     assert code == 0, out.err
     return out.out + out.err
