@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mailctl.bounces import Report, parse_message  # noqa: E402
+from mailctl.bounces.parse import Report, parse_message  # noqa: E402
 
 BOUNCE_CATEGORIES = ("bounce-permanent", "bounce-temporary")
 # Documented, deliberate disagreements with the corpus labels (see PROVIDERS.md): the

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mailctl.bounces import iter_messages, parse_message  # noqa: E402
+from mailctl.bounces.parse import iter_messages, parse_message  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -65,8 +65,8 @@ def main(argv: list[str]) -> int:
 
 
 def import_bench(messages: list[bytes], total: int) -> None:
-    from mailctl.store import Store
-    from mailctl.suppression import import_reports
+    from mailctl.store.sqlite import Store
+    from mailctl.bounces.suppression import import_reports
 
     with tempfile.TemporaryDirectory() as folder:
         mbox = Path(folder) / "import.mbox"

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mailctl.recipients import import_csv
-from mailctl.store import Store
+from mailctl.recipients.csv_import import import_csv
+from mailctl.store.sqlite import Store
 
 
 def make_csv(path: Path, rows: int) -> None:

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import aiosmtplib
 
-from mailctl.campaigns import prepare
+from mailctl.delivery.campaigns import prepare
 from mailctl.config import load_profiles
-from mailctl.engine import Engine
-from mailctl.render import new_tracking_id
-from mailctl.store import Store
+from mailctl.delivery.engine import Engine
+from mailctl.message.render import new_tracking_id
+from mailctl.store.sqlite import Store
 
 PARAGRAPH = (
     "Thanks for being with us, {{ first_name }}. Here is what changed on your {{ plan }} plan "
@@ -153,7 +153,7 @@ def main() -> None:
             bare_s = asyncio.run(bare_loop(port, payloads, connections))
             signed = None
             if "--dkim" in sys.argv:
-                from mailctl.dkim import generate_keypair
+                from mailctl.message.dkim import generate_keypair
 
                 (tmp / "signed").mkdir()
                 key = tmp / "signed" / "key.pem"

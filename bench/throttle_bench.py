@@ -34,11 +34,11 @@ import textwrap
 import time
 from pathlib import Path
 
-from mailctl.campaigns import prepare
+from mailctl.delivery.campaigns import prepare
 from mailctl.config import load_profiles
-from mailctl.engine import Engine, RunSummary
-from mailctl.sim import GOOGLE_RATE_LIMITED, SimConfig, ThreadedSimServer, Throttle, preset
-from mailctl.store import Store
+from mailctl.delivery.engine import Engine, RunSummary
+from mailctl.sim.server import GOOGLE_RATE_LIMITED, SimConfig, ThreadedSimServer, Throttle, preset
+from mailctl.store.sqlite import Store
 
 DOMAINS = {"google": "gmail.example", "microsoft": "outlook.example", "yahoo": "yahoo.example"}
 JUMP = 1.0  # sleeps longer than this jump the clock instead of waiting
@@ -131,7 +131,7 @@ def run_once(messages: int, rate: int | None) -> dict[str, object]:
                 run_id = store.start_run(1, "bench", start_sim)
                 engine = Engine(store, [prepared.job], run_id=run_id, clock=clock)
                 # Wait for deferred mail (as `send --max-time 1d` would): deliver everything.
-                from mailctl.engine import SendOptions
+                from mailctl.delivery.engine import SendOptions
 
                 engine.options = SendOptions(max_time=86400)
                 summary: RunSummary = asyncio.run(engine.run())

@@ -396,7 +396,7 @@ def _warmup(node: Node) -> WarmupConfig:
     if (preset is None) == (volumes is None):
         raise node.error("give exactly one of 'preset' or 'volumes'")
     if preset is not None:
-        from mailctl.warmup import PRESET_NAMES
+        from mailctl.reputation.warmup import PRESET_NAMES
 
         if preset not in PRESET_NAMES:
             raise keys["preset"].error(
@@ -551,7 +551,7 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         overrides = {}
         for domain, target in keys["mx_override"].mapping().items():
             value = target.str()
-            from mailctl.providers import parse_mx_override
+            from mailctl.dns.mx import parse_mx_override
 
             try:
                 parse_mx_override(value)
@@ -605,7 +605,7 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
     if "preflight" in keys:
         options["preflight"] = keys["preflight"].bool()
     if "rules" in keys:
-        from mailctl.rules import load_rules
+        from mailctl.replies.rules import load_rules
 
         raw = yaml.safe_load(yaml.serialize(keys["rules"].node))
         load_rules(raw, source=f"{keys['rules'].file}:{keys['rules'].line}: profiles.{name}.rules")

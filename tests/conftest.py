@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from mailctl.sim import SimBehaviour, SimConfig, SimEvent, ThreadedSimServer
+from mailctl.sim.server import SimBehaviour, SimConfig, SimEvent, ThreadedSimServer
 
 
 class ManualClock:

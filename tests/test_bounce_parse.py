@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mailctl.bounces import BounceParseError, Kind, iter_messages, parse_message
+from mailctl.bounces.parse import BounceParseError, Kind, iter_messages, parse_message
 
 DATA = Path(__file__).parent / "data" / "bounces"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailctl.classify import (
+from mailctl.replies.classify import (
     Scope,
     classify_failure,
     classify_reply,

@@ -9,7 +9,7 @@ import dkim as dkimpy  # dkimpy; mailctl's own module is mailctl.dkim
 import dns.zone
 import pytest
 
-from mailctl.dkim import (
+from mailctl.message.dkim import (
     DkimAlgorithm,
     DkimError,
     DkimKeyConfig,
@@ -20,7 +20,7 @@ from mailctl.dkim import (
     relaxed_body,
     txt_record,
 )
-from mailctl.dnscheck import NoAnswer, NXDomain, Resolver, ZoneResolver
+from mailctl.dns.checks import NoAnswer, NXDomain, Resolver, ZoneResolver
 
 KEYS = Path(__file__).parent / "data" / "zones" / "keys"
 ZONES = Path(__file__).parent / "data" / "zones"
@@ -238,6 +238,6 @@ def test_algorithm_must_match_the_key() -> None:
 
 
 def _txt(key: DkimKeyConfig) -> str:
-    from mailctl.dkim import load_private_key, public_key_txt
+    from mailctl.message.dkim import load_private_key, public_key_txt
 
     return public_key_txt(load_private_key(key))

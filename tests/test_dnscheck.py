@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mailctl.dkim import DkimAlgorithm, DkimKeyConfig
-from mailctl.dnscheck import (
+from mailctl.message.dkim import DkimAlgorithm, DkimKeyConfig
+from mailctl.dns.checks import (
     Check,
     CheckReport,
     DnsTimeout,

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from test_send import FakeClock, cli, db_states, make_workspace, send
 
-from mailctl.campaigns import prepare
+from mailctl.delivery.campaigns import prepare
 from mailctl.config import load_profiles
-from mailctl.dnscheck import DnsTimeout
-from mailctl.engine import Engine, SendOptions
-from mailctl.sim import CapAction, Reply, SimBehaviour
-from mailctl.store import Store
+from mailctl.dns.checks import DnsTimeout
+from mailctl.delivery.engine import Engine, SendOptions
+from mailctl.sim.server import CapAction, Reply, SimBehaviour
+from mailctl.store.sqlite import Store
 
 
 def start_engine(ws: Path, store: Store, **options: object) -> Engine:

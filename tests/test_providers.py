@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mailctl.dnscheck import DnsTimeout, NoAnswer, NXDomain, ZoneResolver
-from mailctl.providers import (
+from mailctl.dns.checks import DnsTimeout, NoAnswer, NXDomain, ZoneResolver
+from mailctl.dns.mx import (
     AddressAnswer,
     DirectAction,
     DomainRoute,

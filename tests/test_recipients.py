@@ -14,8 +14,8 @@ import pytest
 
 from mailctl.cli import run
 from mailctl.errors import InputError
-from mailctl.recipients import InvalidAddress, import_csv, normalise_address
-from mailctl.store import Store
+from mailctl.recipients.csv_import import InvalidAddress, import_csv, normalise_address
+from mailctl.store.sqlite import Store
 
 
 @pytest.fixture()
@@ -103,7 +103,7 @@ def test_quoted_fields_bad_rows_and_rejects_file(store: Store, tmp_path: Path) -
         'd@example.com,"Quote ""q""",ok\n',  # line 7
     )
     rejects_path = tmp_path / "rejects.csv"
-    from mailctl.recipients import RejectsWriter
+    from mailctl.recipients.csv_import import RejectsWriter
 
     writer = RejectsWriter(rejects_path)
     summary = import_csv(store, path, on_reject=writer)

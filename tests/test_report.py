@@ -15,14 +15,14 @@ import pytest
 from rich.console import Console
 from test_send import FakeClock, make_workspace
 
-from mailctl.campaigns import prepare
+from mailctl.delivery.campaigns import prepare
 from mailctl.config import load_profiles
-from mailctl.engine import Engine, SendOptions
+from mailctl.delivery.engine import Engine, SendOptions
 from mailctl.errors import MailctlError
-from mailctl.report import build_report, is_throttle, render_html, render_tables
-from mailctl.sim import YAHOO_TSS04, AddressRule, Reply, SimBehaviour, append_to_mbox, build_dsn
-from mailctl.store import Store
-from mailctl.suppression import import_reports
+from mailctl.report.build import build_report, is_throttle, render_html, render_tables
+from mailctl.sim.server import YAHOO_TSS04, AddressRule, Reply, SimBehaviour, append_to_mbox, build_dsn
+from mailctl.store.sqlite import Store
+from mailctl.bounces.suppression import import_reports
 
 T0 = 1_800_000_000.0  # when the campaign is queued
 T1 = T0 + 120.0  # when the engine's (fake) clock sends it

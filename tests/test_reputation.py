@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from mailctl.campaigns import prepare
+from mailctl.delivery.campaigns import prepare
 from mailctl.cli import run
 from mailctl.config import load_profiles
-from mailctl.engine import Engine, RunSummary, SendOptions
-from mailctl.sim import (
+from mailctl.delivery.engine import Engine, RunSummary, SendOptions
+from mailctl.sim.server import (
     GOOGLE_RATE_LIMITED,
     MICROSOFT_BLOCK_LIST,
     YAHOO_TSS04,
@@ -38,7 +38,7 @@ from mailctl.sim import (
     TlsMode,
     preset,
 )
-from mailctl.store import Store
+from mailctl.store.sqlite import Store
 from tests.test_send import FakeClock
 
 IPS = ("127.0.0.2", "127.0.0.3")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mailctl.classify import Scope, classify_reply
+from mailctl.replies.classify import Scope, classify_reply
 from mailctl.errors import ConfigError
-from mailctl.rules import (
+from mailctl.replies.rules import (
     Action,
     Amount,
     LaneLimits,

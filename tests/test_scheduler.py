@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailctl.rules import load_rules
-from mailctl.scheduler import (
+from mailctl.replies.rules import load_rules
+from mailctl.reputation.lanes import (
     BreakerPolicy,
     BreakerState,
     EventKind,

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from mailctl.campaigns import prepare
+from mailctl.delivery.campaigns import prepare
 from mailctl.cli import run
 from mailctl.config import load_profiles
-from mailctl.engine import Engine, SendOptions
-from mailctl.sim import AddressRule, Reply, SimBehaviour
-from mailctl.store import Store
+from mailctl.delivery.engine import Engine, SendOptions
+from mailctl.sim.server import AddressRule, Reply, SimBehaviour
+from mailctl.store.sqlite import Store
 
 
 class FakeClock:

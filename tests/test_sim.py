@@ -20,7 +20,7 @@ import aiosmtplib
 import pytest
 
 from mailctl.errors import MailctlError
-from mailctl.sim import (
+from mailctl.sim.server import (
     GOOGLE_NO_SUCH_USER,
     GOOGLE_RATE_LIMITED,
     MICROSOFT_BLOCK_LIST,

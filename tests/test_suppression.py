@@ -13,9 +13,9 @@ import pytest
 from test_send import cli, make_workspace
 
 from mailctl.cli import run
-from mailctl.sim import AddressRule, Reply, SimBehaviour, append_to_mbox, build_dsn
-from mailctl.store import Store
-from mailctl.suppression import SoftBouncePolicy, import_reports
+from mailctl.sim.server import AddressRule, Reply, SimBehaviour, append_to_mbox, build_dsn
+from mailctl.store.sqlite import Store
+from mailctl.bounces.suppression import SoftBouncePolicy, import_reports
 
 CORPUS = Path(__file__).parent / "data" / "bounces"
 

@@ -14,8 +14,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from test_send import cli, db_states, make_workspace, send_json
 
 from mailctl.cli import run
-from mailctl.sim import SimBehaviour, TlsMode
-from mailctl.store import Store
+from mailctl.sim.server import SimBehaviour, TlsMode
+from mailctl.store.sqlite import Store
 
 
 def relay_profile(ws: Path, port: int, extra: str) -> None:

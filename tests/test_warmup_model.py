@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailctl.warmup import (
+from mailctl.reputation.warmup import (
     PRESET_NAMES,
     PRESETS,
     DayRecord,

@@ -16,11 +16,11 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from mailctl.bounces import BounceParseError, Kind, Report, iter_messages, parse_message
+from mailctl.bounces.parse import BounceParseError, Kind, Report, iter_messages, parse_message
 from mailctl.errors import InputError
-from mailctl.recipients import InvalidAddress, normalise_address
-from mailctl.render import TRACKING_RE
-from mailctl.store import Store
+from mailctl.recipients.csv_import import InvalidAddress, normalise_address
+from mailctl.message.render import TRACKING_RE
+from mailctl.store.sqlite import Store
 
 REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual", "soft_bounce_limit")
 DAY = 86400.0

@@ -28,7 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mailctl.classify import Verdict, classify_failure
+from mailctl.replies.classify import Verdict, classify_failure
 from mailctl.errors import MailctlError
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from mailctl.config import Campaign, ProfilesFile, TrafficClass, load_campaign
-from mailctl.engine import CampaignJob
+from mailctl.delivery.engine import CampaignJob
 from mailctl.errors import CampaignChangedError, InputError, MailctlError, TemplateError
-from mailctl.recipients import ImportSummary, import_csv
-from mailctl.render import Renderer, new_tracking_id
-from mailctl.store import Store
+from mailctl.recipients.csv_import import ImportSummary, import_csv
+from mailctl.message.render import Renderer, new_tracking_id
+from mailctl.store.sqlite import Store
 
 
 def content_hash(content: dict[str, Any]) -> str:
@@ -45,7 +45,7 @@ def check_fields(store: Store, renderer: Renderer, list_name: str) -> None:
 
 
 def make_renderer(campaign: Campaign, profiles: ProfilesFile) -> Renderer:
-    from mailctl.preflight import signing_key
+    from mailctl.dns.preflight import signing_key
 
     profile = profiles.get(campaign.profile)
     return Renderer(

@@ -18,7 +18,7 @@ from typing import Any
 import sqlite_utils
 
 from mailctl.errors import LockedError, StoreError
-from mailctl.store_reports import ReportQueries
+from mailctl.store.report_queries import ReportQueries
 
 DEFAULT_DB = "mailctl.db"
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from mailctl.classify import Scope, parse_reply_delay
+from mailctl.replies.classify import Scope, parse_reply_delay
 from mailctl.errors import ConfigError
 
 __all__ = [

@@ -21,7 +21,7 @@ import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from mailctl.config import Campaign, TrafficClass
-from mailctl.dkim import DkimKeyConfig
+from mailctl.message.dkim import DkimKeyConfig
 from mailctl.errors import TemplateError
 
 TRACKING_PREFIX = "mc1-"
@@ -117,7 +117,7 @@ class Renderer:
         self.dkim = dkim
         self.signer: Callable[[bytes], bytes] | None = None
         if dkim is not None:
-            from mailctl.dkim import DkimSigner
+            from mailctl.message.dkim import DkimSigner
 
             self.signer = DkimSigner(dkim, clock=clock).sign
         _, from_address = parseaddr(campaign.from_addr)

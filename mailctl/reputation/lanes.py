@@ -31,8 +31,8 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
-from mailctl.classify import parse_reply_code
-from mailctl.rules import Action, LaneLimits, ReplyRule, RuleMatch, RuleSet, default_rules
+from mailctl.replies.classify import parse_reply_code
+from mailctl.replies.rules import Action, LaneLimits, ReplyRule, RuleMatch, RuleSet, default_rules
 
 __all__ = [
     "BreakerPolicy",

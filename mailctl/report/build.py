@@ -113,13 +113,13 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
-from mailctl.classify import REASON_SCOPE, RULES, Scope
+from mailctl.replies.classify import REASON_SCOPE, RULES, Scope
 from mailctl.errors import MailctlError
-from mailctl.store import MESSAGE_STATES
+from mailctl.store.sqlite import MESSAGE_STATES
 
 if TYPE_CHECKING:
-    from mailctl.store import Store
-    from mailctl.store_reports import ReportGroup
+    from mailctl.store.sqlite import Store
+    from mailctl.store.report_queries import ReportGroup
 
 SCHEMA_VERSION = 1
 HOUR = 3600
@@ -140,7 +140,7 @@ def _lane_rule_ids() -> frozenset[str]:
     """Rule ids that are about the lane: the classifier's, and the lane rules' that act on it."""
     ids = {rule.id for rule in RULES if rule.scope is Scope.LANE}
     try:
-        from mailctl.rules import default_rules
+        from mailctl.replies.rules import default_rules
 
         ids |= {rule.id for rule in default_rules().replies if rule.action.affects_lane}
     except Exception:  # noqa: BLE001 - a broken rules file must not break a report

@@ -15,7 +15,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mailctl import __version__, console
+from mailctl import __version__
+from mailctl.cli import console
 from mailctl.errors import MailctlError, UsageError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -108,7 +109,7 @@ def main_callback(
 
 
 def _open_store() -> Any:
-    from mailctl.store import Store
+    from mailctl.store.sqlite import Store
 
     return Store.open(state.db)
 
@@ -145,7 +146,7 @@ def recipients_import(
 
     Example: mailctl recipients import customers.csv --list customers --rejects bad.csv
     """
-    from mailctl.recipients import RejectsWriter, import_csv
+    from mailctl.recipients.csv_import import RejectsWriter, import_csv
 
     console.set_quiet(quiet or json_output)
     rejects_writer = RejectsWriter(rejects) if rejects else None
@@ -337,7 +338,7 @@ def send(
         assert campaign_file is not None
         _dry_run(campaign_file, profiles, show)
         return
-    from mailctl.engine import SendOptions
+    from mailctl.delivery.engine import SendOptions
 
     options = SendOptions(limit=limit, max_time=seconds, wait=wait)
     if campaign_file is not None and not skip_check:
@@ -352,8 +353,8 @@ def send(
 def _preflight(campaign_file: Path, profiles: Any, zones: list[Path]) -> None:
     """The fast DNS checks, before a campaign's first send over a relay or direct."""
     from mailctl.config import TransportKind, load_campaign
-    from mailctl.preflight import check as run_check
-    from mailctl.preflight import resolver_for
+    from mailctl.dns.preflight import check as run_check
+    from mailctl.dns.preflight import resolver_for
 
     campaign = load_campaign(campaign_file)
     profile = profiles.get(campaign.profile)
@@ -380,8 +381,8 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
     import socket
     import time
 
-    from mailctl.campaigns import active_jobs, prepare
-    from mailctl.engine import Engine, RunSummary
+    from mailctl.delivery.campaigns import active_jobs, prepare
+    from mailctl.delivery.engine import Engine, RunSummary
 
     with _open_store() as store, store.send_lock():
         now = time.time()
@@ -434,7 +435,7 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
             import signal
 
             from mailctl.config import TransportKind
-            from mailctl.transport import Sandbox
+            from mailctl.delivery.transport import Sandbox
 
             sandbox = None
             sandbox_jobs = [j for j in jobs if j.profile.transport is TransportKind.SANDBOX]
@@ -513,11 +514,11 @@ def _print_summary(summary: Any) -> None:
 
 def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
     """Render the first messages without touching the database or the network."""
-    from mailctl.campaigns import check_fields, make_renderer
+    from mailctl.delivery.campaigns import check_fields, make_renderer
     from mailctl.config import load_campaign
-    from mailctl.recipients import import_csv
-    from mailctl.render import new_tracking_id
-    from mailctl.store import Store, resolve_db_path
+    from mailctl.recipients.csv_import import import_csv
+    from mailctl.message.render import new_tracking_id
+    from mailctl.store.sqlite import Store, resolve_db_path
 
     campaign = load_campaign(campaign_file)
     profiles.get(campaign.profile)
@@ -728,7 +729,7 @@ def bounces_import(
     """
     import time
 
-    from mailctl.suppression import SoftBouncePolicy, import_reports
+    from mailctl.bounces.suppression import SoftBouncePolicy, import_reports
 
     console.set_quiet(quiet or json_output)
     errors_file = errors.open("ab") if errors else None
@@ -780,7 +781,7 @@ def bounces_parse(
 
     Example: mailctl bounces parse bounce.eml --json
     """
-    from mailctl.bounces import BounceParseError, iter_messages, parse_message
+    from mailctl.bounces.parse import BounceParseError, iter_messages, parse_message
 
     for path in paths:
         if path != "-" and not Path(path).exists():
@@ -803,8 +804,8 @@ def bounces_parse(
 
 
 def _target(value: str) -> str:
-    from mailctl.recipients import InvalidAddress
-    from mailctl.suppression import parse_suppression_target
+    from mailctl.recipients.csv_import import InvalidAddress
+    from mailctl.bounces.suppression import parse_suppression_target
 
     try:
         return parse_suppression_target(value)
@@ -813,7 +814,7 @@ def _target(value: str) -> str:
 
 
 def _reason(value: str) -> str:
-    from mailctl.suppression import REASONS
+    from mailctl.bounces.suppression import REASONS
 
     if value not in REASONS:
         raise UsageError(f"reason must be one of {', '.join(REASONS)}")
@@ -918,7 +919,7 @@ def suppress_import(
     """
     import time
 
-    from mailctl.suppression import import_suppression_csv
+    from mailctl.bounces.suppression import import_suppression_csv
 
     with _open_store() as store:
         added, invalid = import_suppression_csv(
@@ -936,7 +937,7 @@ def suppress_export(
 
     Example: mailctl suppress export suppressed.csv
     """
-    from mailctl.suppression import export_suppression_csv
+    from mailctl.bounces.suppression import export_suppression_csv
 
     with _open_store() as store:
         count = export_suppression_csv(store, file, _reason(reason) if reason else None)
@@ -947,8 +948,8 @@ def suppress_export(
 
 
 def _scheduler(store: Any, profile_name: str | None = None) -> Any:
-    from mailctl.rules import load_rules
-    from mailctl.scheduler import LaneState, Scheduler
+    from mailctl.replies.rules import load_rules
+    from mailctl.reputation.lanes import LaneState, Scheduler
 
     overrides = None
     try:
@@ -1110,8 +1111,8 @@ def rules_test(
     Example: mailctl rules test "421 4.7.0 [TSS04] Messages from 192.0.2.1 deferred" \\
       --provider yahoo
     """
-    from mailctl.classify import classify_reply, parse_reply_code
-    from mailctl.rules import load_rules
+    from mailctl.replies.classify import classify_reply, parse_reply_code
+    from mailctl.replies.rules import load_rules
 
     overrides = _load_profiles(None).get(profile).rules if profile else None
     rules = load_rules(overrides)
@@ -1151,7 +1152,7 @@ def rules_list(
 
     Example: mailctl rules list --json
     """
-    from mailctl.rules import load_rules
+    from mailctl.replies.rules import load_rules
 
     overrides = _load_profiles(None).get(profile).rules if profile else None
     rules = load_rules(overrides)
@@ -1213,7 +1214,7 @@ def rules_list(
 
 def _warmup_ips(profile_name: str | None, ip: str | None) -> list[tuple[str, Any, str]]:
     """(ip, setting or None, profile name) for the IPs the command is about."""
-    from mailctl.budget import profile_settings
+    from mailctl.reputation.budget import profile_settings
 
     profiles = _load_profiles(None)
     names = [profile_name] if profile_name else list(profiles.profiles)
@@ -1271,8 +1272,8 @@ def warmup_plan(
 
     Example: mailctl warmup plan --profile direct --days 30
     """
-    from mailctl.budget import events, history
-    from mailctl.warmup import local_day, plan
+    from mailctl.reputation.budget import events, history
+    from mailctl.reputation.warmup import local_day, plan
 
     now = _as_of(date)
     result = []
@@ -1379,8 +1380,8 @@ def warmup_status(
 
     Example: mailctl warmup status --json
     """
-    from mailctl.budget import WarmupBudget
-    from mailctl.warmup import provider_caps
+    from mailctl.reputation.budget import WarmupBudget
+    from mailctl.reputation.warmup import provider_caps
 
     now = _as_of(date)
     timestamp = now.timestamp()
@@ -1449,7 +1450,7 @@ def _warmup_event(ip: str, kind: str, preset: str | None, date: str | None) -> N
     import datetime as dt
     import time
 
-    from mailctl.warmup import PRESET_NAMES
+    from mailctl.reputation.warmup import PRESET_NAMES
 
     if preset is not None and preset not in PRESET_NAMES:
         raise UsageError(f"--preset must be one of {', '.join(PRESET_NAMES)}")
@@ -1560,8 +1561,8 @@ def check(
     Example: mailctl check --campaign campaigns/welcome.yaml --zone example.com.zone
     """
     from mailctl.config import load_campaign
-    from mailctl.preflight import check as run_check
-    from mailctl.preflight import resolver_for
+    from mailctl.dns.preflight import check as run_check
+    from mailctl.dns.preflight import resolver_for
 
     profiles = _load_profiles(campaign.parent if campaign else None)
     loaded = load_campaign(campaign) if campaign else None
@@ -1592,7 +1593,7 @@ def dkim_keygen(
     """
     import os
 
-    from mailctl.dkim import DkimError, generate_keypair, txt_record
+    from mailctl.message.dkim import DkimError, generate_keypair, txt_record
 
     path = out or Path(f"{domain}.{selector}.pem")
     if path.exists():
@@ -1635,7 +1636,7 @@ def report(
     """
     import time
 
-    from mailctl.report import build_report, render_html, render_tables
+    from mailctl.report.build import build_report, render_html, render_tables
 
     with _open_store() as store:
         data = build_report(store, campaign, now=time.time())
@@ -1661,7 +1662,7 @@ def _add_warmup_to_report(store: Any, data: dict[str, Any]) -> None:
         profiles = _load_profiles(None)
     except MailctlError:
         return
-    from mailctl.budget import WarmupBudget, profile_settings
+    from mailctl.reputation.budget import WarmupBudget, profile_settings
 
     settings = profile_settings(*profiles.profiles.values())
     budget = WarmupBudget(store, settings)
@@ -1699,11 +1700,11 @@ def sim(
 
     It answers like the real provider: its throttle replies once a source IP sends too
     fast, 550 5.1.1 for local parts starting with `unknown`, greylisting and more (see
-    mailctl/sim.py). Point a profile at it with mx_override. Stop with Ctrl-C.
+    mailctl/sim/). Point a profile at it with mx_override. Stop with Ctrl-C.
 
     Example: mailctl sim --provider google --port 2525 --mbox bounces.mbox
     """
-    from mailctl.sim import SimConfig, preset, run_forever
+    from mailctl.sim.server import SimConfig, preset, run_forever
 
     config = SimConfig(
         behaviour=preset(provider), host=host, port=port, mbox=mbox, maildir=maildir, jsonl=log

@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Mapping
 
 from mailctl.config import Profile, WarmupConfig
-from mailctl.store import Store
-from mailctl.warmup import (
+from mailctl.store.sqlite import Store
+from mailctl.reputation.warmup import (
     DayRecord,
     EventKind,
     WarmupEvent,

@@ -53,7 +53,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from mailctl.dkim import (
+from mailctl.message.dkim import (
     DkimAlgorithm,
     DkimKeyConfig,
     DkimKeyError,

@@ -22,11 +22,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from mailctl.budget import WarmupBudget, profile_settings
-from mailctl.classify import Scope, classify_reply, parse_reply_delay
+from mailctl.reputation.budget import WarmupBudget, profile_settings
+from mailctl.replies.classify import Scope, classify_reply, parse_reply_delay
 from mailctl.config import Campaign, Profile, TlsMode, TransportKind
 from mailctl.errors import StoreError, TemplateError
-from mailctl.providers import (
+from mailctl.dns.mx import (
     DirectAction,
     DomainRoute,
     RouteStatus,
@@ -35,9 +35,9 @@ from mailctl.providers import (
     route_for_override,
     unresolved_route,
 )
-from mailctl.render import RenderedMessage, Renderer
-from mailctl.rules import TlsPolicy, load_rules
-from mailctl.scheduler import (
+from mailctl.message.render import RenderedMessage, Renderer
+from mailctl.replies.rules import TlsPolicy, load_rules
+from mailctl.reputation.lanes import (
     BreakerPolicy,
     BreakerState,
     EventKind,
@@ -46,8 +46,8 @@ from mailctl.scheduler import (
     Scheduler,
     check_breaker,
 )
-from mailctl.store import Store
-from mailctl.transport import Connection, Destination, Reply, relay_destination
+from mailctl.store.sqlite import Store
+from mailctl.delivery.transport import Connection, Destination, Reply, relay_destination
 
 
 class Clock(Protocol):
@@ -371,7 +371,7 @@ class Engine:
                 continue
             resolver = self.resolver
             if resolver is None and lookups:
-                from mailctl.providers import DnsPythonMxResolver
+                from mailctl.dns.mx import DnsPythonMxResolver
 
                 resolver = self.resolver = DnsPythonMxResolver()
             if lookups:

@@ -39,7 +39,7 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from mailctl.dnscheck import (
+from mailctl.dns.checks import (
     DnsError,
     DnsTimeout,
     NoAnswer,
