@@ -65,8 +65,8 @@ def main(argv: list[str]) -> int:
 
 
 def import_bench(messages: list[bytes], total: int) -> None:
-    from mailctl.store.sqlite import Store
     from mailctl.bounces.suppression import import_reports
+    from mailctl.store.sqlite import Store
 
     with tempfile.TemporaryDirectory() as folder:
         mbox = Path(folder) / "import.mbox"

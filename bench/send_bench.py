@@ -26,8 +26,8 @@ from pathlib import Path
 
 import aiosmtplib
 
-from mailctl.delivery.campaigns import prepare
 from mailctl.config import load_profiles
+from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine
 from mailctl.message.render import new_tracking_id
 from mailctl.store.sqlite import Store

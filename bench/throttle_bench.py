@@ -34,8 +34,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from mailctl.delivery.campaigns import prepare
 from mailctl.config import load_profiles
+from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, RunSummary
 from mailctl.sim.server import GOOGLE_RATE_LIMITED, SimConfig, ThreadedSimServer, Throttle, preset
 from mailctl.store.sqlite import Store
@@ -139,9 +139,13 @@ def run_once(messages: int, rate: int | None) -> dict[str, object]:
             conn = sqlite3.connect(ws / "m.db")
             result = measure(conn, start_sim)
             conn.close()
-        result.update(summary=summary, wall=wall, simulated=clock.now() - start_sim,
-                      jumped=clock.jumped,
-                      delivered={p: len(s.deliveries) for p, s in sims.items()})
+        result.update(
+            summary=summary,
+            wall=wall,
+            simulated=clock.now() - start_sim,
+            jumped=clock.jumped,
+            delivered={p: len(s.deliveries) for p, s in sims.items()},
+        )
         return result
     finally:
         for sim in sims.values():
@@ -149,21 +153,32 @@ def run_once(messages: int, rate: int | None) -> dict[str, object]:
 
 
 def measure(conn: sqlite3.Connection, start: float) -> dict[str, object]:
-    last = dict(conn.execute(
-        "SELECT provider, max(sent_at) - ? FROM messages WHERE state = 'sent' GROUP BY provider",
-        (start,),
-    ).fetchall())
+    last = dict(
+        conn.execute(
+            "SELECT provider, max(sent_at) - ? FROM messages"
+            " WHERE state = 'sent' GROUP BY provider",
+            (start,),
+        ).fetchall()
+    )
     lanes = {}
     for ip, provider in conn.execute(
         "SELECT DISTINCT ip, provider FROM replies WHERE text LIKE '%4.7.28%' ORDER BY 1, 2"
     ):
-        events = [at for (at,) in conn.execute(
-            "SELECT at FROM lane_events WHERE ip = ? AND provider = ? ORDER BY at", (ip, provider)
-        )]
-        replies = [at for (at,) in conn.execute(
-            "SELECT at FROM replies WHERE ip = ? AND provider = ? AND text LIKE '%4.7.28%' "
-            "ORDER BY at", (ip, provider)
-        )]
+        events = [
+            at
+            for (at,) in conn.execute(
+                "SELECT at FROM lane_events WHERE ip = ? AND provider = ? ORDER BY at",
+                (ip, provider),
+            )
+        ]
+        replies = [
+            at
+            for (at,) in conn.execute(
+                "SELECT at FROM replies WHERE ip = ? AND provider = ? AND text LIKE '%4.7.28%' "
+                "ORDER BY at",
+                (ip, provider),
+            )
+        ]
         # An episode: lane events less than a minute apart (replies of in-flight messages).
         episodes: list[float] = []
         for at in events:
@@ -186,28 +201,42 @@ def main() -> None:
     print(f"{messages} messages to 3 simulated providers from 2 IPs (direct, mx_override)")
     plain = run_once(messages, None)
     s = plain["summary"]
-    print(f"\nunthrottled: sent {s.sent}, remaining {s.remaining}, wall {plain['wall']:.1f} s "
-          f"({s.sent / plain['wall']:.0f} msg/s)")
-    print("  last message per provider (s after start): "
-          + ", ".join(f"{p} {t:.1f}" for p, t in sorted(plain["last_sent"].items())))
+    print(
+        f"\nunthrottled: sent {s.sent}, remaining {s.remaining}, wall {plain['wall']:.1f} s "
+        f"({s.sent / plain['wall']:.0f} msg/s)"
+    )
+    print(
+        "  last message per provider (s after start): "
+        + ", ".join(f"{p} {t:.1f}" for p, t in sorted(plain["last_sent"].items()))
+    )
 
     throttled = run_once(messages, rate)
     s = throttled["summary"]
-    print(f"\nthrottled (Google: 421 4.7.28 past {rate}/min per IP): sent {s.sent}, "
-          f"deferred-then-retried {s.deferred}, remaining {s.remaining}, stop {s.stop_reason}")
-    print(f"  wall {throttled['wall']:.1f} s; simulated {throttled['simulated'] / 60:.1f} min "
-          f"(of which {throttled['jumped'] / 60:.1f} min jumped over)")
-    print("  last message per provider (min after start): "
-          + ", ".join(f"{p} {t / 60:.2f}" for p, t in sorted(throttled["last_sent"].items())))
+    print(
+        f"\nthrottled (Google: 421 4.7.28 past {rate}/min per IP): sent {s.sent}, "
+        f"deferred-then-retried {s.deferred}, remaining {s.remaining}, stop {s.stop_reason}"
+    )
+    print(
+        f"  wall {throttled['wall']:.1f} s; simulated {throttled['simulated'] / 60:.1f} min "
+        f"(of which {throttled['jumped'] / 60:.1f} min jumped over)"
+    )
+    print(
+        "  last message per provider (min after start): "
+        + ", ".join(f"{p} {t / 60:.2f}" for p, t in sorted(throttled["last_sent"].items()))
+    )
     for (ip, provider), lane in throttled["lanes"].items():
-        print(f"  lane {ip} -> {provider}: {lane['before_pause']} throttle replies before it "
-              f"paused, {lane['total']} in all; pauses at minute {lane['episodes']} "
-              f"({lane['lane_events']} lane_events rows)")
+        print(
+            f"  lane {ip} -> {provider}: {lane['before_pause']} throttle replies before it "
+            f"paused, {lane['total']} in all; pauses at minute {lane['episodes']} "
+            f"({lane['lane_events']} lane_events rows)"
+        )
     others = max(t for p, t in throttled["last_sent"].items() if p != "google")
     plain_others = max(t for p, t in plain["last_sent"].items() if p != "google")
-    print(f"\nMicrosoft+Yahoo done after {others:.1f} s throttled vs {plain_others:.1f} s "
-          f"unthrottled; Google done after {throttled['last_sent']['google'] / 60:.1f} min vs "
-          f"{plain['last_sent']['google']:.1f} s")
+    print(
+        f"\nMicrosoft+Yahoo done after {others:.1f} s throttled vs {plain_others:.1f} s "
+        f"unthrottled; Google done after {throttled['last_sent']['google'] / 60:.1f} min vs "
+        f"{plain['last_sent']['google']:.1f} s"
+    )
 
 
 if __name__ == "__main__":

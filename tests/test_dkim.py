@@ -9,6 +9,7 @@ import dkim as dkimpy  # dkimpy; mailctl's own module is mailctl.dkim
 import dns.zone
 import pytest
 
+from mailctl.dns.checks import NoAnswer, NXDomain, Resolver, ZoneResolver
 from mailctl.message.dkim import (
     DkimAlgorithm,
     DkimError,
@@ -20,7 +21,6 @@ from mailctl.message.dkim import (
     relaxed_body,
     txt_record,
 )
-from mailctl.dns.checks import NoAnswer, NXDomain, Resolver, ZoneResolver
 
 KEYS = Path(__file__).parent / "data" / "zones" / "keys"
 ZONES = Path(__file__).parent / "data" / "zones"

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from mailctl.message.dkim import DkimAlgorithm, DkimKeyConfig
 from mailctl.dns.checks import (
     Check,
     CheckReport,
@@ -22,6 +21,7 @@ from mailctl.dns.checks import (
     spf_check_host,
 )
 from mailctl.errors import UsageError
+from mailctl.message.dkim import DkimAlgorithm, DkimKeyConfig
 
 ZONES = Path(__file__).parent / "data" / "zones"
 KEYS = ZONES / "keys"

@@ -15,14 +15,21 @@ import pytest
 from rich.console import Console
 from test_send import FakeClock, make_workspace
 
-from mailctl.delivery.campaigns import prepare
+from mailctl.bounces.suppression import import_reports
 from mailctl.config import load_profiles
+from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, SendOptions
 from mailctl.errors import MailctlError
 from mailctl.report.build import build_report, is_throttle, render_html, render_tables
-from mailctl.sim.server import YAHOO_TSS04, AddressRule, Reply, SimBehaviour, append_to_mbox, build_dsn
+from mailctl.sim.server import (
+    YAHOO_TSS04,
+    AddressRule,
+    Reply,
+    SimBehaviour,
+    append_to_mbox,
+    build_dsn,
+)
 from mailctl.store.sqlite import Store
-from mailctl.bounces.suppression import import_reports
 
 T0 = 1_800_000_000.0  # when the campaign is queued
 T1 = T0 + 120.0  # when the engine's (fake) clock sends it
@@ -32,8 +39,9 @@ TWO_IPS = "    pools:\n      default: [127.0.0.1, 127.0.0.2]\n"
 
 def run_engine(store: Store, job: Any, at: float, **options: Any) -> None:
     run_id = store.start_run(1, "test", at)
-    engine = Engine(store, [job], run_id=run_id, clock=FakeClock(at),
-                    options=SendOptions(**options))
+    engine = Engine(
+        store, [job], run_id=run_id, clock=FakeClock(at), options=SendOptions(**options)
+    )
     asyncio.run(engine.run())
 
 
@@ -45,8 +53,10 @@ def sent_headers(store: Store, address: str) -> str:
     tracking = store.conn.execute(
         "SELECT tracking_id FROM messages WHERE email = ?", (address,)
     ).fetchone()[0]
-    return (f"From: News <news@example.com>\nTo: {address}\nSubject: Hello\n"
-            f"Message-ID: <{tracking}@example.com>\nX-Mailctl-ID: {tracking}\n")
+    return (
+        f"From: News <news@example.com>\nTo: {address}\nSubject: Hello\n"
+        f"Message-ID: <{tracking}@example.com>\nX-Mailctl-ID: {tracking}\n"
+    )
 
 
 def arf(address: str, headers: str) -> bytes:
@@ -62,9 +72,16 @@ def arf(address: str, headers: str) -> bytes:
 
 
 def dsn(address: str, status: str, diagnostic: str, headers: str) -> bytes:
-    return build_dsn(reporting_mta="mx.example.net", sender="news@example.com", rcpt=address,
-                     status=status, diagnostic=diagnostic, original_headers=headers.encode(),
-                     arrival=T1 + 300, queue_id="Q1")
+    return build_dsn(
+        reporting_mta="mx.example.net",
+        sender="news@example.com",
+        rcpt=address,
+        status=status,
+        diagnostic=diagnostic,
+        original_headers=headers.encode(),
+        arrival=T1 + 300,
+        queue_id="Q1",
+    )
 
 
 @pytest.fixture
@@ -83,19 +100,41 @@ def sent(sim_server, tmp_path: Path) -> Path:
         )
     )
     ws = make_workspace(tmp_path, server.port, profile_extra=TWO_IPS)
-    write_list(ws, "list.csv", [f"user{i}@example.com" for i in range(8)]
-               + [f"org{i}@example.org" for i in range(4)] + ["net0@example.net"])
+    write_list(
+        ws,
+        "list.csv",
+        [f"user{i}@example.com" for i in range(8)]
+        + [f"org{i}@example.org" for i in range(4)]
+        + ["net0@example.net"],
+    )
     profiles = load_profiles(ws / "profiles.yaml")
     with Store.open(ws / "m.db") as store:
         prepared = prepare(store, ws / "c.yaml", profiles, now=T0)
         run_engine(store, prepared.job, T1)
         mbox = tmp_path / "reports.mbox"
-        append_to_mbox(mbox, arf("user3@example.com", sent_headers(store, "user3@example.com")),
-                       T1 + 600)
-        append_to_mbox(mbox, dsn("user5@example.com", "5.1.1", "550 5.1.1 User unknown",
-                                 sent_headers(store, "user5@example.com")), T1 + 300)
-        append_to_mbox(mbox, dsn("org2@example.org", "4.2.2", "452 4.2.2 Mailbox full",
-                                 sent_headers(store, "org2@example.org")), T1 + 300)
+        append_to_mbox(
+            mbox, arf("user3@example.com", sent_headers(store, "user3@example.com")), T1 + 600
+        )
+        append_to_mbox(
+            mbox,
+            dsn(
+                "user5@example.com",
+                "5.1.1",
+                "550 5.1.1 User unknown",
+                sent_headers(store, "user5@example.com"),
+            ),
+            T1 + 300,
+        )
+        append_to_mbox(
+            mbox,
+            dsn(
+                "org2@example.org",
+                "4.2.2",
+                "452 4.2.2 Mailbox full",
+                sent_headers(store, "org2@example.org"),
+            ),
+            T1 + 300,
+        )
         result = import_reports(store, [str(mbox)], now=T1 + 900)
         assert (result.complaints, result.bounces, result.matched) == (1, 2, 3)
     return ws
@@ -104,21 +143,40 @@ def sent(sim_server, tmp_path: Path) -> Path:
 def expected_delivery(ws: Path, campaign: str) -> dict[str, Any]:
     """Nearest-rank percentiles computed here, from the raw rows."""
     with Store.open(ws / "m.db") as store:
-        seconds = sorted(d for (d,) in store.conn.execute(
-            """SELECT m.sent_at - m.queued_at FROM messages m JOIN campaigns c
+        seconds = sorted(
+            d
+            for (d,) in store.conn.execute(
+                """SELECT m.sent_at - m.queued_at FROM messages m JOIN campaigns c
                ON c.id = m.campaign_id WHERE c.name = ? AND m.sent_at IS NOT NULL""",
-            (campaign,)))
+                (campaign,),
+            )
+        )
     n = len(seconds)
     ranks = {p: -(-p * n // 100) for p in (50, 90, 99)}  # ceil(p * n / 100)
-    return {"count": n, **{f"p{p}": seconds[r - 1] for p, r in ranks.items()},
-            "max": seconds[-1]}
+    return {"count": n, **{f"p{p}": seconds[r - 1] for p, r in ranks.items()}, "max": seconds[-1]}
 
 
 def counts_of(**given: int) -> dict[str, int]:
     counts = dict.fromkeys(
-        ("total", "queued", "sending", "sent", "deferred", "bounced", "complained", "failed",
-         "expired", "suppressed", "cancelled", "remaining", "answered", "bounced_hard",
-         "bounced_soft"), 0)
+        (
+            "total",
+            "queued",
+            "sending",
+            "sent",
+            "deferred",
+            "bounced",
+            "complained",
+            "failed",
+            "expired",
+            "suppressed",
+            "cancelled",
+            "remaining",
+            "answered",
+            "bounced_hard",
+            "bounced_soft",
+        ),
+        0,
+    )
     counts.update(given)
     return counts
 
@@ -130,14 +188,23 @@ def test_campaign_counts_rates_delivery_and_replies(sent: Path) -> None:
     campaign = report["campaigns"][0]
     # user0, org0 refused at RCPT and user5 by DSN: 3 hard; org2's 4.2.2 DSN: soft (still sent).
     # net0's lane is suspended past the 1 h max age: expired, not answered.
-    expected = counts_of(total=13, sent=7, deferred=1, expired=1, bounced=3, complained=1,
-                         remaining=1, answered=11, bounced_hard=3, bounced_soft=1)
+    expected = counts_of(
+        total=13,
+        sent=7,
+        deferred=1,
+        expired=1,
+        bounced=3,
+        complained=1,
+        remaining=1,
+        answered=11,
+        bounced_hard=3,
+        bounced_soft=1,
+    )
     assert campaign["counts"] == expected
     assert report["totals"]["counts"] == expected
     assert campaign["rates"] == {
         "bounce": {"count": 3, "of": 11, "rate": 3 / 11, "threshold": 0.02, "exceeded": True},
-        "complaint": {"count": 1, "of": 11, "rate": 1 / 11, "threshold": 0.003,
-                      "exceeded": True},
+        "complaint": {"count": 1, "of": 11, "rate": 1 / 11, "threshold": 0.003, "exceeded": True},
     }
     # Every accepted message (including the ones reported later) was queued at T0 and sent
     # from T1 on (lanes pace the sending on the fake clock).
@@ -153,10 +220,18 @@ def test_campaign_counts_rates_delivery_and_replies(sent: Path) -> None:
     providers = {p["provider"]: p for p in report["by_provider"]}
     assert set(providers) == {"example.com", "example.org", "example.net"}
     assert providers["example.com"]["counts"] == counts_of(
-        total=8, sent=4, deferred=1, bounced=2, complained=1, remaining=1, answered=7,
-        bounced_hard=2)
+        total=8,
+        sent=4,
+        deferred=1,
+        bounced=2,
+        complained=1,
+        remaining=1,
+        answered=7,
+        bounced_hard=2,
+    )
     assert providers["example.org"]["counts"] == counts_of(
-        total=4, sent=3, bounced=1, answered=4, bounced_hard=1, bounced_soft=1)
+        total=4, sent=3, bounced=1, answered=4, bounced_hard=1, bounced_soft=1
+    )
     assert providers["example.org"]["rates"]["bounce"]["rate"] == 1 / 4
     net = providers["example.net"]
     assert net["counts"] == counts_of(total=1, expired=1)
@@ -176,11 +251,20 @@ def test_campaign_counts_rates_delivery_and_replies(sent: Path) -> None:
     assert series["sends"]["bucket_seconds"] == 3600
     hour = int(T1 // 3600 * 3600)
     assert {(p["t"], p["provider"]): p["sent"] for p in series["sends"]["points"]} == {
-        (hour, "example.com"): 6, (hour, "example.org"): 3}
+        (hour, "example.com"): 6,
+        (hour, "example.org"): 3,
+    }
     assert series["rates"]["bucket_seconds"] == 3600
     assert series["rates"]["points"] == [
-        {"t": hour, "answered": 11, "bounced_hard": 3, "complaints": 1,
-         "bounce_rate": 3 / 11, "complaint_rate": 1 / 11}]
+        {
+            "t": hour,
+            "answered": 11,
+            "bounced_hard": 3,
+            "complaints": 1,
+            "bounce_rate": 3 / 11,
+            "complaint_rate": 1 / 11,
+        }
+    ]
 
 
 def test_lane_pauses_come_from_the_lanes_tables(sent: Path) -> None:
@@ -203,50 +287,89 @@ def test_json_shape_is_stable(sent: Path) -> None:
     with Store.open(sent / "m.db") as store:
         report = build_report(store, None, now=T1 + 1000)
     json.dumps(report)  # plain JSON, nothing to convert
-    assert set(report) == {"schema_version", "generated_at", "campaign", "thresholds", "totals",
-                           "campaigns", "by_ip", "by_provider", "lanes", "series"}
+    assert set(report) == {
+        "schema_version",
+        "generated_at",
+        "campaign",
+        "thresholds",
+        "totals",
+        "campaigns",
+        "by_ip",
+        "by_provider",
+        "lanes",
+        "series",
+    }
     assert report["schema_version"] == 1 and report["campaign"] is None
     assert report["thresholds"] == {"bounce_rate": 0.02, "complaint_rate": 0.003}
     stats = {"counts", "rates", "delivery_seconds", "top_replies"}
     assert set(report["totals"]) == stats
     assert set(report["campaigns"][0]) == stats | {
-        "name", "status", "stop_reason", "profile", "traffic_class", "pool", "list",
-        "created_at", "updated_at"}
+        "name",
+        "status",
+        "stop_reason",
+        "profile",
+        "traffic_class",
+        "pool",
+        "list",
+        "created_at",
+        "updated_at",
+    }
     assert set(report["totals"]["counts"]) == set(counts_of())
     assert set(report["totals"]["rates"]) == {"bounce", "complaint"}
-    assert set(report["totals"]["rates"]["bounce"]) == {"count", "of", "rate", "threshold",
-                                                        "exceeded"}
+    assert set(report["totals"]["rates"]["bounce"]) == {
+        "count",
+        "of",
+        "rate",
+        "threshold",
+        "exceeded",
+    }
     assert set(report["totals"]["delivery_seconds"]) == {"count", "p50", "p90", "p99", "max"}
     assert set(report["totals"]["top_replies"][0]) == {"code", "text", "count"}
-    group = {"counts", "rates", "throttles", "throttle_reasons", "pauses", "pause_events",
-             "lane_pauses"}
+    group = {
+        "counts",
+        "rates",
+        "throttles",
+        "throttle_reasons",
+        "pauses",
+        "pause_events",
+        "lane_pauses",
+    }
     assert all(set(i) == group | {"ip", "warmup"} for i in report["by_ip"])
     assert all(set(p) == group | {"provider"} for p in report["by_provider"])
     reasons = [r for p in report["by_provider"] for r in p["throttle_reasons"]]
     assert reasons and set(reasons[0]) == {"rule", "reason", "count", "first_at", "last_at"}
-    assert all(set(lane) == {"ip", "provider", "mode", "until", "reason", "rule", "active"}
-               for lane in report["lanes"])
+    assert all(
+        set(lane) == {"ip", "provider", "mode", "until", "reason", "rule", "active"}
+        for lane in report["lanes"]
+    )
     assert set(report["series"]) == {"sends", "rates"}
     assert set(report["series"]["sends"]) == {"bucket_seconds", "providers", "points"}
     assert set(report["series"]["rates"]) == {"bucket_seconds", "points"}
     assert set(report["series"]["rates"]["points"][0]) == {
-        "t", "answered", "bounced_hard", "complaints", "bounce_rate", "complaint_rate"}
+        "t",
+        "answered",
+        "bounced_hard",
+        "complaints",
+        "bounce_rate",
+        "complaint_rate",
+    }
 
 
 def test_all_campaigns_newest_first_and_unknown_campaign(sent: Path, sim_server) -> None:
     server = sim_server()
     profiles_text = (sent / "profiles.yaml").read_text()
-    (sent / "profiles.yaml").write_text(re.sub(r"port: \d+", f"port: {server.port}",
-                                               profiles_text))
+    (sent / "profiles.yaml").write_text(re.sub(r"port: \d+", f"port: {server.port}", profiles_text))
     write_list(sent, "later.csv", [f"later{i}@example.com" for i in range(5)])
-    (sent / "later.yaml").write_text(textwrap.dedent("""\
+    (sent / "later.yaml").write_text(
+        textwrap.dedent("""\
         name: later
         from: "News <news@example.com>"
         subject: "Later"
         text: "Hi, unsubscribe at {{ unsubscribe_url }}"
         recipients: later.csv
         unsubscribe: {url: "https://example.com/u/{{ email | urlencode }}"}
-        """))
+        """)
+    )
     profiles = load_profiles(sent / "profiles.yaml")
     with Store.open(sent / "m.db") as store:
         prepared = prepare(store, sent / "later.yaml", profiles, now=T0 + 5000)
@@ -257,8 +380,13 @@ def test_all_campaigns_newest_first_and_unknown_campaign(sent: Path, sim_server)
     assert [c["name"] for c in report["campaigns"]] == ["later", "news"]
     later, news = report["campaigns"]
     assert later["counts"] == counts_of(total=5, sent=5, answered=5)
-    assert later["rates"]["bounce"] == {"count": 0, "of": 5, "rate": 0.0, "threshold": 0.5,
-                                        "exceeded": False}
+    assert later["rates"]["bounce"] == {
+        "count": 0,
+        "of": 5,
+        "rate": 0.0,
+        "threshold": 0.5,
+        "exceeded": False,
+    }
     assert not news["rates"]["bounce"]["exceeded"]  # 3/11 is below a 50 % breaker
     assert report["totals"]["counts"]["total"] == 18
     assert report["totals"]["counts"]["sent"] == 12
@@ -314,8 +442,10 @@ def test_html_is_self_contained_parsed_and_escaped(sent: Path) -> None:
         before = page[: match.start()]
         assert before.rfind(">") > before.rfind("<"), page[match.start() - 80 : match.end()]
     assert ("http-equiv", "Content-Security-Policy") in parser.attrs
-    assert any(name == "content" and (value or "").startswith("default-src 'none'")
-               for name, value in parser.attrs)
+    assert any(
+        name == "content" and (value or "").startswith("default-src 'none'")
+        for name, value in parser.attrs
+    )
 
 
 def html_escaped(text: str) -> str:

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from mailctl.delivery.campaigns import prepare
 from mailctl.cli import run
 from mailctl.config import load_profiles
+from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, RunSummary, SendOptions
 from mailctl.sim.server import (
     GOOGLE_RATE_LIMITED,
@@ -231,8 +231,12 @@ def assert_nothing_lost(rig: Rig) -> None:
 
 
 def test_campaign_spread_over_two_ips_and_three_providers(rig: RigFactory) -> None:
-    hard = ["unknown-1@gmail.example", "unknown-2@outlook.example", "unknown-3@yahoo.example",
-            "disabled-4@yahoo.example"]
+    hard = [
+        "unknown-1@gmail.example",
+        "unknown-2@outlook.example",
+        "unknown-3@yahoo.example",
+        "disabled-4@yahoo.example",
+    ]
     late = ["bounce-5@gmail.example"]  # accepted, then a DSN: "sent" as far as SMTP goes
     r = rig(spread(30) + hard + late)
     result = r.send()
@@ -249,8 +253,12 @@ def test_campaign_spread_over_two_ips_and_three_providers(rig: RigFactory) -> No
     for provider in DOMAINS:
         assert {d.source_ip for d in r.deliveries(provider)} == set(IPS)
     # The hard bounces carry the provider's own reply and are suppressed.
-    replies = dict(r.query("SELECT m.email, r.text FROM replies r JOIN messages m "
-                           "ON m.id = r.message_id WHERE r.outcome = 'bounced'"))
+    replies = dict(
+        r.query(
+            "SELECT m.email, r.text FROM replies r JOIN messages m "
+            "ON m.id = r.message_id WHERE r.outcome = 'bounced'"
+        )
+    )
     assert "NoSuchUser" in replies["unknown-1@gmail.example"]
     assert "mailbox unavailable" in replies["unknown-2@outlook.example"]
     assert "doesn't have a yahoo.com account" in replies["unknown-3@yahoo.example"]
@@ -315,8 +323,11 @@ def test_google_rate_limit_slows_only_its_lane(rig: RigFactory, capsys) -> None:
     assert_nothing_lost(r)
     lane = r.lanes()[("127.0.0.2", "google")]
     assert lane["mode"] == "slowed"
-    late = sorted(d.time for d in r.deliveries("google")
-                  if d.source_ip == "127.0.0.2" and d.time > hit["until"])
+    late = sorted(
+        d.time
+        for d in r.deliveries("google")
+        if d.source_ip == "127.0.0.2" and d.time > hit["until"]
+    )
     gaps = [b - a for a, b in zip(late, late[1:], strict=False)]
     assert all(gap >= 6 - 0.01 for gap in gaps), gaps  # 10 per minute
 
@@ -348,8 +359,10 @@ def test_yahoo_tss04_suspends_two_hours_across_runs(rig: RigFactory, capsys) -> 
     assert second.sent == 1  # the Gmail one
     assert len(r.deliveries("yahoo")) == yahoo_sent
     assert r.sims["yahoo"].connection_count == connections  # not even a connection
-    waiting = r.query("SELECT next_attempt_at FROM messages WHERE email LIKE '%@yahoo.example' "
-                      "AND state = 'deferred'")
+    waiting = r.query(
+        "SELECT next_attempt_at FROM messages WHERE email LIKE '%@yahoo.example' "
+        "AND state = 'deferred'"
+    )
     assert len(waiting) == 12
     assert all(due >= lanes[(IPS[0], "yahoo")]["until"] - 1 for (due,) in waiting)
     shown = lanes_json(r, capsys)
@@ -365,8 +378,11 @@ def test_yahoo_tss04_suspends_two_hours_across_runs(rig: RigFactory, capsys) -> 
         lane = r.lanes()[(ip, "yahoo")]
         # Still recovering: from a quarter of the rate, +25% per clean 5 minutes.
         assert lane["mode"] == "normal" and 0.25 <= lane["ramp_factor"] < 1
-        times = sorted(d.time for d in r.deliveries("yahoo")
-                       if d.source_ip == ip and d.time >= r.clock.t - third.elapsed)
+        times = sorted(
+            d.time
+            for d in r.deliveries("yahoo")
+            if d.source_ip == ip and d.time >= r.clock.t - third.elapsed
+        )
         # A ramped lane: its burst (2), then one message every 30 s (the sim stamps the
         # delivery a little after the engine's permit, hence the slack).
         assert len(times) == 6
@@ -408,13 +424,14 @@ def test_user_unknown_is_suppressed_and_skipped_next_time(rig: RigFactory) -> No
     rows = r.query("SELECT address, reason, status FROM suppression ORDER BY address")
     assert rows == [(a, "hard_bounce", "5.1.1") for a in sorted(unknown)]
     # A second campaign to the same list never tries them again.
-    (r.ws / "c.yaml").write_text((r.ws / "c.yaml").read_text().replace("name: news",
-                                                                        "name: news2"))
+    (r.ws / "c.yaml").write_text((r.ws / "c.yaml").read_text().replace("name: news", "name: news2"))
     refused = len(r.sims["google"].refusals)
     second = r.send()
     assert second.sent == 9
-    news2 = r.query("SELECT m.email FROM messages m JOIN campaigns c ON c.id = m.campaign_id "
-                    "WHERE c.name = 'news2' AND m.state = 'suppressed'")
+    news2 = r.query(
+        "SELECT m.email FROM messages m JOIN campaigns c ON c.id = m.campaign_id "
+        "WHERE c.name = 'news2' AND m.state = 'suppressed'"
+    )
     assert sorted(e for (e,) in news2) == sorted(unknown)
     assert len(r.sims["google"].refusals) == refused
 
@@ -439,8 +456,7 @@ def test_greylisting_delivers_after_the_named_delay(rig: RigFactory) -> None:
 
 
 @pytest.mark.parametrize(("bounces", "trips"), [(3, False), (4, True)])
-def test_circuit_breaker_trips_above_threshold(rig: RigFactory, bounces: int,
-                                               trips: bool) -> None:
+def test_circuit_breaker_trips_above_threshold(rig: RigFactory, bounces: int, trips: bool) -> None:
     # 2% of min_sent 150 is 3: 3 hard bounces keep going, 4 (2.67%) stop the campaign.
     hard = [f"unknown-{i}@gmail.example" for i in range(bounces)]
     r = rig(hard + spread(80), profile_extra="breakers: {bounce_rate: 0.02, min_sent: 150}\n")
@@ -461,8 +477,21 @@ def test_circuit_breaker_trips_above_threshold(rig: RigFactory, bounces: int,
 
 def test_lanes_suspend_resume_cli_honoured_by_send(rig: RigFactory, capsys) -> None:
     r = rig(spread(6))
-    assert r.cli("lanes", "suspend", "--ip", "127.0.0.2", "--provider", "yahoo",
-                 "--for", "2h", "--reason", "TS03 by hand") == 0
+    assert (
+        r.cli(
+            "lanes",
+            "suspend",
+            "--ip",
+            "127.0.0.2",
+            "--provider",
+            "yahoo",
+            "--for",
+            "2h",
+            "--reason",
+            "TS03 by hand",
+        )
+        == 0
+    )
     shown = lanes_json(r, capsys)
     assert shown[("127.0.0.2", "yahoo")]["state"] == "suspended"
     assert shown[("127.0.0.2", "yahoo")]["reason"] == "TS03 by hand"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailctl.replies.classify import Scope, classify_reply
 from mailctl.errors import ConfigError
+from mailctl.replies.classify import Scope, classify_reply
 from mailctl.replies.rules import (
     Action,
     Amount,

@@ -59,8 +59,9 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 
-def message(rcpt: str = "alice@example.org", mailctl_id: str = "cmp1-42", body: str = "Hi.\r\n"
-            ) -> bytes:
+def message(
+    rcpt: str = "alice@example.org", mailctl_id: str = "cmp1-42", body: str = "Hi.\r\n"
+) -> bytes:
     return (
         f"From: News <news@example.com>\r\n"
         f"To: <{rcpt}>\r\n"
@@ -78,8 +79,9 @@ def client(port: int, source: str = "127.0.0.2", **options: Any) -> aiosmtplib.S
     return aiosmtplib.SMTP(hostname="127.0.0.1", port=port, source_address=(source, 0), **options)
 
 
-async def send_one(port: int, rcpts: Sequence[str], source: str = "127.0.0.2",
-                   sender: str = SENDER, **options: Any) -> tuple[dict[str, Any], str]:
+async def send_one(
+    port: int, rcpts: Sequence[str], source: str = "127.0.0.2", sender: str = SENDER, **options: Any
+) -> tuple[dict[str, Any], str]:
     """One connection, one message, QUIT (if the server still talks to us)."""
     smtp = client(port, source, **options)
     await smtp.connect()
@@ -111,8 +113,9 @@ def wait_until(predicate: Any, timeout: float = 2.0) -> None:
 # -- accepting, recording ----------------------------------------------------------------------
 
 
-def test_accepts_everything_and_records_the_delivery(sim_server: SimServerFactory,
-                                                     sim_clock: ManualClock) -> None:
+def test_accepts_everything_and_records_the_delivery(
+    sim_server: SimServerFactory, sim_clock: ManualClock
+) -> None:
     server = sim_server(clock=sim_clock)
 
     errors, reply = run(send_one(server.port, ["alice@example.org", "bob@example.org"]))
@@ -139,8 +142,7 @@ def test_source_address_of_the_client_is_the_sending_ip(sim_server: SimServerFac
     assert [d.source_ip for d in server.deliveries] == ["127.0.0.2", "127.0.0.3"]
 
 
-def test_several_hundred_messages_over_concurrent_connections(
-        sim_server: SimServerFactory) -> None:
+def test_several_hundred_messages_over_concurrent_connections(sim_server: SimServerFactory) -> None:
     server = sim_server()
 
     async def lane(source: str, count: int) -> None:
@@ -155,8 +157,12 @@ def test_several_hundred_messages_over_concurrent_connections(
 
     run(main())
     assert len(server.deliveries) == 400
-    assert {d.source_ip for d in server.deliveries} == {"127.0.0.2", "127.0.0.3", "127.0.0.4",
-                                                        "127.0.0.5"}
+    assert {d.source_ip for d in server.deliveries} == {
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+    }
 
 
 def test_events_reach_the_callback(sim_server: SimServerFactory) -> None:
@@ -184,7 +190,10 @@ def test_reply_at_connect_refuses_the_session(sim_server: SimServerFactory) -> N
     assert "Try again later" in caught.value.message
     (refusal,) = server.refusals
     assert (refusal.stage, refusal.reason, refusal.code) == (
-        Stage.CONNECT, RefusalReason.CONNECT_REPLY, 421)
+        Stage.CONNECT,
+        RefusalReason.CONNECT_REPLY,
+        421,
+    )
     assert server.deliveries == []
 
 
@@ -239,7 +248,8 @@ def test_cap_with_421_reply(sim_server: SimServerFactory) -> None:
             await smtp.sendmail(SENDER, ["u2@example.org"], message())
         assert caught.value.code == 421
         assert caught.value.message == (
-            "Max message per connection reached, closing transmission channel")
+            "Max message per connection reached, closing transmission channel"
+        )
         assert not smtp.is_connected
 
     run(main())
@@ -250,25 +260,37 @@ def test_cap_with_421_reply(sim_server: SimServerFactory) -> None:
 
 
 def test_rcpt_rules_by_exact_address_and_regex(sim_server: SimServerFactory) -> None:
-    server = sim_server(SimBehaviour(rcpt_rules=(
-        AddressRule("Gone@Example.org", GOOGLE_NO_SUCH_USER),
-        AddressRule(re.compile(r"^full"), Reply(452, "4.2.2 Mailbox full")),
-        AddressRule(re.compile(r"@slow\.example$"), Reply(451, "4.3.0 Try later")),
-    )))
+    server = sim_server(
+        SimBehaviour(
+            rcpt_rules=(
+                AddressRule("Gone@Example.org", GOOGLE_NO_SUCH_USER),
+                AddressRule(re.compile(r"^full"), Reply(452, "4.2.2 Mailbox full")),
+                AddressRule(re.compile(r"@slow\.example$"), Reply(451, "4.3.0 Try later")),
+            )
+        )
+    )
 
-    errors, _ = run(send_one(server.port, [
-        "ok@example.org", "gone@example.org", "full1@example.org", "x@slow.example"]))
+    errors, _ = run(
+        send_one(
+            server.port,
+            ["ok@example.org", "gone@example.org", "full1@example.org", "x@slow.example"],
+        )
+    )
 
     assert {rcpt: response.code for rcpt, response in errors.items()} == {
-        "gone@example.org": 550, "full1@example.org": 452, "x@slow.example": 451}
+        "gone@example.org": 550,
+        "full1@example.org": 452,
+        "x@slow.example": 451,
+    }
     assert errors["gone@example.org"].message.startswith("5.1.1 The email account")
     assert [d.rcpt for d in server.deliveries] == ["ok@example.org"]
     assert {r.rcpt for r in server.refusals} == set(errors)
 
 
 def test_all_recipients_refused(sim_server: SimServerFactory) -> None:
-    server = sim_server(SimBehaviour(rcpt_rules=(AddressRule("gone@example.org",
-                                                              GOOGLE_NO_SUCH_USER),)))
+    server = sim_server(
+        SimBehaviour(rcpt_rules=(AddressRule("gone@example.org", GOOGLE_NO_SUCH_USER),))
+    )
     with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as caught:
         run(send_one(server.port, ["gone@example.org"]))
     assert caught.value.recipients[0].code == 550
@@ -283,8 +305,9 @@ def test_data_reply_override(sim_server: SimServerFactory) -> None:
 
     assert (caught.value.code, caught.value.message) == (554, policy.text)
     assert server.deliveries == []
-    assert [(r.stage, r.reason) for r in server.refusals] == [(Stage.DATA,
-                                                               RefusalReason.DATA_REPLY)]
+    assert [(r.stage, r.reason) for r in server.refusals] == [
+        (Stage.DATA, RefusalReason.DATA_REPLY)
+    ]
 
 
 def test_dropped_mid_data_is_never_a_250(sim_server: SimServerFactory) -> None:
@@ -297,7 +320,10 @@ def test_dropped_mid_data_is_never_a_250(sim_server: SimServerFactory) -> None:
     assert [d.rcpt for d in server.deliveries] == ["keep@example.org"]
     (refusal,) = server.refusals
     assert (refusal.reason, refusal.code, refusal.rcpt) == (
-        RefusalReason.DROPPED, None, "drop-me@example.org")
+        RefusalReason.DROPPED,
+        None,
+        "drop-me@example.org",
+    )
 
 
 def test_drop_every_nth_message(sim_server: SimServerFactory) -> None:
@@ -340,10 +366,13 @@ def test_slow_replies(sim_server: SimServerFactory) -> None:
 # -- throttling and greylisting -----------------------------------------------------------------
 
 
-def test_throttle_counts_per_source_ip_in_a_window(sim_server: SimServerFactory,
-                                                   sim_clock: ManualClock) -> None:
-    server = sim_server(preset("google", throttle=Throttle(
-        max_messages=2, window=60, reply=GOOGLE_RATE_LIMITED)), clock=sim_clock)
+def test_throttle_counts_per_source_ip_in_a_window(
+    sim_server: SimServerFactory, sim_clock: ManualClock
+) -> None:
+    server = sim_server(
+        preset("google", throttle=Throttle(max_messages=2, window=60, reply=GOOGLE_RATE_LIMITED)),
+        clock=sim_clock,
+    )
 
     for n in range(2):
         run(send_one(server.port, [f"a{n}@gmail.com"], source="127.0.0.2"))
@@ -364,11 +393,21 @@ def test_throttle_counts_per_source_ip_in_a_window(sim_server: SimServerFactory,
     assert (refusal.source_ip, refusal.reason) == ("127.0.0.2", RefusalReason.THROTTLE)
 
 
-def test_throttle_at_data_and_per_day(sim_server: SimServerFactory,
-                                      sim_clock: ManualClock) -> None:
-    server = sim_server(preset("microsoft", throttle=Throttle(
-        max_messages=2, window=60, reply=MICROSOFT_RATE_LIMITED,
-        max_per_day=3, day_reply=MICROSOFT_BLOCK_LIST, stage=Stage.DATA)), clock=sim_clock)
+def test_throttle_at_data_and_per_day(sim_server: SimServerFactory, sim_clock: ManualClock) -> None:
+    server = sim_server(
+        preset(
+            "microsoft",
+            throttle=Throttle(
+                max_messages=2,
+                window=60,
+                reply=MICROSOFT_RATE_LIMITED,
+                max_per_day=3,
+                day_reply=MICROSOFT_BLOCK_LIST,
+                stage=Stage.DATA,
+            ),
+        ),
+        clock=sim_clock,
+    )
 
     async def main() -> list[int]:
         codes = []
@@ -396,8 +435,9 @@ def test_throttle_at_data_and_per_day(sim_server: SimServerFactory,
     assert run(main()) == [250, 250, 451, 451, 250, 550]
 
 
-def test_greylisting_with_an_advanced_clock(sim_server: SimServerFactory,
-                                            sim_clock: ManualClock) -> None:
+def test_greylisting_with_an_advanced_clock(
+    sim_server: SimServerFactory, sim_clock: ManualClock
+) -> None:
     server = sim_server(SimBehaviour(greylist=Greylist(delay=300)), clock=sim_clock)
 
     def attempt(rcpt: str = "a@example.org", sender: str = SENDER) -> int:
@@ -406,7 +446,8 @@ def test_greylisting_with_an_advanced_clock(sim_server: SimServerFactory,
         except aiosmtplib.SMTPRecipientsRefused as error:
             refused = error.recipients[0]
             assert refused.message == (
-                f"4.7.1 <{rcpt}>: Recipient address rejected: Greylisted for 5 minutes")
+                f"4.7.1 <{rcpt}>: Recipient address rejected: Greylisted for 5 minutes"
+            )
             return refused.code
         return 250
 
@@ -423,12 +464,18 @@ def test_greylisting_with_an_advanced_clock(sim_server: SimServerFactory,
 # -- what gets written -------------------------------------------------------------------------
 
 
-def test_asynchronous_bounce_is_an_rfc3464_dsn_in_the_mbox(sim_server: SimServerFactory,
-                                                           tmp_path: Path) -> None:
+def test_asynchronous_bounce_is_an_rfc3464_dsn_in_the_mbox(
+    sim_server: SimServerFactory, tmp_path: Path
+) -> None:
     mbox_path = tmp_path / "bounces.mbox"
-    server = sim_server(SimBehaviour(bounce_rules=(
-        AddressRule(re.compile(r"^late"), Reply(550, "5.1.1 <{rcpt}>: user unknown")),)),
-        mbox=mbox_path)
+    server = sim_server(
+        SimBehaviour(
+            bounce_rules=(
+                AddressRule(re.compile(r"^late"), Reply(550, "5.1.1 <{rcpt}>: user unknown")),
+            )
+        ),
+        mbox=mbox_path,
+    )
 
     errors, _ = run(send_one(server.port, ["late1@example.org", "fine@example.org"]))
     run(send_one(server.port, ["late2@example.org"]))
@@ -472,12 +519,13 @@ def test_mbox_escapes_from_lines(tmp_path: Path) -> None:
     assert messages[0].get_payload() == ">From the start\n>>From quoted\nend\n"
 
 
-def test_jsonl_log_has_one_line_per_accepted_recipient(sim_server: SimServerFactory,
-                                                       tmp_path: Path) -> None:
+def test_jsonl_log_has_one_line_per_accepted_recipient(
+    sim_server: SimServerFactory, tmp_path: Path
+) -> None:
     log = tmp_path / "log" / "sim.jsonl"
-    server = sim_server(SimBehaviour(rcpt_rules=(AddressRule("no@example.org",
-                                                              GOOGLE_NO_SUCH_USER),)),
-                        jsonl=log)
+    server = sim_server(
+        SimBehaviour(rcpt_rules=(AddressRule("no@example.org", GOOGLE_NO_SUCH_USER),)), jsonl=log
+    )
 
     run(send_one(server.port, ["a@example.org", "no@example.org", "b@example.org"]))
 
@@ -488,8 +536,9 @@ def test_jsonl_log_has_one_line_per_accepted_recipient(sim_server: SimServerFact
     assert lines[0]["provider"] == "sandbox"
 
 
-def test_maildir_stores_each_accepted_recipient(sim_server: SimServerFactory,
-                                                tmp_path: Path) -> None:
+def test_maildir_stores_each_accepted_recipient(
+    sim_server: SimServerFactory, tmp_path: Path
+) -> None:
     outbox = tmp_path / "outbox"
     server = sim_server(maildir=outbox)
 
@@ -568,8 +617,11 @@ def test_run_forever_until_stopped() -> None:
         if event.kind is EventKind.LISTENING:
             listening.set()
 
-    thread = threading.Thread(target=run_forever, args=(SimConfig(preset("google")),),
-                              kwargs={"on_event": on_event, "stop": stop})
+    thread = threading.Thread(
+        target=run_forever,
+        args=(SimConfig(preset("google")),),
+        kwargs={"on_event": on_event, "stop": stop},
+    )
     thread.start()
     try:
         assert listening.wait(5)
@@ -601,11 +653,22 @@ def test_presets_bundle_provider_defaults_and_stay_overridable() -> None:
 def test_google_preset_rehearsal_addresses(sim_server: SimServerFactory, tmp_path: Path) -> None:
     server = sim_server(preset("google"), mbox=tmp_path / "b.mbox")
 
-    errors, _ = run(send_one(server.port, [
-        "someone@gmail.com", "unknown-1@gmail.com", "overquota@gmail.com", "bounce-2@gmail.com"]))
+    errors, _ = run(
+        send_one(
+            server.port,
+            [
+                "someone@gmail.com",
+                "unknown-1@gmail.com",
+                "overquota@gmail.com",
+                "bounce-2@gmail.com",
+            ],
+        )
+    )
 
     assert {rcpt: r.code for rcpt, r in errors.items()} == {
-        "unknown-1@gmail.com": 550, "overquota@gmail.com": 452}
+        "unknown-1@gmail.com": 550,
+        "overquota@gmail.com": 452,
+    }
     assert [b.rcpt for b in server.bounces] == ["bounce-2@gmail.com"]
 
 
@@ -625,11 +688,13 @@ def test_port_in_use_is_a_sim_error(sim_server: SimServerFactory) -> None:
         sim_server(port=server.port, host="127.0.0.1")
 
 
-def test_null_sender_is_accepted_but_never_bounced(sim_server: SimServerFactory,
-                                                   tmp_path: Path) -> None:
-    server = sim_server(SimBehaviour(bounce_rules=(AddressRule("a@example.org",
-                                                                GOOGLE_NO_SUCH_USER),)),
-                        mbox=tmp_path / "b.mbox")
+def test_null_sender_is_accepted_but_never_bounced(
+    sim_server: SimServerFactory, tmp_path: Path
+) -> None:
+    server = sim_server(
+        SimBehaviour(bounce_rules=(AddressRule("a@example.org", GOOGLE_NO_SUCH_USER),)),
+        mbox=tmp_path / "b.mbox",
+    )
 
     run(send_one(server.port, ["a@example.org"], sender=""))
 
@@ -638,8 +703,9 @@ def test_null_sender_is_accepted_but_never_bounced(sim_server: SimServerFactory,
     assert not (tmp_path / "b.mbox").exists()
 
 
-def test_a_subprocess_delivers_to_the_threaded_server(sim_server: SimServerFactory,
-                                                      tmp_path: Path) -> None:
+def test_a_subprocess_delivers_to_the_threaded_server(
+    sim_server: SimServerFactory, tmp_path: Path
+) -> None:
     log = tmp_path / "sim.jsonl"
     server = sim_server(jsonl=log)
     script = (
@@ -647,17 +713,29 @@ def test_a_subprocess_delivers_to_the_threaded_server(sim_server: SimServerFacto
         "with smtplib.SMTP('127.0.0.1', int(sys.argv[1]), source_address=('127.0.0.3', 0)) as s:\n"
         "    s.sendmail(sys.argv[2], ['sub@example.org'], sys.stdin.buffer.read())\n"
     )
-    subprocess.run([sys.executable, "-c", script, str(server.port), SENDER],
-                   input=message("sub@example.org", "sub-1"), check=True, timeout=30)
+    subprocess.run(
+        [sys.executable, "-c", script, str(server.port), SENDER],
+        input=message("sub@example.org", "sub-1"),
+        check=True,
+        timeout=30,
+    )
 
     (line,) = [json.loads(text) for text in log.read_text().splitlines()]
     assert (line["rcpt"], line["mailctl_id"], line["source_ip"]) == (
-        "sub@example.org", "sub-1", "127.0.0.3")
+        "sub@example.org",
+        "sub-1",
+        "127.0.0.3",
+    )
 
 
 def test_throttle_at_connect(sim_server: SimServerFactory, sim_clock: ManualClock) -> None:
-    server = sim_server(preset("yahoo", throttle=Throttle(
-        max_messages=1, window=3600, reply=YAHOO_TSS04, stage=Stage.CONNECT)), clock=sim_clock)
+    server = sim_server(
+        preset(
+            "yahoo",
+            throttle=Throttle(max_messages=1, window=3600, reply=YAHOO_TSS04, stage=Stage.CONNECT),
+        ),
+        clock=sim_clock,
+    )
 
     run(send_one(server.port, ["a@yahoo.com"]))
     with pytest.raises(aiosmtplib.SMTPConnectResponseError) as caught:

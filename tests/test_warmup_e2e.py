@@ -26,10 +26,17 @@ from hypothesis import strategies as st
 from test_send import FakeClock
 from test_send import cli as cli_in
 
-from mailctl.reputation.budget import events, history, profile_settings
-from mailctl.delivery.campaigns import active_jobs, prepare
 from mailctl.config import load_profiles
+from mailctl.delivery.campaigns import active_jobs, prepare
 from mailctl.delivery.engine import Engine, RunSummary, SendOptions
+from mailctl.reputation.budget import events, history, profile_settings
+from mailctl.reputation.warmup import (
+    WarmupSetting,
+    local_day,
+    provider_cap,
+    state_on,
+    window_allowance,
+)
 from mailctl.sim.server import GOOGLE_RATE_LIMITED as GOOGLE_THROTTLE
 from mailctl.sim.server import (
     MICROSOFT_BLOCK_LIST,
@@ -39,7 +46,6 @@ from mailctl.sim.server import (
     ThreadedSimServer,
 )
 from mailctl.store.sqlite import Store
-from mailctl.reputation.warmup import WarmupSetting, local_day, provider_cap, state_on, window_allowance
 
 COLD, WARM_TX, WARM_MKT = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 PROVIDERS = {

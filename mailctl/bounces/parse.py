@@ -28,8 +28,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mailctl.replies.classify import Verdict, classify_failure
 from mailctl.errors import MailctlError
+from mailctl.replies.classify import Verdict, classify_failure
 
 
 class BounceParseError(MailctlError):

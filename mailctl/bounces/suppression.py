@@ -18,8 +18,8 @@ from typing import Any
 
 from mailctl.bounces.parse import BounceParseError, Kind, Report, iter_messages, parse_message
 from mailctl.errors import InputError
-from mailctl.recipients.csv_import import InvalidAddress, normalise_address
 from mailctl.message.render import TRACKING_RE
+from mailctl.recipients.csv_import import InvalidAddress, normalise_address
 from mailctl.store.sqlite import Store
 
 REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual", "soft_bounce_limit")

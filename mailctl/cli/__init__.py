@@ -514,10 +514,10 @@ def _print_summary(summary: Any) -> None:
 
 def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
     """Render the first messages without touching the database or the network."""
-    from mailctl.delivery.campaigns import check_fields, make_renderer
     from mailctl.config import load_campaign
-    from mailctl.recipients.csv_import import import_csv
+    from mailctl.delivery.campaigns import check_fields, make_renderer
     from mailctl.message.render import new_tracking_id
+    from mailctl.recipients.csv_import import import_csv
     from mailctl.store.sqlite import Store, resolve_db_path
 
     campaign = load_campaign(campaign_file)
@@ -804,8 +804,8 @@ def bounces_parse(
 
 
 def _target(value: str) -> str:
-    from mailctl.recipients.csv_import import InvalidAddress
     from mailctl.bounces.suppression import parse_suppression_target
+    from mailctl.recipients.csv_import import InvalidAddress
 
     try:
         return parse_suppression_target(value)

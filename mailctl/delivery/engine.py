@@ -22,10 +22,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from mailctl.reputation.budget import WarmupBudget, profile_settings
-from mailctl.replies.classify import Scope, classify_reply, parse_reply_delay
 from mailctl.config import Campaign, Profile, TlsMode, TransportKind
-from mailctl.errors import StoreError, TemplateError
+from mailctl.delivery.transport import Connection, Destination, Reply, relay_destination
 from mailctl.dns.mx import (
     DirectAction,
     DomainRoute,
@@ -35,8 +33,11 @@ from mailctl.dns.mx import (
     route_for_override,
     unresolved_route,
 )
+from mailctl.errors import StoreError, TemplateError
 from mailctl.message.render import RenderedMessage, Renderer
+from mailctl.replies.classify import Scope, classify_reply, parse_reply_delay
 from mailctl.replies.rules import TlsPolicy, load_rules
+from mailctl.reputation.budget import WarmupBudget, profile_settings
 from mailctl.reputation.lanes import (
     BreakerPolicy,
     BreakerState,
@@ -47,7 +48,6 @@ from mailctl.reputation.lanes import (
     check_breaker,
 )
 from mailctl.store.sqlite import Store
-from mailctl.delivery.transport import Connection, Destination, Reply, relay_destination
 
 
 class Clock(Protocol):

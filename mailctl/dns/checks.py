@@ -53,6 +53,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from mailctl.errors import InputError, MailctlError, UsageError
 from mailctl.message.dkim import (
     DkimAlgorithm,
     DkimKeyConfig,
@@ -60,7 +61,6 @@ from mailctl.message.dkim import (
     load_private_key,
     public_key_txt,
 )
-from mailctl.errors import InputError, MailctlError, UsageError
 
 __all__ = [
     "Check",

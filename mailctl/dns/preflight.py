@@ -7,8 +7,8 @@ from email.utils import parseaddr
 from pathlib import Path
 
 from mailctl.config import Campaign, Profile, TrafficClass, TransportKind
-from mailctl.message.dkim import DkimAlgorithm, DkimKeyConfig, load_key
 from mailctl.dns.checks import CheckReport, LiveResolver, Resolver, ZoneResolver, run_checks
+from mailctl.message.dkim import DkimAlgorithm, DkimKeyConfig, load_key
 
 
 def dkim_keys(profile: Profile) -> list[DkimKeyConfig]:

@@ -21,8 +21,8 @@ import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from mailctl.config import Campaign, TrafficClass
-from mailctl.message.dkim import DkimKeyConfig
 from mailctl.errors import TemplateError
+from mailctl.message.dkim import DkimKeyConfig
 
 TRACKING_PREFIX = "mc1-"
 TRACKING_RE = re.compile(r"mc1-[a-z2-7]{16}")

@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from mailctl.replies.classify import Scope, parse_reply_delay
 from mailctl.errors import ConfigError
+from mailctl.replies.classify import Scope, parse_reply_delay
 
 __all__ = [
     "Action",

@@ -113,13 +113,13 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
-from mailctl.replies.classify import REASON_SCOPE, RULES, Scope
 from mailctl.errors import MailctlError
+from mailctl.replies.classify import REASON_SCOPE, RULES, Scope
 from mailctl.store.sqlite import MESSAGE_STATES
 
 if TYPE_CHECKING:
-    from mailctl.store.sqlite import Store
     from mailctl.store.report_queries import ReportGroup
+    from mailctl.store.sqlite import Store
 
 SCHEMA_VERSION = 1
 HOUR = 3600
@@ -523,12 +523,14 @@ def _lane_columns(group: str) -> tuple[Column, ...]:
         ),
         Column(
             "paused now",
-            lambda r: "; ".join(
-                f"{lane['provider'] if group == 'ip' else lane['ip']} {_format_pause(lane)}"
-                for lane in r["lane_pauses"]
-                if lane["active"]
-            )
-            or "-",
+            lambda r: (
+                "; ".join(
+                    f"{lane['provider'] if group == 'ip' else lane['ip']} {_format_pause(lane)}"
+                    for lane in r["lane_pauses"]
+                    if lane["active"]
+                )
+                or "-"
+            ),
             numeric=False,
             wrap=True,
             alert=lambda r: any(lane["active"] for lane in r["lane_pauses"]),
@@ -746,9 +748,7 @@ def svg_sends_chart(sends: Mapping[str, Any], width: int = 1040, height: int = 3
     slot_w = plot_w / slots
     bar_w = max(1.0, slot_w * 0.8)
     parts = [_svg_open(width, height, label)]
-    parts.append(
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>'
-    )
+    parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>')
     parts += _y_axis(left, top, plot_w, plot_h, ymax, lambda v: f"{v:,.0f}")
     unit = "hour" if bucket == HOUR else "day"
     for i, stack in enumerate(stacks):
@@ -811,9 +811,7 @@ def svg_rate_chart(
         return top + plot_h - plot_h * rate / ymax
 
     parts = [_svg_open(width, height, label)]
-    parts.append(
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>'
-    )
+    parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>')
     parts += _y_axis(left, top, plot_w, plot_h, ymax, lambda v: f"{v * 100:.3g}%")
     ty = y_of(threshold)
     parts.append(
@@ -824,9 +822,7 @@ def svg_rate_chart(
     coords = [(x_of(p["t"]), y_of(p[key])) for p in points]
     if len(coords) > 1:
         line = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
-        parts.append(
-            f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>'
-        )
+        parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
     for p, (x, y) in zip(points, coords, strict=True):
         over = ' class="over" r="4.5"' if p[key] > threshold else ' r="3"'
         parts.append(

@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Mapping
 
 from mailctl.config import Profile, WarmupConfig
-from mailctl.store.sqlite import Store
 from mailctl.reputation.warmup import (
     DayRecord,
     EventKind,
@@ -28,6 +27,7 @@ from mailctl.reputation.warmup import (
     window_allowance,
     window_bounds,
 )
+from mailctl.store.sqlite import Store
 
 
 def setting_from_config(config: WarmupConfig) -> WarmupSetting:

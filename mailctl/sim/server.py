@@ -168,8 +168,7 @@ YAHOO_TSS04 = Reply(
 )
 YAHOO_TS03 = Reply(
     421,
-    "4.7.1 [TS03] All messages from {ip} will be permanently deferred; "
-    "Retrying will NOT succeed.",
+    "4.7.1 [TS03] All messages from {ip} will be permanently deferred; Retrying will NOT succeed.",
 )
 YAHOO_NO_SUCH_USER = Reply(554, "delivery error: dd This user doesn't have a yahoo.com account")
 YAHOO_MAILBOX_DISABLED = Reply(
@@ -653,8 +652,13 @@ class _Provider:
             self._jsonl.close()
             self._jsonl = None
 
-    def emit(self, kind: EventKind, message: str, source_ip: str | None = None,
-             record: Delivery | Refusal | Bounce | None = None) -> None:
+    def emit(
+        self,
+        kind: EventKind,
+        message: str,
+        source_ip: str | None = None,
+        record: Delivery | Refusal | Bounce | None = None,
+    ) -> None:
         if self.on_event is None:
             return
         try:
@@ -662,20 +666,33 @@ class _Provider:
         except Exception as error:  # a broken callback must not break the SMTP dialogue
             self.errors.append(f"on_event callback failed: {error!r}")
 
-    def refuse(self, conn: _Connection, stage: Stage, reason: RefusalReason, reply: Reply | None,
-               *, mail_from: str | None = None, rcpt: str | None = None) -> str:
+    def refuse(
+        self,
+        conn: _Connection,
+        stage: Stage,
+        reason: RefusalReason,
+        reply: Reply | None,
+        *,
+        mail_from: str | None = None,
+        rcpt: str | None = None,
+    ) -> str:
         """Record a refusal and return the rendered reply (or the drop marker)."""
         if reply is None:
             code, line = None, "connection dropped"
         else:
-            line = reply.render(ip=conn.source_ip, rcpt=rcpt or "", sender=mail_from or "",
-                                minutes=self._greylist_minutes())
+            line = reply.render(
+                ip=conn.source_ip,
+                rcpt=rcpt or "",
+                sender=mail_from or "",
+                minutes=self._greylist_minutes(),
+            )
             code = reply.code
         refusal = Refusal(conn.source_ip, stage, reason, code, line, self.clock(), mail_from, rcpt)
         self.refusals.append(refusal)
         target = f" <{rcpt}>" if rcpt else ""
-        self.emit(EventKind.REFUSED, f"{conn.source_ip}{target} {stage}: {line}",
-                  conn.source_ip, refusal)
+        self.emit(
+            EventKind.REFUSED, f"{conn.source_ip}{target} {stage}: {line}", conn.source_ip, refusal
+        )
         return _DROP if reply is None else line
 
     def _greylist_minutes(self) -> str:
@@ -691,12 +708,17 @@ class _Provider:
         self.emit(EventKind.CONNECTED, f"connection from {conn.source_ip}", conn.source_ip)
         behaviour = self.behaviour
         if behaviour.connect_reply is not None:
-            return self.refuse(conn, Stage.CONNECT, RefusalReason.CONNECT_REPLY,
-                               behaviour.connect_reply)
+            return self.refuse(
+                conn, Stage.CONNECT, RefusalReason.CONNECT_REPLY, behaviour.connect_reply
+            )
         limit = behaviour.max_connections
         if limit is not None and self.connections_per_ip[conn.source_ip] > limit:
-            return self.refuse(conn, Stage.CONNECT, RefusalReason.TOO_MANY_CONNECTIONS,
-                               behaviour.too_many_connections_reply)
+            return self.refuse(
+                conn,
+                Stage.CONNECT,
+                RefusalReason.TOO_MANY_CONNECTIONS,
+                behaviour.too_many_connections_reply,
+            )
         throttle = self._throttle_reply(conn.source_ip, Stage.CONNECT)
         if throttle is not None:
             return self.refuse(conn, Stage.CONNECT, RefusalReason.THROTTLE, throttle)
@@ -734,41 +756,74 @@ class _Provider:
 
     # -- aiosmtpd hooks ---------------------------------------------------------------------
 
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
         conn = _conn_of(server)
         behaviour = self.behaviour
         cap = behaviour.max_messages_per_connection
-        if (cap is not None and conn.messages >= cap
-                and behaviour.connection_cap_action is CapAction.REPLY):
-            return self.refuse(conn, Stage.MAIL, RefusalReason.CONNECTION_CAP,
-                               behaviour.connection_cap_reply, mail_from=address)
+        if (
+            cap is not None
+            and conn.messages >= cap
+            and behaviour.connection_cap_action is CapAction.REPLY
+        ):
+            return self.refuse(
+                conn,
+                Stage.MAIL,
+                RefusalReason.CONNECTION_CAP,
+                behaviour.connection_cap_reply,
+                mail_from=address,
+            )
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         conn = _conn_of(server)
         sender = _sender(envelope)
         throttle = self._throttle_reply(conn.source_ip, Stage.RCPT)
         if throttle is not None:
-            return self.refuse(conn, Stage.RCPT, RefusalReason.THROTTLE, throttle,
-                               mail_from=sender, rcpt=address)
+            return self.refuse(
+                conn, Stage.RCPT, RefusalReason.THROTTLE, throttle, mail_from=sender, rcpt=address
+            )
         for rule in self.behaviour.rcpt_rules:
             if rule.matches(address):
                 if rule.reply.code < 400:  # a rule may also accept explicitly
                     break
-                return self.refuse(conn, Stage.RCPT, RefusalReason.RECIPIENT_RULE, rule.reply,
-                                   mail_from=sender, rcpt=address)
+                return self.refuse(
+                    conn,
+                    Stage.RCPT,
+                    RefusalReason.RECIPIENT_RULE,
+                    rule.reply,
+                    mail_from=sender,
+                    rcpt=address,
+                )
         greylist = self.behaviour.greylist
         if greylist is not None:
             key = (conn.source_ip, sender.casefold(), address.casefold())
             now = self.clock()
             first_seen = self.greylist_seen.setdefault(key, now)
             if now - first_seen < greylist.delay:
-                return self.refuse(conn, Stage.RCPT, RefusalReason.GREYLIST, greylist.reply,
-                                   mail_from=sender, rcpt=address)
+                return self.refuse(
+                    conn,
+                    Stage.RCPT,
+                    RefusalReason.GREYLIST,
+                    greylist.reply,
+                    mail_from=sender,
+                    rcpt=address,
+                )
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
@@ -790,8 +845,9 @@ class _Provider:
             _address_matches(match, rcpt) for match in behaviour.drop_data_for for rcpt in rcpts
         ):
             for rcpt in rcpts:
-                self.refuse(conn, Stage.DATA, RefusalReason.DROPPED, None,
-                            mail_from=sender, rcpt=rcpt)
+                self.refuse(
+                    conn, Stage.DATA, RefusalReason.DROPPED, None, mail_from=sender, rcpt=rcpt
+                )
             return _DROP
 
         reply = self._throttle_reply(conn.source_ip, Stage.DATA)
@@ -809,8 +865,9 @@ class _Provider:
         message_id, mailctl_id = _parse_ids(content)
         now = self.clock()
         for rcpt in rcpts:
-            delivery = Delivery(queue_id, conn.source_ip, sender, rcpt, message_id, mailctl_id,
-                                now, len(content))
+            delivery = Delivery(
+                queue_id, conn.source_ip, sender, rcpt, message_id, mailctl_id, now, len(content)
+            )
             self._store(delivery, session, content)
             self._count_delivery(conn.source_ip, now)
             for rule in behaviour.bounce_rules:
@@ -831,12 +888,17 @@ class _Provider:
     def _after_transaction(self, conn: _Connection) -> None:
         behaviour = self.behaviour
         cap = behaviour.max_messages_per_connection
-        if (cap is not None and conn.messages >= cap
-                and behaviour.connection_cap_action is CapAction.DISCONNECT):
+        if (
+            cap is not None
+            and conn.messages >= cap
+            and behaviour.connection_cap_action is CapAction.DISCONNECT
+        ):
             conn.close_after_reply = True
-            self.emit(EventKind.CONNECTION_CAP,
-                      f"{conn.source_ip}: {cap} messages on one connection, closing",
-                      conn.source_ip)
+            self.emit(
+                EventKind.CONNECTION_CAP,
+                f"{conn.source_ip}: {cap} messages on one connection, closing",
+                conn.source_ip,
+            )
 
     def _store(self, delivery: Delivery, session: Session, content: bytes) -> None:
         self.deliveries.append(delivery)
@@ -855,15 +917,19 @@ class _Provider:
             ).encode()
             # Maildir files use LF; Maildir.add writes tmp/ then renames into new/ atomically.
             self._maildir.add(received + content.replace(b"\r\n", b"\n"))
-        self.emit(EventKind.DELIVERED,
-                  f"{delivery.source_ip} {delivery.mail_from} -> {delivery.rcpt} "
-                  f"{delivery.queue_id}", delivery.source_ip, delivery)
+        self.emit(
+            EventKind.DELIVERED,
+            f"{delivery.source_ip} {delivery.mail_from} -> {delivery.rcpt} {delivery.queue_id}",
+            delivery.source_ip,
+            delivery,
+        )
 
     def _bounce(self, delivery: Delivery, reply: Reply, content: bytes) -> None:
         if not delivery.mail_from:
             return  # never bounce a bounce (null sender)
-        diagnostic = reply.render(ip=delivery.source_ip, rcpt=delivery.rcpt,
-                                  sender=delivery.mail_from)
+        diagnostic = reply.render(
+            ip=delivery.source_ip, rcpt=delivery.rcpt, sender=delivery.mail_from
+        )
         dsn = build_dsn(
             reporting_mta=self.behaviour.hostname,
             sender=delivery.mail_from,
@@ -874,14 +940,26 @@ class _Provider:
             arrival=delivery.time,
             queue_id=delivery.queue_id,
         )
-        bounce = Bounce(delivery.source_ip, delivery.mail_from, delivery.rcpt,
-                        delivery.message_id, delivery.mailctl_id, reply.status, diagnostic,
-                        delivery.time, dsn)
+        bounce = Bounce(
+            delivery.source_ip,
+            delivery.mail_from,
+            delivery.rcpt,
+            delivery.message_id,
+            delivery.mailctl_id,
+            reply.status,
+            diagnostic,
+            delivery.time,
+            dsn,
+        )
         self.bounces.append(bounce)
         if self.config.mbox is not None:
             append_to_mbox(self.config.mbox, dsn, delivery.time)
-        self.emit(EventKind.BOUNCED, f"DSN to {delivery.mail_from} for {delivery.rcpt}: "
-                  f"{diagnostic}", delivery.source_ip, bounce)
+        self.emit(
+            EventKind.BOUNCED,
+            f"DSN to {delivery.mail_from} for {delivery.rcpt}: {diagnostic}",
+            delivery.source_ip,
+            bounce,
+        )
 
 
 def _sender(envelope: Envelope) -> str:
@@ -896,8 +974,17 @@ def _conn_of(server: SMTP) -> _Connection:
     return conn
 
 
-def build_dsn(*, reporting_mta: str, sender: str, rcpt: str, status: str, diagnostic: str,
-              original_headers: bytes, arrival: float, queue_id: str) -> bytes:
+def build_dsn(
+    *,
+    reporting_mta: str,
+    sender: str,
+    rcpt: str,
+    status: str,
+    diagnostic: str,
+    original_headers: bytes,
+    arrival: float,
+    queue_id: str,
+) -> bytes:
     """An RFC 3464 delivery status notification (LF line endings) for one failed recipient."""
     boundary = f"{queue_id}.{secrets.token_hex(6)}/{reporting_mta}"
     date = formatdate(arrival)
@@ -1049,8 +1136,9 @@ class _SimSMTP(SMTP):
             transport.close()
 
 
-def _delayed(method: Callable[[str], Awaitable[None]], seconds: float
-             ) -> Callable[[str], Awaitable[None]]:
+def _delayed(
+    method: Callable[[str], Awaitable[None]], seconds: float
+) -> Callable[[str], Awaitable[None]]:
     @functools.wraps(method)
     async def call(arg: str) -> None:
         await asyncio.sleep(seconds)
@@ -1087,10 +1175,12 @@ def _self_signed_files() -> tuple[str, str]:
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(
-            x509.SubjectAlternativeName([
-                x509.DNSName("localhost"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            ]),
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
             critical=False,
         )
         .sign(key, hashes.SHA256())
@@ -1098,11 +1188,13 @@ def _self_signed_files() -> tuple[str, str]:
     directory = Path(tempfile.mkdtemp(prefix="mailctl-sim-tls-"))
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     key_path.chmod(0o600)
     return str(cert_path), str(key_path)
 
@@ -1126,8 +1218,13 @@ class SimServer:
     >>> await server.close()
     """
 
-    def __init__(self, config: SimConfig | None = None, *, clock: Clock = time.time,
-                 on_event: EventCallback | None = None):
+    def __init__(
+        self,
+        config: SimConfig | None = None,
+        *,
+        clock: Clock = time.time,
+        on_event: EventCallback | None = None,
+    ):
         self.config = config or SimConfig()
         self._provider = _Provider(self.config, clock, on_event)
         self._server: asyncio.Server | None = None
@@ -1199,14 +1296,17 @@ class SimServer:
 
         provider.open_files()
         try:
-            self._server = await loop.create_server(factory, host=config.host, port=config.port,
-                                                    reuse_address=True)
+            self._server = await loop.create_server(
+                factory, host=config.host, port=config.port, reuse_address=True
+            )
         except OSError as error:
             provider.close_files()
             raise SimError(f"cannot listen on {config.host}:{config.port}: {error}") from error
         self._port = self._server.sockets[0].getsockname()[1]
-        provider.emit(EventKind.LISTENING,
-                      f"{config.behaviour.name} simulator listening on {config.host}:{self._port}")
+        provider.emit(
+            EventKind.LISTENING,
+            f"{config.behaviour.name} simulator listening on {config.host}:{self._port}",
+        )
         return self
 
     async def close(self) -> None:
@@ -1231,13 +1331,21 @@ class SimServer:
     async def __aenter__(self) -> Self:
         return await self.start()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.close()
 
 
-async def start(config: SimConfig | None = None, *, clock: Clock = time.time,
-                on_event: EventCallback | None = None) -> SimServer:
+async def start(
+    config: SimConfig | None = None,
+    *,
+    clock: Clock = time.time,
+    on_event: EventCallback | None = None,
+) -> SimServer:
     """Start a simulated provider in the running loop; ``await server.close()`` stops it."""
     return await SimServer(config, clock=clock, on_event=on_event).start()
 
@@ -1248,8 +1356,14 @@ class ThreadedSimServer:
     Usable as a context manager; ``start()`` returns the port.
     """
 
-    def __init__(self, config: SimConfig | None = None, *, clock: Clock = time.time,
-                 on_event: EventCallback | None = None, stop_timeout: float = 10.0):
+    def __init__(
+        self,
+        config: SimConfig | None = None,
+        *,
+        clock: Clock = time.time,
+        on_event: EventCallback | None = None,
+        stop_timeout: float = 10.0,
+    ):
         self.sim = SimServer(config, clock=clock, on_event=on_event)
         self.stop_timeout = stop_timeout
         self._thread: threading.Thread | None = None
@@ -1353,13 +1467,22 @@ class ThreadedSimServer:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None,
-                 exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
-def run_forever(config: SimConfig, *, on_event: EventCallback | None = None,
-                clock: Clock = time.time, stop: threading.Event | None = None) -> None:
+def run_forever(
+    config: SimConfig,
+    *,
+    on_event: EventCallback | None = None,
+    clock: Clock = time.time,
+    stop: threading.Event | None = None,
+) -> None:
     """Serve until ``stop`` is set or the process is interrupted (KeyboardInterrupt propagates).
 
     For ``mailctl sim``: the LISTENING event carries the actual port.
