@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from mailctl.bounces.parse import BounceParseError, Kind, iter_messages, parse_message
+from tests.helpers.bounce_labels import COMPLAINT_TYPES, match_label
 
 DATA = Path(__file__).parent / "data" / "bounces"
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-from bounce_accuracy import COMPLAINT_TYPES, _match  # noqa: E402
 
 LABELS = json.loads((DATA / "labels.json").read_text())
 BOUNCES = ("bounce-permanent", "bounce-temporary")
@@ -30,7 +27,7 @@ def test_accuracy_floors(parsed: dict) -> None:
     exact = bounces = perm_ok = perm_total = suppress_ok = reason_ok = recipients = 0
     for label in LABELS:
         report = parsed[label["file"]]
-        ok, matched = _match(report, label)
+        ok, matched = match_label(report, label)
         if label["category"] in BOUNCES:
             bounces += 1
             exact += ok

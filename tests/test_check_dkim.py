@@ -11,10 +11,10 @@ from pathlib import Path
 
 import dkim as dkimpy
 import pytest
-from test_send import cli, make_workspace, send
 
 from mailctl.cli import run
 from mailctl.dns.checks import NoAnswer, NXDomain, ZoneResolver
+from tests.helpers.workspace import cli, make_workspace, send
 
 ZONES = Path(__file__).parent / "data" / "zones"
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from test_send import FakeClock, make_workspace
 
 from mailctl.bounces.suppression import import_reports
 from mailctl.config import load_profiles
@@ -30,6 +29,8 @@ from mailctl.sim.server import (
     build_dsn,
 )
 from mailctl.store.sqlite import Store
+from tests.helpers.clock import FakeClock
+from tests.helpers.workspace import make_workspace
 
 T0 = 1_800_000_000.0  # when the campaign is queued
 T1 = T0 + 120.0  # when the engine's (fake) clock sends it

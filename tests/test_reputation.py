@@ -39,7 +39,7 @@ from mailctl.sim.server import (
     preset,
 )
 from mailctl.store.sqlite import Store
-from tests.test_send import FakeClock
+from tests.helpers.clock import FakeClock
 
 IPS = ("127.0.0.2", "127.0.0.3")
 DOMAINS = {"google": "gmail.example", "microsoft": "outlook.example", "yahoo": "yahoo.example"}
@@ -57,18 +57,6 @@ def _loopback_ips_bindable() -> bool:
     return True
 
 
-class OverlapClock(FakeClock):
-    """test_send.FakeClock whose sleeps overlap: a task sleeping s seconds moves time to
-    (its start + s) at most, so two tasks sleeping at once do not add their sleeps up (the
-    engine's workers, pacing a lane, sleep while its main loop waits for the next due message).
-    """
-
-    async def sleep(self, seconds: float) -> None:
-        target = self.t + max(seconds, 0.0)
-        await asyncio.sleep(0)
-        self.t = max(self.t, target)
-
-
 pytestmark = pytest.mark.skipif(
     not _loopback_ips_bindable(), reason="127.0.0.2 and 127.0.0.3 cannot be bound here"
 )
@@ -79,7 +67,7 @@ class Rig:
     """Three simulated providers, a direct profile with two source IPs, one campaign."""
 
     ws: Path
-    clock: OverlapClock
+    clock: FakeClock  # overlapping sleeps: see FakeClock
     sims: dict[str, ThreadedSimServer]
     events: list[str] = field(default_factory=list)
 
@@ -149,7 +137,7 @@ def rig(sim_server: Any, tmp_path: Path) -> RigFactory:
         profile_extra: str = "",
         **behaviours: SimBehaviour,
     ) -> Rig:
-        clock = OverlapClock()
+        clock = FakeClock(overlapping_sleeps=True)
         sims = {}
         for provider in DOMAINS:
             behaviour = behaviours.get(provider) or preset(provider, throttle=None)

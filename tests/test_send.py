@@ -6,103 +6,16 @@ import asyncio
 import email
 import json
 import re
-import sqlite3
-import textwrap
 from email import policy
 from pathlib import Path
 
-import pytest
-
-from mailctl.cli import run
 from mailctl.config import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, SendOptions
 from mailctl.sim.server import AddressRule, Reply, SimBehaviour
 from mailctl.store.sqlite import Store
-
-
-class FakeClock:
-    """Injected into the engine: sleeping advances time at once."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.t = start
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += max(seconds, 0.0)
-        await asyncio.sleep(0)
-
-
-def make_workspace(
-    tmp_path: Path, port: int, rows: int = 20, *, extra: str = "", profile_extra: str = ""
-) -> Path:
-    (tmp_path / "profiles.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            default_profile: relay
-            profiles:
-              relay:
-                transport: relay
-                host: 127.0.0.1
-                port: {port}
-                tls: none
-                dns: false
-                preflight: false
-                connections: 3
-                messages_per_connection: 7
-                retry: [5m, 10m, 20m]
-                max_age: 1h
-                # The simulated server is local, not a provider: no lane pacing toward it.
-                rules: {{limits: {{default: {{per_minute: null}}}}}}
-            """
-        )
-        + profile_extra
-    )
-    lines = ["email,first_name"] + [f"user{i}@example.com,User{i}" for i in range(rows)]
-    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
-    (tmp_path / "c.yaml").write_text(
-        textwrap.dedent(
-            """\
-            name: news
-            from: "News Désk <news@example.com>"
-            subject: "Héllo {{ first_name }}"
-            text: "Hi {{ first_name }}, unsubscribe at {{ unsubscribe_url }}"
-            html: "<p>Hi {{ first_name }}</p>"
-            recipients: list.csv
-            unsubscribe: {url: "https://example.com/u/{{ email | urlencode }}", mailto: "u@example.com"}
-            """
-        )
-        + extra
-    )
-    return tmp_path
-
-
-def cli(ws: Path, *args: str) -> int:
-    """mailctl with the workspace's database and profiles."""
-    return run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), *args])
-
-
-def send(ws: Path, *args: str) -> int:
-    return cli(ws, "send", str(ws / "c.yaml"), "--json", *args)
-
-
-def send_json(ws: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict:
-    """`send --json` that must succeed: its summary."""
-    code = send(ws, *args)
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return json.loads(captured.out)
-
-
-def summary(capsys: pytest.CaptureFixture[str]) -> dict:
-    return json.loads(capsys.readouterr().out)
-
-
-def db_states(ws: Path) -> dict[str, int]:
-    conn = sqlite3.connect(ws / "m.db")
-    return dict(conn.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall())
+from tests.helpers.clock import FakeClock
+from tests.helpers.workspace import cli, db_states, make_workspace, send, summary
 
 
 def test_send_resume_and_new_rows(sim_server, tmp_path: Path, capsys) -> None:

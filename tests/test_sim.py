@@ -14,7 +14,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from email.message import Message
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiosmtplib
 import pytest
@@ -47,9 +47,8 @@ from mailctl.sim.server import (
     run_forever,
     start,
 )
-
-if TYPE_CHECKING:  # fixtures' types only; pytest provides the objects
-    from tests.conftest import ManualClock, SimServerFactory
+from tests.helpers.clock import FakeClock
+from tests.helpers.sim import SimServerFactory
 
 T = TypeVar("T")
 SENDER = "bounces+123@news.example.com"
@@ -114,7 +113,7 @@ def wait_until(predicate: Any, timeout: float = 2.0) -> None:
 
 
 def test_accepts_everything_and_records_the_delivery(
-    sim_server: SimServerFactory, sim_clock: ManualClock
+    sim_server: SimServerFactory, sim_clock: FakeClock
 ) -> None:
     server = sim_server(clock=sim_clock)
 
@@ -127,7 +126,7 @@ def test_accepts_everything_and_records_the_delivery(
     assert first.mail_from == SENDER
     assert first.message_id == "<cmp1-42@news.example.com>"
     assert first.mailctl_id == "cmp1-42"
-    assert first.time == sim_clock.now
+    assert first.time == sim_clock()
     assert first.size == len(message("alice@example.org"))
     assert first.queue_id == second.queue_id
     assert server.refusals == []
@@ -367,7 +366,7 @@ def test_slow_replies(sim_server: SimServerFactory) -> None:
 
 
 def test_throttle_counts_per_source_ip_in_a_window(
-    sim_server: SimServerFactory, sim_clock: ManualClock
+    sim_server: SimServerFactory, sim_clock: FakeClock
 ) -> None:
     server = sim_server(
         preset("google", throttle=Throttle(max_messages=2, window=60, reply=GOOGLE_RATE_LIMITED)),
@@ -393,7 +392,7 @@ def test_throttle_counts_per_source_ip_in_a_window(
     assert (refusal.source_ip, refusal.reason) == ("127.0.0.2", RefusalReason.THROTTLE)
 
 
-def test_throttle_at_data_and_per_day(sim_server: SimServerFactory, sim_clock: ManualClock) -> None:
+def test_throttle_at_data_and_per_day(sim_server: SimServerFactory, sim_clock: FakeClock) -> None:
     server = sim_server(
         preset(
             "microsoft",
@@ -436,7 +435,7 @@ def test_throttle_at_data_and_per_day(sim_server: SimServerFactory, sim_clock: M
 
 
 def test_greylisting_with_an_advanced_clock(
-    sim_server: SimServerFactory, sim_clock: ManualClock
+    sim_server: SimServerFactory, sim_clock: FakeClock
 ) -> None:
     server = sim_server(SimBehaviour(greylist=Greylist(delay=300)), clock=sim_clock)
 
@@ -728,7 +727,7 @@ def test_a_subprocess_delivers_to_the_threaded_server(
     )
 
 
-def test_throttle_at_connect(sim_server: SimServerFactory, sim_clock: ManualClock) -> None:
+def test_throttle_at_connect(sim_server: SimServerFactory, sim_clock: FakeClock) -> None:
     server = sim_server(
         preset(
             "yahoo",

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_send import cli, make_workspace
+
+from tests.helpers.workspace import cli, make_workspace
 
 SINK = shutil.which("smtp-sink") or (
     "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None

@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_send import cli, make_workspace
 
 from mailctl.bounces.suppression import SoftBouncePolicy, import_reports
 from mailctl.cli import run
 from mailctl.sim.server import AddressRule, Reply, SimBehaviour, append_to_mbox, build_dsn
 from mailctl.store.sqlite import Store
+from tests.helpers.workspace import cli, make_workspace
 
 CORPUS = Path(__file__).parent / "data" / "bounces"
 
