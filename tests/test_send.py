@@ -18,7 +18,9 @@ from tests.helpers.clock import FakeClock
 from tests.helpers.workspace import cli, db_states, make_workspace, send, summary
 
 
-def test_send_resume_and_new_rows(sim_server, tmp_path: Path, capsys) -> None:
+def test_send_resumes_without_resending_and_picks_up_new_rows(
+    sim_server, tmp_path: Path, capsys
+) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=25)
     assert send(ws) == 0
@@ -70,7 +72,7 @@ def test_rendered_message_is_correct_mime(sim_server, tmp_path: Path, capsys) ->
     assert len(ids) == 2
 
 
-def test_replies_bounce_suppress_defer(sim_server, tmp_path: Path, capsys) -> None:
+def test_replies_bounce_and_suppress_or_defer(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server(
         SimBehaviour(
             rcpt_rules=(
@@ -152,12 +154,13 @@ def test_suppression_is_checked_again_before_delivery(sim_server, tmp_path: Path
 
 
 def test_retry_schedule_then_expiry_with_injected_clock(sim_server, tmp_path: Path) -> None:
+    clock = FakeClock()
     server = sim_server(
-        SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", Reply(451, "4.7.1 busy")),))
+        SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", Reply(451, "4.7.1 busy")),)),
+        clock=clock,
     )
     ws = make_workspace(tmp_path, server.port, rows=2)
     profiles = load_profiles(ws / "profiles.yaml")
-    clock = FakeClock()
     with Store.open(ws / "m.db") as store:
         prepared = prepare(store, ws / "c.yaml", profiles, now=clock.now())
         run_id = store.start_run(1, "test", clock.now())
@@ -178,8 +181,12 @@ def test_retry_schedule_then_expiry_with_injected_clock(sim_server, tmp_path: Pa
     assert result.sent == 1 and result.expired == 1
     attempts = [r for r in server.refusals if r.rcpt == "user0@example.com"]
     assert len(attempts) == row[1]
+    # The sim stamps attempts on the engine's clock: each retry waited for its step of the
+    # schedule (less the +-15% jitter), and all of them fit in max_age.
     gaps = [b.time - a.time for a, b in zip(attempts, attempts[1:], strict=False)]
-    assert all(g >= 0 for g in gaps)
+    steps = [300, 600, 1200, 1200, 1200][: len(gaps)]
+    assert all(gap >= 0.85 * step for gap, step in zip(gaps, steps, strict=True)), gaps
+    assert attempts[-1].time - attempts[0].time <= 3600
 
 
 def test_connect_421_defers_everything(sim_server, tmp_path: Path, capsys) -> None:
@@ -246,7 +253,9 @@ def test_second_run_is_locked_out(sim_server, tmp_path: Path, capsys) -> None:
     assert send(ws) == 0
 
 
-def test_limit_and_campaign_commands(sim_server, tmp_path: Path, capsys) -> None:
+def test_limit_stops_early_and_a_paused_campaign_waits_for_resume(
+    sim_server, tmp_path: Path, capsys
+) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=10)
     assert send(ws, "--limit", "4") == 0

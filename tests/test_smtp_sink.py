@@ -47,7 +47,9 @@ def smtp_sink(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     shutil.rmtree(dump, ignore_errors=True)
 
 
-def test_send_to_smtp_sink(smtp_sink: tuple[int, Path], tmp_path: Path, capsys) -> None:
+def test_send_delivers_every_message_to_postfix_smtp_sink(
+    smtp_sink: tuple[int, Path], tmp_path: Path, capsys
+) -> None:
     port, dump = smtp_sink
     ws = make_workspace(tmp_path, port, rows=50)
     code = cli(ws, "send", str(ws / "c.yaml"), "--json")
