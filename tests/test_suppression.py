@@ -172,7 +172,7 @@ def test_corpus_delays_never_suppress_and_stdin_works(tmp_path: Path, monkeypatc
     assert json.loads(capsys.readouterr().out)["complaints"] == 1
 
 
-def test_bounces_parse_prints_stable_json(capsys) -> None:
+def test_bounces_parse_prints_stable_json(tmp_path: Path, capsys) -> None:
     mbox = CORPUS / "mbox" / "mbox-1"
     assert run(["bounces", "parse", str(mbox), "--json"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -191,7 +191,9 @@ def test_bounces_parse_prints_stable_json(capsys) -> None:
                 "suppress",
                 "diagnostic",
             }
-    assert run(["bounces", "import", str(CORPUS / "nope.mbox")]) == 1
+    # A missing mailbox is an error (its own database, not ./mailctl.db in the repository).
+    db = str(tmp_path / "m.db")
+    assert run(["--db", db, "bounces", "import", str(CORPUS / "nope.mbox")]) == 1
 
 
 def test_suppress_add_check_import_and_list_commands(tmp_path: Path, capsys) -> None:
