@@ -29,6 +29,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mailctl.errors import MailctlError
+from mailctl.message.tracking import (
+    TRACKING_HEADER,
+    TRACKING_HEADER_IN_TEXT_RE,
+    TRACKING_RE,
+    TRACKING_RE_BYTES,
+    VERP_LOCAL_PREFIX,
+    verp_token,
+)
 from mailctl.replies.classify import Verdict, classify_failure
 
 
@@ -101,9 +109,6 @@ class Report:
 # ---------------------------------------------------------------------------------------------
 # Patterns (compiled once: parsing must stay well above 1,000 messages/s)
 
-TRACKING_ID = re.compile(r"mc1-[a-z2-7]{16}")
-_TRACKING_ID_BYTES = re.compile(rb"mc1-[a-z2-7]{16}")
-_VERP = re.compile(r"bounces\+(mc1-[a-z2-7]{16})@", re.I)
 _ADDRESS = re.compile(
     r"""(?<![\w.!#$%&'*+/=?^`{|}~@-])"""
     r"""([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.+[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\.*"""
@@ -495,10 +500,10 @@ def _excluded(address: str, own: set[str], *, system_ok: bool = False) -> bool:
     local, _, domain = lowered.rpartition("@")
     if not system_ok and (
         _SYSTEM_LOCALPART.match(local)
-        or local.startswith(("mailer-daemon", "postmaster", "bounces+"))
+        or local.startswith(("mailer-daemon", "postmaster", VERP_LOCAL_PREFIX))
     ):
         return True
-    if TRACKING_ID.search(local):
+    if TRACKING_RE.search(local):
         return True  # a mailctl Message-ID or VERP address, never a recipient
     return not domain or "." not in domain
 
@@ -635,18 +640,17 @@ def _tracking(
         "Return-Path",
     ):
         for value in msg.get_all(name) or []:
-            found = _VERP.search(str(value))
-            if found:
-                verp = found.group(1)
+            verp = verp_token(str(value))
+            if verp:
                 break
         if verp:
             break
     original_id = None
     tracking = None
     for original in originals:
-        mailctl_id = original.get("X-Mailctl-ID")
+        mailctl_id = original.get(TRACKING_HEADER)
         if mailctl_id and not tracking:
-            found = TRACKING_ID.search(str(mailctl_id))
+            found = TRACKING_RE.search(str(mailctl_id))
             tracking = found.group(0) if found else None
         message_id = original.get("Message-ID")
         if message_id and not original_id:
@@ -656,15 +660,15 @@ def _tracking(
         if found:
             original_id = found.group(1)
     if tracking is None and original_id:
-        found = TRACKING_ID.search(original_id)
+        found = TRACKING_RE.search(original_id)
         tracking = found.group(0) if found else None
     if tracking is None and tail:
-        found = re.search(r"X-Mailctl-ID\s*:\s*(mc1-[a-z2-7]{16})", tail, re.I)
+        found = TRACKING_HEADER_IN_TEXT_RE.search(tail)
         tracking = found.group(1) if found else None
     if tracking is None:
         tracking = verp
     if tracking is None:
-        found_bytes = _TRACKING_ID_BYTES.search(raw)
+        found_bytes = TRACKING_RE_BYTES.search(raw)
         tracking = found_bytes.group(0).decode() if found_bytes else None
     return tracking, original_id, verp
 

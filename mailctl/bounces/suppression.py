@@ -18,7 +18,7 @@ from typing import Any
 
 from mailctl.bounces.parse import BounceParseError, Kind, Report, iter_messages, parse_message
 from mailctl.errors import InputError
-from mailctl.message.render import TRACKING_RE
+from mailctl.message.tracking import TRACKING_RE
 from mailctl.recipients.csv_import import InvalidAddress, normalise_address
 from mailctl.store.sqlite import Store
 

@@ -516,7 +516,7 @@ def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
     """Render the first messages without touching the database or the network."""
     from mailctl.config import load_campaign
     from mailctl.delivery.campaigns import check_fields, make_renderer
-    from mailctl.message.render import new_tracking_id
+    from mailctl.message.tracking import new_tracking_id
     from mailctl.recipients.csv_import import import_csv
     from mailctl.store.sqlite import Store, resolve_db_path
 

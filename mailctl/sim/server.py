@@ -43,6 +43,7 @@ from typing import Any, AnyStr, Self
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailctl.errors import MailctlError
+from mailctl.message.tracking import TRACKING_HEADER
 
 try:  # POSIX only: lock the mbox like mailbox.mbox does, so readers never see half a DSN
     import fcntl
@@ -598,7 +599,7 @@ def _parse_ids(content: bytes) -> tuple[str | None, str | None]:
         value = headers.get(name)
         return None if value is None else " ".join(str(value).split())
 
-    return one("Message-ID"), one("X-Mailctl-ID")
+    return one("Message-ID"), one(TRACKING_HEADER)
 
 
 def _mbox_escape(body: bytes) -> bytes:
