@@ -59,7 +59,12 @@ class Node:
 
     def error(self, message: str) -> ConfigError:
         where = f"{self.path}: " if self.path else ""
-        return ConfigError(f"{self.file}:{self.line}: {where}{message}")
+        return ConfigError(
+            f"{self.file}:{self.line}: {where}{message}",
+            file=self.file,
+            line=self.line,
+            key=self.path or None,
+        )
 
     def _child_path(self, key: str | int) -> str:
         if isinstance(key, int):
@@ -189,20 +194,22 @@ def load_yaml(path: Path) -> Node:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        raise ConfigError(f"{path}: file not found", file=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+        raise ConfigError(f"{path}: cannot read: {exc}", file=str(path)) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
         problem = exc.problem or exc.context or "syntax error"
-        raise ConfigError(f"{path}:{line}: YAML syntax error: {problem}") from None
+        raise ConfigError(
+            f"{path}:{line}: YAML syntax error: {problem}", file=str(path), line=line or None
+        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML error: {exc}") from None
+        raise ConfigError(f"{path}: YAML error: {exc}", file=str(path)) from None
     if root is None:
-        raise ConfigError(f"{path}:1: the file is empty")
+        raise ConfigError(f"{path}:1: the file is empty", file=str(path), line=1)
     return Node(str(path), root, "")
 
 
@@ -305,7 +312,8 @@ class Profile:
         if value is None:
             raise ConfigError(
                 f"{self.source}: profiles.{self.name}.password_env: environment variable "
-                f"{self.password_env} is not set"
+                f"{self.password_env} is not set",
+                key=f"profiles.{self.name}.password_env",
             )
         return value
 
@@ -317,7 +325,8 @@ class Profile:
             return next(iter(self.pools))
         raise ConfigError(
             f"{self.source}: profiles.{self.name}: no pool '{name}' "
-            f"(pools: {', '.join(self.pools) or 'none'})"
+            f"(pools: {', '.join(self.pools) or 'none'})",
+            key=f"profiles.{self.name}",
         )
 
 
@@ -332,7 +341,9 @@ class ProfilesFile:
         profile = self.profiles.get(name)
         if profile is None:
             known = ", ".join(sorted(self.profiles))
-            raise ConfigError(f"{self.path}: no profile named '{name}' (profiles: {known})")
+            raise ConfigError(
+                f"{self.path}: no profile named '{name}' (profiles: {known})", file=str(self.path)
+            )
         profile.password()  # an unset password_env is an error only for the profile in use
         return profile
 

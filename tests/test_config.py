@@ -171,6 +171,18 @@ def test_unknown_warmup_preset(tmp_path: Path) -> None:
     )
 
 
+def test_config_error_carries_file_line_and_key_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "profiles.yaml", BAD_IP)
+    with pytest.raises(ConfigError) as info:
+        load_profiles(path)
+    error = info.value
+    assert (error.file, error.line, error.key) == (
+        str(path),
+        7,
+        "profiles.direct.pools.marketing[1]",
+    )
+
+
 CAMPAIGN = """\
 name: c1
 from: "Shop <news@example.com>"

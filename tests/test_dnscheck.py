@@ -9,9 +9,6 @@ import pytest
 from mailctl.dns.checks import (
     Check,
     CheckReport,
-    DnsTimeout,
-    NoAnswer,
-    NXDomain,
     Provider,
     SpfResult,
     Status,
@@ -20,7 +17,7 @@ from mailctl.dns.checks import (
     run_checks,
     spf_check_host,
 )
-from mailctl.errors import UsageError
+from mailctl.errors import DnsTimeout, NoAnswer, NXDomain, UsageError
 from mailctl.message.dkim import DkimAlgorithm, DkimKeyConfig
 
 ZONES = Path(__file__).parent / "data" / "zones"

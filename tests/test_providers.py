@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mailctl.dns.checks import DnsTimeout, NoAnswer, NXDomain, ZoneResolver
+from mailctl.dns.checks import ZoneResolver
 from mailctl.dns.mx import (
     AddressAnswer,
     DirectAction,
@@ -20,6 +20,7 @@ from mailctl.dns.mx import (
     registered_domain,
     resolve_domains,
 )
+from mailctl.errors import DnsTimeout, NoAnswer, NXDomain
 
 ZONES = sorted((Path(__file__).parent / "data" / "zones_mx").glob("*.zone"))
 NOW = 1_700_000_000.0

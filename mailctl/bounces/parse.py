@@ -28,7 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mailctl.errors import MailctlError
+from mailctl.errors import BounceParseError
 from mailctl.message.tracking import (
     TRACKING_HEADER,
     TRACKING_HEADER_IN_TEXT_RE,
@@ -38,10 +38,6 @@ from mailctl.message.tracking import (
     verp_token,
 )
 from mailctl.replies.classify import Verdict, classify_failure
-
-
-class BounceParseError(MailctlError):
-    """A message or mailbox cannot be read at all."""
 
 
 class Kind(StrEnum):

@@ -16,10 +16,10 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from mailctl.bounces.parse import BounceParseError, Kind, Report, iter_messages, parse_message
-from mailctl.errors import InputError
+from mailctl.bounces.parse import Kind, Report, iter_messages, parse_message
+from mailctl.errors import BounceParseError, InputError, InvalidAddress
 from mailctl.message.tracking import TRACKING_RE
-from mailctl.recipients.csv_import import InvalidAddress, normalise_address
+from mailctl.recipients.csv_import import normalise_address
 from mailctl.store.sqlite import Store
 
 REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual", "soft_bounce_limit")

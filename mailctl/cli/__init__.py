@@ -781,7 +781,8 @@ def bounces_parse(
 
     Example: mailctl bounces parse bounce.eml --json
     """
-    from mailctl.bounces.parse import BounceParseError, iter_messages, parse_message
+    from mailctl.bounces.parse import iter_messages, parse_message
+    from mailctl.errors import BounceParseError
 
     for path in paths:
         if path != "-" and not Path(path).exists():
@@ -805,7 +806,7 @@ def bounces_parse(
 
 def _target(value: str) -> str:
     from mailctl.bounces.suppression import parse_suppression_target
-    from mailctl.recipients.csv_import import InvalidAddress
+    from mailctl.errors import InvalidAddress
 
     try:
         return parse_suppression_target(value)
@@ -1593,7 +1594,8 @@ def dkim_keygen(
     """
     import os
 
-    from mailctl.message.dkim import DkimError, generate_keypair, txt_record
+    from mailctl.errors import DkimError
+    from mailctl.message.dkim import generate_keypair, txt_record
 
     path = out or Path(f"{domain}.{selector}.pem")
     if path.exists():

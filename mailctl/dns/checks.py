@@ -53,11 +53,18 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from mailctl.errors import InputError, MailctlError, UsageError
+from mailctl.errors import (
+    DkimKeyError,
+    DnsError,
+    DnsTimeout,
+    InputError,
+    NoAnswer,
+    NXDomain,
+    UsageError,
+)
 from mailctl.message.dkim import (
     DkimAlgorithm,
     DkimKeyConfig,
-    DkimKeyError,
     load_private_key,
     public_key_txt,
 )
@@ -66,11 +73,7 @@ __all__ = [
     "Check",
     "CheckId",
     "CheckReport",
-    "DnsError",
-    "DnsTimeout",
     "LiveResolver",
-    "NXDomain",
-    "NoAnswer",
     "Provider",
     "RequirementStatus",
     "Resolver",
@@ -85,22 +88,6 @@ __all__ = [
 
 # --------------------------------------------------------------------------------------------
 # Resolver seam
-
-
-class DnsError(MailctlError):
-    """A DNS lookup did not give an answer."""
-
-
-class NXDomain(DnsError):
-    """The name does not exist."""
-
-
-class NoAnswer(DnsError):
-    """The name exists but has no records of the asked type."""
-
-
-class DnsTimeout(DnsError, TimeoutError):
-    """No name server answered in time (or all failed): a temporary condition."""
 
 
 class Resolver(Protocol):

@@ -39,14 +39,8 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from mailctl.dns.checks import (
-    DnsError,
-    DnsTimeout,
-    NoAnswer,
-    NXDomain,
-    Resolver,
-    configured_resolver,
-)
+from mailctl.dns.checks import Resolver, configured_resolver
+from mailctl.errors import DnsError, DnsTimeout, NoAnswer, NXDomain
 
 __all__ = [
     "AddressAnswer",
@@ -346,7 +340,7 @@ class AddressAnswer:
 class AsyncMxResolver(Protocol):
     """The lookups MX rollup needs, asynchronously and with TTLs.
 
-    Raise `dnscheck.NXDomain`, `dnscheck.NoAnswer` or `dnscheck.DnsTimeout` as the sync
+    Raise `errors.NXDomain`, `errors.NoAnswer` or `errors.DnsTimeout` as the sync
     `dnscheck.Resolver` does.
     """
 

@@ -42,7 +42,7 @@ from typing import Any, AnyStr, Self
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailctl.errors import MailctlError
+from mailctl.errors import MailctlError, SimError
 from mailctl.message.tracking import TRACKING_HEADER
 
 try:  # POSIX only: lock the mbox like mailbox.mbox does, so readers never see half a DSN
@@ -65,7 +65,6 @@ __all__ = [
     "Reply",
     "SimBehaviour",
     "SimConfig",
-    "SimError",
     "SimEvent",
     "SimServer",
     "Stage",
@@ -84,10 +83,6 @@ __all__ = [
 # logging's last resort. The sim never prints, so give that logger a sink (callers may still
 # attach their own handlers).
 logging.getLogger("mail.log").addHandler(logging.NullHandler())
-
-
-class SimError(MailctlError):
-    """The simulated provider is misconfigured or cannot start or stop."""
 
 
 # --------------------------------------------------------------------------------------------
