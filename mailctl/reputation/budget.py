@@ -1,8 +1,9 @@
 """Today's warm-up capacity per sending IP and provider, enforced by the send loop.
 
-Caps come from warmup.py (pure schedule maths) applied to the IP's history in SQLite; they
-are counted across all campaigns, spread across the IP's sending window, and reserved when a
-message is routed so concurrent sends can never overshoot.
+Caps come from the warm-up replay (reputation/warmup.py, over the schedules in
+mailctl/warmup_schedule.py) applied to the IP's history in SQLite; they are counted across
+all campaigns, spread across the IP's sending window, and reserved when a message is routed
+so concurrent sends can never overshoot.
 """
 
 from __future__ import annotations
