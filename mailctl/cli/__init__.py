@@ -781,7 +781,8 @@ def bounces_parse(
 
     Example: mailctl bounces parse bounce.eml --json
     """
-    from mailctl.bounces.parse import iter_messages, parse_message
+    from mailctl.bounces.mailbox import iter_messages
+    from mailctl.bounces.parse import parse_message
     from mailctl.errors import BounceParseError
 
     for path in paths:
