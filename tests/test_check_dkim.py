@@ -13,7 +13,8 @@ import dkim as dkimpy
 import pytest
 
 from mailctl.cli import run
-from mailctl.dns.checks import NoAnswer, NXDomain, ZoneResolver
+from mailctl.dns.resolver import ZoneResolver
+from mailctl.errors import NoAnswer, NXDomain
 from tests.helpers.workspace import cli, make_workspace, send
 
 ZONES = Path(__file__).parent / "data" / "zones"

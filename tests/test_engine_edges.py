@@ -15,7 +15,7 @@ import pytest
 from mailctl.config import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, SendOptions
-from mailctl.dns.checks import DnsTimeout
+from mailctl.errors import DnsTimeout
 from mailctl.sim.server import CapAction, Reply, SimBehaviour
 from mailctl.store.sqlite import Store
 from tests.helpers.clock import FakeClock
