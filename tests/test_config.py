@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mailctl.config import TransportKind, load_campaign, load_profiles, parse_duration
+from mailctl.config.campaign import load_campaign
+from mailctl.config.nodes import parse_duration
+from mailctl.config.profiles import TransportKind, load_profiles
 from mailctl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mailctl.config import load_campaign
+from mailctl.config.campaign import load_campaign
 from mailctl.errors import TemplateError
 from mailctl.message.render import TRACKING_RE, Renderer, new_tracking_id
 

@@ -22,7 +22,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from mailctl.config import Campaign, Profile, TlsMode, TransportKind
+from mailctl.config.campaign import Campaign
+from mailctl.config.profiles import Profile, TlsMode, TransportKind
 from mailctl.delivery.transport import Connection, Destination, Reply, relay_destination
 from mailctl.dns.mx import (
     DirectAction,

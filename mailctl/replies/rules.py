@@ -323,7 +323,7 @@ def _duration(value: Any, path: str) -> float:
         seconds = float(value)
     elif isinstance(value, str):
         # Imported here: config may one day validate `rules:` through this module.
-        from mailctl.config import parse_duration
+        from mailctl.config.nodes import parse_duration
 
         try:
             seconds = parse_duration(value)

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 
-from mailctl.config import Profile, WarmupConfig
+from mailctl.config.profiles import Profile, WarmupConfig
 from mailctl.reputation.warmup import (
     DayRecord,
     EventKind,
