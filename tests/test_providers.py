@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mailctl.config.profiles import parse_mx_override
 from mailctl.dns.checks import DnsTimeout, NoAnswer, NXDomain, ZoneResolver
 from mailctl.dns.mx import (
     AddressAnswer,
@@ -15,7 +16,6 @@ from mailctl.dns.mx import (
     InMemoryRouteCache,
     MxAnswer,
     RouteStatus,
-    parse_mx_override,
     provider_for_mx_hosts,
     registered_domain,
     resolve_domains,

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailctl.config.profiles import PRESET_NAMES
 from mailctl.reputation.warmup import (
-    PRESET_NAMES,
+    LINEAR,
     PRESETS,
     DayRecord,
     EventKind,
@@ -149,6 +150,7 @@ def test_invalid_thresholds_and_events() -> None:
         WarmupEvent(START, EventKind.HOLD, preset="sendgrid")
     assert WarmupEvent(START, "hold").kind is EventKind.HOLD  # type: ignore[arg-type]
     assert set(PRESET_NAMES) == {"sendgrid", "sparkpost", "ses45", "linear"}
+    assert set(PRESET_NAMES) == {*PRESETS, LINEAR}  # config's names, warmup's schedules
 
 
 # --- sending days and idle resets ------------------------------------------------------------

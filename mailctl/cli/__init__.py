@@ -1451,7 +1451,7 @@ def _warmup_event(ip: str, kind: str, preset: str | None, date: str | None) -> N
     import datetime as dt
     import time
 
-    from mailctl.reputation.warmup import PRESET_NAMES
+    from mailctl.config.profiles import PRESET_NAMES
 
     if preset is not None and preset not in PRESET_NAMES:
         raise UsageError(f"--preset must be one of {', '.join(PRESET_NAMES)}")

@@ -24,7 +24,42 @@ from typing import Any
 import yaml
 
 from mailctl.config.nodes import Node, load_yaml
+from mailctl.config.provider_rules import resolve_rules
 from mailctl.errors import ConfigError
+
+# The warm-up presets a profile may name; reputation.warmup holds their schedules.
+PRESET_NAMES: tuple[str, ...] = ("sendgrid", "sparkpost", "ses45", "linear")
+
+
+def parse_mx_override(value: str) -> tuple[str | None, str, int]:
+    """``[provider@]host[:port]`` -> (provider or None, host, port).
+
+    The optional provider names the lane when the host is a simulated server on loopback
+    (``google@127.0.0.1:2525``). IPv6 hosts go in brackets: ``[::1]:2525``.
+    """
+    provider, _, rest = value.strip().rpartition("@")
+    host, port = rest, 25
+    if rest.startswith("["):
+        end = rest.find("]")
+        if end == -1:
+            raise ValueError(f"'{value}': unclosed '[' in an IPv6 host")
+        host, tail = rest[1:end], rest[end + 1 :]
+        if tail:
+            if not tail.startswith(":"):
+                raise ValueError(f"'{value}': expected ':port' after ']'")
+            port = _port(value, tail[1:])
+    elif rest.count(":") == 1:
+        host, port_text = rest.split(":")
+        port = _port(value, port_text)
+    if not host:
+        raise ValueError(f"'{value}': no host (use host:port, e.g. 127.0.0.1:2525)")
+    return (provider.strip().lower() or None), host.lower(), port
+
+
+def _port(value: str, text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"'{value}': '{text}' is not a port number (1-65535)")
+    return int(text)
 
 
 class TransportKind(StrEnum):
@@ -214,8 +249,6 @@ def _warmup(node: Node) -> WarmupConfig:
     if (preset is None) == (volumes is None):
         raise node.error("give exactly one of 'preset' or 'volumes'")
     if preset is not None:
-        from mailctl.reputation.warmup import PRESET_NAMES
-
         if preset not in PRESET_NAMES:
             raise keys["preset"].error(
                 f"unknown preset '{preset}' (presets: {', '.join(PRESET_NAMES)})"
@@ -369,8 +402,6 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         overrides = {}
         for domain, target in keys["mx_override"].mapping().items():
             value = target.str()
-            from mailctl.dns.mx import parse_mx_override
-
             try:
                 parse_mx_override(value)
             except ValueError as exc:
@@ -423,10 +454,11 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
     if "preflight" in keys:
         options["preflight"] = keys["preflight"].bool()
     if "rules" in keys:
-        from mailctl.replies.rules import load_rules
-
+        # Kept raw once valid: replies.rules turns it into the RuleSet the lanes use.
         raw = yaml.safe_load(yaml.serialize(keys["rules"].node))
-        load_rules(raw, source=f"{keys['rules'].file}:{keys['rules'].line}: profiles.{name}.rules")
+        resolve_rules(
+            raw, source=f"{keys['rules'].file}:{keys['rules'].line}: profiles.{name}.rules"
+        )
         options["rules"] = raw
     return Profile(name=name, transport=transport, source=f"{node.file}:{node.line}", **options)
 

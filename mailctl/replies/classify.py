@@ -2,8 +2,9 @@
 
 Decision order (first match wins):
 
-1. ``RULES``: provider tags and texts, then general phrases used across MTAs. One data table
-   so that ``rules.py`` can extend or override it (see ``classify_reply(rules=...)``).
+1. ``RULES``: the providers' own replies (the one provider rules table,
+   ``mailctl/data/provider_rules.yaml``, which the lanes act on too), then the general
+   phrases used across MTAs (`mailctl.replies.phrases`).
 2. The RFC 3463 enhanced status code (``X.Y.Z``), detail first, then subject (``X.Y``).
 3. The basic SMTP reply class (2xx, 4xx, 5xx) and a few well-known basic codes.
 
@@ -12,6 +13,8 @@ Suppression is only ever decided for the recipient's own fault (it does not exis
 does not exist or accepts no mail, it has moved) and for complaints: a block, a policy, an
 authentication or a reputation problem is the sender's, and suppressing the recipient for it
 would silently shrink the list while the real problem stays.
+
+Imports config (the rules table) and replies.phrases; never the lanes, the engine or the CLI.
 """
 
 from __future__ import annotations
@@ -19,21 +22,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 from re import _constants as _sre_constants  # type: ignore[attr-defined]
 from re import _parser as _sre_parser  # type: ignore[attr-defined]
 from typing import Any
 
+from mailctl.config.provider_rules import ReplyRule, Scope, shipped_rules
 from mailctl.replies.phrases import PHRASE_RULES
-
-
-class Scope(StrEnum):
-    """Whom a reply is about, which decides the action."""
-
-    RECIPIENT = "recipient"  # this address: suppress when hard, count when soft
-    LANE = "lane"  # this sending IP towards this provider: slow down or pause
-    CAMPAIGN = "campaign"  # the content or the sending domain: stop, never suppress
-    TRANSIENT = "transient"  # nothing to learn: retry the message later
 
 
 @dataclass(frozen=True)
@@ -58,7 +52,7 @@ class Rule:
     permanent: bool | None
     reason: str
     suppress: bool
-    provider: str | None = None  # when set, only applies if the caller names that provider
+    providers: tuple[str, ...] = ()  # when set, only applies if the caller names one of them
 
 
 # Reasons that are the recipient's own, permanent fault; the only bounce reasons that suppress.
@@ -113,237 +107,29 @@ def _rule(
     permanent: bool | None,
     reason: str,
     suppress: bool,
-    provider: str | None = None,
+    providers: tuple[str, ...] = (),
 ) -> Rule:
-    return Rule(rule_id, re.compile(pattern, re.I), scope, permanent, reason, suppress, provider)
+    return Rule(rule_id, re.compile(pattern, re.I), scope, permanent, reason, suppress, providers)
 
 
-# Provider replies from PROVIDERS.md. Tags (TSS04, S3150, 4.7.28) are matched before prose,
-# because providers reword their prose more often than their tags.
-PROVIDER_RULES: tuple[Rule, ...] = (
-    # Google
-    _rule(
-        "google.rate-limited",
-        r"4\.7\.28\b|UnsolicitedRateLimitError",
-        L,
-        False,
-        "badreputation",
-        False,
-    ),
-    _rule(
-        "google.unusual-amount",
-        r"unusual (?:amount|rate) of unsolicited mail.*(?:temporarily )?blocked",
-        L,
-        None,
-        "blocked",
-        False,
-    ),
-    _rule(
-        "google.low-domain-reputation",
-        r"very low reputation of the sending domain",
-        C,
-        None,
-        "badreputation",
-        False,
-    ),
-    _rule(
-        "google.suspicious-content",
-        r"suspicious due to the nature of the content",
-        C,
-        None,
-        "spamdetected",
-        False,
-    ),
-    _rule(
-        "google.dmarc-ratelimit",
-        r"4\.7\.32\b|rate limited because there is no DMARC alignment",
-        C,
-        None,
-        "authfailure",
-        False,
-    ),
-    _rule("google.receiving-rate-perm", r"ReceivingRatePerm", T, False, "speeding", False),
-    _rule(
-        "google.receiving-rate",
-        r"\?p=ReceivingRate\b|receiving mail at a rate that prevents",
-        R,
-        False,
-        "speeding",
-        False,
-    ),
-    _rule(
-        "google.temp-rejected",
-        r"Mail server temporarily rejected message",
-        T,
-        False,
-        "systemerror",
-        False,
-    ),
-    _rule("google.over-quota-perm", r"OverQuotaPerm", R, True, "mailboxfull", True),
-    _rule("google.over-quota-temp", r"OverQuotaTemp", R, False, "mailboxfull", False),
-    _rule(
-        "google.no-such-user",
-        r"\?p=NoSuchUser|email account that you tried to reach does not exist",
-        R,
-        None,
-        "userunknown",
-        True,
-    ),
-    _rule(
-        "google.disabled-user",
-        r"\?p=DisabledUser|email account that you tried to reach is disabled",
-        R,
-        None,
-        "suspend",
-        True,
-    ),
-    _rule(
-        "google.unsolicited",
-        r"UnsolicitedMessageError|this message is likely unsolicited mail",
-        C,
-        None,
-        "spamdetected",
-        False,
-    ),
-    _rule(
-        "google.dmarc-policy",
-        r"5\.7\.26\b|not accepted due to (?:the )?domain's DMARC policy",
-        C,
-        None,
-        "authfailure",
-        False,
-    ),
-    _rule("google.requireptr", r"5\.7\.25\b", L, None, "requireptr", False),
-    # Yahoo / AOL
-    _rule("yahoo.ts03", r"\[TS03\]|permanently deferred", L, False, "blocked", False),
-    _rule(
-        "yahoo.tss",
-        r"\[(?:TSS|IPTS)0\d\]|temporarily deferred due to unexpected volume or user complaints",
-        L,
-        False,
-        "badreputation",
-        False,
-    ),
-    _rule(
-        "yahoo.max-per-connection",
-        r"Max message per connection reached",
-        L,
-        False,
-        "toomanyconn",
-        False,
-    ),
-    _rule(
-        "yahoo.deferred-170",
-        r"Message temporarily deferred - \[\d+\]",
-        T,
-        False,
-        "systemerror",
-        False,
-    ),
-    _rule("yahoo.bl21", r"\[BL2\d\]|because the ip is in Spamhaus", L, None, "blocked", False),
-    _rule(
-        "yahoo.ph01",
-        r"\[PH01\]|Email not accepted for policy reasons",
-        C,
-        None,
-        "policyviolation",
-        False,
-    ),
-    _rule(
-        "yahoo.no-account",
-        r"(?:user|recipient) doesn'?t have an? \S+ account",
-        R,
-        None,
-        "userunknown",
-        True,
-    ),
-    _rule(
-        "yahoo.disabled", r"mailbox is disabled \(554\.30\)|\(554\.30\)", R, None, "suspend", True
-    ),
-    # Microsoft
-    _rule(
-        "microsoft.ip-reputation",
-        r"4\.7\.650\b|rate limited due to IP reputation",
-        L,
-        False,
-        "badreputation",
-        False,
-    ),
-    _rule(
-        "microsoft.server-busy",
-        r"4\.7\.500\b|\(S77719\)|Server busy\. Please try again later",
-        L,
-        False,
-        "toomanyconn",
-        False,
-    ),
-    _rule(
-        "microsoft.concurrent-connections",
-        r"concurrent connections per resource forest",
-        L,
-        False,
-        "toomanyconn",
-        False,
-    ),
-    _rule(
-        "microsoft.s3150",
-        r"\(S3150\)|part of their network is on our block list",
-        L,
-        None,
-        "blocked",
-        False,
-    ),
-    _rule("microsoft.s3140", r"\(S314\d\)", L, None, "blocked", False),
-    _rule(
-        "microsoft.auth-level",
-        r"5\.7\.515\b|does not meet the required authentication level",
-        C,
-        None,
-        "authfailure",
-        False,
-    ),
-    _rule(
-        "microsoft.mailbox-unavailable",
-        r"requested action not taken: mailbox unavailable",
-        R,
-        None,
-        "userunknown",
-        True,
-    ),
-    _rule("microsoft.s775", r"\(S775\)", L, False, "badreputation", False),
-    # Others
-    _rule(
-        "apple.excessive-volume", r"deferred due to excessive volume", R, False, "speeding", False
-    ),
-    _rule("apple.hcm", r"\[HCM\d\]", L, False, "blocked", False),
-    _rule(
-        "generic.untrusted-ip",
-        r"too many messages from a new or untrusted IP",
-        L,
-        False,
-        "speeding",
-        False,
-    ),
-    _rule("generic.greylisted", r"grey-?list|gray-?list", T, False, "undefined", False),
-    _rule(
-        "generic.ip-reputation-ratelimit",
-        r"IP reputation ratelimit",
-        L,
-        False,
-        "badreputation",
-        False,
-    ),
-    _rule("comcast.rl0000", r"\bRL0000\b", L, False, "toomanyconn", False),
-    _rule(
-        "generic.too-many-connections",
-        r"too many (?:concurrent |simultaneous |smtp )?connections|connection (?:rate )?limit",
-        L,
-        False,
-        "toomanyconn",
-        False,
-    ),
-)
+def _provider_rule(rule: ReplyRule) -> Rule:
+    """The classifier's reading of one shipped provider rule (all of them carry a verdict)."""
+    if rule.scope is None or rule.reason is None:
+        raise ValueError(f"provider rule {rule.id} has no scope or reason")
+    return Rule(
+        rule.id,
+        rule.pattern,
+        rule.scope,
+        rule.permanent,
+        rule.reason,
+        rule.suppress,
+        rule.providers,
+    )
 
+
+# Provider replies from PROVIDERS.md: the shipped provider rules table
+# (mailctl/data/provider_rules.yaml), the same rows the lanes act on, in the same order.
+PROVIDER_RULES: tuple[Rule, ...] = tuple(_provider_rule(rule) for rule in shipped_rules())
 
 # The general phrases across MTAs (replies/phrases.py), after the providers' own replies.
 GENERAL_RULES: tuple[Rule, ...] = tuple(
@@ -468,11 +254,11 @@ def _first_rule(flat: str, provider: str | None, rules: Iterable[Rule] | None) -
         return _matcher(None).first(flat.lower())
     table = RULES if rules is None else tuple(rules)
     if provider is not None:
-        table = tuple(r for r in table if not (r.provider and r.provider != provider))
+        table = tuple(r for r in table if not r.providers or provider in r.providers)
     return _matcher(table).first(flat.lower())
 
 
-_PROVIDER_SPECIFIC = any(rule.provider for rule in RULES)
+_PROVIDER_SPECIFIC = any(rule.providers for rule in RULES)
 
 
 # RFC 3463 (and the IANA registry) codes, mapped to a reason. Detail "Y.Z" first, then subject "Y".

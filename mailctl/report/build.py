@@ -113,8 +113,9 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
+from mailctl.config.provider_rules import Scope
 from mailctl.errors import MailctlError
-from mailctl.replies.classify import REASON_SCOPE, RULES, Scope
+from mailctl.replies.classify import REASON_SCOPE, RULES
 from mailctl.store.sqlite import MESSAGE_STATES
 
 if TYPE_CHECKING:

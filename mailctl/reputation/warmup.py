@@ -34,12 +34,13 @@ from fractions import Fraction
 from types import MappingProxyType
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from mailctl.config.profiles import PRESET_NAMES
+
 __all__ = [
     "DEFAULT_LINEAR_DAYS",
     "DEFAULT_LINEAR_START",
     "LINEAR",
     "PRESETS",
-    "PRESET_NAMES",
     "SENDGRID_SCHEDULE",
     "SES45_DAYS",
     "SES45_FIRST_DAY",
@@ -124,7 +125,8 @@ def linear_schedule(start_volume: int, target_daily: int, days: int) -> tuple[in
 
 
 # Fixed schedules by name. `linear` is a preset too, but it is built from the setting's
-# start_volume, target_daily and linear_days, so it lives in PRESET_NAMES only.
+# start_volume, target_daily and linear_days, so it is only in PRESET_NAMES (config names
+# the presets a profile may use).
 PRESETS: Mapping[str, tuple[int, ...]] = MappingProxyType(
     {
         "sendgrid": SENDGRID_SCHEDULE,
@@ -133,7 +135,6 @@ PRESETS: Mapping[str, tuple[int, ...]] = MappingProxyType(
     }
 )
 LINEAR = "linear"
-PRESET_NAMES: tuple[str, ...] = (*PRESETS, LINEAR)
 
 # Defaults for the linear preset: start where SendGrid starts, reach the target in 30 days.
 DEFAULT_LINEAR_START = 50
