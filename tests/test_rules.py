@@ -19,7 +19,7 @@ from mailctl.config.provider_rules import (
 from mailctl.errors import ConfigError
 from mailctl.replies.classify import classify_reply
 from mailctl.replies.rules import default_rules, load_rules, match_reply
-from mailctl.reputation.lanes import EventKind, Scheduler
+from mailctl.reputation.lanes import LaneEventKind, Scheduler
 
 A = Action
 H = 3600.0
@@ -117,12 +117,12 @@ def test_every_shipped_rule_matches_its_own_example() -> None:
 
 # What the lanes report when a rule acts, by the rule's action.
 EVENT_OF_ACTION = {
-    Action.SUSPEND: EventKind.SUSPENDED,
-    Action.SET_LIMITS: EventKind.SLOWED,
-    Action.DISABLE_IP: EventKind.DISABLED,
-    Action.STOP_CAMPAIGN: EventKind.STOP_CAMPAIGN,
-    Action.DEFER_RECIPIENT: EventKind.DEFER_RECIPIENT,
-    Action.BOUNCE_RECIPIENT: EventKind.BOUNCE_RECIPIENT,
+    Action.SUSPEND: LaneEventKind.SUSPENDED,
+    Action.SET_LIMITS: LaneEventKind.SLOWED,
+    Action.DISABLE_IP: LaneEventKind.DISABLED,
+    Action.STOP_CAMPAIGN: LaneEventKind.STOP_CAMPAIGN,
+    Action.DEFER_RECIPIENT: LaneEventKind.DEFER_RECIPIENT,
+    Action.BOUNCE_RECIPIENT: LaneEventKind.BOUNCE_RECIPIENT,
 }
 
 

@@ -54,7 +54,12 @@ class Node:
 
     def error(self, message: str) -> ConfigError:
         where = f"{self.path}: " if self.path else ""
-        return ConfigError(f"{self.file}:{self.line}: {where}{message}")
+        return ConfigError(
+            f"{self.file}:{self.line}: {where}{message}",
+            file=self.file,
+            line=self.line,
+            key=self.path or None,
+        )
 
     def _child_path(self, key: str | int) -> str:
         if isinstance(key, int):
@@ -184,18 +189,20 @@ def load_yaml(path: Path) -> Node:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        raise ConfigError(f"{path}: file not found", file=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+        raise ConfigError(f"{path}: cannot read: {exc}", file=str(path)) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
         problem = exc.problem or exc.context or "syntax error"
-        raise ConfigError(f"{path}:{line}: YAML syntax error: {problem}") from None
+        raise ConfigError(
+            f"{path}:{line}: YAML syntax error: {problem}", file=str(path), line=line or None
+        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML error: {exc}") from None
+        raise ConfigError(f"{path}: YAML error: {exc}", file=str(path)) from None
     if root is None:
-        raise ConfigError(f"{path}:1: the file is empty")
+        raise ConfigError(f"{path}:1: the file is empty", file=str(path), line=1)
     return Node(str(path), root, "")

@@ -260,7 +260,7 @@ _SHIPPED_RULE_KEYS = (_RULE_KEYS - {"enabled"}) | _VERDICT_KEYS
 
 
 def _fail(path: str, message: str) -> ConfigError:
-    return ConfigError(f"{path}: {message}")
+    return ConfigError(f"{path}: {message}", key=path)
 
 
 def _describe(value: Any) -> str:
