@@ -20,7 +20,7 @@ from mailctl.bounces.parse import BounceParseError, Kind, Report, iter_messages,
 from mailctl.errors import InputError
 from mailctl.message.render import TRACKING_RE
 from mailctl.recipients.csv_import import InvalidAddress, normalise_address
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 
 REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual", "soft_bounce_limit")
 DAY = 86400.0
@@ -213,8 +213,7 @@ def import_reports(
     policy = policy or SoftBouncePolicy()
     result = ImportResult()
     pending = 0
-    store.conn.execute("BEGIN IMMEDIATE")
-    try:
+    with store.batched_transaction() as commit:
         for path in paths:
             if path != "-" and not Path(path).exists():
                 raise InputError(f"{path}: no such file or directory")
@@ -231,16 +230,10 @@ def import_reports(
                 apply_report(store, report, now=now, policy=policy, result=result)
                 pending += 1
                 if pending >= batch:
-                    store.conn.execute("COMMIT")
-                    store.conn.execute("BEGIN IMMEDIATE")
+                    commit()
                     pending = 0
                 if on_message:
                     on_message(result)
-        store.conn.execute("COMMIT")
-    except BaseException:
-        if store.conn.in_transaction:
-            store.conn.execute("COMMIT")  # what was applied is consistent: keep it
-        raise
     return result
 
 

@@ -13,7 +13,7 @@ from mailctl.delivery.engine import CampaignJob
 from mailctl.errors import CampaignChangedError, InputError, MailctlError, TemplateError
 from mailctl.message.render import Renderer, new_tracking_id
 from mailctl.recipients.csv_import import ImportSummary, import_csv
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 
 
 def content_hash(content: dict[str, Any]) -> str:

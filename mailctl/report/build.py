@@ -108,18 +108,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 
 from mailctl.errors import MailctlError
 from mailctl.replies.classify import REASON_SCOPE, RULES, Scope
-from mailctl.store.sqlite import MESSAGE_STATES
-
-if TYPE_CHECKING:
-    from mailctl.store.report_queries import ReportGroup
-    from mailctl.store.sqlite import Store
+from mailctl.replies.rules import default_rules
+from mailctl.store.base import MESSAGE_STATES, ReportGroup, Store
 
 SCHEMA_VERSION = 1
 HOUR = 3600
@@ -135,16 +132,22 @@ _ANSWERED = ("sent", "bounced", "complained", "failed")
 # --------------------------------------------------------------------------- throttles
 
 
+def is_throttle(scope: str | None, rule: str | None, reason: str | None) -> bool:
+    """Whether a stored reply was about the lane (IP x provider): a throttle or a block.
+
+    The engine stores the scope it decided. Replies recorded before the store kept it
+    (schema version 5) have none: their scope is read back from rule id and reason.
+    """
+    if scope is not None:
+        return scope == Scope.LANE.value
+    return throttle_by_rule(rule, reason)
+
+
 @lru_cache(maxsize=1)
 def _lane_rule_ids() -> frozenset[str]:
     """Rule ids that are about the lane: the classifier's, and the lane rules' that act on it."""
     ids = {rule.id for rule in RULES if rule.scope is Scope.LANE}
-    try:
-        from mailctl.replies.rules import default_rules
-
-        ids |= {rule.id for rule in default_rules().replies if rule.action.affects_lane}
-    except Exception:  # noqa: BLE001 - a broken rules file must not break a report
-        pass
+    ids |= {rule.id for rule in default_rules().replies if rule.action.affects_lane}
     return frozenset(ids)
 
 
@@ -153,13 +156,13 @@ def _classifier_rule_ids() -> frozenset[str]:
     return frozenset(rule.id for rule in RULES)
 
 
-def is_throttle(rule: str | None, reason: str | None) -> bool:
-    """Whether a stored reply was about the lane (IP x provider): a throttle or a block.
+def throttle_by_rule(rule: str | None, reason: str | None) -> bool:
+    """Whether a reply stored without its scope was about the lane, read back from the
+    classifier's rule id and reason.
 
-    Replies keep the classifier's rule id and reason, not its scope, so the scope is read
-    back from them: a rule re-read at an SMTP stage ends in ``@stage`` (only ``@connect``
-    makes it the lane's), a text rule has its own scope, and status/class rules take the
-    reason's scope (``class.421`` -> toomanyconn -> lane).
+    A rule re-read at an SMTP stage ends in ``@stage`` (only ``@connect`` makes it the
+    lane's), a text rule has its own scope, and status/class rules take the reason's scope
+    (``class.421`` -> toomanyconn -> lane).
     """
     if not rule:
         return False
@@ -255,7 +258,7 @@ def _throttles(rows: Iterable[Mapping[str, Any]]) -> dict[Any, dict[str, Any]]:
     """key -> {throttles, throttle_reasons} from replies counted per rule."""
     result: dict[Any, dict[str, Any]] = {}
     for row in rows:
-        if row["key"] is None or not is_throttle(row["rule"], row["reason"]):
+        if row["key"] is None or not is_throttle(row["scope"], row["rule"], row["reason"]):
             continue
         entry = result.setdefault(row["key"], {"throttles": 0, "reasons": {}})
         entry["throttles"] += row["count"]
@@ -287,8 +290,9 @@ def _lane_groups(
     events: Sequence[Mapping[str, Any]],
     breakers: Sequence[float],
 ) -> list[dict[str, Any]]:
-    counts_by = store.report_message_counts(group, campaign_id)
-    throttles_by = _throttles(store.report_reply_rules(group, campaign_id))
+    reports = store.reports
+    counts_by = reports.message_counts(group, campaign_id)
+    throttles_by = _throttles(reports.reply_rules(group, campaign_id))
     keys = sorted(
         {k for k in counts_by if k is not None}
         | set(throttles_by)
@@ -326,14 +330,15 @@ def build_report(
 
     `breakers` are the (bounce, complaint) rate thresholds to compare against.
     """
-    campaigns = store.report_campaigns(campaign)
+    reports = store.reports
+    campaigns = reports.campaigns(campaign)
     if campaign is not None and not campaigns:
         raise MailctlError(f"no campaign named '{campaign}' (see `mailctl campaign list`)")
     campaign_id = campaigns[0]["id"] if campaign is not None else None
 
-    counts_by = store.report_message_counts("campaign", campaign_id)
-    delivery_by = store.report_delivery_times("campaign", campaign_id)
-    replies_by = store.report_top_replies("campaign", campaign_id, TOP_REPLIES)
+    counts_by = reports.message_counts("campaign", campaign_id)
+    delivery_by = reports.delivery_times("campaign", campaign_id)
+    replies_by = reports.top_replies("campaign", campaign_id, TOP_REPLIES)
     entries = []
     for row in campaigns:
         entries.append(
@@ -352,22 +357,22 @@ def build_report(
         )
     totals = _stats(
         None,
-        store.report_message_counts("all", campaign_id),
-        store.report_delivery_times("all", campaign_id),
-        store.report_top_replies("all", campaign_id, TOP_REPLIES),
+        reports.message_counts("all", campaign_id),
+        reports.delivery_times("all", campaign_id),
+        reports.top_replies("all", campaign_id, TOP_REPLIES),
         breakers,
     )
 
     lanes = [
         {**lane, "active": lane["until"] is None or lane["until"] > now}
-        for lane in store.report_lane_rows()
+        for lane in reports.lane_rows()
     ]
-    events = store.report_lane_events(campaign_id)
-    sends = store.report_sends_per_bucket(campaign_id, HOUR)
-    first, last = store.report_answer_span(campaign_id)
+    events = reports.lane_events(campaign_id)
+    sends = reports.sends_per_bucket(campaign_id, HOUR)
+    first, last = reports.answer_span(campaign_id)
     rate_bucket = HOUR if first is None or last is None or last - first <= 2 * DAY else DAY
     rate_points = []
-    for point in store.report_rates_per_bucket(campaign_id, rate_bucket):
+    for point in reports.rates_per_bucket(campaign_id, rate_bucket):
         answered = point["answered"]
         rate_points.append(
             {
