@@ -21,7 +21,9 @@ from mailctl.config import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, SendOptions
 from mailctl.errors import MailctlError
-from mailctl.report.build import build_report, is_throttle, render_html, render_tables
+from mailctl.report.data import build_report, is_throttle
+from mailctl.report.html import render_html
+from mailctl.report.tables import render_tables
 from mailctl.sim.server import (
     YAHOO_TSS04,
     AddressRule,

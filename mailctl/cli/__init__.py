@@ -1636,7 +1636,9 @@ def report(
     """
     import time
 
-    from mailctl.report.build import build_report, render_html, render_tables
+    from mailctl.report.data import build_report
+    from mailctl.report.html import render_html
+    from mailctl.report.tables import render_tables
 
     with _open_store() as store:
         data = build_report(store, campaign, now=time.time())
