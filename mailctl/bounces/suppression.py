@@ -20,7 +20,8 @@ from mailctl.bounces.parse import BounceParseError, Kind, Report, iter_messages,
 from mailctl.errors import InputError
 from mailctl.message.render import TRACKING_RE
 from mailctl.recipients.csv_import import InvalidAddress, normalise_address
-from mailctl.store.base import Store
+from mailctl.reputation.signals import reported_counts
+from mailctl.store.base import IpDayCounts, Store
 
 REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual", "soft_bounce_limit")
 DAY = 86400.0
@@ -153,7 +154,7 @@ def apply_report(
                 result.suppressed += 1
             if target is not None:
                 store.mark_reported(target["id"], "complained", None, "feedback")
-                _signal(store, target, complained=1)
+                _signal(store, reported_counts(target, complained=True))
             continue
         if report.kind is Kind.DELAY or recipient.action == "delayed":
             continue  # a warning: the message is still being retried
@@ -164,7 +165,7 @@ def apply_report(
             if target is not None and store.mark_reported(
                 target["id"], state, recipient.diagnostic or recipient.status, recipient.reason
             ):
-                _signal(store, target, bounced=1, blocks=int(recipient.reason == "blocked"))
+                _signal(store, reported_counts(target, reason=recipient.reason))
             if recipient.suppress and store.suppress(
                 address,
                 "hard_bounce",
@@ -191,10 +192,9 @@ def apply_report(
         result.matched += 1
 
 
-def _signal(store: Store, message: dict[str, Any], **counts: int) -> None:
-    """Bounces and complaints count against the IP and day the message went out."""
-    if message.get("ip") and message.get("provider") and message.get("sent_at"):
-        store.bump_ip_day(message["ip"], _day(message["sent_at"]), message["provider"], **counts)
+def _signal(store: Store, counts: IpDayCounts | None) -> None:
+    if counts is not None:
+        store.bump_ip_day(counts.ip, counts.day, counts.provider, **counts.counts())
 
 
 def import_reports(

@@ -3,6 +3,8 @@
 - Warm-up signals: per sending IP, day and provider, how many messages were accepted,
   deferred or bounced, and how many replies were about the lane (throttles and blocks).
   The warm-up holds or steps back on these counts (`ip_days`).
+- Reports: a bounce or complaint imported later counts against the IP and day its message
+  went out.
 - Suppressions: a reply the classifier judged a permanent failure of the recipient's own
   (`suppress`) puts the address on the suppression list as a hard bounce.
 
@@ -13,10 +15,13 @@ delivery, bounces, report or cli.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from mailctl.store.base import IpDayCounts, SuppressionEntry
+
+# The reason that makes a lane's refusal a block rather than a throttle.
+_BLOCK_REASON = "blocked"
 
 
 class CountedOutcome(Protocol):
@@ -66,11 +71,26 @@ def ip_day_counts(outcomes: Iterable[CountedOutcome]) -> list[IpDayCounts]:
         if o.state in ("sent", "deferred", "bounced"):
             counts[o.state] = counts.get(o.state, 0) + 1
         if o.scope == "lane" and o.code is not None:
-            kind = "blocks" if o.reason == "blocked" else "throttles"
+            kind = "blocks" if o.reason == _BLOCK_REASON else "throttles"
             counts[kind] = counts.get(kind, 0) + 1
     return [
         IpDayCounts(ip, day, provider, **counts) for (ip, day, provider), counts in signals.items()
     ]
+
+
+def reported_counts(
+    message: Mapping[str, Any], *, complained: bool = False, reason: str | None = None
+) -> IpDayCounts | None:
+    """What a later report about a sent message adds to the UTC day it went out: a
+    complaint, or a failure (also a block when its reason says so). None when the message
+    never left through a known lane."""
+    ip, provider, sent_at = message.get("ip"), message.get("provider"), message.get("sent_at")
+    if not (ip and provider and sent_at):
+        return None
+    day = time.strftime("%Y-%m-%d", time.gmtime(sent_at))
+    if complained:
+        return IpDayCounts(ip, day, provider, complained=1)
+    return IpDayCounts(ip, day, provider, bounced=1, blocks=int(reason == _BLOCK_REASON))
 
 
 def smtp_suppressions(outcomes: Iterable[CountedOutcome]) -> list[SuppressionEntry]:
