@@ -551,7 +551,7 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         overrides = {}
         for domain, target in keys["mx_override"].mapping().items():
             value = target.str()
-            from mailctl.dns.mx import parse_mx_override
+            from mailctl.dns.providers import parse_mx_override
 
             try:
                 parse_mx_override(value)

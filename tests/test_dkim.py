@@ -9,7 +9,7 @@ import dkim as dkimpy  # dkimpy; mailctl's own module is mailctl.dkim
 import dns.zone
 import pytest
 
-from mailctl.dns.checks import NoAnswer, NXDomain, Resolver, ZoneResolver
+from mailctl.dns.resolver import NoAnswer, NXDomain, Resolver, ZoneResolver
 from mailctl.message.dkim import (
     DkimAlgorithm,
     DkimError,

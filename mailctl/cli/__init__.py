@@ -781,7 +781,8 @@ def bounces_parse(
 
     Example: mailctl bounces parse bounce.eml --json
     """
-    from mailctl.bounces.parse import BounceParseError, iter_messages, parse_message
+    from mailctl.bounces.mailbox import BounceParseError, iter_messages
+    from mailctl.bounces.parse import parse_message
 
     for path in paths:
         if path != "-" and not Path(path).exists():

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from mailctl.config import Campaign, Profile, TlsMode, TransportKind
 from mailctl.delivery.transport import Connection, Destination, Reply, relay_destination
-from mailctl.dns.mx import (
+from mailctl.dns.providers import (
     DirectAction,
     DomainRoute,
     RouteStatus,
@@ -372,7 +372,7 @@ class Engine:
                 continue
             resolver = self.resolver
             if resolver is None and lookups:
-                from mailctl.dns.mx import DnsPythonMxResolver
+                from mailctl.dns.providers import DnsPythonMxResolver
 
                 resolver = self.resolver = DnsPythonMxResolver()
             if lookups:
