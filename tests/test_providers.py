@@ -19,7 +19,8 @@ from mailctl.dns.providers import (
     registered_domain,
     resolve_domains,
 )
-from mailctl.dns.resolver import DnsTimeout, NoAnswer, NXDomain, ZoneResolver
+from mailctl.dns.resolver import ZoneResolver
+from mailctl.errors import DnsTimeout, NoAnswer, NXDomain
 
 ZONES = sorted((Path(__file__).parent / "data" / "zones_mx").glob("*.zone"))
 NOW = 1_700_000_000.0

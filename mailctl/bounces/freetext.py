@@ -19,7 +19,7 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 
-from mailctl.message.render import TRACKING_RE
+from mailctl.message.tracking import TRACKING_RE, VERP_LOCAL_PREFIX
 from mailctl.replies.classify import Verdict, classify_failure
 
 __all__ = [
@@ -179,7 +179,7 @@ def excluded(address: str, own: set[str], *, system_ok: bool = False) -> bool:
     local, _, domain = lowered.rpartition("@")
     if not system_ok and (
         _SYSTEM_LOCALPART.match(local)
-        or local.startswith(("mailer-daemon", "postmaster", "bounces+"))
+        or local.startswith(("mailer-daemon", "postmaster", VERP_LOCAL_PREFIX))
     ):
         return True
     if TRACKING_RE.search(local):

@@ -14,13 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mailctl.errors import MailctlError
+from mailctl.errors import BounceParseError
 
-__all__ = ["BounceParseError", "iter_messages", "message_digest"]
-
-
-class BounceParseError(MailctlError):
-    """A message or mailbox cannot be read at all."""
+__all__ = ["iter_messages", "message_digest"]
 
 
 def message_digest(raw: bytes) -> str:

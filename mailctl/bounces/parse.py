@@ -36,7 +36,15 @@ from mailctl.bounces.freetext import (
     free_text_recipients,
     split_original,
 )
-from mailctl.bounces.mailbox import BounceParseError, message_digest
+from mailctl.bounces.mailbox import message_digest
+from mailctl.errors import BounceParseError
+from mailctl.message.tracking import (
+    TRACKING_HEADER,
+    TRACKING_HEADER_IN_TEXT_RE,
+    TRACKING_RE,
+    TRACKING_RE_BYTES,
+    verp_token,
+)
 from mailctl.replies.classify import Verdict, classify_failure
 
 __all__ = ["FailedRecipient", "Kind", "Report", "parse_message"]
@@ -107,9 +115,6 @@ class Report:
 # ---------------------------------------------------------------------------------------------
 # Patterns (compiled once: parsing must stay well above 1,000 messages/s)
 
-TRACKING_ID = re.compile(r"mc1-[a-z2-7]{16}")
-_TRACKING_ID_BYTES = re.compile(rb"mc1-[a-z2-7]{16}")
-_VERP = re.compile(r"bounces\+(mc1-[a-z2-7]{16})@", re.I)
 _BOUNCE_SENDER = re.compile(
     r"mailer-daemon|post_?master|mail[ -]delivery|maildelivery|mdaemon|mail administrator|microsoftexchange|mailer_daemon|bounce",  # noqa: E501
     re.I,
@@ -375,18 +380,17 @@ def _tracking(
         "Return-Path",
     ):
         for value in msg.get_all(name) or []:
-            found = _VERP.search(str(value))
-            if found:
-                verp = found.group(1)
+            verp = verp_token(str(value))
+            if verp:
                 break
         if verp:
             break
     original_id = None
     tracking = None
     for original in originals:
-        mailctl_id = original.get("X-Mailctl-ID")
+        mailctl_id = original.get(TRACKING_HEADER)
         if mailctl_id and not tracking:
-            found = TRACKING_ID.search(str(mailctl_id))
+            found = TRACKING_RE.search(str(mailctl_id))
             tracking = found.group(0) if found else None
         message_id = original.get("Message-ID")
         if message_id and not original_id:
@@ -396,15 +400,15 @@ def _tracking(
         if found:
             original_id = found.group(1)
     if tracking is None and original_id:
-        found = TRACKING_ID.search(original_id)
+        found = TRACKING_RE.search(original_id)
         tracking = found.group(0) if found else None
     if tracking is None and tail:
-        found = re.search(r"X-Mailctl-ID\s*:\s*(mc1-[a-z2-7]{16})", tail, re.I)
+        found = TRACKING_HEADER_IN_TEXT_RE.search(tail)
         tracking = found.group(1) if found else None
     if tracking is None:
         tracking = verp
     if tracking is None:
-        found_bytes = _TRACKING_ID_BYTES.search(raw)
+        found_bytes = TRACKING_RE_BYTES.search(raw)
         tracking = found_bytes.group(0).decode() if found_bytes else None
     return tracking, original_id, verp
 

@@ -16,11 +16,11 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from mailctl.bounces.mailbox import BounceParseError, iter_messages
+from mailctl.bounces.mailbox import iter_messages
 from mailctl.bounces.parse import Kind, Report, parse_message
-from mailctl.errors import InputError
-from mailctl.message.render import TRACKING_RE
-from mailctl.recipients.csv_import import InvalidAddress, normalise_address
+from mailctl.errors import BounceParseError, InputError, InvalidAddress
+from mailctl.message.tracking import TRACKING_RE
+from mailctl.recipients.csv_import import normalise_address
 from mailctl.reputation.signals import reported_counts
 from mailctl.store.base import IpDayCounts, Store
 

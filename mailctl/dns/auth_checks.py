@@ -21,12 +21,12 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from mailctl.dns.resolver import DnsTimeout, NoAnswer, NXDomain, Resolver, normalise_name
+from mailctl.dns.resolver import Resolver, normalise_name
 from mailctl.dns.verdict import Check, CheckId, Status
+from mailctl.errors import DkimKeyError, DnsTimeout, NoAnswer, NXDomain
 from mailctl.message.dkim import (
     DkimAlgorithm,
     DkimKeyConfig,
-    DkimKeyError,
     load_private_key,
     public_key_txt,
 )

@@ -9,15 +9,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from mailctl.dns.resolver import (
-    DnsTimeout,
-    NoAnswer,
-    NXDomain,
-    Resolver,
-    host_addresses,
-    normalise_name,
-)
+from mailctl.dns.resolver import Resolver, host_addresses, normalise_name
 from mailctl.dns.verdict import Check, CheckId, Status
+from mailctl.errors import DnsTimeout, NoAnswer, NXDomain
 
 __all__ = ["mx_check", "rdns_checks"]
 

@@ -39,14 +39,8 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from mailctl.dns.resolver import (
-    DnsError,
-    DnsTimeout,
-    NoAnswer,
-    NXDomain,
-    Resolver,
-    configured_resolver,
-)
+from mailctl.dns.resolver import Resolver, configured_resolver
+from mailctl.errors import DnsError, DnsTimeout, NoAnswer, NXDomain
 
 __all__ = [
     "AddressAnswer",
@@ -346,7 +340,7 @@ class AddressAnswer:
 class AsyncMxResolver(Protocol):
     """The lookups MX rollup needs, asynchronously and with TTLs.
 
-    Raise `resolver.NXDomain`, `resolver.NoAnswer` or `resolver.DnsTimeout` as the sync
+    Raise `errors.NXDomain`, `errors.NoAnswer` or `errors.DnsTimeout` as the sync
     `resolver.Resolver` does.
     """
 

@@ -1,5 +1,5 @@
 """DNS lookups: the `Resolver` protocol, `LiveResolver` (dnspython) and `ZoneResolver` (zone
-files), and the DNS errors they raise.
+files). Lookups raise the DNS errors of mailctl/errors.py.
 
 Every DNS question mailctl asks goes through a `Resolver`: `LiveResolver` in production,
 `ZoneResolver` in tests and rehearsals, which never uses the network. Lookups raise
@@ -25,36 +25,16 @@ import dns.resolver
 import dns.reversename
 import dns.zone
 
-from mailctl.errors import InputError, MailctlError
+from mailctl.errors import DnsError, DnsTimeout, InputError, NoAnswer, NXDomain
 
 __all__ = [
-    "DnsError",
-    "DnsTimeout",
     "LiveResolver",
-    "NXDomain",
-    "NoAnswer",
     "Resolver",
     "ZoneResolver",
     "configured_resolver",
     "host_addresses",
     "normalise_name",
 ]
-
-
-class DnsError(MailctlError):
-    """A DNS lookup did not give an answer."""
-
-
-class NXDomain(DnsError):
-    """The name does not exist."""
-
-
-class NoAnswer(DnsError):
-    """The name exists but has no records of the asked type."""
-
-
-class DnsTimeout(DnsError, TimeoutError):
-    """No name server answered in time (or all failed): a temporary condition."""
 
 
 class Resolver(Protocol):

@@ -26,15 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from mailctl.dns.resolver import (
-    DnsTimeout,
-    NoAnswer,
-    NXDomain,
-    Resolver,
-    host_addresses,
-    normalise_name,
-)
+from mailctl.dns.resolver import Resolver, host_addresses, normalise_name
 from mailctl.dns.verdict import Check, CheckId, Status
+from mailctl.errors import DnsTimeout, NoAnswer, NXDomain
 
 __all__ = [
     "SPF_LOOKUP_LIMIT",
