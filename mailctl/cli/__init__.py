@@ -465,10 +465,20 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, engine.request_stop)
+
+            async def refresh() -> None:
+                # The engine reports progress as it commits outcomes; this keeps the display
+                # current while the run waits for deferred work (wall time: the CLI's clock).
+                while True:
+                    await asyncio.sleep(0.25)
+                    on_progress(engine)
+
+            refresher = asyncio.create_task(refresh())
             try:
                 with display:
                     return await engine.run()
             finally:
+                refresher.cancel()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
                 if sandbox is not None:

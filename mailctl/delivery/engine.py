@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
+from mailctl.clock import Clock, SystemClock
 from mailctl.config import Campaign, Profile, TlsMode, TransportKind
 from mailctl.delivery.transport import Connection, Destination, Reply, relay_destination
 from mailctl.dns.mx import (
@@ -48,20 +49,6 @@ from mailctl.reputation.lanes import (
     check_breaker,
 )
 from mailctl.store.sqlite import Store
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class RealClock:
-    def now(self) -> float:
-        return time.time()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds))
 
 
 @dataclass(frozen=True)
@@ -263,7 +250,7 @@ class Engine:
             job.campaign_id for job in sorted(jobs, key=lambda j: (not j.transactional, j.name))
         ]
         self.run_id = run_id
-        self.clock = clock or RealClock()
+        self.clock: Clock = clock or SystemClock()
         self.options = options or SendOptions()
         self.sandbox_port = sandbox_port
         self.on_progress = on_progress
@@ -317,6 +304,7 @@ class Engine:
         self._stop = asyncio.Event()
         self._force = False
         self._wake = asyncio.Event()
+        self._finished = asyncio.Event()  # a worker is done with a message
         self._last_commit = 0.0
         self._last_heartbeat = 0.0
         self.started = 0.0
@@ -473,7 +461,6 @@ class Engine:
         deadline = self.started + self.options.max_time if self.options.max_time else None
         wait = self.options.wait if self.options.wait is not None else deadline is not None
         reason = "finished"
-        ticker = asyncio.create_task(self._ticker())
         due = sum(self.store.remaining(cid) for cid in self.jobs)
         if (os.cpu_count() or 1) > 1 and due >= self.options.render_process_threshold:
             self._render_pool = RenderPool(list(self.jobs.values()))
@@ -488,7 +475,7 @@ class Engine:
                 if self.options.limit is not None and self.attempted >= self.options.limit:
                     # The last claims are already queued to connections: let them go out.
                     while self._busy() and not self._stop.is_set():
-                        await self._pause(0.02)
+                        await self._await_workers()
                     reason = "limit"
                     break
                 now = clock.now()
@@ -501,7 +488,7 @@ class Engine:
                 claimed = self._claim(now, batch)
                 if not claimed:
                     if self._busy():
-                        await self._pause(0.05)
+                        await self._await_workers()
                         continue
                     self._commit(force=True)
                     next_due = self.store.next_due_at(self._active())
@@ -519,7 +506,6 @@ class Engine:
                 self._commit()
         finally:
             await self._shutdown()
-            ticker.cancel()
             if self._render_pool is not None:
                 self._render_pool.close()
         if self._fatal is not None:
@@ -551,6 +537,17 @@ class Engine:
 
     def _busy(self) -> bool:
         return bool(self._in_flight) or any(not g.queue.empty() for g in self._groups.values())
+
+    async def _await_workers(self) -> None:
+        """Wait until a worker is done with a message, or a stop. Not a poll on the clock:
+        time must not pass while the work in flight is only waiting for the network."""
+        self._finished.clear()
+        self._wake.clear()
+        finished = asyncio.ensure_future(self._finished.wait())
+        woken = asyncio.ensure_future(self._wake.wait())
+        await asyncio.wait({finished, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finished.cancel()
+        woken.cancel()
 
     async def _pause(self, seconds: float, until: float | None = None) -> None:
         """Sleep on the injected clock, waking early on stop."""
@@ -614,7 +611,9 @@ class Engine:
             pool = [s.ip for s in job.profile.pools[job.pool]]
             # An open lane with capacity; one that is only pacing is fine: the worker
             # waits for its slot.
-            ip = self.scheduler.pick_ip(pool, provider, now, capacity)
+            ip = self.scheduler.pick_ip(
+                pool, provider, now, capacity, prefer=_asked_back_to(message)
+            )
             if ip is None:
                 self._defer_self(
                     message,
@@ -780,6 +779,8 @@ class Engine:
                     connection = await self._deliver(group, item, connection)
                 finally:
                     self._in_flight.pop(message["id"], None)
+                    self._finished.set()
+                self._commit_due()
         except asyncio.CancelledError:
             pass
         finally:
@@ -1110,8 +1111,18 @@ class Engine:
         if len(self._pending) >= 2000:
             self._commit(force=True)
 
+    def _commit_due(self) -> None:
+        """Commit when the interval has passed on the clock; a failure stops the run."""
+        if self._fatal is not None:
+            return
+        try:
+            self._commit()
+        except Exception as exc:  # noqa: BLE001 - the run stops and says why
+            self._fatal = exc
+            self.request_stop()
+
     def _commit(self, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self.clock.now()
         if not self._pending or (
             not force and now - self._last_commit < self.options.commit_interval
         ):
@@ -1124,15 +1135,16 @@ class Engine:
         except BaseException:
             self._pending = pending + self._pending  # nothing is lost: tried again
             raise
-        clock_now = self.clock.now()
         for (ip, provider), count in self._sent_by_lane.items():
-            self.scheduler.lane(ip, provider).count_sent(count, clock_now)
+            self.scheduler.lane(ip, provider).count_sent(count, now)
         self._sent_by_lane.clear()
         self.store.upsert_lanes([state.to_row() for state in self.scheduler.changed_states()])
         self._last_commit = now
         if now - self._last_heartbeat >= self.options.heartbeat_interval:
-            self.store.heartbeat(self.run_id, self.clock.now())
+            self.store.heartbeat(self.run_id, now)
             self._last_heartbeat = now
+        if self.on_progress:
+            self.on_progress(self)
 
     def lane_rows(self) -> list[dict[str, Any]]:
         """Progress rows: this run's counters with each lane's current state."""
@@ -1154,18 +1166,6 @@ class Engine:
                 }
             )
         return rows
-
-    async def _ticker(self) -> None:
-        while True:
-            await asyncio.sleep(self.options.commit_interval)
-            try:
-                self._commit()
-            except Exception as exc:  # noqa: BLE001 - the run stops and says why
-                self._fatal = exc
-                self.request_stop()
-                return
-            if self.on_progress:
-                self.on_progress(self)
 
     async def _shutdown(self) -> None:
         """Release unsent claims, let in-flight messages finish (bounded), commit."""
@@ -1204,6 +1204,16 @@ class Engine:
 
 
 _NO_EVENT = LaneEvent(EventKind.NONE, "", "")
+
+
+def _asked_back_to(message: dict[str, Any]) -> str | None:
+    """The IP a receiver asked to try again from after a named delay ("greylisted for 2
+    minutes"): greylisting keys on the client's address, so another IP waits all over again."""
+    code = message.get("last_code")
+    if message.get("ip") and code is not None and 400 <= code < 500:
+        if parse_reply_delay(message.get("last_reply")) is not None:
+            return str(message["ip"])
+    return None
 
 
 def _lane_key(group: _Group) -> tuple[str, str]:

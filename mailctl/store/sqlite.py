@@ -18,6 +18,7 @@ from typing import Any
 import sqlite_utils
 
 from mailctl.errors import LockedError, StoreError
+from mailctl.model import MessageState
 from mailctl.store.report_queries import ReportQueries
 
 DEFAULT_DB = "mailctl.db"
@@ -765,6 +766,9 @@ class Store(ReportQueries):
         "possible_duplicate",
         "first_attempt_at",
         "next_attempt_at",
+        "ip",
+        "last_code",
+        "last_reply",
     )
 
     def claim_due(
@@ -1226,15 +1230,4 @@ _SUPPRESSION_COLUMNS = (
 )  # fmt: skip
 _IP_DAY_COUNTERS = ("sent", "deferred", "bounced", "complained", "throttles", "blocks")
 
-MESSAGE_STATES = (
-    "queued",
-    "sending",
-    "sent",
-    "deferred",
-    "bounced",
-    "complained",
-    "failed",
-    "expired",
-    "suppressed",
-    "cancelled",
-)
+MESSAGE_STATES = tuple(state.value for state in MessageState)
