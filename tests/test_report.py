@@ -18,7 +18,8 @@ from test_send import FakeClock, make_workspace
 from mailctl.bounces.suppression import import_reports
 from mailctl.config import load_profiles
 from mailctl.delivery.campaigns import prepare
-from mailctl.delivery.engine import Engine, SendOptions
+from mailctl.delivery.context import SendOptions
+from mailctl.delivery.engine import Engine
 from mailctl.errors import MailctlError
 from mailctl.report.build import build_report, is_throttle, render_html, render_tables
 from mailctl.sim.server import (

@@ -26,7 +26,9 @@ import pytest
 from mailctl.cli import run
 from mailctl.config import load_profiles
 from mailctl.delivery.campaigns import prepare
-from mailctl.delivery.engine import Engine, RunSummary, SendOptions
+from mailctl.delivery.context import SendOptions
+from mailctl.delivery.engine import Engine
+from mailctl.delivery.record import RunSummary
 from mailctl.sim.server import (
     GOOGLE_RATE_LIMITED,
     MICROSOFT_BLOCK_LIST,

@@ -16,7 +16,8 @@ import pytest
 from mailctl.cli import run
 from mailctl.config import load_profiles
 from mailctl.delivery.campaigns import prepare
-from mailctl.delivery.engine import Engine, SendOptions
+from mailctl.delivery.context import SendOptions
+from mailctl.delivery.engine import Engine
 from mailctl.sim.server import AddressRule, Reply, SimBehaviour
 from mailctl.store.sqlite import Store
 

@@ -28,7 +28,9 @@ from test_send import cli as cli_in
 
 from mailctl.config import load_profiles
 from mailctl.delivery.campaigns import active_jobs, prepare
-from mailctl.delivery.engine import Engine, RunSummary, SendOptions
+from mailctl.delivery.context import SendOptions
+from mailctl.delivery.engine import Engine
+from mailctl.delivery.record import RunSummary
 from mailctl.reputation.budget import events, history, profile_settings
 from mailctl.reputation.warmup import (
     WarmupSetting,

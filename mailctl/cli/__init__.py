@@ -338,7 +338,7 @@ def send(
         assert campaign_file is not None
         _dry_run(campaign_file, profiles, show)
         return
-    from mailctl.delivery.engine import SendOptions
+    from mailctl.delivery.context import SendOptions
 
     options = SendOptions(limit=limit, max_time=seconds, wait=wait)
     if campaign_file is not None and not skip_check:
@@ -382,7 +382,8 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
     import time
 
     from mailctl.delivery.campaigns import active_jobs, prepare
-    from mailctl.delivery.engine import Engine, RunSummary
+    from mailctl.delivery.engine import Engine
+    from mailctl.delivery.record import RunSummary
 
     with _open_store() as store, store.send_lock():
         now = time.time()

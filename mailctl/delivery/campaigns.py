@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mailctl.config import Campaign, ProfilesFile, TrafficClass, load_campaign
-from mailctl.delivery.engine import CampaignJob
+from mailctl.delivery.context import CampaignJob
 from mailctl.errors import CampaignChangedError, InputError, MailctlError, TemplateError
 from mailctl.message.render import Renderer, new_tracking_id
 from mailctl.recipients.csv_import import ImportSummary, import_csv

@@ -816,7 +816,7 @@ class Store(ReportQueries):
             )
 
     def record_outcomes(self, outcomes: Sequence[Any]) -> None:
-        """Commit a batch of delivery outcomes (engine.Outcome) in one transaction."""
+        """Commit a batch of delivery outcomes (delivery.outcome.Outcome) in one transaction."""
         if not outcomes:
             return
         with self.transaction() as c:
