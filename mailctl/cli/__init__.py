@@ -436,7 +436,7 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
             import signal
 
             from mailctl.config import TransportKind
-            from mailctl.delivery.transport import Sandbox
+            from mailctl.delivery.sandbox import Sandbox
 
             sandbox = None
             sandbox_jobs = [j for j in jobs if j.profile.transport is TransportKind.SANDBOX]
