@@ -13,8 +13,8 @@ from mailctl.reputation.warmup import (
     PRESET_NAMES,
     PRESETS,
     DayRecord,
+    DayVerdict,
     EventKind,
-    Outcome,
     WarmupEvent,
     WarmupSetting,
     WarmupStatus,
@@ -181,8 +181,8 @@ def test_days_before_start_do_not_count() -> None:
     history = clean_days(START - timedelta(days=5), 5, sent=1_000) + [DayRecord(day(1), sent=50)]
     result = plan(setting(), history, [], day(2))
     assert result.state.stage == 2
-    assert [p.outcome for p in result.past[:5]] == [Outcome.NOT_COUNTED] * 5
-    assert result.past[5].outcome is Outcome.ADVANCED
+    assert [p.outcome for p in result.past[:5]] == [DayVerdict.NOT_COUNTED] * 5
+    assert result.past[5].outcome is DayVerdict.ADVANCED
 
 
 def test_today_depends_only_on_days_before_it() -> None:
@@ -200,7 +200,7 @@ def test_duplicate_day_records_are_summed() -> None:
     ]
     # 21 / 1000 = 2.1% > 2%: only the sum crosses the threshold.
     result = plan(setting(), per_provider, [], day(2))
-    assert result.past[0].outcome is Outcome.HELD
+    assert result.past[0].outcome is DayVerdict.HELD
     assert result.past[0].sent == 1_000
 
 
@@ -229,7 +229,7 @@ def test_idle_reset_then_ramp_again_and_configurable() -> None:
 # --- signals ---------------------------------------------------------------------------------
 
 
-def outcome_of(record: DayRecord, thresholds: WarmupThresholds | None = None) -> Outcome:
+def outcome_of(record: DayRecord, thresholds: WarmupThresholds | None = None) -> DayVerdict:
     sendgrid = setting(thresholds=thresholds or WarmupThresholds())
     result = plan(sendgrid, [record], [], record.day + timedelta(days=1))
     return result.past[-1].outcome
@@ -253,8 +253,8 @@ def test_signals_hold_above_their_threshold(
     at_threshold: DayRecord, above_threshold: DayRecord
 ) -> None:
     # "above 5%" / "over 2%": exactly at the threshold still advances, one more message holds.
-    assert outcome_of(at_threshold) is Outcome.ADVANCED
-    assert outcome_of(above_threshold) is Outcome.HELD
+    assert outcome_of(at_threshold) is DayVerdict.ADVANCED
+    assert outcome_of(above_threshold) is DayVerdict.HELD
 
 
 def test_held_stage_repeats_on_next_sending_day() -> None:
@@ -265,9 +265,9 @@ def test_held_stage_repeats_on_next_sending_day() -> None:
     ]
     result = plan(setting(), history, [], day(4))
     assert [(p.stage, p.outcome) for p in result.past] == [
-        (1, Outcome.ADVANCED),
-        (2, Outcome.HELD),
-        (2, Outcome.ADVANCED),
+        (1, DayVerdict.ADVANCED),
+        (2, DayVerdict.HELD),
+        (2, DayVerdict.ADVANCED),
     ]
     assert "throttle replies: 2" in result.past[1].why
     assert result.state.stage == 3
@@ -276,15 +276,15 @@ def test_held_stage_repeats_on_next_sending_day() -> None:
 def test_thresholds_are_configurable() -> None:
     lenient = WarmupThresholds(max_bounce_rate=0.05, max_throttles=2)
     assert outcome_of(DayRecord(START, sent=100, bounced=4, throttles=2), lenient) is (
-        Outcome.ADVANCED
+        DayVerdict.ADVANCED
     )
-    assert outcome_of(DayRecord(START, sent=100, bounced=6), lenient) is Outcome.HELD
+    assert outcome_of(DayRecord(START, sent=100, bounced=6), lenient) is DayVerdict.HELD
 
 
 def test_blocks_step_back_one_stage_never_below_one() -> None:
     history = clean_days(START, 4) + [DayRecord(day(5), sent=100, blocks=1)]
     result = plan(setting(), history, [], day(6))
-    assert result.past[-1].outcome is Outcome.STEPPED_BACK
+    assert result.past[-1].outcome is DayVerdict.STEPPED_BACK
     assert result.past[-1].stage == 5
     assert result.state.stage == 4
     at_one = [DayRecord(day(1), sent=50, blocks=3), DayRecord(day(2), sent=50, blocks=3)]
@@ -319,7 +319,7 @@ def test_hold_freezes_until_resume() -> None:
     events = [WarmupEvent(day(3), EventKind.HOLD), WarmupEvent(day(5), EventKind.RESUME)]
     result = plan(setting(), history, events, day(7))
     assert [p.stage for p in result.past] == [1, 2, 3, 3, 3, 4]
-    assert [p.outcome for p in result.past][2:4] == [Outcome.PAUSED, Outcome.PAUSED]
+    assert [p.outcome for p in result.past][2:4] == [DayVerdict.PAUSED, DayVerdict.PAUSED]
     assert result.state.stage == 5
     held = state_on(setting(), history, events[:1], day(7))
     assert (held.status, held.stage) == (WarmupStatus.HELD, 3)
@@ -381,9 +381,9 @@ def test_events_are_recorded_in_the_past_even_without_sending() -> None:
     events = [WarmupEvent(day(2), EventKind.HOLD), WarmupEvent(day(4), EventKind.RESUME)]
     result = plan(setting(), [DayRecord(day(1), sent=50)], events, day(5))
     assert [(p.day, p.outcome) for p in result.past] == [
-        (day(1), Outcome.ADVANCED),
-        (day(2), Outcome.PAUSED),
-        (day(4), Outcome.RESUMED),
+        (day(1), DayVerdict.ADVANCED),
+        (day(2), DayVerdict.PAUSED),
+        (day(4), DayVerdict.RESUMED),
     ]
 
 

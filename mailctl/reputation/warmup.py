@@ -46,8 +46,8 @@ __all__ = [
     "SES45_TARGET",
     "SPARKPOST_SCHEDULE",
     "DayRecord",
+    "DayVerdict",
     "EventKind",
-    "Outcome",
     "PastDay",
     "PlannedDay",
     "WarmupEvent",
@@ -371,7 +371,7 @@ class WarmupEvent:
 # --- outputs ---------------------------------------------------------------------------------
 
 
-class Outcome(StrEnum):
+class DayVerdict(StrEnum):
     """What a past day did to the ramp."""
 
     ADVANCED = "advanced"  # clean sending day: next sending day is one stage up
@@ -406,7 +406,7 @@ class PastDay:
     stage: int
     cap: int
     sent: int
-    outcome: Outcome
+    outcome: DayVerdict
     why: str
 
 
@@ -500,10 +500,10 @@ def _bad_signals(record: DayRecord, thresholds: WarmupThresholds) -> list[str]:
 
 
 _EVENT_OUTCOME = {
-    EventKind.START: Outcome.STARTED,
-    EventKind.HOLD: Outcome.PAUSED,
-    EventKind.RESUME: Outcome.RESUMED,
-    EventKind.RESET: Outcome.RESET,
+    EventKind.START: DayVerdict.STARTED,
+    EventKind.HOLD: DayVerdict.PAUSED,
+    EventKind.RESUME: DayVerdict.RESUMED,
+    EventKind.RESET: DayVerdict.RESET,
 }
 
 
@@ -571,13 +571,13 @@ class _Replay:
         self.run_last_sending_day = None
         self.warm_since = day if self.at_target else None
 
-    def open_day(self, day: date) -> list[tuple[Outcome, str]]:
+    def open_day(self, day: date) -> list[tuple[DayVerdict, str]]:
         """Apply what happens at the start of `day`: config start, idle reset, events."""
-        notes: list[tuple[Outcome, str]] = []
+        notes: list[tuple[DayVerdict, str]] = []
         if not self.started and self.setting.start <= day:
             # The configured start applies only if no start event began the ramp earlier.
             self._restart(self.setting.start, None)
-            notes.append((Outcome.STARTED, f"started {self.schedule_name} at stage 1"))
+            notes.append((DayVerdict.STARTED, f"started {self.schedule_name} at stage 1"))
         if self.started and self.run_last_sending_day is not None:
             idle = (day - self.run_last_sending_day).days - 1
             if idle >= self.setting.idle_reset_days:
@@ -585,7 +585,9 @@ class _Replay:
                 if self.stage > 1 or self.sending_days:
                     self.stage, self.sending_days = 1, 0
                     self.warm_since = day if self.at_target else None
-                    notes.append((Outcome.RESET, f"{idle} days without sending: back to stage 1"))
+                    notes.append(
+                        (DayVerdict.RESET, f"{idle} days without sending: back to stage 1")
+                    )
         while self.pending_events and self.events[self.next_event].day <= day:
             event = self.events[self.next_event]
             self.next_event += 1
@@ -594,7 +596,7 @@ class _Replay:
             self.why = notes[-1][1]
         return notes
 
-    def _apply(self, event: WarmupEvent, day: date) -> tuple[Outcome, str]:
+    def _apply(self, event: WarmupEvent, day: date) -> tuple[DayVerdict, str]:
         outcome = _EVENT_OUTCOME[event.kind]
         if event.kind is EventKind.START:
             self.held = False
@@ -615,7 +617,7 @@ class _Replay:
         return outcome, "reset event: back to stage 1"
 
     def close_day(
-        self, day: date, record: DayRecord | None, notes: list[tuple[Outcome, str]]
+        self, day: date, record: DayRecord | None, notes: list[tuple[DayVerdict, str]]
     ) -> None:
         """Apply what `day`'s sending did to the next sending day's stage."""
         texts = [text for _, text in notes]
@@ -623,7 +625,7 @@ class _Replay:
         if not self.started:
             if sent:
                 why = "; ".join([*texts, "sent before the warm-up start: not counted"])
-                self._remember(day, 0, 0, sent, Outcome.NOT_COUNTED, why)
+                self._remember(day, 0, 0, sent, DayVerdict.NOT_COUNTED, why)
             elif notes:
                 self._remember(day, 0, 0, 0, notes[-1][0], "; ".join(texts))
             return
@@ -632,24 +634,24 @@ class _Replay:
         if record is not None and record.blocks > thresholds.max_blocks:
             # Blocks step back even on a day that got nothing through: that is when they matter.
             self.stage = max(1, self.stage - 1)
-            outcome = Outcome.STEPPED_BACK
+            outcome = DayVerdict.STEPPED_BACK
             reason = f"block replies: {record.blocks:,}: stage {self.stage} next"
         elif record is None or not sent:
             if notes:
                 self._remember(day, stage, cap, 0, notes[-1][0], "; ".join(texts))
             return
         elif reasons := _bad_signals(record, thresholds):
-            outcome = Outcome.HELD
+            outcome = DayVerdict.HELD
             reason = "; ".join(reasons) + f": stage {stage} repeats"
         elif self.held:
-            outcome = Outcome.PAUSED
+            outcome = DayVerdict.PAUSED
             reason = f"manual hold: stage {stage} repeats"
         elif self.stage >= len(self.ramp):
-            outcome = Outcome.COMPLETE
+            outcome = DayVerdict.COMPLETE
             reason = "clean day at the last stage"
         else:
             self.stage += 1
-            outcome = Outcome.ADVANCED
+            outcome = DayVerdict.ADVANCED
             reason = f"clean day: stage {self.stage} next"
         if sent:
             self.sending_days += 1
@@ -667,7 +669,7 @@ class _Replay:
         self._remember(day, stage, cap, sent, outcome, "; ".join(texts))
 
     def _remember(
-        self, day: date, stage: int, cap: int, sent: int, outcome: Outcome, why: str
+        self, day: date, stage: int, cap: int, sent: int, outcome: DayVerdict, why: str
     ) -> None:
         if self.record_past:
             self.past.append(PastDay(day, stage, cap, sent, outcome, why))
