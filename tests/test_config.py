@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from mailctl.config import TransportKind, load_campaign, load_profiles, parse_duration
+from mailctl.config.campaign import load_campaign
+from mailctl.config.nodes import parse_duration
+from mailctl.config.profiles import TransportKind, load_profiles
 from mailctl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,6 +176,31 @@ def test_unknown_warmup_preset(tmp_path: Path) -> None:
     )
 
 
+def test_warmup_volumes_that_decrease_are_a_config_error(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "profiles.yaml",
+        "profiles:\n  d:\n    transport: direct\n    pools:\n      m:\n        - ip: 192.0.2.1\n"
+        "          warmup: {volumes: [100, 50], start: 2026-12-01, target_daily: 1000}\n",
+    )
+    assert error_of(load_profiles, path) == (
+        f"{path}:7: profiles.d.pools.m[0].warmup: "
+        "warm-up volumes must not decrease (day 2: 50 after 100)"
+    )
+
+
+def test_config_error_carries_file_line_and_key_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "profiles.yaml", BAD_IP)
+    with pytest.raises(ConfigError) as info:
+        load_profiles(path)
+    error = info.value
+    assert (error.file, error.line, error.key) == (
+        str(path),
+        7,
+        "profiles.direct.pools.marketing[1]",
+    )
+
+
 CAMPAIGN = """\
 name: c1
 from: "Shop <news@example.com>"
@@ -221,3 +251,13 @@ def test_durations() -> None:
     assert parse_duration("45") == 45
     with pytest.raises(ValueError):
         parse_duration("9 parsecs")
+
+
+def test_config_imports_none_of_the_domain_packages_above_it() -> None:
+    code = (
+        "import sys, json, mailctl.config.profiles, mailctl.config.campaign, "
+        "mailctl.config.provider_rules; print(json.dumps(sorted(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    above = ("mailctl.replies", "mailctl.dns", "mailctl.reputation", "mailctl.delivery")
+    assert [name for name in json.loads(done.stdout) if name.startswith(above)] == []

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from test_send import FakeClock, cli, db_states, make_workspace, send
 
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.context import SendOptions
 from mailctl.delivery.engine import Engine
 from mailctl.delivery.outcome import asked_back_to
-from mailctl.dns.checks import DnsTimeout
+from mailctl.errors import DnsTimeout
 from mailctl.sim.server import CapAction, Reply, SimBehaviour
 from mailctl.store.sqlite import Store
 

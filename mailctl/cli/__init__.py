@@ -271,7 +271,7 @@ Examples:
 
 
 def _load_profiles(near: Path | None) -> Any:
-    from mailctl.config import find_profiles, load_profiles
+    from mailctl.config.profiles import find_profiles, load_profiles
 
     return load_profiles(find_profiles(state.profiles, near))
 
@@ -320,7 +320,7 @@ def send(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
-    from mailctl.config import parse_duration
+    from mailctl.config.nodes import parse_duration
 
     if (campaign_file is None) == (not all_campaigns):
         raise UsageError("give a campaign file or --all (not both)")
@@ -352,7 +352,8 @@ def send(
 
 def _preflight(campaign_file: Path, profiles: Any, zones: list[Path]) -> None:
     """The fast DNS checks, before a campaign's first send over a relay or direct."""
-    from mailctl.config import TransportKind, load_campaign
+    from mailctl.config.campaign import load_campaign
+    from mailctl.config.profiles import TransportKind
     from mailctl.dns.preflight import check as run_check
     from mailctl.dns.preflight import resolver_for
 
@@ -435,7 +436,7 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
         async def main() -> RunSummary:
             import signal
 
-            from mailctl.config import TransportKind
+            from mailctl.config.profiles import TransportKind
             from mailctl.delivery.sandbox import Sandbox
 
             sandbox = None
@@ -525,9 +526,9 @@ def _print_summary(summary: Any) -> None:
 
 def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
     """Render the first messages without touching the database or the network."""
-    from mailctl.config import load_campaign
+    from mailctl.config.campaign import load_campaign
     from mailctl.delivery.campaigns import check_fields, make_renderer
-    from mailctl.message.render import new_tracking_id
+    from mailctl.message.tracking import new_tracking_id
     from mailctl.recipients.csv_import import import_csv
     from mailctl.store.sqlite import Store, resolve_db_path
 
@@ -792,7 +793,9 @@ def bounces_parse(
 
     Example: mailctl bounces parse bounce.eml --json
     """
-    from mailctl.bounces.parse import BounceParseError, iter_messages, parse_message
+    from mailctl.bounces.mailbox import iter_messages
+    from mailctl.bounces.parse import parse_message
+    from mailctl.errors import BounceParseError
 
     for path in paths:
         if path != "-" and not Path(path).exists():
@@ -816,7 +819,7 @@ def bounces_parse(
 
 def _target(value: str) -> str:
     from mailctl.bounces.suppression import parse_suppression_target
-    from mailctl.recipients.csv_import import InvalidAddress
+    from mailctl.errors import InvalidAddress
 
     try:
         return parse_suppression_target(value)
@@ -1049,7 +1052,7 @@ def lanes_suspend(
     """
     import time
 
-    from mailctl.config import parse_duration
+    from mailctl.config.nodes import parse_duration
 
     try:
         seconds = parse_duration(for_)
@@ -1461,7 +1464,7 @@ def _warmup_event(ip: str, kind: str, preset: str | None, date: str | None) -> N
     import datetime as dt
     import time
 
-    from mailctl.reputation.warmup import PRESET_NAMES
+    from mailctl.warmup_schedule import PRESET_NAMES
 
     if preset is not None and preset not in PRESET_NAMES:
         raise UsageError(f"--preset must be one of {', '.join(PRESET_NAMES)}")
@@ -1571,7 +1574,7 @@ def check(
 
     Example: mailctl check --campaign campaigns/welcome.yaml --zone example.com.zone
     """
-    from mailctl.config import load_campaign
+    from mailctl.config.campaign import load_campaign
     from mailctl.dns.preflight import check as run_check
     from mailctl.dns.preflight import resolver_for
 
@@ -1604,7 +1607,8 @@ def dkim_keygen(
     """
     import os
 
-    from mailctl.message.dkim import DkimError, generate_keypair, txt_record
+    from mailctl.errors import DkimError
+    from mailctl.message.dkim import generate_keypair, txt_record
 
     path = out or Path(f"{domain}.{selector}.pem")
     if path.exists():

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailctl.config import Campaign, ProfilesFile, TrafficClass, load_campaign
+from mailctl.config.campaign import Campaign, load_campaign
+from mailctl.config.profiles import ProfilesFile, TrafficClass
 from mailctl.delivery.context import CampaignJob
 from mailctl.errors import CampaignChangedError, InputError, MailctlError, TemplateError
-from mailctl.message.render import Renderer, new_tracking_id
+from mailctl.message.render import Renderer
+from mailctl.message.tracking import new_tracking_id
 from mailctl.recipients.csv_import import ImportSummary, import_csv
 from mailctl.store.sqlite import Store
 

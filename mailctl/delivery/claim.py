@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from mailctl.config import Campaign
+from mailctl.config.campaign import Campaign
 from mailctl.delivery.context import CampaignJob, SendContext
 from mailctl.errors import TemplateError
 from mailctl.message.render import RenderedMessage, Renderer

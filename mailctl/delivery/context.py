@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mailctl.clock import Clock
-from mailctl.config import Campaign, Profile
+from mailctl.config.campaign import Campaign
+from mailctl.config.profiles import Profile
 from mailctl.message.render import Renderer
 from mailctl.reputation.budget import WarmupBudget
 from mailctl.reputation.lanes import Scheduler

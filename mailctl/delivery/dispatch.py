@@ -13,17 +13,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailctl.config import TlsMode, TransportKind
+from mailctl.config.profiles import TlsMode, TransportKind
+from mailctl.config.provider_rules import TlsPolicy
 from mailctl.delivery.context import CampaignJob, SendContext, hms
 from mailctl.delivery.outcome import NO_EVENT, Outcome, reply_outcome
 from mailctl.delivery.record import Recorder
 from mailctl.delivery.route import Routed
 from mailctl.delivery.transport import Connection, Destination, Reply, relay_destination
-from mailctl.dns.mx import DomainRoute
+from mailctl.dns.providers import DomainRoute
 from mailctl.message.render import RenderedMessage
 from mailctl.model import MessageState
-from mailctl.replies.rules import TlsPolicy
-from mailctl.reputation.lanes import EventKind, LaneEvent
+from mailctl.reputation.lanes import LaneEvent, LaneEventKind
 
 # A lane wait shorter than this is slept through by the worker; longer ones defer the message.
 SHORT_WAIT = 2.0
@@ -423,14 +423,14 @@ class Dispatcher:
             return
         lane = ctx.scheduler.lane(item.ip, item.provider)
         event = lane.on_reply(reply.text, reply.code, now, from_receiver=reply.from_receiver)
-        if event.pauses_lane or event.kind is EventKind.DISABLED:
+        if event.pauses_lane or event.kind is LaneEventKind.DISABLED:
             self._lane_event(event, item.message["campaign_id"], now)
         outcome = self._outcome(item, reply, event, now)
         if not reply.ok:
             ctx.budget.release(item.ip, item.provider)
         recorder.record(outcome)
         cid = item.message["campaign_id"]
-        if event.kind is EventKind.STOP_CAMPAIGN:
+        if event.kind is LaneEventKind.STOP_CAMPAIGN:
             ctx.stop_campaign(cid, f"{event.reason or 'stopped by rule'} ({reply.text})")
         elif outcome.state is MessageState.FAILED and outcome.scope == "campaign":
             ctx.stop_campaign(cid, f"the receiver refused the sender: {reply.text}")

@@ -29,8 +29,8 @@ from mailctl.delivery.context import (
 from mailctl.delivery.dispatch import Dispatcher
 from mailctl.delivery.record import Recorder, RunSummary
 from mailctl.delivery.route import Router
-from mailctl.dns.checks import Resolver
-from mailctl.dns.mx import AsyncMxResolver
+from mailctl.dns.providers import AsyncMxResolver
+from mailctl.dns.resolver import Resolver
 from mailctl.errors import StoreError
 from mailctl.replies.rules import load_rules
 from mailctl.reputation.budget import WarmupBudget, profile_settings

@@ -10,10 +10,11 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mailctl.config.provider_rules import Scope
 from mailctl.delivery.transport import Reply
 from mailctl.model import MessageState
-from mailctl.replies.classify import Scope, classify_reply, parse_reply_delay
-from mailctl.reputation.lanes import EventKind, LaneEvent
+from mailctl.replies.classify import classify_reply, parse_reply_delay
+from mailctl.reputation.lanes import LaneEvent, LaneEventKind
 
 
 @dataclass(slots=True)
@@ -65,7 +66,7 @@ def new_outcome(
     )
 
 
-NO_EVENT = LaneEvent(EventKind.NONE, "", "")
+NO_EVENT = LaneEvent(LaneEventKind.NONE, "", "")
 
 
 def reply_outcome(
@@ -116,7 +117,7 @@ def reply_outcome(
     permanent = (
         verdict is not None and reply.code is not None and reply.code >= 500 and verdict.permanent
     )
-    if permanent and verdict is not None and event.kind is not EventKind.DEFER_RECIPIENT:
+    if permanent and verdict is not None and event.kind is not LaneEventKind.DEFER_RECIPIENT:
         if verdict.scope is Scope.RECIPIENT:
             return outcome(MessageState.BOUNCED, suppress=verdict.suppress, **details)
         if verdict.scope is Scope.CAMPAIGN:

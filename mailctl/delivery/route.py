@@ -1,6 +1,6 @@
 """Routing: each claimed recipient to a provider lane and a sending IP, or a deferral.
 
-A recipient's domain resolves (MX rollup through mailctl.dns.mx, cached in the store with
+A recipient's domain resolves (MX rollup through mailctl.dns.providers, cached in the store with
 its TTL) to a provider; the pool's lanes and today's warm-up budget pick the IP. Messages
 that cannot go now are deferred by mailctl itself (never feeding a rule); a cold IP at its
 cap keeps a message for a later slot of its window. Imports the domain and the store.
@@ -12,12 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailctl.config import TransportKind
+from mailctl.config.profiles import TransportKind
 from mailctl.delivery.context import CampaignJob, SendContext
 from mailctl.delivery.outcome import asked_back_to
 from mailctl.delivery.record import Recorder
-from mailctl.dns.checks import Resolver
-from mailctl.dns.mx import (
+from mailctl.dns.providers import (
     AsyncMxResolver,
     DirectAction,
     DomainRoute,
@@ -27,6 +26,7 @@ from mailctl.dns.mx import (
     route_for_override,
     unresolved_route,
 )
+from mailctl.dns.resolver import Resolver
 from mailctl.model import MessageState
 from mailctl.store.sqlite import Store
 
@@ -97,7 +97,7 @@ class Router:
                 continue
             resolver = self.resolver
             if resolver is None and lookups:
-                from mailctl.dns.mx import DnsPythonMxResolver
+                from mailctl.dns.providers import DnsPythonMxResolver
 
                 resolver = self.resolver = DnsPythonMxResolver()
             if lookups:

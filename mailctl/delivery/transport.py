@@ -22,7 +22,7 @@ from aiosmtplib.errors import (
     SMTPTimeoutError,
 )
 
-from mailctl.config import Profile, TlsMode, TransportKind
+from mailctl.config.profiles import Profile, TlsMode, TransportKind
 
 
 @dataclass(frozen=True)

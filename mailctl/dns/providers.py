@@ -18,8 +18,8 @@ What a route means depends on the transport:
   the relay decides. A profile may switch lookups off (`unresolved_route`), with the same
   grouping.
 
-Lookups never hit the network in tests: the resolver is injected (`dnscheck.ZoneResolver` or
-any object with the `dnscheck.Resolver` methods), and ``mx_override`` maps a domain to a
+Lookups never hit the network in tests: the resolver is injected (`resolver.ZoneResolver` or
+any object with the `resolver.Resolver` methods), and ``mx_override`` maps a domain to a
 ``host:port`` without any DNS at all.
 """
 
@@ -39,14 +39,9 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from mailctl.dns.checks import (
-    DnsError,
-    DnsTimeout,
-    NoAnswer,
-    NXDomain,
-    Resolver,
-    configured_resolver,
-)
+from mailctl.config.profiles import parse_mx_override
+from mailctl.dns.resolver import Resolver, configured_resolver
+from mailctl.errors import DnsError, DnsTimeout, NoAnswer, NXDomain
 
 __all__ = [
     "AddressAnswer",
@@ -60,7 +55,6 @@ __all__ = [
     "RouteStatus",
     "ThreadedMxResolver",
     "normalise_domain",
-    "parse_mx_override",
     "provider_for_mx_hosts",
     "registered_domain",
     "resolve_domains",
@@ -277,37 +271,6 @@ def provider_for_mx_hosts(hosts: Iterable[str]) -> str:
 # mx_override and lookups switched off
 
 
-def parse_mx_override(value: str) -> tuple[str | None, str, int]:
-    """``[provider@]host[:port]`` -> (provider or None, host, port).
-
-    The optional provider names the lane when the host is a simulated server on loopback
-    (``google@127.0.0.1:2525``). IPv6 hosts go in brackets: ``[::1]:2525``.
-    """
-    provider, _, rest = value.strip().rpartition("@")
-    host, port = rest, 25
-    if rest.startswith("["):
-        end = rest.find("]")
-        if end == -1:
-            raise ValueError(f"'{value}': unclosed '[' in an IPv6 host")
-        host, tail = rest[1:end], rest[end + 1 :]
-        if tail:
-            if not tail.startswith(":"):
-                raise ValueError(f"'{value}': expected ':port' after ']'")
-            port = _port(value, tail[1:])
-    elif rest.count(":") == 1:
-        host, port_text = rest.split(":")
-        port = _port(value, port_text)
-    if not host:
-        raise ValueError(f"'{value}': no host (use host:port, e.g. 127.0.0.1:2525)")
-    return (provider.strip().lower() or None), host.lower(), port
-
-
-def _port(value: str, text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"'{value}': '{text}' is not a port number (1-65535)")
-    return int(text)
-
-
 def route_for_override(domain: str, value: str, now: float) -> DomainRoute:
     """A route from ``mx_override``: no DNS. The provider is the one named in the value, else
     the well-known owner of the domain (gmail.com -> google), else the host's rollup."""
@@ -346,8 +309,8 @@ class AddressAnswer:
 class AsyncMxResolver(Protocol):
     """The lookups MX rollup needs, asynchronously and with TTLs.
 
-    Raise `dnscheck.NXDomain`, `dnscheck.NoAnswer` or `dnscheck.DnsTimeout` as the sync
-    `dnscheck.Resolver` does.
+    Raise `errors.NXDomain`, `errors.NoAnswer` or `errors.DnsTimeout` as the sync
+    `resolver.Resolver` does.
     """
 
     async def mx(self, name: str) -> MxAnswer: ...
@@ -355,7 +318,7 @@ class AsyncMxResolver(Protocol):
 
 
 class ThreadedMxResolver:
-    """Runs a synchronous `dnscheck.Resolver` (ZoneResolver, LiveResolver) in worker threads.
+    """Runs a synchronous `resolver.Resolver` (ZoneResolver, LiveResolver) in worker threads.
 
     That protocol carries no TTLs, so every answer gets ``default_ttl``.
     """
@@ -539,7 +502,7 @@ async def resolve_domains(
     ``mx_override`` wins over the cache and DNS. Cached, unexpired routes are used as they are;
     fresh answers are put into ``cache``. At most ``concurrency`` lookups run at a time, each
     bounded by ``timeout`` seconds (status ``timeout``). ``resolver`` is either a sync
-    `dnscheck.Resolver` (run in threads) or an `AsyncMxResolver`.
+    `resolver.Resolver` (run in threads) or an `AsyncMxResolver`.
 
     The statuses mean different things in direct and relay mode: see the module docstring.
     """
