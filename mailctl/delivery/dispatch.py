@@ -426,8 +426,7 @@ class Dispatcher:
         if event.pauses_lane or event.kind is LaneEventKind.DISABLED:
             self._lane_event(event, item.message["campaign_id"], now)
         outcome = self._outcome(item, reply, event, now)
-        if not reply.ok:
-            ctx.budget.release(item.ip, item.provider)
+        ctx.budget.release(item.ip, item.provider)  # not sent: its place in the day goes back
         recorder.record(outcome)
         cid = item.message["campaign_id"]
         if event.kind is LaneEventKind.STOP_CAMPAIGN:

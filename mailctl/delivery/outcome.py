@@ -90,8 +90,7 @@ def reply_outcome(
     schedule (with jitter), and never before the lane's pause ends (``lane_pause`` seconds;
     inf for a lane out of rotation without an end). Past ``max_age`` it expires.
     """
-    base: dict[str, Any] = {"ip": ip, "provider": provider, "code": reply.code}
-    base["reply"] = reply.text
+    base = {"ip": ip, "provider": provider, "code": reply.code, "reply": reply.text}
 
     def outcome(state: MessageState, **extra: Any) -> Outcome:
         return new_outcome(message, state, now, attempted=True, day=day, **base, **extra)
