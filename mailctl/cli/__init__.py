@@ -109,9 +109,9 @@ def main_callback(
 
 
 def _open_store() -> Any:
-    from mailctl.store.sqlite import Store
+    from mailctl.store.sqlite import SqliteStore
 
-    return Store.open(state.db)
+    return SqliteStore.open(state.db)
 
 
 # --------------------------------------------------------------------------- recipients
@@ -530,12 +530,12 @@ def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
     from mailctl.delivery.campaigns import check_fields, make_renderer
     from mailctl.message.tracking import new_tracking_id
     from mailctl.recipients.csv_import import import_csv
-    from mailctl.store.sqlite import Store, resolve_db_path
+    from mailctl.store.sqlite import SqliteStore, resolve_db_path
 
     campaign = load_campaign(campaign_file)
     profiles.get(campaign.profile)
     renderer = make_renderer(campaign, profiles)
-    with Store.open(":memory:") as scratch:
+    with SqliteStore.open(":memory:") as scratch:
         if campaign.csv is not None:
             summary = import_csv(
                 scratch,
@@ -554,7 +554,7 @@ def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
                 raise MailctlError(
                     f"{db_path} does not exist, so list '{campaign.list_key}' is empty"
                 )
-            source = Store.open(db_path, migrate=False)
+            source = SqliteStore.open(db_path, migrate=False)
         check_fields(source, renderer, campaign.list_key)
         total = source.count_recipients(campaign.list_key)
         for row in source.iter_recipients(campaign.list_key, limit=show):
@@ -1651,7 +1651,9 @@ def report(
     """
     import time
 
-    from mailctl.report.build import build_report, render_html, render_tables
+    from mailctl.report.data import build_report
+    from mailctl.report.html import render_html
+    from mailctl.report.tables import render_tables
 
     with _open_store() as store:
         data = build_report(store, campaign, now=time.time())

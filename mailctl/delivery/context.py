@@ -18,7 +18,7 @@ from mailctl.config.profiles import Profile
 from mailctl.message.render import Renderer
 from mailctl.reputation.budget import WarmupBudget
 from mailctl.reputation.lanes import Scheduler
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from mailctl.errors import StoreError
 from mailctl.replies.rules import load_rules
 from mailctl.reputation.budget import WarmupBudget, profile_settings
 from mailctl.reputation.lanes import LaneState, Scheduler
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 
 ProgressCallback = Callable[["Engine"], None]
 
@@ -178,7 +178,7 @@ class Engine:
             await self._shutdown()
             self.claimer.close()
         if recorder.fatal is not None:
-            raise StoreError(f"{store.path}: cannot record outcomes: {recorder.fatal}")
+            raise StoreError(f"{store.location}: cannot record outcomes: {recorder.fatal}")
         summary = self.summary
         summary.stop_reason = reason
         summary.elapsed = clock.now() - self.started

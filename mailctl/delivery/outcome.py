@@ -111,7 +111,7 @@ def reply_outcome(
             "scope": verdict.scope.value,
         }
         if verdict
-        else {"reason": "networkerror", "rule": "connection"}
+        else {"reason": "networkerror", "rule": "connection", "scope": Scope.TRANSIENT.value}
     )
     permanent = (
         verdict is not None and reply.code is not None and reply.code >= 500 and verdict.permanent

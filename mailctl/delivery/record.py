@@ -16,6 +16,7 @@ from mailctl.delivery.context import SendContext, hms
 from mailctl.delivery.outcome import Outcome, new_outcome
 from mailctl.model import MessageState
 from mailctl.reputation.lanes import BreakerPolicy, BreakerState, check_breaker
+from mailctl.reputation.signals import ip_day_counts, smtp_suppressions
 
 # Pending outcomes that force a commit whatever the interval.
 _MAX_PENDING = 2000
@@ -224,10 +225,7 @@ class Recorder:
         (they may have been delivered)."""
         self.release(messages, now)
         if messages:
-            self.ctx.store.conn.executemany(
-                "UPDATE messages SET possible_duplicate = 1 WHERE id = ?",
-                [(message["id"],) for message in messages],
-            )
+            self.ctx.store.mark_possible_duplicates([message["id"] for message in messages])
 
     def _lane(self, ip: str, provider: str) -> LaneStats:
         lane = self.lanes.get((ip, provider))
@@ -258,7 +256,8 @@ class Recorder:
         pending, self._pending = self._pending, []
         released = [o.message_id for o in pending if o.state is MessageState.QUEUED]
         try:
-            ctx.store.record_outcomes([o for o in pending if o.state is not MessageState.QUEUED])
+            done = [o for o in pending if o.state is not MessageState.QUEUED]
+            ctx.store.record_outcomes(done, ip_day_counts(done), smtp_suppressions(done))
             ctx.store.release(released)
         except BaseException:
             self._pending = pending + self._pending  # nothing is lost: tried again

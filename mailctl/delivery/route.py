@@ -28,7 +28,7 @@ from mailctl.dns.providers import (
 )
 from mailctl.dns.resolver import Resolver
 from mailctl.model import MessageState
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 
 
 class StoreRouteCache:
