@@ -59,6 +59,7 @@ class Scope(StrEnum):
     LANE = "lane"  # this sending IP towards this provider: slow down or pause
     CAMPAIGN = "campaign"  # the content or the sending domain: stop, never suppress
     TRANSIENT = "transient"  # nothing to learn: retry the message later
+    MESSAGE = "message"  # this message's own content (line too long): fail it, nothing else
 
 
 DATA_FILE = "provider_rules.yaml"

@@ -7,6 +7,7 @@ lane events) and mailctl.model, nothing else of delivery.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,6 +42,8 @@ class Outcome:
     suppress: bool = False
     scope: str | None = None
     day: str | None = None  # the sending IP's local day (its warm-up cap's day)
+    # No answer after the final dot: the receiver may have the message already.
+    possible_duplicate: bool = False
 
 
 def new_outcome(
@@ -67,6 +70,11 @@ def new_outcome(
 
 
 NO_EVENT = LaneEvent(LaneEventKind.NONE, "", "")
+
+# A message that may already have been delivered (no answer after its final dot) waits at
+# least this long, and four times its normal retry delay, before it is offered again: a
+# server that answers 250 after the client has given up must not get it every few minutes.
+POSSIBLE_DUPLICATE_DELAY = 3600.0
 
 
 def reply_outcome(
@@ -97,6 +105,10 @@ def reply_outcome(
 
     if reply.ok:
         return outcome(MessageState.SENT)
+    if reply.protocol_error or reply.possible_duplicate:
+        return _unanswered_outcome(
+            message, reply, now, outcome, retry_delays=retry_delays, max_age=max_age, rng=rng
+        )
     verdict = (
         classify_reply(reply.code, reply.text, provider, stage=reply.stage) if reply.code else None
     )
@@ -119,15 +131,11 @@ def reply_outcome(
     if permanent and verdict is not None and event.kind is not LaneEventKind.DEFER_RECIPIENT:
         if verdict.scope is Scope.RECIPIENT:
             return outcome(MessageState.BOUNCED, suppress=verdict.suppress, **details)
-        if verdict.scope is Scope.CAMPAIGN:
+        if verdict.scope in (Scope.CAMPAIGN, Scope.MESSAGE):
             return outcome(MessageState.FAILED, **details)
     # Temporary, or a throttle/block about this sending IP: try again later.
-    attempts = message["attempts"] + 1
     named = event.retry_after or (parse_reply_delay(reply.text) if reply.code else None)
-    if named:
-        delay = float(named)
-    else:
-        delay = retry_delays[min(attempts - 1, len(retry_delays) - 1)] * rng.uniform(0.85, 1.15)
+    delay = float(named) if named else _retry_delay(message, retry_delays, rng)
     next_at = now + delay
     if event.pauses_lane and lane_pause != float("inf"):
         # Not before the lane may send again: the end of its pause, not of a slow period
@@ -138,6 +146,39 @@ def reply_outcome(
     if next_at > first + max_age:
         return outcome(MessageState.EXPIRED, **details)
     return outcome(MessageState.DEFERRED, next_attempt_at=next_at, **details)
+
+
+def _retry_delay(
+    message: dict[str, Any], retry_delays: tuple[float, ...] | list[float], rng: random.Random
+) -> float:
+    """The profile's retry schedule for this attempt, with jitter."""
+    attempts = message["attempts"] + 1
+    return retry_delays[min(attempts - 1, len(retry_delays) - 1)] * rng.uniform(0.85, 1.15)
+
+
+def _unanswered_outcome(
+    message: dict[str, Any],
+    reply: Reply,
+    now: float,
+    outcome: Callable[..., Outcome],
+    *,
+    retry_delays: tuple[float, ...] | list[float],
+    max_age: float,
+    rng: random.Random,
+) -> Outcome:
+    """A protocol error (deferred on the retry schedule) or a possible duplicate (flagged,
+    deferred for longer). Neither says anything about the recipient or the sender."""
+    delay = _retry_delay(message, retry_delays, rng)
+    if reply.possible_duplicate:
+        details = {"reason": "possibleduplicate", "rule": "after-data"}
+        delay = max(4 * delay, POSSIBLE_DUPLICATE_DELAY)
+    else:
+        details = {"reason": "protocolerror", "rule": "protocol"}
+    flags = {"possible_duplicate": reply.possible_duplicate, "scope": Scope.TRANSIENT.value}
+    first = message.get("first_attempt_at") or now
+    if now + delay > first + max_age:
+        return outcome(MessageState.EXPIRED, **details, **flags)
+    return outcome(MessageState.DEFERRED, next_attempt_at=now + delay, **details, **flags)
 
 
 def asked_back_to(message: dict[str, Any]) -> str | None:

@@ -46,6 +46,7 @@ class RunSummary:
     suppressed: int = 0
     remaining: int = 0
     recovered: int = 0
+    possible_duplicates: int = 0  # this run's: no answer after the final dot, or cut off
     elapsed: float = 0.0
     stop_reason: str = "finished"
     next_attempt_at: float | None = None
@@ -63,6 +64,7 @@ class RunSummary:
             "suppressed": self.suppressed,
             "remaining": self.remaining,
             "possible_duplicates_recovered": self.recovered,
+            "possible_duplicates": self.possible_duplicates,
             "elapsed": round(self.elapsed, 3),
             "stop_reason": self.stop_reason,
             "stopped_campaigns": self.stopped_campaigns,  # name -> why a breaker/rule stopped it
@@ -142,6 +144,8 @@ class Recorder:
 
     def record(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
+        if outcome.possible_duplicate:
+            self.summary.possible_duplicates += 1
         if outcome.suppress:
             self.suppressed_in_run.add(outcome.email)
         state = outcome.state
@@ -224,6 +228,7 @@ class Recorder:
         """Messages cut off mid-transaction: queued again, marked as possible duplicates
         (they may have been delivered)."""
         self.release(messages, now)
+        self.summary.possible_duplicates += len(messages)
         if messages:
             self.ctx.store.mark_possible_duplicates([message["id"] for message in messages])
 

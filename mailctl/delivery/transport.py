@@ -4,6 +4,12 @@ A destination is where connections go: the relay, the embedded sandbox server (s
 or (with direct delivery) an MX host. Connections are reused up to a messages-per-connection
 limit.
 A connection that dies mid-message yields a deferral, never a "sent".
+
+"Sent" means the receiver took responsibility for the message: a 2xx to the end of data
+that followed a 354. Any other 2xx (252 to MAIL or RCPT, 250 to DATA itself) is a protocol
+error, and no answer after the final dot (timeout, lost connection, garbage) leaves the
+message possibly delivered: the reply says so and the caller defers it as a possible
+duplicate.
 """
 
 from __future__ import annotations
@@ -36,20 +42,55 @@ class Reply:
     code: int | None
     text: str
     stage: str | None = None
+    # A 2xx to the end of data that followed a 354: the receiver took responsibility.
+    delivered: bool = False
+    # The server broke the protocol (a 2xx where none may come, an unreadable reply).
+    protocol_error: bool = False
+    # No usable answer after the final dot: the receiver may hold the message already.
+    possible_duplicate: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.code is not None and 200 <= self.code < 300
+        """True only for a delivery: no other 2xx means the receiver has the message."""
+        return self.delivered
 
     @property
     def from_receiver(self) -> bool:
-        """Only replies the receiver actually sent may feed reputation rules."""
-        return self.code is not None
+        """Only replies the receiver actually sent may feed reputation rules (a broken
+        protocol exchange says nothing about reputation)."""
+        return self.code is not None and not self.protocol_error
 
 
-def _reply(code: int | None, message: str, stage: str | None = None) -> Reply:
+# A reply's text as stored and shown: a server may send up to aiosmtplib's 32 KB.
+_MAX_REPLY_TEXT = 512
+# aiosmtplib's code for a reply it could not read (garbage, an over-long line).
+_INVALID_RESPONSE = -1
+
+
+def _reply(code: int | None, message: str, stage: str | None = None, **flags: bool) -> Reply:
     text = " ".join(line.strip() for line in (message or "").splitlines() if line.strip())
-    return Reply(code, f"{code} {text}".strip() if code is not None else text, stage)
+    text = _printable(text)[:_MAX_REPLY_TEXT]
+    return Reply(code, f"{code} {text}".strip() if code is not None else text, stage, **flags)
+
+
+def _printable(text: str) -> str:
+    """Control characters (ANSI escapes among them) out of a server's words."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _protocol_error(code: int, message: str, stage: str) -> Reply:
+    """A reply the protocol does not allow at this stage: deferred, never "sent"."""
+    what = f"unexpected {code} reply to {stage.upper()}" if code >= 0 else "unreadable reply"
+    return _reply(None, f"protocol error: {what}: {message}", stage, protocol_error=True)
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """The message as sent after DATA: CRLF line ends, leading dots doubled, the final dot."""
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    body = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
+    return body + (b"\r\n" if lines else b"") + b".\r\n"
 
 
 @dataclass(frozen=True)
@@ -126,6 +167,8 @@ class Connection:
             return _reply(exc.code, exc.message, "connect")
         except SMTPResponseException as exc:
             client.close()
+            if exc.code == _INVALID_RESPONSE:  # garbage or an endless line instead of SMTP
+                return _reply(None, f"connection to {d.name} failed: {exc.message}", "connect")
             return _reply(exc.code, exc.message, "connect")
         except (TimeoutError, SMTPException, OSError) as exc:
             client.close()
@@ -143,7 +186,11 @@ class Connection:
             await client.helo()  # a very old server: no extensions
 
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> Reply:
-        """One transaction. After a refusal the session is reset for the next message."""
+        """One transaction. After a refusal the session is reset for the next message.
+
+        Each stage takes only its own success code (250 to MAIL, 250/251 to RCPT, 354 to
+        DATA); a 2xx to the end of data is the one delivery.
+        """
         client = self.client
         assert client is not None
         stage = "mail"
@@ -158,24 +205,57 @@ class Connection:
             if response.code not in (250, 251):
                 return await self._refused(response.code, response.message, stage)
             stage = "data"
-            response = await client.data(data)
+            response = await client.execute_command(b"DATA")
+            if response.code != 354:
+                return await self._refused(response.code, response.message, stage)
+            protocol = client.protocol
+            if protocol is None:
+                raise SMTPServerDisconnected("connection lost before the message")
+            protocol.write(_dot_stuffed(data))
+            stage = "dot"  # from here on the receiver may have the message
+            response = await protocol.read_response(timeout=client.timeout)
         except SMTPServerDisconnected as exc:
             self._dead()
-            return Reply(None, f"connection lost: {_describe(exc)}")
+            return self._unanswered(stage, f"connection lost: {_describe(exc)}")
         except SMTPTimeoutError as exc:
             self._dead()
-            return Reply(None, f"timeout: {_describe(exc)}")
+            return self._unanswered(stage, f"timeout: {_describe(exc)}")
         except SMTPResponseException as exc:
-            reply = _reply(exc.code, exc.message, stage)
+            if exc.code == _INVALID_RESPONSE:
+                self._dead()  # nothing more said on this connection can be trusted
+                if stage == "dot":
+                    return self._unanswered(stage, f"unreadable reply: {exc.message}")
+                return _protocol_error(exc.code, exc.message, stage)
+            reply = _reply(exc.code, exc.message, "data" if stage == "dot" else stage)
             await self._after_refusal(reply)
             return reply
         except (SMTPException, OSError) as exc:
             self._dead()
-            return Reply(None, f"connection error: {_describe(exc)}")
-        self.messages += 1
-        return _reply(response.code, response.message, "data")
+            return self._unanswered(stage, f"connection error: {_describe(exc)}")
+        if 200 <= response.code < 300:
+            self.messages += 1
+            return _reply(response.code, response.message, "data", delivered=True)
+        return await self._refused(response.code, response.message, "data")
+
+    @staticmethod
+    def _unanswered(stage: str, what: str) -> Reply:
+        """No reply: before the final dot the message was surely not taken; after it, it
+        may have been."""
+        if stage == "dot":
+            return _reply(
+                None,
+                f"{what} after the end of data (possible duplicate)",
+                "data",
+                possible_duplicate=True,
+            )
+        return _reply(None, what, stage)
 
     async def _refused(self, code: int, message: str, stage: str) -> Reply:
+        if 200 <= code < 300:
+            # A 2xx where the stage has another success code (252 to RCPT, 250 to DATA):
+            # the server did not take the message. The session cannot be trusted either.
+            self._dead()
+            return _protocol_error(code, message, stage)
         reply = _reply(code, message, stage)
         await self._after_refusal(reply)
         return reply

@@ -426,7 +426,8 @@ class SqliteStore(_AddressTables):
                      first_attempt_at = CASE WHEN ? THEN coalesce(first_attempt_at, ?)
                                         ELSE first_attempt_at END,
                      next_attempt_at = ?, sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END,
-                     ip = ?, provider = ?, last_code = ?, last_reply = ?, reason = ?
+                     ip = ?, provider = ?, last_code = ?, last_reply = ?, reason = ?,
+                     possible_duplicate = max(possible_duplicate, ?)
                    WHERE id = ?""",
                 [
                     (
@@ -444,6 +445,7 @@ class SqliteStore(_AddressTables):
                         o.code,
                         o.reply,
                         o.reason,
+                        int(o.possible_duplicate),
                         o.message_id,
                     )
                     for o in outcomes
