@@ -32,7 +32,8 @@ class Behaviour:
 # Keyed by local-part prefix; the labels in make_bounce_fixtures.sh are written from these.
 BEHAVIOURS: dict[str, Behaviour] = {
     "unknown-rcpt": Behaviour(
-        "rcpt", "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown in virtual mailbox table"
+        "rcpt",
+        "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown in virtual mailbox table",
     ),
     "unknown-data": Behaviour(
         "data",

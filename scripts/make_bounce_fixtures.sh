@@ -39,7 +39,7 @@ cleanup() {
     [[ -f $WORK/postfix/etc/main.cf ]] && postfix -c "$WORK/postfix/etc" stop >/dev/null 2>&1
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
     for pidfile in "$WORK"/*/pid "$WORK"/*/*.pid; do
-        [[ -f $pidfile ]] && kill "$(head -1 "$pidfile")" 2>/dev/null
+        [[ -f $pidfile ]] && kill "$(head -1 "$pidfile" 2>/dev/null)" 2>/dev/null
     done
     sleep 1
     for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; done
@@ -371,6 +371,90 @@ EOF
     echo "opensmtpd $(deb_version opensmtpd)" >>"$WORK/versions"
 }
 
+# ---------------------------------------------------------------------------------------------
+# Sendmail 8 (Debian sendmail-bin), unpacked, config built with the unpacked sendmail-cf and m4.
+# SendMimeErrors=False: the plain-text "Returned mail" format that older and many in-house
+# Sendmail setups still send, which no DSN part helps to read. It runs in a nested UTS + mount
+# namespace so that its own host name resolves without DNS.
+
+run_sendmail() {
+    local dir=$WORK/sendmail port sink pid
+    unpack sendmail-bin sendmail-cf m4 liblockfile1 libwrap0
+    # Without the setgid bit the unpacked binary keeps LD_LIBRARY_PATH (libwrap0, liblockfile1).
+    chmod g-s "$WORK/root/usr/libexec/sendmail/sendmail"
+    start_server sendmail
+    sink=$SINK
+    port=$(free_port)
+    mkdir -p "$dir/queue"
+    chmod 700 "$dir/queue"
+    touch "$dir/statistics"
+    # Without an alias database a local recipient is deferred, not found unknown.
+    printf 'postmaster: root\nMAILER-DAEMON: postmaster\n' >"$dir/aliases"
+    printf 'hosts files\n' >"$dir/service.switch"
+    { cat /etc/hosts; echo "127.0.0.1 mx.sendmail.test mx"; } >"$dir/hosts"
+    cat >"$dir/sendmail.mc" <<EOF
+divert(-1)dnl
+divert(0)dnl
+include(\`$WORK/root/usr/share/sendmail/cf/m4/cf.m4')dnl
+VERSIONID(\`mailctl bounce fixtures')dnl
+OSTYPE(\`linux')dnl
+define(\`confDOMAIN_NAME', \`mx.sendmail.test')dnl
+define(\`confDONT_PROBE_INTERFACES', \`True')dnl
+define(\`QUEUE_DIR', \`$dir/queue')dnl
+define(\`STATUS_FILE', \`$dir/statistics')dnl
+define(\`ALIAS_FILE', \`$dir/aliases')dnl
+dnl The temp dir sits under the world-writable /tmp.
+define(\`confDONT_BLAME_SENDMAIL', \`MapInUnsafeDirPath')dnl
+define(\`confPID_FILE', \`$dir/sendmail.pid')dnl
+define(\`confSERVICE_SWITCH_FILE', \`$dir/service.switch')dnl
+define(\`confHOSTS_FILE', \`$dir/hosts')dnl
+dnl Seconds instead of days, so that a 4xx warns and expires within the run.
+define(\`confTO_QUEUERETURN', \`25s')dnl
+define(\`confTO_QUEUEWARN', \`6s')dnl
+define(\`confMIN_QUEUE_AGE', \`0s')dnl
+define(\`confMIME_FORMAT_ERRORS', \`False')dnl
+define(\`SMART_HOST', \`esmtp:[127.0.0.1]')dnl
+define(\`ESMTP_MAILER_ARGS', \`TCP \$h $sink')dnl
+define(\`LOCAL_MAILER_PATH', \`$dir/mail.local')dnl
+define(\`LOCAL_MAILER_ARGS', \`mail.local -d \$u')dnl
+FEATURE(\`nocanonify')dnl
+FEATURE(\`accept_unresolvable_domains')dnl
+LOCAL_DOMAIN(\`sendmail.test')dnl
+DAEMON_OPTIONS(\`Port=$port, Addr=127.0.0.1, Name=MTA')dnl
+MAILER(\`local')dnl
+MAILER(\`smtp')dnl
+EOF
+    # Sendmail clears the environment for its mailers: a wrapper keeps the unpacked libraries.
+    printf '#!/bin/sh\nexport LD_LIBRARY_PATH=%s\nexec %s "$@"\n' \
+        "$WORK/root/usr/lib/x86_64-linux-gnu" "$WORK/root/usr/libexec/sendmail/mail.local" \
+        >"$dir/mail.local"
+    chmod 755 "$dir/mail.local"
+    "$WORK/root/usr/bin/m4" "$dir/sendmail.mc" >"$dir/sendmail.cf"
+    unshare --mount --uts --propagation private sh -c '
+        hostname mx.sendmail.test
+        mount --bind "$1/hosts" /etc/hosts
+        export LD_LIBRARY_PATH=$2/usr/lib/x86_64-linux-gnu
+        "$2/usr/libexec/sendmail/sendmail" -C "$1/sendmail.cf" -bi
+        exec "$2/usr/libexec/sendmail/sendmail" -C "$1/sendmail.cf" -bD -q4s -L sm-fixture' \
+        sh "$dir" "$WORK/root" >"$dir/sendmail.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_port "$port" || { cat "$dir/sendmail.log" >&2; return 1; }
+    send_cases "$port" ""
+    # Sendmail refuses an unknown local user at RCPT; submitted on the command line with
+    # -oem (mail errors back), it bounces.
+    "${TOOLS[@]}" message --case local-userunknown nosuchuser@sendmail.test |
+        nsenter --mount --uts --target "$pid" env \
+            LD_LIBRARY_PATH="$WORK/root/usr/lib/x86_64-linux-gnu" \
+            "$WORK/root/usr/libexec/sendmail/sendmail" -C "$dir/sendmail.cf" -odq -oem \
+            -f sender@sender.test nosuchuser@sendmail.test || true # exits 67 (EX_NOUSER) too
+    "${TOOLS[@]}" wait --mbox "$WORK/sendmail.mbox" --timeout 120 \
+        "${REMOTE_CASES[@]}" local-userunknown || { cat "$dir/sendmail.log" >&2; return 1; }
+    kill "$pid"
+    "${TOOLS[@]}" split --mbox "$WORK/sendmail.mbox" --out "$OUT/sendmail"
+    echo "sendmail $(deb_version sendmail-bin)" >>"$WORK/versions"
+}
+
 main() {
     local mtas=("$@")
     [[ ${#mtas[@]} -eq 0 ]] && mtas=(postfix exim opensmtpd sendmail)
@@ -380,6 +464,7 @@ main() {
         rm -rf "${OUT:?}/$mta"
         "run_$mta"
     done
+    "${TOOLS[@]}" labels --root "$OUT"
     cat "$WORK/versions"
 }
 
