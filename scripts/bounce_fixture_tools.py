@@ -65,9 +65,10 @@ def write_labels(root: Path) -> None:
     labels: dict[str, dict[str, object]] = {}
     for path in sorted(root.glob("*/*.eml")):
         mta, case = path.parent.name, path.stem
+        domain = mta.split("-")[0] + ".test"  # sendmail-mime is still sendmail.test
         label = LABELS[case]
         labels[f"{mta}/{path.name}"] = {
-            "recipients": [r.format(domain=f"{mta}.test") for r in label.recipients],
+            "recipients": [r.format(domain=domain) for r in label.recipients],
             "permanent": label.permanent,
             "status": label.status,
             "reason": label.reason,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate tests/data/mta_bounces/: real bounce messages from real MTAs run privately here.
 #
-#   sudo scripts/make_bounce_fixtures.sh [postfix exim opensmtpd sendmail]   (default: all)
+#   sudo scripts/make_bounce_fixtures.sh [postfix exim opensmtpd sendmail sendmail-mime]
+#   (default: all)
 #
 # Each MTA runs from a temp dir on a loopback port with a throwaway config and its own spool,
 # relays to scripts/bounce_fixture_server.py (aiosmtpd, refusing per recipient as scripted in
@@ -116,9 +117,9 @@ add_users() {
 REMOTE_CASES=(userunknown-rcpt userunknown-data userunknown-mixed mailboxfull norelaying
     authfailure expired delayed)
 
-# The messages every MTA is asked to deliver: case, then recipients (all on the local
-# loopback world: dest.test and norelay.test relay to the fixture server, $1 is the MTA's
-# own local domain). Labels are written from the same table, in write_labels.
+# The messages every MTA is asked to deliver: case, then recipients (dest.test and
+# norelay.test relay to the fixture server; $2 is the MTA's own local domain, or empty).
+# LABELS in bounce_fixture_tools.py says what each bounce must report: keep the two in step.
 send_cases() {
     local port=$1 local_domain=$2
     "${TOOLS[@]}" send --port "$port" --case userunknown-rcpt unknown-rcpt@dest.test
@@ -373,16 +374,17 @@ EOF
 
 # ---------------------------------------------------------------------------------------------
 # Sendmail 8 (Debian sendmail-bin), unpacked, config built with the unpacked sendmail-cf and m4.
-# SendMimeErrors=False: the plain-text "Returned mail" format that older and many in-house
-# Sendmail setups still send, which no DSN part helps to read. It runs in a nested UTS + mount
+# Two instances: "sendmail" with SendMimeErrors=False, the plain-text "Returned mail: see
+# transcript" kind that older and many in-house setups still send, with no DSN part to help;
+# "sendmail-mime" with Debian's default, a multipart/report. Each runs in a nested UTS + mount
 # namespace so that its own host name resolves without DNS.
 
-run_sendmail() {
-    local dir=$WORK/sendmail port sink pid
+sendmail_instance() {
+    local name=$1 mime_errors=$2 dir=$WORK/$1 port sink pid
     unpack sendmail-bin sendmail-cf m4 liblockfile1 libwrap0
     # Without the setgid bit the unpacked binary keeps LD_LIBRARY_PATH (libwrap0, liblockfile1).
     chmod g-s "$WORK/root/usr/libexec/sendmail/sendmail"
-    start_server sendmail
+    start_server "$name"
     sink=$SINK
     port=$(free_port)
     mkdir -p "$dir/queue"
@@ -412,7 +414,7 @@ dnl Seconds instead of days, so that a 4xx warns and expires within the run.
 define(\`confTO_QUEUERETURN', \`25s')dnl
 define(\`confTO_QUEUEWARN', \`6s')dnl
 define(\`confMIN_QUEUE_AGE', \`0s')dnl
-define(\`confMIME_FORMAT_ERRORS', \`False')dnl
+define(\`confMIME_FORMAT_ERRORS', \`$mime_errors')dnl
 define(\`SMART_HOST', \`esmtp:[127.0.0.1]')dnl
 define(\`ESMTP_MAILER_ARGS', \`TCP \$h $sink')dnl
 define(\`LOCAL_MAILER_PATH', \`$dir/mail.local')dnl
@@ -448,21 +450,26 @@ EOF
             LD_LIBRARY_PATH="$WORK/root/usr/lib/x86_64-linux-gnu" \
             "$WORK/root/usr/libexec/sendmail/sendmail" -C "$dir/sendmail.cf" -odq -oem \
             -f sender@sender.test nosuchuser@sendmail.test || true # exits 67 (EX_NOUSER) too
-    "${TOOLS[@]}" wait --mbox "$WORK/sendmail.mbox" --timeout 120 \
+    "${TOOLS[@]}" wait --mbox "$WORK/$name.mbox" --timeout 120 \
         "${REMOTE_CASES[@]}" local-userunknown || { cat "$dir/sendmail.log" >&2; return 1; }
     kill "$pid"
-    "${TOOLS[@]}" split --mbox "$WORK/sendmail.mbox" --out "$OUT/sendmail"
-    echo "sendmail $(deb_version sendmail-bin)" >>"$WORK/versions"
+    "${TOOLS[@]}" split --mbox "$WORK/$name.mbox" --out "$OUT/$name"
+    echo "$name $(deb_version sendmail-bin)" >>"$WORK/versions"
 }
+
+run_sendmail() { sendmail_instance sendmail False; }
+
+# Debian's default: the same bounces as a multipart/report with a DSN part.
+run_sendmail_mime() { sendmail_instance sendmail-mime True; }
 
 main() {
     local mtas=("$@")
-    [[ ${#mtas[@]} -eq 0 ]] && mtas=(postfix exim opensmtpd sendmail)
+    [[ ${#mtas[@]} -eq 0 ]] && mtas=(postfix exim opensmtpd sendmail sendmail-mime)
     local mta
     for mta in "${mtas[@]}"; do
         log "$mta"
         rm -rf "${OUT:?}/$mta"
-        "run_$mta"
+        "run_${mta//-/_}"
     done
     "${TOOLS[@]}" labels --root "$OUT"
     cat "$WORK/versions"
