@@ -29,6 +29,11 @@ KNOWN_REASON_MISSES: dict[str, str] = {
     "opensmtpd/delayed.eml": _DELAY,
     "postfix/delayed.eml": _DELAY,
     "sendmail/delayed.eml": _DELAY,
+    "sendmail-mime/delayed.eml": _DELAY,
+    "sendmail-mime/expired.eml": (
+        "Action: failed, Status 4.4.7 with the 451 4.3.0 reply as diagnostic (the 4xx outlived"
+        " the queue lifetime) read as networkerror, not expired"
+    ),
     "postfix/expired.eml": (
         "Action: failed with a 4.3.0 Status (a 4xx that outlived the queue lifetime) read as"
         " networkerror from the 451 text, not expired"
