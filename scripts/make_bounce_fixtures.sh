@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate tests/data/mta_bounces/: real bounce messages from real MTAs run privately here.
 #
-#   sudo scripts/make_bounce_fixtures.sh [postfix exim opensmtpd sendmail sendmail-mime]
+#   sudo scripts/make_bounce_fixtures.sh [postfix exim opensmtpd sendmail sendmail-mime dma]
 #   (default: all)
 #
 # Each MTA runs from a temp dir on a loopback port with a throwaway config and its own spool,
@@ -462,9 +462,55 @@ run_sendmail() { sendmail_instance sendmail False; }
 # Debian's default: the same bounces as a multipart/report with a DSN part.
 run_sendmail_mime() { sendmail_instance sendmail-mime True; }
 
+# ---------------------------------------------------------------------------------------------
+# dma, the DragonFly Mail Agent (Debian dma), unpacked: a small BSD mailer with no SMTP server
+# and no config flag. Its plain-text bounces ("There was an error delivering your mail to
+# <...>", "did not like our final DATA", "Message headers follow.") carry no DSN part. It runs
+# in a nested mount + UTS + PID namespace: /etc/dma/dma.conf comes from an overlay on /etc,
+# its spool is private, and killing the namespace's init ends any delivery still retrying.
+# Only the cases refused outright: dma bounces each recipient separately (no mixed case) and
+# its retry times are compiled in (days), so no expiry; it does no local delivery check.
+
+run_dma() {
+    local dir=$WORK/dma pid case
+    unpack dma
+    start_server dma
+    mkdir -p "$dir/etc-up/dma" "$dir/etc-work" "$dir/spool/dma" "$dir/msgs"
+    chgrp mail "$dir/spool/dma"
+    chmod 2770 "$dir/spool/dma"
+    printf 'SMARTHOST 127.0.0.1\nPORT %s\nMAILNAME mx.dma.test\n' "$SINK" \
+        >"$dir/etc-up/dma/dma.conf"
+    local -A rcpt=(
+        [userunknown-rcpt]=unknown-rcpt@dest.test [userunknown-data]=unknown-data@dest.test
+        [mailboxfull]=full@dest.test [norelaying]=someone@norelay.test
+        [authfailure]=dmarc@dest.test
+    )
+    for case in "${!rcpt[@]}"; do
+        "${TOOLS[@]}" message --case "$case" "${rcpt[$case]}" >"$dir/msgs/$case.eml"
+        echo "${rcpt[$case]}" >"$dir/msgs/$case.rcpt"
+    done
+    unshare --mount --uts --pid --fork --kill-child --propagation private sh -c '
+        hostname mx.dma.test
+        mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1/etc-up,workdir=$1/etc-work" /etc
+        mount --bind "$1/spool" /var/spool
+        for msg in "$1"/msgs/*.eml; do
+            "$2" -f sender@sender.test "$(cat "${msg%.eml}.rcpt")" <"$msg"
+        done
+        sleep 300' sh "$dir" "$WORK/root/usr/sbin/dma" >"$dir/dma.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    "${TOOLS[@]}" wait --mbox "$WORK/dma.mbox" --timeout 60 "${!rcpt[@]}" ||
+        { cat "$dir/dma.log" >&2; return 1; }
+    # unshare --fork ignores SIGTERM; on SIGKILL, --kill-child takes the namespace down with it.
+    kill -KILL "$pid"
+    wait "$pid" 2>/dev/null || true
+    "${TOOLS[@]}" split --mbox "$WORK/dma.mbox" --out "$OUT/dma"
+    echo "dma $(deb_version dma)" >>"$WORK/versions"
+}
+
 main() {
     local mtas=("$@")
-    [[ ${#mtas[@]} -eq 0 ]] && mtas=(postfix exim opensmtpd sendmail sendmail-mime)
+    [[ ${#mtas[@]} -eq 0 ]] && mtas=(postfix exim opensmtpd sendmail sendmail-mime dma)
     local mta
     for mta in "${mtas[@]}"; do
         log "$mta"
