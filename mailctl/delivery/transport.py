@@ -28,7 +28,7 @@ from aiosmtplib.errors import (
     SMTPTimeoutError,
 )
 
-from mailctl.config.profiles import Profile, TlsMode, TransportKind
+from mailctl.config.profiles import Profile, TlsMode, TransportKind, is_loopback
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ class Destination:
     tls_required: bool = False
     username: str | None = None
     password: str | None = field(default=None, repr=False)  # never printed
+    allow_plaintext_auth: bool = False  # AUTH without TLS beyond loopback (the profile says so)
     helo: str | None = None
     source_ip: str | None = None
     timeout: float = 30.0
@@ -153,13 +154,22 @@ class Connection:
         try:
             await client.connect()
             await self._greet(client)
+            encrypted = d.tls is TlsMode.IMPLICIT
             if d.tls is TlsMode.STARTTLS:
                 if client.supports_extension("starttls"):
                     await client.starttls(validate_certs=d.validate_certs, tls_context=tls_context)
                     await self._greet(client)  # the session starts over after STARTTLS
+                    encrypted = True
                 elif d.tls_required:
                     client.close()
                     return Reply(None, f"{d.name}: STARTTLS not offered and TLS is required")
+            if d.username and not encrypted and not plaintext_auth_allowed(d, host):
+                client.close()
+                return Reply(
+                    None,
+                    f"{d.name}: no TLS, and AUTH would send the password in cleartext"
+                    " (allow_plaintext_auth: true permits it)",
+                )
             if d.username:
                 await client.login(d.username, d.password or "")
         except SMTPConnectResponseError as exc:
@@ -285,6 +295,11 @@ class Connection:
         self._dead()
 
 
+def plaintext_auth_allowed(destination: Destination, host: str | None = None) -> bool:
+    """AUTH without TLS: to loopback, or where the profile allows it."""
+    return destination.allow_plaintext_auth or is_loopback(host or destination.host)
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return " ".join(text.split())
@@ -311,6 +326,7 @@ def relay_destination(
         tls_required=profile.tls_required,
         username=profile.username,
         password=profile.password(),
+        allow_plaintext_auth=profile.allow_plaintext_auth,
         helo=profile.helo,
         source_ip=source_ip,
         timeout=profile.timeout,
