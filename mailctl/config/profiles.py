@@ -466,7 +466,10 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         options["preflight"] = keys["preflight"].bool()
     if "rules" in keys:
         # Kept raw once valid: replies.rules turns it into the RuleSet the lanes use.
-        raw = yaml.safe_load(yaml.serialize(keys["rules"].node))
+        try:
+            raw = yaml.safe_load(yaml.serialize(keys["rules"].node))
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:
+            raise keys["rules"].error(f"not a valid value: {exc}") from None
         resolve_rules(
             raw, source=f"{keys['rules'].file}:{keys['rules'].line}: profiles.{name}.rules"
         )
