@@ -19,6 +19,7 @@ from typing import Any
 from mailctl.bounces.mailbox import iter_messages
 from mailctl.bounces.parse import Kind, Report, parse_message
 from mailctl.errors import BounceParseError, InputError, InvalidAddress
+from mailctl.files import PrivateCsvWriter, private_text_file
 from mailctl.message.tracking import TRACKING_RE
 from mailctl.recipients.csv_import import normalise_address
 from mailctl.reputation.signals import reported_counts
@@ -272,8 +273,8 @@ def import_suppression_csv(store: Store, path: Path, *, reason: str, now: float)
 
 def export_suppression_csv(store: Store, path: Path, reason: str | None = None) -> int:
     count = 0
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+    with private_text_file(path) as handle:  # 0600, atomic: it holds addresses
+        writer = PrivateCsvWriter(handle)  # cells escaped against spreadsheet formulas
         writer.writerow(
             [
                 "address",

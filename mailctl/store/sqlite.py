@@ -543,8 +543,10 @@ class SqliteStore(_AddressTables):
         """One send run per database. The OS drops the lock when the holder dies."""
         import fcntl
 
+        from mailctl.files import open_lock
+
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        fd = open_lock(lock_path)  # no symlink, no hard link: only our own file is truncated
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
