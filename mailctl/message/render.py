@@ -19,12 +19,17 @@ from urllib.parse import quote
 
 import jinja2
 import jinja2.meta
-from jinja2.sandbox import SandboxedEnvironment
 
 from mailctl.config.campaign import Campaign
 from mailctl.config.profiles import TrafficClass
 from mailctl.errors import TemplateError
 from mailctl.message.dkim import DkimKeyConfig
+from mailctl.message.limits import (
+    LimitedSandbox,
+    TemplateLimitError,
+    render_budget,
+    render_limited,
+)
 from mailctl.message.tracking import TRACKING_HEADER, bounce_address, verp_address
 
 _CRLF = re.compile(r"[\r\n]+")
@@ -178,10 +183,11 @@ class Renderer:
         self.bounce_domain = bounce_domain
         self.verp = verp
         self.plain_from = from_address
-        text_env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
-        html_env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
+        # Sandboxed, with limits on time, size and range (message.limits).
+        text_env = LimitedSandbox(undefined=jinja2.StrictUndefined, autoescape=False)
+        html_env = LimitedSandbox(undefined=jinja2.StrictUndefined, autoescape=True)
         # The unsubscribe URL goes into a header: every value is URL-encoded on the way in.
-        url_env = SandboxedEnvironment(
+        url_env = LimitedSandbox(
             undefined=jinja2.StrictUndefined, autoescape=False, finalize=url_value
         )
         self._templates: dict[str, jinja2.Template] = {}
@@ -244,17 +250,20 @@ class Renderer:
         context["campaign"] = self.campaign.name
         templates = self._templates
         try:
-            unsubscribe_url = (
-                templates["unsubscribe_url"].render(context)
-                if "unsubscribe_url" in templates
-                else None
-            )
-            if unsubscribe_url is not None:
-                unsubscribe_url = _header_safe(unsubscribe_url)
-            context["unsubscribe_url"] = unsubscribe_url or ""
-            subject = templates["subject"].render(context)
-            text = templates["text"].render(context) if "text" in templates else None
-            html = templates["html"].render(context) if "html" in templates else None
+            with render_budget():
+                unsubscribe_url = (
+                    render_limited(templates["unsubscribe_url"], context)
+                    if "unsubscribe_url" in templates
+                    else None
+                )
+                if unsubscribe_url is not None:
+                    unsubscribe_url = _header_safe(unsubscribe_url)
+                context["unsubscribe_url"] = unsubscribe_url or ""
+                subject = render_limited(templates["subject"], context)
+                text = render_limited(templates["text"], context) if "text" in templates else None
+                html = render_limited(templates["html"], context) if "html" in templates else None
+        except TemplateLimitError as exc:
+            raise TemplateError(f"recipient {recipient}: template limit: {exc}") from None
         except jinja2.UndefinedError as exc:
             raise TemplateError(f"recipient {recipient}: {exc.message}") from None
         except jinja2.TemplateError as exc:
