@@ -4,7 +4,7 @@ A campaign's templates come from a file, and their data from a CSV: neither may 
 run or fill memory. `LimitedSandbox` is Jinja2's sandbox with ``range`` bounded, the
 operators that multiply sizes (``*``, ``**``, ``%``) and the widening filters checked before
 they allocate, and every loop over ``range`` watching the clock. `render_limited` renders
-one template with a deadline and an output cap; on a POSIX main thread an interval timer
+one template with a deadline and an output cap; on a POSIX main thread a CPU-time timer
 interrupts any other runaway loop. A template that exceeds a limit raises
 `TemplateLimitError`, which fails that message with the reason.
 
@@ -166,15 +166,21 @@ _alarm_previous: Any = None
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
-    if _budget.armed:  # never raise once the render is over
-        raise TemplateLimitError(f"rendering took over {RENDER_BUDGET:g} s (the render budget)")
-    if callable(_alarm_previous):
-        _alarm_previous(signum, frame)
+    if not _budget.armed:  # never raise once the render is over
+        if callable(_alarm_previous):
+            _alarm_previous(signum, frame)
+        return
+    left = _budget.deadline - time.monotonic()
+    if left > 0:  # other threads' CPU time ran the timer down: wait out the wall time
+        signal.setitimer(signal.ITIMER_VIRTUAL, left)
+        return
+    raise TemplateLimitError(f"rendering took over {RENDER_BUDGET:g} s (the render budget)")
 
 
 def _alarm_ready() -> bool:
-    """The SIGALRM handler, installed once per process (installing costs more than a
-    render); only on the main thread, where Python runs signal handlers."""
+    """The CPU-time alarm (SIGVTALRM: left to its owner SIGALRM, which test runners and
+    others use), installed once per process, since installing costs more than a render.
+    Only on the main thread, where Python runs signal handlers."""
     global _alarm_installed, _alarm_previous
     if threading.current_thread() is not threading.main_thread():
         return False
@@ -182,18 +188,18 @@ def _alarm_ready() -> bool:
         if not hasattr(signal, "setitimer"):
             return False
         try:
-            _alarm_previous = signal.signal(signal.SIGALRM, _on_alarm)
+            _alarm_previous = signal.signal(signal.SIGVTALRM, _on_alarm)
         except ValueError:  # not the main interpreter
             return False
         _alarm_installed = True
-    return signal.getsignal(signal.SIGALRM) is _on_alarm
+    return signal.getsignal(signal.SIGVTALRM) is _on_alarm
 
 
 @contextlib.contextmanager
 def render_budget() -> Iterator[None]:
     """The time budget for one message's rendering (nested uses keep the outer one).
 
-    On the main thread an interval timer interrupts a loop that never reaches a check (a
+    On the main thread a CPU-time timer interrupts a loop that never reaches a check (a
     loop over a long string); elsewhere the checks in range(), calls and output do it.
     """
     if _budget.armed:
@@ -203,14 +209,14 @@ def render_budget() -> Iterator[None]:
     _budget.deadline = time.monotonic() + RENDER_BUDGET
     _budget.armed = True
     if use_timer:
-        signal.setitimer(signal.ITIMER_REAL, RENDER_BUDGET + 0.05)
+        signal.setitimer(signal.ITIMER_VIRTUAL, RENDER_BUDGET)
     try:
         yield
     finally:
         _budget.armed = False
         _budget.deadline = math.inf
         if use_timer:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
 
 
 def render_limited(template: jinja2.Template, context: dict[str, Any]) -> str:
