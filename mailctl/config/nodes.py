@@ -275,8 +275,9 @@ def load_yaml(path: Path) -> Node:
         raise ConfigError(
             f"{path}:{line}: YAML syntax error: {problem}", file=str(path), line=line or None
         ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML error: {exc}", file=str(path)) from None
+    except yaml.YAMLError as exc:  # e.g. a control character the YAML reader refuses
+        problem = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: YAML error: {problem}", file=str(path)) from None
     if root is None:
         raise ConfigError(f"{path}:1: the file is empty", file=str(path), line=1)
     return Node(str(path), root, "")

@@ -36,6 +36,13 @@ _FAST = re.compile(
 )
 
 
+def printable(value: str, limit: int = 260) -> str:
+    """Untrusted text as it may appear in a one-line message: control characters (line
+    breaks, ANSI escapes) as ?, and cut at ``limit`` characters."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in value[: limit + 1])
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def normalise_address(raw: str) -> tuple[str, str]:
     """Trim, lower-case and IDNA-encode the domain; return (address, domain) or raise.
 
@@ -48,37 +55,38 @@ def normalise_address(raw: str) -> tuple[str, str]:
             return address, domain
     if not address:
         raise InvalidAddress("empty address", address=address)
+    shown = printable(address)
     if "@" not in address:
-        raise InvalidAddress(f"'{address}' has no @", address=address)
+        raise InvalidAddress(f"'{shown}' has no @", address=address)
     local, _, domain = address.rpartition("@")
     if not local:
-        raise InvalidAddress(f"'{address}' has an empty local part", address=address)
+        raise InvalidAddress(f"'{shown}' has an empty local part", address=address)
     if len(local) > 64:
-        raise InvalidAddress(f"'{address}': local part longer than 64 characters", address=address)
+        raise InvalidAddress(f"'{shown}': local part longer than 64 characters", address=address)
     if not _LOCAL.match(local):
         if not local.isascii():
             raise InvalidAddress(
-                f"'{address}': non-ASCII local part (needs SMTPUTF8)", address=address
+                f"'{shown}': non-ASCII local part (needs SMTPUTF8)", address=address
             )
-        raise InvalidAddress(f"'{address}': invalid local part", address=address)
+        raise InvalidAddress(f"'{shown}': invalid local part", address=address)
     domain = domain.strip().rstrip(".").lower()
     if not domain:
-        raise InvalidAddress(f"'{address}' has an empty domain", address=address)
+        raise InvalidAddress(f"'{shown}' has an empty domain", address=address)
     if not domain.isascii():
         try:
             domain = idna.encode(domain, uts46=True).decode("ascii")
         except idna.IDNAError as exc:
             raise InvalidAddress(
-                f"'{address}': invalid international domain ({exc})", address=address
+                f"'{shown}': invalid international domain ({exc})", address=address
             ) from None
     labels = domain.split(".")
     if len(labels) < 2:
-        raise InvalidAddress(f"'{address}': domain '{domain}' has no dot", address=address)
+        raise InvalidAddress(f"'{shown}': domain '{printable(domain)}' has no dot", address=address)
     if not all(_LABEL.match(label) for label in labels) or not _TLD.match(labels[-1]):
-        raise InvalidAddress(f"'{address}': invalid domain '{domain}'", address=address)
+        raise InvalidAddress(f"'{shown}': invalid domain '{printable(domain)}'", address=address)
     address = f"{local}@{domain}"
     if len(address) > 254:
-        raise InvalidAddress(f"'{address}': longer than 254 characters", address=address)
+        raise InvalidAddress(f"'{printable(address)}': longer than 254 characters", address=address)
     return address, domain
 
 
@@ -142,7 +150,13 @@ class _DecodedLines:
                     f"(byte {raw[exc.start : exc.start + 1]!r} at column {exc.start + 1}); "
                     "use --encoding, e.g. --encoding latin-1"
                 ) from None
-        tail = decode(b"", final=True)
+        try:
+            tail = decode(b"", final=True)
+        except UnicodeDecodeError:  # the file ends inside a multi-byte character
+            raise InputError(
+                f"{self._name}:{max(self.line, 1)}: cannot decode as {self._encoding} "
+                "(the file ends inside a character); use --encoding, e.g. --encoding latin-1"
+            ) from None
         if tail:
             yield tail
 
@@ -211,7 +225,7 @@ def import_csv(
         if not matches:
             raise InputError(
                 f"{name}:{header_line_no}: no '{email_column or 'email'}' column in the header "
-                f"({', '.join(header)}); use --email-column"
+                f"({printable(', '.join(header))}); use --email-column"
             )
         if len(matches) > 1:
             raise InputError(f"{name}:{header_line_no}: the column '{wanted}' appears twice")
