@@ -1,6 +1,6 @@
 """Accuracy of mailctl's bounce parser on the labelled corpus, with flufl.bounce beside it.
 
-Usage: python bench/bounce_accuracy.py [CORPUS_DIR] [--misses]
+Usage: python bench/bounce_accuracy.py [CORPUS_DIR] [--misses] [--leave-one-family-out]
 
 CORPUS_DIR holds eml/ and labels.json (default: ../shared/corpus/bounces next to the repo).
 Figures:
@@ -10,14 +10,21 @@ Figures:
 - suppress: labelled recipients whose suppress decision matches the label's ``hard`` flag
   (complaints of type abuse/fraud/virus must be suppressed);
 - reason: labelled recipients whose reason matches.
+
+``--leave-one-family-out`` scores each family (the file-name prefix: lhost-postfix, rhost-google,
+arf …) with every rule written from that family turned off, then the whole corpus scored that
+way (each message with its own family's rules off), the mean over families, the worst
+families, and the targets of issue #14 (`lofo_failures`, which the tests use too).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from email import message_from_bytes
 from pathlib import Path
 
@@ -94,9 +101,168 @@ def _flufl_exact(raw: bytes, label: dict) -> bool:
     return all(found & _names(r) for r in labelled)
 
 
+def family_of(file: str) -> str:
+    """The corpus family of a message: its file-name prefix ("lhost-postfix-07.eml")."""
+    return re.sub(r"-\d+\.eml$", "", file)
+
+
+@dataclass
+class Scores:
+    """Figures for a set of labelled messages (see the module docstring)."""
+
+    bounces: int = 0
+    exact: int = 0
+    recipients: int = 0
+    permanent_total: int = 0
+    permanent_ok: int = 0
+    suppress_ok: int = 0
+    reason_ok: int = 0
+
+    def add(self, other: Scores) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def rates(self) -> dict[str, float | None]:
+        def rate(ok: int, total: int) -> float | None:
+            return ok / total if total else None
+
+        return {
+            "recipients": rate(self.exact, self.bounces),
+            "permanent": rate(self.permanent_ok, self.permanent_total),
+            "suppress": rate(self.suppress_ok, self.recipients),
+            "reason": rate(self.reason_ok, self.recipients),
+        }
+
+
+def score(report: Report, label: dict) -> Scores:
+    """One message's contribution to the figures."""
+    result = Scores()
+    category = label["category"]
+    ok, matched = _match(report, label)
+    if category in BOUNCE_CATEGORIES:
+        result.bounces, result.exact = 1, int(ok)
+    elif category != "complaint-arf":
+        return result
+    for index, expected in enumerate(r for r in label["per_recipient"] if r["recipient"]):
+        got: object = matched.get(index)
+        result.recipients += 1
+        if category == "complaint-arf":
+            want_suppress = expected.get("feedback_type") in COMPLAINT_TYPES
+        else:
+            want_suppress = bool(expected["hard"])
+            result.permanent_total += 1
+            result.permanent_ok += got is not None and got.permanent == bool(expected["permanent"])
+        result.suppress_ok += got is not None and got.suppress == want_suppress
+        result.reason_ok += got is not None and got.reason == expected["reason"]
+    return result
+
+
+# Issue #14's targets for the leave-one-family-out figures over the whole corpus.
+LOFO_TARGETS = {"recipients": 0.95, "permanent": 0.93, "suppress": 0.95, "reason": 0.80}
+LOFO_FAMILY_FLOOR = 0.80  # exact recipients, every family
+
+
+@dataclass
+class FamilyRun:
+    """Leave-one-family-out: each family scored with its own rules off, and the whole corpus."""
+
+    families: dict[str, Scores] = field(default_factory=dict)
+    pooled: Scores = field(default_factory=Scores)
+    parse_time: float = 0.0
+    messages: int = 0
+
+    def mean(self) -> dict[str, float]:
+        means = {}
+        for name in LOFO_TARGETS:
+            values = [v for s in self.families.values() if (v := s.rates()[name]) is not None]
+            means[name] = sum(values) / len(values) if values else 0.0
+        return means
+
+    def worst(self, count: int = 5) -> list[tuple[str, Scores]]:
+        ranked = [(f, s) for f, s in self.families.items() if s.bounces or s.recipients]
+
+        def key(item: tuple[str, Scores]) -> tuple[float, float]:
+            rates = item[1].rates()
+            recipients, reason = rates["recipients"], rates["reason"]
+            return (1.0 if recipients is None else recipients, 1.0 if reason is None else reason)
+
+        ranked.sort(key=key)
+        return ranked[:count]
+
+
+def leave_one_family_out(corpus: Path, labels: list[dict]) -> FamilyRun:
+    run = FamilyRun()
+    for label in labels:
+        family = family_of(label["file"])
+        raw = (corpus / "eml" / label["file"]).read_bytes()
+        t0 = time.perf_counter()
+        report = parse_message(raw, label["file"], disabled_families=frozenset({family}))
+        run.parse_time += time.perf_counter() - t0
+        run.messages += 1
+        result = score(report, label)
+        run.families.setdefault(family, Scores()).add(result)
+        run.pooled.add(result)
+    return run
+
+
+def lofo_failures(run: FamilyRun) -> list[str]:
+    """The targets the run misses, in words (empty: all met)."""
+    failures = []
+    rates = run.pooled.rates()
+    for name, target in LOFO_TARGETS.items():
+        value = rates[name]
+        if value is None or value < target:
+            failures.append(f"{name} {value:.1%} < {target:.0%}" if value is not None else name)
+    for family, scores in run.families.items():
+        value = scores.rates()["recipients"]
+        if value is not None and value < LOFO_FAMILY_FLOOR:
+            failures.append(f"{family} recipients {value:.1%} < {LOFO_FAMILY_FLOOR:.0%}")
+    return failures
+
+
+def _pct(value: float | None) -> str:
+    return f"{100 * value:5.1f}%" if value is not None else "   n/a"
+
+
+def print_lofo(corpus: Path, labels: list[dict]) -> int:
+    run = leave_one_family_out(corpus, labels)
+    print(f"leave-one-family-out: {len(run.families)} families, {run.messages} messages")
+    print(
+        f"{'family':24} {'msgs':>4} {'recipients':>10} {'permanent':>9} "
+        f"{'suppress':>8} {'reason':>7}"
+    )
+    for family, scores in sorted(run.families.items()):
+        rates = scores.rates()
+        count = sum(1 for label in labels if family_of(label["file"]) == family)
+        print(
+            f"{family:24} {count:4} {_pct(rates['recipients']):>10} {_pct(rates['permanent']):>9} "
+            f"{_pct(rates['suppress']):>8} {_pct(rates['reason']):>7}"
+        )
+    pooled, mean = run.pooled.rates(), run.mean()
+    print("whole corpus, each family with its own rules off:")
+    for name, target in LOFO_TARGETS.items():
+        print(
+            f"  {name:11} {_pct(pooled[name])}  "
+            f"(mean over families {_pct(mean[name])}; target >= {target:.0%})"
+        )
+    print("worst families (exact recipients, then reason):")
+    for family, scores in run.worst():
+        rates = scores.rates()
+        print(
+            f"  {family:24} recipients {_pct(rates['recipients'])}  reason {_pct(rates['reason'])}"
+        )
+    failures = lofo_failures(run)
+    print("targets: " + ("all met" if not failures else "MISSED: " + "; ".join(failures)))
+    print(f"parse speed: {run.messages / run.parse_time:,.0f} messages/s")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = [a for a in argv if not a.startswith("--")]
     show_misses = "--misses" in argv
+    if "--leave-one-family-out" in argv:
+        corpus = Path(args[0]) if args else REPO.parent / "shared" / "corpus" / "bounces"
+        return print_lofo(corpus, json.loads((corpus / "labels.json").read_text()))
     corpus = Path(args[0]) if args else REPO.parent / "shared" / "corpus" / "bounces"
     labels = json.loads((corpus / "labels.json").read_text())
 

@@ -36,6 +36,14 @@ from mailctl.bounces.freetext import (
     free_text_recipients,
     split_original,
 )
+from mailctl.bounces.generic import (
+    decode_bytes,
+    decode_header_text,
+    is_delivery_report,
+    near_failure,
+    nearest_reply,
+    smtp_replies,
+)
 from mailctl.bounces.mailbox import message_digest
 from mailctl.errors import BounceParseError
 from mailctl.message.tracking import (
@@ -45,9 +53,24 @@ from mailctl.message.tracking import (
     TRACKING_RE_BYTES,
     verp_token,
 )
-from mailctl.replies.classify import Verdict, classify_failure
+from mailctl.replies.classify import (
+    RULE_FAMILIES,
+    Rule,
+    Verdict,
+    classify_failure,
+    rules_without,
+)
 
-__all__ = ["FailedRecipient", "Kind", "Report", "parse_message"]
+__all__ = ["Confidence", "FailedRecipient", "Kind", "Report", "parse_message"]
+
+
+class Confidence(StrEnum):
+    """How a report was read: its standard machine-readable fields (RFC 3464 / 5965), a rule
+    written for one MTA's or provider's format, or only the generic path."""
+
+    DSN = "dsn"
+    MTA_RULE = "mta-rule"
+    GENERIC = "generic"
 
 
 class Kind(StrEnum):
@@ -89,6 +112,7 @@ class Report:
     feedback_type: str | None
     date: str | None
     digest: str
+    confidence: Confidence | None = None  # None: no recipient was read
 
     def to_json(self) -> dict[str, Any]:
         """The stable public shape (``mailctl bounces parse --json``); do not change keys."""
@@ -109,6 +133,7 @@ class Report:
             ],
             "tracking_id": self.tracking_id,
             "original_message_id": self.original_message_id,
+            "confidence": str(self.confidence) if self.confidence else None,
         }
 
 
@@ -165,6 +190,10 @@ _DSN_FIELDS = re.compile(r"^(?:Final-Recipient|Original-Recipient)\s*:", re.I | 
 _SMTP_CODE_IN_BLOCK = re.compile(r"\b[245][0-5]\d[ -]|#[245]\.\d\.\d|\b[245]\.\d{1,3}\.\d{1,3}\b")
 _HTML_TAG = re.compile(r"<(?:[^>\"']|\"[^\"]*\"|'[^']*')*>|&nbsp;|&[a-z]+;", re.I)
 _HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]*>", re.I)
+# Structural rules written from one corpus family (see parse_message's disabled_families).
+_STRUCTURE_FAMILIES = {"jmrp": "arf", "apple-unsubscribe": "arf"}
+# The classifier's table with every family-tagged rule off: what the generic path knows.
+_GENERIC_RULES = rules_without(RULE_FAMILIES)
 _FEEDBACK_COMPLAINT = frozenset({"abuse", "fraud", "virus"})
 _DELIVERED_ACTIONS = frozenset({"delivered", "relayed", "expanded", "deliverable"})
 
@@ -196,11 +225,7 @@ def _decode_part(part: Message) -> str:
         return _clean(raw) if isinstance(raw, str) else ""
     if not isinstance(payload, bytes):
         return ""
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        return payload.decode(charset, "replace")
-    except (LookupError, UnicodeError):
-        return payload.decode("latin-1")
+    return decode_bytes(payload, part.get_content_charset())
 
 
 def _html_to_text(html: str) -> str:
@@ -461,8 +486,15 @@ def _is_autoreply(msg: Message, subject: str) -> bool:
 # Public API
 
 
-def parse_message(raw: bytes, source: str) -> Report:
-    """Parse one message. Never raises on malformed content; BounceParseError if unreadable."""
+def parse_message(
+    raw: bytes, source: str, *, disabled_families: frozenset[str] = frozenset()
+) -> Report:
+    """Parse one message. Never raises on malformed content; BounceParseError if unreadable.
+
+    ``disabled_families`` turns off every rule written from those corpus families (rules
+    tagged in `mailctl.replies.phrases` and ``_STRUCTURE_FAMILIES``): for measuring how the
+    parser does on formats it was not taught.
+    """
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise BounceParseError(f"{source}: not bytes")
     raw = bytes(raw)
@@ -471,17 +503,18 @@ def parse_message(raw: bytes, source: str) -> Report:
     digest = message_digest(raw)
     try:
         msg = BytesParser(policy=compat32).parsebytes(raw)
-        return _parse(msg, raw, source, digest)
+        return _parse(msg, raw, source, digest, disabled_families)
     except BounceParseError:
         raise
     except Exception:  # noqa: BLE001 - malformed MIME must not stop an import of millions
         return Report(source, Kind.UNKNOWN, (), None, None, None, None, None, digest)
 
 
-def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
+def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozenset[str]) -> Report:
+    rules = rules_without(disabled) if disabled else None
     parts = _Parts([], [], [], [], [])
     _collect(msg, parts)
-    subject = _header(msg, "Subject")
+    subject = _clean(decode_header_text(str(msg.get("Subject") or "")))
     date = _header(msg, "Date") or None
     from_header = _header(msg, "From")
 
@@ -497,7 +530,11 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
     tracking, original_id, verp = _tracking(msg, parts.original_headers, tail, raw)
 
     def report(
-        kind: Kind, recipients: list[FailedRecipient], feedback_type: str | None = None
+        kind: Kind,
+        recipients: list[FailedRecipient],
+        feedback_type: str | None = None,
+        *,
+        confidence: Confidence = Confidence.DSN,
     ) -> Report:
         return Report(
             source,
@@ -509,6 +546,7 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
             feedback_type,
             date,
             digest,
+            confidence if recipients else None,
         )
 
     # The sender's own addresses: never failed recipients.
@@ -576,7 +614,7 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
 
     # 1b. Microsoft's JMRP complaints: no ARF part, the complained-about message is attached
     # with X-HmXmrOriginalRecipient naming the complaining recipient.
-    for original in parts.original_headers:
+    for original in parts.original_headers if _STRUCTURE_FAMILIES["jmrp"] not in disabled else ():
         complainer = _header(original, "X-HmXmrOriginalRecipient")
         if complainer:
             addresses = find_addresses(complainer)[:1]
@@ -589,9 +627,13 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
                     for a in addresses
                 ],
                 "abuse",
+                confidence=Confidence.MTA_RULE,
             )
     # 1c. A mail client's one-click unsubscribe (Apple Mail): an opt-out, not a complaint.
-    if _header(msg, "X-Apple-Unsubscribe").lower() == "true":
+    if (
+        _header(msg, "X-Apple-Unsubscribe").lower() == "true"
+        and _STRUCTURE_FAMILIES["apple-unsubscribe"] not in disabled
+    ):
         addresses = find_addresses(from_header)[:1]
         return report(
             Kind.UNKNOWN,
@@ -610,6 +652,7 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
                 for a in addresses
             ],
             "opt-out",
+            confidence=Confidence.MTA_RULE,
         )
 
     # 2. RFC 3464 fields: a delivery-status part, or fields pasted into a text part.
@@ -620,7 +663,7 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
         blocks = _field_blocks(full_text)
     recipient_blocks = [b for b in blocks if "final-recipient" in b or "original-recipient" in b]
     if recipient_blocks:
-        dsn_report: Report = _from_dsn(recipient_blocks, notification, own, report)
+        dsn_report: Report = _from_dsn(recipient_blocks, notification, own, report, rules)
         if dsn_report.recipients:
             return dsn_report
         # Only non-address recipients (Exim's "save to /mail/spool/…"): read the text.
@@ -632,6 +675,15 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
         or msg.get("X-Failed-Recipients")
         or msg.get_content_type() == "multipart/report"
         or _BOUNCE_BODY.search(notification[:5000])
+        or is_delivery_report(
+            envelope_sender=_header(msg, "Return-Path")
+            or (raw[5 : raw.find(b" ", 5)].decode("latin-1") if raw.startswith(b"From ") else ""),
+            from_header=from_header,
+            auto_submitted=_header(msg, "Auto-Submitted"),
+            subject=subject,
+            notification=notification,
+            has_original=bool(parts.original_headers),
+        )
     )
     if _is_autoreply(msg, subject) and not (
         _BOUNCE_SENDER.search(from_header) or msg.get("X-Failed-Recipients")
@@ -640,22 +692,54 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
     if not bounce_like:
         return report(Kind.UNKNOWN, [])
 
-    # 4. Free text.
+    # 4. Free text, read by the generic path (`generic`, `freetext`): no MTA template needed.
     hint = {
         a.lower() for v in msg.get_all("X-Failed-Recipients") or [] for a in find_addresses(str(v))
     }
+    recipients, kind = _from_free_text(
+        notification, own, hint, parts.original_headers, subject, rules
+    )
+    if not recipients:
+        return report(Kind.UNKNOWN, [])
+    confidence = Confidence.GENERIC
+    if rules is not _GENERIC_RULES:
+        # The MTA-specific rules claim the report when they change its reading.
+        generic, _ = _from_free_text(
+            notification, own, hint, parts.original_headers, subject, _GENERIC_RULES
+        )
+        if generic != recipients:
+            confidence = Confidence.MTA_RULE
+    return report(kind, recipients, confidence=confidence)
+
+
+def _from_free_text(
+    notification: str,
+    own: set[str],
+    hint: set[str],
+    originals: list[Message],
+    subject: str,
+    rules: tuple[Rule, ...] | None,
+) -> tuple[list[FailedRecipient], Kind]:
+    """The failed recipients of a free-text report, and whether it is a bounce or a delay."""
     found = free_text_recipients(notification, own, hint)
     if not found and hint:
         found = [Found(a, notification) for a in sorted(hint)]
+    if len(found) > 1:
+        # Several addresses: keep those a failure phrase, an SMTP reply or angle brackets
+        # point at ("<a@b>: 550 …", "delivery to a@b failed"), when that leaves any.
+        lines = notification.splitlines()
+        near = [item for item in found if _near_failure(lines, item.address)]
+        if near:
+            found = near
     if not found:
         # The report names nobody ("Delivery report unavailable", a bare transcript): the
         # returned message's single To address is the one that failed.
-        for original in parts.original_headers[:1]:
+        for original in originals[:1]:
             to = [a for a in find_addresses(_header(original, "To")) if not excluded(a, own)]
             if len(to) == 1:
                 found = [Found(to[0], notification)]
     if not found:
-        return report(Kind.UNKNOWN, [])
+        return [], Kind.UNKNOWN
     delay = bool(_DELAY_BODY.search(subject + "\n" + notification)) and not _PERMANENT_BODY.search(
         notification
     )
@@ -663,21 +747,42 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
         _TEMPORARY_BODY.search(notification) and not _PERMANENT_BODY.search(notification)
     )
     preamble = notification[: notification.find(found[0].address)] if found else notification
+    replies = smtp_replies(notification) if notification else []
     recipients = []
     for item in found:
         action = "delayed" if delay else "failed"
-        verdict = classify_block(item.block, preamble, subject, action, default_permanent)
-        recipients.append(
-            _recipient(
-                item.address, verdict, action, diagnostic_of_block(item.block, item.address), None
-            )
-        )
-    kind = Kind.DELAY if delay else Kind.BOUNCE
-    return report(kind, recipients)
+        block, diagnostic = item.block, diagnostic_of_block(item.block, item.address)
+        position = notification.find(item.address)
+        reply = nearest_reply(replies, max(position, 0)) if replies else None
+        if reply is not None and not _SMTP_CODE_IN_BLOCK.search(block):
+            # The recipient's lines quote no reply: the nearest one in the report is its.
+            block = block + "\n" + notification[reply.start : reply.end]
+            diagnostic = reply.text
+        elif (
+            reply is not None
+            and reply.text.count(" ") > 4
+            and "-" in notification[reply.start : reply.end].split(None, 1)[0]
+        ):
+            diagnostic = reply.text  # a multi-line "550-…" reply: its words, once
+        verdict = classify_block(block, preamble, subject, action, default_permanent, rules)
+        recipients.append(_recipient(item.address, verdict, action, diagnostic, None))
+    return recipients, Kind.DELAY if delay else Kind.BOUNCE
+
+
+def _near_failure(lines: list[str], address: str) -> bool:
+    lowered = address.lower()
+    for index, line in enumerate(lines):
+        if lowered in line.lower() and near_failure(lines, index, address):
+            return True
+    return False
 
 
 def _from_dsn(
-    blocks: list[dict[str, str]], notification: str, own: set[str], report: Any
+    blocks: list[dict[str, str]],
+    notification: str,
+    own: set[str],
+    report: Any,
+    rules: tuple[Rule, ...] | None,
 ) -> Report:
     per_text = (
         {
@@ -721,7 +826,7 @@ def _from_dsn(
             action = "delivered"  # "deliverable" answers a verify request (non-standard wording)
         if action is None:
             action = "failed" if status and status[:1] in "45" else None
-        verdict = classify_failure(status, diagnostic, action, context=text_block)
+        verdict = classify_failure(status, diagnostic, action, context=text_block, rules=rules)
         actions.append(action or "")
         recipients.append(
             _recipient(address, verdict, action, " ".join(diagnostic.split())[:1000], remote_mta)

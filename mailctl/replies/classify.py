@@ -27,7 +27,7 @@ from re import _parser as _sre_parser  # type: ignore[attr-defined]
 from typing import Any
 
 from mailctl.config.provider_rules import ReplyRule, Scope, shipped_rules
-from mailctl.replies.phrases import PHRASE_RULES
+from mailctl.replies.phrases import FAMILY_PHRASES, PHRASE_RULES, PROVIDER_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,47 @@ GENERAL_RULES: tuple[Rule, ...] = tuple(
 
 RULES: tuple[Rule, ...] = PROVIDER_RULES + GENERAL_RULES
 
+# Every family a rule is tagged with (phrases.FAMILY_PHRASES, phrases.PROVIDER_FAMILIES).
+RULE_FAMILIES: frozenset[str] = frozenset(FAMILY_PHRASES) | frozenset(
+    family for families in PROVIDER_FAMILIES.values() for family in families
+)
+_WITHOUT: dict[frozenset[str], tuple[Rule, ...]] = {}
+
+
+def rules_without(families: frozenset[str]) -> tuple[Rule, ...] | None:
+    """The rule table with every rule and phrase written from ``families`` left out (None:
+    nothing is left out, use the default table). For measuring how the classifier does on a
+    family whose own phrasing it was not taught."""
+    families = families & RULE_FAMILIES
+    if not families:
+        return None
+    table = _WITHOUT.get(families)
+    if table is not None:
+        return table
+    off = {pair for family in families for pair in FAMILY_PHRASES.get(family, ())}
+    providers = {name for name, tags in PROVIDER_FAMILIES.items() if families.intersection(tags)}
+    general = []
+    for phrase_rule in PHRASE_RULES:
+        kept = [p for p in phrase_rule.phrases if (phrase_rule.id, p) not in off]
+        if kept:
+            general.append(
+                _rule(
+                    phrase_rule.id,
+                    "|".join(kept),
+                    Scope(phrase_rule.scope),
+                    phrase_rule.permanent,
+                    phrase_rule.reason,
+                    phrase_rule.suppress,
+                )
+            )
+    table = tuple(r for r in PROVIDER_RULES if r.id.partition(".")[0] not in providers) + tuple(
+        general
+    )
+    if len(_WITHOUT) > 64:
+        _WITHOUT.clear()
+    _WITHOUT[families] = table
+    return table
+
 
 _LITERAL = _sre_constants.LITERAL
 _BRANCH = _sre_constants.BRANCH
@@ -243,7 +284,7 @@ def _matcher(rules: tuple[Rule, ...] | None) -> _RuleMatcher:
         return _DEFAULT_MATCHER[0]
     matcher = _MATCHERS.get(rules)
     if matcher is None:
-        if len(_MATCHERS) > 32:
+        if len(_MATCHERS) > 64:
             _MATCHERS.clear()  # callers passing ever-new tables must not grow memory
         matcher = _MATCHERS[rules] = _RuleMatcher(rules)
     return matcher

@@ -4,6 +4,14 @@ Sisimai-style phrase lists: the classifier (`mailctl.replies.classify`) tries th
 provider rules of ``mailctl/data/provider_rules.yaml`` and before the enhanced status code, in
 this order, first match wins. Each phrase is a case-insensitive regular expression.
 
+Families: every rule written from one MTA or provider family of the shared bounce corpus
+(the corpus file-name prefix: ``lhost-postfix``, ``rhost-google``, ``arf`` …) is tagged with it,
+so that ``bench/bounce_accuracy.py --leave-one-family-out`` can score each family with its own
+rules off. ``FAMILY_PHRASES`` lists the phrase alternatives that decide messages of one family
+only on the corpus (rerun the measurement when phrases change: ``python
+scripts/family_phrases.py``); ``PROVIDER_FAMILIES`` tags the provider rules of
+``provider_rules.yaml`` by the provider their id names.
+
 Data only: this module imports nothing from mailctl and holds no logic.
 """
 
@@ -799,7 +807,7 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
             r"transaction failed",
             r"processing error",
             r"error while (?:being )?processed",
-            r"try again",
+            r"try again (?:in|after) \d",  # bare "try again" is advice on any failure
         ),
         T,
         None,
@@ -847,3 +855,74 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
         False,
     ),
 )
+
+
+# The provider rules ("google.no-such-user" …) were written from these providers' own replies:
+# off when any of the provider's families is left out.
+PROVIDER_FAMILIES: dict[str, tuple[str, ...]] = {
+    "google": ("rhost-google", "lhost-gmail", "lhost-googleworkspace"),
+    "yahoo": ("lhost-yahoo",),
+    "microsoft": ("rhost-microsoft", "rhost-outlook", "lhost-outlook", "lhost-office365"),
+}
+
+# Phrases written from one corpus family: the alternatives that, on the shared corpus, decide
+# messages of that family only (measured by scripts/family_phrases.py) and whose wording is one
+# MTA's or provider's own template. Alternatives that also decide one family only but are plain
+# SMTP vocabulary (RFC 5321 reply texts such as "transaction failed", "too many recipients",
+# "mailbox unavailable"; words such as "virus", "quota", "reverse DNS", "relay access denied")
+# are general and stay untagged. Leaving a family out turns its phrases off.
+FAMILY_PHRASES: dict[str, tuple[tuple[str, str], ...]] = {
+    "lhost-exim": (
+        ("text.blocked-ip", r"use the smtp server of your isp"),
+        ("text.expired", r"(?:has|have) been (?:delayed|failing|queued|undeliverable) for"),
+        ("text.hostunknown-strong", r"account or domain may not exist"),
+        ("text.mailererror", r"\|/usr/"),
+        ("text.mailererror", r"pipe to \|"),
+        ("text.rejected-sender", r"mail from"),
+        ("text.sender-rejected", r"unroutable sender"),
+    ),
+    "lhost-ezweb": (
+        ("text.blocked-ip", r"messages from \S+ weren'?t sent"),
+        ("text.blocked-ip", r"too many unwanted messages"),
+    ),
+    "lhost-gmail": (("text.filtered", r"rejected by (?:the )?recipient"),),
+    "lhost-mailru": (
+        ("text.hostunknown", r"unroute?able (?:mail )?(?:address|domain)"),
+        ("text.notaccept-nomx", r"indicated no smtp service"),
+    ),
+    "lhost-notes": (
+        (
+            "text.userunknown-lookup",
+            r"not listed in (?:the )?(?:public )?(?:name (?:&|and) )?address book",
+        ),
+    ),
+    "lhost-office365": (("text.networkerror-dns", r"dns query failed"),),
+    "lhost-outlook": (("text.requireptr-mismatch", r"mismatches client ip"),),
+    "lhost-postfix": (
+        ("text.hostunknown-strong", r"host or domain name not found"),
+        ("text.mailererror", r"command (?:died|failed|output)"),
+        ("text.mailererror", r"procmail"),
+        ("text.networkerror-dns", r"host not found, try again"),
+        ("text.networkerror-dns", r"name service error"),
+        ("text.policyviolation-strong", r"not accepted for policy reasons"),
+        ("text.rejected-sender", r"message rejected: email address is not verified"),
+    ),
+    "lhost-qmail": (("text.notaccept-nomx", r"couldn'?t find a mail exchanger"),),
+    "lhost-sendmail": (
+        ("text.authfailure", r"authentication (?:information|checks?)"),
+        ("text.authfailure", r"unauthenticated (?:email|mail)\b"),
+        ("text.blocked-ip", r"client host rejected"),
+        ("text.expired", r"could not be delivered (?:for|within)"),
+        ("text.expired", r"still (?:trying|retrying|undelivered)"),
+        ("text.policyviolation-strong", r"content presents a potential"),
+        ("text.requireptr", r"ip name lookup failed"),
+    ),
+    "lhost-v5sendmail": (
+        ("text.blocked-ip", r"no access from mail server"),
+        ("text.norelaying", r"insecure mail relay"),
+    ),
+    "lhost-yahoo": (("text.blocked-ip", r"invalid ip for sending"),),
+    "rfc3464": (("text.userunknown-lookup", r"mail\.local: unknown user"),),
+    "rhost-google": (("text.notcompliantrfc", r"rfcmessagenoncompliant"),),
+    "rhost-mimecast": (("text.policyviolation-strong", r"host network not allowed"),),
+}
