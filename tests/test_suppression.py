@@ -178,7 +178,15 @@ def test_bounces_parse_prints_stable_json(capsys) -> None:
     assert lines
     for line in lines:
         obj = json.loads(line)
-        assert set(obj) == {"source", "kind", "recipients", "tracking_id", "original_message_id"}
+        assert set(obj) == {
+            "source",
+            "kind",
+            "recipients",
+            "tracking_id",
+            "original_message_id",
+            "confidence",
+        }
+        assert obj["confidence"] in ("dsn", "mta-rule", "generic", None)
         assert obj["source"].endswith("mbox-1#1") or "#" in obj["source"]
         for r in obj["recipients"]:
             assert set(r) == {

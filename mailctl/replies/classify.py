@@ -443,14 +443,19 @@ _STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
         "data",
         re.compile(
             r"in reply to end of data|after end of data|after data\b|in reply to data command|>>> data\s*\n\s*<<<\s*5|"  # noqa: E501
-            r"smtp command:?\s*\n?\s*data\b|command:\s*data\b|-+\s*smtp command\s*\n\s*data\b",
+            r"smtp command:?\s*\n?\s*data\b|command:\s*data\b|-+\s*smtp command\s*\n\s*data\b|"
+            # Any template's words: "did not like our final DATA", "during the DATA phase".
+            r"(?:did not|didn'?t|does not|doesn'?t) like (?:our |the )?(?:final )?data\b|"
+            r"(?:at|during|after) (?:the )?(?:end of )?data (?:command|stage|phase)",
             re.I,
         ),
     ),
     (
         "mail",
         re.compile(
-            r"in reply to mail from|after mail from|>>> mail from:[^\n]*\n\s*<<<\s*5|sender was rejected",  # noqa: E501
+            r"in reply to mail from|after mail from|>>> mail from:[^\n]*\n\s*<<<\s*5|sender was rejected|"  # noqa: E501
+            r"(?:did not|didn'?t|does not|doesn'?t) like (?:our |the )?(?:mail from|sender)\b|"
+            r"(?:at|during) (?:the )?mail from (?:command|stage|phase)",
             re.I,
         ),
     ),
@@ -470,7 +475,8 @@ _STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
         re.compile(
             r"in reply to rcpt to|after rcpt to|>>> rcpt to:[^\n]*\n\s*<<<\s*[45]|\bsmtp[: ]rcpt\b|"
             r"does not like recipient|progress was rcpt to|rcpt to:?\s*<[^>\s]*>\s*:?\s*[45]\d\d\b|"
-            r"smtp command:?\s*\n?\s*rcpt\b|command:\s*rcpt\b|\[rcpt_to\]",
+            r"smtp command:?\s*\n?\s*rcpt\b|command:\s*rcpt\b|\[rcpt_to\]|"
+            r"(?:at|during) (?:the )?rcpt(?: to)? (?:command|stage|phase)",
             re.I,
         ),
     ),

@@ -88,6 +88,22 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
         False,
     ),
     PhraseRule(
+        # A full mailbox in French, German, Portuguese, Spanish, Japanese.
+        "text.mailboxfull-intl",
+        (
+            r"boîte (?:aux lettres |de réception )?(?:est )?pleine",
+            r"postfach (?:ist )?(?:voll|überfüllt)",
+            r"caixa (?:postal |de correio )?(?:está )?(?:cheia|lotada)",
+            r"buzón (?:está )?lleno",
+            r"(?:メールボックス|メールBOX|受信箱)[^。\n]{0,10}(?:一杯|いっぱい|満杯|容量)",
+            r"容量(?:オーバー|超過|不足)",
+        ),
+        R,
+        None,
+        "mailboxfull",
+        False,
+    ),
+    PhraseRule(
         "text.mesgtoobig",
         (
             r"message (?:is )?too (?:big|large)",
@@ -525,6 +541,23 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
             r"no (?:valid )?recipients",
             r"user (?:\S+ )?(?:is )?not (?:here|local|active)",
             r"rejected: recipient",
+        ),
+        R,
+        None,
+        "userunknown",
+        True,
+    ),
+    PhraseRule(
+        # The same in the languages reports are written in: French, German, Portuguese,
+        # Spanish, Japanese (an address that is not found, does not exist, is unknown).
+        "text.userunknown-intl",
+        (
+            r"(?:adresse|destinataire|utilisateur)[^.\n]{0,60}introuvable",
+            r"(?:adresse|destinataire|utilisateur)[^.\n]{0,40}n'existe pas",
+            r"(?:empfänger|adresse|benutzer|postfach)[^.\n]{0,40}(?:existiert nicht|unbekannt)",
+            r"(?:usuário|usuario|destinatário|endereço)[^.\n]{0,40}(?:não existe|desconhecido|inexistente)",  # noqa: E501
+            r"(?:メールアドレス|アドレス|宛先|ユーザ)[^。\n]{0,20}(?:見つかりません|存在しません|不明)",
+            r"宛先不明",
         ),
         R,
         None,
