@@ -58,6 +58,7 @@ from mailctl.replies.classify import (
     Rule,
     Verdict,
     classify_failure,
+    family_rule_decided,
     rules_without,
 )
 
@@ -696,19 +697,12 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
     hint = {
         a.lower() for v in msg.get_all("X-Failed-Recipients") or [] for a in find_addresses(str(v))
     }
-    recipients, kind = _from_free_text(
+    recipients, kind, claimed = _from_free_text(
         notification, own, hint, parts.original_headers, subject, rules
     )
     if not recipients:
         return report(Kind.UNKNOWN, [])
-    confidence = Confidence.GENERIC
-    if rules is not _GENERIC_RULES:
-        # The MTA-specific rules claim the report when they change its reading.
-        generic, _ = _from_free_text(
-            notification, own, hint, parts.original_headers, subject, _GENERIC_RULES
-        )
-        if generic != recipients:
-            confidence = Confidence.MTA_RULE
+    confidence = Confidence.MTA_RULE if claimed else Confidence.GENERIC
     return report(kind, recipients, confidence=confidence)
 
 
@@ -719,8 +713,9 @@ def _from_free_text(
     originals: list[Message],
     subject: str,
     rules: tuple[Rule, ...] | None,
-) -> tuple[list[FailedRecipient], Kind]:
-    """The failed recipients of a free-text report, and whether it is a bounce or a delay."""
+) -> tuple[list[FailedRecipient], Kind, bool]:
+    """The failed recipients of a free-text report, whether it is a bounce or a delay, and
+    whether an MTA-specific rule claimed it (its reading differs from the generic rules')."""
     found = free_text_recipients(notification, own, hint)
     if not found and hint:
         found = [Found(a, notification) for a in sorted(hint)]
@@ -739,7 +734,7 @@ def _from_free_text(
             if len(to) == 1:
                 found = [Found(to[0], notification)]
     if not found:
-        return [], Kind.UNKNOWN
+        return [], Kind.UNKNOWN, False
     delay = bool(_DELAY_BODY.search(subject + "\n" + notification)) and not _PERMANENT_BODY.search(
         notification
     )
@@ -749,6 +744,7 @@ def _from_free_text(
     preamble = notification[: notification.find(found[0].address)] if found else notification
     replies = smtp_replies(notification) if notification else []
     recipients = []
+    claimed = False
     for item in found:
         action = "delayed" if delay else "failed"
         block, diagnostic = item.block, diagnostic_of_block(item.block, item.address)
@@ -765,8 +761,16 @@ def _from_free_text(
         ):
             diagnostic = reply.text  # a multi-line "550-…" reply: its words, once
         verdict = classify_block(block, preamble, subject, action, default_permanent, rules)
+        if (
+            not claimed
+            and rules is not _GENERIC_RULES
+            and family_rule_decided(verdict, block + "\n" + preamble + "\n" + subject)
+        ):
+            claimed = verdict != classify_block(
+                block, preamble, subject, action, default_permanent, _GENERIC_RULES
+            )
         recipients.append(_recipient(item.address, verdict, action, diagnostic, None))
-    return recipients, Kind.DELAY if delay else Kind.BOUNCE
+    return recipients, Kind.DELAY if delay else Kind.BOUNCE, claimed
 
 
 def _near_failure(lines: list[str], address: str) -> bool:

@@ -443,19 +443,14 @@ _STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
         "data",
         re.compile(
             r"in reply to end of data|after end of data|after data\b|in reply to data command|>>> data\s*\n\s*<<<\s*5|"  # noqa: E501
-            r"smtp command:?\s*\n?\s*data\b|command:\s*data\b|-+\s*smtp command\s*\n\s*data\b|"
-            # Any template's words: "did not like our final DATA", "during the DATA phase".
-            r"(?:did not|didn'?t|does not|doesn'?t) like (?:our |the )?(?:final )?data\b|"
-            r"(?:at|during|after) (?:the )?(?:end of )?data (?:command|stage|phase)",
+            r"smtp command:?\s*\n?\s*data\b|command:\s*data\b|-+\s*smtp command\s*\n\s*data\b",
             re.I,
         ),
     ),
     (
         "mail",
         re.compile(
-            r"in reply to mail from|after mail from|>>> mail from:[^\n]*\n\s*<<<\s*5|sender was rejected|"  # noqa: E501
-            r"(?:did not|didn'?t|does not|doesn'?t) like (?:our |the )?(?:mail from|sender)\b|"
-            r"(?:at|during) (?:the )?mail from (?:command|stage|phase)",
+            r"in reply to mail from|after mail from|>>> mail from:[^\n]*\n\s*<<<\s*5|sender was rejected",  # noqa: E501
             re.I,
         ),
     ),
@@ -475,8 +470,7 @@ _STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
         re.compile(
             r"in reply to rcpt to|after rcpt to|>>> rcpt to:[^\n]*\n\s*<<<\s*[45]|\bsmtp[: ]rcpt\b|"
             r"does not like recipient|progress was rcpt to|rcpt to:?\s*<[^>\s]*>\s*:?\s*[45]\d\d\b|"
-            r"smtp command:?\s*\n?\s*rcpt\b|command:\s*rcpt\b|\[rcpt_to\]|"
-            r"(?:at|during) (?:the )?rcpt(?: to)? (?:command|stage|phase)",
+            r"smtp command:?\s*\n?\s*rcpt\b|command:\s*rcpt\b|\[rcpt_to\]",
             re.I,
         ),
     ),
@@ -489,13 +483,36 @@ _STAGES = tuple(
     (stage, re.compile(p.pattern.replace(" ", r"\s+"), p.flags)) for stage, p in _STAGES
 )
 
+# Any template's own words for the stage: "did not like our final DATA", "during the MAIL
+# FROM phase". Only tried when such a word occurs (most reports have none: keep parsing fast).
+_STAGE_WORDS: dict[str, re.Pattern[str]] = {
+    stage: re.compile(pattern.replace(" ", r"\s+"), re.I)
+    for stage, pattern in (
+        (
+            "data",
+            r"(?:did not|didn'?t|does not|doesn'?t) like (?:our |the )?(?:final )?data\b|"
+            r"(?:at|during|after) (?:the )?(?:end of )?data (?:stage|phase)",
+        ),
+        (
+            "mail",
+            r"(?:did not|didn'?t|does not|doesn'?t) like (?:our |the )?(?:mail from|sender)\b|"
+            r"(?:at|during) (?:the )?mail from (?:stage|phase)",
+        ),
+        ("rcpt", r"(?:at|during) (?:the )?rcpt(?: to)? (?:stage|phase)"),
+    )
+}
+_STAGE_WORD_GUARD = re.compile(r"like|phase|stage", re.I)
+
 
 def smtp_stage(text: str | None) -> str | None:
     """Which command a rejection answered: "data", "mail", "connect", "rcpt" or None."""
     if not text:
         return None
+    words = _STAGE_WORD_GUARD.search(text) is not None
     for stage, pattern in _STAGES:
         if pattern.search(text):
+            return stage
+        if words and stage in _STAGE_WORDS and _STAGE_WORDS[stage].search(text):
             return stage
     return None
 
@@ -759,3 +776,31 @@ def classify_failure(
         rcpt_evidence=True,
         mailbox_proof=mailbox_proof,
     )
+
+
+def _tagged_phrases() -> dict[str, re.Pattern[str]]:
+    by_rule: dict[str, list[str]] = {}
+    for pairs in FAMILY_PHRASES.values():
+        for rule_id, phrase in pairs:
+            by_rule.setdefault(rule_id, []).append(phrase)
+    return {
+        rule_id: re.compile(_lowered_pattern("|".join(phrases)))
+        for rule_id, phrases in by_rule.items()
+    }
+
+
+def family_rule_decided(verdict: Verdict, text: str) -> bool:
+    """Whether a rule written from one corpus family may have decided ``verdict`` on
+    ``text``: a tagged provider's rule did, or one of the rule's family-tagged phrases occurs
+    in the text (then only re-classifying without them tells for sure)."""
+    rule_id = verdict.rule.partition("@")[0]
+    if rule_id in _TAGGED_PROVIDER_RULES:
+        return True
+    phrases = _TAGGED_PHRASES.get(rule_id)
+    return phrases is not None and phrases.search(_flatten(text).lower()) is not None
+
+
+_TAGGED_PROVIDER_RULES = frozenset(
+    r.id for r in PROVIDER_RULES if r.id.partition(".")[0] in PROVIDER_FAMILIES
+)
+_TAGGED_PHRASES = _tagged_phrases()
