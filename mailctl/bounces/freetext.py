@@ -20,7 +20,7 @@ from email.parser import BytesParser
 from email.policy import compat32
 
 from mailctl.message.tracking import TRACKING_RE, VERP_LOCAL_PREFIX
-from mailctl.replies.classify import Rule, Verdict, classify_failure
+from mailctl.replies.classify import Verdict, classify_failure
 
 __all__ = [
     "ADDRESS",
@@ -347,7 +347,7 @@ def classify_block(
     subject: str,
     action: str | None,
     default_permanent: bool,
-    rules: tuple[Rule, ...] | None = None,
+    disabled_families: frozenset[str] = frozenset(),
 ) -> Verdict:
     """The remote server's own reply decides first; the MTA's prose around it only when the
     reply says nothing recognisable (prose like "rejected by the recipient domain" is vaguer)."""
@@ -361,7 +361,12 @@ def classify_block(
     fallback: Verdict | None = None
     for text in candidates:
         verdict = classify_failure(
-            None, text, action, default_permanent=default_permanent, context=block, rules=rules
+            None,
+            text,
+            action,
+            default_permanent=default_permanent,
+            context=block,
+            disabled_families=disabled_families,
         )
         if not verdict.rule.startswith(("class.", "status.")):
             return verdict

@@ -55,11 +55,9 @@ from mailctl.message.tracking import (
 )
 from mailctl.replies.classify import (
     RULE_FAMILIES,
-    Rule,
     Verdict,
     classify_failure,
     family_rule_decided,
-    rules_without,
 )
 
 __all__ = ["Confidence", "FailedRecipient", "Kind", "Report", "parse_message"]
@@ -193,8 +191,6 @@ _HTML_TAG = re.compile(r"<(?:[^>\"']|\"[^\"]*\"|'[^']*')*>|&nbsp;|&[a-z]+;", re.
 _HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]*>", re.I)
 # Structural rules written from one corpus family (see parse_message's disabled_families).
 _STRUCTURE_FAMILIES = {"jmrp": "arf", "apple-unsubscribe": "arf"}
-# The classifier's table with every family-tagged rule off: what the generic path knows.
-_GENERIC_RULES = rules_without(RULE_FAMILIES)
 _FEEDBACK_COMPLAINT = frozenset({"abuse", "fraud", "virus"})
 _DELIVERED_ACTIONS = frozenset({"delivered", "relayed", "expanded", "deliverable"})
 
@@ -512,7 +508,6 @@ def parse_message(
 
 
 def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozenset[str]) -> Report:
-    rules = rules_without(disabled) if disabled else None
     parts = _Parts([], [], [], [], [])
     _collect(msg, parts)
     subject = _clean(decode_header_text(str(msg.get("Subject") or "")))
@@ -664,7 +659,7 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
         blocks = _field_blocks(full_text)
     recipient_blocks = [b for b in blocks if "final-recipient" in b or "original-recipient" in b]
     if recipient_blocks:
-        dsn_report: Report = _from_dsn(recipient_blocks, notification, own, report, rules)
+        dsn_report: Report = _from_dsn(recipient_blocks, notification, own, report, disabled)
         if dsn_report.recipients:
             return dsn_report
         # Only non-address recipients (Exim's "save to /mail/spool/…"): read the text.
@@ -698,7 +693,7 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
         a.lower() for v in msg.get_all("X-Failed-Recipients") or [] for a in find_addresses(str(v))
     }
     recipients, kind, claimed = _from_free_text(
-        notification, own, hint, parts.original_headers, subject, rules
+        notification, own, hint, parts.original_headers, subject, disabled
     )
     if not recipients:
         return report(Kind.UNKNOWN, [])
@@ -712,7 +707,7 @@ def _from_free_text(
     hint: set[str],
     originals: list[Message],
     subject: str,
-    rules: tuple[Rule, ...] | None,
+    disabled: frozenset[str],
 ) -> tuple[list[FailedRecipient], Kind, bool]:
     """The failed recipients of a free-text report, whether it is a bounce or a delay, and
     whether an MTA-specific rule claimed it (its reading differs from the generic rules')."""
@@ -760,14 +755,14 @@ def _from_free_text(
             and "-" in notification[reply.start : reply.end].split(None, 1)[0]
         ):
             diagnostic = reply.text  # a multi-line "550-…" reply: its words, once
-        verdict = classify_block(block, preamble, subject, action, default_permanent, rules)
+        verdict = classify_block(block, preamble, subject, action, default_permanent, disabled)
         if (
             not claimed
-            and rules is not _GENERIC_RULES
+            and disabled != RULE_FAMILIES
             and family_rule_decided(verdict, block + "\n" + preamble + "\n" + subject)
         ):
             claimed = verdict != classify_block(
-                block, preamble, subject, action, default_permanent, _GENERIC_RULES
+                block, preamble, subject, action, default_permanent, RULE_FAMILIES
             )
         recipients.append(_recipient(item.address, verdict, action, diagnostic, None))
     return recipients, Kind.DELAY if delay else Kind.BOUNCE, claimed
@@ -786,7 +781,7 @@ def _from_dsn(
     notification: str,
     own: set[str],
     report: Any,
-    rules: tuple[Rule, ...] | None,
+    disabled: frozenset[str],
 ) -> Report:
     per_text = (
         {
@@ -830,7 +825,9 @@ def _from_dsn(
             action = "delivered"  # "deliverable" answers a verify request (non-standard wording)
         if action is None:
             action = "failed" if status and status[:1] in "45" else None
-        verdict = classify_failure(status, diagnostic, action, context=text_block, rules=rules)
+        verdict = classify_failure(
+            status, diagnostic, action, context=text_block, disabled_families=disabled
+        )
         actions.append(action or "")
         recipients.append(
             _recipient(address, verdict, action, " ".join(diagnostic.split())[:1000], remote_mta)

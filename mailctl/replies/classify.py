@@ -27,7 +27,12 @@ from re import _parser as _sre_parser  # type: ignore[attr-defined]
 from typing import Any
 
 from mailctl.config.provider_rules import ReplyRule, Scope, shipped_rules
-from mailctl.replies.phrases import FAMILY_PHRASES, PHRASE_RULES, PROVIDER_FAMILIES
+from mailctl.replies.phrases import (
+    FAMILY_PHRASES,
+    FAMILY_STAGE_PHRASES,
+    PHRASE_RULES,
+    PROVIDER_FAMILIES,
+)
 
 
 @dataclass(frozen=True)
@@ -140,8 +145,10 @@ GENERAL_RULES: tuple[Rule, ...] = tuple(
 RULES: tuple[Rule, ...] = PROVIDER_RULES + GENERAL_RULES
 
 # Every family a rule is tagged with (phrases.FAMILY_PHRASES, phrases.PROVIDER_FAMILIES).
-RULE_FAMILIES: frozenset[str] = frozenset(FAMILY_PHRASES) | frozenset(
-    family for families in PROVIDER_FAMILIES.values() for family in families
+RULE_FAMILIES: frozenset[str] = (
+    frozenset(FAMILY_PHRASES)
+    | frozenset(FAMILY_STAGE_PHRASES)
+    | frozenset(family for families in PROVIDER_FAMILIES.values() for family in families)
 )
 _WITHOUT: dict[frozenset[str], tuple[Rule, ...]] = {}
 
@@ -443,34 +450,33 @@ _STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
         "data",
         re.compile(
             r"in reply to end of data|after end of data|after data\b|in reply to data command|>>> data\s*\n\s*<<<\s*5|"  # noqa: E501
-            r"smtp command:?\s*\n?\s*data\b|command:\s*data\b|-+\s*smtp command\s*\n\s*data\b",
+            r"command:\s*data\b|-+\s*smtp command\s*\n\s*data\b",
             re.I,
         ),
     ),
     (
         "mail",
         re.compile(
-            r"in reply to mail from|after mail from|>>> mail from:[^\n]*\n\s*<<<\s*5|sender was rejected",  # noqa: E501
+            r"in reply to mail from|after mail from|>>> mail from:[^\n]*\n\s*<<<\s*5",
             re.I,
         ),
     ),
     (
         "connect",
         re.compile(
-            r"after initial connection|in reply to (?:the )?initial greeting|during greeting|greeting wait|"  # noqa: E501
-            r"in reply to (?:ehlo|helo) command|after (?:ehlo|helo)\b|>>> (?:ehlo|helo)[^\n]*\n\s*<<<\s*5",  # noqa: E501
+            r"in reply to (?:the )?initial greeting|during greeting|greeting wait|"
+            r"in reply to (?:ehlo|helo) command|>>> (?:ehlo|helo)[^\n]*\n\s*<<<\s*5",
             re.I,
         ),
     ),
     (
         # Postfix "in reply to RCPT TO command", Exim "after RCPT TO:<a>", a Sendmail
-        # transcript, qmail "does not like recipient" / "most progress was RCPT TO",
-        # "SMTP:RCPT" summaries.
+        # transcript (one family's own words: phrases.FAMILY_STAGE_PHRASES).
         "rcpt",
         re.compile(
-            r"in reply to rcpt to|after rcpt to|>>> rcpt to:[^\n]*\n\s*<<<\s*[45]|\bsmtp[: ]rcpt\b|"
-            r"does not like recipient|progress was rcpt to|rcpt to:?\s*<[^>\s]*>\s*:?\s*[45]\d\d\b|"
-            r"smtp command:?\s*\n?\s*rcpt\b|command:\s*rcpt\b|\[rcpt_to\]",
+            r"in reply to rcpt to|after rcpt to|>>> rcpt to:[^\n]*\n\s*<<<\s*[45]|"
+            r"rcpt to:?\s*<[^>\s]*>\s*:?\s*[45]\d\d\b|"
+            r"smtp command:?\s*\n?\s*rcpt\b|command:\s*rcpt\b",
             re.I,
         ),
     ),
@@ -479,40 +485,86 @@ _STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 # Reports wrap lines anywhere ("(in reply to\n    RCPT TO command)"): any run of white space
 # between the words of a stage phrase will do.
-_STAGES = tuple(
-    (stage, re.compile(p.pattern.replace(" ", r"\s+"), p.flags)) for stage, p in _STAGES
-)
-
-# Any template's own words for the stage: "did not like our final DATA", "during the MAIL
-# FROM phase". Only tried when such a word occurs (most reports have none: keep parsing fast).
-_STAGE_WORDS: dict[str, re.Pattern[str]] = {
-    stage: re.compile(pattern.replace(" ", r"\s+"), re.I)
-    for stage, pattern in (
-        (
-            "data",
-            r"(?:did not|didn'?t|does not|doesn'?t) like (?:our |the )?(?:final )?data\b|"
-            r"(?:at|during|after) (?:the )?(?:end of )?data (?:stage|phase)",
-        ),
-        (
-            "mail",
-            r"(?:did not|didn'?t|does not|doesn'?t) like (?:our |the )?(?:mail from|sender)\b|"
-            r"(?:at|during) (?:the )?mail from (?:stage|phase)",
-        ),
-        ("rcpt", r"(?:at|during) (?:the )?rcpt(?: to)? (?:stage|phase)"),
-    )
+# Any template's own words for the stage, in plain English: "did not like our final DATA",
+# "does not like recipient", "during the MAIL FROM phase", "RCPT TO response", "response to
+# DATA", or the command named as a label next to the failing reply ("SMTP RCPT host: 553 …",
+# "550 5.1.1 …" then "[RCPT TO]").
+_DISLIKE = r"(?:did not|didn'?t|does not|doesn'?t) like (?:our |the |your )?(?:final )?"
+_DURING = r"(?:at|during|after) (?:the )?"
+_ANSWER = r"(?:response|reply|answer)"
+_STAGE_WORDS: dict[str, str] = {
+    "data": rf"{_DISLIKE}data\b|{_DURING}(?:end of )?data (?:stage|phase)|"
+    rf"\bdata (?:command )?{_ANSWER}\b|{_ANSWER} to (?:the )?(?:end of )?data\b",
+    "mail": rf"{_DISLIKE}(?:mail from|sender)\b|{_DURING}mail from (?:stage|phase)|"
+    rf"\bmail from (?:command )?{_ANSWER}\b|{_ANSWER} to (?:the )?mail from\b",
+    "rcpt": rf"{_DISLIKE}(?:recipient|rcpt)|{_DURING}rcpt(?: to)? (?:stage|phase)|"
+    rf"\brcpt(?: to)? (?:command )?{_ANSWER}\b|{_ANSWER} to (?:the )?rcpt\b|"
+    r"\brcpt(?:[ _]?to)?\b[^\n]{0,60}\b[45]\d\d\b|"
+    r"\b[45]\d\d\b[^\n]*\n[ \t]*\[?rcpt(?:[ _]?to)?\]?[ \t]*$",
 }
-_STAGE_WORD_GUARD = re.compile(r"like|phase|stage", re.I)
+# Every stage pattern contains one of its stage's key words: a pattern only runs on a text
+# that has one (parsing must stay fast).
+_STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "data": ("data",),
+    "mail": ("mail", "sender"),
+    "connect": ("greeting", "ehlo", "helo", "connect"),
+    "rcpt": ("rcpt", "recipient"),
+}
+_STAGE_TABLES: dict[frozenset[str], tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...]] = {}
 
 
-def smtp_stage(text: str | None) -> str | None:
-    """Which command a rejection answered: "data", "mail", "connect", "rcpt" or None."""
+def _stage_table(
+    disabled: frozenset[str],
+) -> tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...]:
+    """Per stage, in order: its key words and one pattern (general phrases, any template's
+    words, and the phrases of families not in ``disabled``) over lower-cased text."""
+    table = _STAGE_TABLES.get(disabled)
+    if table is None:
+        extra: dict[str, list[str]] = {}
+        for family, pairs in FAMILY_STAGE_PHRASES.items():
+            if family not in disabled:
+                for stage, phrase in pairs:
+                    extra.setdefault(stage, []).append(phrase)
+        table = tuple(
+            (
+                stage,
+                _STAGE_KEYS[stage],
+                re.compile(
+                    _lowered_pattern(
+                        "|".join(
+                            [
+                                p.pattern,
+                                *extra.get(stage, ()),
+                                *filter(None, [_STAGE_WORDS.get(stage)]),
+                            ]
+                        )
+                    ).replace(" ", r"\s+"),
+                    re.M,
+                ),
+            )
+            for stage, p in _GENERAL_STAGES
+        )
+        if len(_STAGE_TABLES) > 64:
+            _STAGE_TABLES.clear()
+        _STAGE_TABLES[disabled] = table
+    return table
+
+
+_GENERAL_STAGES = _STAGES
+_STAGE_TABLE = _stage_table(frozenset())
+_STAGE_FAMILIES = frozenset(FAMILY_STAGE_PHRASES)
+
+
+def smtp_stage(text: str | None, disabled_families: frozenset[str] = frozenset()) -> str | None:
+    """Which command a rejection answered: "data", "mail", "connect", "rcpt" or None.
+
+    ``disabled_families``: leave out the stage phrases written from those corpus families."""
     if not text:
         return None
-    words = _STAGE_WORD_GUARD.search(text) is not None
-    for stage, pattern in _STAGES:
-        if pattern.search(text):
-            return stage
-        if words and stage in _STAGE_WORDS and _STAGE_WORDS[stage].search(text):
+    lowered = text.lower()
+    disabled = disabled_families & _STAGE_FAMILIES
+    for stage, keys, pattern in _stage_table(disabled) if disabled else _STAGE_TABLE:
+        if any(key in lowered for key in keys) and pattern.search(lowered):
             return stage
     return None
 
@@ -636,6 +688,7 @@ def decide(
     stage: str | None = None,
     rcpt_evidence: bool = False,
     mailbox_proof: bool = False,
+    disabled_families: frozenset[str] = frozenset(),
 ) -> Verdict:
     """The shared decision: text rules, then the enhanced status, then the reply class.
 
@@ -653,7 +706,7 @@ def decide(
         verdict = _verdict(rule.reason, rule.scope, permanent, rule.suppress, status, rule.id)
         return _at_stage(
             _refine(verdict, cls),
-            stage or smtp_stage(text),
+            stage or smtp_stage(text, disabled_families),
             rcpt_evidence=rcpt_evidence,
             mailbox_proof=mailbox_proof,
         )
@@ -670,7 +723,7 @@ def decide(
         )
         return _at_stage(
             _refine(verdict, cls),
-            stage or smtp_stage(text),
+            stage or smtp_stage(text, disabled_families),
             rcpt_evidence=rcpt_evidence,
             mailbox_proof=mailbox_proof,
         )
@@ -731,14 +784,18 @@ def classify_failure(
     default_permanent: bool = True,
     rules: Iterable[Rule] | None = None,
     context: str = "",
+    disabled_families: frozenset[str] = frozenset(),
 ) -> Verdict:
     """Classify one failed recipient of a bounce (DSN fields, or what a free-text bounce said).
 
     ``context`` is the human-readable text around the recipient; only the SMTP command it
-    names (RCPT, DATA, MAIL FROM …) is taken from it.
+    names (RCPT, DATA, MAIL FROM …) is taken from it. ``disabled_families`` leaves out every
+    rule and stage phrase written from those corpus families (`rules_without`).
     """
     diagnostic = diagnostic or ""
-    stage = smtp_stage(diagnostic) or smtp_stage(context)
+    if disabled_families and rules is None:
+        rules = rules_without(disabled_families)
+    stage = smtp_stage(diagnostic, disabled_families) or smtp_stage(context, disabled_families)
     mailbox_proof = bool(_MAILBOX_STATUS.search(context) or _MAILBOX_STATUS.search(diagnostic))
     if status is not None:
         status = parse_enhanced_status(status) or None
@@ -760,6 +817,7 @@ def classify_failure(
             stage=stage,
             rcpt_evidence=True,
             mailbox_proof=mailbox_proof,
+            disabled_families=disabled_families,
         )
         return Verdict(
             verdict.scope, verdict.permanent, verdict.reason, False, verdict.status, verdict.rule
@@ -775,6 +833,7 @@ def classify_failure(
         stage=stage,
         rcpt_evidence=True,
         mailbox_proof=mailbox_proof,
+        disabled_families=disabled_families,
     )
 
 
@@ -793,8 +852,10 @@ def family_rule_decided(verdict: Verdict, text: str) -> bool:
     """Whether a rule written from one corpus family may have decided ``verdict`` on
     ``text``: a tagged provider's rule did, or one of the rule's family-tagged phrases occurs
     in the text (then only re-classifying without them tells for sure)."""
-    rule_id = verdict.rule.partition("@")[0]
+    rule_id, _, stage = verdict.rule.partition("@")
     if rule_id in _TAGGED_PROVIDER_RULES:
+        return True
+    if stage and _TAGGED_STAGES.search(text):
         return True
     phrases = _TAGGED_PHRASES.get(rule_id)
     return phrases is not None and phrases.search(_flatten(text).lower()) is not None
@@ -804,3 +865,7 @@ _TAGGED_PROVIDER_RULES = frozenset(
     r.id for r in PROVIDER_RULES if r.id.partition(".")[0] in PROVIDER_FAMILIES
 )
 _TAGGED_PHRASES = _tagged_phrases()
+_TAGGED_STAGES = re.compile(
+    "|".join(p for pairs in FAMILY_STAGE_PHRASES.values() for _, p in pairs).replace(" ", r"\s+"),
+    re.I,
+)

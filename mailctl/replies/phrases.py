@@ -10,7 +10,8 @@ so that ``bench/bounce_accuracy.py --leave-one-family-out`` can score each famil
 rules off. ``FAMILY_PHRASES`` lists the phrase alternatives that decide messages of one family
 only on the corpus (rerun the measurement when phrases change: ``python
 scripts/family_phrases.py``); ``PROVIDER_FAMILIES`` tags the provider rules of
-``provider_rules.yaml`` by the provider their id names.
+``provider_rules.yaml`` by the provider their id names; ``FAMILY_STAGE_PHRASES`` the SMTP
+stage phrases of one family's template.
 
 Data only: this module imports nothing from mailctl and holds no logic.
 """
@@ -958,4 +959,23 @@ FAMILY_PHRASES: dict[str, tuple[tuple[str, str], ...]] = {
     "rfc3464": (("text.userunknown-lookup", r"mail\.local: unknown user"),),
     "rhost-google": (("text.notcompliantrfc", r"rfcmessagenoncompliant"),),
     "rhost-mimecast": (("text.policyviolation-strong", r"host network not allowed"),),
+}
+
+# Stage phrases (which SMTP command a refusal answered) in one MTA's own template, measured the
+# same way: each names the stage only in messages of one family. The general ones (Postfix's
+# "in reply to RCPT TO command", Exim's "after RCPT TO", Sendmail's transcript) stay in
+# classify._STAGES. family -> ((stage, regex), ...); spaces match any run of white space.
+FAMILY_STAGE_PHRASES: dict[str, tuple[tuple[str, str], ...]] = {
+    "lhost-exim": (
+        ("connect", r"after initial connection"),
+        ("connect", r"after (?:ehlo|helo)\b"),
+    ),
+    "lhost-mfilter": (("data", r"smtp command:?\s*\n?\s*data\b"),),
+    "lhost-qmail": (
+        ("mail", r"sender was rejected"),
+        ("rcpt", r"does not like recipient"),
+        ("rcpt", r"progress was rcpt to"),
+    ),
+    "lhost-x3": (("rcpt", r"\bsmtp[: ]rcpt\b"),),
+    "lhost-yahoo": (("rcpt", r"\[rcpt_to\]"),),
 }
