@@ -1,13 +1,12 @@
 """The generic bounce path: hand-written reports from templates no rule was written for, in
 several languages and encodings; the import's caution with unsure reports; and the
-leave-one-family-out figures (computed by bench/bounce_accuracy.py's own code)."""
+leave-one-family-out figures (the scoring bench/bounce_accuracy.py prints)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import quopri
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,14 @@ from mailctl.bounces.suppression import import_reports
 from mailctl.cli import run
 from mailctl.replies.classify import RULE_FAMILIES, smtp_stage
 from mailctl.store.sqlite import SqliteStore
-
-DATA = Path(__file__).parent / "data" / "bounces"
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-from bounce_accuracy import (  # noqa: E402
+from tests.helpers.bounce_labels import (
     LOFO_TARGETS,
     family_of,
     leave_one_family_out,
     lofo_failures,
 )
+
+DATA = Path(__file__).parent / "data" / "bounces"
 
 # A gateway with its own template: MAILER-DAEMON, a plain subject, free text naming the address
 # in angle brackets, the remote server's multi-line reply, a bare rule line, the original.

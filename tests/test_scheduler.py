@@ -391,6 +391,19 @@ def test_pick_ip_skips_paused_lanes_and_balances_capacity() -> None:
     assert sched.pick_ip(pool, "google", T0, lambda ip, _: 0) is None
 
 
+def test_pick_ip_takes_the_preferred_ip_only_while_it_may_send() -> None:
+    # A greylisted retry goes back to the IP that was greylisted (the receiver keys on it).
+    sched = scheduler()
+    pool = ["192.0.2.10", "192.0.2.11"]
+    assert [sched.pick_ip(pool, "yahoo", T0, prefer="192.0.2.11") for _ in range(3)] == [
+        "192.0.2.11"
+    ] * 3
+    assert sched.pick_ip(pool, "yahoo", T0, lambda ip, _: 0, prefer="192.0.2.11") is None
+    sched.lane("192.0.2.11", "yahoo").on_reply(YAHOO_TSS04, 421, T0, from_receiver=True)
+    assert sched.pick_ip(pool, "yahoo", T0 + 1, prefer="192.0.2.11") == "192.0.2.10"
+    assert sched.pick_ip(pool, "yahoo", T0 + 1, prefer="192.0.2.99") == "192.0.2.10"
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     pool=st.lists(st.sampled_from([f"10.0.0.{i}" for i in range(8)]), min_size=1, max_size=5),
@@ -412,7 +425,7 @@ def test_pick_ip_only_returns_pool_ips_with_capacity(
         assert caps.get(ip) is None or caps[ip] > 0  # type: ignore[operator]
 
 
-def test_next_wake_and_snapshot() -> None:
+def test_next_wake_is_the_earliest_lane_and_snapshot_shows_suspensions() -> None:
     sched = scheduler()
     sched.lane("192.0.2.10", "apple").on_reply(
         "421 [HCM1] Your mail from x.x.x.x was deferred", 421, T0, from_receiver=True
