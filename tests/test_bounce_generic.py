@@ -15,7 +15,8 @@ from mailctl.bounces.generic import decode_bytes, decode_header_text, smtp_repli
 from mailctl.bounces.parse import Confidence, Kind, parse_message
 from mailctl.bounces.suppression import import_reports
 from mailctl.cli import run
-from mailctl.replies.classify import RULE_FAMILIES, smtp_stage
+from mailctl.replies.classify import RULE_FAMILIES
+from mailctl.replies.stages import smtp_stage
 from mailctl.store.sqlite import SqliteStore
 from tests.helpers.bounce_labels import (
     LOFO_TARGETS,
