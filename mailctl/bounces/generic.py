@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import codecs
 import re
+from bisect import bisect_left
 from dataclasses import dataclass
 from email.header import decode_header
 
 __all__ = [
+    "FailingReplies",
     "SmtpReply",
     "decode_bytes",
     "decode_header_text",
     "is_delivery_report",
-    "nearest_reply",
     "near_failure",
     "smtp_replies",
 ]
@@ -189,20 +190,27 @@ def smtp_replies(text: str) -> list[SmtpReply]:
     return replies
 
 
-def nearest_reply(replies: list[SmtpReply], position: int, limit: int = 1500) -> SmtpReply | None:
-    """The failing (4xx/5xx) reply nearest to ``position``, within ``limit`` characters; one
-    after the position wins a tie (reports name the recipient, then what the server said)."""
-    best: tuple[int, int, SmtpReply] | None = None
-    for reply in replies:
-        if reply.code < 400:
-            continue
-        if reply.start >= position:
-            distance, after = reply.start - position, 0
-        else:
-            distance, after = max(0, position - reply.end), 1
-        if distance <= limit and (best is None or (distance, after) < best[:2]):
-            best = (distance, after, reply)
-    return best[2] if best else None
+class FailingReplies:
+    """The failing (4xx/5xx) replies of a text, for finding the one nearest to a position in
+    logarithmic time (a report may list thousands of recipients)."""
+
+    def __init__(self, replies: list[SmtpReply]) -> None:
+        self.replies = [reply for reply in replies if reply.code >= 400]
+        self.starts = [reply.start for reply in self.replies]
+
+    def nearest(self, position: int, limit: int = 1500) -> SmtpReply | None:
+        """The reply nearest to ``position``, within ``limit`` characters; one after the
+        position wins a tie (reports name the recipient, then what the server said)."""
+        index = bisect_left(self.starts, position)
+        best: tuple[int, int, SmtpReply] | None = None
+        if index < len(self.replies):
+            best = (self.replies[index].start - position, 0, self.replies[index])
+        if index > 0:
+            before = self.replies[index - 1]
+            candidate = (max(0, position - before.end), 1, before)
+            if best is None or candidate[:2] < best[:2]:
+                best = candidate
+        return best[2] if best and best[0] <= limit else None
 
 
 def near_failure(lines: list[str], index: int, address: str) -> bool:

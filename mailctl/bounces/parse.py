@@ -43,10 +43,10 @@ from mailctl.bounces.freetext import (
     split_original,
 )
 from mailctl.bounces.generic import (
+    FailingReplies,
     decode_header_text,
     is_delivery_report,
     near_failure,
-    nearest_reply,
     smtp_replies,
 )
 from mailctl.bounces.mailbox import message_digest
@@ -540,8 +540,16 @@ def _from_free_text(
     if len(found) > 1:
         # Several addresses: keep those a failure phrase, an SMTP reply or angle brackets
         # point at ("<a@b>: 550 …", "delivery to a@b failed"), when that leaves any.
+        near_lines = _lines_naming(notification, {item.address.lower() for item in found})
         lines = notification.splitlines()
-        near = [item for item in found if _near_failure(lines, item.address)]
+        near = [
+            item
+            for item in found
+            if any(
+                near_failure(lines, index, item.address)
+                for index in near_lines.get(item.address.lower(), ())
+            )
+        ]
         if near:
             found = near
     if not found:
@@ -560,14 +568,14 @@ def _from_free_text(
         _TEMPORARY_BODY.search(notification) and not _PERMANENT_BODY.search(notification)
     )
     preamble = notification[: notification.find(found[0].address)] if found else notification
-    replies = smtp_replies(notification) if notification else []
+    replies = FailingReplies(smtp_replies(notification) if notification else [])
     recipients = []
     claimed = False
     for item in found:
         action = "delayed" if delay else "failed"
         block, diagnostic = item.block, diagnostic_of_block(item.block, item.address)
         position = notification.find(item.address)
-        reply = nearest_reply(replies, max(position, 0)) if replies else None
+        reply = replies.nearest(max(position, 0))
         if reply is not None and not _SMTP_CODE_IN_BLOCK.search(block):
             # The recipient's lines quote no reply: the nearest one in the report is its.
             block = block + "\n" + notification[reply.start : reply.end]
@@ -591,12 +599,16 @@ def _from_free_text(
     return recipients, Kind.DELAY if delay else Kind.BOUNCE, claimed
 
 
-def _near_failure(lines: list[str], address: str) -> bool:
-    lowered = address.lower()
-    for index, line in enumerate(lines):
-        if lowered in line.lower() and near_failure(lines, index, address):
-            return True
-    return False
+def _lines_naming(text: str, wanted: set[str]) -> dict[str, list[int]]:
+    """The first few line numbers naming each wanted address, in one pass (linear time)."""
+    naming: dict[str, list[int]] = {}
+    for index, line in enumerate(text.splitlines()):
+        if "@" in line:
+            for address in find_addresses(line):
+                key = address.lower()
+                if key in wanted and len(naming.setdefault(key, [])) < 4:
+                    naming[key].append(index)
+    return naming
 
 
 def _from_dsn(
