@@ -29,6 +29,7 @@ from aiosmtplib.errors import (
 )
 
 from mailctl.config.profiles import Profile, TlsMode, TransportKind, is_loopback
+from mailctl.untrusted import printable
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,8 @@ _INVALID_RESPONSE = -1
 
 def _reply(code: int | None, message: str, stage: str | None = None, **flags: bool) -> Reply:
     text = " ".join(line.strip() for line in (message or "").splitlines() if line.strip())
-    text = _printable(text)[:_MAX_REPLY_TEXT]
+    text = printable(text, _MAX_REPLY_TEXT)
     return Reply(code, f"{code} {text}".strip() if code is not None else text, stage, **flags)
-
-
-def _printable(text: str) -> str:
-    """Control characters (ANSI escapes among them) out of a server's words."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def _protocol_error(code: int, message: str, stage: str) -> Reply:

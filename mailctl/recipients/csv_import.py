@@ -20,6 +20,7 @@ import idna
 from mailctl.errors import InputError, InvalidAddress
 from mailctl.files import PrivateCsvWriter, private_text_file, refuse_same_file
 from mailctl.store.base import Store
+from mailctl.untrusted import printable
 
 BATCH = 5000
 
@@ -34,13 +35,6 @@ _TLD = re.compile(r"^(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})$")
 _FAST = re.compile(
     rf"{_ATOM}(?:\.{_ATOM})*@(?:[a-z0-9](?:[a-z0-9-]{{0,61}}[a-z0-9])?\.)+[a-z]{{2,63}}"
 )
-
-
-def printable(value: str, limit: int = 260) -> str:
-    """Untrusted text as it may appear in a one-line message: control characters (line
-    breaks, ANSI escapes) as ?, and cut at ``limit`` characters."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in value[: limit + 1])
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def normalise_address(raw: str) -> tuple[str, str]:
