@@ -227,3 +227,21 @@ def test_500_line_too_long_fails_the_message_and_never_stops_the_campaign(
     assert server.dots == 3  # every message was tried: the campaign went on
     assert campaign_status(ws) == "done"
     assert {row[:3] for row in rows(ws)} == {("failed", "contenterror", "500 Line too long")}
+
+
+def test_lines_starting_with_a_dot_arrive_intact(
+    hostile_server: Start, tmp_path: Path, capsys
+) -> None:
+    server = hostile_server(Script())
+    ws = workspace(tmp_path, server.port, rows=1)
+    campaign = (ws / "c.yaml").read_text()
+    (ws / "c.yaml").write_text(
+        campaign.replace('html: "<p>Hi {{ first_name }}</p>"\n', "").replace(
+            'text: "Hi {{ first_name }}, unsubscribe at {{ unsubscribe_url }}"',
+            'text: "first\\n.\\n..two dots\\nlast"',
+        )
+    )
+    result = send_json(ws, capsys)
+    assert result["sent"] == 1
+    body = server.messages[0].split(b"\r\n\r\n", 1)[1]
+    assert body == b"first\r\n.\r\n..two dots\r\nlast\r\n"

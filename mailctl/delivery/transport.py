@@ -15,6 +15,7 @@ duplicate.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from dataclasses import dataclass, field
 
@@ -80,13 +81,16 @@ def _protocol_error(code: int, message: str, stage: str) -> Reply:
     return _reply(None, f"protocol error: {what}: {message}", stage, protocol_error=True)
 
 
+_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
 def _dot_stuffed(data: bytes) -> bytes:
     """The message as sent after DATA: CRLF line ends, leading dots doubled, the final dot."""
-    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    body = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
-    return body + (b"\r\n" if lines else b"") + b".\r\n"
+    data = _LEADING_DOT.sub(b"..", _LINE_ENDS.sub(b"\r\n", data))
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
 
 
 @dataclass(frozen=True)
