@@ -82,3 +82,19 @@ def test_allowed_cleartext_auth_is_said_in_the_run(tmp_path: Path, monkeypatch) 
         " the password can be read on the way"
     )
     assert not any("hunter2" in line for line in said)
+
+
+def test_send_warns_on_stderr_when_cleartext_auth_is_allowed(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("RELAY_PW", "hunter2-secret")
+    ws = make_workspace(tmp_path, 1, rows=1)
+    relay(ws, "192.0.2.1", "allow_plaintext_auth: true\n")
+    code = cli(ws, "send", str(ws / "c.yaml"), "--json")
+    err = capsys.readouterr().err
+    assert code == 0
+    assert (
+        "Warning: AUTH to 192.0.2.1:2525 may go in cleartext (allow_plaintext_auth: true):"
+        " the password can be read on the way\n"
+    ) in err
+    assert "hunter2" not in err

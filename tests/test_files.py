@@ -133,3 +133,30 @@ def test_sandbox_outbox_messages_are_private(tmp_path: Path, capsys) -> None:
     assert {mode(path) for path in delivered} == {0o600}
     assert list((ws / "outbox" / "tmp").iterdir()) == []
     assert b"To: user0@example.com" in b"".join(path.read_bytes() for path in delivered)
+
+
+def test_recipients_import_refuses_rejects_naming_its_input(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    ws = make_workspace(tmp_path, 2525, rows=20_000)
+    monkeypatch.chdir(ws)
+    with (ws / "list.csv").open("a") as handle:
+        handle.write("not-an-address,x\nalso bad,y\n")
+    before = (ws / "list.csv").read_bytes()
+    code = cli(ws, "recipients", "import", str(ws / "list.csv"), "--rejects", "list.csv")
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err == (
+        f"Error: list.csv: is the input file {ws / 'list.csv'}; choose another output\n"
+    )
+    assert (ws / "list.csv").read_bytes() == before
+
+
+def test_the_html_report_is_private(tmp_path: Path, capsys, monkeypatch) -> None:
+    ws = make_workspace(tmp_path, 2525, rows=1)
+    monkeypatch.chdir(ws)
+    assert cli(ws, "recipients", "import", "list.csv", "--list", "l", "-q") == 0
+    page = ws / "report.html"
+    assert cli(ws, "report", "--html", str(page)) == 0, capsys.readouterr().err
+    assert mode(page) == 0o600
+    assert page.read_text().lstrip().lower().startswith("<!doctype html>")

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from mailctl import __version__
 from mailctl.cli import console
@@ -149,7 +150,7 @@ def recipients_import(
     from mailctl.recipients.csv_import import RejectsWriter, import_csv
 
     console.set_quiet(quiet or json_output)
-    rejects_writer = RejectsWriter(rejects) if rejects else None
+    rejects_writer = RejectsWriter(rejects, inputs=(file,)) if rejects else None
     shown = 0
 
     def on_reject(reject: Any, header: list[str]) -> None:
@@ -463,6 +464,7 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
                 options=options,
                 sandbox_port=sandbox.port if sandbox else None,
                 on_progress=on_progress,
+                on_event=_engine_warning,
             )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -1313,10 +1315,13 @@ def warmup_plan(
             console.out.print(f"{title}: warm (no warm-up setting); only lane limits apply")
             continue
         console.out.print(
-            f"[bold]{title}[/bold]: {setting.name} to {setting.target_daily:,}/day, "
-            f"stage {state.stage}/{state.stages}, {state.status.value}; today's cap "
-            f"{state.cap_today if state.cap_today is not None else '-'}; target reached "
-            f"{p.target_reached_on or 'not in sight'}"
+            Text.assemble(
+                (title, "bold"),
+                f": {setting.name} to {setting.target_daily:,}/day, "
+                f"stage {state.stage}/{state.stages}, {state.status.value}; today's cap "
+                f"{state.cap_today if state.cap_today is not None else '-'}; target reached "
+                f"{p.target_reached_on or 'not in sight'}",
+            )
         )
         table = Table(
             "day",
@@ -1516,6 +1521,12 @@ def warmup_reset(ip: Annotated[str, typer.Argument(help="Sending IP.")]) -> None
 # --------------------------------------------------------------------------- check and dkim
 
 
+def _engine_warning(message: str) -> None:
+    """The send loop's warnings (cleartext AUTH allowed by the profile) reach stderr."""
+    if message.startswith("warning: "):
+        console.warn(message.removeprefix("warning: "))
+
+
 def _print_check(report: Any) -> None:
     colour = {"pass": "green", "warn": "yellow", "fail": "bold red"}
     table = Table("check", "subject", "result", "detail", "fix", title="Preflight checks")
@@ -1523,9 +1534,9 @@ def _print_check(report: Any) -> None:
         table.add_row(
             c.id.value,
             c.subject,
-            f"[{colour[c.status.value]}]{c.status.value}[/]",
-            _escape(c.detail),
-            _escape(c.fix or ""),
+            Text(c.status.value, style=colour[c.status.value]),
+            c.detail,
+            c.fix or "",
         )
     console.out.print(table)
     req = Table(
@@ -1538,17 +1549,11 @@ def _print_check(report: Any) -> None:
     for provider, status in report.requirements.items():
         req.add_row(
             str(provider),
-            "[green]met[/]" if status.met else "[red]not met[/]",
+            Text("met", style="green") if status.met else Text("not met", style="red"),
             ", ".join(status.missing),
             ", ".join(status.unchecked),
         )
     console.out.print(req)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 @app.command("check")
@@ -1656,6 +1661,7 @@ def report(
     """
     import time
 
+    from mailctl.files import write_private_text
     from mailctl.report.data import build_report
     from mailctl.report.html import render_html
     from mailctl.report.tables import render_tables
@@ -1665,7 +1671,7 @@ def report(
         _add_warmup_to_report(store, data)
     if html_file is not None:
         try:
-            html_file.write_text(render_html(data), encoding="utf-8")
+            write_private_text(html_file, render_html(data))  # 0600, atomic: it names recipients
         except OSError as exc:
             raise MailctlError(f"{html_file}: cannot write: {exc.strerror}") from None
         console.info(f"wrote {html_file}")
