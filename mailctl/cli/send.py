@@ -1,8 +1,8 @@
 """`mailctl send`: send a campaign, or every active campaign (the cron form).
 
-Part of the CLI: parses, checks DNS first when due, hands the run to
-`mailctl.delivery.run.SendRun` and formats its progress and summary. Must not be imported by
-anything outside mailctl/cli.
+Part of the CLI: parses, calls `mailctl.delivery.preview` (dry run, first-send DNS check),
+hands the run to `mailctl.delivery.run.SendRun` and formats its progress and summary. Must
+not be imported by anything outside mailctl/cli.
 """
 
 from __future__ import annotations
@@ -17,16 +17,11 @@ from rich.table import Table
 from mailctl.cli import console
 from mailctl.cli.context import load_profiles_near, open_store, state
 from mailctl.cli.options import CONTEXT, JsonSummaryOption, QuietOption, SendZoneOption
-from mailctl.config import ProfilesFile, TransportKind, load_campaign, parse_duration
-from mailctl.delivery.campaigns import check_fields, make_renderer
+from mailctl.config import ProfilesFile, parse_duration
 from mailctl.delivery.engine import RunSummary, SendOptions
+from mailctl.delivery.preview import dry_run, first_send_preflight
 from mailctl.delivery.run import SendRun
-from mailctl.dns.preflight import check as run_check
-from mailctl.dns.preflight import resolver_for
 from mailctl.errors import MailctlError, UsageError
-from mailctl.message.render import new_tracking_id
-from mailctl.recipients.csv_import import import_csv
-from mailctl.store.sqlite import Store, resolve_db_path
 
 app = typer.Typer(context_settings=CONTEXT)
 
@@ -115,21 +110,15 @@ def send(
 
 def _preflight(campaign_file: Path, profiles: ProfilesFile, zones: list[Path]) -> None:
     """The fast DNS checks, before a campaign's first send over a relay or direct."""
-    campaign = load_campaign(campaign_file)
-    profile = profiles.get(campaign.profile)
-    if profile.transport is TransportKind.SANDBOX or not profile.preflight:
+    due = first_send_preflight(open_store, campaign_file, profiles, zones)
+    if due is None:
         return
-    if not profile.dns and not zones:
-        return  # a profile with DNS off (rehearsal): check zones with `mailctl check --zone`
-    with open_store() as store:
-        if store.get_campaign(campaign.name) is not None:
-            return  # checked when it started
-    report = run_check(resolver_for(zones), profile, campaign, fast=True)
+    name, report = due
     if report.failed:
         for c in report.failed:
             console.error(f"{c.id.value} {c.subject}: {c.detail}; fix: {c.fix}")
         raise MailctlError(
-            f"preflight failed for {campaign.name} ({len(report.failed)} checks); fix DNS, "
+            f"preflight failed for {name} ({len(report.failed)} checks); fix DNS, "
             "see `mailctl check`, or send with --skip-check"
         )
 
@@ -185,44 +174,20 @@ def _print_summary(summary: RunSummary) -> None:
 
 def _dry_run(campaign_file: Path, profiles: ProfilesFile, show: int) -> None:
     """Render the first messages without touching the database or the network."""
-    campaign = load_campaign(campaign_file)
-    profiles.get(campaign.profile)
-    renderer = make_renderer(campaign, profiles)
-    with Store.open(":memory:") as scratch:
-        if campaign.csv is not None:
-            summary = import_csv(
-                scratch,
-                campaign.csv.path,
-                list_name=campaign.list_key,
-                email_column=campaign.csv.email_column,
-                delimiter=campaign.csv.delimiter,
-                encoding=campaign.csv.encoding,
-            )
-            if summary.invalid:
-                console.warn(f"{summary.invalid} rows of {campaign.csv.path} would be rejected")
-            source = scratch
-        else:
-            db_path = resolve_db_path(state.db)
-            if not db_path.exists():
-                raise MailctlError(
-                    f"{db_path} does not exist, so list '{campaign.list_key}' is empty"
-                )
-            source = Store.open(db_path, migrate=False)
-        check_fields(source, renderer, campaign.list_key)
-        total = source.count_recipients(campaign.list_key)
-        for row in source.iter_recipients(campaign.list_key, limit=show):
-            message = renderer.render(row["email"], row["fields"], new_tracking_id())
-            console.out.print(
-                f"--- MAIL FROM:<{message.envelope_from}> RCPT TO:<{message.recipient}>",
-                markup=False,
-                highlight=False,
-            )
-            console.out.print(
-                message.data.decode("utf-8", errors="replace").replace("\r\n", "\n"),
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
+    preview = dry_run(campaign_file, profiles, db=state.db, show=show, on_warning=console.warn)
+    for message in preview.messages:
+        console.out.print(
+            f"--- MAIL FROM:<{message.envelope_from}> RCPT TO:<{message.recipient}>",
+            markup=False,
+            highlight=False,
+        )
+        console.out.print(
+            message.data.decode("utf-8", errors="replace").replace("\r\n", "\n"),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     console.info(
-        f"dry run: {total} recipients would be queued for {campaign.name}; nothing was sent"
+        f"dry run: {preview.total} recipients would be queued for {preview.campaign}; "
+        "nothing was sent"
     )
