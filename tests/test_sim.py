@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiosmtplib
 import pytest
 
-from mailctl.errors import MailctlError
+from mailctl.errors import MailctlError, SimError
 from mailctl.sim.server import (
     GOOGLE_NO_SUCH_USER,
     GOOGLE_RATE_LIMITED,
@@ -36,7 +36,6 @@ from mailctl.sim.server import (
     Reply,
     SimBehaviour,
     SimConfig,
-    SimError,
     SimEvent,
     Stage,
     Throttle,

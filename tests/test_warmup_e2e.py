@@ -30,13 +30,7 @@ from mailctl.config import load_profiles
 from mailctl.delivery.campaigns import active_jobs, prepare
 from mailctl.delivery.engine import Engine, RunSummary, SendOptions
 from mailctl.reputation.budget import events, history, profile_settings
-from mailctl.reputation.warmup import (
-    WarmupSetting,
-    local_day,
-    provider_cap,
-    state_on,
-    window_allowance,
-)
+from mailctl.reputation.warmup import local_day, provider_cap, state_on, window_allowance
 from mailctl.sim.server import GOOGLE_RATE_LIMITED as GOOGLE_THROTTLE
 from mailctl.sim.server import (
     MICROSOFT_BLOCK_LIST,
@@ -46,6 +40,7 @@ from mailctl.sim.server import (
     ThreadedSimServer,
 )
 from mailctl.store.sqlite import Store
+from mailctl.warmup_schedule import WarmupSetting
 
 COLD, WARM_TX, WARM_MKT = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 PROVIDERS = {

@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mailctl.bounces.parse import BounceParseError, iter_messages, parse_message
+from mailctl.bounces.mailbox import iter_messages
+from mailctl.bounces.parse import parse_message
 from mailctl.bounces.suppression import SoftBouncePolicy, import_reports
 from mailctl.cli import console
 from mailctl.cli.context import open_store
@@ -24,7 +25,7 @@ from mailctl.cli.options import (
     MailboxPaths,
     QuietOption,
 )
-from mailctl.errors import MailctlError
+from mailctl.errors import BounceParseError, MailctlError
 
 app = typer.Typer(
     help="Read bounce and complaint mailboxes (mbox, Maildir, .eml).", context_settings=CONTEXT

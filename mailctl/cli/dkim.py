@@ -14,8 +14,8 @@ import typer
 
 from mailctl.cli import console
 from mailctl.cli.options import CONTEXT
-from mailctl.errors import MailctlError, UsageError
-from mailctl.message.dkim import DkimError, generate_keypair, txt_record
+from mailctl.errors import DkimError, MailctlError, UsageError
+from mailctl.message.dkim import generate_keypair, txt_record
 
 app = typer.Typer(help="DKIM keys.", context_settings=CONTEXT)
 

@@ -22,8 +22,7 @@ from mailctl.bounces.suppression import (
 from mailctl.cli import console
 from mailctl.cli.context import open_store
 from mailctl.cli.options import CONTEXT, JsonLinesOption, JsonOption, ReasonFilterOption
-from mailctl.errors import MailctlError, UsageError
-from mailctl.recipients.csv_import import InvalidAddress
+from mailctl.errors import InvalidAddress, MailctlError, UsageError
 
 app = typer.Typer(help="The suppression list every send honours.", context_settings=CONTEXT)
 

@@ -19,7 +19,8 @@ from mailctl.cli.context import as_of, load_profiles_near, open_store
 from mailctl.cli.options import CONTEXT, IpArgument, JsonOption, OnlyIpOption, OnlyProfileOption
 from mailctl.errors import UsageError
 from mailctl.reputation.status import WarmupIp, status_rows, warmup_ips, warmup_plans
-from mailctl.reputation.warmup import PRESET_NAMES, WarmupPlan
+from mailctl.reputation.warmup import WarmupPlan
+from mailctl.warmup_schedule import PRESET_NAMES
 
 app = typer.Typer(
     help="Per-IP warm-up: the plan, today's caps, and manual start/hold/reset.",

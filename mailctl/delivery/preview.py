@@ -17,7 +17,8 @@ from mailctl.dns.checks import CheckReport
 from mailctl.dns.preflight import check as run_check
 from mailctl.dns.preflight import resolver_for
 from mailctl.errors import MailctlError
-from mailctl.message.render import RenderedMessage, new_tracking_id
+from mailctl.message.render import RenderedMessage
+from mailctl.message.tracking import new_tracking_id
 from mailctl.recipients.csv_import import import_csv
 from mailctl.store.sqlite import Store, resolve_db_path
 

@@ -14,8 +14,9 @@ from typing import Any, NamedTuple
 from mailctl.config import ProfilesFile
 from mailctl.errors import MailctlError
 from mailctl.reputation.budget import WarmupBudget, events, history, profile_settings
-from mailctl.reputation.warmup import WarmupPlan, WarmupSetting, local_day, plan, provider_caps
+from mailctl.reputation.warmup import WarmupPlan, local_day, plan, provider_caps
 from mailctl.store.sqlite import Store
+from mailctl.warmup_schedule import WarmupSetting
 
 
 class WarmupIp(NamedTuple):

@@ -42,7 +42,8 @@ from typing import Any, AnyStr, Self
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailctl.errors import MailctlError
+from mailctl.errors import MailctlError, SimError
+from mailctl.message.tracking import TRACKING_HEADER
 
 try:  # POSIX only: lock the mbox like mailbox.mbox does, so readers never see half a DSN
     import fcntl
@@ -64,7 +65,6 @@ __all__ = [
     "Reply",
     "SimBehaviour",
     "SimConfig",
-    "SimError",
     "SimEvent",
     "SimServer",
     "Stage",
@@ -83,10 +83,6 @@ __all__ = [
 # logging's last resort. The sim never prints, so give that logger a sink (callers may still
 # attach their own handlers).
 logging.getLogger("mail.log").addHandler(logging.NullHandler())
-
-
-class SimError(MailctlError):
-    """The simulated provider is misconfigured or cannot start or stop."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -598,7 +594,7 @@ def _parse_ids(content: bytes) -> tuple[str | None, str | None]:
         value = headers.get(name)
         return None if value is None else " ".join(str(value).split())
 
-    return one("Message-ID"), one("X-Mailctl-ID")
+    return one("Message-ID"), one(TRACKING_HEADER)
 
 
 def _mbox_escape(body: bytes) -> bytes:
