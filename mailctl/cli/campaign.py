@@ -1,12 +1,10 @@
 """`mailctl campaign`: list, show, pause, resume and cancel campaigns.
 
-Part of the CLI: parses, calls the store, formats. Must not be imported by anything outside
-mailctl/cli.
+Part of the CLI: parses, calls `mailctl.delivery.campaign_status` and the store, formats.
+Must not be imported by anything outside mailctl/cli.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import typer
 from rich.table import Table
@@ -14,17 +12,16 @@ from rich.table import Table
 from mailctl.cli import console
 from mailctl.cli.context import open_store
 from mailctl.cli.options import CONTEXT, CampaignName, JsonOption
-from mailctl.errors import MailctlError
-from mailctl.store.sqlite import Store
+from mailctl.delivery.campaign_status import (
+    CANCEL,
+    PAUSE,
+    RESUME,
+    StatusAction,
+    campaign_row,
+    change_status,
+)
 
 app = typer.Typer(help="Inspect and control campaigns.", context_settings=CONTEXT)
-
-
-def _campaign_row(store: Store, name: str) -> dict[str, Any]:
-    row = store.get_campaign(name)
-    if row is None:
-        raise MailctlError(f"no campaign named '{name}' (see `mailctl campaign list`)")
-    return row
 
 
 @app.command("list")
@@ -79,7 +76,7 @@ def campaign_show(
     Example: mailctl campaign show welcome
     """
     with open_store() as store:
-        row = _campaign_row(store, name)
+        row = campaign_row(store, name)
         counts = store.message_counts(row["id"])
         replies = store.top_replies(row["id"])
     data = {
@@ -112,18 +109,11 @@ def campaign_show(
         console.out.print(top)
 
 
-def _set_status(name: str, status: str, allowed_from: tuple[str, ...], verb: str) -> None:
+def _set_status(name: str, action: StatusAction) -> None:
     with open_store() as store:
-        row = _campaign_row(store, name)
-        if row["status"] not in allowed_from:
-            raise MailctlError(f"campaign '{name}' is {row['status']}; cannot {verb} it")
-        store.set_campaign_status(
-            row["id"], status, f"{verb}d by hand" if status != "active" else None
-        )
-        extra = ""
-        if status == "cancelled":
-            extra = f"; {store.cancel_unsent(row['id'])} unsent messages cancelled"
-    console.info(f"campaign {name}: {status}{extra}")
+        cancelled = change_status(store, name, action)
+    extra = "" if cancelled is None else f"; {cancelled} unsent messages cancelled"
+    console.info(f"campaign {name}: {action.status}{extra}")
 
 
 @app.command("pause")
@@ -132,7 +122,7 @@ def campaign_pause(name: CampaignName) -> None:
 
     Example: mailctl campaign pause welcome
     """
-    _set_status(name, "paused", ("active", "done"), "pause")
+    _set_status(name, PAUSE)
 
 
 @app.command("resume")
@@ -141,7 +131,7 @@ def campaign_resume(name: CampaignName) -> None:
 
     Example: mailctl campaign resume welcome
     """
-    _set_status(name, "active", ("paused", "stopped", "active"), "resume")
+    _set_status(name, RESUME)
 
 
 @app.command("cancel")
@@ -150,4 +140,4 @@ def campaign_cancel(name: CampaignName) -> None:
 
     Example: mailctl campaign cancel welcome
     """
-    _set_status(name, "cancelled", ("active", "paused", "stopped", "done"), "cancel")
+    _set_status(name, CANCEL)
