@@ -26,7 +26,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine
 from mailctl.message.tracking import new_tracking_id

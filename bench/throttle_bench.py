@@ -34,7 +34,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, RunSummary
 from mailctl.sim.server import GOOGLE_RATE_LIMITED, SimConfig, ThreadedSimServer, Throttle, preset

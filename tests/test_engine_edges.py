@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_send import FakeClock, cli, db_states, make_workspace, send
 
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, SendOptions
 from mailctl.errors import DnsTimeout

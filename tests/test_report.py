@@ -16,7 +16,7 @@ from rich.console import Console
 from test_send import FakeClock, make_workspace
 
 from mailctl.bounces.suppression import import_reports
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, SendOptions
 from mailctl.errors import MailctlError

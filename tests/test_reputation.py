@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from mailctl.cli import run
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, RunSummary, SendOptions
 from mailctl.sim.server import (

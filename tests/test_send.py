@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailctl.cli import run
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, SendOptions
 from mailctl.message.tracking import TRACKING_RE

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from test_send import FakeClock
 from test_send import cli as cli_in
 
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import active_jobs, prepare
 from mailctl.delivery.engine import Engine, RunSummary, SendOptions
 from mailctl.reputation.budget import events, history, profile_settings

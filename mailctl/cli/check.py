@@ -16,7 +16,7 @@ from rich.table import Table
 from mailctl.cli import console
 from mailctl.cli.context import load_profiles_near
 from mailctl.cli.options import CONTEXT, CheckProfileOption, CheckZoneOption, JsonOption
-from mailctl.config import load_campaign
+from mailctl.config.campaign import load_campaign
 from mailctl.dns.checks import CheckReport
 from mailctl.dns.preflight import check as run_check
 from mailctl.dns.preflight import resolver_for

@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailctl.config import ProfilesFile, find_profiles, load_profiles
+from mailctl.config.profiles import ProfilesFile, find_profiles, load_profiles
 from mailctl.errors import ConfigError, UsageError
 from mailctl.store.sqlite import Store
 

@@ -21,7 +21,7 @@ from mailctl.cli.options import (
     LaneProviderOption,
     ProviderOption,
 )
-from mailctl.config import parse_duration
+from mailctl.config.nodes import parse_duration
 from mailctl.errors import ConfigError, UsageError
 from mailctl.replies.rules import RuleSet, load_rules
 from mailctl.reputation.control import lane_snapshots, resume_lane, suspend_lane

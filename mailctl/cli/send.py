@@ -17,7 +17,8 @@ from rich.table import Table
 from mailctl.cli import console
 from mailctl.cli.context import load_profiles_near, open_store, state
 from mailctl.cli.options import CONTEXT, JsonSummaryOption, QuietOption, SendZoneOption
-from mailctl.config import ProfilesFile, parse_duration
+from mailctl.config.nodes import parse_duration
+from mailctl.config.profiles import ProfilesFile
 from mailctl.delivery.engine import RunSummary, SendOptions
 from mailctl.delivery.preview import dry_run, first_send_preflight
 from mailctl.delivery.run import SendRun

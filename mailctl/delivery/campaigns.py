@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailctl.config import Campaign, ProfilesFile, TrafficClass, load_campaign
+from mailctl.config.campaign import Campaign, load_campaign
+from mailctl.config.profiles import ProfilesFile, TrafficClass
 from mailctl.delivery.engine import CampaignJob
 from mailctl.errors import CampaignChangedError, InputError, MailctlError, TemplateError
 from mailctl.message.render import Renderer

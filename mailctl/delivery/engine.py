@@ -22,7 +22,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from mailctl.config import Campaign, Profile, TlsMode, TransportKind
+from mailctl.config.campaign import Campaign
+from mailctl.config.profiles import Profile, TlsMode, TransportKind
+from mailctl.config.provider_rules import Scope, TlsPolicy
 from mailctl.delivery.transport import Connection, Destination, Reply, relay_destination
 from mailctl.dns.providers import (
     DirectAction,
@@ -35,8 +37,8 @@ from mailctl.dns.providers import (
 )
 from mailctl.errors import StoreError, TemplateError
 from mailctl.message.render import RenderedMessage, Renderer
-from mailctl.replies.classify import Scope, classify_reply, parse_reply_delay
-from mailctl.replies.rules import TlsPolicy, load_rules
+from mailctl.replies.classify import classify_reply, parse_reply_delay
+from mailctl.replies.rules import load_rules
 from mailctl.reputation.budget import WarmupBudget, profile_settings
 from mailctl.reputation.lanes import (
     BreakerPolicy,

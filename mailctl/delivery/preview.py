@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailctl.config import ProfilesFile, TransportKind, load_campaign
+from mailctl.config.campaign import load_campaign
+from mailctl.config.profiles import ProfilesFile, TransportKind
 from mailctl.delivery.campaigns import check_fields, make_renderer
 from mailctl.dns.checks import CheckReport
 from mailctl.dns.preflight import check as run_check

@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, Self
 
-from mailctl.config import ProfilesFile, TransportKind
+from mailctl.config.profiles import ProfilesFile, TransportKind
 from mailctl.delivery.campaigns import Prepared, active_jobs, prepare
 from mailctl.delivery.engine import CampaignJob, Engine, RunSummary, SendOptions
 from mailctl.delivery.transport import Sandbox

@@ -113,8 +113,9 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
+from mailctl.config.provider_rules import Scope, shipped_rules
 from mailctl.errors import MailctlError
-from mailctl.replies.classify import REASON_SCOPE, RULES, Scope
+from mailctl.replies.classify import REASON_SCOPE, RULES
 from mailctl.store.sqlite import MESSAGE_STATES
 
 if TYPE_CHECKING:
@@ -137,14 +138,10 @@ _ANSWERED = ("sent", "bounced", "complained", "failed")
 
 @lru_cache(maxsize=1)
 def _lane_rule_ids() -> frozenset[str]:
-    """Rule ids that are about the lane: the classifier's, and the lane rules' that act on it."""
+    """Rule ids that are about the lane: lane-scoped ones, and provider rules that act on it
+    whatever their scope (Gmail's UnsolicitedMessageError slows the lane)."""
     ids = {rule.id for rule in RULES if rule.scope is Scope.LANE}
-    try:
-        from mailctl.replies.rules import default_rules
-
-        ids |= {rule.id for rule in default_rules().replies if rule.action.affects_lane}
-    except Exception:  # noqa: BLE001 - a broken rules file must not break a report
-        pass
+    ids |= {rule.id for rule in shipped_rules() if rule.action.affects_lane}
     return frozenset(ids)
 
 

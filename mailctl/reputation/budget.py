@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 
-from mailctl.config import Profile
+from mailctl.config.profiles import Profile
 from mailctl.reputation.warmup import (
     DayRecord,
     WarmupEvent,

@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from mailctl.config import ProfilesFile
+from mailctl.config.profiles import ProfilesFile
 from mailctl.errors import MailctlError
 from mailctl.reputation.budget import WarmupBudget, events, history, profile_settings
 from mailctl.reputation.warmup import WarmupPlan, local_day, plan, provider_caps
