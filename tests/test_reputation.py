@@ -38,7 +38,7 @@ from mailctl.sim.server import (
     TlsMode,
     preset,
 )
-from mailctl.store.sqlite import Store
+from mailctl.store.sqlite import SqliteStore
 from tests.test_send import FakeClock
 
 IPS = ("127.0.0.2", "127.0.0.3")
@@ -94,7 +94,7 @@ class Rig:
     def send(self, **options: Any) -> RunSummary:
         """One `mailctl send` run on the fake clock (prepare resumes the campaign)."""
         profiles = load_profiles(self.ws / "profiles.yaml")
-        with Store.open(self.db) as store:
+        with SqliteStore.open(self.db) as store:
             prepared = prepare(store, self.ws / "c.yaml", profiles, now=self.clock.now())
             run_id = store.start_run(1, "test", self.clock.now())
             engine = Engine(

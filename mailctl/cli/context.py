@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailctl.config.profiles import ProfilesFile, find_profiles, load_profiles
-from mailctl.errors import ConfigError, UsageError
-from mailctl.store.sqlite import Store
+from mailctl.errors import ConfigError, MailctlError, UsageError
+from mailctl.store.base import Store
+from mailctl.store.sqlite import SqliteStore, resolve_db_path
 
 
 @dataclass
@@ -26,7 +27,20 @@ state = Globals()
 
 
 def open_store() -> Store:
-    return Store.open(state.db)
+    return SqliteStore.open(state.db)
+
+
+def scratch_store() -> Store:
+    """A database in memory, gone when closed (dry runs: nothing touches the disk)."""
+    return SqliteStore.open(":memory:")
+
+
+def existing_store(list_name: str) -> Store:
+    """The database as it is, to read `list_name` from: never created, migrated or written."""
+    db_path = resolve_db_path(state.db)
+    if not db_path.exists():
+        raise MailctlError(f"{db_path} does not exist, so list '{list_name}' is empty")
+    return SqliteStore.open(db_path, migrate=False)
 
 
 def load_profiles_near(near: Path | None) -> ProfilesFile:

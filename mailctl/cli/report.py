@@ -17,9 +17,11 @@ from mailctl.cli import console
 from mailctl.cli.context import open_store, optional_profiles
 from mailctl.cli.options import CONTEXT, JsonReportOption
 from mailctl.errors import MailctlError
-from mailctl.report.build import build_report, render_html, render_tables
+from mailctl.report.data import build_report
+from mailctl.report.html import render_html
+from mailctl.report.tables import render_tables
 from mailctl.reputation.status import report_warmup
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 
 app = typer.Typer(context_settings=CONTEXT)
 

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from mailctl.cli import console
-from mailctl.cli.context import load_profiles_near, open_store, state
+from mailctl.cli.context import existing_store, load_profiles_near, open_store, scratch_store
 from mailctl.cli.options import CONTEXT, JsonSummaryOption, QuietOption, SendZoneOption
 from mailctl.config.nodes import parse_duration
 from mailctl.config.profiles import ProfilesFile
@@ -175,7 +175,14 @@ def _print_summary(summary: RunSummary) -> None:
 
 def _dry_run(campaign_file: Path, profiles: ProfilesFile, show: int) -> None:
     """Render the first messages without touching the database or the network."""
-    preview = dry_run(campaign_file, profiles, db=state.db, show=show, on_warning=console.warn)
+    preview = dry_run(
+        campaign_file,
+        profiles,
+        scratch_store=scratch_store,
+        existing_store=existing_store,
+        show=show,
+        on_warning=console.warn,
+    )
     for message in preview.messages:
         console.out.print(
             f"--- MAIL FROM:<{message.envelope_from}> RCPT TO:<{message.recipient}>",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailctl.errors import MailctlError
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 
 
 @dataclass(frozen=True)

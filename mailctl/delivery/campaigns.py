@@ -15,7 +15,7 @@ from mailctl.errors import CampaignChangedError, InputError, MailctlError, Templ
 from mailctl.message.render import Renderer
 from mailctl.message.tracking import new_tracking_id
 from mailctl.recipients.csv_import import ImportSummary, import_csv
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 
 
 def content_hash(content: dict[str, Any]) -> str:

@@ -17,11 +17,10 @@ from mailctl.delivery.campaigns import check_fields, make_renderer
 from mailctl.dns.checks import CheckReport
 from mailctl.dns.preflight import check as run_check
 from mailctl.dns.preflight import resolver_for
-from mailctl.errors import MailctlError
 from mailctl.message.render import RenderedMessage
 from mailctl.message.tracking import new_tracking_id
 from mailctl.recipients.csv_import import import_csv
-from mailctl.store.sqlite import Store, resolve_db_path
+from mailctl.store.base import Store
 
 
 @dataclass(frozen=True)
@@ -37,18 +36,19 @@ def dry_run(
     campaign_file: Path,
     profiles: ProfilesFile,
     *,
-    db: str | None,
+    scratch_store: Callable[[], Store],
+    existing_store: Callable[[str], Store],
     show: int,
     on_warning: Callable[[str], None],
 ) -> DryRun:
     """Render the first `show` messages without touching the database or the network.
 
-    A campaign with a CSV is imported into a scratch database; one naming a stored list
-    reads the database `db` (never migrating or writing it)."""
+    A campaign with a CSV is imported into a scratch store (`scratch_store()`); one naming
+    a stored list reads it from `existing_store(list_name)`, which never writes."""
     campaign = load_campaign(campaign_file)
     profiles.get(campaign.profile)
     renderer = make_renderer(campaign, profiles)
-    with Store.open(":memory:") as scratch:
+    with scratch_store() as scratch:
         if campaign.csv is not None:
             summary = import_csv(
                 scratch,
@@ -62,12 +62,7 @@ def dry_run(
                 on_warning(f"{summary.invalid} rows of {campaign.csv.path} would be rejected")
             source = scratch
         else:
-            db_path = resolve_db_path(db)
-            if not db_path.exists():
-                raise MailctlError(
-                    f"{db_path} does not exist, so list '{campaign.list_key}' is empty"
-                )
-            source = Store.open(db_path, migrate=False)
+            source = existing_store(campaign.list_key)
         check_fields(source, renderer, campaign.list_key)
         total = source.count_recipients(campaign.list_key)
         messages = [

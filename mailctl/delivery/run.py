@@ -25,7 +25,7 @@ from mailctl.config.profiles import ProfilesFile, TransportKind
 from mailctl.delivery.campaigns import Prepared, active_jobs, prepare
 from mailctl.delivery.engine import CampaignJob, Engine, RunSummary, SendOptions
 from mailctl.delivery.transport import Sandbox
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 
 Notice = Callable[[str], None]
 # total messages, messages done, sent per second, one dict per lane (Engine.lane_rows)

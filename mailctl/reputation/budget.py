@@ -27,7 +27,7 @@ from mailctl.reputation.warmup import (
     window_allowance,
     window_bounds,
 )
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 from mailctl.warmup_schedule import WarmupSetting
 
 

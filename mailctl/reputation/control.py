@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mailctl.replies.rules import RuleSet
 from mailctl.reputation.lanes import LaneSnapshot, LaneState, Scheduler
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 
 
 def stored_scheduler(store: Store, rules: RuleSet) -> Scheduler:

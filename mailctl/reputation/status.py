@@ -15,7 +15,7 @@ from mailctl.config.profiles import ProfilesFile
 from mailctl.errors import MailctlError
 from mailctl.reputation.budget import WarmupBudget, events, history, profile_settings
 from mailctl.reputation.warmup import WarmupPlan, local_day, plan, provider_caps
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 from mailctl.warmup_schedule import WarmupSetting
 
 
