@@ -19,8 +19,9 @@ from mailctl.cli.context import existing_store, load_profiles_near, open_store, 
 from mailctl.cli.options import CONTEXT, JsonSummaryOption, QuietOption, SendZoneOption
 from mailctl.config.nodes import parse_duration
 from mailctl.config.profiles import ProfilesFile
-from mailctl.delivery.engine import RunSummary, SendOptions
+from mailctl.delivery.context import SendOptions
 from mailctl.delivery.preview import dry_run, first_send_preflight
+from mailctl.delivery.record import RunSummary
 from mailctl.delivery.run import SendRun
 from mailctl.errors import MailctlError, UsageError
 

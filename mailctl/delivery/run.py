@@ -21,10 +21,13 @@ from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, Self
 
+from mailctl.clock import Clock, SystemClock
 from mailctl.config.profiles import ProfilesFile, TransportKind
 from mailctl.delivery.campaigns import Prepared, active_jobs, prepare
-from mailctl.delivery.engine import CampaignJob, Engine, RunSummary, SendOptions
-from mailctl.delivery.transport import Sandbox
+from mailctl.delivery.context import CampaignJob, SendOptions
+from mailctl.delivery.engine import Engine
+from mailctl.delivery.record import RunSummary
+from mailctl.delivery.sandbox import Sandbox
 from mailctl.store.base import Store
 
 Notice = Callable[[str], None]
@@ -51,12 +54,12 @@ class SendRun:
         *,
         on_warning: Notice = _ignore,
         on_info: Notice = _ignore,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
         self.on_warning = on_warning
         self.on_info = on_info
-        self.clock = clock
+        self.clock = clock or SystemClock()
         self.now = 0.0
         self.recovered = 0
         self.prepared: list[Prepared] = []
@@ -64,7 +67,7 @@ class SendRun:
 
     def __enter__(self) -> Self:
         self._exit.enter_context(self.store.send_lock())
-        self.now = self.clock()
+        self.now = self.clock.now()
         self.recovered = self.store.recover_interrupted()
         if self.recovered:
             self.on_warning(
@@ -143,7 +146,7 @@ class SendRun:
         summary.queued = queued
         summary.suppressed += suppressed
         summary.recovered = self.recovered
-        self.store.finish_run(run_id, self.clock(), summary.stop_reason, self.recovered)
+        self.store.finish_run(run_id, self.clock.now(), summary.stop_reason, self.recovered)
         return summary
 
     async def _loop(
@@ -162,7 +165,7 @@ class SendRun:
             sandbox = Sandbox(outbox)
             await sandbox.start()
             self.on_info(f"sandbox: delivering to an embedded SMTP server, Maildir {outbox}/")
-        started = time.monotonic()
+        started = time.monotonic()  # the display's rate: real seconds, whatever the clock
 
         def progress(engine: Engine) -> None:
             if on_progress is None:
@@ -176,6 +179,7 @@ class SendRun:
             self.store,
             jobs,
             run_id=run_id,
+            clock=self.clock,
             options=options,
             sandbox_port=sandbox.port if sandbox else None,
             on_progress=progress,
@@ -183,10 +187,20 @@ class SendRun:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, engine.request_stop)
+
+        async def refresh() -> None:
+            # The engine reports progress as it commits outcomes; this keeps the display
+            # current while the run waits for deferred work (wall time: the display's clock).
+            while True:
+                await asyncio.sleep(0.25)
+                progress(engine)
+
+        refresher = asyncio.create_task(refresh())
         try:
             with live:
                 return await engine.run()
         finally:
+            refresher.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             if sandbox is not None:
