@@ -1,6 +1,7 @@
 """The two consoles: data on stdout, messages and progress on stderr.
 
-Only this module and cli.py print. Library code reports progress through callbacks.
+Only this module and the command modules in mailctl/cli print. Library code reports
+progress through callbacks.
 """
 
 from __future__ import annotations
@@ -39,11 +40,6 @@ class _PlainConsole(Console):
     def render_str(self, text: str, **kwargs: Any) -> Text:
         kwargs["markup"] = False
         return super().render_str(_CONTROL.sub("?", text), **kwargs)
-
-
-def plain(text: object) -> Text:
-    """Untrusted text as a renderable: no markup, control characters as ``?``."""
-    return Text(_CONTROL.sub("?", str(text)))
 
 
 out = _PlainConsole(highlight=False, soft_wrap=False, markup=False)
