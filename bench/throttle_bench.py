@@ -37,7 +37,9 @@ from pathlib import Path
 from mailctl.config import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, RunSummary
-from mailctl.sim.server import GOOGLE_RATE_LIMITED, SimConfig, ThreadedSimServer, Throttle, preset
+from mailctl.sim.behaviours import SimConfig, Throttle, preset
+from mailctl.sim.replies import GOOGLE_RATE_LIMITED
+from mailctl.sim.servers import ThreadedSimServer
 from mailctl.store.sqlite import Store
 
 DOMAINS = {"google": "gmail.example", "microsoft": "outlook.example", "yahoo": "yahoo.example"}

@@ -12,7 +12,9 @@ from typing import Any, Protocol
 
 import pytest
 
-from mailctl.sim.server import SimBehaviour, SimConfig, SimEvent, ThreadedSimServer
+from mailctl.sim.behaviours import SimBehaviour, SimConfig
+from mailctl.sim.events import SimEvent
+from mailctl.sim.servers import ThreadedSimServer
 
 
 class ManualClock:

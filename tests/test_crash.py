@@ -19,7 +19,7 @@ from pathlib import Path
 
 from test_send import make_workspace
 
-from mailctl.sim.server import SimBehaviour
+from mailctl.sim.behaviours import SimBehaviour
 
 
 def start_send(ws: Path, *extra: str) -> subprocess.Popen[str]:

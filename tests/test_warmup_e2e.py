@@ -37,14 +37,10 @@ from mailctl.reputation.warmup import (
     state_on,
     window_allowance,
 )
-from mailctl.sim.server import GOOGLE_RATE_LIMITED as GOOGLE_THROTTLE
-from mailctl.sim.server import (
-    MICROSOFT_BLOCK_LIST,
-    AddressRule,
-    SimBehaviour,
-    SimConfig,
-    ThreadedSimServer,
-)
+from mailctl.sim.behaviours import AddressRule, SimBehaviour, SimConfig
+from mailctl.sim.replies import GOOGLE_RATE_LIMITED as GOOGLE_THROTTLE
+from mailctl.sim.replies import MICROSOFT_BLOCK_LIST
+from mailctl.sim.servers import ThreadedSimServer
 from mailctl.store.sqlite import Store
 
 COLD, WARM_TX, WARM_MKT = "127.0.0.2", "127.0.0.3", "127.0.0.4"

@@ -1704,7 +1704,8 @@ def sim(
 
     Example: mailctl sim --provider google --port 2525 --mbox bounces.mbox
     """
-    from mailctl.sim.server import SimConfig, preset, run_forever
+    from mailctl.sim.behaviours import SimConfig, preset
+    from mailctl.sim.servers import run_forever
 
     config = SimConfig(
         behaviour=preset(provider), host=host, port=port, mbox=mbox, maildir=maildir, jsonl=log

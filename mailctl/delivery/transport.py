@@ -26,7 +26,7 @@ from aiosmtplib.errors import (
 from mailctl.config import Profile, TlsMode, TransportKind
 
 if TYPE_CHECKING:
-    from mailctl.sim.server import SimServer
+    from mailctl.sim.servers import SimServer
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,8 @@ class Sandbox:
         self.port = 0
 
     async def start(self) -> int:
-        from mailctl.sim.server import SimConfig, SimServer
+        from mailctl.sim.behaviours import SimConfig
+        from mailctl.sim.servers import SimServer
 
         for sub in ("tmp", "new", "cur"):  # a Maildir, also when the folder already exists
             (self.outbox / sub).mkdir(parents=True, exist_ok=True)
