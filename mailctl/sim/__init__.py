@@ -11,5 +11,6 @@ throttling and greylisting keep), ``events`` (records and progress events), ``ds
 the mbox), ``handler`` (the aiosmtpd handler and protocol), ``servers`` (running them).
 
 Nothing here prints: progress goes to an ``on_event`` callback. Must not import the CLI,
-delivery, bounces, report, or the domain packages: the sim stands apart from what it tests.
+delivery, bounces or report: the sim stands apart from the code it tests (it may use the
+domain's format definitions and the error family).
 """

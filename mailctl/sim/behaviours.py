@@ -5,8 +5,8 @@ throttling, greylisting, late bounces), the bundled provider presets, :class:`Si
 and how a sim runs) and the per-provider state the throttle and greylisting keep between
 connections (:class:`ThrottleCounter`, :class:`GreylistMemory`).
 
-Must not import aiosmtpd, the handler or the servers, nor anything in mailctl above
-``mailctl.errors``.
+Must not import aiosmtpd, the handler or the servers, nor mailctl's cli, delivery, bounces or
+report.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Owns building an RFC 3464 DSN for one failed recipient, appending messages to an mbox (locked,
 mboxrd-escaped, flushed, so a reader never sees half a DSN) and reading that mbox back.
 
-Must not import aiosmtpd, the handler or the servers, nor anything else in mailctl.
+Must not import aiosmtpd, the handler or the servers, nor mailctl's cli, delivery, bounces or
+report.
 """
 
 from __future__ import annotations

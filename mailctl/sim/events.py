@@ -4,8 +4,8 @@ Owns the records a sim keeps (:class:`Delivery`, :class:`Refusal`, :class:`Bounc
 its :class:`RefusalReason`) and the progress events it hands to an ``on_event`` callback
 (:class:`SimEvent` of a :class:`SimEventKind`): the sim never prints.
 
-Must not import aiosmtpd, the handler or the servers, nor anything in mailctl outside
-``mailctl.sim.behaviours``.
+Must not import aiosmtpd, the handler or the servers, nor mailctl's cli, delivery, bounces or
+report.
 """
 
 from __future__ import annotations

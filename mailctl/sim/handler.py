@@ -4,7 +4,7 @@ Owns :class:`SimHandler` (aiosmtpd's handler hooks plus the provider's records a
 :class:`SimSMTP` (aiosmtpd's protocol plus what it has no hook for: connect-time replies,
 dropped connections, closing after 421 or the per-connection cap, delayed answers).
 
-Must not import the servers module, nor anything in mailctl outside ``mailctl.sim``.
+Must not import the servers module, nor mailctl's cli, delivery, bounces or report.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Two runners share one implementation: :class:`SimServer` runs inside the caller'
 subprocess tests). :func:`run_forever` serves until interrupted, for the CLI. Also owns the
 throwaway certificate for STARTTLS.
 
-Must not import anything in mailctl outside ``mailctl.sim`` and ``mailctl.errors``.
+Must not import mailctl's cli, delivery, bounces or report.
 """
 
 from __future__ import annotations
