@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mailctl.bounces.parse import iter_messages, parse_message  # noqa: E402
+from mailctl.bounces.mailbox import iter_messages  # noqa: E402
+from mailctl.bounces.parse import parse_message  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

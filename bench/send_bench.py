@@ -29,7 +29,7 @@ import aiosmtplib
 from mailctl.config import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine
-from mailctl.message.render import new_tracking_id
+from mailctl.message.tracking import new_tracking_id
 from mailctl.store.sqlite import Store
 
 PARAGRAPH = (

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from mailctl.errors import ConfigError
+from mailctl.warmup_schedule import PRESET_NAMES, WarmupSetting
 
 T = TypeVar("T")
 
@@ -59,7 +60,12 @@ class Node:
 
     def error(self, message: str) -> ConfigError:
         where = f"{self.path}: " if self.path else ""
-        return ConfigError(f"{self.file}:{self.line}: {where}{message}")
+        return ConfigError(
+            f"{self.file}:{self.line}: {where}{message}",
+            file=self.file,
+            line=self.line,
+            key=self.path or None,
+        )
 
     def _child_path(self, key: str | int) -> str:
         if isinstance(key, int):
@@ -189,20 +195,22 @@ def load_yaml(path: Path) -> Node:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        raise ConfigError(f"{path}: file not found", file=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+        raise ConfigError(f"{path}: cannot read: {exc}", file=str(path)) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
         problem = exc.problem or exc.context or "syntax error"
-        raise ConfigError(f"{path}:{line}: YAML syntax error: {problem}") from None
+        raise ConfigError(
+            f"{path}:{line}: YAML syntax error: {problem}", file=str(path), line=line or None
+        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML error: {exc}") from None
+        raise ConfigError(f"{path}: YAML error: {exc}", file=str(path)) from None
     if root is None:
-        raise ConfigError(f"{path}:1: the file is empty")
+        raise ConfigError(f"{path}:1: the file is empty", file=str(path), line=1)
     return Node(str(path), root, "")
 
 
@@ -227,28 +235,10 @@ class TrafficClass(StrEnum):
 
 
 @dataclass(frozen=True)
-class WarmupConfig:
-    """An IP's warm-up as written in profiles.yaml; warmup.py turns it into a schedule."""
-
-    preset: str | None
-    volumes: tuple[int, ...] | None
-    start: dt.date
-    target_daily: int
-    provider_caps: Mapping[str, int] = field(default_factory=dict)
-    provider_shares: Mapping[str, float] = field(default_factory=dict)
-    window_start_hour: int = 0
-    window_end_hour: int = 24
-    timezone: str = "UTC"
-    idle_reset_days: int = 30
-    start_volume: int = 50  # the linear preset's first day
-    linear_days: int = 30  # the linear preset's length
-
-
-@dataclass(frozen=True)
 class SendingIp:
     ip: str
     helo: str | None = None
-    warmup: WarmupConfig | None = None
+    warmup: WarmupSetting | None = None
 
 
 @dataclass(frozen=True)
@@ -305,7 +295,8 @@ class Profile:
         if value is None:
             raise ConfigError(
                 f"{self.source}: profiles.{self.name}.password_env: environment variable "
-                f"{self.password_env} is not set"
+                f"{self.password_env} is not set",
+                key=f"profiles.{self.name}.password_env",
             )
         return value
 
@@ -317,7 +308,8 @@ class Profile:
             return next(iter(self.pools))
         raise ConfigError(
             f"{self.source}: profiles.{self.name}: no pool '{name}' "
-            f"(pools: {', '.join(self.pools) or 'none'})"
+            f"(pools: {', '.join(self.pools) or 'none'})",
+            key=f"profiles.{self.name}",
         )
 
 
@@ -332,7 +324,9 @@ class ProfilesFile:
         profile = self.profiles.get(name)
         if profile is None:
             known = ", ".join(sorted(self.profiles))
-            raise ConfigError(f"{self.path}: no profile named '{name}' (profiles: {known})")
+            raise ConfigError(
+                f"{self.path}: no profile named '{name}' (profiles: {known})", file=str(self.path)
+            )
         profile.password()  # an unset password_env is an error only for the profile in use
         return profile
 
@@ -387,7 +381,7 @@ def _hostname(node: Node) -> str:
     return text.lower()
 
 
-def _warmup(node: Node) -> WarmupConfig:
+def _warmup(node: Node) -> WarmupSetting:
     keys = node.mapping(_WARMUP_KEYS, required={"start", "target_daily"})
     preset = keys["preset"].str() if "preset" in keys else None
     volumes = (
@@ -395,13 +389,10 @@ def _warmup(node: Node) -> WarmupConfig:
     )
     if (preset is None) == (volumes is None):
         raise node.error("give exactly one of 'preset' or 'volumes'")
-    if preset is not None:
-        from mailctl.reputation.warmup import PRESET_NAMES
-
-        if preset not in PRESET_NAMES:
-            raise keys["preset"].error(
-                f"unknown preset '{preset}' (presets: {', '.join(PRESET_NAMES)})"
-            )
+    if preset is not None and preset not in PRESET_NAMES:
+        raise keys["preset"].error(
+            f"unknown preset '{preset}' (presets: {', '.join(PRESET_NAMES)})"
+        )
 
     window_start, window_end, tz = 0, 24, "UTC"
     if "window" in keys:
@@ -420,26 +411,32 @@ def _warmup(node: Node) -> WarmupConfig:
                 ZoneInfo(tz)
             except (ZoneInfoNotFoundError, ValueError):
                 raise window["timezone"].error(f"unknown time zone '{tz}'") from None
-    return WarmupConfig(
-        preset=preset,
-        volumes=volumes,
-        start=keys["start"].date(),
-        target_daily=keys["target_daily"].int(minimum=1),
-        provider_caps={k: v.int(minimum=0) for k, v in keys["provider_caps"].mapping().items()}
-        if "provider_caps" in keys
-        else {},
-        provider_shares={
-            k: v.number(minimum=0, maximum=1) for k, v in keys["provider_shares"].mapping().items()
-        }
-        if "provider_shares" in keys
-        else {},
-        window_start_hour=window_start,
-        window_end_hour=window_end,
-        timezone=tz,
-        idle_reset_days=keys["idle_reset_days"].int(minimum=1) if "idle_reset_days" in keys else 30,
-        start_volume=keys["start_volume"].int(minimum=1) if "start_volume" in keys else 50,
-        linear_days=keys["linear_days"].int(minimum=2) if "linear_days" in keys else 30,
-    )
+    try:
+        return WarmupSetting(
+            preset=preset,
+            volumes=volumes,
+            start=keys["start"].date(),
+            target_daily=keys["target_daily"].int(minimum=1),
+            provider_caps={k: v.int(minimum=0) for k, v in keys["provider_caps"].mapping().items()}
+            if "provider_caps" in keys
+            else {},
+            provider_shares={
+                k: v.number(minimum=0, maximum=1)
+                for k, v in keys["provider_shares"].mapping().items()
+            }
+            if "provider_shares" in keys
+            else {},
+            window_start_hour=window_start,
+            window_end_hour=window_end,
+            timezone=tz,
+            idle_reset_days=keys["idle_reset_days"].int(minimum=1)
+            if "idle_reset_days" in keys
+            else 30,
+            start_volume=keys["start_volume"].int(minimum=1) if "start_volume" in keys else 50,
+            linear_days=keys["linear_days"].int(minimum=2) if "linear_days" in keys else 30,
+        )
+    except ValueError as exc:  # what only the whole setting can check (volumes that decrease)
+        raise node.error(str(exc)) from None
 
 
 def _sending_ip(node: Node) -> SendingIp:
@@ -551,7 +548,7 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         overrides = {}
         for domain, target in keys["mx_override"].mapping().items():
             value = target.str()
-            from mailctl.dns.mx import parse_mx_override
+            from mailctl.dns.providers import parse_mx_override
 
             try:
                 parse_mx_override(value)

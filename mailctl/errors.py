@@ -1,4 +1,13 @@
-"""One exception family. The CLI turns each into a one-line message and an exit code."""
+"""One exception family. The CLI turns each into a one-line message and an exit code.
+
+Every error mailctl raises on purpose is a `MailctlError` defined here. A subclass also
+inherits the matching built-in where one fits (`ValueError`, `ConnectionError`,
+`TimeoutError`), so generic handlers keep working, and it keeps the context a caller needs as
+attributes (`file`, `line`, `key`; `code`, `recipient`; `address`), not only in its message.
+`str(error)` is the message the CLI prints.
+
+A bottom module: it must not import any other mailctl module.
+"""
 
 from __future__ import annotations
 
@@ -9,30 +18,32 @@ class MailctlError(Exception):
     exit_code = 1
 
 
+# --- configuration and usage -----------------------------------------------------------------
+
+
 class ConfigError(MailctlError):
     """A profile, campaign or option is invalid; the message names file, line and key path."""
 
     exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.file = file
+        self.line = line
+        self.key = key
 
 
 class UsageError(MailctlError):
     """The command line asks for something that cannot be done."""
 
     exit_code = 2
-
-
-class InputError(MailctlError):
-    """An input file (CSV, mailbox) cannot be read as a whole."""
-
-
-class StoreError(MailctlError):
-    """The database cannot be opened, migrated or written."""
-
-
-class LockedError(StoreError):
-    """Another mailctl run holds the database's send lock."""
-
-    exit_code = 75  # EX_TEMPFAIL: cron can simply try again next time
 
 
 class TemplateError(MailctlError):
@@ -47,6 +58,41 @@ class CampaignChangedError(MailctlError):
     exit_code = 2
 
 
+# --- inputs ----------------------------------------------------------------------------------
+
+
+class InputError(MailctlError):
+    """An input file (CSV, mailbox) cannot be read as a whole."""
+
+
+class BounceParseError(InputError):
+    """A message or mailbox cannot be read at all."""
+
+
+class InvalidAddress(MailctlError, ValueError):
+    """An address that fails the syntax check; the message says why."""
+
+    def __init__(self, message: str, *, address: str | None = None) -> None:
+        super().__init__(message)
+        self.address = address
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+class StoreError(MailctlError):
+    """The database cannot be opened, migrated or written."""
+
+
+class LockedError(StoreError):
+    """Another mailctl run holds the database's send lock."""
+
+    exit_code = 75  # EX_TEMPFAIL: cron can simply try again next time
+
+
+# --- delivery and signing --------------------------------------------------------------------
+
+
 class DeliveryError(MailctlError, ConnectionError):
     """SMTP delivery failed for a reason that concerns the connection, not one recipient."""
 
@@ -54,3 +100,37 @@ class DeliveryError(MailctlError, ConnectionError):
         super().__init__(message)
         self.code = code
         self.recipient = recipient
+
+
+class DkimError(MailctlError):
+    """A DKIM key cannot be generated or used for signing."""
+
+
+class DkimKeyError(DkimError, ConfigError):
+    """A configured DKIM private key is missing, unreadable or of the wrong type."""
+
+
+# --- DNS -------------------------------------------------------------------------------------
+
+
+class DnsError(MailctlError):
+    """A DNS lookup did not give an answer."""
+
+
+class NXDomain(DnsError):
+    """The name does not exist."""
+
+
+class NoAnswer(DnsError):
+    """The name exists but has no records of the asked type."""
+
+
+class DnsTimeout(DnsError, TimeoutError):
+    """No name server answered in time (or all failed): a temporary condition."""
+
+
+# --- the simulator ---------------------------------------------------------------------------
+
+
+class SimError(MailctlError):
+    """The simulated provider is misconfigured or cannot start or stop."""

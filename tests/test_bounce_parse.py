@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mailctl.bounces.parse import BounceParseError, Kind, iter_messages, parse_message
+from mailctl.bounces.mailbox import iter_messages
+from mailctl.bounces.parse import Kind, parse_message
+from mailctl.errors import BounceParseError
 
 DATA = Path(__file__).parent / "data" / "bounces"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))

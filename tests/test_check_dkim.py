@@ -14,7 +14,8 @@ import pytest
 from test_send import cli, make_workspace, send
 
 from mailctl.cli import run
-from mailctl.dns.checks import NoAnswer, NXDomain, ZoneResolver
+from mailctl.dns.resolver import ZoneResolver
+from mailctl.errors import NoAnswer, NXDomain
 
 ZONES = Path(__file__).parent / "data" / "zones"
 

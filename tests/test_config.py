@@ -171,6 +171,31 @@ def test_unknown_warmup_preset(tmp_path: Path) -> None:
     )
 
 
+def test_warmup_volumes_that_decrease_are_a_config_error(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "profiles.yaml",
+        "profiles:\n  d:\n    transport: direct\n    pools:\n      m:\n        - ip: 192.0.2.1\n"
+        "          warmup: {volumes: [100, 50], start: 2026-12-01, target_daily: 1000}\n",
+    )
+    assert error_of(load_profiles, path) == (
+        f"{path}:7: profiles.d.pools.m[0].warmup: "
+        "warm-up volumes must not decrease (day 2: 50 after 100)"
+    )
+
+
+def test_config_error_carries_file_line_and_key_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "profiles.yaml", BAD_IP)
+    with pytest.raises(ConfigError) as info:
+        load_profiles(path)
+    error = info.value
+    assert (error.file, error.line, error.key) == (
+        str(path),
+        7,
+        "profiles.direct.pools.marketing[1]",
+    )
+
+
 CAMPAIGN = """\
 name: c1
 from: "Shop <news@example.com>"

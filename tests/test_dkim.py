@@ -9,12 +9,11 @@ import dkim as dkimpy  # dkimpy; mailctl's own module is mailctl.dkim
 import dns.zone
 import pytest
 
-from mailctl.dns.checks import NoAnswer, NXDomain, Resolver, ZoneResolver
+from mailctl.dns.resolver import Resolver, ZoneResolver
+from mailctl.errors import DkimError, DkimKeyError, NoAnswer, NXDomain
 from mailctl.message.dkim import (
     DkimAlgorithm,
-    DkimError,
     DkimKeyConfig,
-    DkimKeyError,
     DkimSigner,
     generate_keypair,
     load_key,

@@ -6,21 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from mailctl.dns.checks import (
-    Check,
-    CheckReport,
-    DnsTimeout,
-    NoAnswer,
-    NXDomain,
-    Provider,
-    SpfResult,
-    Status,
-    ZoneResolver,
-    org_domain,
-    run_checks,
-    spf_check_host,
-)
-from mailctl.errors import UsageError
+from mailctl.dns.auth_checks import org_domain
+from mailctl.dns.checks import CheckReport, Provider, run_checks
+from mailctl.dns.resolver import ZoneResolver
+from mailctl.dns.spf import SpfResult, spf_check_host
+from mailctl.dns.verdict import Check, Status
+from mailctl.errors import DnsTimeout, NoAnswer, NXDomain, UsageError
 from mailctl.message.dkim import DkimAlgorithm, DkimKeyConfig
 
 ZONES = Path(__file__).parent / "data" / "zones"

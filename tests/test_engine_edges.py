@@ -16,7 +16,7 @@ from test_send import FakeClock, cli, db_states, make_workspace, send
 from mailctl.config import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, SendOptions
-from mailctl.dns.checks import DnsTimeout
+from mailctl.errors import DnsTimeout
 from mailctl.sim.behaviours import CapAction, SimBehaviour
 from mailctl.sim.replies import SimReply
 from mailctl.store.sqlite import Store

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mailctl.dns.checks import DnsTimeout, NoAnswer, NXDomain, ZoneResolver
-from mailctl.dns.mx import (
+from mailctl.dns.providers import (
     AddressAnswer,
     DirectAction,
     DomainRoute,
@@ -20,6 +19,8 @@ from mailctl.dns.mx import (
     registered_domain,
     resolve_domains,
 )
+from mailctl.dns.resolver import ZoneResolver
+from mailctl.errors import DnsTimeout, NoAnswer, NXDomain
 
 ZONES = sorted((Path(__file__).parent / "data" / "zones_mx").glob("*.zone"))
 NOW = 1_700_000_000.0
@@ -163,7 +164,7 @@ def test_async_resolver_timeout_ttl_and_concurrency() -> None:
 
 
 class CountingResolver:
-    """A sync resolver (the dnscheck.Resolver protocol) that counts MX questions."""
+    """A sync resolver (the resolver.Resolver protocol) that counts MX questions."""
 
     def __init__(self) -> None:
         self.questions: list[str] = []

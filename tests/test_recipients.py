@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mailctl.cli import run
-from mailctl.errors import InputError
-from mailctl.recipients.csv_import import InvalidAddress, import_csv, normalise_address
+from mailctl.errors import InputError, InvalidAddress, MailctlError
+from mailctl.recipients.csv_import import import_csv, normalise_address
 from mailctl.store.sqlite import Store
 
 
@@ -60,6 +60,15 @@ def test_normalise(raw: str, expected: tuple[str, str]) -> None:
 def test_invalid_addresses(raw: str) -> None:
     with pytest.raises(InvalidAddress):
         normalise_address(raw)
+
+
+def test_invalid_address_is_a_value_error_in_the_family_and_names_the_address() -> None:
+    with pytest.raises(InvalidAddress) as info:
+        normalise_address("  alice.example.com ")
+    error = info.value
+    assert isinstance(error, MailctlError) and isinstance(error, ValueError)
+    assert error.address == "alice.example.com"
+    assert str(error) == "'alice.example.com' has no @"
 
 
 def test_file_is_created_private(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 
 from mailctl.config import load_campaign
 from mailctl.errors import TemplateError
-from mailctl.message.render import TRACKING_RE, Renderer, new_tracking_id
+from mailctl.message.render import Renderer
+from mailctl.message.tracking import TRACKING_RE, new_tracking_id
 
 
 def campaign(tmp_path: Path, body: str, **extra: str) -> Path:

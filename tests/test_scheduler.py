@@ -14,7 +14,7 @@ from mailctl.replies.rules import load_rules
 from mailctl.reputation.lanes import (
     BreakerPolicy,
     BreakerState,
-    EventKind,
+    LaneEventKind,
     LaneMode,
     LaneState,
     RecoveryPolicy,
@@ -90,7 +90,7 @@ def test_gmail_4728_slows_only_that_lane() -> None:
     full = hit.limits(T0)
 
     event = hit.on_reply(GMAIL_4728, 421, T0, from_receiver=True)
-    assert event.kind is EventKind.SLOWED
+    assert event.kind is LaneEventKind.SLOWED
     assert event.rule == "google.rate-limited"
     assert event.until == T0 + 10 * MIN + 30 * MIN
 
@@ -114,7 +114,7 @@ def test_yahoo_tss04_suspends_two_hours_and_survives_a_new_run() -> None:
     run1 = scheduler()
     lane = run1.lane("192.0.2.10", "yahoo")
     event = lane.on_reply(YAHOO_TSS04, 421, T0, from_receiver=True)
-    assert (event.kind, event.until) == (EventKind.SUSPENDED, T0 + 2 * HOUR)
+    assert (event.kind, event.until) == (LaneEventKind.SUSPENDED, T0 + 2 * HOUR)
 
     db = sqlite3.connect(":memory:")
     db.row_factory = sqlite3.Row
@@ -146,7 +146,7 @@ def test_synthetic_deferrals_never_trigger_or_extend() -> None:
     lane = sched.lane("192.0.2.10", "yahoo")
     before = lane.state
     for text, code in ((YAHOO_TSS04, 421), (UNKNOWN_421, 421), ("lane paused", None)):
-        assert lane.on_reply(text, code, T0, from_receiver=False).kind is EventKind.IGNORED
+        assert lane.on_reply(text, code, T0, from_receiver=False).kind is LaneEventKind.IGNORED
     assert lane.state == before
     lane.on_reply(YAHOO_TSS04, 421, T0, from_receiver=True)
     paused = lane.state
@@ -158,7 +158,7 @@ def test_synthetic_deferrals_never_trigger_or_extend() -> None:
     busy = sched.lane("192.0.2.10", "microsoft")
     for i in range(5):
         busy.on_reply(MS_BUSY, 451, T0 + i, from_receiver=False)
-    assert busy.on_reply(MS_BUSY, 451, T0 + 10, from_receiver=True).kind is EventKind.COUNTED
+    assert busy.on_reply(MS_BUSY, 451, T0 + 10, from_receiver=True).kind is LaneEventKind.COUNTED
 
 
 def test_trigger_needs_n_matches_within_the_window() -> None:
@@ -167,19 +167,19 @@ def test_trigger_needs_n_matches_within_the_window() -> None:
     # Spread out: never three inside one window.
     for i in range(6):
         event = lane.on_reply(MS_BUSY, 451, T0 + i * 6 * MIN, from_receiver=True)
-        assert event.kind is EventKind.COUNTED
+        assert event.kind is LaneEventKind.COUNTED
     assert lane.state.mode is LaneMode.NORMAL
     # Close together: the third acts.
     start = T0 + HOUR
-    assert lane.on_reply(MS_BUSY, 451, start, from_receiver=True).kind is EventKind.COUNTED
-    assert lane.on_reply(MS_BUSY, 451, start + 60, from_receiver=True).kind is EventKind.COUNTED
+    assert lane.on_reply(MS_BUSY, 451, start, from_receiver=True).kind is LaneEventKind.COUNTED
+    assert lane.on_reply(MS_BUSY, 451, start + 60, from_receiver=True).kind is LaneEventKind.COUNTED
     event = lane.on_reply(MS_BUSY, 451, start + 9 * MIN, from_receiver=True)
-    assert event.kind is EventKind.SLOWED and event.until == start + 9 * MIN + 30 * MIN
+    assert event.kind is LaneEventKind.SLOWED and event.until == start + 9 * MIN + 30 * MIN
     limits = lane.limits(start + 9 * MIN)
     assert limits.connections == 2  # 50% of 5
     # The count restarts after firing, and survives persistence.
     assert lane.on_reply(MS_BUSY, 451, start + 10 * MIN, from_receiver=True).kind is (
-        EventKind.COUNTED
+        LaneEventKind.COUNTED
     )
     assert LaneState.from_row(lane.state.to_row()).hits == lane.state.hits
 
@@ -216,7 +216,7 @@ def test_ts03_disables_the_ip_for_yahoo_until_resumed() -> None:
     sched = scheduler()
     lane = sched.lane("192.0.2.10", "yahoo")
     event = lane.on_reply(YAHOO_TS03, 421, T0, from_receiver=True)
-    assert event.kind is EventKind.DISABLED and event.alert and event.until is None
+    assert event.kind is LaneEventKind.DISABLED and event.alert and event.until is None
     assert math.isinf(lane.admit(T0 + 30 * 86400))
     assert sched.next_wake(T0, busy=[("192.0.2.10", "yahoo")]) is None
     assert sched.pick_ip(["192.0.2.10"], "yahoo", T0) is None
@@ -230,13 +230,13 @@ def test_stop_campaign_and_recipient_replies_leave_the_lane_alone() -> None:
     lane = sched.lane("192.0.2.10", "google")
     before = lane.limits(T0)
     dmarc = "550 5.7.26 Unauthenticated email from example.com is not accepted due to domain's DMARC policy."  # noqa: E501
-    assert lane.on_reply(dmarc, 550, T0, from_receiver=True).kind is EventKind.STOP_CAMPAIGN
+    assert lane.on_reply(dmarc, 550, T0, from_receiver=True).kind is LaneEventKind.STOP_CAMPAIGN
     grey = "451 4.7.1 <x@example.org>: Recipient address rejected: Greylisted for 5 minutes"
     event = lane.on_reply(grey, 451, T0, from_receiver=True)
-    assert (event.kind, event.retry_after) == (EventKind.DEFER_RECIPIENT, 300)
+    assert (event.kind, event.retry_after) == (LaneEventKind.DEFER_RECIPIENT, 300)
     nouser = "550 5.1.1 The email account that you tried to reach does not exist. https://support.google.com/mail/?p=NoSuchUser"  # noqa: E501
-    assert lane.on_reply(nouser, 550, T0, from_receiver=True).kind is EventKind.BOUNCE_RECIPIENT
-    assert lane.on_reply("250 2.0.0 OK", 250, T0, from_receiver=True).kind is EventKind.NONE
+    assert lane.on_reply(nouser, 550, T0, from_receiver=True).kind is LaneEventKind.BOUNCE_RECIPIENT
+    assert lane.on_reply("250 2.0.0 OK", 250, T0, from_receiver=True).kind is LaneEventKind.NONE
     assert lane.state.mode is LaneMode.NORMAL and lane.limits(T0) == before
     assert lane.state.sent == 1
 
@@ -251,12 +251,12 @@ def test_unknown_421_backs_off_doubling_with_jitter_capped_at_one_hour() -> None
     delays = []
     for _ in range(9):
         event = lane.on_reply(UNKNOWN_421, 421, now, from_receiver=True)
-        assert event.kind is EventKind.BACKOFF and event.rule is None
+        assert event.kind is LaneEventKind.BACKOFF and event.rule is None
         assert event.until is not None
         delays.append(event.until - now)
         # Replies of messages already in flight do not escalate the same pause.
         assert lane.on_reply(UNKNOWN_421, 421, now + 1, from_receiver=True).kind is (
-            EventKind.IGNORED
+            LaneEventKind.IGNORED
         )
         now = event.until + 30  # resumes, and is throttled again within the clean interval
     for level, delay in enumerate(delays):

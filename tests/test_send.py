@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email
 import json
-import re
 import sqlite3
 import textwrap
 from email import policy
@@ -17,6 +16,7 @@ from mailctl.cli import run
 from mailctl.config import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, SendOptions
+from mailctl.message.tracking import TRACKING_RE
 from mailctl.sim.behaviours import AddressRule, SimBehaviour
 from mailctl.sim.replies import SimReply
 from mailctl.store.sqlite import Store
@@ -145,7 +145,7 @@ def test_rendered_message_is_correct_mime(sim_server, tmp_path: Path, capsys) ->
     assert str(msg["Subject"]).startswith("Héllo User")
     assert str(msg["From"]) == "News Désk <news@example.com>"
     tracking = str(msg["X-Mailctl-ID"])
-    assert re.fullmatch(r"mc1-[a-z2-7]{16}", tracking)
+    assert TRACKING_RE.fullmatch(tracking)
     assert str(msg["Message-ID"]) == f"<{tracking}@example.com>"
     assert str(msg["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
     assert "https://example.com/u/user" in str(msg["List-Unsubscribe"])

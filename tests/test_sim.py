@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiosmtplib
 import pytest
 
-from mailctl.errors import MailctlError
+from mailctl.errors import MailctlError, SimError
 from mailctl.sim.behaviours import (
     AddressRule,
     CapAction,
@@ -28,7 +28,6 @@ from mailctl.sim.behaviours import (
     Preset,
     SimBehaviour,
     SimConfig,
-    SimError,
     SimTls,
     Stage,
     Throttle,

@@ -30,18 +30,13 @@ from mailctl.config import load_profiles
 from mailctl.delivery.campaigns import active_jobs, prepare
 from mailctl.delivery.engine import Engine, RunSummary, SendOptions
 from mailctl.reputation.budget import events, history, profile_settings
-from mailctl.reputation.warmup import (
-    WarmupSetting,
-    local_day,
-    provider_cap,
-    state_on,
-    window_allowance,
-)
+from mailctl.reputation.warmup import local_day, provider_cap, state_on, window_allowance
 from mailctl.sim.behaviours import AddressRule, SimBehaviour, SimConfig
 from mailctl.sim.replies import GOOGLE_RATE_LIMITED as GOOGLE_THROTTLE
 from mailctl.sim.replies import MICROSOFT_BLOCK_LIST
 from mailctl.sim.servers import ThreadedSimServer
 from mailctl.store.sqlite import Store
+from mailctl.warmup_schedule import WarmupSetting
 
 COLD, WARM_TX, WARM_MKT = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 PROVIDERS = {

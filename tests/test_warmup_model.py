@@ -10,26 +10,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailctl.reputation.warmup import (
-    PRESET_NAMES,
-    PRESETS,
+    DayOutcome,
     DayRecord,
-    EventKind,
-    Outcome,
     WarmupEvent,
-    WarmupSetting,
+    WarmupEventKind,
     WarmupStatus,
-    WarmupThresholds,
-    linear_schedule,
     local_day,
     next_send_time,
     next_window_open,
     plan,
     provider_cap,
     provider_caps,
-    ses45_schedule,
     state_on,
     window_allowance,
     window_bounds,
+)
+from mailctl.warmup_schedule import (
+    PRESET_NAMES,
+    PRESETS,
+    WarmupSetting,
+    WarmupThresholds,
+    linear_schedule,
+    ses45_schedule,
 )
 
 START = date(2025, 3, 3)
@@ -144,10 +146,10 @@ def test_invalid_thresholds_and_events() -> None:
     with pytest.raises(ValueError, match="max_bounce_rate"):
         WarmupThresholds(max_bounce_rate=2)
     with pytest.raises(ValueError, match="unknown warm-up preset"):
-        WarmupEvent(START, EventKind.START, preset="nope")
+        WarmupEvent(START, WarmupEventKind.START, preset="nope")
     with pytest.raises(ValueError, match="only a start event"):
-        WarmupEvent(START, EventKind.HOLD, preset="sendgrid")
-    assert WarmupEvent(START, "hold").kind is EventKind.HOLD  # type: ignore[arg-type]
+        WarmupEvent(START, WarmupEventKind.HOLD, preset="sendgrid")
+    assert WarmupEvent(START, "hold").kind is WarmupEventKind.HOLD  # type: ignore[arg-type]
     assert set(PRESET_NAMES) == {"sendgrid", "sparkpost", "ses45", "linear"}
 
 
@@ -181,8 +183,8 @@ def test_days_before_start_do_not_count() -> None:
     history = clean_days(START - timedelta(days=5), 5, sent=1_000) + [DayRecord(day(1), sent=50)]
     result = plan(setting(), history, [], day(2))
     assert result.state.stage == 2
-    assert [p.outcome for p in result.past[:5]] == [Outcome.NOT_COUNTED] * 5
-    assert result.past[5].outcome is Outcome.ADVANCED
+    assert [p.outcome for p in result.past[:5]] == [DayOutcome.NOT_COUNTED] * 5
+    assert result.past[5].outcome is DayOutcome.ADVANCED
 
 
 def test_today_depends_only_on_days_before_it() -> None:
@@ -200,7 +202,7 @@ def test_duplicate_day_records_are_summed() -> None:
     ]
     # 21 / 1000 = 2.1% > 2%: only the sum crosses the threshold.
     result = plan(setting(), per_provider, [], day(2))
-    assert result.past[0].outcome is Outcome.HELD
+    assert result.past[0].outcome is DayOutcome.HELD
     assert result.past[0].sent == 1_000
 
 
@@ -229,7 +231,7 @@ def test_idle_reset_then_ramp_again_and_configurable() -> None:
 # --- signals ---------------------------------------------------------------------------------
 
 
-def outcome_of(record: DayRecord, thresholds: WarmupThresholds | None = None) -> Outcome:
+def outcome_of(record: DayRecord, thresholds: WarmupThresholds | None = None) -> DayOutcome:
     sendgrid = setting(thresholds=thresholds or WarmupThresholds())
     result = plan(sendgrid, [record], [], record.day + timedelta(days=1))
     return result.past[-1].outcome
@@ -253,8 +255,8 @@ def test_signals_hold_above_their_threshold(
     at_threshold: DayRecord, above_threshold: DayRecord
 ) -> None:
     # "above 5%" / "over 2%": exactly at the threshold still advances, one more message holds.
-    assert outcome_of(at_threshold) is Outcome.ADVANCED
-    assert outcome_of(above_threshold) is Outcome.HELD
+    assert outcome_of(at_threshold) is DayOutcome.ADVANCED
+    assert outcome_of(above_threshold) is DayOutcome.HELD
 
 
 def test_held_stage_repeats_on_next_sending_day() -> None:
@@ -265,9 +267,9 @@ def test_held_stage_repeats_on_next_sending_day() -> None:
     ]
     result = plan(setting(), history, [], day(4))
     assert [(p.stage, p.outcome) for p in result.past] == [
-        (1, Outcome.ADVANCED),
-        (2, Outcome.HELD),
-        (2, Outcome.ADVANCED),
+        (1, DayOutcome.ADVANCED),
+        (2, DayOutcome.HELD),
+        (2, DayOutcome.ADVANCED),
     ]
     assert "throttle replies: 2" in result.past[1].why
     assert result.state.stage == 3
@@ -276,15 +278,15 @@ def test_held_stage_repeats_on_next_sending_day() -> None:
 def test_thresholds_are_configurable() -> None:
     lenient = WarmupThresholds(max_bounce_rate=0.05, max_throttles=2)
     assert outcome_of(DayRecord(START, sent=100, bounced=4, throttles=2), lenient) is (
-        Outcome.ADVANCED
+        DayOutcome.ADVANCED
     )
-    assert outcome_of(DayRecord(START, sent=100, bounced=6), lenient) is Outcome.HELD
+    assert outcome_of(DayRecord(START, sent=100, bounced=6), lenient) is DayOutcome.HELD
 
 
 def test_blocks_step_back_one_stage_never_below_one() -> None:
     history = clean_days(START, 4) + [DayRecord(day(5), sent=100, blocks=1)]
     result = plan(setting(), history, [], day(6))
-    assert result.past[-1].outcome is Outcome.STEPPED_BACK
+    assert result.past[-1].outcome is DayOutcome.STEPPED_BACK
     assert result.past[-1].stage == 5
     assert result.state.stage == 4
     at_one = [DayRecord(day(1), sent=50, blocks=3), DayRecord(day(2), sent=50, blocks=3)]
@@ -316,10 +318,13 @@ def test_stepping_back_from_warm() -> None:
 
 def test_hold_freezes_until_resume() -> None:
     history = clean_days(START, 6)
-    events = [WarmupEvent(day(3), EventKind.HOLD), WarmupEvent(day(5), EventKind.RESUME)]
+    events = [
+        WarmupEvent(day(3), WarmupEventKind.HOLD),
+        WarmupEvent(day(5), WarmupEventKind.RESUME),
+    ]
     result = plan(setting(), history, events, day(7))
     assert [p.stage for p in result.past] == [1, 2, 3, 3, 3, 4]
-    assert [p.outcome for p in result.past][2:4] == [Outcome.PAUSED, Outcome.PAUSED]
+    assert [p.outcome for p in result.past][2:4] == [DayOutcome.PAUSED, DayOutcome.PAUSED]
     assert result.state.stage == 5
     held = state_on(setting(), history, events[:1], day(7))
     assert (held.status, held.stage) == (WarmupStatus.HELD, 3)
@@ -327,13 +332,13 @@ def test_hold_freezes_until_resume() -> None:
 
 def test_hold_does_not_stop_a_step_back() -> None:
     history = clean_days(START, 3) + [DayRecord(day(4), sent=10, blocks=1)]
-    events = [WarmupEvent(day(2), EventKind.HOLD)]
+    events = [WarmupEvent(day(2), WarmupEventKind.HOLD)]
     assert state_on(setting(), history, events, day(5)).stage == 1
 
 
 def test_reset_event_restarts_at_stage_one_and_today_counts() -> None:
     history = clean_days(START, 5)
-    reset_today = [WarmupEvent(day(6), EventKind.RESET)]
+    reset_today = [WarmupEvent(day(6), WarmupEventKind.RESET)]
     state = state_on(setting(), history, reset_today, day(6))
     assert (state.stage, state.cap_today, state.sending_days) == (1, 50, 0)
     assert "reset" in state.why
@@ -343,13 +348,13 @@ def test_reset_event_restarts_at_stage_one_and_today_counts() -> None:
 
 def test_reset_event_ends_a_hold() -> None:
     history = clean_days(START, 4)
-    events = [WarmupEvent(day(2), EventKind.HOLD), WarmupEvent(day(3), EventKind.RESET)]
+    events = [WarmupEvent(day(2), WarmupEventKind.HOLD), WarmupEvent(day(3), WarmupEventKind.RESET)]
     assert state_on(setting(), history, events, day(5)).stage == 3
 
 
 def test_start_event_switches_preset_and_date() -> None:
     history = clean_days(START, 8)
-    events = [WarmupEvent(day(6), EventKind.START, preset="sparkpost")]
+    events = [WarmupEvent(day(6), WarmupEventKind.START, preset="sparkpost")]
     result = plan(setting(), history, events, day(9))
     assert result.state.schedule_name == "sparkpost"
     assert (result.state.stage, result.state.cap_today) == (4, 2_000)
@@ -358,7 +363,7 @@ def test_start_event_switches_preset_and_date() -> None:
 
 def test_start_event_before_configured_start_wins() -> None:
     later = setting(start=day(10))
-    events = [WarmupEvent(day(1), EventKind.START)]
+    events = [WarmupEvent(day(1), WarmupEventKind.START)]
     # The configured start does not restart a ramp an event already began.
     assert state_on(later, clean_days(START, 12), events, day(13)).stage == 13
     assert state_on(later, clean_days(START, 12), [], day(13)).stage == 4
@@ -367,9 +372,9 @@ def test_start_event_before_configured_start_wins() -> None:
 def test_start_event_ends_a_hold_and_same_day_events_apply_in_order() -> None:
     history = clean_days(START, 4)
     events = [
-        WarmupEvent(day(2), EventKind.HOLD),
-        WarmupEvent(day(3), EventKind.START),
-        WarmupEvent(day(3), EventKind.HOLD),
+        WarmupEvent(day(2), WarmupEventKind.HOLD),
+        WarmupEvent(day(3), WarmupEventKind.START),
+        WarmupEvent(day(3), WarmupEventKind.HOLD),
     ]
     state = state_on(setting(), history, events, day(5))
     assert (state.status, state.stage) == (WarmupStatus.HELD, 1)
@@ -378,12 +383,15 @@ def test_start_event_ends_a_hold_and_same_day_events_apply_in_order() -> None:
 
 
 def test_events_are_recorded_in_the_past_even_without_sending() -> None:
-    events = [WarmupEvent(day(2), EventKind.HOLD), WarmupEvent(day(4), EventKind.RESUME)]
+    events = [
+        WarmupEvent(day(2), WarmupEventKind.HOLD),
+        WarmupEvent(day(4), WarmupEventKind.RESUME),
+    ]
     result = plan(setting(), [DayRecord(day(1), sent=50)], events, day(5))
     assert [(p.day, p.outcome) for p in result.past] == [
-        (day(1), Outcome.ADVANCED),
-        (day(2), Outcome.PAUSED),
-        (day(4), Outcome.RESUMED),
+        (day(1), DayOutcome.ADVANCED),
+        (day(2), DayOutcome.PAUSED),
+        (day(4), DayOutcome.RESUMED),
     ]
 
 
@@ -405,11 +413,11 @@ def test_plan_before_start_and_with_hold() -> None:
     ahead = plan(setting(), [], [], START - timedelta(days=10), days=3)
     assert [p.day for p in ahead.upcoming] == [day(1), day(2), day(3)]
     assert ahead.target_reached_on == day(15)
-    events = [WarmupEvent(day(2), EventKind.HOLD)]
+    events = [WarmupEvent(day(2), WarmupEventKind.HOLD)]
     held = plan(setting(), clean_days(START, 3), events, day(4), days=5)
     assert {p.stage for p in held.upcoming} == {2}
     assert held.target_reached_on is None
-    events.append(WarmupEvent(day(8), EventKind.RESUME))
+    events.append(WarmupEvent(day(8), WarmupEventKind.RESUME))
     resumed = plan(setting(), clean_days(START, 3), events, day(4), days=6)
     assert [p.stage for p in resumed.upcoming] == [2, 2, 2, 2, 2, 3]
     assert resumed.target_reached_on == day(21)
@@ -554,7 +562,7 @@ records = st.builds(
 events = st.builds(
     WarmupEvent,
     day=st.integers(-5, 120).map(lambda offset: START + timedelta(days=offset)),
-    kind=st.sampled_from(list(EventKind)),
+    kind=st.sampled_from(list(WarmupEventKind)),
 )
 
 
@@ -594,7 +602,7 @@ def test_replay_invariants(
     if (
         volumes[-1] >= target
         and result.state.status is not WarmupStatus.HELD
-        and not any(e.kind is EventKind.HOLD and e.day >= today for e in manual)
+        and not any(e.kind is WarmupEventKind.HOLD and e.day >= today for e in manual)
     ):
         assert result.target_reached_on is not None
 

@@ -1,39 +1,53 @@
-"""Bounce and complaint parsing: mbox / Maildir / .eml in, one ``Report`` per message out.
+"""Bounce and complaint reports: one raw message in, one ``Report`` out.
 
-Pure and streaming: nothing here touches the database or prints. Three kinds of evidence, in
-order of trust:
+Pure: nothing here touches the database or prints; mailboxes are read by `mailbox`. Three
+kinds of evidence, in order of trust:
 
 1. RFC 3464 delivery-status fields (also when nested in another multipart, or mislabelled as
    text/plain), completed by the human-readable part when they lack a diagnostic;
-2. RFC 5965 ARF feedback reports;
-3. the free text that qmail, Exim, Sendmail, Exchange, Gmail, Yahoo … write, read with general
-   rules (address lines, transcript lines, "Remote host said: …"), never per-MTA templates.
+2. RFC 5965 ARF feedback reports (and Microsoft's JMRP, Apple Mail's one-click opt-out);
+3. the free text that qmail, Exim, Sendmail, Exchange, Gmail, Yahoo … write, read by
+   `freetext` with general rules, never per-MTA templates.
 
 The sender's own addresses (the bounce's From/To, the envelope sender, MAILER-DAEMON,
 postmaster, the returned message's From) are never taken as failed recipients, nor are
 Message-IDs or addresses inside URLs.
+
+Must not import the store, suppression or anything that prints.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 from enum import StrEnum
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from mailctl.errors import MailctlError
+from mailctl.bounces.freetext import (
+    Found,
+    appended_headers,
+    classify_block,
+    diagnostic_of_block,
+    excluded,
+    find_addresses,
+    free_text_recipients,
+    split_original,
+)
+from mailctl.bounces.mailbox import message_digest
+from mailctl.errors import BounceParseError
+from mailctl.message.tracking import (
+    TRACKING_HEADER,
+    TRACKING_HEADER_IN_TEXT_RE,
+    TRACKING_RE,
+    TRACKING_RE_BYTES,
+    verp_token,
+)
 from mailctl.replies.classify import Verdict, classify_failure
 
-
-class BounceParseError(MailctlError):
-    """A message or mailbox cannot be read at all."""
+__all__ = ["FailedRecipient", "Kind", "Report", "parse_message"]
 
 
 class Kind(StrEnum):
@@ -101,23 +115,6 @@ class Report:
 # ---------------------------------------------------------------------------------------------
 # Patterns (compiled once: parsing must stay well above 1,000 messages/s)
 
-TRACKING_ID = re.compile(r"mc1-[a-z2-7]{16}")
-_TRACKING_ID_BYTES = re.compile(rb"mc1-[a-z2-7]{16}")
-_VERP = re.compile(r"bounces\+(mc1-[a-z2-7]{16})@", re.I)
-_ADDRESS = re.compile(
-    r"""(?<![\w.!#$%&'*+/=?^`{|}~@-])"""
-    r"""([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.+[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\.*"""
-    r"""@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+)"""
-)
-_URL = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+", re.I)
-_MESSAGE_ID_LINE = re.compile(
-    r"^[ \t>]*(?:message-id|in-reply-to|references|x-ms-exchange-\S+|thread-\S+)\s*:.*$",
-    re.I | re.M,
-)
-_SYSTEM_LOCALPART = re.compile(
-    r"^(?:mailer-daemon|postmaster|mail-daemon|maildaemon|mailerdaemon|root|bounces?|noreply|no-reply|nobody|abuse)$",
-    re.I,
-)
 _BOUNCE_SENDER = re.compile(
     r"mailer-daemon|post_?master|mail[ -]delivery|maildelivery|mdaemon|mail administrator|microsoftexchange|mailer_daemon|bounce",  # noqa: E501
     re.I,
@@ -164,40 +161,7 @@ _AUTOREPLY_SUBJECT = re.compile(
     r"out of (?:the )?office|vacation|abwesenheit|absence|congés|fuera de la oficina|away from|i am away|on leave)",  # noqa: E501
     re.I,
 )
-_ORIGINAL_MARKER = re.compile(
-    r"^[ \t>-]*(?:"
-    r"below this line is a copy of the message|this is a copy of the message|"
-    r"(?:the )?original message (?:follows|headers?|text|below|is attached|was attached|as attachment)|unsent message (?:below|follows)|"  # noqa: E501
-    r"(?:-+ )?original message(?: -+)?\s*$|(?:a )?copy of (?:the|your) (?:original )?message|"
-    r"returned message (?:below|follows)|message (?:headers? )?follows|headers? of (?:the )?(?:original|returned) message|"  # noqa: E501
-    r"included is the original message|your message (?:reads|was)[^.]{0,30}:\s*$|"
-    r"(?:-+ )?(?:message|original) (?:headers|header) (?:follow|of the returned)|"
-    r"content-type: (?:message/rfc822|text/rfc822-headers)|"
-    r"------ ?this is a copy|--- ?below this line|"
-    # A title framed by a rule, "------- Returned Message --------", "===== Original Message
-    # Headers =====", or saying where the message is, "--- Undelivered message follows ---"
-    # (Postfix without DSN); a bare "Undeliverable message" heading is not a separator.
-    r"(?:[-=*_]{2,}[ \t]*|(?=\S+ (?:e-?mail|mail|message)(?: headers?| text| content)? "
-    r"(?:follows?|below|attached)))"
-    r"(?:returned|rejected|undelivered|undeliverable|unsent|bounced|original|failed) "
-    r"(?:e-?mail|mail|message)(?: headers?| text| content)?(?: (?:follows?|below|attached))?"
-    r"[ \t.:]*[-=*_]*[ \t\r]*$|"
-    r"(?:enclosed|attached|included|appended|below) (?:is|are) (?:a copy of )?(?:the |your )?"
-    r"(?:original |returned )?(?:message|headers)"
-    r")",
-    re.I | re.M,
-)
-_HEADER_START = re.compile(
-    r"^(?:Return-Path|Received|X-Received|DKIM-Signature|ARC-Seal|Authentication-Results|Delivered-To):[ \t]",  # noqa: E501
-    re.M,
-)
-_HEADER_LINE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*:[ \t]")
 _DSN_FIELDS = re.compile(r"^(?:Final-Recipient|Original-Recipient)\s*:", re.I | re.M)
-_DIAG_LINE = re.compile(
-    r"(?:remote (?:host|server) (?:said|replied|returned)|said:|<<<|smtp (?:error|response)|"
-    r"diagnostic[- ]code|error (?:code|message)|reason|\b[245]\d\d[ -][245]\.\d|\b[245][0-5]\d\b)",
-    re.I,
-)
 _SMTP_CODE_IN_BLOCK = re.compile(r"\b[245][0-5]\d[ -]|#[245]\.\d\.\d|\b[245]\.\d{1,3}\.\d{1,3}\b")
 _HTML_TAG = re.compile(r"<(?:[^>\"']|\"[^\"]*\"|'[^']*')*>|&nbsp;|&[a-z]+;", re.I)
 _HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]*>", re.I)
@@ -223,10 +187,6 @@ def _header(msg: Message, name: str) -> str:
     if value is None:
         return ""
     return _clean(str(value))
-
-
-def _addresses(text: str) -> list[str]:
-    return [m.group(1).strip(".") for m in _ADDRESS.finditer(text)]
 
 
 def _decode_part(part: Message) -> str:
@@ -296,7 +256,7 @@ def _address_of_field(value: str | None) -> str | None:
     candidate = (rest if sep else value).strip().strip("<>").strip()
     if "@" not in candidate:
         return None
-    found = _addresses(candidate)
+    found = find_addresses(candidate)
     if candidate.startswith('"') or not found:
         return candidate.split()[0] if candidate else None
     return found[0]
@@ -403,221 +363,6 @@ def _feedback_text(part: Message) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Free text
-
-
-def _split_original(text: str) -> tuple[str, str]:
-    """(notification, returned message) from a bounce body that carries both in one text."""
-    cut = len(text)
-    marker = _ORIGINAL_MARKER.search(text)
-    if marker:
-        cut = marker.start()
-    header = _HEADER_START.search(text)
-    if header and header.start() < cut and header.start() > 0:
-        # A header block only counts when a second header line follows it closely.
-        following = text[header.end() : header.end() + 400].splitlines()[1:4]
-        if any(_HEADER_LINE.match(line) or line[:1] in " \t" for line in following):
-            cut = header.start()
-    return text[:cut], text[cut:]
-
-
-# Header names that open a returned message's header block (Content-* and MIME-Version do
-# not: after "Content-Type: message/rfc822" pasted as text they head the MIME part instead).
-_OPENING_HEADER = re.compile(
-    r"^(?:return-path|received|x-[a-z0-9-]+|dkim-signature|arc-[a-z-]+|authentication-results|"
-    r"delivered-to|from|to|cc|subject|date|message-id|sender|reply-to|errors-to|in-reply-to|"
-    r"references|list-[a-z-]+|precedence|importance|user-agent)[ \t]*:",
-    re.I,
-)
-_FIELD_LINE = re.compile(r"^[!-9;-~]+:")
-_RULE_LINE = re.compile(r"^[\s\-=_*#~+.:|<>\[\]()]*$")
-_QUOTE_PREFIX = re.compile(r"^[ \t]*(?:>[ \t]?)*")
-
-
-def _appended_headers(tail: str) -> Message | None:
-    """The header block of an original message appended as plain text after a separator.
-
-    ``tail`` starts at the separator line ("----- Unsent message follows -----", "--- Below
-    this line is a copy of the message.", "------ This is a copy of the message, including all
-    the headers. ------", …) or directly at the first header line. The block may follow a
-    few rule lines, blank lines or short notes ("The body of the message is 5000 characters
-    long; only the first …"), and may be indented or quoted ("> "); that prefix is removed.
-    It ends at the first blank line or the first line that is neither a field nor a
-    continuation. None when no block with a real message header opens near the top.
-    """
-    lines = tail[:40000].splitlines()
-    start = None
-    prefix = ""
-    for index, line in enumerate(lines[:16]):
-        if _RULE_LINE.match(line):
-            continue
-        quote = _QUOTE_PREFIX.match(line)
-        prefix = quote.group(0) if quote else ""
-        if _OPENING_HEADER.match(line[len(prefix) :]):
-            start = index
-            break
-    if start is None:
-        return None
-    block: list[str] = []
-    for line in lines[start : start + 400]:
-        if prefix:
-            if not line.startswith(prefix.rstrip()):
-                break
-            line = line[len(prefix) :] if line.startswith(prefix) else line[len(prefix.rstrip()) :]
-        if not line.strip():
-            break
-        if not (_FIELD_LINE.match(line) or (block and line[:1] in " \t")):
-            break
-        block.append(line)
-    if not block:
-        return None
-    text = "\n".join(block) + "\n\n"
-    return BytesParser(policy=compat32).parsebytes(
-        text.encode("utf-8", "surrogateescape"), headersonly=True
-    )
-
-
-_SESSION_BREAK = re.compile(
-    r"^\s*(?:\.\.\.\s*)?while talking to\b|^\s*[245]\d\d [^\s@]+ \(\w+\)\.\.\. ", re.I
-)
-
-
-@dataclass(frozen=True)
-class _Found:
-    address: str
-    block: str
-
-
-def _excluded(address: str, own: set[str], *, system_ok: bool = False) -> bool:
-    lowered = address.lower()
-    if lowered in own:
-        return True
-    local, _, domain = lowered.rpartition("@")
-    if not system_ok and (
-        _SYSTEM_LOCALPART.match(local)
-        or local.startswith(("mailer-daemon", "postmaster", "bounces+"))
-    ):
-        return True
-    if TRACKING_ID.search(local):
-        return True  # a mailctl Message-ID or VERP address, never a recipient
-    return not domain or "." not in domain
-
-
-_CONTACT_BEFORE = re.compile(
-    r"(?:contact|send (?:an? )?(?:e-?mail|mail|message)s? to|write to|e-?mail|reach|questions?|help|assistance|abuse desk|"  # noqa: E501
-    r"administrator|from|sender|reply-to|return-path|envelope|mail from:?|sent by)\W{0,6}(?:us\W+)?(?:at\W+)?[<(\[\"']*$",  # noqa: E501
-    re.I,
-)
-_STRONG_LINE = re.compile(
-    r"^[\s>*-]*<?([^\s<>]+@[^\s<>]+?)>?\s*:?\s*$|rcpt to:\s*<([^>\s]+)>|final-recipient:\s*rfc822;\s*<?([^\s>]+)",  # noqa: E501
-    re.I | re.M,
-)
-
-
-def _free_text_recipients(
-    notification: str, own: set[str], hint: set[str], *, system_ok: bool = False
-) -> list[_Found]:
-    found = _scan_recipients(notification, own, hint, system_ok=system_ok)
-    if found or not own:
-        return found
-    # Nothing left after removing the sender's addresses: a message someone sent to himself
-    # (or the bounce went to the failed address) names it on a line of its own, "<addr>:".
-    strong = {
-        next(g for g in m.groups() if g).strip("<>").lower()
-        for m in _STRONG_LINE.finditer(notification)
-    }
-    allowed = {a for a in own if a in strong}
-    return _scan_recipients(notification, own - allowed, hint) if allowed else []
-
-
-def _scan_recipients(
-    notification: str, own: set[str], hint: set[str], *, system_ok: bool = False
-) -> list[_Found]:
-    """Failed addresses in a human-readable notification, each with its text block.
-
-    Every address the notification names, minus the sender's own, Message-IDs and URLs. Its
-    block runs from the line naming it to the line naming the next one; lines of an SMTP
-    transcript just above it (``<<< 550 …``) belong to it too.
-    """
-    scrubbed = _MESSAGE_ID_LINE.sub("", notification)
-    scrubbed = _URL.sub(" ", scrubbed)
-    lines = scrubbed.splitlines()
-    first_line: dict[str, int] = {}
-    order: list[str] = []
-    for index, line in enumerate(lines):
-        if "@" not in line:
-            continue
-        for match in _ADDRESS.finditer(line):
-            address = match.group(1).strip(".")
-            key = address.lower()
-            if key in first_line or _excluded(address, own, system_ok=system_ok):
-                continue
-            if _CONTACT_BEFORE.search(line[max(0, match.start() - 60) : match.start()]):
-                continue  # "please contact <support@…>", "from <sender>": not a recipient
-            first_line[key] = index
-            order.append(address)
-    if not order:
-        return []
-    if hint:
-        # Exim's X-Failed-Recipients (or DSN addresses) are the authority when present.
-        kept = [a for a in order if a.lower() in hint]
-        if kept:
-            order = kept
-    starts = sorted(first_line[a.lower()] for a in order)
-    wanted = {a.lower() for a in order}
-    # Every line naming a found address (not only the first): a report that lists its
-    # recipients twice (in two languages, or a summary then details) must not lend one
-    # recipient's reply to the one listed before it.
-    naming: dict[int, set[str]] = {}
-    for index, line in enumerate(lines):
-        if "@" in line:
-            keys = {m.group(1).strip(".").lower() for m in _ADDRESS.finditer(line)} & wanted
-            if keys:
-                naming[index] = keys
-    found = []
-    for address in order:
-        key = address.lower()
-        start = first_line[key]
-        end = min(len(lines), start + 25)
-        summarised = "..." in lines[start]
-        for index in range(start + 1, end):
-            others = naming.get(index)
-            if others and key not in others:
-                end = index
-                break
-            line = lines[index]
-            if summarised and _SESSION_BREAK.match(line):
-                # Sendmail: after this recipient's "<addr>... reason" line, a new "While
-                # talking to host:" or a "421 host (smtp)... Deferred" line is another session.
-                end = index
-                break
-            if others and key in others and "..." in line:
-                summarised = True
-        begin = start
-        # Pull in transcript lines directly above (Sendmail: "<<< 550 …" then "550 <addr>…").
-        while (
-            begin > 0
-            and begin - 1 not in starts
-            and lines[begin - 1].lstrip().startswith(("<<<", ">>>"))
-            and start - begin < 6
-        ):
-            begin -= 1
-        block = "\n".join(lines[begin:end]).strip()
-        found.append(_Found(address, block))
-    return found
-
-
-def _diagnostic_of_block(block: str, address: str) -> str:
-    """The part of a block that is the remote server's words, for the report."""
-    lines = [line.strip() for line in block.splitlines() if line.strip()]
-    if not lines:
-        return ""
-    picked = [line for line in lines if _DIAG_LINE.search(line)]
-    text = " ".join(picked or lines)
-    return text[:1000]
-
-
-# ---------------------------------------------------------------------------------------------
 # Tracking
 
 
@@ -635,18 +380,17 @@ def _tracking(
         "Return-Path",
     ):
         for value in msg.get_all(name) or []:
-            found = _VERP.search(str(value))
-            if found:
-                verp = found.group(1)
+            verp = verp_token(str(value))
+            if verp:
                 break
         if verp:
             break
     original_id = None
     tracking = None
     for original in originals:
-        mailctl_id = original.get("X-Mailctl-ID")
+        mailctl_id = original.get(TRACKING_HEADER)
         if mailctl_id and not tracking:
-            found = TRACKING_ID.search(str(mailctl_id))
+            found = TRACKING_RE.search(str(mailctl_id))
             tracking = found.group(0) if found else None
         message_id = original.get("Message-ID")
         if message_id and not original_id:
@@ -656,15 +400,15 @@ def _tracking(
         if found:
             original_id = found.group(1)
     if tracking is None and original_id:
-        found = TRACKING_ID.search(original_id)
+        found = TRACKING_RE.search(original_id)
         tracking = found.group(0) if found else None
     if tracking is None and tail:
-        found = re.search(r"X-Mailctl-ID\s*:\s*(mc1-[a-z2-7]{16})", tail, re.I)
+        found = TRACKING_HEADER_IN_TEXT_RE.search(tail)
         tracking = found.group(1) if found else None
     if tracking is None:
         tracking = verp
     if tracking is None:
-        found_bytes = _TRACKING_ID_BYTES.search(raw)
+        found_bytes = TRACKING_RE_BYTES.search(raw)
         tracking = found_bytes.group(0).decode() if found_bytes else None
     return tracking, original_id, verp
 
@@ -724,7 +468,7 @@ def parse_message(raw: bytes, source: str) -> Report:
     raw = bytes(raw)
     if not raw.strip():
         raise BounceParseError(f"{source}: empty message")
-    digest = hashlib.sha256(raw).hexdigest()
+    digest = message_digest(raw)
     try:
         msg = BytesParser(policy=compat32).parsebytes(raw)
         return _parse(msg, raw, source, digest)
@@ -744,9 +488,9 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
     plain = [t for t in parts.texts if not t.startswith("\x00html\x00")]
     texts = plain or [t[6:] for t in parts.texts]
     full_text = "\n".join(texts)
-    notification, tail = _split_original(full_text) if full_text else ("", "")
+    notification, tail = split_original(full_text) if full_text else ("", "")
     if not parts.original_headers and tail:
-        appended = _appended_headers(tail)
+        appended = appended_headers(tail)
         if appended is not None:
             parts.original_headers.append(appended)
 
@@ -781,11 +525,11 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
         "X-Original-To",
     ):
         for value in msg.get_all(name) or []:
-            own.update(a.lower() for a in _addresses(_clean(str(value))))
+            own.update(a.lower() for a in find_addresses(_clean(str(value))))
     for original in parts.original_headers:
         for name in ("From", "Return-Path", "Sender", "Reply-To", "Errors-To"):
             for value in original.get_all(name) or []:
-                own.update(a.lower() for a in _addresses(_clean(str(value))))
+                own.update(a.lower() for a in find_addresses(_clean(str(value))))
     if raw.startswith(b"From "):
         envelope = raw[5 : raw.find(b"\n")].split(b" ", 1)[0].decode("latin-1")
         own.add(envelope.lower())
@@ -802,7 +546,9 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
         if not addresses:
             for original in parts.original_headers:
                 addresses = [
-                    a for a in _addresses(_header(original, "To")) if a.lower() not in own or True
+                    a
+                    for a in find_addresses(_header(original, "To"))
+                    if a.lower() not in own or True
                 ]
                 if addresses:
                     break
@@ -833,7 +579,7 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
     for original in parts.original_headers:
         complainer = _header(original, "X-HmXmrOriginalRecipient")
         if complainer:
-            addresses = _addresses(complainer)[:1]
+            addresses = find_addresses(complainer)[:1]
             return report(
                 Kind.COMPLAINT,
                 [
@@ -846,7 +592,7 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
             )
     # 1c. A mail client's one-click unsubscribe (Apple Mail): an opt-out, not a complaint.
     if _header(msg, "X-Apple-Unsubscribe").lower() == "true":
-        addresses = _addresses(from_header)[:1]
+        addresses = find_addresses(from_header)[:1]
         return report(
             Kind.UNKNOWN,
             [
@@ -895,17 +641,19 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
         return report(Kind.UNKNOWN, [])
 
     # 4. Free text.
-    hint = {a.lower() for v in msg.get_all("X-Failed-Recipients") or [] for a in _addresses(str(v))}
-    found = _free_text_recipients(notification, own, hint)
+    hint = {
+        a.lower() for v in msg.get_all("X-Failed-Recipients") or [] for a in find_addresses(str(v))
+    }
+    found = free_text_recipients(notification, own, hint)
     if not found and hint:
-        found = [_Found(a, notification) for a in sorted(hint)]
+        found = [Found(a, notification) for a in sorted(hint)]
     if not found:
         # The report names nobody ("Delivery report unavailable", a bare transcript): the
         # returned message's single To address is the one that failed.
         for original in parts.original_headers[:1]:
-            to = [a for a in _addresses(_header(original, "To")) if not _excluded(a, own)]
+            to = [a for a in find_addresses(_header(original, "To")) if not excluded(a, own)]
             if len(to) == 1:
-                found = [_Found(to[0], notification)]
+                found = [Found(to[0], notification)]
     if not found:
         return report(Kind.UNKNOWN, [])
     delay = bool(_DELAY_BODY.search(subject + "\n" + notification)) and not _PERMANENT_BODY.search(
@@ -918,49 +666,14 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
     recipients = []
     for item in found:
         action = "delayed" if delay else "failed"
-        verdict = _classify_block(item.block, preamble, subject, action, default_permanent)
+        verdict = classify_block(item.block, preamble, subject, action, default_permanent)
         recipients.append(
             _recipient(
-                item.address, verdict, action, _diagnostic_of_block(item.block, item.address), None
+                item.address, verdict, action, diagnostic_of_block(item.block, item.address), None
             )
         )
     kind = Kind.DELAY if delay else Kind.BOUNCE
     return report(kind, recipients)
-
-
-_REPLY_START = re.compile(
-    r"\b[245][0-5]\d[ -]|\b[245]\.\d{1,3}\.\d{1,3}\b|said:|<<<|error (?:that the other server )?returned",  # noqa: E501
-    re.I,
-)
-
-_POSITIVE_REPLY = re.compile(r"(?:<<<|said:)?[ \t]*(?:2[0-5]\d[ -]|2\.\d{1,3}\.\d{1,3}\b)", re.I)
-
-
-def _classify_block(
-    block: str, preamble: str, subject: str, action: str | None, default_permanent: bool
-) -> Verdict:
-    """The remote server's own reply decides first; the MTA's prose around it only when the
-    reply says nothing recognisable (prose like "rejected by the recipient domain" is vaguer)."""
-    # A transcript's "<<< 250 … Sender ok" before the failing reply is not the verdict.
-    start = next(
-        (m for m in _REPLY_START.finditer(block) if not _POSITIVE_REPLY.match(block, m.start())),
-        None,
-    ) or _REPLY_START.search(block)
-    candidates = [block[start.start() :]] if start else []
-    candidates += [block, block + "\n" + preamble + "\n" + subject]
-    fallback: Verdict | None = None
-    for text in candidates:
-        verdict = classify_failure(
-            None, text, action, default_permanent=default_permanent, context=block
-        )
-        if not verdict.rule.startswith(("class.", "status.")):
-            return verdict
-        if fallback is None or (
-            fallback.rule.startswith("class.") and verdict.rule.startswith("status.")
-        ):
-            fallback = verdict
-    assert fallback is not None
-    return fallback
 
 
 def _from_dsn(
@@ -970,7 +683,7 @@ def _from_dsn(
         {
             f.address.lower(): f.block
             # The DSN names its recipients: a postmaster@ there is a real recipient.
-            for f in _free_text_recipients(notification, set(), set(), system_ok=True)
+            for f in free_text_recipients(notification, set(), set(), system_ok=True)
         }
         if notification
         else {}
@@ -1023,72 +736,3 @@ def _from_dsn(
         kind = Kind.BOUNCE
     result: Report = report(kind, recipients)
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Mailboxes
-
-
-def _split_mbox(stream: BinaryIO, name: str) -> Iterator[tuple[str, bytes]]:
-    """Stream an mbox: a message starts at a "From " line at the top or after a blank line.
-
-    Reads line by line so memory stays flat on a multi-GB mailbox; the "From " line itself is
-    kept (it carries the envelope sender). ">From " quoting is undone (mboxrd).
-    """
-    index = 0
-    lines: list[bytes] = []
-    previous_blank = True
-    for line in stream:
-        if line.startswith(b"From ") and previous_blank:
-            if lines and any(chunk.strip() for chunk in lines):
-                index += 1
-                yield f"{name}#{index}", b"".join(lines)
-            lines = [line]
-            previous_blank = False
-            continue
-        if line.startswith(b">") and line.lstrip(b">").startswith(b"From "):
-            line = line[1:]
-        lines.append(line)
-        previous_blank = not line.strip(b"\r\n")
-    if lines and any(chunk.strip() for chunk in lines):
-        index += 1
-        yield f"{name}#{index}", b"".join(lines)
-
-
-def iter_messages(path: str | Path) -> Iterator[tuple[str, bytes]]:
-    """(source, raw bytes) for every message in an mbox file, a Maildir, a .eml file or "-"."""
-    if str(path) == "-":
-        stdin = sys.stdin.buffer
-        head = stdin.peek(5)[:5] if hasattr(stdin, "peek") else b""
-        if head.startswith(b"From "):
-            yield from _split_mbox(stdin, "-")
-        else:
-            yield "-", stdin.read()
-        return
-    target = Path(path)
-    if target.is_dir():
-        folders = [target / "cur", target / "new"]
-        if not any(folder.is_dir() for folder in folders):
-            # A plain folder of saved messages (.eml files, or mbox files): each file in turn.
-            for entry in sorted(target.iterdir()):
-                if entry.is_file() and not entry.name.startswith("."):
-                    yield from iter_messages(entry)
-            return
-        for folder in folders:
-            if not folder.is_dir():
-                continue
-            for entry in sorted(folder.iterdir()):
-                if entry.is_file() and not entry.name.startswith("."):
-                    yield str(entry), entry.read_bytes()
-        return
-    try:
-        stream = target.open("rb")
-    except OSError as error:
-        raise BounceParseError(f"{target}: {error.strerror or error}") from error
-    with stream:
-        head = stream.read(5)
-        stream.seek(0)
-        if head == b"From " and target.suffix.lower() != ".eml":
-            yield from _split_mbox(stream, str(target))
-        else:
-            yield str(target), stream.read()

@@ -1,9 +1,9 @@
 """What bounce and complaint reports do: correlation to sent messages, suppression, signals.
 
-Reports are read by bounces.py; this module ties each one to the message it is about (VERP
-token, tracking id, Message-ID, else recipient and recent sends) and applies its effects:
-hard bounces and complaints suppress at once, soft bounces are scored and suppress only
-after repeated failures on distinct days, delays never suppress.
+Reports are read by `mailbox` and `parse`; this module ties each one to the message it is
+about (VERP token, tracking id, Message-ID, else recipient and recent sends) and applies its
+effects: hard bounces and complaints suppress at once, soft bounces are scored and suppress
+only after repeated failures on distinct days, delays never suppress.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from mailctl.bounces.parse import BounceParseError, Kind, Report, iter_messages, parse_message
-from mailctl.errors import InputError
-from mailctl.message.render import TRACKING_RE
-from mailctl.recipients.csv_import import InvalidAddress, normalise_address
+from mailctl.bounces.mailbox import iter_messages
+from mailctl.bounces.parse import Kind, Report, parse_message
+from mailctl.errors import BounceParseError, InputError, InvalidAddress
+from mailctl.message.tracking import TRACKING_RE
+from mailctl.recipients.csv_import import normalise_address
 from mailctl.store.sqlite import Store
 
 REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual", "soft_bounce_limit")

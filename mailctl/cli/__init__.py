@@ -516,7 +516,7 @@ def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
     """Render the first messages without touching the database or the network."""
     from mailctl.config import load_campaign
     from mailctl.delivery.campaigns import check_fields, make_renderer
-    from mailctl.message.render import new_tracking_id
+    from mailctl.message.tracking import new_tracking_id
     from mailctl.recipients.csv_import import import_csv
     from mailctl.store.sqlite import Store, resolve_db_path
 
@@ -781,7 +781,9 @@ def bounces_parse(
 
     Example: mailctl bounces parse bounce.eml --json
     """
-    from mailctl.bounces.parse import BounceParseError, iter_messages, parse_message
+    from mailctl.bounces.mailbox import iter_messages
+    from mailctl.bounces.parse import parse_message
+    from mailctl.errors import BounceParseError
 
     for path in paths:
         if path != "-" and not Path(path).exists():
@@ -805,7 +807,7 @@ def bounces_parse(
 
 def _target(value: str) -> str:
     from mailctl.bounces.suppression import parse_suppression_target
-    from mailctl.recipients.csv_import import InvalidAddress
+    from mailctl.errors import InvalidAddress
 
     try:
         return parse_suppression_target(value)
@@ -1450,7 +1452,7 @@ def _warmup_event(ip: str, kind: str, preset: str | None, date: str | None) -> N
     import datetime as dt
     import time
 
-    from mailctl.reputation.warmup import PRESET_NAMES
+    from mailctl.warmup_schedule import PRESET_NAMES
 
     if preset is not None and preset not in PRESET_NAMES:
         raise UsageError(f"--preset must be one of {', '.join(PRESET_NAMES)}")
@@ -1593,7 +1595,8 @@ def dkim_keygen(
     """
     import os
 
-    from mailctl.message.dkim import DkimError, generate_keypair, txt_record
+    from mailctl.errors import DkimError
+    from mailctl.message.dkim import generate_keypair, txt_record
 
     path = out or Path(f"{domain}.{selector}.pem")
     if path.exists():

@@ -11,7 +11,8 @@ from typing import Any
 from mailctl.config import Campaign, ProfilesFile, TrafficClass, load_campaign
 from mailctl.delivery.engine import CampaignJob
 from mailctl.errors import CampaignChangedError, InputError, MailctlError, TemplateError
-from mailctl.message.render import Renderer, new_tracking_id
+from mailctl.message.render import Renderer
+from mailctl.message.tracking import new_tracking_id
 from mailctl.recipients.csv_import import ImportSummary, import_csv
 from mailctl.store.sqlite import Store
 

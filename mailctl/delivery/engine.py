@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from mailctl.config import Campaign, Profile, TlsMode, TransportKind
 from mailctl.delivery.transport import Connection, Destination, Reply, relay_destination
-from mailctl.dns.mx import (
+from mailctl.dns.providers import (
     DirectAction,
     DomainRoute,
     RouteStatus,
@@ -41,8 +41,8 @@ from mailctl.reputation.budget import WarmupBudget, profile_settings
 from mailctl.reputation.lanes import (
     BreakerPolicy,
     BreakerState,
-    EventKind,
     LaneEvent,
+    LaneEventKind,
     LaneState,
     Scheduler,
     check_breaker,
@@ -371,7 +371,7 @@ class Engine:
                 continue
             resolver = self.resolver
             if resolver is None and lookups:
-                from mailctl.dns.mx import DnsPythonMxResolver
+                from mailctl.dns.providers import DnsPythonMxResolver
 
                 resolver = self.resolver = DnsPythonMxResolver()
             if lookups:
@@ -957,14 +957,14 @@ class Engine:
             return
         lane = self.scheduler.lane(item.ip, item.provider)
         event = lane.on_reply(reply.text, reply.code, now, from_receiver=reply.from_receiver)
-        if event.pauses_lane or event.kind is EventKind.DISABLED:
+        if event.pauses_lane or event.kind is LaneEventKind.DISABLED:
             self._lane_event(event, item.message["campaign_id"], now)
         outcome = self._classify(item, reply, event)
         if not reply.ok:
             self.budget.release(item.ip, item.provider)
         self._record(outcome)
         cid = item.message["campaign_id"]
-        if event.kind is EventKind.STOP_CAMPAIGN:
+        if event.kind is LaneEventKind.STOP_CAMPAIGN:
             self._stop_campaign(cid, f"{event.reason or 'stopped by rule'} ({reply.text})")
         elif outcome.state == "failed" and outcome.scope == "campaign":
             self._stop_campaign(cid, f"the receiver refused the sender: {reply.text}")
@@ -1030,7 +1030,7 @@ class Engine:
             and reply.code >= 500
             and verdict.permanent
         )
-        if permanent and verdict is not None and event.kind is not EventKind.DEFER_RECIPIENT:
+        if permanent and verdict is not None and event.kind is not LaneEventKind.DEFER_RECIPIENT:
             if verdict.scope is Scope.RECIPIENT:
                 return self._outcome_for(
                     message,
@@ -1203,7 +1203,7 @@ class Engine:
         self._commit(force=True)
 
 
-_NO_EVENT = LaneEvent(EventKind.NONE, "", "")
+_NO_EVENT = LaneEvent(LaneEventKind.NONE, "", "")
 
 
 def _lane_key(group: _Group) -> tuple[str, str]:

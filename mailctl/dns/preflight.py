@@ -7,7 +7,8 @@ from email.utils import parseaddr
 from pathlib import Path
 
 from mailctl.config import Campaign, Profile, TrafficClass, TransportKind
-from mailctl.dns.checks import CheckReport, LiveResolver, Resolver, ZoneResolver, run_checks
+from mailctl.dns.checks import CheckReport, run_checks
+from mailctl.dns.resolver import LiveResolver, Resolver, ZoneResolver
 from mailctl.message.dkim import DkimAlgorithm, DkimKeyConfig, load_key
 
 

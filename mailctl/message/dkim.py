@@ -25,14 +25,12 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from mailctl.errors import ConfigError, MailctlError
+from mailctl.errors import DkimError, DkimKeyError
 
 __all__ = [
     "DEFAULT_SIGNED_HEADERS",
     "DkimAlgorithm",
-    "DkimError",
     "DkimKeyConfig",
-    "DkimKeyError",
     "DkimSigner",
     "generate_keypair",
     "load_key",
@@ -40,14 +38,6 @@ __all__ = [
     "public_key_txt",
     "txt_record",
 ]
-
-
-class DkimError(MailctlError):
-    """A DKIM key cannot be generated or used for signing."""
-
-
-class DkimKeyError(DkimError, ConfigError):
-    """A configured DKIM private key is missing, unreadable or of the wrong type."""
 
 
 class DkimAlgorithm(StrEnum):

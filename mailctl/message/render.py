@@ -23,15 +23,9 @@ from jinja2.sandbox import SandboxedEnvironment
 from mailctl.config import Campaign, TrafficClass
 from mailctl.errors import TemplateError
 from mailctl.message.dkim import DkimKeyConfig
+from mailctl.message.tracking import TRACKING_HEADER, bounce_address, verp_address
 
-TRACKING_PREFIX = "mc1-"
-TRACKING_RE = re.compile(r"mc1-[a-z2-7]{16}")
 _CRLF = re.compile(r"[\r\n]+")
-
-
-def new_tracking_id() -> str:
-    """A unique token that survives in returned bounce headers (Message-ID, X-Mailctl-ID)."""
-    return TRACKING_PREFIX + base64.b32encode(os.urandom(10)).decode("ascii").lower()
 
 
 def _header_safe(value: str) -> str:
@@ -174,9 +168,9 @@ class Renderer:
 
     def envelope_from(self, tracking_id: str) -> str:
         if self.bounce_domain and self.verp:
-            return f"bounces+{tracking_id}@{self.bounce_domain}"
+            return verp_address(tracking_id, self.bounce_domain)
         if self.bounce_domain:
-            return f"bounces@{self.bounce_domain}"
+            return bounce_address(self.bounce_domain)
         return self.plain_from
 
     def render(
@@ -210,7 +204,7 @@ class Renderer:
             f"To: {recipient}\r\n",
             f"Subject: {encode_header_value(subject)}\r\n",
             f"Message-ID: <{tracking_id}@{self.from_domain}>\r\n",
-            f"X-Mailctl-ID: {tracking_id}\r\n",
+            f"{TRACKING_HEADER}: {tracking_id}\r\n",
         ]
         if self.campaign.traffic_class is TrafficClass.MARKETING or unsubscribe_url:
             uris = []

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import idna
 
-from mailctl.errors import InputError
+from mailctl.errors import InputError, InvalidAddress
 from mailctl.store.sqlite import Store
 
 BATCH = 5000
@@ -34,10 +34,6 @@ _FAST = re.compile(
 )
 
 
-class InvalidAddress(ValueError):
-    """An address that fails the syntax check; the message says why."""
-
-
 def normalise_address(raw: str) -> tuple[str, str]:
     """Trim, lower-case and IDNA-encode the domain; return (address, domain) or raise.
 
@@ -49,34 +45,38 @@ def normalise_address(raw: str) -> tuple[str, str]:
         if len(local) <= 64:
             return address, domain
     if not address:
-        raise InvalidAddress("empty address")
+        raise InvalidAddress("empty address", address=address)
     if "@" not in address:
-        raise InvalidAddress(f"'{address}' has no @")
+        raise InvalidAddress(f"'{address}' has no @", address=address)
     local, _, domain = address.rpartition("@")
     if not local:
-        raise InvalidAddress(f"'{address}' has an empty local part")
+        raise InvalidAddress(f"'{address}' has an empty local part", address=address)
     if len(local) > 64:
-        raise InvalidAddress(f"'{address}': local part longer than 64 characters")
+        raise InvalidAddress(f"'{address}': local part longer than 64 characters", address=address)
     if not _LOCAL.match(local):
         if not local.isascii():
-            raise InvalidAddress(f"'{address}': non-ASCII local part (needs SMTPUTF8)")
-        raise InvalidAddress(f"'{address}': invalid local part")
+            raise InvalidAddress(
+                f"'{address}': non-ASCII local part (needs SMTPUTF8)", address=address
+            )
+        raise InvalidAddress(f"'{address}': invalid local part", address=address)
     domain = domain.strip().rstrip(".").lower()
     if not domain:
-        raise InvalidAddress(f"'{address}' has an empty domain")
+        raise InvalidAddress(f"'{address}' has an empty domain", address=address)
     if not domain.isascii():
         try:
             domain = idna.encode(domain, uts46=True).decode("ascii")
         except idna.IDNAError as exc:
-            raise InvalidAddress(f"'{address}': invalid international domain ({exc})") from None
+            raise InvalidAddress(
+                f"'{address}': invalid international domain ({exc})", address=address
+            ) from None
     labels = domain.split(".")
     if len(labels) < 2:
-        raise InvalidAddress(f"'{address}': domain '{domain}' has no dot")
+        raise InvalidAddress(f"'{address}': domain '{domain}' has no dot", address=address)
     if not all(_LABEL.match(label) for label in labels) or not _TLD.match(labels[-1]):
-        raise InvalidAddress(f"'{address}': invalid domain '{domain}'")
+        raise InvalidAddress(f"'{address}': invalid domain '{domain}'", address=address)
     address = f"{local}@{domain}"
     if len(address) > 254:
-        raise InvalidAddress(f"'{address}': longer than 254 characters")
+        raise InvalidAddress(f"'{address}': longer than 254 characters", address=address)
     return address, domain
 
 

@@ -278,7 +278,7 @@ _RULE_KEYS = {
 
 
 def _fail(path: str, message: str) -> ConfigError:
-    return ConfigError(f"{path}: {message}")
+    return ConfigError(f"{path}: {message}", key=path)
 
 
 def _describe(value: Any) -> str:

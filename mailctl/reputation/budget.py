@@ -1,8 +1,9 @@
 """Today's warm-up capacity per sending IP and provider, enforced by the send loop.
 
-Caps come from warmup.py (pure schedule maths) applied to the IP's history in SQLite; they
-are counted across all campaigns, spread across the IP's sending window, and reserved when a
-message is routed so concurrent sends can never overshoot.
+Caps come from the warm-up replay (reputation/warmup.py, over the schedules in
+mailctl/warmup_schedule.py) applied to the IP's history in SQLite; they are counted across
+all campaigns, spread across the IP's sending window, and reserved when a message is routed
+so concurrent sends can never overshoot.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 
-from mailctl.config import Profile, WarmupConfig
+from mailctl.config import Profile
 from mailctl.reputation.warmup import (
     DayRecord,
-    EventKind,
     WarmupEvent,
-    WarmupSetting,
+    WarmupEventKind,
     WarmupState,
     local_day,
     next_send_time,
@@ -28,32 +28,13 @@ from mailctl.reputation.warmup import (
     window_bounds,
 )
 from mailctl.store.sqlite import Store
-
-
-def setting_from_config(config: WarmupConfig) -> WarmupSetting:
-    return WarmupSetting(
-        preset=config.preset,
-        volumes=config.volumes,
-        start=config.start,
-        target_daily=config.target_daily,
-        provider_caps=dict(config.provider_caps),
-        provider_shares=dict(config.provider_shares),
-        window_start_hour=config.window_start_hour,
-        window_end_hour=config.window_end_hour,
-        timezone=config.timezone,
-        idle_reset_days=config.idle_reset_days,
-        start_volume=config.start_volume,
-        linear_days=config.linear_days,
-    )
+from mailctl.warmup_schedule import WarmupSetting
 
 
 def profile_settings(*profiles: Profile) -> dict[str, WarmupSetting | None]:
     """Every IP of these profiles with its warm-up setting (None: a warm IP)."""
     return {
-        ip.ip: setting_from_config(ip.warmup) if ip.warmup else None
-        for profile in profiles
-        for pool in profile.pools.values()
-        for ip in pool
+        ip.ip: ip.warmup for profile in profiles for pool in profile.pools.values() for ip in pool
     }
 
 
@@ -74,7 +55,7 @@ def history(store: Store, ip: str) -> list[DayRecord]:
 
 def events(store: Store, ip: str) -> list[WarmupEvent]:
     return [
-        WarmupEvent(dt.date.fromisoformat(day), EventKind(kind), preset)
+        WarmupEvent(dt.date.fromisoformat(day), WarmupEventKind(kind), preset)
         for day, kind, preset in store.warmup_events(ip)
     ]
 

@@ -39,7 +39,7 @@ __all__ = [
     "BreakerState",
     "BreakerTrip",
     "CapacityFn",
-    "EventKind",
+    "LaneEventKind",
     "Lane",
     "LaneEvent",
     "LaneMode",
@@ -61,7 +61,9 @@ class LaneMode(StrEnum):
     DISABLED = "disabled"  # out of rotation for this provider until resumed (or `until`)
 
 
-class EventKind(StrEnum):
+class LaneEventKind(StrEnum):
+    """What a reply did to a lane (the scheduler's answer to the engine)."""
+
     NONE = "none"  # nothing changed (a delivery, an ordinary deferral)
     IGNORED = "ignored"  # not the receiver's word, or the lane already paused for it
     COUNTED = "counted"  # a triggered rule matched but has not reached its count
@@ -78,7 +80,7 @@ class EventKind(StrEnum):
 class LaneEvent:
     """What a reply did, for the run's log and progress."""
 
-    kind: EventKind
+    kind: LaneEventKind
     ip: str
     provider: str
     until: float | None = None
@@ -90,10 +92,10 @@ class LaneEvent:
     @property
     def pauses_lane(self) -> bool:
         return self.kind in (
-            EventKind.SUSPENDED,
-            EventKind.SLOWED,
-            EventKind.DISABLED,
-            EventKind.BACKOFF,
+            LaneEventKind.SUSPENDED,
+            LaneEventKind.SLOWED,
+            LaneEventKind.DISABLED,
+            LaneEventKind.BACKOFF,
         )
 
 
@@ -497,7 +499,7 @@ class Lane:
         if count:
             self._set(replace(self.state, sent=self.state.sent + count), now)
 
-    def _event(self, kind: EventKind, **fields: Any) -> LaneEvent:
+    def _event(self, kind: LaneEventKind, **fields: Any) -> LaneEvent:
         return LaneEvent(kind, self.ip, self.provider, **fields)
 
     def on_reply(
@@ -509,12 +511,12 @@ class Lane:
         reached, connection never made): they never trigger, extend or count anything.
         """
         if not from_receiver:
-            return self._event(EventKind.IGNORED, reason="not a receiver's reply")
+            return self._event(LaneEventKind.IGNORED, reason="not a receiver's reply")
         self._advance(now)
         code = code if code is not None else parse_reply_code(reply_text)
         if code is not None and 200 <= code < 300:
             self._set(replace(self.state, sent=self.state.sent + 1), now)
-            return self._event(EventKind.NONE)
+            return self._event(LaneEventKind.NONE)
         found = self.rules.match(reply_text, self.provider)
         if found is not None:
             return self._apply(found, now)
@@ -522,7 +524,7 @@ class Lane:
             self._set(replace(self.state, deferred=self.state.deferred + 1), now)
         if code == 421:
             return self._backoff(reply_text, now)
-        return self._event(EventKind.NONE)
+        return self._event(LaneEventKind.NONE)
 
     def _triggered(self, rule: ReplyRule, now: float) -> bool:
         """Record a match of a triggered rule; True when it reaches its count."""
@@ -541,22 +543,22 @@ class Lane:
         if rule.action is Action.DEFER_RECIPIENT:
             self._set(replace(s, deferred=s.deferred + 1), now)
             return self._event(
-                EventKind.DEFER_RECIPIENT, rule=rule.id, retry_after=found.retry_after
+                LaneEventKind.DEFER_RECIPIENT, rule=rule.id, retry_after=found.retry_after
             )
         if rule.action is Action.BOUNCE_RECIPIENT:
-            return self._event(EventKind.BOUNCE_RECIPIENT, rule=rule.id)
+            return self._event(LaneEventKind.BOUNCE_RECIPIENT, rule=rule.id)
         if rule.action is Action.STOP_CAMPAIGN:
             return self._event(
-                EventKind.STOP_CAMPAIGN, rule=rule.id, reason=found.reply, alert=True
+                LaneEventKind.STOP_CAMPAIGN, rule=rule.id, reason=found.reply, alert=True
             )
         if rule.trigger is not None and not self._triggered(rule, now):
-            return self._event(EventKind.COUNTED, rule=rule.id, reason=found.reply)
+            return self._event(LaneEventKind.COUNTED, rule=rule.id, reason=found.reply)
         s = self.state
         s = replace(s, throttled=s.throttled + 1)
         if s.mode is LaneMode.DISABLED:
             # Out of rotation already: nothing short of `lanes resume` brings it back.
             self._set(s, now)
-            return self._event(EventKind.IGNORED, until=s.until, reason="lane disabled")
+            return self._event(LaneEventKind.IGNORED, until=s.until, reason="lane disabled")
         if rule.action is Action.DISABLE_IP:
             until = now + rule.duration if rule.duration else None
             s = replace(
@@ -566,7 +568,7 @@ class Lane:
             )  # fmt: skip
             self._set(s, now)
             return self._event(
-                EventKind.DISABLED, until=until, reason=found.reply, rule=rule.id, alert=True
+                LaneEventKind.DISABLED, until=until, reason=found.reply, rule=rule.id, alert=True
             )
         if rule.action is Action.SUSPEND:
             assert rule.duration is not None
@@ -590,7 +592,7 @@ class Lane:
             ramp_factor=None, ramp_connections=None, last_change_at=now,
         )  # fmt: skip
         self._set(s, now)
-        kind = EventKind.SUSPENDED if rule is not None else EventKind.BACKOFF
+        kind = LaneEventKind.SUSPENDED if rule is not None else LaneEventKind.BACKOFF
         return self._event(kind, until=until, reason=reason, rule=rule, alert=alert)
 
     def _slow(self, s: LaneState, found: RuleMatch, now: float) -> LaneEvent:
@@ -612,7 +614,7 @@ class Lane:
                 s = replace(s, slow_until=max(s.slow_until or end, end))
             self._set(s, now)
             until = s.until if s.mode is LaneMode.SLOWED else s.slow_until
-            return self._event(EventKind.SLOWED, until=until, reason=found.reply, rule=rule.id)
+            return self._event(LaneEventKind.SLOWED, until=until, reason=found.reply, rule=rule.id)
         if s.mode is LaneMode.SLOWED and s.slow_limits is not None:
             current = s.slow_limits
         elif s.mode is LaneMode.SUSPENDED:
@@ -651,14 +653,14 @@ class Lane:
             tokens = tuple(min(t, c) for t, c in zip(tokens, caps, strict=True))  # type: ignore[assignment]
         self._set(replace(s, tokens=tokens), now)
         return self._event(
-            EventKind.SLOWED, until=until, reason=found.reply, rule=rule.id, alert=rule.alert
+            LaneEventKind.SLOWED, until=until, reason=found.reply, rule=rule.id, alert=rule.alert
         )
 
     def _backoff(self, reply_text: str, now: float) -> LaneEvent:
         s = self.state
         if s.mode in (LaneMode.SUSPENDED, LaneMode.DISABLED):
             # Replies to messages already in flight when the lane paused: same episode.
-            return self._event(EventKind.IGNORED, until=s.until, reason="lane already paused")
+            return self._event(LaneEventKind.IGNORED, until=s.until, reason="lane already paused")
         level = s.backoff_level
         if s.last_resume_at is not None and now - s.last_resume_at >= self.policy.clean_interval:
             level = 0  # a clean interval since the last backoff ended
@@ -684,7 +686,7 @@ class Lane:
             ramp_factor=None, ramp_connections=None, last_change_at=now,
         )  # fmt: skip
         self._set(s, now)
-        return self._event(EventKind.DISABLED, reason=reason, rule="manual")
+        return self._event(LaneEventKind.DISABLED, reason=reason, rule="manual")
 
     def resume(self, now: float, *, ramp: bool = True) -> None:
         """``mailctl lanes resume``: end any pause now. ``ramp=False`` returns to full speed

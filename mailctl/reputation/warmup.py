@@ -1,9 +1,11 @@
-"""Pure warm-up schedule maths: presets, sending-day counting, holds and step-backs, caps.
+"""Warm-up replay: sending-day counting, holds and step-backs on signals, per-provider caps.
 
-Nothing here touches the database, the clock or the terminal: callers pass the IP's history
-(one `DayRecord` a day, from `ip_days`), the manual events the CLI stored (`WarmupEvent`) and
-`today` / `now`. The same inputs always give the same answer, so `warmup plan`, the scheduler and
-the tests all agree.
+Schedules and the per-IP setting live in mailctl/warmup_schedule.py (presets, stage caps);
+this module replays an IP's history against them. Nothing here touches the database, the
+clock or the terminal: callers pass the IP's history (one `DayRecord` a day, from `ip_days`),
+the manual events the CLI stored (`WarmupEvent`) and `today` / `now`. The same inputs always
+give the same answer, so `warmup plan`, the scheduler and the tests all agree. It must not
+import the store, the CLI or delivery.
 
 How the replay works (one pass over history, never editing it):
 
@@ -26,294 +28,40 @@ An IP without a setting (`setting=None` everywhere) is warm: caps are None (unli
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from fractions import Fraction
 from types import MappingProxyType
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from mailctl.warmup_schedule import (
+    WarmupSetting,
+    WarmupThresholds,
+    check_preset_name,
+    exact_fraction,
+)
 
 __all__ = [
-    "DEFAULT_LINEAR_DAYS",
-    "DEFAULT_LINEAR_START",
-    "LINEAR",
-    "PRESETS",
-    "PRESET_NAMES",
-    "SENDGRID_SCHEDULE",
-    "SES45_DAYS",
-    "SES45_FIRST_DAY",
-    "SES45_TARGET",
-    "SPARKPOST_SCHEDULE",
+    "DayOutcome",
     "DayRecord",
-    "EventKind",
-    "Outcome",
     "PastDay",
     "PlannedDay",
     "WarmupEvent",
+    "WarmupEventKind",
     "WarmupPlan",
-    "WarmupSetting",
     "WarmupState",
     "WarmupStatus",
-    "WarmupThresholds",
-    "linear_schedule",
     "local_day",
     "next_send_time",
     "next_window_open",
     "plan",
     "provider_cap",
     "provider_caps",
-    "ses45_schedule",
     "state_on",
     "window_allowance",
     "window_bounds",
 ]
-
-# --- presets ---------------------------------------------------------------------------------
-
-# SendGrid's published manual plan, days 1-15 (PROVIDERS.md).
-SENDGRID_SCHEDULE: tuple[int, ...] = (
-    50, 100, 500, 1_000, 5_000, 10_000, 20_000, 40_000, 70_000, 100_000,
-    150_000, 250_000, 400_000, 600_000, 1_000_000,
-)  # fmt: skip
-
-# SparkPost's published plan: days 1-15, then the continuation it publishes. It ends at 1.25M;
-# a target above that needs explicit `volumes` (the cap otherwise stays at 1.25M).
-SPARKPOST_SCHEDULE: tuple[int, ...] = (
-    200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 40_000, 50_000, 75_000,
-    100_000, 150_000, 200_000, 250_000, 325_000,
-    400_000, 500_000, 600_000, 750_000, 1_000_000, 1_250_000,
-)  # fmt: skip
-
-SES45_DAYS = 45
-SES45_FIRST_DAY = 50
-SES45_TARGET = 50_000
-
-
-def ses45_schedule() -> tuple[int, ...]:
-    """Amazon SES's 45-day warm-up to 50,000/day as a geometric ramp.
-
-    v(d) = round(50 * 1000 ** ((d - 1) / 44)) for d = 1..45: day 1 is 50 (SendGrid's day 1),
-    day 45 is exactly 50,000, and every day is about 17% above the one before (x10 every ~14.7
-    days). A constant ratio keeps each day's step proportional to the reputation already earned.
-    """
-    ratio = SES45_TARGET / SES45_FIRST_DAY
-    return tuple(
-        round(SES45_FIRST_DAY * ratio ** ((d - 1) / (SES45_DAYS - 1)))
-        for d in range(1, SES45_DAYS + 1)
-    )
-
-
-def linear_schedule(start_volume: int, target_daily: int, days: int) -> tuple[int, ...]:
-    """A straight line from `start_volume` on day 1 to `target_daily` on day `days`.
-
-    v(d) = start + (target - start) * (d - 1) // (days - 1), integer maths so the last day is
-    exactly the target.
-    """
-    if days < 2:
-        raise ValueError(f"linear warm-up needs at least 2 days, got {days}")
-    if start_volume < 1:
-        raise ValueError(f"linear warm-up start_volume must be at least 1, got {start_volume}")
-    if start_volume > target_daily:
-        raise ValueError(
-            f"linear warm-up start_volume ({start_volume:,}) exceeds target_daily "
-            f"({target_daily:,})"
-        )
-    span = target_daily - start_volume
-    return tuple(start_volume + span * d // (days - 1) for d in range(days))
-
-
-# Fixed schedules by name. `linear` is a preset too, but it is built from the setting's
-# start_volume, target_daily and linear_days, so it lives in PRESET_NAMES only.
-PRESETS: Mapping[str, tuple[int, ...]] = MappingProxyType(
-    {
-        "sendgrid": SENDGRID_SCHEDULE,
-        "sparkpost": SPARKPOST_SCHEDULE,
-        "ses45": ses45_schedule(),
-    }
-)
-LINEAR = "linear"
-PRESET_NAMES: tuple[str, ...] = (*PRESETS, LINEAR)
-
-# Defaults for the linear preset: start where SendGrid starts, reach the target in 30 days.
-DEFAULT_LINEAR_START = 50
-DEFAULT_LINEAR_DAYS = 30
-
-
-def _check_preset_name(name: str) -> None:
-    if name not in PRESET_NAMES:
-        raise ValueError(
-            f"unknown warm-up preset {name!r}; valid presets: {', '.join(PRESET_NAMES)}"
-        )
-
-
-# --- settings --------------------------------------------------------------------------------
-
-
-def _decimal(value: float) -> Fraction:
-    # Thresholds and shares are written as decimals ("0.001"); compare against that exact
-    # decimal, not its binary float, so "exactly at the threshold" behaves as written.
-    return Fraction(str(value))
-
-
-@dataclass(frozen=True)
-class WarmupThresholds:
-    """Signals that stop a stage from advancing (hold) or push it back (step back).
-
-    A day HOLDS when any value is strictly above its maximum; it STEPS BACK when blocks are
-    above `max_blocks`. Rates are per sent message; the deferral share is
-    deferred / (sent + deferred).
-    """
-
-    max_deferral_share: float = 0.05
-    max_bounce_rate: float = 0.02
-    max_complaint_rate: float = 0.001
-    max_throttles: int = 0
-    max_blocks: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("max_deferral_share", "max_bounce_rate", "max_complaint_rate"):
-            value = getattr(self, name)
-            if not 0 <= value <= 1:
-                raise ValueError(f"warm-up threshold {name} must be within 0..1, got {value}")
-        for name in ("max_throttles", "max_blocks"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"warm-up threshold {name} must not be negative")
-
-
-def _ramp(schedule: Sequence[int], target_daily: int) -> tuple[int, ...]:
-    """Stage caps: schedule values capped at the target, ending at the first that reaches it."""
-    caps: list[int] = []
-    for volume in schedule:
-        caps.append(min(volume, target_daily))
-        if volume >= target_daily:
-            break
-    return tuple(caps)
-
-
-@dataclass(frozen=True, kw_only=True)
-class WarmupSetting:
-    """One sending IP's warm-up: which schedule, from when, up to what, and how it is spread.
-
-    Exactly one of `preset` (a name in PRESET_NAMES) or `volumes` (explicit daily volumes,
-    positive and non-decreasing) must be given. `start_volume` and `linear_days` only matter
-    for the `linear` preset. Provider names are matched case-insensitively. The sending window
-    runs from `window_start_hour` to `window_end_hour` (0..24, start < end, no overnight
-    windows) in `timezone`. Invalid values raise ValueError naming the field.
-    """
-
-    start: date
-    target_daily: int
-    preset: str | None = None
-    volumes: tuple[int, ...] | None = None
-    start_volume: int = DEFAULT_LINEAR_START
-    linear_days: int = DEFAULT_LINEAR_DAYS
-    provider_caps: Mapping[str, int] = field(default_factory=dict)
-    provider_shares: Mapping[str, float] = field(default_factory=dict)
-    window_start_hour: int = 0
-    window_end_hour: int = 24
-    timezone: str = "UTC"
-    idle_reset_days: int = 30
-    thresholds: WarmupThresholds = field(default_factory=WarmupThresholds)
-
-    def __post_init__(self) -> None:
-        # object.__setattr__: the dataclass is frozen; these normalise inputs once, up front.
-        if self.target_daily < 1:
-            raise ValueError(f"warm-up target_daily must be at least 1, got {self.target_daily}")
-        if (self.preset is None) == (self.volumes is None):
-            raise ValueError("a warm-up setting needs exactly one of preset or volumes")
-        if self.preset is not None:
-            _check_preset_name(self.preset)
-        if self.volumes is not None:
-            volumes = tuple(self.volumes)
-            _check_volumes(volumes)
-            object.__setattr__(self, "volumes", volumes)
-        if self.start_volume < 1 or self.linear_days < 2:
-            raise ValueError(
-                "warm-up start_volume must be at least 1 and linear_days at least 2, got "
-                f"{self.start_volume} and {self.linear_days}"
-            )
-        if self.idle_reset_days < 1:
-            raise ValueError(
-                f"warm-up idle_reset_days must be at least 1, got {self.idle_reset_days}"
-            )
-        if not 0 <= self.window_start_hour < self.window_end_hour <= 24:
-            raise ValueError(
-                "warm-up window needs 0 <= window_start_hour < window_end_hour <= 24, got "
-                f"{self.window_start_hour}..{self.window_end_hour}"
-            )
-        try:
-            zone = ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown warm-up time zone {self.timezone!r}") from exc
-        object.__setattr__(self, "_zone", zone)
-
-        caps: dict[str, int] = {}
-        for provider, cap in self.provider_caps.items():
-            if cap < 0:
-                raise ValueError(f"warm-up provider cap for {provider!r} must not be negative")
-            caps[provider.lower()] = cap
-        shares: dict[str, float] = {}
-        for provider, share in self.provider_shares.items():
-            if not 0 <= share <= 1:
-                raise ValueError(
-                    f"warm-up provider share for {provider!r} must be within 0..1, got {share}"
-                )
-            shares[provider.lower()] = share
-        object.__setattr__(self, "provider_caps", MappingProxyType(caps))
-        object.__setattr__(self, "provider_shares", MappingProxyType(shares))
-        # Computed once: the replay looks a stage's cap up for every day.
-        object.__setattr__(self, "_ramp", _ramp(self.schedule(), self.target_daily))
-
-    @property
-    def name(self) -> str:
-        """The preset's name, or "custom" for explicit volumes."""
-        return self.preset if self.preset is not None else "custom"
-
-    @property
-    def zone(self) -> ZoneInfo:
-        """The sending window's time zone."""
-        zone: ZoneInfo = self._zone  # type: ignore[attr-defined]
-        return zone
-
-    def schedule(self, preset: str | None = None) -> tuple[int, ...]:
-        """The raw daily volumes (uncapped) of this setting, or of another preset for it."""
-        name = preset if preset is not None else self.preset
-        if name is None:
-            assert self.volumes is not None  # __post_init__ guarantees one of the two
-            return self.volumes
-        _check_preset_name(name)
-        if name == LINEAR:
-            # A start above the target would ramp down; start at the target instead (warm).
-            start_volume = min(self.start_volume, self.target_daily)
-            return linear_schedule(start_volume, self.target_daily, self.linear_days)
-        return PRESETS[name]
-
-    def ramp(self, preset: str | None = None) -> tuple[int, ...]:
-        """The stage caps: `ramp()[stage - 1]` is the cap of that stage; the last one holds."""
-        if preset is None:
-            ramp: tuple[int, ...] = self._ramp  # type: ignore[attr-defined]
-            return ramp
-        return _ramp(self.schedule(preset), self.target_daily)
-
-    def stage_cap(self, stage: int) -> int:
-        """The cap of a 1-based stage; stages past the end keep the last cap."""
-        ramp = self.ramp()
-        return ramp[min(max(stage, 1), len(ramp)) - 1]
-
-
-def _check_volumes(volumes: tuple[int, ...]) -> None:
-    if not volumes:
-        raise ValueError("warm-up volumes must not be empty")
-    for day, volume in enumerate(volumes, start=1):
-        if isinstance(volume, bool) or not isinstance(volume, int) or volume < 1:
-            raise ValueError(f"warm-up volume for day {day} must be a positive integer")
-    for day in range(1, len(volumes)):
-        if volumes[day] < volumes[day - 1]:
-            raise ValueError(
-                f"warm-up volumes must not decrease (day {day + 1}: {volumes[day]:,} after "
-                f"{volumes[day - 1]:,})"
-            )
 
 
 # --- inputs: history and events --------------------------------------------------------------
@@ -343,7 +91,7 @@ class DayRecord:
                 raise ValueError(f"{name} for {self.day} must not be negative")
 
 
-class EventKind(StrEnum):
+class WarmupEventKind(StrEnum):
     """Manual warm-up commands the CLI stores as events."""
 
     START = "start"  # (re)start at stage 1 on `day`, optionally with another preset
@@ -357,21 +105,21 @@ class WarmupEvent:
     """One manual command, applied at the start of `day` during the replay."""
 
     day: date
-    kind: EventKind
+    kind: WarmupEventKind
     preset: str | None = None  # start only: switch to this preset (None keeps the current one)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", EventKind(self.kind))
+        object.__setattr__(self, "kind", WarmupEventKind(self.kind))
         if self.preset is not None:
-            if self.kind is not EventKind.START:
+            if self.kind is not WarmupEventKind.START:
                 raise ValueError(f"only a start event takes a preset, not {self.kind}")
-            _check_preset_name(self.preset)
+            check_preset_name(self.preset)
 
 
 # --- outputs ---------------------------------------------------------------------------------
 
 
-class Outcome(StrEnum):
+class DayOutcome(StrEnum):
     """What a past day did to the ramp."""
 
     ADVANCED = "advanced"  # clean sending day: next sending day is one stage up
@@ -406,7 +154,7 @@ class PastDay:
     stage: int
     cap: int
     sent: int
-    outcome: Outcome
+    outcome: DayOutcome
     why: str
 
 
@@ -488,11 +236,15 @@ def _bad_signals(record: DayRecord, thresholds: WarmupThresholds) -> list[str]:
     if record.throttles > thresholds.max_throttles:
         reasons.append(f"throttle replies: {record.throttles:,}")
     attempted = record.sent + record.deferred
-    if attempted and Fraction(record.deferred, attempted) > _decimal(thresholds.max_deferral_share):
+    if attempted and Fraction(record.deferred, attempted) > exact_fraction(
+        thresholds.max_deferral_share
+    ):
         reasons.append(f"deferral share {record.deferred / attempted:.1%}")
-    if record.sent and Fraction(record.bounced, record.sent) > _decimal(thresholds.max_bounce_rate):
+    if record.sent and Fraction(record.bounced, record.sent) > exact_fraction(
+        thresholds.max_bounce_rate
+    ):
         reasons.append(f"bounce rate {record.bounced / record.sent:.2%}")
-    if record.sent and Fraction(record.complained, record.sent) > _decimal(
+    if record.sent and Fraction(record.complained, record.sent) > exact_fraction(
         thresholds.max_complaint_rate
     ):
         reasons.append(f"complaint rate {record.complained / record.sent:.3%}")
@@ -500,10 +252,10 @@ def _bad_signals(record: DayRecord, thresholds: WarmupThresholds) -> list[str]:
 
 
 _EVENT_OUTCOME = {
-    EventKind.START: Outcome.STARTED,
-    EventKind.HOLD: Outcome.PAUSED,
-    EventKind.RESUME: Outcome.RESUMED,
-    EventKind.RESET: Outcome.RESET,
+    WarmupEventKind.START: DayOutcome.STARTED,
+    WarmupEventKind.HOLD: DayOutcome.PAUSED,
+    WarmupEventKind.RESUME: DayOutcome.RESUMED,
+    WarmupEventKind.RESET: DayOutcome.RESET,
 }
 
 
@@ -550,7 +302,9 @@ class _Replay:
 
     def next_start_after(self, day: date) -> date | None:
         """The next day something can start the ramp (config start or a start event)."""
-        candidates = [e.day for e in self.events[self.next_event :] if e.kind is EventKind.START]
+        candidates = [
+            e.day for e in self.events[self.next_event :] if e.kind is WarmupEventKind.START
+        ]
         if not self.started and self.setting.start > day:
             candidates.append(self.setting.start)
         later = [d for d in candidates if d > day]
@@ -571,13 +325,13 @@ class _Replay:
         self.run_last_sending_day = None
         self.warm_since = day if self.at_target else None
 
-    def open_day(self, day: date) -> list[tuple[Outcome, str]]:
+    def open_day(self, day: date) -> list[tuple[DayOutcome, str]]:
         """Apply what happens at the start of `day`: config start, idle reset, events."""
-        notes: list[tuple[Outcome, str]] = []
+        notes: list[tuple[DayOutcome, str]] = []
         if not self.started and self.setting.start <= day:
             # The configured start applies only if no start event began the ramp earlier.
             self._restart(self.setting.start, None)
-            notes.append((Outcome.STARTED, f"started {self.schedule_name} at stage 1"))
+            notes.append((DayOutcome.STARTED, f"started {self.schedule_name} at stage 1"))
         if self.started and self.run_last_sending_day is not None:
             idle = (day - self.run_last_sending_day).days - 1
             if idle >= self.setting.idle_reset_days:
@@ -585,7 +339,9 @@ class _Replay:
                 if self.stage > 1 or self.sending_days:
                     self.stage, self.sending_days = 1, 0
                     self.warm_since = day if self.at_target else None
-                    notes.append((Outcome.RESET, f"{idle} days without sending: back to stage 1"))
+                    notes.append(
+                        (DayOutcome.RESET, f"{idle} days without sending: back to stage 1")
+                    )
         while self.pending_events and self.events[self.next_event].day <= day:
             event = self.events[self.next_event]
             self.next_event += 1
@@ -594,16 +350,16 @@ class _Replay:
             self.why = notes[-1][1]
         return notes
 
-    def _apply(self, event: WarmupEvent, day: date) -> tuple[Outcome, str]:
+    def _apply(self, event: WarmupEvent, day: date) -> tuple[DayOutcome, str]:
         outcome = _EVENT_OUTCOME[event.kind]
-        if event.kind is EventKind.START:
+        if event.kind is WarmupEventKind.START:
             self.held = False
             self._restart(day, event.preset)
             return outcome, f"start event: {self.schedule_name} from stage 1"
-        if event.kind is EventKind.HOLD:
+        if event.kind is WarmupEventKind.HOLD:
             self.held = True
             return outcome, "hold event: stage frozen until resume"
-        if event.kind is EventKind.RESUME:
+        if event.kind is WarmupEventKind.RESUME:
             self.held = False
             return outcome, "resume event: hold lifted"
         # RESET
@@ -615,7 +371,7 @@ class _Replay:
         return outcome, "reset event: back to stage 1"
 
     def close_day(
-        self, day: date, record: DayRecord | None, notes: list[tuple[Outcome, str]]
+        self, day: date, record: DayRecord | None, notes: list[tuple[DayOutcome, str]]
     ) -> None:
         """Apply what `day`'s sending did to the next sending day's stage."""
         texts = [text for _, text in notes]
@@ -623,7 +379,7 @@ class _Replay:
         if not self.started:
             if sent:
                 why = "; ".join([*texts, "sent before the warm-up start: not counted"])
-                self._remember(day, 0, 0, sent, Outcome.NOT_COUNTED, why)
+                self._remember(day, 0, 0, sent, DayOutcome.NOT_COUNTED, why)
             elif notes:
                 self._remember(day, 0, 0, 0, notes[-1][0], "; ".join(texts))
             return
@@ -632,24 +388,24 @@ class _Replay:
         if record is not None and record.blocks > thresholds.max_blocks:
             # Blocks step back even on a day that got nothing through: that is when they matter.
             self.stage = max(1, self.stage - 1)
-            outcome = Outcome.STEPPED_BACK
+            outcome = DayOutcome.STEPPED_BACK
             reason = f"block replies: {record.blocks:,}: stage {self.stage} next"
         elif record is None or not sent:
             if notes:
                 self._remember(day, stage, cap, 0, notes[-1][0], "; ".join(texts))
             return
         elif reasons := _bad_signals(record, thresholds):
-            outcome = Outcome.HELD
+            outcome = DayOutcome.HELD
             reason = "; ".join(reasons) + f": stage {stage} repeats"
         elif self.held:
-            outcome = Outcome.PAUSED
+            outcome = DayOutcome.PAUSED
             reason = f"manual hold: stage {stage} repeats"
         elif self.stage >= len(self.ramp):
-            outcome = Outcome.COMPLETE
+            outcome = DayOutcome.COMPLETE
             reason = "clean day at the last stage"
         else:
             self.stage += 1
-            outcome = Outcome.ADVANCED
+            outcome = DayOutcome.ADVANCED
             reason = f"clean day: stage {self.stage} next"
         if sent:
             self.sending_days += 1
@@ -667,7 +423,7 @@ class _Replay:
         self._remember(day, stage, cap, sent, outcome, "; ".join(texts))
 
     def _remember(
-        self, day: date, stage: int, cap: int, sent: int, outcome: Outcome, why: str
+        self, day: date, stage: int, cap: int, sent: int, outcome: DayOutcome, why: str
     ) -> None:
         if self.record_past:
             self.past.append(PastDay(day, stage, cap, sent, outcome, why))
@@ -813,7 +569,7 @@ def provider_cap(setting: WarmupSetting | None, day_cap: int | None, provider: s
     if key in setting.provider_caps:
         limit = min(limit, setting.provider_caps[key])
     if key in setting.provider_shares:
-        limit = min(limit, math.floor(day_cap * _decimal(setting.provider_shares[key])))
+        limit = min(limit, math.floor(day_cap * exact_fraction(setting.provider_shares[key])))
     return limit
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from mailctl.errors import MailctlError
+from mailctl.errors import SimError
 from mailctl.sim.replies import (
     ACCEPTED,
     GENERIC_MAILBOX_FULL,
@@ -43,10 +43,6 @@ from mailctl.sim.replies import (
     YAHOO_TSS04,
     SimReply,
 )
-
-
-class SimError(MailctlError):
-    """The simulated provider is misconfigured or cannot start or stop."""
 
 
 class Stage(enum.StrEnum):

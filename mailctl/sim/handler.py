@@ -26,6 +26,7 @@ from typing import Any, AnyStr, TextIO
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailctl.message.tracking import TRACKING_HEADER
 from mailctl.sim.behaviours import (
     CapAction,
     Command,
@@ -79,7 +80,7 @@ def _parse_ids(content: bytes) -> tuple[str | None, str | None]:
         value = headers.get(name)
         return None if value is None else " ".join(str(value).split())
 
-    return one("Message-ID"), one("X-Mailctl-ID")
+    return one("Message-ID"), one(TRACKING_HEADER)
 
 
 class SimHandler:

@@ -22,8 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from mailctl.errors import MailctlError
-from mailctl.sim.behaviours import SimBehaviour, SimConfig, SimError, SimTls
+from mailctl.errors import MailctlError, SimError
+from mailctl.sim.behaviours import SimBehaviour, SimConfig, SimTls
 from mailctl.sim.events import (
     Bounce,
     Delivery,

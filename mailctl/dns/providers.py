@@ -18,8 +18,8 @@ What a route means depends on the transport:
   the relay decides. A profile may switch lookups off (`unresolved_route`), with the same
   grouping.
 
-Lookups never hit the network in tests: the resolver is injected (`dnscheck.ZoneResolver` or
-any object with the `dnscheck.Resolver` methods), and ``mx_override`` maps a domain to a
+Lookups never hit the network in tests: the resolver is injected (`resolver.ZoneResolver` or
+any object with the `resolver.Resolver` methods), and ``mx_override`` maps a domain to a
 ``host:port`` without any DNS at all.
 """
 
@@ -39,14 +39,8 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from mailctl.dns.checks import (
-    DnsError,
-    DnsTimeout,
-    NoAnswer,
-    NXDomain,
-    Resolver,
-    configured_resolver,
-)
+from mailctl.dns.resolver import Resolver, configured_resolver
+from mailctl.errors import DnsError, DnsTimeout, NoAnswer, NXDomain
 
 __all__ = [
     "AddressAnswer",
@@ -346,8 +340,8 @@ class AddressAnswer:
 class AsyncMxResolver(Protocol):
     """The lookups MX rollup needs, asynchronously and with TTLs.
 
-    Raise `dnscheck.NXDomain`, `dnscheck.NoAnswer` or `dnscheck.DnsTimeout` as the sync
-    `dnscheck.Resolver` does.
+    Raise `errors.NXDomain`, `errors.NoAnswer` or `errors.DnsTimeout` as the sync
+    `resolver.Resolver` does.
     """
 
     async def mx(self, name: str) -> MxAnswer: ...
@@ -355,7 +349,7 @@ class AsyncMxResolver(Protocol):
 
 
 class ThreadedMxResolver:
-    """Runs a synchronous `dnscheck.Resolver` (ZoneResolver, LiveResolver) in worker threads.
+    """Runs a synchronous `resolver.Resolver` (ZoneResolver, LiveResolver) in worker threads.
 
     That protocol carries no TTLs, so every answer gets ``default_ttl``.
     """
@@ -539,7 +533,7 @@ async def resolve_domains(
     ``mx_override`` wins over the cache and DNS. Cached, unexpired routes are used as they are;
     fresh answers are put into ``cache``. At most ``concurrency`` lookups run at a time, each
     bounded by ``timeout`` seconds (status ``timeout``). ``resolver`` is either a sync
-    `dnscheck.Resolver` (run in threads) or an `AsyncMxResolver`.
+    `resolver.Resolver` (run in threads) or an `AsyncMxResolver`.
 
     The statuses mean different things in direct and relay mode: see the module docstring.
     """
