@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
 
 def import_bench(messages: list[bytes], total: int) -> None:
     from mailctl.bounces.suppression import import_reports
-    from mailctl.store.sqlite import Store
+    from mailctl.store.sqlite import SqliteStore
 
     with tempfile.TemporaryDirectory() as folder:
         mbox = Path(folder) / "import.mbox"
@@ -80,7 +80,7 @@ def import_bench(messages: list[bytes], total: int) -> None:
                 out.write(b"\n\n")
         size = mbox.stat().st_size
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        store = Store.open(Path(folder) / "bench.db")
+        store = SqliteStore.open(Path(folder) / "bench.db")
         started = time.perf_counter()
         result = import_reports(store, [str(mbox)])
         elapsed = time.perf_counter() - started

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from mailctl.recipients.csv_import import import_csv
-from mailctl.store.sqlite import Store
+from mailctl.store.sqlite import SqliteStore
 
 
 def make_csv(path: Path, rows: int) -> None:
@@ -71,7 +71,7 @@ def main() -> None:
         make_csv(csv_path, rows)
         size_mb = csv_path.stat().st_size / 1e6
         rss_before = peak_rss_mb()
-        store = Store.open(tmp_path / "mailctl.db")
+        store = SqliteStore.open(tmp_path / "mailctl.db")
         started = time.perf_counter()
         summary = import_csv(store, csv_path, list_name="bench")
         mailctl_s = time.perf_counter() - started

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import aiosmtplib
 
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine
 from mailctl.message.tracking import new_tracking_id
-from mailctl.store.sqlite import Store
+from mailctl.store.sqlite import SqliteStore
 
 PARAGRAPH = (
     "Thanks for being with us, {{ first_name }}. Here is what changed on your {{ plan }} plan "
@@ -113,7 +113,7 @@ def run_mailctl(
 ) -> tuple[float, float, object, object]:
     workspace(tmp, port, messages, connections, dkim)
     profiles = load_profiles(tmp / "profiles.yaml")
-    store = Store.open(tmp / "m.db")
+    store = SqliteStore.open(tmp / "m.db")
     t0 = time.perf_counter()
     prepared = prepare(store, tmp / "c.yaml", profiles, now=time.time())
     t1 = time.perf_counter()

@@ -34,13 +34,13 @@ import textwrap
 import time
 from pathlib import Path
 
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, RunSummary
 from mailctl.sim.behaviours import SimConfig, Throttle, preset
 from mailctl.sim.replies import GOOGLE_RATE_LIMITED
 from mailctl.sim.servers import ThreadedSimServer
-from mailctl.store.sqlite import Store
+from mailctl.store.sqlite import SqliteStore
 
 DOMAINS = {"google": "gmail.example", "microsoft": "outlook.example", "yahoo": "yahoo.example"}
 JUMP = 1.0  # sleeps longer than this jump the clock instead of waiting
@@ -126,7 +126,7 @@ def run_once(messages: int, rate: int | None) -> dict[str, object]:
             ws = Path(tmp)
             write_workspace(ws, sims, messages)
             profiles = load_profiles(ws / "profiles.yaml")
-            with Store.open(ws / "m.db") as store:
+            with SqliteStore.open(ws / "m.db") as store:
                 prepared = prepare(store, ws / "c.yaml", profiles, now=clock.now())
                 start_sim = clock.now()
                 start_wall = time.monotonic()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from mailctl.config.provider_rules import Scope
 from mailctl.replies.classify import (
-    Scope,
     classify_failure,
     classify_reply,
     parse_enhanced_status,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from mailctl.config import TransportKind, load_campaign, load_profiles, parse_duration
+from mailctl.config.campaign import load_campaign
+from mailctl.config.nodes import parse_duration
+from mailctl.config.profiles import TransportKind, load_profiles
 from mailctl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,3 +251,13 @@ def test_durations() -> None:
     assert parse_duration("45") == 45
     with pytest.raises(ValueError):
         parse_duration("9 parsecs")
+
+
+def test_config_imports_none_of_the_domain_packages_above_it() -> None:
+    code = (
+        "import sys, json, mailctl.config.profiles, mailctl.config.campaign, "
+        "mailctl.config.provider_rules; print(json.dumps(sorted(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    above = ("mailctl.replies", "mailctl.dns", "mailctl.reputation", "mailctl.delivery")
+    assert [name for name in json.loads(done.stdout) if name.startswith(above)] == []

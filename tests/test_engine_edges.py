@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from test_send import FakeClock, cli, db_states, make_workspace, send
 
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, SendOptions
 from mailctl.errors import DnsTimeout
 from mailctl.sim.behaviours import CapAction, SimBehaviour
 from mailctl.sim.replies import SimReply
-from mailctl.store.sqlite import Store
+from mailctl.store.sqlite import SqliteStore
 
 
-def start_engine(ws: Path, store: Store, **options: object) -> Engine:
+def start_engine(ws: Path, store: SqliteStore, **options: object) -> Engine:
     prepared = prepare(store, ws / "c.yaml", load_profiles(ws / "profiles.yaml"), now=time.time())
     run_id = store.start_run(1, "test", time.time())
     return Engine(store, [prepared.job], run_id=run_id, options=SendOptions(**options))
@@ -33,7 +33,7 @@ def test_second_stop_returns_at_once_and_leaves_nothing_in_sending(
 ) -> None:
     server = sim_server(SimBehaviour(delays={"DATA": 5.0}))
     ws = make_workspace(tmp_path, server.port, rows=400)
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         engine = start_engine(ws, store)
 
         async def main() -> None:
@@ -61,7 +61,7 @@ def test_stop_grace_expiry_requeues_and_flags_what_was_in_flight(
 ) -> None:
     server = sim_server(SimBehaviour(delays={"DATA": 5.0}))
     ws = make_workspace(tmp_path, server.port, rows=6)
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         engine = start_engine(ws, store, stop_grace=0.5)
 
         async def main() -> None:
@@ -103,7 +103,7 @@ def test_user_unknown_at_mail_or_data_never_suppresses(
     code = cli(ws, "send", str(ws / "c.yaml"), "--json")
     assert code == 0
     capsys.readouterr()
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         assert list(store.iter_suppression()) == []
 
 
@@ -160,7 +160,7 @@ def test_a_domain_whose_dns_never_answers_expires_at_max_age(tmp_path: Path) -> 
         """)
     )
     clock = FakeClock()
-    with Store.open(tmp_path / "m.db") as store:
+    with SqliteStore.open(tmp_path / "m.db") as store:
         prepared = prepare(
             store, tmp_path / "c.yaml", load_profiles(tmp_path / "profiles.yaml"), now=clock.now()
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mailctl.config.profiles import parse_mx_override
 from mailctl.dns.providers import (
     AddressAnswer,
     DirectAction,
@@ -14,7 +15,6 @@ from mailctl.dns.providers import (
     InMemoryRouteCache,
     MxAnswer,
     RouteStatus,
-    parse_mx_override,
     provider_for_mx_hosts,
     registered_domain,
     resolve_domains,

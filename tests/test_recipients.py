@@ -15,12 +15,12 @@ import pytest
 from mailctl.cli import run
 from mailctl.errors import InputError, InvalidAddress, MailctlError
 from mailctl.recipients.csv_import import import_csv, normalise_address
-from mailctl.store.sqlite import Store
+from mailctl.store.sqlite import SqliteStore
 
 
 @pytest.fixture()
 def store(tmp_path: Path):
-    with Store.open(tmp_path / "m.db") as s:
+    with SqliteStore.open(tmp_path / "m.db") as s:
         yield s
 
 
@@ -72,11 +72,11 @@ def test_invalid_address_is_a_value_error_in_the_family_and_names_the_address() 
 
 
 def test_file_is_created_private(tmp_path: Path) -> None:
-    Store.open(tmp_path / "new.db").close()
+    SqliteStore.open(tmp_path / "new.db").close()
     assert stat.S_IMODE(os.stat(tmp_path / "new.db").st_mode) == 0o600
 
 
-def test_import_bom_fields_and_reimport(store: Store, tmp_path: Path) -> None:
+def test_import_bom_fields_and_reimport(store: SqliteStore, tmp_path: Path) -> None:
     path = write_csv(
         tmp_path / "a.csv",
         "\ufeffEmail,first_name,plan\nada@example.com,Ada,pro\nbob@example.net,Bob,free\n",
@@ -89,7 +89,9 @@ def test_import_bom_fields_and_reimport(store: Store, tmp_path: Path) -> None:
     assert (again.imported, again.updated, again.unchanged) == (0, 0, 2)
 
 
-def test_latin1_with_encoding_and_decode_error_names_line(store: Store, tmp_path: Path) -> None:
+def test_latin1_with_encoding_and_decode_error_names_line(
+    store: SqliteStore, tmp_path: Path
+) -> None:
     path = write_csv(
         tmp_path / "l.csv", "email,name\na@example.com,Zoë\nb@example.com,José\n", "latin-1"
     )
@@ -101,7 +103,7 @@ def test_latin1_with_encoding_and_decode_error_names_line(store: Store, tmp_path
     assert [r["fields"]["name"] for r in store.iter_recipients()] == ["Zoë", "José"]
 
 
-def test_quoted_fields_bad_rows_and_rejects_file(store: Store, tmp_path: Path) -> None:
+def test_quoted_fields_bad_rows_and_rejects_file(store: SqliteStore, tmp_path: Path) -> None:
     path = write_csv(
         tmp_path / "q.csv",
         "email,company,note\n"
@@ -134,7 +136,7 @@ def test_quoted_fields_bad_rows_and_rejects_file(store: Store, tmp_path: Path) -
     assert rejected[3][2:] == ["c@example.com", "too", "many", "columns"]  # nothing dropped
 
 
-def test_duplicates_merge_latest_wins_and_skip_existing(store: Store, tmp_path: Path) -> None:
+def test_duplicates_merge_latest_wins_and_skip_existing(store: SqliteStore, tmp_path: Path) -> None:
     first = write_csv(tmp_path / "1.csv", "email,plan\na@example.com,free\nA@EXAMPLE.com,pro\n")
     summary = import_csv(store, first)
     assert (summary.imported, summary.duplicates) == (2, 0)  # local parts differ in case
@@ -153,7 +155,7 @@ def test_duplicates_merge_latest_wins_and_skip_existing(store: Store, tmp_path: 
     assert b["fields"] == {"plan": "pro", "city": "Oslo"}
 
 
-def test_suppressed_addresses_counted(store: Store, tmp_path: Path) -> None:
+def test_suppressed_addresses_counted(store: SqliteStore, tmp_path: Path) -> None:
     store.suppress("a@example.com", "hard_bounce")
     store.suppress("*@blocked.example", "manual")
     path = write_csv(
@@ -163,7 +165,9 @@ def test_suppressed_addresses_counted(store: Store, tmp_path: Path) -> None:
     assert (summary.imported, summary.suppressed) == (3, 2)
 
 
-def test_sniffed_and_explicit_delimiters_and_email_column(store: Store, tmp_path: Path) -> None:
+def test_sniffed_and_explicit_delimiters_and_email_column(
+    store: SqliteStore, tmp_path: Path
+) -> None:
     semi = write_csv(tmp_path / "semi.csv", "mail;name\na@example.com;A\n")
     assert import_csv(store, semi, email_column="mail").imported == 1
     tabs = write_csv(tmp_path / "tab.tsv", "email\tname\nb@example.com\tB\n")
@@ -172,7 +176,7 @@ def test_sniffed_and_explicit_delimiters_and_email_column(store: Store, tmp_path
         import_csv(store, semi)
 
 
-def test_empty_and_missing_file(store: Store, tmp_path: Path) -> None:
+def test_empty_and_missing_file(store: SqliteStore, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="empty"):
         import_csv(store, write_csv(tmp_path / "e.csv", ""))
     with pytest.raises(InputError, match="cannot open"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mailctl.config import load_campaign
+from mailctl.config.campaign import load_campaign
 from mailctl.errors import TemplateError
 from mailctl.message.render import Renderer
 from mailctl.message.tracking import TRACKING_RE, new_tracking_id

@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import json
 import re
+import sqlite3
 import textwrap
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,15 +17,17 @@ from rich.console import Console
 from test_send import FakeClock, make_workspace
 
 from mailctl.bounces.suppression import import_reports
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, SendOptions
 from mailctl.errors import MailctlError
-from mailctl.report.build import build_report, is_throttle, render_html, render_tables
+from mailctl.report.data import build_report, is_throttle
+from mailctl.report.html import render_html
+from mailctl.report.tables import render_tables
 from mailctl.sim.behaviours import AddressRule, SimBehaviour
 from mailctl.sim.dsn import append_to_mbox, build_dsn
 from mailctl.sim.replies import YAHOO_TSS04, SimReply
-from mailctl.store.sqlite import Store
+from mailctl.store.sqlite import SqliteStore
 
 T0 = 1_800_000_000.0  # when the campaign is queued
 T1 = T0 + 120.0  # when the engine's (fake) clock sends it
@@ -32,7 +35,7 @@ SCRIPT = "<script>alert(1)</script>"
 TWO_IPS = "    pools:\n      default: [127.0.0.1, 127.0.0.2]\n"
 
 
-def run_engine(store: Store, job: Any, at: float, **options: Any) -> None:
+def run_engine(store: SqliteStore, job: Any, at: float, **options: Any) -> None:
     run_id = store.start_run(1, "test", at)
     engine = Engine(
         store, [job], run_id=run_id, clock=FakeClock(at), options=SendOptions(**options)
@@ -44,7 +47,7 @@ def write_list(ws: Path, name: str, addresses: list[str]) -> None:
     (ws / name).write_text("email,first_name\n" + "".join(f"{a},N\n" for a in addresses))
 
 
-def sent_headers(store: Store, address: str) -> str:
+def sent_headers(store: SqliteStore, address: str) -> str:
     tracking = store.conn.execute(
         "SELECT tracking_id FROM messages WHERE email = ?", (address,)
     ).fetchone()[0]
@@ -103,7 +106,7 @@ def sent(sim_server, tmp_path: Path) -> Path:
         + ["net0@example.net"],
     )
     profiles = load_profiles(ws / "profiles.yaml")
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         prepared = prepare(store, ws / "c.yaml", profiles, now=T0)
         run_engine(store, prepared.job, T1)
         mbox = tmp_path / "reports.mbox"
@@ -137,7 +140,7 @@ def sent(sim_server, tmp_path: Path) -> Path:
 
 def expected_delivery(ws: Path, campaign: str) -> dict[str, Any]:
     """Nearest-rank percentiles computed here, from the raw rows."""
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         seconds = sorted(
             d
             for (d,) in store.conn.execute(
@@ -177,7 +180,7 @@ def counts_of(**given: int) -> dict[str, int]:
 
 
 def test_campaign_counts_rates_delivery_and_replies(sent: Path) -> None:
-    with Store.open(sent / "m.db") as store:
+    with SqliteStore.open(sent / "m.db") as store:
         report = build_report(store, "news", now=T1 + 1000)
     assert report["campaign"] == "news" and [c["name"] for c in report["campaigns"]] == ["news"]
     campaign = report["campaigns"][0]
@@ -263,12 +266,12 @@ def test_campaign_counts_rates_delivery_and_replies(sent: Path) -> None:
 
 
 def test_lane_pauses_come_from_the_lanes_tables(sent: Path) -> None:
-    with Store.open(sent / "m.db") as store:
-        if not store._report_table_has("lanes", ("ip", "provider", "mode", "until")):
+    with SqliteStore.open(sent / "m.db") as store:
+        if not store.reports._table_has("lanes", ("ip", "provider", "mode", "until")):
             pytest.skip("this schema has no lanes table yet")
         report = build_report(store, "news", now=T1 + 1)
         later = build_report(store, "news", now=T1 + 30 * 86400)
-        has_events = store._report_table_has("lane_events", ("kind",))
+        has_events = store.reports._table_has("lane_events", ("kind",))
     paused = [lane for lane in report["lanes"] if lane["provider"] == "example.net"]
     assert paused and paused[0]["mode"] != "normal" and paused[0]["active"]
     assert not any(lane["active"] for lane in later["lanes"] if lane["until"] is not None)
@@ -278,8 +281,35 @@ def test_lane_pauses_come_from_the_lanes_tables(sent: Path) -> None:
         assert net["pauses"] >= 1 and net["pause_events"][0]["provider"] == "example.net"
 
 
+def test_a_database_from_before_reply_scopes_reports_the_same_after_migrating(
+    sent: Path, tmp_path: Path
+) -> None:
+    with SqliteStore.open(sent / "m.db") as store:
+        report = build_report(store, None, now=T1 + 1000)
+        scopes = dict(store.conn.execute("SELECT rule, scope FROM replies"))
+    assert scopes == {
+        "yahoo.tss04": "lane",
+        "text.userunknown": "recipient",
+        "status.4.3.0": "transient",
+    }
+    # The same database as schema version 4 left it: replies without a scope column.
+    old = tmp_path / "old.db"
+    (sent / "m.db").rename(old)
+    conn = sqlite3.connect(old)
+    conn.execute("ALTER TABLE replies DROP COLUMN scope")
+    conn.execute("PRAGMA user_version = 4")
+    conn.close()
+    with SqliteStore.open(old) as store:
+        assert store.schema_version == 5
+        assert {scope for (scope,) in store.conn.execute("SELECT scope FROM replies")} == {None}
+        migrated = build_report(store, None, now=T1 + 1000)
+    assert migrated == report
+    example_net = next(p for p in migrated["by_provider"] if p["provider"] == "example.net")
+    assert example_net["throttles"] == 1
+
+
 def test_json_shape_is_stable(sent: Path) -> None:
-    with Store.open(sent / "m.db") as store:
+    with SqliteStore.open(sent / "m.db") as store:
         report = build_report(store, None, now=T1 + 1000)
     json.dumps(report)  # plain JSON, nothing to convert
     assert set(report) == {
@@ -366,7 +396,7 @@ def test_all_campaigns_newest_first_and_unknown_campaign(sent: Path, sim_server)
         """)
     )
     profiles = load_profiles(sent / "profiles.yaml")
-    with Store.open(sent / "m.db") as store:
+    with SqliteStore.open(sent / "m.db") as store:
         prepared = prepare(store, sent / "later.yaml", profiles, now=T0 + 5000)
         run_engine(store, prepared.job, T0 + 5060)
         report = build_report(store, None, now=T0 + 6000, breakers=(0.5, 0.5))
@@ -392,7 +422,7 @@ def test_delivery_percentiles_are_nearest_rank(sim_server, tmp_path: Path) -> No
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=10)
     profiles = load_profiles(ws / "profiles.yaml")
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         prepared = prepare(store, ws / "c.yaml", profiles, now=T0)
         run_engine(store, prepared.job, T0 + 60, limit=5)
         run_engine(store, prepared.job, T0 + 600)
@@ -416,7 +446,7 @@ class _Collector(HTMLParser):
 
 
 def test_html_is_self_contained_parsed_and_escaped(sent: Path) -> None:
-    with Store.open(sent / "m.db") as store:
+    with SqliteStore.open(sent / "m.db") as store:
         page = render_html(build_report(store, "news", now=T1 + 1000))
     parser = _Collector()
     parser.feed(page)
@@ -448,7 +478,7 @@ def html_escaped(text: str) -> str:
 
 
 def test_render_tables_print_data_verbatim(sent: Path) -> None:
-    with Store.open(sent / "m.db") as store:
+    with SqliteStore.open(sent / "m.db") as store:
         for campaign in ("news", None):
             report = build_report(store, campaign, now=T1 + 1000)
             console = Console(record=True, width=160)
@@ -462,7 +492,7 @@ def test_render_tables_print_data_verbatim(sent: Path) -> None:
 
 
 def test_empty_database_reports_and_renders(tmp_path: Path) -> None:
-    with Store.open(tmp_path / "m.db") as store:
+    with SqliteStore.open(tmp_path / "m.db") as store:
         report = build_report(store, None, now=T0)
     assert report["campaigns"] == [] and report["by_ip"] == [] and report["lanes"] == []
     assert report["totals"]["counts"] == counts_of()
@@ -490,5 +520,22 @@ def test_empty_database_reports_and_renders(tmp_path: Path) -> None:
         (None, None, False),
     ],
 )
-def test_which_replies_are_throttles(rule: str | None, reason: str | None, throttle: bool) -> None:
-    assert is_throttle(rule, reason) is throttle
+def test_which_replies_recorded_without_a_scope_are_throttles(
+    rule: str | None, reason: str | None, throttle: bool
+) -> None:
+    assert is_throttle(None, rule, reason) is throttle
+
+
+@pytest.mark.parametrize(
+    ("scope", "rule", "reason", "throttle"),
+    [
+        ("lane", "class.4xx", "undefined", True),
+        ("transient", "class.421", "toomanyconn", False),
+        ("recipient", "status.4.7.1", "blocked", False),
+        ("transient", "connection", "networkerror", False),
+    ],
+)
+def test_a_stored_scope_decides_whether_a_reply_is_a_throttle(
+    scope: str, rule: str, reason: str, throttle: bool
+) -> None:
+    assert is_throttle(scope, rule, reason) is throttle

@@ -24,13 +24,13 @@ from typing import Any
 import pytest
 
 from mailctl.cli import run
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, RunSummary, SendOptions
 from mailctl.sim.behaviours import Greylist, SimBehaviour, SimTls, Throttle, preset
 from mailctl.sim.replies import GOOGLE_RATE_LIMITED, MICROSOFT_BLOCK_LIST, YAHOO_TSS04
 from mailctl.sim.servers import ThreadedSimServer
-from mailctl.store.sqlite import Store
+from mailctl.store.sqlite import SqliteStore
 from tests.test_send import FakeClock
 
 IPS = ("127.0.0.2", "127.0.0.3")
@@ -86,7 +86,7 @@ class Rig:
     def send(self, **options: Any) -> RunSummary:
         """One `mailctl send` run on the fake clock (prepare resumes the campaign)."""
         profiles = load_profiles(self.ws / "profiles.yaml")
-        with Store.open(self.db) as store:
+        with SqliteStore.open(self.db) as store:
             prepared = prepare(store, self.ws / "c.yaml", profiles, now=self.clock.now())
             run_id = store.start_run(1, "test", self.clock.now())
             engine = Engine(

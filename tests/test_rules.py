@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from mailctl.errors import ConfigError
-from mailctl.replies.classify import Scope, classify_reply
-from mailctl.replies.rules import (
+from mailctl.config.provider_rules import (
     Action,
     Amount,
     LaneLimits,
+    ReplyRule,
+    Scope,
     TlsPolicy,
     Trigger,
-    default_rules,
-    load_rules,
-    match_reply,
+    shipped_rules,
 )
+from mailctl.errors import ConfigError
+from mailctl.replies.classify import classify_reply
+from mailctl.replies.rules import default_rules, load_rules, match_reply
+from mailctl.reputation.lanes import LaneEventKind, Scheduler
 
 A = Action
 H = 3600.0
@@ -109,6 +113,39 @@ def test_every_shipped_rule_matches_its_own_example() -> None:
         assert rule.example, rule.id
         found = rules.match(rule.example)
         assert found is not None and found.rule.id == rule.id
+
+
+# What the lanes report when a rule acts, by the rule's action.
+EVENT_OF_ACTION = {
+    Action.SUSPEND: LaneEventKind.SUSPENDED,
+    Action.SET_LIMITS: LaneEventKind.SLOWED,
+    Action.DISABLE_IP: LaneEventKind.DISABLED,
+    Action.STOP_CAMPAIGN: LaneEventKind.STOP_CAMPAIGN,
+    Action.DEFER_RECIPIENT: LaneEventKind.DEFER_RECIPIENT,
+    Action.BOUNCE_RECIPIENT: LaneEventKind.BOUNCE_RECIPIENT,
+}
+
+
+@pytest.mark.parametrize("rule", shipped_rules(), ids=lambda rule: rule.id)
+def test_every_rule_example_classifies_to_its_own_rule_and_acts_with_its_own_action(
+    rule: ReplyRule,
+) -> None:
+    assert rule.example
+    verdict = classify_reply(None, rule.example)
+    assert (verdict.rule, verdict.scope, verdict.reason) == (rule.id, rule.scope, rule.reason)
+    assert verdict.suppress is (rule.suppress and verdict.permanent)
+    assert rule.scope in rule.action.scopes
+    lane = Scheduler(default_rules(), rng=random.Random(0)).lane("192.0.2.10", "example.net")
+    for _ in range(rule.trigger.count if rule.trigger else 1):
+        event = lane.on_reply(rule.example, None, 1000.0, from_receiver=True)
+    assert (event.kind, event.rule) == (EVENT_OF_ACTION[rule.action], rule.id)
+
+
+def test_one_table_for_the_classifier_and_the_lanes() -> None:
+    from mailctl.replies.classify import PROVIDER_RULES
+
+    assert [rule.id for rule in PROVIDER_RULES] == [rule.id for rule in default_rules().replies]
+    assert len(PROVIDER_RULES) == 39
 
 
 def test_named_delay_is_kept_for_the_recipient() -> None:
@@ -213,6 +250,7 @@ def test_reply_overrides_change_add_and_drop_rules() -> None:
         ({"replies": [{"id": "x", "match": "x", "action": "suspend", "duration": "1h", "trigger": {"count": 2}}]}, "rules.replies[0].trigger: missing required key 'window'"),  # noqa: E501
         ({"replies": [{"id": "x", "match": "x", "action": "suspend", "duration": "1h", "alert": "yes"}]}, "rules.replies[0].alert: expected true or false"),  # noqa: E501
         ({"colour": "red"}, "rules.colour: unknown key 'colour'"),
+        ({"replies": [{"id": "yahoo.tss04", "suppress": True}]}, "rules.replies[0].suppress: unknown key 'suppress'"),  # noqa: E501
     ],
 )  # fmt: skip
 def test_invalid_overrides_name_the_key_path(overrides: dict, message: str) -> None:

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from mailctl.cli import run
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, SendOptions
 from mailctl.message.tracking import TRACKING_RE
 from mailctl.sim.behaviours import AddressRule, SimBehaviour
 from mailctl.sim.replies import SimReply
-from mailctl.store.sqlite import Store
+from mailctl.store.sqlite import SqliteStore
 
 
 class FakeClock:
@@ -174,7 +174,7 @@ def test_replies_bounce_suppress_defer(sim_server, tmp_path: Path, capsys) -> No
     assert (result["sent"], result["bounced"], result["failed"], result["deferred"]) == (5, 1, 0, 2)
     assert result["stop_reason"] == "deferred"
     assert db_states(ws) == {"sent": 5, "bounced": 1, "deferred": 2}
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         assert store.suppression_for("user0@example.com")["reason"] == "hard_bounce"
         assert store.suppression_for("user3@example.com") is None
     delivered = {d.rcpt for d in server.deliveries}
@@ -201,7 +201,7 @@ def test_sender_scoped_refusal_fails_and_stops_campaign(sim_server, tmp_path: Pa
     result = summary(capsys)
     assert result["failed"] == 1 and result["stop_reason"] == "campaign stopped"
     assert result["sent"] < 29 and result["remaining"] == 29 - result["sent"]
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         assert store.suppression_for("user1@example.com") is None  # the sender's fault
         row = store.get_campaign("news")
     assert row["status"] == "stopped" and "DMARC" in row["stop_reason"]
@@ -213,7 +213,7 @@ def test_sender_scoped_refusal_fails_and_stops_campaign(sim_server, tmp_path: Pa
 def test_suppressed_recipients_are_never_sent(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=5)
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         store.suppress("user1@example.com", "unsubscribe")
         store.suppress("*@example.org", "manual")
     with (ws / "list.csv").open("a") as f:
@@ -229,7 +229,7 @@ def test_suppression_is_checked_again_before_delivery(sim_server, tmp_path: Path
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=3)
     profiles = load_profiles(ws / "profiles.yaml")
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         prepared = prepare(store, ws / "c.yaml", profiles, now=1_800_000_000.0)
         store.suppress("user2@example.com", "complaint")  # arrives after queueing
         run_id = store.start_run(1, "test", 1_800_000_000.0)
@@ -246,7 +246,7 @@ def test_retry_schedule_then_expiry_with_injected_clock(sim_server, tmp_path: Pa
     ws = make_workspace(tmp_path, server.port, rows=2)
     profiles = load_profiles(ws / "profiles.yaml")
     clock = FakeClock()
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         prepared = prepare(store, ws / "c.yaml", profiles, now=clock.now())
         run_id = store.start_run(1, "test", clock.now())
         engine = Engine(
@@ -320,7 +320,7 @@ def test_changed_campaign_needs_update(sim_server, tmp_path: Path, capsys) -> No
     assert "changed since it started (subject)" in err and "--update" in err
     assert send(ws, "--update") == 0
     capsys.readouterr()
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         versions = dict(store.conn.execute("SELECT email, content_version FROM messages"))
     assert versions["user0@example.com"] == 2 and versions["user1@example.com"] == 1
 
@@ -328,7 +328,7 @@ def test_changed_campaign_needs_update(sim_server, tmp_path: Path, capsys) -> No
 def test_second_run_is_locked_out(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=2)
-    with Store.open(ws / "m.db") as store, store.send_lock():
+    with SqliteStore.open(ws / "m.db") as store, store.send_lock():
         assert send(ws) == 75
         assert "another mailctl run holds" in capsys.readouterr().err
     assert send(ws) == 0
@@ -380,7 +380,7 @@ def test_suspended_lane_defers_and_resume_releases_its_mail(
     result = summary(capsys)
     assert (result["sent"], result["remaining"], result["stop_reason"]) == (0, 4, "deferred")
     assert not server.deliveries
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         reasons = {r[0] for r in store.conn.execute("SELECT reason FROM messages")}
         attempts = store.conn.execute("SELECT max(attempts) FROM messages").fetchone()[0]
     assert reasons == {"mailctl"} and attempts == 0  # mailctl's own deferral: no attempt

@@ -17,7 +17,7 @@ from mailctl.cli import run
 from mailctl.sim.behaviours import AddressRule, SimBehaviour
 from mailctl.sim.dsn import append_to_mbox, build_dsn
 from mailctl.sim.replies import SimReply
-from mailctl.store.sqlite import Store
+from mailctl.store.sqlite import SqliteStore
 
 CORPUS = Path(__file__).parent / "data" / "bounces"
 
@@ -68,7 +68,7 @@ def test_async_bounces_from_provider_mbox(sim_server, tmp_path: Path, capsys) ->
     states = dict(conn.execute("SELECT email, state FROM messages").fetchall())
     assert states["user1@example.com"] == "bounced"
     assert states["user2@example.com"] == "failed"  # a block says nothing about the recipient
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         assert store.suppression_for("user1@example.com")["reason"] == "hard_bounce"
         assert store.suppression_for("user2@example.com") is None
         days = store.ip_days()
@@ -132,7 +132,7 @@ def test_soft_bounces_suppress_after_three_distinct_days(tmp_path: Path) -> None
         append_to_mbox(
             mbox, _dsn("full@example.org", "4.2.2", "452 4.2.2 Mailbox full", when), when
         )
-    with Store.open(tmp_path / "m.db") as store:
+    with SqliteStore.open(tmp_path / "m.db") as store:
         first = import_reports(store, [str(mbox)], now=start + 3 * day)
         entry = store.suppression_for("full@example.org", now=start + 3 * day)
         assert first.suppressed == 1 and entry["reason"] == "soft_bounce_limit"
@@ -145,7 +145,7 @@ def test_soft_bounces_suppress_after_three_distinct_days(tmp_path: Path) -> None
         append_to_mbox(
             mbox2, _dsn("busy@example.org", "4.2.2", "452 4.2.2 Mailbox full", when), when
         )
-    with Store.open(tmp_path / "m2.db") as store:
+    with SqliteStore.open(tmp_path / "m2.db") as store:
         assert (
             import_reports(
                 store, [str(mbox2)], now=start + 2 * day, policy=SoftBouncePolicy(limit=3)

@@ -15,7 +15,7 @@ from test_send import cli, db_states, make_workspace, send_json
 
 from mailctl.cli import run
 from mailctl.sim.behaviours import SimBehaviour, SimTls
-from mailctl.store.sqlite import Store
+from mailctl.store.sqlite import SqliteStore
 
 
 def relay_profile(ws: Path, port: int, extra: str) -> None:
@@ -51,7 +51,7 @@ def test_starttls_required_but_not_offered_defers(sim_server, tmp_path: Path, ca
     assert result["sent"] == 0 and result["remaining"] == 2
     assert db_states(ws) == {"deferred": 2}
     assert not server.deliveries
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         reply = store.conn.execute("SELECT last_reply FROM messages LIMIT 1").fetchone()[0]
     assert "STARTTLS not offered" in reply
 
@@ -140,7 +140,7 @@ def test_wrong_password_stops_without_suppressing_or_printing_it(
     result = json.loads(captured.out)
     assert result["sent"] == 0 and not handler.received
     assert result["stop_reason"] == "campaign stopped"
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         assert store.get_campaign("news")["status"] == "stopped"
         assert store.suppression_for("user0@example.com") is None
         assert "s3cret-wrong-pass" not in " ".join(
@@ -163,6 +163,6 @@ def test_a_server_that_hangs_times_out_into_a_deferral(sim_server, tmp_path: Pat
     relay_profile(ws, server.port, "tls: none\ntimeout: 0.3s\n")
     result = send_json(ws, capsys)
     assert result["sent"] == 0 and result["deferred"] == 1
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         state, reply = store.conn.execute("SELECT state, last_reply FROM messages").fetchone()
     assert state == "deferred" and "timeout" in reply.lower()

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from test_send import FakeClock
 from test_send import cli as cli_in
 
-from mailctl.config import load_profiles
+from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import active_jobs, prepare
 from mailctl.delivery.engine import Engine, RunSummary, SendOptions
 from mailctl.reputation.budget import events, history, profile_settings
@@ -35,7 +35,7 @@ from mailctl.sim.behaviours import AddressRule, SimBehaviour, SimConfig
 from mailctl.sim.replies import GOOGLE_RATE_LIMITED as GOOGLE_THROTTLE
 from mailctl.sim.replies import MICROSOFT_BLOCK_LIST
 from mailctl.sim.servers import ThreadedSimServer
-from mailctl.store.sqlite import Store
+from mailctl.store.sqlite import SqliteStore
 from mailctl.warmup_schedule import WarmupSetting
 
 COLD, WARM_TX, WARM_MKT = "127.0.0.2", "127.0.0.3", "127.0.0.4"
@@ -207,7 +207,7 @@ def write_campaign(
 
 
 def queue(ws: Path, campaign: Path, now: float) -> None:
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         prepare(store, campaign, load_profiles(ws / "profiles.yaml"), now=now)
 
 
@@ -221,7 +221,7 @@ def cron_run(
 ) -> RunSummary:
     """What `mailctl send --all --max-time …` does from cron, on the injected clock."""
     clock.t = at(day, hour)
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         store.recover_interrupted()
         prepared, problems = active_jobs(
             store, load_profiles(ws / "profiles.yaml"), now=clock.now()
@@ -242,7 +242,7 @@ def cron_run(
 def ip_day_totals(ws: Path) -> dict[tuple[str, str], Counter[str]]:
     """(ip, day) -> summed counters, plus `<provider>` -> sent."""
     totals: dict[tuple[str, str], Counter[str]] = {}
-    with Store.open(ws / "m.db") as store:
+    with SqliteStore.open(ws / "m.db") as store:
         for row in store.ip_days():
             counter = totals.setdefault((row["ip"], row["day"]), Counter())
             for key in ("sent", "deferred", "bounced", "throttles", "blocks"):
@@ -605,7 +605,7 @@ def test_send_loop_never_exceeds_the_daily_caps(
                 queued += new
             if runs:
                 cron_run(ws, clock, day, hour=hour, hours=24 - hour)
-        with Store.open(ws / "m.db") as store:
+        with SqliteStore.open(ws / "m.db") as store:
             rows = store.ip_days(COLD)
             past, marks = history(store, COLD), events(store, COLD)
         states = message_states(ws)
@@ -735,7 +735,7 @@ def test_warmup_start_hold_reset_change_the_plan_not_the_history(
             """
         )
     )
-    with Store.open(tmp_path / "m.db") as store:
+    with SqliteStore.open(tmp_path / "m.db") as store:
         for n, sent in enumerate((50, 100, 500)):  # three clean sending days
             day = (start + dt.timedelta(days=n)).isoformat()
             store.bump_ip_day(COLD, day, "google", sent=sent - 10)
@@ -798,6 +798,6 @@ def test_warmup_start_hold_reset_change_the_plan_not_the_history(
     assert [u["cap"] for u in switched["upcoming"]] == [50, 200, 500]
 
     # None of it touched what happened: the same ip_days rows, the same past outcomes.
-    with Store.open(tmp_path / "m.db") as store:
+    with SqliteStore.open(tmp_path / "m.db") as store:
         assert store.ip_days(COLD) == history_before
     assert past_outcomes(switched) == sent_days

@@ -21,7 +21,8 @@ from mailctl.bounces.parse import Kind, Report, parse_message
 from mailctl.errors import BounceParseError, InputError, InvalidAddress
 from mailctl.message.tracking import TRACKING_RE
 from mailctl.recipients.csv_import import normalise_address
-from mailctl.store.sqlite import Store
+from mailctl.reputation.signals import reported_counts
+from mailctl.store.base import IpDayCounts, Store
 
 REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual", "soft_bounce_limit")
 DAY = 86400.0
@@ -154,7 +155,7 @@ def apply_report(
                 result.suppressed += 1
             if target is not None:
                 store.mark_reported(target["id"], "complained", None, "feedback")
-                _signal(store, target, complained=1)
+                _signal(store, reported_counts(target, complained=True))
             continue
         if report.kind is Kind.DELAY or recipient.action == "delayed":
             continue  # a warning: the message is still being retried
@@ -165,7 +166,7 @@ def apply_report(
             if target is not None and store.mark_reported(
                 target["id"], state, recipient.diagnostic or recipient.status, recipient.reason
             ):
-                _signal(store, target, bounced=1, blocks=int(recipient.reason == "blocked"))
+                _signal(store, reported_counts(target, reason=recipient.reason))
             if recipient.suppress and store.suppress(
                 address,
                 "hard_bounce",
@@ -192,10 +193,9 @@ def apply_report(
         result.matched += 1
 
 
-def _signal(store: Store, message: dict[str, Any], **counts: int) -> None:
-    """Bounces and complaints count against the IP and day the message went out."""
-    if message.get("ip") and message.get("provider") and message.get("sent_at"):
-        store.bump_ip_day(message["ip"], _day(message["sent_at"]), message["provider"], **counts)
+def _signal(store: Store, counts: IpDayCounts | None) -> None:
+    if counts is not None:
+        store.bump_ip_day(counts.ip, counts.day, counts.provider, **counts.counts())
 
 
 def import_reports(
@@ -214,8 +214,7 @@ def import_reports(
     policy = policy or SoftBouncePolicy()
     result = ImportResult()
     pending = 0
-    store.conn.execute("BEGIN IMMEDIATE")
-    try:
+    with store.batched_transaction() as commit:
         for path in paths:
             if path != "-" and not Path(path).exists():
                 raise InputError(f"{path}: no such file or directory")
@@ -232,16 +231,10 @@ def import_reports(
                 apply_report(store, report, now=now, policy=policy, result=result)
                 pending += 1
                 if pending >= batch:
-                    store.conn.execute("COMMIT")
-                    store.conn.execute("BEGIN IMMEDIATE")
+                    commit()
                     pending = 0
                 if on_message:
                     on_message(result)
-        store.conn.execute("COMMIT")
-    except BaseException:
-        if store.conn.in_transaction:
-            store.conn.execute("COMMIT")  # what was applied is consistent: keep it
-        raise
     return result
 
 

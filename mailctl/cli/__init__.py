@@ -109,9 +109,9 @@ def main_callback(
 
 
 def _open_store() -> Any:
-    from mailctl.store.sqlite import Store
+    from mailctl.store.sqlite import SqliteStore
 
-    return Store.open(state.db)
+    return SqliteStore.open(state.db)
 
 
 # --------------------------------------------------------------------------- recipients
@@ -271,7 +271,7 @@ Examples:
 
 
 def _load_profiles(near: Path | None) -> Any:
-    from mailctl.config import find_profiles, load_profiles
+    from mailctl.config.profiles import find_profiles, load_profiles
 
     return load_profiles(find_profiles(state.profiles, near))
 
@@ -320,7 +320,7 @@ def send(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
-    from mailctl.config import parse_duration
+    from mailctl.config.nodes import parse_duration
 
     if (campaign_file is None) == (not all_campaigns):
         raise UsageError("give a campaign file or --all (not both)")
@@ -352,7 +352,8 @@ def send(
 
 def _preflight(campaign_file: Path, profiles: Any, zones: list[Path]) -> None:
     """The fast DNS checks, before a campaign's first send over a relay or direct."""
-    from mailctl.config import TransportKind, load_campaign
+    from mailctl.config.campaign import load_campaign
+    from mailctl.config.profiles import TransportKind
     from mailctl.dns.preflight import check as run_check
     from mailctl.dns.preflight import resolver_for
 
@@ -434,7 +435,7 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
         async def main() -> RunSummary:
             import signal
 
-            from mailctl.config import TransportKind
+            from mailctl.config.profiles import TransportKind
             from mailctl.delivery.transport import Sandbox
 
             sandbox = None
@@ -514,16 +515,16 @@ def _print_summary(summary: Any) -> None:
 
 def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
     """Render the first messages without touching the database or the network."""
-    from mailctl.config import load_campaign
+    from mailctl.config.campaign import load_campaign
     from mailctl.delivery.campaigns import check_fields, make_renderer
     from mailctl.message.tracking import new_tracking_id
     from mailctl.recipients.csv_import import import_csv
-    from mailctl.store.sqlite import Store, resolve_db_path
+    from mailctl.store.sqlite import SqliteStore, resolve_db_path
 
     campaign = load_campaign(campaign_file)
     profiles.get(campaign.profile)
     renderer = make_renderer(campaign, profiles)
-    with Store.open(":memory:") as scratch:
+    with SqliteStore.open(":memory:") as scratch:
         if campaign.csv is not None:
             summary = import_csv(
                 scratch,
@@ -542,7 +543,7 @@ def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
                 raise MailctlError(
                     f"{db_path} does not exist, so list '{campaign.list_key}' is empty"
                 )
-            source = Store.open(db_path, migrate=False)
+            source = SqliteStore.open(db_path, migrate=False)
         check_fields(source, renderer, campaign.list_key)
         total = source.count_recipients(campaign.list_key)
         for row in source.iter_recipients(campaign.list_key, limit=show):
@@ -1040,7 +1041,7 @@ def lanes_suspend(
     """
     import time
 
-    from mailctl.config import parse_duration
+    from mailctl.config.nodes import parse_duration
 
     try:
         seconds = parse_duration(for_)
@@ -1562,7 +1563,7 @@ def check(
 
     Example: mailctl check --campaign campaigns/welcome.yaml --zone example.com.zone
     """
-    from mailctl.config import load_campaign
+    from mailctl.config.campaign import load_campaign
     from mailctl.dns.preflight import check as run_check
     from mailctl.dns.preflight import resolver_for
 
@@ -1639,7 +1640,9 @@ def report(
     """
     import time
 
-    from mailctl.report.build import build_report, render_html, render_tables
+    from mailctl.report.data import build_report
+    from mailctl.report.html import render_html
+    from mailctl.report.tables import render_tables
 
     with _open_store() as store:
         data = build_report(store, campaign, now=time.time())

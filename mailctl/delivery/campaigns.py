@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailctl.config import Campaign, ProfilesFile, TrafficClass, load_campaign
+from mailctl.config.campaign import Campaign, load_campaign
+from mailctl.config.profiles import ProfilesFile, TrafficClass
 from mailctl.delivery.engine import CampaignJob
 from mailctl.errors import CampaignChangedError, InputError, MailctlError, TemplateError
 from mailctl.message.render import Renderer
 from mailctl.message.tracking import new_tracking_id
 from mailctl.recipients.csv_import import ImportSummary, import_csv
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 
 
 def content_hash(content: dict[str, Any]) -> str:

@@ -22,7 +22,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from mailctl.config import Campaign, Profile, TlsMode, TransportKind
+from mailctl.config.campaign import Campaign
+from mailctl.config.profiles import Profile, TlsMode, TransportKind
+from mailctl.config.provider_rules import Scope, TlsPolicy
 from mailctl.delivery.transport import Connection, Destination, Reply, relay_destination
 from mailctl.dns.providers import (
     DirectAction,
@@ -35,8 +37,8 @@ from mailctl.dns.providers import (
 )
 from mailctl.errors import StoreError, TemplateError
 from mailctl.message.render import RenderedMessage, Renderer
-from mailctl.replies.classify import Scope, classify_reply, parse_reply_delay
-from mailctl.replies.rules import TlsPolicy, load_rules
+from mailctl.replies.classify import classify_reply, parse_reply_delay
+from mailctl.replies.rules import load_rules
 from mailctl.reputation.budget import WarmupBudget, profile_settings
 from mailctl.reputation.lanes import (
     BreakerPolicy,
@@ -47,7 +49,8 @@ from mailctl.reputation.lanes import (
     Scheduler,
     check_breaker,
 )
-from mailctl.store.sqlite import Store
+from mailctl.reputation.signals import ip_day_counts, smtp_suppressions
+from mailctl.store.base import Store
 
 
 class Clock(Protocol):
@@ -523,7 +526,7 @@ class Engine:
             if self._render_pool is not None:
                 self._render_pool.close()
         if self._fatal is not None:
-            raise StoreError(f"{self.store.path}: cannot record outcomes: {self._fatal}")
+            raise StoreError(f"{self.store.location}: cannot record outcomes: {self._fatal}")
         self.summary.stop_reason = reason
         self.summary.elapsed = clock.now() - self.started
         self.summary.remaining = sum(self.store.remaining(cid) for cid in self.jobs)
@@ -1022,7 +1025,7 @@ class Engine:
                 "scope": verdict.scope.value,
             }
             if verdict
-            else {"reason": "networkerror", "rule": "connection"}
+            else {"reason": "networkerror", "rule": "connection", "scope": Scope.TRANSIENT.value}
         )
         permanent = (
             verdict is not None
@@ -1119,7 +1122,8 @@ class Engine:
         pending, self._pending = self._pending, []
         released = [o.message_id for o in pending if o.state == "queued"]
         try:
-            self.store.record_outcomes([o for o in pending if o.state != "queued"])
+            done = [o for o in pending if o.state != "queued"]
+            self.store.record_outcomes(done, ip_day_counts(done), smtp_suppressions(done))
             self.store.release(released)
         except BaseException:
             self._pending = pending + self._pending  # nothing is lost: tried again
@@ -1196,10 +1200,7 @@ class Engine:
         for item in cut:
             self._record(self._outcome_for(item.message, "queued", now, attempted=False))
         if cut:
-            self.store.conn.executemany(
-                "UPDATE messages SET possible_duplicate = 1 WHERE id = ?",
-                [(item.message["id"],) for item in cut],
-            )
+            self.store.mark_possible_duplicates([item.message["id"] for item in cut])
         self._commit(force=True)
 
 

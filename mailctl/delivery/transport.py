@@ -23,7 +23,7 @@ from aiosmtplib.errors import (
     SMTPTimeoutError,
 )
 
-from mailctl.config import Profile, TlsMode, TransportKind
+from mailctl.config.profiles import Profile, TlsMode, TransportKind
 
 if TYPE_CHECKING:
     from mailctl.sim.servers import SimServer

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from email.utils import parseaddr
 from pathlib import Path
 
-from mailctl.config import Campaign, Profile, TrafficClass, TransportKind
+from mailctl.config.campaign import Campaign
+from mailctl.config.profiles import Profile, TrafficClass, TransportKind
 from mailctl.dns.checks import CheckReport, run_checks
 from mailctl.dns.resolver import LiveResolver, Resolver, ZoneResolver
 from mailctl.message.dkim import DkimAlgorithm, DkimKeyConfig, load_key

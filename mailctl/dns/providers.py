@@ -39,6 +39,7 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from mailctl.config.profiles import parse_mx_override
 from mailctl.dns.resolver import Resolver, configured_resolver
 from mailctl.errors import DnsError, DnsTimeout, NoAnswer, NXDomain
 
@@ -54,7 +55,6 @@ __all__ = [
     "RouteStatus",
     "ThreadedMxResolver",
     "normalise_domain",
-    "parse_mx_override",
     "provider_for_mx_hosts",
     "registered_domain",
     "resolve_domains",
@@ -269,37 +269,6 @@ def provider_for_mx_hosts(hosts: Iterable[str]) -> str:
 
 # --------------------------------------------------------------------------------------------
 # mx_override and lookups switched off
-
-
-def parse_mx_override(value: str) -> tuple[str | None, str, int]:
-    """``[provider@]host[:port]`` -> (provider or None, host, port).
-
-    The optional provider names the lane when the host is a simulated server on loopback
-    (``google@127.0.0.1:2525``). IPv6 hosts go in brackets: ``[::1]:2525``.
-    """
-    provider, _, rest = value.strip().rpartition("@")
-    host, port = rest, 25
-    if rest.startswith("["):
-        end = rest.find("]")
-        if end == -1:
-            raise ValueError(f"'{value}': unclosed '[' in an IPv6 host")
-        host, tail = rest[1:end], rest[end + 1 :]
-        if tail:
-            if not tail.startswith(":"):
-                raise ValueError(f"'{value}': expected ':port' after ']'")
-            port = _port(value, tail[1:])
-    elif rest.count(":") == 1:
-        host, port_text = rest.split(":")
-        port = _port(value, port_text)
-    if not host:
-        raise ValueError(f"'{value}': no host (use host:port, e.g. 127.0.0.1:2525)")
-    return (provider.strip().lower() or None), host.lower(), port
-
-
-def _port(value: str, text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"'{value}': '{text}' is not a port number (1-65535)")
-    return int(text)
 
 
 def route_for_override(domain: str, value: str, now: float) -> DomainRoute:

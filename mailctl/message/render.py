@@ -20,7 +20,8 @@ import jinja2
 import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
-from mailctl.config import Campaign, TrafficClass
+from mailctl.config.campaign import Campaign
+from mailctl.config.profiles import TrafficClass
 from mailctl.errors import TemplateError
 from mailctl.message.dkim import DkimKeyConfig
 from mailctl.message.tracking import TRACKING_HEADER, bounce_address, verp_address

@@ -17,7 +17,7 @@ from typing import IO, Any
 import idna
 
 from mailctl.errors import InputError, InvalidAddress
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 
 BATCH = 5000
 

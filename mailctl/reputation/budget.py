@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 
-from mailctl.config import Profile
+from mailctl.config.profiles import Profile
 from mailctl.reputation.warmup import (
     DayRecord,
     WarmupEvent,
@@ -27,7 +27,7 @@ from mailctl.reputation.warmup import (
     window_allowance,
     window_bounds,
 )
-from mailctl.store.sqlite import Store
+from mailctl.store.base import Store
 from mailctl.warmup_schedule import WarmupSetting
 
 

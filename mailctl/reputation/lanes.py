@@ -31,8 +31,9 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
+from mailctl.config.provider_rules import Action, LaneLimits, ReplyRule
 from mailctl.replies.classify import parse_reply_code
-from mailctl.replies.rules import Action, LaneLimits, ReplyRule, RuleMatch, RuleSet, default_rules
+from mailctl.replies.rules import RuleMatch, RuleSet, default_rules
 
 __all__ = [
     "BreakerPolicy",

@@ -1,15 +1,16 @@
-"""Reads profiles.yaml and campaign YAML into frozen, validated objects.
+"""profiles.yaml: how to send, read into frozen, validated `Profile` objects.
 
 Every error names the file, the line and the key path, in one line::
 
     profiles.yaml:14: profiles.direct.pools.marketing[1]: '10.0.0.999' is not an IPv4 or
     IPv6 address
+
+The bottom of the domain layer: imports mailctl.errors and the config package only, never
+replies, dns or reputation (they import config).
 """
 
 from __future__ import annotations
 
-import builtins
-import datetime as dt
 import ipaddress
 import os
 import re
@@ -17,204 +18,45 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
+from mailctl.config.nodes import Node, load_yaml
+from mailctl.config.provider_rules import resolve_rules
 from mailctl.errors import ConfigError
 from mailctl.warmup_schedule import PRESET_NAMES, WarmupSetting
 
-T = TypeVar("T")
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+def parse_mx_override(value: str) -> tuple[str | None, str, int]:
+    """``[provider@]host[:port]`` -> (provider or None, host, port).
 
-
-def parse_duration(text: str) -> float:
-    """'90s', '9m', '1h30m', '3d' -> seconds. Bare numbers are seconds."""
-    text = text.strip().lower()
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return float(text)
-    pos, total = 0, 0.0
-    for match in _DURATION.finditer(text):
-        if match.start() != pos and text[pos : match.start()].strip():
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos == 0 or text[pos:].strip():
-        raise ValueError(f"'{text}' is not a duration (use e.g. 30s, 9m, 2h, 3d)")
-    return total
-
-
-class Node:
-    """A YAML node with its file, line and key path, for precise error messages."""
-
-    def __init__(self, file: str, node: yaml.Node, path: str) -> None:
-        self.file = file
-        self.node = node
-        self.path = path
-
-    @property
-    def line(self) -> int:
-        return self.node.start_mark.line + 1
-
-    def error(self, message: str) -> ConfigError:
-        where = f"{self.path}: " if self.path else ""
-        return ConfigError(
-            f"{self.file}:{self.line}: {where}{message}",
-            file=self.file,
-            line=self.line,
-            key=self.path or None,
-        )
-
-    def _child_path(self, key: str | int) -> str:
-        if isinstance(key, int):
-            return f"{self.path}[{key}]"
-        return f"{self.path}.{key}" if self.path else key
-
-    def mapping(
-        self,
-        allowed: set[str] | None = None,
-        required: set[str] = frozenset(),  # type: ignore[assignment]
-    ) -> dict[str, Node]:
-        if not isinstance(self.node, yaml.MappingNode):
-            raise self.error(f"expected a mapping, got {self.describe()}")
-        result: dict[str, Node] = {}
-        for key_node, value_node in self.node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise Node(self.file, key_node, self.path).error("keys must be plain strings")
-            key = str(key_node.value)
-            if allowed is not None and key not in allowed:
-                hint = ", ".join(sorted(allowed))
-                raise Node(self.file, key_node, self._child_path(key)).error(
-                    f"unknown key '{key}' (valid keys: {hint})"
-                )
-            if key in result:
-                raise Node(self.file, key_node, self._child_path(key)).error("duplicate key")
-            result[key] = Node(self.file, value_node, self._child_path(key))
-        for key in sorted(required - result.keys()):
-            raise self.error(f"missing required key '{key}'")
-        return result
-
-    def sequence(self) -> list[Node]:
-        if not isinstance(self.node, yaml.SequenceNode):
-            raise self.error(f"expected a list, got {self.describe()}")
-        return [
-            Node(self.file, item, self._child_path(i)) for i, item in enumerate(self.node.value)
-        ]
-
-    def describe(self) -> str:
-        if isinstance(self.node, yaml.MappingNode):
-            return "a mapping"
-        if isinstance(self.node, yaml.SequenceNode):
-            return "a list"
-        return f"'{self.node.value}'"
-
-    def scalar(self) -> Any:
-        if not isinstance(self.node, yaml.ScalarNode):
-            raise self.error(f"expected a single value, got {self.describe()}")
-        return _construct_scalar(self.node)
-
-    def str(self) -> str:
-        value = self.scalar()
-        if value is None or isinstance(value, bool | list | dict):
-            raise self.error(f"expected a string, got {self.describe()}")
-        return str(value)
-
-    def int(self, minimum: int | None = None) -> int:
-        value = self.scalar()
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(f"expected a whole number, got {self.describe()}")
-        if minimum is not None and value < minimum:
-            raise self.error(f"must be at least {minimum}, got {value}")
-        return value
-
-    def number(self, minimum: float | None = None, maximum: float | None = None) -> float:
-        value = self.scalar()
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(f"expected a number, got {self.describe()}")
-        if minimum is not None and value < minimum:
-            raise self.error(f"must be at least {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise self.error(f"must be at most {maximum}, got {value}")
-        return float(value)
-
-    def bool(self) -> bool:
-        value = self.scalar()
-        if not isinstance(value, bool):
-            raise self.error(f"expected true or false, got {self.describe()}")
-        return value
-
-    def choice(self, enum: type[T]) -> T:
-        text = self.str()
-        try:
-            return enum(text)  # type: ignore[call-arg]
-        except ValueError:
-            valid = "|".join(m.value for m in enum)  # type: ignore[attr-defined]
-            raise self.error(f"'{text}' is not one of {valid}") from None
-
-    def ip(self) -> builtins.str:
-        text = self.str()
-        try:
-            return str(ipaddress.ip_address(text))
-        except ValueError:
-            raise self.error(f"'{text}' is not an IPv4 or IPv6 address") from None
-
-    def duration(self) -> float:
-        value = self.scalar()
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        try:
-            return parse_duration(self.str())
-        except ValueError as exc:
-            raise self.error(str(exc)) from None
-
-    def date(self) -> dt.date:
-        value = self.scalar()
-        if isinstance(value, dt.date):
-            return value
-        try:
-            return dt.date.fromisoformat(self.str())
-        except ValueError:
-            raise self.error(f"'{value}' is not a date (YYYY-MM-DD)") from None
-
-    def string_map(self) -> dict[builtins.str, builtins.str]:
-        return {key: value.str() for key, value in self.mapping().items()}
+    The optional provider names the lane when the host is a simulated server on loopback
+    (``google@127.0.0.1:2525``). IPv6 hosts go in brackets: ``[::1]:2525``.
+    """
+    provider, _, rest = value.strip().rpartition("@")
+    host, port = rest, 25
+    if rest.startswith("["):
+        end = rest.find("]")
+        if end == -1:
+            raise ValueError(f"'{value}': unclosed '[' in an IPv6 host")
+        host, tail = rest[1:end], rest[end + 1 :]
+        if tail:
+            if not tail.startswith(":"):
+                raise ValueError(f"'{value}': expected ':port' after ']'")
+            port = _port(value, tail[1:])
+    elif rest.count(":") == 1:
+        host, port_text = rest.split(":")
+        port = _port(value, port_text)
+    if not host:
+        raise ValueError(f"'{value}': no host (use host:port, e.g. 127.0.0.1:2525)")
+    return (provider.strip().lower() or None), host.lower(), port
 
 
-def _construct_scalar(node: yaml.ScalarNode) -> Any:
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_object(node, deep=True)
-    finally:
-        loader.dispose()
-
-
-def load_yaml(path: Path) -> Node:
-    """Parse a YAML file into a Node tree; syntax errors name their line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}", file=str(path)) from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        problem = exc.problem or exc.context or "syntax error"
-        raise ConfigError(
-            f"{path}:{line}: YAML syntax error: {problem}", file=str(path), line=line or None
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML error: {exc}", file=str(path)) from None
-    if root is None:
-        raise ConfigError(f"{path}:1: the file is empty", file=str(path), line=1)
-    return Node(str(path), root, "")
-
-
-# --------------------------------------------------------------------------- profiles
+def _port(value: str, text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"'{value}': '{text}' is not a port number (1-65535)")
+    return int(text)
 
 
 class TransportKind(StrEnum):
@@ -548,8 +390,6 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         overrides = {}
         for domain, target in keys["mx_override"].mapping().items():
             value = target.str()
-            from mailctl.dns.providers import parse_mx_override
-
             try:
                 parse_mx_override(value)
             except ValueError as exc:
@@ -602,10 +442,11 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
     if "preflight" in keys:
         options["preflight"] = keys["preflight"].bool()
     if "rules" in keys:
-        from mailctl.replies.rules import load_rules
-
+        # Kept raw once valid: replies.rules turns it into the RuleSet the lanes use.
         raw = yaml.safe_load(yaml.serialize(keys["rules"].node))
-        load_rules(raw, source=f"{keys['rules'].file}:{keys['rules'].line}: profiles.{name}.rules")
+        resolve_rules(
+            raw, source=f"{keys['rules'].file}:{keys['rules'].line}: profiles.{name}.rules"
+        )
         options["rules"] = raw
     return Profile(name=name, transport=transport, source=f"{node.file}:{node.line}", **options)
 
@@ -654,188 +495,4 @@ def find_profiles(explicit: Path | None, near: Path | None = None) -> Path:
     raise ConfigError(
         "no profiles.yaml found (looked next to the campaign and in the current directory; "
         "use --profiles FILE or MAILCTL_PROFILES)"
-    )
-
-
-# --------------------------------------------------------------------------- campaigns
-
-
-@dataclass(frozen=True)
-class CsvSource:
-    path: Path
-    email_column: str | None = None
-    delimiter: str | None = None
-    encoding: str = "utf-8-sig"
-
-
-@dataclass(frozen=True)
-class Campaign:
-    name: str
-    path: Path
-    profile: str | None
-    traffic_class: TrafficClass
-    pool: str | None
-    from_addr: str
-    reply_to: str | None
-    subject: str
-    text: str | None
-    html: str | None
-    csv: CsvSource | None
-    list_name: str | None
-    headers: Mapping[str, str]
-    unsubscribe_url: str | None
-    unsubscribe_mailto: str | None
-    max_age: float | None = None
-
-    def content(self) -> dict[str, Any]:
-        """What the recipients see: a change to any of these after the start needs --update."""
-        return {
-            "from": self.from_addr,
-            "reply_to": self.reply_to,
-            "subject": self.subject,
-            "text": self.text,
-            "html": self.html,
-            "headers": dict(self.headers),
-            "unsubscribe_url": self.unsubscribe_url,
-            "unsubscribe_mailto": self.unsubscribe_mailto,
-        }
-
-    @property
-    def list_key(self) -> str:
-        """The recipient list this campaign sends to (a CSV gets a list named after it)."""
-        return self.list_name or f"campaign:{self.name}"
-
-
-_CAMPAIGN_KEYS = {
-    "name",
-    "profile",
-    "class",
-    "pool",
-    "from",
-    "reply_to",
-    "subject",
-    "text",
-    "html",
-    "text_file",
-    "html_file",
-    "recipients",
-    "list",
-    "headers",
-    "unsubscribe",
-    "max_age",
-}
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable, no colon
-_RESERVED_HEADERS = {
-    "from",
-    "to",
-    "subject",
-    "date",
-    "message-id",
-    "mime-version",
-    "content-type",
-    "content-transfer-encoding",
-    "x-mailctl-id",
-    "list-unsubscribe",
-    "list-unsubscribe-post",
-    "dkim-signature",
-    "feedback-id",
-    "return-path",
-    "reply-to",
-}
-_ADDRESS = re.compile(r"^(?:[^<>\r\n]*<[^<>@\s]+@[^<>@\s]+>|[^<>@\s]+@[^<>@\s]+)$")
-
-
-def _template_text(keys: dict[str, Node], inline: str, file_key: str, base: Path) -> str | None:
-    if inline in keys and file_key in keys:
-        raise keys[file_key].error(f"give '{inline}' or '{file_key}', not both")
-    if inline in keys:
-        return keys[inline].str()
-    if file_key in keys:
-        path = base / keys[file_key].str()
-        try:
-            return path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise keys[file_key].error(f"cannot read {path}: {exc}") from None
-    return None
-
-
-def load_campaign(path: Path) -> Campaign:
-    root = load_yaml(path)
-    keys = root.mapping(_CAMPAIGN_KEYS, required={"name", "from", "subject"})
-    base = path.parent
-    name = keys["name"].str()
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
-        raise keys["name"].error(f"'{name}' must be letters, digits, '.', '_' or '-'")
-    from_addr = keys["from"].str()
-    if not _ADDRESS.match(from_addr):
-        raise keys["from"].error(f"'{from_addr}' is not an address like 'Name <a@example.com>'")
-    reply_to = keys["reply_to"].str() if "reply_to" in keys else None
-    if reply_to is not None and not _ADDRESS.match(reply_to):
-        raise keys["reply_to"].error(f"'{reply_to}' is not an address")
-    text = _template_text(keys, "text", "text_file", base)
-    html = _template_text(keys, "html", "html_file", base)
-    if text is None and html is None:
-        raise root.error("give a body: 'text', 'html', 'text_file' or 'html_file'")
-    if ("recipients" in keys) == ("list" in keys):
-        raise root.error("give exactly one of 'recipients' (a CSV file) or 'list' (a list name)")
-    csv_source = None
-    if "recipients" in keys:
-        rnode = keys["recipients"]
-        if isinstance(rnode.node, yaml.ScalarNode):
-            csv_source = CsvSource(path=base / rnode.str())
-        else:
-            rk = rnode.mapping({"csv", "email_column", "delimiter", "encoding"}, required={"csv"})
-            csv_source = CsvSource(
-                path=base / rk["csv"].str(),
-                email_column=rk["email_column"].str() if "email_column" in rk else None,
-                delimiter=rk["delimiter"].str() if "delimiter" in rk else None,
-                encoding=rk["encoding"].str() if "encoding" in rk else "utf-8-sig",
-            )
-    headers: dict[str, str] = {}
-    if "headers" in keys:
-        for header, value_node in keys["headers"].mapping().items():
-            if not _HEADER_NAME.match(header):
-                raise value_node.error(f"'{header}' is not a valid header name")
-            if header.lower() in _RESERVED_HEADERS:
-                raise value_node.error(f"header '{header}' is set by mailctl")
-            value = value_node.str()
-            if "\r" in value or "\n" in value:
-                raise value_node.error("header values cannot contain line breaks")
-            headers[header] = value
-    url = mailto = None
-    if "unsubscribe" in keys:
-        un = keys["unsubscribe"].mapping({"url", "mailto"})
-        if "url" in un:
-            url = un["url"].str()
-            if not re.match(r"^https?://[^\s/{}]+", url):
-                raise un["url"].error(f"'{url}' is not an http(s) URL")
-        if "mailto" in un:
-            mailto = un["mailto"].str().removeprefix("mailto:")
-            if not _ADDRESS.match(mailto) or "<" in mailto:
-                raise un["mailto"].error(f"'{mailto}' is not an address")
-    traffic_class = (
-        keys["class"].choice(TrafficClass) if "class" in keys else TrafficClass.MARKETING
-    )
-    if traffic_class is TrafficClass.MARKETING and url is None and mailto is None:
-        raise root.error(
-            "a marketing campaign needs 'unsubscribe' (url and/or mailto; Gmail and Yahoo "
-            "require one-click unsubscribe for bulk mail)"
-        )
-    return Campaign(
-        name=name,
-        path=path,
-        profile=keys["profile"].str() if "profile" in keys else None,
-        traffic_class=traffic_class,
-        pool=keys["pool"].str() if "pool" in keys else None,
-        from_addr=from_addr,
-        reply_to=reply_to,
-        subject=keys["subject"].str(),
-        text=text,
-        html=html,
-        csv=csv_source,
-        list_name=keys["list"].str() if "list" in keys else None,
-        headers=headers,
-        unsubscribe_url=url,
-        unsubscribe_mailto=mailto,
-        max_age=keys["max_age"].duration() if "max_age" in keys else None,
     )

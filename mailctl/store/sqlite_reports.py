@@ -1,17 +1,18 @@
-"""Read-only aggregate queries for reports; part of the store (Store inherits them).
+"""The SQLite report queries: every SQL statement of `mailctl report` (`store.reports`).
 
-Every query takes a `group` naming how rows are keyed (see `_GROUP_KEYS`) and an optional
-campaign id; the key of each result row is the group's value (None for ``"all"``). Group
-columns come from a fixed table, never from a caller's string, so the f-strings below
-cannot inject SQL.
+Read-only. Implements `mailctl.store.base.ReportQueries`; imports nothing from mailctl but
+the store's interface. Every query takes a `group` naming how rows are keyed (see
+`_GROUP_KEYS`) and an optional campaign id; the key of each result row is the group's value
+(None for ``"all"``). Group columns come from a fixed table, never from a caller's string,
+so the f-strings below cannot inject SQL.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Literal
+from typing import Any
 
-ReportGroup = Literal["all", "campaign", "ip", "provider"]
+from mailctl.store.base import ReportGroup
 
 # How messages are keyed per group. A message's lane is the one of its last attempt.
 _GROUP_KEYS: dict[str, str] = {
@@ -58,12 +59,13 @@ def _where(campaign_id: int | None, *conditions: str) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-class ReportQueries:
-    """Mixed into Store: every SQL statement of `mailctl report` lives here."""
+class SqliteReportQueries:
+    """The report aggregates of one open SQLite database."""
 
-    conn: sqlite3.Connection
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
 
-    def report_campaigns(self, name: str | None = None) -> list[dict[str, Any]]:
+    def campaigns(self, name: str | None = None) -> list[dict[str, Any]]:
         """Campaign identities, newest first (creation time, then id for ties)."""
         columns = (
             "id",
@@ -85,7 +87,7 @@ class ReportQueries:
         sql += " ORDER BY created_at DESC, id DESC"
         return [dict(zip(columns, row, strict=True)) for row in self.conn.execute(sql, params)]
 
-    def report_message_counts(
+    def message_counts(
         self, group: ReportGroup, campaign_id: int | None = None
     ) -> dict[Any, dict[str, dict[str, int]]]:
         """key -> state -> {messages, attempted, hard, soft, complaint}.
@@ -116,7 +118,7 @@ class ReportQueries:
             }
         return result
 
-    def report_delivery_times(
+    def delivery_times(
         self, group: ReportGroup, campaign_id: int | None = None
     ) -> dict[Any, dict[str, Any]]:
         """key -> {count, p50, p90, p99, max} of sent_at - queued_at (nearest rank)."""
@@ -144,7 +146,7 @@ class ReportQueries:
                 entry["max"] = seconds
         return result
 
-    def report_top_replies(
+    def top_replies(
         self, group: ReportGroup, campaign_id: int | None = None, limit: int = 10
     ) -> dict[Any, list[dict[str, Any]]]:
         """key -> the most frequent (code, text) replies, most frequent first."""
@@ -165,25 +167,25 @@ class ReportQueries:
             result.setdefault(k, []).append({"code": code, "text": text, "count": count})
         return result
 
-    def report_reply_rules(
+    def reply_rules(
         self, group: ReportGroup, campaign_id: int | None = None
     ) -> list[dict[str, Any]]:
-        """Non-2xx replies counted per (key, rule, reason, outcome), with first and last time.
-
-        The caller decides which rules are throttles: replies do not store the scope.
-        """
+        """Non-2xx replies counted per (key, rule, reason, scope, outcome), with first and
+        last time. `scope` is the engine's decision; None for replies recorded before the
+        schema stored it (version 5)."""
         key = _REPLY_GROUP_KEYS[group]
         where, params = _where(campaign_id)
-        columns = ("key", "rule", "reason", "outcome", "count", "first_at", "last_at")
+        columns = ("key", "rule", "reason", "scope", "outcome", "count", "first_at", "last_at")
         rows = self.conn.execute(
-            f"""SELECT {key} AS k, y.rule, y.reason, y.outcome, count(*), min(y.at), max(y.at)
+            f"""SELECT {key} AS k, y.rule, y.reason, y.scope, y.outcome, count(*), min(y.at),
+                       max(y.at)
                 FROM replies y JOIN messages m ON m.id = y.message_id{where}
-                GROUP BY k, y.rule, y.reason, y.outcome""",
+                GROUP BY k, y.rule, y.reason, y.scope, y.outcome""",
             params,
         )
         return [dict(zip(columns, row, strict=True)) for row in rows]
 
-    def report_sends_per_bucket(
+    def sends_per_bucket(
         self, campaign_id: int | None = None, bucket: int = 3600
     ) -> list[dict[str, Any]]:
         """Accepted messages per time bucket (by sent_at) and provider, in time order."""
@@ -197,9 +199,7 @@ class ReportQueries:
         )
         return [{"t": t, "provider": provider, "sent": n} for t, provider, n in rows]
 
-    def report_answer_span(
-        self, campaign_id: int | None = None
-    ) -> tuple[float | None, float | None]:
+    def answer_span(self, campaign_id: int | None = None) -> tuple[float | None, float | None]:
         """First and last time a receiver answered one of these messages."""
         where, params = _where(campaign_id, _ANSWERED)
         row = self.conn.execute(
@@ -210,7 +210,7 @@ class ReportQueries:
         ).fetchone()
         return row[0], row[1]
 
-    def report_rates_per_bucket(
+    def rates_per_bucket(
         self, campaign_id: int | None = None, bucket: int = 86400
     ) -> list[dict[str, Any]]:
         """Answered messages, hard bounces and complaints per bucket of the answer time.
@@ -234,21 +234,21 @@ class ReportQueries:
             for t, n, hard, complaints in rows
         ]
 
-    def _report_table_has(self, table: str, columns: tuple[str, ...]) -> bool:
+    def _table_has(self, table: str, columns: tuple[str, ...]) -> bool:
         """Whether the schema has this table with these columns (older databases may not)."""
         present = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
         return set(columns) <= present
 
-    def report_lane_events(self, campaign_id: int | None = None) -> list[dict[str, Any]]:
+    def lane_events(self, campaign_id: int | None = None) -> list[dict[str, Any]]:
         """Lane pauses (suspended, slowed, disabled, backoff) per lane, kind and rule: how
         many, the last one's time, end and reason."""
         columns = ("ip", "provider", "kind", "rule", "count", "last_at", "last_until", "reason")
-        if not self._report_table_has(
+        if not self._table_has(
             "lane_events", ("at", "ip", "provider", "kind", "until", "reason", "rule")
         ):
             return []
         where, params = "", []
-        if campaign_id is not None and self._report_table_has("lane_events", ("campaign_id",)):
+        if campaign_id is not None and self._table_has("lane_events", ("campaign_id",)):
             where, params = " WHERE campaign_id = ?", [campaign_id]
         # SQLite takes the bare columns (until, reason) from the row holding max(at).
         rows = self.conn.execute(
@@ -259,10 +259,10 @@ class ReportQueries:
         )
         return [dict(zip(columns, row, strict=True)) for row in rows]
 
-    def report_lane_rows(self) -> list[dict[str, Any]]:
+    def lane_rows(self) -> list[dict[str, Any]]:
         """Lanes not at normal speed (the `lanes` table, when the schema has it)."""
         wanted = ("ip", "provider", "mode", "until", "reason", "rule")
-        if not self._report_table_has("lanes", wanted):
+        if not self._table_has("lanes", wanted):
             return []
         rows = self.conn.execute(
             f"""SELECT {", ".join(wanted)} FROM lanes

@@ -1,0 +1,367 @@
+"""The store's interface: what the rest of mailctl may ask of persistent state.
+
+`Store` (and the `ReportQueries` it composes) is the whole API a backend implements: SQLite
+today (`mailctl.store.sqlite`), PostgreSQL next. Callers type against these protocols and
+never see a dialect. The store only stores: the rows it receives are already decided (what
+counts as a throttle, whom to suppress); deciding is the domain's job.
+
+Imports nothing from mailctl: every other package may import this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+MESSAGE_STATES = (
+    "queued",
+    "sending",
+    "sent",
+    "deferred",
+    "bounced",
+    "complained",
+    "failed",
+    "expired",
+    "suppressed",
+    "cancelled",
+)
+
+# The per IP, day and provider counters the warm-up reads (the `ip_days` record).
+IP_DAY_COUNTERS = ("sent", "deferred", "bounced", "complained", "throttles", "blocks")
+
+# How report rows are keyed; the key of each result row is the group's value.
+ReportGroup = Literal["all", "campaign", "ip", "provider"]
+
+
+@dataclass(frozen=True)
+class StagedCounts:
+    """What merging one staged recipient import did."""
+
+    imported: int
+    updated: int
+    unchanged: int
+    suppressed: int
+
+
+@dataclass(frozen=True)
+class IpDayCounts:
+    """Counts to add to what one IP did toward one provider on one (UTC or local) day."""
+
+    ip: str
+    day: str
+    provider: str
+    sent: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    complained: int = 0
+    throttles: int = 0
+    blocks: int = 0
+
+    def counts(self) -> dict[str, int]:
+        """The counters this adds to, by column name (those it leaves alone left out)."""
+        return {name: getattr(self, name) for name in IP_DAY_COUNTERS if getattr(self, name)}
+
+
+@dataclass(frozen=True)
+class SuppressionEntry:
+    """An address (or ``*@domain``) to suppress, with why and from where."""
+
+    address: str
+    reason: str
+    at: float
+    source: str | None = None
+    status: str | None = None
+    diagnostic: str | None = None
+    expires_at: float | None = None
+
+
+class DeliveryRecord(Protocol):
+    """One delivery outcome as the store records it (the engine's `Outcome` is one)."""
+
+    @property
+    def message_id(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def attempted(self) -> bool: ...
+    @property
+    def at(self) -> float: ...
+    @property
+    def next_attempt_at(self) -> float: ...
+    @property
+    def ip(self) -> str | None: ...
+    @property
+    def provider(self) -> str | None: ...
+    @property
+    def code(self) -> int | None: ...
+    @property
+    def reply(self) -> str | None: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def rule(self) -> str | None: ...
+    @property
+    def scope(self) -> str | None: ...
+
+
+class BounceRecipientRecord(Protocol):
+    """One recipient of a bounce or complaint report (the parser's `FailedRecipient`)."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def status(self) -> str | None: ...
+    @property
+    def action(self) -> str | None: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def permanent(self) -> bool: ...
+    @property
+    def suppress(self) -> bool: ...
+    @property
+    def diagnostic(self) -> str: ...
+
+
+class ReportQueries(Protocol):
+    """Read-only aggregates for `mailctl report` (`Store.reports`).
+
+    Every query takes a `group` naming how rows are keyed and an optional campaign id. A
+    message's lane is the one of its last attempt; a reply's is the lane that answered it.
+    """
+
+    def campaigns(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Campaign identities, newest first (creation time, then id for ties)."""
+        ...
+
+    def message_counts(
+        self, group: ReportGroup, campaign_id: int | None = None
+    ) -> dict[Any, dict[str, dict[str, int]]]:
+        """key -> state -> {messages, attempted, hard, soft, complaint}."""
+        ...
+
+    def delivery_times(
+        self, group: ReportGroup, campaign_id: int | None = None
+    ) -> dict[Any, dict[str, Any]]:
+        """key -> {count, p50, p90, p99, max} of sent_at - queued_at (nearest rank)."""
+        ...
+
+    def top_replies(
+        self, group: ReportGroup, campaign_id: int | None = None, limit: int = 10
+    ) -> dict[Any, list[dict[str, Any]]]:
+        """key -> the most frequent (code, text) replies, most frequent first."""
+        ...
+
+    def reply_rules(
+        self, group: ReportGroup, campaign_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Non-2xx replies counted per (key, rule, reason, scope, outcome), with first and
+        last time."""
+        ...
+
+    def sends_per_bucket(
+        self, campaign_id: int | None = None, bucket: int = 3600
+    ) -> list[dict[str, Any]]:
+        """Accepted messages per time bucket (by sent_at) and provider, in time order."""
+        ...
+
+    def answer_span(self, campaign_id: int | None = None) -> tuple[float | None, float | None]:
+        """First and last time a receiver answered one of these messages."""
+        ...
+
+    def rates_per_bucket(
+        self, campaign_id: int | None = None, bucket: int = 86400
+    ) -> list[dict[str, Any]]:
+        """Answered messages, hard bounces and complaints per bucket of the answer time."""
+        ...
+
+    def lane_events(self, campaign_id: int | None = None) -> list[dict[str, Any]]:
+        """Lane pauses per lane, kind and rule: how many, the last one's time, end, reason."""
+        ...
+
+    def lane_rows(self) -> list[dict[str, Any]]:
+        """Lanes not at normal speed."""
+        ...
+
+
+class Store(Protocol):
+    """One open database: everything mailctl keeps between runs."""
+
+    @property
+    def location(self) -> str:
+        """Where the data lives (a file, a server), for messages."""
+        ...
+
+    @property
+    def reports(self) -> ReportQueries: ...
+
+    # lifecycle and transactions
+    def close(self) -> None: ...
+    def __enter__(self) -> Store: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """All or nothing: commits at the end, rolls back on any exception."""
+        ...
+
+    def batched_transaction(self) -> AbstractContextManager[Callable[[], None]]:
+        """A long write in batches. The yielded `commit()` makes what was applied so far
+        durable and goes on; an exception keeps what was applied (each step is whole)."""
+        ...
+
+    def send_lock(self) -> AbstractContextManager[None]:
+        """One send run per database; raises `LockedError` when another holds it."""
+        ...
+
+    # recipients import: staged, then merged in one transaction
+    def begin_import(self) -> None: ...
+    def stage_recipients(self, rows: Sequence[tuple[str, str, str]]) -> None: ...
+    def staged_count(self) -> int: ...
+    def finish_import(self, list_name: str | None, *, skip_existing: bool) -> StagedCounts: ...
+    def abort_import(self) -> None: ...
+
+    # recipients and lists
+    def list_exists(self, name: str) -> bool: ...
+    def iter_recipients(
+        self, list_name: str | None = None, limit: int | None = None
+    ) -> Iterator[dict[str, Any]]: ...
+    def count_recipients(self, list_name: str | None = None) -> int: ...
+    def list_counts(self) -> list[tuple[str, int]]: ...
+    def recipient_missing_field(self, list_name: str, field_name: str) -> str | None: ...
+
+    # suppression
+    def suppress(
+        self,
+        address: str,
+        reason: str,
+        *,
+        source: str | None = None,
+        status: str | None = None,
+        diagnostic: str | None = None,
+        expires_at: float | None = None,
+        now: float | None = None,
+    ) -> bool: ...
+    def unsuppress(self, address: str) -> bool: ...
+    def suppression_for(
+        self, address: str, *, now: float | None = None, exact: bool = False
+    ) -> dict[str, Any] | None: ...
+    def suppressed_set(self, addresses: Iterable[str], now: float | None = None) -> set[str]: ...
+    def iter_suppression(
+        self, reason: str | None = None, *, include_expired: bool = False
+    ) -> Iterator[dict[str, Any]]: ...
+
+    # campaigns
+    def get_campaign(self, name: str) -> dict[str, Any] | None: ...
+    def list_campaigns(self, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]: ...
+    def create_campaign(
+        self,
+        *,
+        name: str,
+        path: str,
+        profile: str,
+        traffic_class: str,
+        pool: str,
+        list_name: str,
+        content: dict[str, Any],
+        content_hash: str,
+        now: float,
+    ) -> int: ...
+    def update_campaign(
+        self,
+        campaign_id: int,
+        *,
+        content: dict[str, Any],
+        content_hash: str,
+        path: str,
+        profile: str,
+        traffic_class: str,
+        pool: str,
+        now: float,
+    ) -> int: ...
+    def set_campaign_status(
+        self, campaign_id: int, status: str, reason: str | None = None, now: float | None = None
+    ) -> None: ...
+    def cancel_unsent(self, campaign_id: int) -> int: ...
+    def message_counts(self, campaign_id: int) -> dict[str, int]: ...
+    def top_replies(self, campaign_id: int, limit: int = 10) -> list[tuple[str, int]]: ...
+
+    # messages
+    def queue_messages(
+        self, campaign_id: int, list_name: str, now: float, make_tracking_id: Callable[[], str]
+    ) -> tuple[int, int]: ...
+    def claim_due(
+        self, campaign_ids: Sequence[int], now: float, run_id: int, limit: int
+    ) -> list[dict[str, Any]]: ...
+    def release(self, message_ids: Sequence[int]) -> None: ...
+    def record_outcomes(
+        self,
+        outcomes: Sequence[DeliveryRecord],
+        ip_days: Sequence[IpDayCounts] = (),
+        suppressions: Sequence[SuppressionEntry] = (),
+    ) -> None:
+        """Commit a batch of outcomes, with the signals and suppressions they were judged to
+        carry, in one transaction."""
+        ...
+
+    def mark_possible_duplicates(self, message_ids: Sequence[int]) -> None: ...
+    def recover_interrupted(self) -> int: ...
+    def next_due_at(self, campaign_ids: Sequence[int]) -> float | None: ...
+    def remaining(self, campaign_id: int) -> int: ...
+
+    # runs
+    def start_run(self, pid: int, host: str, now: float) -> int: ...
+    def heartbeat(self, run_id: int, now: float) -> None: ...
+    def finish_run(self, run_id: int, now: float, stop_reason: str, recovered: int) -> None: ...
+
+    # bounce and complaint reports
+    def add_bounce_event(
+        self,
+        *,
+        digest: str,
+        source: str,
+        kind: str,
+        now: float,
+        reported_at: float | None,
+        tracking_id: str | None,
+        original_message_id: str | None,
+        feedback_type: str | None,
+        message_id: int | None,
+    ) -> int | None: ...
+    def add_bounce_recipient(
+        self, event_id: int, day: str, recipient: BounceRecipientRecord, message_id: int | None
+    ) -> None: ...
+    def soft_bounce_days(self, address: str, since_day: str, until_day: str) -> int: ...
+    def message_by_tracking_id(self, tracking_id: str) -> dict[str, Any] | None: ...
+    def latest_message_to(self, address: str, since: float) -> dict[str, Any] | None: ...
+    def mark_reported(
+        self, message_id: int, state: str, reply: str | None, reason: str | None
+    ) -> bool: ...
+
+    # warm-up records
+    def bump_ip_day(self, ip: str, day: str, provider: str, **counts: int) -> None: ...
+    def ip_days(self, ip: str | None = None) -> list[dict[str, Any]]: ...
+    def add_warmup_event(
+        self, ip: str, day: str, kind: str, preset: str | None, now: float
+    ) -> None: ...
+    def warmup_events(self, ip: str) -> list[tuple[str, str, str | None]]: ...
+
+    # lanes and routes
+    def lane_rows(self) -> list[dict[str, Any]]: ...
+    def upsert_lanes(self, rows: Sequence[dict[str, Any]]) -> None: ...
+    def release_lane_deferrals(self, ip: str, provider: str, now: float) -> int: ...
+    def add_lane_event(
+        self,
+        *,
+        at: float,
+        ip: str,
+        provider: str,
+        kind: str,
+        until: float | None,
+        reason: str | None,
+        rule: str | None,
+        campaign_id: int | None,
+    ) -> None: ...
+    def cached_route(self, domain: str, now: float) -> dict[str, Any] | None: ...
+    def cache_route(self, row: dict[str, Any]) -> None: ...

@@ -1,0 +1,211 @@
+"""The SQLite schema: every table, as the ordered migrations that build it.
+
+The schema version is the number of migrations applied (``PRAGMA user_version``). Nothing
+here runs SQL itself: `SqliteStore.migrate` applies what is missing. Imports nothing from
+mailctl.
+"""
+
+from __future__ import annotations
+
+# Each migration is a list of statements; the schema version is the number applied
+# (PRAGMA user_version). Never edit a released migration: add a new one.
+MIGRATIONS: list[list[str]] = [
+    # 1: recipients, lists, suppression
+    [
+        """CREATE TABLE recipients (
+            id INTEGER PRIMARY KEY,
+            email TEXT NOT NULL UNIQUE,
+            domain TEXT NOT NULL,
+            fields TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX recipients_domain ON recipients(domain)",
+        """CREATE TABLE lists (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE list_members (
+            list_id INTEGER NOT NULL REFERENCES lists(id),
+            recipient_id INTEGER NOT NULL REFERENCES recipients(id),
+            PRIMARY KEY (list_id, recipient_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE suppression (
+            address TEXT PRIMARY KEY,       -- normalised address, or *@domain
+            -- hard_bounce, complaint, unsubscribe, manual, soft_bounce_limit
+            reason TEXT NOT NULL,
+            source TEXT,
+            status TEXT,
+            diagnostic TEXT,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            count INTEGER NOT NULL DEFAULT 1,
+            expires_at REAL
+        )""",
+    ],
+    # 2: campaigns, messages and their replies, send runs
+    [
+        """CREATE TABLE campaigns (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            path TEXT,
+            profile TEXT NOT NULL,
+            traffic_class TEXT NOT NULL,
+            pool TEXT NOT NULL,
+            list_name TEXT NOT NULL,
+            content TEXT NOT NULL,          -- JSON of what recipients see (see Campaign.content)
+            content_hash TEXT NOT NULL,
+            content_version INTEGER NOT NULL DEFAULT 1,
+            status TEXT NOT NULL DEFAULT 'active',  -- active, paused, done, stopped, cancelled
+            stop_reason TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            campaign_id INTEGER NOT NULL REFERENCES campaigns(id),
+            recipient_id INTEGER NOT NULL REFERENCES recipients(id),
+            email TEXT NOT NULL,
+            domain TEXT NOT NULL,
+            -- queued, sending, sent, deferred, bounced, complained, failed, expired,
+            -- suppressed, cancelled
+            state TEXT NOT NULL,
+            tracking_id TEXT NOT NULL UNIQUE,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            queued_at REAL NOT NULL,
+            next_attempt_at REAL NOT NULL,
+            last_attempt_at REAL,
+            sent_at REAL,
+            ip TEXT,
+            provider TEXT,
+            last_code INTEGER,
+            last_reply TEXT,
+            reason TEXT,
+            run_id INTEGER,
+            possible_duplicate INTEGER NOT NULL DEFAULT 0,
+            content_version INTEGER NOT NULL DEFAULT 1,
+            UNIQUE (campaign_id, recipient_id)
+        )""",
+        "CREATE INDEX messages_due ON messages(state, next_attempt_at)",
+        "CREATE INDEX messages_campaign_state ON messages(campaign_id, state)",
+        "CREATE INDEX messages_email ON messages(email)",
+        """CREATE TABLE replies (
+            id INTEGER PRIMARY KEY,
+            message_id INTEGER REFERENCES messages(id),
+            at REAL NOT NULL,
+            ip TEXT,
+            provider TEXT,
+            code INTEGER,
+            text TEXT,
+            outcome TEXT NOT NULL,          -- deferred, bounced, failed, expired
+            reason TEXT,
+            rule TEXT
+        )""",
+        "CREATE INDEX replies_at ON replies(at)",
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            finished_at REAL,
+            stop_reason TEXT,
+            recovered INTEGER NOT NULL DEFAULT 0
+        )""",
+    ],
+    # 3: bounce and complaint reports, per-IP daily signals
+    [
+        """CREATE TABLE bounce_events (
+            id INTEGER PRIMARY KEY,
+            digest TEXT NOT NULL UNIQUE,     -- sha256 of the raw report: imported once
+            source TEXT,
+            -- bounce, delay, complaint, autoreply, delivered, unknown
+            kind TEXT NOT NULL,
+            imported_at REAL NOT NULL,
+            reported_at REAL,
+            tracking_id TEXT,
+            original_message_id TEXT,
+            feedback_type TEXT,
+            message_id INTEGER REFERENCES messages(id)
+        )""",
+        """CREATE TABLE bounce_recipients (
+            id INTEGER PRIMARY KEY,
+            event_id INTEGER NOT NULL REFERENCES bounce_events(id),
+            address TEXT NOT NULL,
+            day TEXT NOT NULL,               -- the report's day, for soft-bounce scoring
+            status TEXT,
+            action TEXT,
+            reason TEXT,
+            permanent INTEGER NOT NULL,
+            suppress INTEGER NOT NULL,
+            diagnostic TEXT,
+            message_id INTEGER REFERENCES messages(id)
+        )""",
+        "CREATE INDEX bounce_recipients_address ON bounce_recipients(address, day)",
+        """CREATE TABLE ip_days (
+            ip TEXT NOT NULL,
+            day TEXT NOT NULL,               -- UTC date
+            provider TEXT NOT NULL,
+            sent INTEGER NOT NULL DEFAULT 0,
+            deferred INTEGER NOT NULL DEFAULT 0,
+            bounced INTEGER NOT NULL DEFAULT 0,
+            complained INTEGER NOT NULL DEFAULT 0,
+            throttles INTEGER NOT NULL DEFAULT 0,
+            blocks INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (ip, day, provider)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX messages_sent_at ON messages(sent_at)",
+    ],
+    # 4: lanes that outlive a run, the MX cache, manual warm-up events
+    [
+        """CREATE TABLE lanes (
+            ip TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            mode TEXT NOT NULL DEFAULT 'normal'
+                CHECK (mode IN ('normal', 'slowed', 'suspended', 'disabled')),
+            until REAL, reason TEXT, rule TEXT, alert INTEGER NOT NULL DEFAULT 0,
+            slow_limits TEXT, slow_until REAL, earlier_factor REAL NOT NULL DEFAULT 1.0,
+            ramp_factor REAL, ramp_connections INTEGER, last_change_at REAL,
+            backoff_level INTEGER NOT NULL DEFAULT 0, last_resume_at REAL,
+            tokens TEXT, tokens_at REAL, hits TEXT NOT NULL DEFAULT '{}',
+            sent INTEGER NOT NULL DEFAULT 0, deferred INTEGER NOT NULL DEFAULT 0,
+            throttled INTEGER NOT NULL DEFAULT 0, updated_at REAL,
+            PRIMARY KEY (ip, provider)
+        )""",
+        """CREATE TABLE lane_events (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            ip TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            kind TEXT NOT NULL,              -- suspended, slowed, disabled, backoff, resumed ...
+            until REAL,
+            reason TEXT,
+            rule TEXT,
+            campaign_id INTEGER
+        )""",
+        """CREATE TABLE mx_cache (
+            domain TEXT PRIMARY KEY,
+            provider TEXT NOT NULL,
+            mx_hosts TEXT NOT NULL,          -- JSON [[pref, host], ...]
+            port INTEGER NOT NULL DEFAULT 25,
+            status TEXT NOT NULL,
+            detail TEXT,
+            expires_at REAL NOT NULL
+        )""",
+        """CREATE TABLE warmup_events (
+            id INTEGER PRIMARY KEY,
+            ip TEXT NOT NULL,
+            day TEXT NOT NULL,
+            kind TEXT NOT NULL,              -- start, hold, resume, reset
+            preset TEXT,
+            created_at REAL NOT NULL
+        )""",
+        "ALTER TABLE messages ADD COLUMN first_attempt_at REAL",
+    ],
+    # 5: the scope the engine decided for each reply (recipient, lane, campaign, transient).
+    # Rows recorded before it keep NULL; the report derives their scope from rule and reason.
+    [
+        "ALTER TABLE replies ADD COLUMN scope TEXT",
+    ],
+]
