@@ -24,7 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mailctl.bounces.parse import Report, parse_message  # noqa: E402
+from mailctl.bounces.parse import parse_message  # noqa: E402
+
+# One scoring of reports against labels, shared with tests/test_bounce_parse.py.
+from tests.helpers.bounce_labels import COMPLAINT_TYPES, label_names, match_label  # noqa: E402
 
 BOUNCE_CATEGORIES = ("bounce-permanent", "bounce-temporary")
 # Documented, deliberate disagreements with the corpus labels (see PROVIDERS.md): the
@@ -49,35 +52,6 @@ def _deliberate(got: object, want_suppress: bool | None = None) -> bool:
     return bool(want_suppress) and not getattr(got, "permanent", True)
 
 
-COMPLAINT_TYPES = frozenset({"abuse", "fraud", "virus"})
-
-
-def _names(label_recipient: dict) -> set[str]:
-    names = {label_recipient["recipient"].lower()} if label_recipient["recipient"] else set()
-    names.update(a.lower() for a in label_recipient.get("alternates") or [])
-    return names
-
-
-def _match(report: Report, label: dict) -> tuple[bool, dict[int, object]]:
-    """(exact set?, label index -> our FailedRecipient)."""
-    labelled = [r for r in label["per_recipient"] if r["recipient"]]
-    ours = list(report.recipients)
-    matched: dict[int, object] = {}
-    used: set[int] = set()
-    for index, expected in enumerate(labelled):
-        names = _names(expected)
-        for position, got in enumerate(ours):
-            if (
-                position not in used
-                and got.address.lower().strip('"') in {n.strip('"') for n in names} | names
-            ):
-                matched[index] = got
-                used.add(position)
-                break
-    exact = len(matched) == len(labelled) == len(ours)
-    return exact, matched
-
-
 def _flufl_exact(raw: bytes, label: dict) -> bool:
     from flufl.bounce import scan_message
 
@@ -91,7 +65,7 @@ def _flufl_exact(raw: bytes, label: dict) -> bool:
     labelled = [r for r in label["per_recipient"] if r["recipient"]]
     if len(found) != len(labelled):
         return False
-    return all(found & _names(r) for r in labelled)
+    return all(found & label_names(r) for r in labelled)
 
 
 def main(argv: list[str]) -> int:
@@ -113,7 +87,7 @@ def main(argv: list[str]) -> int:
         parse_time += time.perf_counter() - t0
         category = label["category"]
         kinds[(category, str(report.kind))] += 1
-        ok, matched = _match(report, label)
+        ok, matched = match_label(report, label)
         if category in BOUNCE_CATEGORIES:
             total_bounces += 1
             exact += ok

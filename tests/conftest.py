@@ -1,49 +1,28 @@
 """Shared fixtures: simulated mailbox providers (mailctl.sim) on 127.0.0.1.
 
 ``sim_server(behaviour, **config)`` starts a threaded simulated provider and stops it at
-teardown; ``sim_clock`` is a manual clock to inject where rate windows or greylisting matter.
+teardown; ``sim_clock`` is the fake clock (tests.helpers.clock) to inject where rate windows or
+greylisting matter. Shared non-fixture helpers live in tests/helpers/.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 
 from mailctl.sim.behaviours import SimBehaviour, SimConfig
 from mailctl.sim.events import SimEvent
 from mailctl.sim.servers import ThreadedSimServer
-
-
-class ManualClock:
-    """A clock that only moves when told to, so rate windows are tested without sleeping."""
-
-    def __init__(self, start: float = 1_700_000_000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class SimServerFactory(Protocol):
-    def __call__(
-        self,
-        behaviour: SimBehaviour | None = None,
-        *,
-        clock: Callable[[], float] = ...,
-        on_event: Callable[[SimEvent], None] | None = None,
-        **config: Any,
-    ) -> ThreadedSimServer: ...
+from tests.helpers.clock import FakeClock
+from tests.helpers.sim import SimServerFactory
 
 
 @pytest.fixture
-def sim_clock() -> ManualClock:
-    return ManualClock()
+def sim_clock() -> FakeClock:
+    return FakeClock(1_700_000_000.0)
 
 
 @pytest.fixture

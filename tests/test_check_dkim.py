@@ -11,11 +11,11 @@ from pathlib import Path
 
 import dkim as dkimpy
 import pytest
-from test_send import cli, make_workspace, send
 
 from mailctl.cli import run
 from mailctl.dns.resolver import ZoneResolver
 from mailctl.errors import NoAnswer, NXDomain
+from tests.helpers.workspace import cli, make_workspace, send
 
 ZONES = Path(__file__).parent / "data" / "zones"
 
@@ -180,7 +180,7 @@ def test_send_runs_the_preflight_before_the_first_send(sim_server, tmp_path: Pat
     assert json.loads(capsys.readouterr().out)["sent"] == 3
 
 
-def test_skip_check(sim_server, tmp_path: Path, capsys) -> None:
+def test_failed_preflight_stops_send_unless_skip_check(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=2)
     text = (ws / "profiles.yaml").read_text().replace("preflight: false", "preflight: true")

@@ -181,7 +181,9 @@ PROVIDER_REPLIES = [
 
 
 @pytest.mark.parametrize(("code", "text", "scopes", "suppress"), PROVIDER_REPLIES)
-def test_provider_replies(code: int, text: str, scopes: set[Scope], suppress: bool) -> None:
+def test_provider_replies_classify_to_their_scope_and_suppression(
+    code: int, text: str, scopes: set[Scope], suppress: bool
+) -> None:
     verdict = classify_reply(code, text)
     assert verdict.scope in scopes, verdict
     assert verdict.suppress is suppress, verdict
@@ -208,7 +210,7 @@ def test_provider_replies(code: int, text: str, scopes: set[Scope], suppress: bo
         (501, "501 syntax", "syntaxerror", C, True, False),
     ],
 )
-def test_rfc3463_classes(
+def test_rfc3463_status_classes_give_reason_scope_and_permanence(
     code: int, text: str, reason: str, scope: Scope, permanent: bool, suppress: bool
 ) -> None:
     verdict = classify_reply(code, text)
@@ -255,7 +257,7 @@ def test_mailbox_full_is_soft() -> None:
     assert not classify_reply(452, "452 4.2.2 Over quota").suppress
 
 
-def test_failure_from_dsn_fields() -> None:
+def test_dsn_fields_classify_and_user_unknown_at_data_is_a_filter() -> None:
     verdict = classify_failure("5.0.0", "smtp; 550 5.1.1 <x@example.org>... User unknown", "failed")
     assert (verdict.status, verdict.reason, verdict.suppress) == ("5.1.1", "userunknown", True)
     delayed = classify_failure("4.4.7", "Delivery time expired", "delayed")
@@ -265,7 +267,7 @@ def test_failure_from_dsn_fields() -> None:
     assert data.reason == "filtered" and not data.suppress
 
 
-def test_parse_enhanced_status() -> None:
+def test_enhanced_status_is_found_anywhere_in_the_reply() -> None:
     assert parse_enhanced_status("550-5.7.26 Unauthenticated") == "5.7.26"
     assert parse_enhanced_status("host 192.0.2.153 said 550 5.1.1 nope") == "5.1.1"
     assert parse_enhanced_status("connect to 10.4.5.6 failed") is None
@@ -274,7 +276,7 @@ def test_parse_enhanced_status() -> None:
     assert parse_enhanced_status("") is None
 
 
-def test_parse_reply_delay() -> None:
+def test_retry_delay_is_read_from_the_reply_text() -> None:
     assert parse_reply_delay("451 4.7.1 Greylisted for 5 minutes") == 300
     assert parse_reply_delay("450 try again in 90 seconds") == 90
     assert parse_reply_delay("421 Please retry after 2 hours") == 7200

@@ -120,7 +120,9 @@ def test_bad_ip_names_file_line_and_path(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_profile_errors(tmp_path: Path, text: str, expected: str) -> None:
+def test_invalid_profiles_report_where_and_what_is_wrong(
+    tmp_path: Path, text: str, expected: str
+) -> None:
     path = write(tmp_path, "profiles.yaml", text)
     assert expected in error_of(load_profiles, path)
 
@@ -133,7 +135,7 @@ def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
     assert line in (3, 4, 5)
 
 
-def test_missing_file(tmp_path: Path) -> None:
+def test_missing_profiles_file_is_reported_as_not_found(tmp_path: Path) -> None:
     assert "file not found" in error_of(load_profiles, tmp_path / "nope.yaml")
 
 
@@ -164,7 +166,7 @@ def test_ip_in_two_pools_rejected(tmp_path: Path) -> None:
     assert "is in pools 'a' and 'b'" in error_of(load_profiles, path)
 
 
-def test_unknown_warmup_preset(tmp_path: Path) -> None:
+def test_unknown_warmup_preset_names_the_line_and_key(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         "profiles.yaml",
@@ -239,12 +241,14 @@ unsubscribe: {url: "https://example.com/u"}
         ),
     ],
 )
-def test_campaign_errors(tmp_path: Path, replace: tuple[str, str], expected: str) -> None:
+def test_invalid_campaigns_report_where_and_what_is_wrong(
+    tmp_path: Path, replace: tuple[str, str], expected: str
+) -> None:
     path = write(tmp_path, "c.yaml", CAMPAIGN.replace(*replace))
     assert expected in error_of(load_campaign, path)
 
 
-def test_durations() -> None:
+def test_durations_parse_units_and_reject_unknown_ones() -> None:
     assert parse_duration("9m") == 540
     assert parse_duration("1h30m") == 5400
     assert parse_duration("3d") == 259200

@@ -17,9 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from test_send import make_workspace
-
 from mailctl.sim.behaviours import SimBehaviour
+from tests.helpers.workspace import make_workspace
 
 
 def start_send(ws: Path, *extra: str) -> subprocess.Popen[str]:

@@ -91,7 +91,7 @@ def test_keygen_publish_sign_verify_and_tamper() -> None:
     assert not dkimpy.verify(extra_from, dnsfunc=dnsfunc(resolver))
 
 
-def test_signature_header_shape(rsa_key: DkimKeyConfig) -> None:
+def test_rsa_signature_header_is_folded_and_signs_headers_in_order(rsa_key: DkimKeyConfig) -> None:
     header = DkimSigner(rsa_key, clock=lambda: 1_700_000_000).sign(MESSAGE)
     assert header.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed;")
     assert header.endswith(b"\r\n") and not header.endswith(b"\r\n\r\n")
@@ -149,7 +149,7 @@ def test_lf_line_endings_and_repeated_headers(rsa_key: DkimKeyConfig) -> None:
     assert dkimpy.verify(header + message, dnsfunc=dnsfunc(resolver))
 
 
-def test_relaxed_body_examples() -> None:
+def test_relaxed_body_canonicalisation_follows_rfc_6376() -> None:
     assert relaxed_body(b"") == b""
     assert relaxed_body(b"\r\n\r\n") == b""
     assert relaxed_body(b" C \r\nD \t E\r\n\r\n\r\n") == b" C\r\nD E\r\n"  # RFC 6376 3.4.5
@@ -166,7 +166,7 @@ def test_ed25519_sign_and_verify() -> None:
     assert not dkimpy.verify(signed.replace(b"Our news", b"Our NEWS"), dnsfunc=dnsfunc(resolver))
 
 
-def test_ed25519_signature_shape() -> None:
+def test_ed25519_signature_is_64_bytes_in_base64() -> None:
     pem, _ = generate_keypair(algorithm=DkimAlgorithm.ED25519_SHA256)
     header = DkimSigner(DkimKeyConfig("e1", "example.com", pem, DkimAlgorithm.ED25519_SHA256)).sign(
         MESSAGE
@@ -212,7 +212,7 @@ def test_load_key_from_file_and_env(tmp_path: Path) -> None:
         ({"key_env": "DKIM_KEY", "environ": {"DKIM_KEY": "hello"}}, "not hold a PEM"),
     ],
 )
-def test_load_key_errors(kwargs: dict, message: str) -> None:
+def test_load_key_rejects_bad_key_configurations(kwargs: dict, message: str) -> None:
     with pytest.raises(DkimKeyError, match=message):
         load_key(**kwargs)
 

@@ -132,7 +132,7 @@ def test_good_single_domain_with_helo(zones: ZoneResolver) -> None:
         ("nullmx.test", "mx.bounce", Status.FAIL, set()),
     ],
 )
-def test_broken_variants(
+def test_each_broken_record_fails_or_warns_its_own_check_with_a_fix(
     zones: ZoneResolver, domain: str, check_id: str, expected: Status, also_failing: set[str]
 ) -> None:
     keyfile = {"dkim512.test": "rsa512.pem", "dkim1024.test": "rsa1024.pem"}.get(
@@ -186,11 +186,13 @@ def test_spf_lookup_limit_is_a_permerror(zones: ZoneResolver) -> None:
         ("192.0.2.10", "spfloop.test", SpfResult.PERMERROR),
     ],
 )
-def test_spf_check_host(zones: ZoneResolver, ip: str, domain: str, result: SpfResult) -> None:
+def test_spf_check_host_gives_the_expected_result(
+    zones: ZoneResolver, ip: str, domain: str, result: SpfResult
+) -> None:
     assert spf_check_host(zones, ip, domain).result is result
 
 
-def test_misaligned_from(zones: ZoneResolver) -> None:
+def test_misaligned_from_fails_dmarc_alignment_with_a_fix(zones: ZoneResolver) -> None:
     report = check(
         zones,
         "misaligned.test",
@@ -237,7 +239,7 @@ def test_dmarc_falls_back_to_the_organisational_domain(zones: ZoneResolver) -> N
         ("2001:db8::10", "mail6.example.com", Status.PASS, Status.PASS),
     ],
 )
-def test_reverse_dns(
+def test_reverse_dns_and_helo_decide_the_provider_requirements(
     zones: ZoneResolver, ip: str, helo: str, fcrdns: Status, helo_status: Status
 ) -> None:
     report = check(zones, "rdns.test", sending_ips=[ip], helo_name=helo)
@@ -250,7 +252,7 @@ def test_reverse_dns(
     assert report.requirements[Provider.MICROSOFT].met is ("2001" not in ip)
 
 
-def test_fcrdns_fixes(zones: ZoneResolver) -> None:
+def test_fcrdns_failures_name_the_record_to_publish(zones: ZoneResolver) -> None:
     report = check(zones, "rdns.test", sending_ips=["192.0.2.12", "192.0.2.13"])
     fixes = {c.subject: c.fix for c in report.failed if c.id == "rdns.fcrdns"}
     assert fixes == {
@@ -271,7 +273,7 @@ def test_fcrdns_fixes(zones: ZoneResolver) -> None:
         (None, None, Status.FAIL),
     ],
 )
-def test_one_click_unsubscribe(
+def test_gmail_requires_one_click_unsubscribe(
     zones: ZoneResolver, url: str | None, mailto: str | None, expected: Status
 ) -> None:
     report = check(zones, "rdns.test", unsubscribe_url=url, unsubscribe_mailto=mailto)
@@ -288,7 +290,7 @@ def test_transactional_mail_skips_unsubscribe(zones: ZoneResolver) -> None:
     assert report.requirements[Provider.GMAIL].met
 
 
-def test_no_dkim_key_configured(zones: ZoneResolver) -> None:
+def test_without_a_dkim_key_dkim_fails_and_alignment_only_warns(zones: ZoneResolver) -> None:
     report = check(zones, "rdns.test", dkim_keys=[])
     # SPF still aligns, so alignment only warns; DKIM itself is missing.
     assert failed_ids(report) == {"dkim.record"}
@@ -343,7 +345,7 @@ def test_failing_check_requires_a_fix() -> None:
         Check("spf.record", "example.com", Status.FAIL, "broken")  # type: ignore[arg-type]
 
 
-def test_zone_resolver(zones: ZoneResolver) -> None:
+def test_zone_resolver_answers_from_zone_files_like_dns(zones: ZoneResolver) -> None:
     assert zones.mx("example.com") == [(10, "mx.example.com")]
     assert zones.mx("nullmx.test") == [(0, "")]
     assert zones.a("mail.example.com") == ["192.0.2.10"]

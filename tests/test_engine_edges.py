@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_send import FakeClock, cli, db_states, make_workspace, send
 
 from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
@@ -20,6 +19,8 @@ from mailctl.errors import DnsTimeout
 from mailctl.sim.behaviours import CapAction, SimBehaviour
 from mailctl.sim.replies import SimReply
 from mailctl.store.sqlite import SqliteStore
+from tests.helpers.clock import FakeClock
+from tests.helpers.workspace import cli, db_states, make_workspace, send
 
 
 def start_engine(ws: Path, store: SqliteStore, **options: object) -> Engine:

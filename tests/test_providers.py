@@ -59,11 +59,11 @@ def resolve(domains, resolver, **kwargs):
         ([], ""),
     ],
 )
-def test_provider_for_mx_hosts(hosts: list[str], provider: str) -> None:
+def test_mx_hosts_roll_up_to_their_provider(hosts: list[str], provider: str) -> None:
     assert provider_for_mx_hosts(hosts) == provider
 
 
-def test_registered_domain() -> None:
+def test_registered_domain_drops_subdomains_above_the_public_suffix() -> None:
     assert registered_domain("a.b.example.org") == "example.org"
     assert registered_domain("mx.isp.co.uk") == "isp.co.uk"
     assert registered_domain("co.uk") == "co.uk"
@@ -101,7 +101,7 @@ def test_null_mx_fails_without_connecting(zones: ZoneResolver) -> None:
     assert route.relay_group() == "nullmx.test"
 
 
-def test_nxdomain(zones: ZoneResolver) -> None:
+def test_nxdomain_route_fails_as_hostunknown(zones: ZoneResolver) -> None:
     route = resolve(["nonexistent.example"], zones)["nonexistent.example"]
     assert route.status is RouteStatus.NXDOMAIN
     assert route.direct_action() is DirectAction.FAIL
@@ -117,7 +117,7 @@ def test_no_mx_falls_back_to_address(zones: ZoneResolver) -> None:
     assert route.direct_action() is DirectAction.DELIVER
 
 
-def test_no_mx_and_no_address(zones: ZoneResolver) -> None:
+def test_domain_without_mx_or_address_fails_its_route(zones: ZoneResolver) -> None:
     route = resolve(["nothing.test"], zones)["nothing.test"]
     assert route.status is RouteStatus.NO_ADDRESS
     assert route.direct_action() is DirectAction.FAIL
@@ -238,7 +238,9 @@ def test_mx_override_short_circuits_dns() -> None:
         ("[::1]:2525", (None, "::1", 2525)),
     ],
 )
-def test_parse_mx_override(value: str, parsed: tuple[str | None, str, int]) -> None:
+def test_mx_override_parses_provider_host_and_port(
+    value: str, parsed: tuple[str | None, str, int]
+) -> None:
     assert parse_mx_override(value) == parsed
 
 

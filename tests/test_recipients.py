@@ -38,7 +38,7 @@ def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
         ('"john doe"@example.com', ('"john doe"@example.com', "example.com")),
     ],
 )
-def test_normalise(raw: str, expected: tuple[str, str]) -> None:
+def test_addresses_normalise_to_their_canonical_form(raw: str, expected: tuple[str, str]) -> None:
     assert normalise_address(raw) == expected
 
 
@@ -57,7 +57,7 @@ def test_normalise(raw: str, expected: tuple[str, str]) -> None:
         "x" * 65 + "@example.com",
     ],
 )
-def test_invalid_addresses(raw: str) -> None:
+def test_invalid_addresses_are_rejected(raw: str) -> None:
     with pytest.raises(InvalidAddress):
         normalise_address(raw)
 
@@ -71,7 +71,7 @@ def test_invalid_address_is_a_value_error_in_the_family_and_names_the_address() 
     assert str(error) == "'alice.example.com' has no @"
 
 
-def test_file_is_created_private(tmp_path: Path) -> None:
+def test_database_file_is_created_private(tmp_path: Path) -> None:
     SqliteStore.open(tmp_path / "new.db").close()
     assert stat.S_IMODE(os.stat(tmp_path / "new.db").st_mode) == 0o600
 
@@ -176,7 +176,7 @@ def test_sniffed_and_explicit_delimiters_and_email_column(
         import_csv(store, semi)
 
 
-def test_empty_and_missing_file(store: SqliteStore, tmp_path: Path) -> None:
+def test_empty_or_missing_csv_is_an_input_error(store: SqliteStore, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="empty"):
         import_csv(store, write_csv(tmp_path / "e.csv", ""))
     with pytest.raises(InputError, match="cannot open"):

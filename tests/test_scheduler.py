@@ -412,7 +412,7 @@ def test_pick_ip_only_returns_pool_ips_with_capacity(
         assert caps.get(ip) is None or caps[ip] > 0  # type: ignore[operator]
 
 
-def test_next_wake_and_snapshot() -> None:
+def test_next_wake_is_the_earliest_lane_and_snapshot_shows_suspensions() -> None:
     sched = scheduler()
     sched.lane("192.0.2.10", "apple").on_reply(
         "421 [HCM1] Your mail from x.x.x.x was deferred", 421, T0, from_receiver=True

@@ -5,14 +5,9 @@ from __future__ import annotations
 import asyncio
 import email
 import json
-import sqlite3
-import textwrap
 from email import policy
 from pathlib import Path
 
-import pytest
-
-from mailctl.cli import run
 from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine, SendOptions
@@ -20,93 +15,13 @@ from mailctl.message.tracking import TRACKING_RE
 from mailctl.sim.behaviours import AddressRule, SimBehaviour
 from mailctl.sim.replies import SimReply
 from mailctl.store.sqlite import SqliteStore
+from tests.helpers.clock import FakeClock
+from tests.helpers.workspace import cli, db_states, make_workspace, send, summary
 
 
-class FakeClock:
-    """Injected into the engine: sleeping advances time at once."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.t = start
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += max(seconds, 0.0)
-        await asyncio.sleep(0)
-
-
-def make_workspace(
-    tmp_path: Path, port: int, rows: int = 20, *, extra: str = "", profile_extra: str = ""
-) -> Path:
-    (tmp_path / "profiles.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            default_profile: relay
-            profiles:
-              relay:
-                transport: relay
-                host: 127.0.0.1
-                port: {port}
-                tls: none
-                dns: false
-                preflight: false
-                connections: 3
-                messages_per_connection: 7
-                retry: [5m, 10m, 20m]
-                max_age: 1h
-                # The simulated server is local, not a provider: no lane pacing toward it.
-                rules: {{limits: {{default: {{per_minute: null}}}}}}
-            """
-        )
-        + profile_extra
-    )
-    lines = ["email,first_name"] + [f"user{i}@example.com,User{i}" for i in range(rows)]
-    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
-    (tmp_path / "c.yaml").write_text(
-        textwrap.dedent(
-            """\
-            name: news
-            from: "News Désk <news@example.com>"
-            subject: "Héllo {{ first_name }}"
-            text: "Hi {{ first_name }}, unsubscribe at {{ unsubscribe_url }}"
-            html: "<p>Hi {{ first_name }}</p>"
-            recipients: list.csv
-            unsubscribe: {url: "https://example.com/u/{{ email | urlencode }}", mailto: "u@example.com"}
-            """
-        )
-        + extra
-    )
-    return tmp_path
-
-
-def cli(ws: Path, *args: str) -> int:
-    """mailctl with the workspace's database and profiles."""
-    return run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), *args])
-
-
-def send(ws: Path, *args: str) -> int:
-    return cli(ws, "send", str(ws / "c.yaml"), "--json", *args)
-
-
-def send_json(ws: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict:
-    """`send --json` that must succeed: its summary."""
-    code = send(ws, *args)
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return json.loads(captured.out)
-
-
-def summary(capsys: pytest.CaptureFixture[str]) -> dict:
-    return json.loads(capsys.readouterr().out)
-
-
-def db_states(ws: Path) -> dict[str, int]:
-    conn = sqlite3.connect(ws / "m.db")
-    return dict(conn.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall())
-
-
-def test_send_resume_and_new_rows(sim_server, tmp_path: Path, capsys) -> None:
+def test_send_resumes_without_resending_and_picks_up_new_rows(
+    sim_server, tmp_path: Path, capsys
+) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=25)
     assert send(ws) == 0
@@ -158,7 +73,7 @@ def test_rendered_message_is_correct_mime(sim_server, tmp_path: Path, capsys) ->
     assert len(ids) == 2
 
 
-def test_replies_bounce_suppress_defer(sim_server, tmp_path: Path, capsys) -> None:
+def test_replies_bounce_and_suppress_or_defer(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server(
         SimBehaviour(
             rcpt_rules=(
@@ -240,12 +155,13 @@ def test_suppression_is_checked_again_before_delivery(sim_server, tmp_path: Path
 
 
 def test_retry_schedule_then_expiry_with_injected_clock(sim_server, tmp_path: Path) -> None:
+    clock = FakeClock()
     server = sim_server(
-        SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", SimReply(451, "4.7.1 busy")),))
+        SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", SimReply(451, "4.7.1 busy")),)),
+        clock=clock,
     )
     ws = make_workspace(tmp_path, server.port, rows=2)
     profiles = load_profiles(ws / "profiles.yaml")
-    clock = FakeClock()
     with SqliteStore.open(ws / "m.db") as store:
         prepared = prepare(store, ws / "c.yaml", profiles, now=clock.now())
         run_id = store.start_run(1, "test", clock.now())
@@ -266,8 +182,12 @@ def test_retry_schedule_then_expiry_with_injected_clock(sim_server, tmp_path: Pa
     assert result.sent == 1 and result.expired == 1
     attempts = [r for r in server.refusals if r.rcpt == "user0@example.com"]
     assert len(attempts) == row[1]
+    # The sim stamps attempts on the engine's clock: each retry waited for its step of the
+    # schedule (less the +-15% jitter), and all of them fit in max_age.
     gaps = [b.time - a.time for a, b in zip(attempts, attempts[1:], strict=False)]
-    assert all(g >= 0 for g in gaps)
+    steps = [300, 600, 1200, 1200, 1200][: len(gaps)]
+    assert all(gap >= 0.85 * step for gap, step in zip(gaps, steps, strict=True)), gaps
+    assert attempts[-1].time - attempts[0].time <= 3600
 
 
 def test_connect_421_defers_everything(sim_server, tmp_path: Path, capsys) -> None:
@@ -334,7 +254,9 @@ def test_second_run_is_locked_out(sim_server, tmp_path: Path, capsys) -> None:
     assert send(ws) == 0
 
 
-def test_limit_and_campaign_commands(sim_server, tmp_path: Path, capsys) -> None:
+def test_limit_stops_early_and_a_paused_campaign_waits_for_resume(
+    sim_server, tmp_path: Path, capsys
+) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=10)
     assert send(ws, "--limit", "4") == 0

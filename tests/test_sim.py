@@ -14,7 +14,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from email.message import Message
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiosmtplib
 import pytest
@@ -44,9 +44,8 @@ from mailctl.sim.replies import (
     SimReply,
 )
 from mailctl.sim.servers import run_forever, start
-
-if TYPE_CHECKING:  # fixtures' types only; pytest provides the objects
-    from tests.conftest import ManualClock, SimServerFactory
+from tests.helpers.clock import FakeClock
+from tests.helpers.sim import SimServerFactory
 
 T = TypeVar("T")
 SENDER = "bounces+123@news.example.com"
@@ -111,7 +110,7 @@ def wait_until(predicate: Any, timeout: float = 2.0) -> None:
 
 
 def test_accepts_everything_and_records_the_delivery(
-    sim_server: SimServerFactory, sim_clock: ManualClock
+    sim_server: SimServerFactory, sim_clock: FakeClock
 ) -> None:
     server = sim_server(clock=sim_clock)
 
@@ -124,7 +123,7 @@ def test_accepts_everything_and_records_the_delivery(
     assert first.mail_from == SENDER
     assert first.message_id == "<cmp1-42@news.example.com>"
     assert first.mailctl_id == "cmp1-42"
-    assert first.time == sim_clock.now
+    assert first.time == sim_clock()
     assert first.size == len(message("alice@example.org"))
     assert first.queue_id == second.queue_id
     assert server.refusals == []
@@ -233,7 +232,7 @@ def test_yahoo_closes_after_its_cap_without_a_reply(sim_server: SimServerFactory
     assert server.refusals == []  # nothing was said: the connection just closed
 
 
-def test_cap_with_421_reply(sim_server: SimServerFactory) -> None:
+def test_messages_per_connection_cap_answers_421(sim_server: SimServerFactory) -> None:
     server = sim_server(SimBehaviour(max_messages_per_connection=2))
 
     async def main() -> None:
@@ -284,7 +283,7 @@ def test_rcpt_rules_by_exact_address_and_regex(sim_server: SimServerFactory) -> 
     assert {r.rcpt for r in server.refusals} == set(errors)
 
 
-def test_all_recipients_refused(sim_server: SimServerFactory) -> None:
+def test_all_recipients_refused_raises_with_their_codes(sim_server: SimServerFactory) -> None:
     server = sim_server(
         SimBehaviour(rcpt_rules=(AddressRule("gone@example.org", GOOGLE_NO_SUCH_USER),))
     )
@@ -293,7 +292,7 @@ def test_all_recipients_refused(sim_server: SimServerFactory) -> None:
     assert caught.value.recipients[0].code == 550
 
 
-def test_data_reply_override(sim_server: SimServerFactory) -> None:
+def test_data_reply_override_refuses_the_message_at_data(sim_server: SimServerFactory) -> None:
     policy = SimReply(554, "5.7.1 Message rejected for policy reasons")
     server = sim_server(SimBehaviour(data_reply=policy))
 
@@ -323,7 +322,7 @@ def test_dropped_mid_data_is_never_a_250(sim_server: SimServerFactory) -> None:
     )
 
 
-def test_drop_every_nth_message(sim_server: SimServerFactory) -> None:
+def test_every_nth_message_is_dropped_by_disconnecting(sim_server: SimServerFactory) -> None:
     server = sim_server(SimBehaviour(drop_every_nth_message=3))
 
     async def main() -> list[str]:
@@ -343,7 +342,7 @@ def test_drop_every_nth_message(sim_server: SimServerFactory) -> None:
     assert len(server.deliveries) == 4
 
 
-def test_slow_replies(sim_server: SimServerFactory) -> None:
+def test_slow_replies_delay_each_command(sim_server: SimServerFactory) -> None:
     server = sim_server(SimBehaviour(delays={"RCPT": 0.05, Command.DATA: 0.3}))
 
     async def main() -> None:
@@ -364,7 +363,7 @@ def test_slow_replies(sim_server: SimServerFactory) -> None:
 
 
 def test_throttle_counts_per_source_ip_in_a_window(
-    sim_server: SimServerFactory, sim_clock: ManualClock
+    sim_server: SimServerFactory, sim_clock: FakeClock
 ) -> None:
     server = sim_server(
         preset("google", throttle=Throttle(max_messages=2, window=60, reply=GOOGLE_RATE_LIMITED)),
@@ -390,7 +389,7 @@ def test_throttle_counts_per_source_ip_in_a_window(
     assert (refusal.source_ip, refusal.reason) == ("127.0.0.2", RefusalReason.THROTTLE)
 
 
-def test_throttle_at_data_and_per_day(sim_server: SimServerFactory, sim_clock: ManualClock) -> None:
+def test_throttle_at_data_and_per_day(sim_server: SimServerFactory, sim_clock: FakeClock) -> None:
     server = sim_server(
         preset(
             "microsoft",
@@ -433,7 +432,7 @@ def test_throttle_at_data_and_per_day(sim_server: SimServerFactory, sim_clock: M
 
 
 def test_greylisting_with_an_advanced_clock(
-    sim_server: SimServerFactory, sim_clock: ManualClock
+    sim_server: SimServerFactory, sim_clock: FakeClock
 ) -> None:
     server = sim_server(SimBehaviour(greylist=Greylist(delay=300)), clock=sim_clock)
 
@@ -590,7 +589,7 @@ def test_stop_while_clients_are_connected(sim_server: SimServerFactory) -> None:
     server.stop()  # idempotent; the fixture stops it once more
 
 
-def test_starttls_required(sim_server: SimServerFactory) -> None:
+def test_required_starttls_refuses_plain_mail_with_530(sim_server: SimServerFactory) -> None:
     pytest.importorskip("cryptography")
     server = sim_server(tls=SimTls.REQUIRE)
 
@@ -725,7 +724,9 @@ def test_a_subprocess_delivers_to_the_threaded_server(
     )
 
 
-def test_throttle_at_connect(sim_server: SimServerFactory, sim_clock: ManualClock) -> None:
+def test_throttle_at_connect_answers_421_at_the_banner(
+    sim_server: SimServerFactory, sim_clock: FakeClock
+) -> None:
     server = sim_server(
         preset(
             "yahoo",

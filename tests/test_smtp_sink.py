@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_send import cli, make_workspace
+
+from tests.helpers.workspace import cli, make_workspace
 
 SINK = shutil.which("smtp-sink") or (
     "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None
@@ -46,7 +47,9 @@ def smtp_sink(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     shutil.rmtree(dump, ignore_errors=True)
 
 
-def test_send_to_smtp_sink(smtp_sink: tuple[int, Path], tmp_path: Path, capsys) -> None:
+def test_send_delivers_every_message_to_postfix_smtp_sink(
+    smtp_sink: tuple[int, Path], tmp_path: Path, capsys
+) -> None:
     port, dump = smtp_sink
     ws = make_workspace(tmp_path, port, rows=50)
     code = cli(ws, "send", str(ws / "c.yaml"), "--json")

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_send import cli, make_workspace
 
 from mailctl.bounces.suppression import SoftBouncePolicy, import_reports
 from mailctl.cli import run
@@ -18,6 +17,7 @@ from mailctl.sim.behaviours import AddressRule, SimBehaviour
 from mailctl.sim.dsn import append_to_mbox, build_dsn
 from mailctl.sim.replies import SimReply
 from mailctl.store.sqlite import SqliteStore
+from tests.helpers.workspace import cli, make_workspace
 
 CORPUS = Path(__file__).parent / "data" / "bounces"
 
@@ -174,14 +174,15 @@ def test_corpus_delays_never_suppress_and_stdin_works(tmp_path: Path, monkeypatc
     assert json.loads(capsys.readouterr().out)["complaints"] == 1
 
 
-def test_bounces_parse_prints_stable_json(capsys) -> None:
-    assert run(["bounces", "parse", str(CORPUS / "mbox" / "mbox-1"), "--json"]) == 0
+def test_bounces_parse_prints_stable_json(tmp_path: Path, capsys) -> None:
+    mbox = CORPUS / "mbox" / "mbox-1"
+    assert run(["bounces", "parse", str(mbox), "--json"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines
-    for line in lines:
+    assert len(lines) == 1  # mbox-1 holds one message
+    for number, line in enumerate(lines, start=1):
         obj = json.loads(line)
         assert set(obj) == {"source", "kind", "recipients", "tracking_id", "original_message_id"}
-        assert obj["source"].endswith("mbox-1#1") or "#" in obj["source"]
+        assert obj["source"] == f"{mbox}#{number}"  # the mailbox, then the message's number
         for r in obj["recipients"]:
             assert set(r) == {
                 "address",
@@ -192,10 +193,12 @@ def test_bounces_parse_prints_stable_json(capsys) -> None:
                 "suppress",
                 "diagnostic",
             }
-    assert run(["bounces", "import", str(CORPUS / "nope.mbox")]) == 1
+    # A missing mailbox is an error (its own database, not ./mailctl.db in the repository).
+    db = str(tmp_path / "m.db")
+    assert run(["--db", db, "bounces", "import", str(CORPUS / "nope.mbox")]) == 1
 
 
-def test_suppress_commands(tmp_path: Path, capsys) -> None:
+def test_suppress_add_check_import_and_list_commands(tmp_path: Path, capsys) -> None:
     db = ["--db", str(tmp_path / "s.db")]
     assert run([*db, "suppress", "add", "Ada@Example.COM"]) == 0
     assert run([*db, "suppress", "add", "*@Blocked.Example", "--reason", "manual"]) == 0

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from test_send import cli, db_states, make_workspace, send_json
 
 from mailctl.cli import run
 from mailctl.sim.behaviours import SimBehaviour, SimTls
 from mailctl.store.sqlite import SqliteStore
+from tests.helpers.workspace import cli, db_states, make_workspace, send_json
 
 
 def relay_profile(ws: Path, port: int, extra: str) -> None:

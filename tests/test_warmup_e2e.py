@@ -23,8 +23,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_send import FakeClock
-from test_send import cli as cli_in
 
 from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import active_jobs, prepare
@@ -37,6 +35,8 @@ from mailctl.sim.replies import MICROSOFT_BLOCK_LIST
 from mailctl.sim.servers import ThreadedSimServer
 from mailctl.store.sqlite import SqliteStore
 from mailctl.warmup_schedule import WarmupSetting
+from tests.helpers.clock import FakeClock
+from tests.helpers.workspace import cli as cli_in
 
 COLD, WARM_TX, WARM_MKT = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 PROVIDERS = {
