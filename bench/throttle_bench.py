@@ -36,7 +36,8 @@ from pathlib import Path
 
 from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
-from mailctl.delivery.engine import Engine, RunSummary
+from mailctl.delivery.engine import Engine
+from mailctl.delivery.record import RunSummary
 from mailctl.sim.behaviours import SimConfig, Throttle, preset
 from mailctl.sim.replies import GOOGLE_RATE_LIMITED
 from mailctl.sim.servers import ThreadedSimServer
@@ -133,7 +134,7 @@ def run_once(messages: int, rate: int | None) -> dict[str, object]:
                 run_id = store.start_run(1, "bench", start_sim)
                 engine = Engine(store, [prepared.job], run_id=run_id, clock=clock)
                 # Wait for deferred mail (as `send --max-time 1d` would): deliver everything.
-                from mailctl.delivery.engine import SendOptions
+                from mailctl.delivery.context import SendOptions
 
                 engine.options = SendOptions(max_time=86400)
                 summary: RunSummary = asyncio.run(engine.run())

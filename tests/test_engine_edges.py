@@ -14,7 +14,9 @@ import pytest
 
 from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
-from mailctl.delivery.engine import Engine, SendOptions
+from mailctl.delivery.context import SendOptions
+from mailctl.delivery.engine import Engine
+from mailctl.delivery.outcome import asked_back_to
 from mailctl.errors import DnsTimeout
 from mailctl.sim.behaviours import CapAction, SimBehaviour
 from mailctl.sim.replies import SimReply
@@ -177,3 +179,13 @@ def test_a_domain_whose_dns_never_answers_expires_at_max_age(tmp_path: Path) -> 
         state, attempts = store.conn.execute("SELECT state, attempts FROM messages").fetchone()
     assert (state, attempts) == ("expired", 0)
     assert summary.remaining == 0
+
+
+def test_only_a_reply_that_names_a_delay_asks_for_the_same_ip_again() -> None:
+    greylisted = "451 4.7.1 <a@b.example>: Recipient address rejected: Greylisted for 2 minutes"
+    row = {"ip": "127.0.0.2", "last_code": 451, "last_reply": greylisted}
+    assert asked_back_to(row) == "127.0.0.2"
+    assert asked_back_to({**row, "last_reply": "451 4.3.0 Try again later"}) is None
+    assert asked_back_to({**row, "last_code": 550}) is None
+    assert asked_back_to({**row, "ip": None}) is None
+    assert asked_back_to({"ip": None, "last_code": None, "last_reply": None}) is None

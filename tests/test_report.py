@@ -18,7 +18,8 @@ from rich.console import Console
 from mailctl.bounces.suppression import import_reports
 from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
-from mailctl.delivery.engine import Engine, SendOptions
+from mailctl.delivery.context import SendOptions
+from mailctl.delivery.engine import Engine
 from mailctl.errors import MailctlError
 from mailctl.report.data import build_report, is_throttle
 from mailctl.report.html import render_html

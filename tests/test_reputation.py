@@ -26,7 +26,9 @@ import pytest
 from mailctl.cli import run
 from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
-from mailctl.delivery.engine import Engine, RunSummary, SendOptions
+from mailctl.delivery.context import SendOptions
+from mailctl.delivery.engine import Engine
+from mailctl.delivery.record import RunSummary
 from mailctl.sim.behaviours import Greylist, SimBehaviour, SimTls, Throttle, preset
 from mailctl.sim.replies import GOOGLE_RATE_LIMITED, MICROSOFT_BLOCK_LIST, YAHOO_TSS04
 from mailctl.sim.servers import ThreadedSimServer
@@ -349,8 +351,9 @@ def test_yahoo_tss04_suspends_two_hours_across_runs(rig: RigFactory, capsys) -> 
     shown = lanes_json(r, capsys)
     assert all(shown[(ip, "yahoo")]["state"] == "suspended" for ip in IPS)
 
-    # At +2h05 the lanes resume, ramping: a quarter of the rate (8/min -> 2/min), 1 connection.
-    r.clock.t = t0 + 2 * 3600 + 300
+    # At +2h01 the lanes resume, ramping: a quarter of the rate (8/min -> 2/min), 1 connection
+    # (the suspension ended at exactly +2h; the first +25% step comes 5 clean minutes later).
+    r.clock.t = t0 + 2 * 3600 + 60
     third = r.send(max_time=1800)
     assert third.stop_reason == "finished" and third.remaining == 0
     assert len(r.deliveries("yahoo")) == 22

@@ -391,6 +391,19 @@ def test_pick_ip_skips_paused_lanes_and_balances_capacity() -> None:
     assert sched.pick_ip(pool, "google", T0, lambda ip, _: 0) is None
 
 
+def test_pick_ip_takes_the_preferred_ip_only_while_it_may_send() -> None:
+    # A greylisted retry goes back to the IP that was greylisted (the receiver keys on it).
+    sched = scheduler()
+    pool = ["192.0.2.10", "192.0.2.11"]
+    assert [sched.pick_ip(pool, "yahoo", T0, prefer="192.0.2.11") for _ in range(3)] == [
+        "192.0.2.11"
+    ] * 3
+    assert sched.pick_ip(pool, "yahoo", T0, lambda ip, _: 0, prefer="192.0.2.11") is None
+    sched.lane("192.0.2.11", "yahoo").on_reply(YAHOO_TSS04, 421, T0, from_receiver=True)
+    assert sched.pick_ip(pool, "yahoo", T0 + 1, prefer="192.0.2.11") == "192.0.2.10"
+    assert sched.pick_ip(pool, "yahoo", T0 + 1, prefer="192.0.2.99") == "192.0.2.10"
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     pool=st.lists(st.sampled_from([f"10.0.0.{i}" for i in range(8)]), min_size=1, max_size=5),

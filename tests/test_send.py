@@ -10,7 +10,8 @@ from pathlib import Path
 
 from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
-from mailctl.delivery.engine import Engine, SendOptions
+from mailctl.delivery.context import SendOptions
+from mailctl.delivery.engine import Engine
 from mailctl.message.tracking import TRACKING_RE
 from mailctl.sim.behaviours import AddressRule, SimBehaviour
 from mailctl.sim.replies import SimReply

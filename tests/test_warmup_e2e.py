@@ -26,7 +26,9 @@ from hypothesis import strategies as st
 
 from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import active_jobs, prepare
-from mailctl.delivery.engine import Engine, RunSummary, SendOptions
+from mailctl.delivery.context import SendOptions
+from mailctl.delivery.engine import Engine
+from mailctl.delivery.record import RunSummary
 from mailctl.reputation.budget import events, history, profile_settings
 from mailctl.reputation.warmup import local_day, provider_cap, state_on, window_allowance
 from mailctl.sim.behaviours import AddressRule, SimBehaviour, SimConfig

@@ -1,1 +1,7 @@
-"""bounces."""
+"""Bounce, complaint and unsubscribe mail in; suppressions out.
+
+`mailbox` reads mbox / Maildir / .eml / folders / stdin; `parse` turns one message into a
+report (RFC 3464 DSN, RFC 5965 ARF, free text via `freetext`), classified with the shared
+`mailctl.replies` classifier; `suppression` correlates reports with sent messages and applies
+the suppression policy through the store. Must not import cli, delivery, report or sim.
+"""

@@ -338,7 +338,7 @@ def send(
         assert campaign_file is not None
         _dry_run(campaign_file, profiles, show)
         return
-    from mailctl.delivery.engine import SendOptions
+    from mailctl.delivery.context import SendOptions
 
     options = SendOptions(limit=limit, max_time=seconds, wait=wait)
     if campaign_file is not None and not skip_check:
@@ -383,7 +383,8 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
     import time
 
     from mailctl.delivery.campaigns import active_jobs, prepare
-    from mailctl.delivery.engine import Engine, RunSummary
+    from mailctl.delivery.engine import Engine
+    from mailctl.delivery.record import RunSummary
 
     with _open_store() as store, store.send_lock():
         now = time.time()
@@ -436,7 +437,7 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
             import signal
 
             from mailctl.config.profiles import TransportKind
-            from mailctl.delivery.transport import Sandbox
+            from mailctl.delivery.sandbox import Sandbox
 
             sandbox = None
             sandbox_jobs = [j for j in jobs if j.profile.transport is TransportKind.SANDBOX]
@@ -466,10 +467,20 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, engine.request_stop)
+
+            async def refresh() -> None:
+                # The engine reports progress as it commits outcomes; this keeps the display
+                # current while the run waits for deferred work (wall time: the CLI's clock).
+                while True:
+                    await asyncio.sleep(0.25)
+                    on_progress(engine)
+
+            refresher = asyncio.create_task(refresh())
             try:
                 with display:
                     return await engine.run()
             finally:
+                refresher.cancel()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
                 if sandbox is not None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from mailctl.config.campaign import Campaign, load_campaign
 from mailctl.config.profiles import ProfilesFile, TrafficClass
-from mailctl.delivery.engine import CampaignJob
+from mailctl.delivery.context import CampaignJob
 from mailctl.errors import CampaignChangedError, InputError, MailctlError, TemplateError
 from mailctl.message.render import Renderer
 from mailctl.message.tracking import new_tracking_id

@@ -1,7 +1,8 @@
 """SMTP delivery over aiosmtplib: pooled, reused connections per destination.
 
-A destination is where connections go: the relay, the embedded sandbox server, or (with
-direct delivery) an MX host. Connections are reused up to a messages-per-connection limit.
+A destination is where connections go: the relay, the embedded sandbox server (sandbox.py),
+or (with direct delivery) an MX host. Connections are reused up to a messages-per-connection
+limit.
 A connection that dies mid-message yields a deferral, never a "sent".
 """
 
@@ -10,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import aiosmtplib
 from aiosmtplib.errors import (
@@ -24,9 +23,6 @@ from aiosmtplib.errors import (
 )
 
 from mailctl.config.profiles import Profile, TlsMode, TransportKind
-
-if TYPE_CHECKING:
-    from mailctl.sim.servers import SimServer
 
 
 @dataclass(frozen=True)
@@ -212,29 +208,6 @@ class Connection:
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return " ".join(text.split())
-
-
-class Sandbox:
-    """The embedded local SMTP server of the `sandbox` profile (messages go to a Maildir)."""
-
-    def __init__(self, outbox: Path) -> None:
-        self.outbox = outbox
-        self.server: SimServer | None = None
-        self.port = 0
-
-    async def start(self) -> int:
-        from mailctl.sim.behaviours import SimConfig
-        from mailctl.sim.servers import SimServer
-
-        for sub in ("tmp", "new", "cur"):  # a Maildir, also when the folder already exists
-            (self.outbox / sub).mkdir(parents=True, exist_ok=True)
-        self.server = await SimServer(SimConfig(maildir=self.outbox)).start()
-        self.port = self.server.port
-        return self.port
-
-    async def close(self) -> None:
-        if self.server is not None:
-            await self.server.close()
 
 
 def relay_destination(

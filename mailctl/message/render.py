@@ -147,7 +147,7 @@ class Renderer:
         self._fixed = self._fixed_headers()
 
     def spec(self) -> dict[str, Any]:
-        """What another process needs to build the same renderer (see engine.RenderPool)."""
+        """What another process needs to build the same renderer (see delivery.claim.RenderPool)."""
         return {"bounce_domain": self.bounce_domain, "verp": self.verp, "dkim": self.dkim}
 
     def _fixed_headers(self) -> str:

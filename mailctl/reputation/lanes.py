@@ -802,6 +802,7 @@ class Scheduler:
         provider: str,
         now: float,
         capacity_fn: CapacityFn | None = None,
+        prefer: str | None = None,
     ) -> str | None:
         """The pool IP to send the next message for ``provider`` from, or None if none may.
 
@@ -809,7 +810,9 @@ class Scheduler:
         Skipped: IPs whose lane to the provider is suspended or disabled, and IPs whose
         warm-up capacity is used up (spill-over to the pool's other IPs). IPs with a cap
         (still warming) come first, the one with the most capacity left, so cold IPs get the
-        volume their schedule needs; uncapped IPs take the rest in turn.
+        volume their schedule needs; uncapped IPs take the rest in turn. ``prefer`` (an IP
+        the receiver asked to hear from again: greylisting keys on the client's address) wins
+        whenever it may send.
         """
         candidates: list[tuple[str, int | None]] = []
         for ip in dict.fromkeys(pool_ips):
@@ -822,7 +825,9 @@ class Scheduler:
         if not candidates:
             return None
         capped = [c for c in candidates if c[1] is not None]
-        if capped:
+        if prefer is not None and any(c[0] == prefer for c in candidates):
+            ip = prefer
+        elif capped:
             ip = max(
                 capped,
                 key=lambda c: (c[1], -self._picks.get((c[0], provider), 0)),

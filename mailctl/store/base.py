@@ -5,7 +5,8 @@ today (`mailctl.store.sqlite`), PostgreSQL next. Callers type against these prot
 never see a dialect. The store only stores: the rows it receives are already decided (what
 counts as a throttle, whom to suppress); deciding is the domain's job.
 
-Imports nothing from mailctl: every other package may import this one.
+Imports nothing from mailctl but the bottom module mailctl.model: every other package may
+import this one.
 """
 
 from __future__ import annotations
@@ -15,18 +16,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-MESSAGE_STATES = (
-    "queued",
-    "sending",
-    "sent",
-    "deferred",
-    "bounced",
-    "complained",
-    "failed",
-    "expired",
-    "suppressed",
-    "cancelled",
-)
+from mailctl.model import MessageState
+
+MESSAGE_STATES = tuple(state.value for state in MessageState)
 
 # The per IP, day and provider counters the warm-up reads (the `ip_days` record).
 IP_DAY_COUNTERS = ("sent", "deferred", "bounced", "complained", "throttles", "blocks")

@@ -357,6 +357,9 @@ class SqliteStore(_AddressTables):
         "possible_duplicate",
         "first_attempt_at",
         "next_attempt_at",
+        "ip",
+        "last_code",
+        "last_reply",
     )
 
     def claim_due(

@@ -1,0 +1,132 @@
+"""Taking due messages: claimed from the store for this run, then rendered for sending.
+
+Claims go campaign by campaign in the run's order (transactional first); a claimed message
+is `sending` until its outcome is committed. Rendering runs here or, for big runs, in
+other processes (`RenderPool`). Imports the store and message rendering, not the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from mailctl.config.campaign import Campaign
+from mailctl.delivery.context import CampaignJob, SendContext
+from mailctl.errors import TemplateError
+from mailctl.message.render import RenderedMessage, Renderer
+
+
+class Claimer:
+    """Due work of the run's active campaigns, and its rendering."""
+
+    def __init__(self, ctx: SendContext) -> None:
+        self.ctx = ctx
+        self.render_pool: RenderPool | None = None
+
+    def claim(self, now: float, batch: int) -> list[dict[str, Any]]:
+        """Up to ``batch`` due messages, now `sending` for this run."""
+        if batch <= 0:
+            return []
+        return self.ctx.store.claim_due(self.ctx.active(), now, self.ctx.run_id, batch)
+
+    def remaining(self) -> int:
+        return sum(self.ctx.store.remaining(cid) for cid in self.ctx.jobs)
+
+    def suppressed(self, claimed: Sequence[dict[str, Any]], now: float) -> set[str]:
+        """Claimed addresses suppressed since they were queued (a bounce may have arrived)."""
+        return self.ctx.store.suppressed_set([m["email"] for m in claimed], now)
+
+    def start_render_pool(self) -> None:
+        """Render in other processes when the run is big and the machine has a second core."""
+        due = self.remaining()
+        if (os.cpu_count() or 1) > 1 and due >= self.ctx.options.render_process_threshold:
+            self.render_pool = RenderPool(list(self.ctx.jobs.values()))
+
+    def close(self) -> None:
+        if self.render_pool is not None:
+            self.render_pool.close()
+
+    async def render(self, messages: list[dict[str, Any]]) -> list[RenderedMessage | str]:
+        """Each message's bytes, or the template error that prevents it."""
+        pool = self.render_pool
+        if pool is not None and pool.ready and len(messages) > 16:
+            try:
+                return await pool.render(messages)
+            except BrokenProcessPool:
+                self.render_pool = None  # render here from now on: slower, never stuck
+        return [self._render_here(message) for message in messages]
+
+    def _render_here(self, message: dict[str, Any]) -> RenderedMessage | str:
+        try:
+            return self.ctx.jobs[message["campaign_id"]].renderer.render(
+                message["email"], json.loads(message["fields_json"]), message["tracking_id"]
+            )
+        except TemplateError as exc:
+            return str(exc)
+
+
+# ---------------------------------------------------------------------- render process
+
+_worker_renderers: dict[int, Renderer] = {}
+
+
+def _init_render_worker(specs: dict[int, tuple[Campaign, dict[str, Any]]]) -> None:
+    for campaign_id, (campaign, options) in specs.items():
+        _worker_renderers[campaign_id] = Renderer(campaign, **options)
+
+
+def _render_batch(batch: list[tuple[int, str, str, str]]) -> list[RenderedMessage | str]:
+    results: list[RenderedMessage | str] = []
+    for campaign_id, email, fields_json, tracking_id in batch:
+        try:
+            fields = json.loads(fields_json)
+            results.append(_worker_renderers[campaign_id].render(email, fields, tracking_id))
+        except TemplateError as exc:
+            results.append(str(exc))
+    return results
+
+
+class RenderPool:
+    """Templates rendered (and DKIM-signed) in other processes, batch by batch, while SMTP
+    runs here. Signing costs several times the rendering, so it gets two workers."""
+
+    def __init__(self, jobs: Sequence[CampaignJob]) -> None:
+        specs = {job.campaign_id: (job.campaign, job.renderer.spec()) for job in jobs}
+        signing = any(job.renderer.dkim is not None for job in jobs)
+        self.workers = 2 if signing and (os.cpu_count() or 1) > 1 else 1
+        self._executor = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),  # no fork of a running loop
+            initializer=_init_render_worker,
+            initargs=(specs,),
+        )
+        # Starting the workers (a new interpreter, imports) takes a few hundred ms: the run
+        # renders in-process until they answer, instead of waiting for them.
+        self._warm = [self._executor.submit(_render_batch, []) for _ in range(self.workers)]
+
+    @property
+    def ready(self) -> bool:
+        return all(future.done() for future in self._warm)
+
+    async def render(self, messages: Sequence[dict[str, Any]]) -> list[RenderedMessage | str]:
+        batch = [
+            (m["campaign_id"], m["email"], m["fields_json"], m["tracking_id"]) for m in messages
+        ]
+        loop = asyncio.get_running_loop()
+        size = -(-len(batch) // self.workers)
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(self._executor, _render_batch, batch[i : i + size])
+                for i in range(0, len(batch), size)
+            )
+        )
+        return [result for part in parts for result in part]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

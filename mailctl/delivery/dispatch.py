@@ -1,0 +1,477 @@
+"""Dispatch: connections and workers that send routed messages through their lanes.
+
+Messages queue per connection group (one destination from one sending IP); a group's
+workers each hold one reused SMTP connection, admit every message through its lane (rate,
+pause, connection cap) and hand each reply to the lane and to the recorder. Imports the
+transport, the domain and the recorder; never the simulator or the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailctl.config.profiles import TlsMode, TransportKind
+from mailctl.config.provider_rules import TlsPolicy
+from mailctl.delivery.context import CampaignJob, SendContext, hms
+from mailctl.delivery.outcome import NO_EVENT, Outcome, reply_outcome
+from mailctl.delivery.record import Recorder
+from mailctl.delivery.route import Routed
+from mailctl.delivery.transport import Connection, Destination, Reply, relay_destination
+from mailctl.dns.providers import DomainRoute
+from mailctl.message.render import RenderedMessage
+from mailctl.model import MessageState
+from mailctl.reputation.lanes import LaneEvent, LaneEventKind
+
+# A lane wait shorter than this is slept through by the worker; longer ones defer the message.
+SHORT_WAIT = 2.0
+
+
+@dataclass
+class Item:
+    message: dict[str, Any]
+    job: CampaignJob
+    rendered: RenderedMessage
+    ip: str
+    provider: str
+
+
+@dataclass
+class _Group:
+    """Connections from one sending IP to one destination, fed by one queue.
+
+    Relay and sandbox: one group per (profile, IP), shared by all provider lanes (the lanes
+    shape the rate; the smarthost gets the connections). Direct: one group per (IP,
+    provider, MX hosts), and the lane's connection cap applies.
+    """
+
+    key: tuple[str, ...]
+    ip: str
+    destination: Destination
+    connections: int
+    messages_per_connection: int
+    queue: asyncio.Queue[Item | None]
+    lane_capped: bool = False
+    paused_until: float = 0.0
+    failures: int = 0
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def _pace(limits: Any) -> float:
+    """Seconds between two messages at a lane's current rate (0: no rate limit)."""
+    gaps = [
+        window / rate
+        for window, rate in (
+            (60, limits.per_minute),
+            (3600, limits.per_hour),
+            (86400, limits.per_day),
+        )
+        if rate
+    ]
+    return max(gaps) if gaps else 0.0
+
+
+def _lane_key(group: _Group) -> tuple[str, str]:
+    """(IP, provider) of a direct group, whose connections count against its lane's cap."""
+    return (group.ip, group.key[2]) if len(group.key) > 2 else (group.ip, "")
+
+
+class Dispatcher:
+    """The run's connection groups and their workers."""
+
+    def __init__(
+        self, ctx: SendContext, recorder: Recorder, sandbox_port: int | None = None
+    ) -> None:
+        self.ctx = ctx
+        self.recorder = recorder
+        self.sandbox_port = sandbox_port
+        self.attempted = 0  # messages handed to connections (released ones taken back)
+        self.finished = asyncio.Event()  # a worker is done with a message
+        self._in_flight: dict[int, Item] = {}
+        self._groups: dict[tuple[str, ...], _Group] = {}
+        self._open: dict[tuple[str, str], int] = {}  # open connections per lane (direct)
+        self._freed: dict[tuple[str, str], asyncio.Event] = {}  # a lane connection closed
+        # Workers holding a message while they wait for a lane connection slot, per lane.
+        self._slot_waiters: Counter[tuple[str, str]] = Counter()
+        self._slot_wanted: dict[tuple[str, str], asyncio.Event] = {}
+        self._next_slot: dict[tuple[str, str], float] = {}
+        self._last_lane_event: dict[tuple[str, str, str, str | None], float] = {}
+        self._cut_by_force: list[Item] = []
+
+    # ------------------------------------------------------------------ queueing
+
+    async def send(
+        self, routed: list[Routed], rendered: list[RenderedMessage | str], now: float
+    ) -> None:
+        """Queue each rendered message to its group (waiting while a queue is full)."""
+        ctx, recorder = self.ctx, self.recorder
+        for entry, result in zip(routed, rendered, strict=True):
+            message, ip, provider = entry.message, entry.ip, entry.provider
+            if isinstance(result, str):
+                ctx.budget.release(ip, provider)
+                recorder.record(
+                    recorder.outcome_for(
+                        message,
+                        MessageState.FAILED,
+                        now,
+                        attempted=False,
+                        reply=result,
+                        reason="template",
+                    )
+                )
+                continue
+            if ctx.halted(message["campaign_id"]):
+                ctx.budget.release(ip, provider)
+                recorder.release([message], now)
+                continue
+            job = ctx.jobs[message["campaign_id"]]
+            group = self._group_for(job, ip, provider, entry.route)
+            await group.queue.put(Item(message, job, result, ip, provider))
+            self.attempted += 1
+
+    def busy(self) -> bool:
+        return bool(self._in_flight) or any(not g.queue.empty() for g in self._groups.values())
+
+    def _release_queued(self, now: float) -> None:
+        """Messages queued to connections but not taken: back to the queue."""
+        for group in self._groups.values():
+            while not group.queue.empty():
+                item = group.queue.get_nowait()
+                if item is not None:
+                    self.ctx.budget.release(item.ip, item.provider)
+                    self.recorder.release([item.message], now)
+                    self.attempted -= 1
+
+    def cut(self, now: float) -> None:
+        """A forced stop: cancel every worker and release what waits in the queues."""
+        self._cut_by_force = list(self._in_flight.values())  # before they unwind
+        for group in self._groups.values():
+            for task in group.workers:
+                task.cancel()
+        # No worker will take these any more: release them now, so a dispatcher
+        # blocked on a full queue goes on (and releases the rest itself).
+        self._release_queued(now)
+
+    async def close(self, now: float) -> list[dict[str, Any]]:
+        """Release unsent items, let in-flight messages finish (bounded by the stop grace);
+        returns the messages cut off mid-transaction."""
+        self._release_queued(now)
+        for group in self._groups.values():
+            for _ in group.workers:
+                group.queue.put_nowait(None)
+        workers = [task for group in self._groups.values() for task in group.workers]
+        cut: list[Item] = []
+        if workers:
+            done, pending = await asyncio.wait(workers, timeout=self.ctx.options.stop_grace)
+            # Taken before cancelling: a cancelled worker forgets its message as it unwinds.
+            cut = list(self._in_flight.values())
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        else:
+            cut = list(self._in_flight.values())
+        cut += [item for item in self._cut_by_force if item not in cut]
+        return [item.message for item in cut]
+
+    def _group_for(self, job: CampaignJob, ip: str, provider: str, route: DomainRoute) -> _Group:
+        profile = job.profile
+        direct = profile.transport is TransportKind.DIRECT
+        key: tuple[str, ...] = (
+            (profile.name, ip, provider, *route.hosts) if direct else (profile.name, ip)
+        )
+        group = self._groups.get(key)
+        if group is not None:
+            return group
+        sending_ip = next(s for s in profile.pools[job.pool] if s.ip == ip)
+        if direct:
+            limits = self.ctx.scheduler.rules.limits_for(provider)
+            destination = Destination(
+                name=f"{route.hosts[0]}:{route.port}",
+                host=route.hosts[0],
+                port=route.port,
+                fallback_hosts=route.hosts[1:],
+                tls=TlsMode.STARTTLS,  # opportunistic unless the provider's rules require it
+                tls_required=limits.tls is TlsPolicy.REQUIRED,
+                helo=sending_ip.helo or profile.helo,
+                source_ip=ip,
+                timeout=profile.timeout,
+                validate_certs=False,  # MX certificates rarely match; TLS still encrypts
+            )
+            connections = limits.connections
+            per_connection = limits.messages_per_connection
+        else:
+            destination = relay_destination(profile, ip, self.sandbox_port)
+            connections = profile.connections
+            per_connection = profile.messages_per_connection
+        group = _Group(
+            key=key,
+            ip=ip,
+            destination=destination,
+            connections=connections,
+            messages_per_connection=per_connection,
+            queue=asyncio.Queue(
+                maxsize=max(connections, 1) * self.ctx.options.queue_per_connection
+            ),
+            lane_capped=direct,
+        )
+        self._groups[key] = group
+        group.workers = [asyncio.create_task(self._worker(group)) for _ in range(connections)]
+        return group
+
+    # ------------------------------------------------------------------ workers
+
+    async def _worker(self, group: _Group) -> None:
+        connection: Connection | None = None
+        try:
+            while True:
+                item, connection = await self._next_item(group, connection)
+                if item is None:
+                    break
+                message = item.message
+                self._in_flight[message["id"]] = item
+                try:
+                    connection = await self._deliver(group, item, connection)
+                finally:
+                    self._in_flight.pop(message["id"], None)
+                    self.finished.set()
+                self.recorder.commit_due()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if connection is not None:
+                await connection.close()
+                if group.lane_capped:
+                    self._lane_closed(group)
+
+    async def _next_item(
+        self, group: _Group, connection: Connection | None
+    ) -> tuple[Item | None, Connection | None]:
+        """The group's next item, and the connection to keep.
+
+        A lane's connection cap can be below its group's worker count (a slowed or ramping
+        lane allows one connection). A worker idle on an open connection then gives it up as
+        soon as another worker of the lane holds a message and waits for a slot; otherwise
+        each would wait for the other for ever.
+        """
+        if connection is None or not group.lane_capped:
+            return await group.queue.get(), connection
+        lane_key = _lane_key(group)
+        wanted = self._slot_wanted.setdefault(lane_key, asyncio.Event())
+        get = asyncio.ensure_future(group.queue.get())
+        try:
+            while not get.done():
+                if wanted.is_set():
+                    await connection.close()
+                    self._lane_closed(group)
+                    return await get, None
+                waiter = asyncio.ensure_future(wanted.wait())
+                try:
+                    await asyncio.wait({get, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+        finally:
+            if not get.done():
+                get.cancel()
+        return get.result(), connection
+
+    async def _deliver(
+        self, group: _Group, item: Item, connection: Connection | None
+    ) -> Connection | None:
+        """One message through this group; returns the connection to keep using."""
+        ctx, recorder = self.ctx, self.recorder
+        message, ip, provider = item.message, item.ip, item.provider
+        lane = ctx.scheduler.lane(ip, provider)
+        lane_key = (ip, provider)
+        if message["email"] in recorder.suppressed_in_run:
+            # A hard bounce earlier in this run (another campaign, the same address).
+            ctx.budget.release(ip, provider)
+            recorder.record(
+                recorder.outcome_for(
+                    message, MessageState.SUPPRESSED, ctx.clock.now(), attempted=False
+                )
+            )
+            return connection
+        while True:
+            now = ctx.clock.now()
+            if ctx.halted(message["campaign_id"]):
+                ctx.budget.release(ip, provider)
+                recorder.release([message], now)
+                return connection
+            if group.paused_until > now:
+                ctx.budget.release(ip, provider)
+                recorder.defer_self(
+                    message,
+                    now,
+                    group.paused_until,
+                    provider=provider,
+                    ip=ip,
+                    why="connections to this destination are failing",
+                )
+                return connection
+            wait = lane.admit(now)
+            if wait == 0:
+                break
+            if wait <= SHORT_WAIT:
+                await ctx.clock.sleep(wait)
+                continue
+            # Paused, or pacing far behind: spread this lane's messages over its slots.
+            ctx.budget.release(ip, provider)
+            slot = max(now + wait, self._next_slot.get(lane_key, 0.0))
+            ends = lane.state.until
+            if ends is not None and slot > ends >= now + wait:
+                # Never book past the end of a slow period at the slow pace: what is left
+                # comes due then and is spaced again at the lane's new rate.
+                slot = ends
+            else:
+                self._next_slot[lane_key] = slot + _pace(lane.limits(now))
+            if connection is not None and lane.pause_wait(now) > 0:
+                await connection.close()  # a paused lane keeps no idle connection open
+                if group.lane_capped:
+                    self._lane_closed(group)
+                connection = None
+            # Recorded last: after its outcome a message must not wait on anything that a
+            # cancellation could interrupt (it would be counted twice at shutdown).
+            recorder.defer_self(
+                message,
+                now,
+                slot,
+                provider=provider,
+                ip=ip,
+                why=f"lane {ip} -> {provider} is {lane.state.mode.value}",
+            )
+            return connection
+        limit = group.messages_per_connection
+        if group.lane_capped:
+            limit = min(limit, lane.limits(now).messages_per_connection)
+        if connection is None or not connection.alive or connection.messages >= limit:
+            if connection is not None:
+                await connection.close()
+                if group.lane_capped:
+                    self._lane_closed(group)
+                connection = None
+            if group.lane_capped:
+                await self._lane_slot(lane_key, lane.limits(now).connections)
+            connection = Connection(group.destination)
+            failure = await connection.open()
+            if failure is not None:
+                if group.lane_capped:
+                    self._lane_closed(group)
+                connection = None
+                self._connection_failed(group)
+                self._after_reply(item, failure)
+                return None
+            group.failures = 0
+        reply = await connection.send(
+            item.rendered.envelope_from, item.rendered.recipient, item.rendered.data
+        )
+        self._after_reply(item, reply)
+        if not connection.alive:
+            if group.lane_capped:
+                self._lane_closed(group)
+            return None
+        return connection
+
+    async def _lane_slot(self, lane_key: tuple[str, str], cap: int) -> None:
+        """Take one of the lane's connection slots, waiting while all ``cap`` are open."""
+        ip, provider = lane_key
+        while self._open.get(lane_key, 0) >= max(cap, 1):
+            # Wait for one of the lane's connections to close (not a poll on the injected
+            # clock: an idle worker must not make time pass), asking idle workers of the
+            # lane to give theirs up. Re-check now and then: the cap rises as a recovering
+            # lane ramps up.
+            freed = self._freed.setdefault(lane_key, asyncio.Event())
+            wanted = self._slot_wanted.setdefault(lane_key, asyncio.Event())
+            freed.clear()
+            self._slot_waiters[lane_key] += 1
+            wanted.set()
+            try:
+                await asyncio.wait_for(freed.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
+            finally:
+                self._slot_waiters[lane_key] -= 1
+                if self._slot_waiters[lane_key] <= 0:
+                    wanted.clear()
+            if self.ctx.stop.is_set():
+                break
+            cap = self.ctx.scheduler.lane(ip, provider).limits(self.ctx.clock.now()).connections
+        self._open[lane_key] = self._open.get(lane_key, 0) + 1
+
+    def _lane_closed(self, group: _Group) -> None:
+        key = _lane_key(group)
+        self._open[key] = max(0, self._open.get(key, 0) - 1)
+        freed = self._freed.get(key)
+        if freed is not None:
+            freed.set()
+
+    def _connection_failed(self, group: _Group) -> None:
+        # Back off the whole group so a refusing server is not hammered: 1 s doubling to 5 min.
+        group.failures += 1
+        delay = min(300.0, 2.0 ** (group.failures - 1)) * self.ctx.rng.uniform(0.8, 1.2)
+        group.paused_until = self.ctx.clock.now() + delay
+
+    # ------------------------------------------------------------------ replies
+
+    def _after_reply(self, item: Item, reply: Reply) -> None:
+        ctx, recorder = self.ctx, self.recorder
+        now = ctx.clock.now()
+        if reply.ok:
+            recorder.sent(self._outcome(item, reply, NO_EVENT, now))
+            return
+        lane = ctx.scheduler.lane(item.ip, item.provider)
+        event = lane.on_reply(reply.text, reply.code, now, from_receiver=reply.from_receiver)
+        if event.pauses_lane or event.kind is LaneEventKind.DISABLED:
+            self._lane_event(event, item.message["campaign_id"], now)
+        outcome = self._outcome(item, reply, event, now)
+        ctx.budget.release(item.ip, item.provider)  # not sent: its place in the day goes back
+        recorder.record(outcome)
+        cid = item.message["campaign_id"]
+        if event.kind is LaneEventKind.STOP_CAMPAIGN:
+            ctx.stop_campaign(cid, f"{event.reason or 'stopped by rule'} ({reply.text})")
+        elif outcome.state is MessageState.FAILED and outcome.scope == "campaign":
+            ctx.stop_campaign(cid, f"the receiver refused the sender: {reply.text}")
+
+    def _outcome(self, item: Item, reply: Reply, event: LaneEvent, now: float) -> Outcome:
+        ctx = self.ctx
+        lane_pause = (
+            ctx.scheduler.lane(item.ip, item.provider).pause_wait(now) if event.pauses_lane else 0.0
+        )
+        return reply_outcome(
+            item.message,
+            reply,
+            event,
+            now,
+            ip=item.ip,
+            provider=item.provider,
+            retry_delays=item.job.profile.retry_delays,
+            max_age=item.job.max_age,
+            lane_pause=lane_pause,
+            rng=ctx.rng,
+            day=ctx.budget.day_of(item.ip, now),
+        )
+
+    def _lane_event(self, event: LaneEvent, campaign_id: int, now: float) -> None:
+        # Replies to messages already in flight repeat the event that paused the lane: one
+        # record (and one line) per episode.
+        key = (event.ip, event.provider, event.kind.value, event.rule)
+        if now - self._last_lane_event.get(key, float("-inf")) < 60:
+            return
+        self._last_lane_event[key] = now
+        self.ctx.store.add_lane_event(
+            at=now,
+            ip=event.ip,
+            provider=event.provider,
+            kind=event.kind.value,
+            until=event.until,
+            reason=event.reason,
+            rule=event.rule,
+            campaign_id=campaign_id,
+        )
+        until = f" until {hms(event.until)}" if event.until else ""
+        self.ctx.say(
+            f"lane {event.ip} -> {event.provider} {event.kind.value}{until}: {event.reason}"
+            + (" [ALERT]" if event.alert else "")
+        )

@@ -1,0 +1,150 @@
+"""What happened to one claimed message (`Outcome`), and what an SMTP reply means for it.
+
+Pure: no I/O, no clock (``now`` is passed in). Imports the domain (reply classification,
+lane events) and mailctl.model, nothing else of delivery.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from typing import Any
+
+from mailctl.config.provider_rules import Scope
+from mailctl.delivery.transport import Reply
+from mailctl.model import MessageState
+from mailctl.replies.classify import classify_reply, parse_reply_delay
+from mailctl.reputation.lanes import LaneEvent, LaneEventKind
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one claimed message; committed in batches.
+
+    ``state`` is any final state of an attempt, or QUEUED for a message released unsent.
+    """
+
+    message_id: int
+    campaign_id: int
+    email: str
+    state: MessageState
+    attempted: bool
+    at: float
+    next_attempt_at: float
+    ip: str | None = None
+    provider: str | None = None
+    code: int | None = None
+    reply: str | None = None
+    reason: str | None = None
+    rule: str | None = None
+    status: str | None = None
+    suppress: bool = False
+    scope: str | None = None
+    day: str | None = None  # the sending IP's local day (its warm-up cap's day)
+
+
+def new_outcome(
+    message: dict[str, Any],
+    state: MessageState,
+    now: float,
+    *,
+    attempted: bool,
+    day: str | None,
+    **extra: Any,
+) -> Outcome:
+    """An outcome for a claimed message row; ``next_attempt_at`` defaults to ``now``."""
+    return Outcome(
+        message_id=message["id"],
+        campaign_id=message["campaign_id"],
+        email=message["email"],
+        state=state,
+        attempted=attempted,
+        at=now,
+        next_attempt_at=extra.pop("next_attempt_at", now),
+        day=day,
+        **extra,
+    )
+
+
+NO_EVENT = LaneEvent(LaneEventKind.NONE, "", "")
+
+
+def reply_outcome(
+    message: dict[str, Any],
+    reply: Reply,
+    event: LaneEvent,
+    now: float,
+    *,
+    ip: str,
+    provider: str,
+    retry_delays: tuple[float, ...] | list[float],
+    max_age: float,
+    lane_pause: float,
+    rng: random.Random,
+    day: str | None,
+) -> Outcome:
+    """The receiver's reply (or a network failure) turned into the message's new state.
+
+    A permanent refusal about the recipient bounces it, one about the sender fails it;
+    anything else defers it: after the delay the receiver named, else the profile's retry
+    schedule (with jitter), and never before the lane's pause ends (``lane_pause`` seconds;
+    inf for a lane out of rotation without an end). Past ``max_age`` it expires.
+    """
+    base = {"ip": ip, "provider": provider, "code": reply.code, "reply": reply.text}
+
+    def outcome(state: MessageState, **extra: Any) -> Outcome:
+        return new_outcome(message, state, now, attempted=True, day=day, **base, **extra)
+
+    if reply.ok:
+        return outcome(MessageState.SENT)
+    verdict = (
+        classify_reply(reply.code, reply.text, provider, stage=reply.stage) if reply.code else None
+    )
+    if verdict is not None and reply.stage == "connect" and verdict.scope is Scope.RECIPIENT:
+        # Refused before any recipient was named: about the server or us, not the address.
+        verdict = replace(verdict, scope=Scope.LANE, suppress=False)
+    details = (
+        {
+            "reason": verdict.reason,
+            "rule": verdict.rule,
+            "status": verdict.status,
+            "scope": verdict.scope.value,
+        }
+        if verdict
+        else {"reason": "networkerror", "rule": "connection", "scope": Scope.TRANSIENT.value}
+    )
+    permanent = (
+        verdict is not None and reply.code is not None and reply.code >= 500 and verdict.permanent
+    )
+    if permanent and verdict is not None and event.kind is not LaneEventKind.DEFER_RECIPIENT:
+        if verdict.scope is Scope.RECIPIENT:
+            return outcome(MessageState.BOUNCED, suppress=verdict.suppress, **details)
+        if verdict.scope is Scope.CAMPAIGN:
+            return outcome(MessageState.FAILED, **details)
+    # Temporary, or a throttle/block about this sending IP: try again later.
+    attempts = message["attempts"] + 1
+    named = event.retry_after or (parse_reply_delay(reply.text) if reply.code else None)
+    if named:
+        delay = float(named)
+    else:
+        delay = retry_delays[min(attempts - 1, len(retry_delays) - 1)] * rng.uniform(0.85, 1.15)
+    next_at = now + delay
+    if event.pauses_lane and lane_pause != float("inf"):
+        # Not before the lane may send again: the end of its pause, not of a slow period
+        # that follows it (a slowed lane still sends). A lane out of rotation without an
+        # end leaves the retry to the pool's other IPs.
+        next_at = max(next_at, now + lane_pause)
+    first = message.get("first_attempt_at") or now
+    if next_at > first + max_age:
+        return outcome(MessageState.EXPIRED, **details)
+    return outcome(MessageState.DEFERRED, next_attempt_at=next_at, **details)
+
+
+def asked_back_to(message: dict[str, Any]) -> str | None:
+    """The IP a receiver asked to try again from after a named delay ("greylisted for 2
+    minutes"): greylisting keys on the client's address, so another IP waits all over again."""
+    code = message.get("last_code")
+    if message.get("ip") and code is not None and 400 <= code < 500:
+        if parse_reply_delay(message.get("last_reply")) is not None:
+            return str(message["ip"])
+    return None

@@ -1,0 +1,295 @@
+"""Outcomes in, batched commits out: the run's counters, circuit breakers and lane stats.
+
+Every outcome of the run goes through `Recorder.record`; `commit` writes the batch to the
+store in one transaction, with the lanes' changed state and the run's heartbeat. A message
+is never recorded as sent before its 250. Imports the store and the domain, not the CLI.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailctl.delivery.context import SendContext, hms
+from mailctl.delivery.outcome import Outcome, new_outcome
+from mailctl.model import MessageState
+from mailctl.reputation.lanes import BreakerPolicy, BreakerState, check_breaker
+from mailctl.reputation.signals import ip_day_counts, smtp_suppressions
+
+# Pending outcomes that force a commit whatever the interval.
+_MAX_PENDING = 2000
+
+
+@dataclass
+class LaneStats:
+    """Counters for one lane (sending IP x destination group) shown in progress."""
+
+    ip: str
+    provider: str
+    sent: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    failed: int = 0
+
+
+@dataclass
+class RunSummary:
+    campaigns: list[str]
+    queued: int = 0
+    sent: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    failed: int = 0
+    expired: int = 0
+    suppressed: int = 0
+    remaining: int = 0
+    recovered: int = 0
+    elapsed: float = 0.0
+    stop_reason: str = "finished"
+    next_attempt_at: float | None = None
+    stopped_campaigns: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "campaign": self.campaigns[0] if len(self.campaigns) == 1 else self.campaigns,
+            "queued": self.queued,
+            "sent": self.sent,
+            "deferred": self.deferred,
+            "bounced": self.bounced,
+            "failed": self.failed,
+            "expired": self.expired,
+            "suppressed": self.suppressed,
+            "remaining": self.remaining,
+            "possible_duplicates_recovered": self.recovered,
+            "elapsed": round(self.elapsed, 3),
+            "stop_reason": self.stop_reason,
+            "stopped_campaigns": self.stopped_campaigns,  # name -> why a breaker/rule stopped it
+            "next_attempt_at": self.next_attempt_at,
+        }
+
+
+# The summary counter each final state adds to (QUEUED, a release, counts nowhere).
+_SUMMARY_FIELD = {
+    MessageState.SENT: "sent",
+    MessageState.DEFERRED: "deferred",
+    MessageState.BOUNCED: "bounced",
+    MessageState.FAILED: "failed",
+    MessageState.EXPIRED: "expired",
+    MessageState.SUPPRESSED: "suppressed",
+}
+# The lane counter each state adds to.
+_LANE_FIELD = {
+    MessageState.SENT: "sent",
+    MessageState.DEFERRED: "deferred",
+    MessageState.BOUNCED: "bounced",
+    MessageState.FAILED: "failed",
+    MessageState.EXPIRED: "failed",
+}
+
+
+class Recorder:
+    """The run's outcomes: counted at once, committed in batches."""
+
+    def __init__(self, ctx: SendContext, on_commit: Callable[[], None] | None = None) -> None:
+        self.ctx = ctx
+        self.on_commit = on_commit
+        self.summary = RunSummary(campaigns=[job.name for job in ctx.jobs.values()])
+        self.lanes: dict[tuple[str, str], LaneStats] = {}
+        self.suppressed_in_run: set[str] = set()  # hard bounces of this run, any campaign
+        self.fatal: BaseException | None = None  # a commit failed: the run stops and says so
+        self._pending: list[Outcome] = []
+        self._sent_by_lane: Counter[tuple[str, str]] = Counter()
+        self._last_commit = 0.0
+        self._last_heartbeat = 0.0
+        self._breakers: dict[int, BreakerState] = {}
+        for cid in ctx.jobs:
+            counts = ctx.store.message_counts(cid)
+            self._breakers[cid] = BreakerState(
+                sent=counts[MessageState.SENT]
+                + counts[MessageState.BOUNCED]
+                + counts[MessageState.COMPLAINED],
+                bounced=counts[MessageState.BOUNCED],
+                complained=counts[MessageState.COMPLAINED],
+            )
+
+    # ------------------------------------------------------------------ outcomes
+
+    def outcome_for(
+        self,
+        message: dict[str, Any],
+        state: MessageState,
+        now: float,
+        *,
+        attempted: bool,
+        **extra: Any,
+    ) -> Outcome:
+        ip = extra.get("ip")
+        day = self.ctx.budget.day_of(ip, now) if ip else None
+        return new_outcome(message, state, now, attempted=attempted, day=day, **extra)
+
+    def release(self, messages: Iterable[dict[str, Any]], now: float) -> None:
+        """Claimed, never attempted: back to the queue."""
+        for message in messages:
+            self.record(self.outcome_for(message, MessageState.QUEUED, now, attempted=False))
+
+    def sent(self, outcome: Outcome) -> None:
+        """The hot path: a 250 changes no lane state (sent counts go in bulk at commit)."""
+        assert outcome.ip is not None and outcome.provider is not None
+        self._sent_by_lane[(outcome.ip, outcome.provider)] += 1
+        self.record(outcome)
+
+    def record(self, outcome: Outcome) -> None:
+        self._pending.append(outcome)
+        if outcome.suppress:
+            self.suppressed_in_run.add(outcome.email)
+        state = outcome.state
+        counter = _SUMMARY_FIELD.get(state)
+        if counter is not None:
+            setattr(self.summary, counter, getattr(self.summary, counter) + 1)
+        if outcome.attempted and state in (MessageState.SENT, MessageState.BOUNCED):
+            self._judge(outcome.campaign_id, bounced=state is MessageState.BOUNCED)
+        if outcome.ip is not None and outcome.provider is not None:
+            if state is not MessageState.QUEUED:
+                lane = self._lane(outcome.ip, outcome.provider)
+                lane_counter = _LANE_FIELD.get(state)
+                if lane_counter is not None:
+                    setattr(lane, lane_counter, getattr(lane, lane_counter) + 1)
+        if len(self._pending) >= _MAX_PENDING:
+            self.commit(force=True)
+
+    def _judge(self, campaign_id: int, *, bounced: bool) -> None:
+        """The campaign's circuit breaker, after one more answered message."""
+        breaker = self._breakers[campaign_id].add(sent=1, bounced=int(bounced))
+        self._breakers[campaign_id] = breaker
+        policy = BreakerPolicy.from_config(self.ctx.jobs[campaign_id].profile.breakers)
+        # A rate crosses its threshold on a bounce, or when the count reaches min_sent
+        # (bounces before it were not judged yet).
+        if bounced or breaker.sent == policy.min_sent:
+            trip = check_breaker(breaker, policy)
+            if trip is not None:
+                self.ctx.stop_campaign(campaign_id, trip.reason)
+
+    def defer_self(
+        self,
+        message: dict[str, Any],
+        now: float,
+        until: float,
+        *,
+        provider: str | None,
+        why: str,
+        ip: str | None = None,
+        may_expire: bool = True,
+    ) -> None:
+        """mailctl's own deferral: no attempt, no reply, never feeds a rule.
+
+        A message that cannot go anywhere (DNS failing, its lane disabled) still expires at
+        its maximum age; one waiting for warm-up capacity (``may_expire=False``) never does.
+        """
+        if until == float("inf"):
+            until = now + 3600
+        if may_expire:
+            job = self.ctx.jobs[message["campaign_id"]]
+            first = message.get("first_attempt_at") or message["queued_at"]
+            if until > first + job.max_age:
+                self.record(
+                    self.outcome_for(
+                        message,
+                        MessageState.EXPIRED,
+                        now,
+                        attempted=False,
+                        ip=ip,
+                        provider=provider,
+                        reason="expired",
+                        reply=f"{why} (past the maximum age)",
+                    )
+                )
+                return
+        self.record(
+            self.outcome_for(
+                message,
+                MessageState.DEFERRED,
+                now,
+                attempted=False,
+                next_attempt_at=max(until, now),
+                ip=ip,
+                provider=provider,
+                reason="mailctl",
+                reply=why,
+            )
+        )
+
+    def cut_off(self, messages: list[dict[str, Any]], now: float) -> None:
+        """Messages cut off mid-transaction: queued again, marked as possible duplicates
+        (they may have been delivered)."""
+        self.release(messages, now)
+        if messages:
+            self.ctx.store.mark_possible_duplicates([message["id"] for message in messages])
+
+    def _lane(self, ip: str, provider: str) -> LaneStats:
+        lane = self.lanes.get((ip, provider))
+        if lane is None:
+            lane = self.lanes[(ip, provider)] = LaneStats(ip=ip, provider=provider)
+        return lane
+
+    # ------------------------------------------------------------------ commits
+
+    def commit_due(self) -> None:
+        """Commit when the interval has passed on the clock; a failure stops the run."""
+        if self.fatal is not None:
+            return
+        try:
+            self.commit()
+        except Exception as exc:  # noqa: BLE001 - the run stops and says why
+            self.fatal = exc
+            self.ctx.stop.set()
+            self.ctx.wake.set()
+
+    def commit(self, force: bool = False) -> None:
+        ctx = self.ctx
+        now = ctx.clock.now()
+        if not self._pending or (
+            not force and now - self._last_commit < ctx.options.commit_interval
+        ):
+            return
+        pending, self._pending = self._pending, []
+        released = [o.message_id for o in pending if o.state is MessageState.QUEUED]
+        try:
+            done = [o for o in pending if o.state is not MessageState.QUEUED]
+            ctx.store.record_outcomes(done, ip_day_counts(done), smtp_suppressions(done))
+            ctx.store.release(released)
+        except BaseException:
+            self._pending = pending + self._pending  # nothing is lost: tried again
+            raise
+        for (ip, provider), count in self._sent_by_lane.items():
+            ctx.scheduler.lane(ip, provider).count_sent(count, now)
+        self._sent_by_lane.clear()
+        ctx.store.upsert_lanes([state.to_row() for state in ctx.scheduler.changed_states()])
+        self._last_commit = now
+        if now - self._last_heartbeat >= ctx.options.heartbeat_interval:
+            ctx.store.heartbeat(ctx.run_id, now)
+            self._last_heartbeat = now
+        if self.on_commit is not None:
+            self.on_commit()
+
+    def lane_rows(self) -> list[dict[str, Any]]:
+        """Progress rows: this run's counters with each lane's current state."""
+        now = self.ctx.clock.now()
+        rows = []
+        for (ip, provider), stats in self.lanes.items():
+            snapshot = self.ctx.scheduler.lane(ip, provider).snapshot(now)
+            rows.append(
+                {
+                    "ip": ip,
+                    "provider": provider,
+                    "sent": stats.sent,
+                    "deferred": stats.deferred,
+                    "bounced": stats.bounced,
+                    "failed": stats.failed,
+                    "state": snapshot.mode.value
+                    if snapshot.mode.value == "normal"
+                    else f"{snapshot.mode.value} until {hms(snapshot.until)}",
+                }
+            )
+        return rows
