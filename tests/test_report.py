@@ -24,14 +24,9 @@ from mailctl.errors import MailctlError
 from mailctl.report.data import build_report, is_throttle
 from mailctl.report.html import render_html
 from mailctl.report.tables import render_tables
-from mailctl.sim.server import (
-    YAHOO_TSS04,
-    AddressRule,
-    Reply,
-    SimBehaviour,
-    append_to_mbox,
-    build_dsn,
-)
+from mailctl.sim.behaviours import AddressRule, SimBehaviour
+from mailctl.sim.dsn import append_to_mbox, build_dsn
+from mailctl.sim.replies import YAHOO_TSS04, SimReply
 from mailctl.store.sqlite import SqliteStore
 from tests.helpers.clock import FakeClock
 from tests.helpers.workspace import make_workspace
@@ -96,9 +91,9 @@ def sent(sim_server, tmp_path: Path) -> Path:
     server = sim_server(
         SimBehaviour(
             rcpt_rules=(
-                AddressRule("user0@example.com", Reply(550, "5.1.1 <{rcpt}>: user unknown")),
-                AddressRule("org0@example.org", Reply(550, "5.1.1 <{rcpt}>: user unknown")),
-                AddressRule("user1@example.com", Reply(451, f"4.3.0 {SCRIPT} try later")),
+                AddressRule("user0@example.com", SimReply(550, "5.1.1 <{rcpt}>: user unknown")),
+                AddressRule("org0@example.org", SimReply(550, "5.1.1 <{rcpt}>: user unknown")),
+                AddressRule("user1@example.com", SimReply(451, f"4.3.0 {SCRIPT} try later")),
                 # A throttle, alone at its provider so the lane pause delays nobody else.
                 AddressRule("net0@example.net", YAHOO_TSS04),
             )

@@ -13,7 +13,9 @@ import pytest
 
 from mailctl.bounces.suppression import SoftBouncePolicy, import_reports
 from mailctl.cli import run
-from mailctl.sim.server import AddressRule, Reply, SimBehaviour, append_to_mbox, build_dsn
+from mailctl.sim.behaviours import AddressRule, SimBehaviour
+from mailctl.sim.dsn import append_to_mbox, build_dsn
+from mailctl.sim.replies import SimReply
 from mailctl.store.sqlite import SqliteStore
 from tests.helpers.workspace import cli, make_workspace
 
@@ -39,11 +41,11 @@ def test_async_bounces_from_provider_mbox(sim_server, tmp_path: Path, capsys) ->
             bounce_rules=(
                 AddressRule(
                     "user1@example.com",
-                    Reply(550, "5.1.1 <{rcpt}>: Recipient address rejected: User unknown"),
+                    SimReply(550, "5.1.1 <{rcpt}>: Recipient address rejected: User unknown"),
                 ),
                 AddressRule(
                     "user2@example.com",
-                    Reply(
+                    SimReply(
                         550,
                         "5.7.1 Service unavailable; client [192.0.2.1] blocked using zen.spamhaus.org",
                     ),

@@ -13,7 +13,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mailctl.cli import run
-from mailctl.sim.server import SimBehaviour, TlsMode
+from mailctl.sim.behaviours import SimBehaviour, SimTls
 from mailctl.store.sqlite import SqliteStore
 from tests.helpers.workspace import cli, db_states, make_workspace, send_json
 
@@ -36,7 +36,7 @@ def relay_profile(ws: Path, port: int, extra: str) -> None:
 
 
 def test_starttls_required_and_used(sim_server, tmp_path: Path, capsys) -> None:
-    server = sim_server(SimBehaviour(), tls=TlsMode.REQUIRE)
+    server = sim_server(SimBehaviour(), tls=SimTls.REQUIRE)
     ws = make_workspace(tmp_path, server.port, rows=3)
     relay_profile(ws, server.port, "tls: starttls\ntls_verify: false\n")
     assert send_json(ws, capsys)["sent"] == 3

@@ -15,7 +15,7 @@ from mailctl.cli import console
 from mailctl.cli.options import CONTEXT
 
 if TYPE_CHECKING:
-    from mailctl.sim.server import SimEvent
+    from mailctl.sim.events import SimEvent
 
 app = typer.Typer(context_settings=CONTEXT)
 
@@ -45,7 +45,8 @@ def sim(
     """
     # Imported here, not at the top: the simulator (aiosmtpd and 1,400 lines of provider
     # behaviour) is heavy, and only this rarely used rehearsal command needs it.
-    from mailctl.sim.server import SimConfig, preset, run_forever
+    from mailctl.sim.behaviours import SimConfig, preset
+    from mailctl.sim.servers import run_forever
 
     config = SimConfig(
         behaviour=preset(provider), host=host, port=port, mbox=mbox, maildir=maildir, jsonl=log
