@@ -300,7 +300,7 @@ class SqliteStore(_AddressTables):
                 """CREATE TEMP TABLE to_queue AS
                    SELECT r.id AS recipient_id, r.email, r.domain,
                           (EXISTS (SELECT 1 FROM suppression x
-                                   WHERE x.address IN (r.email, '*@' || r.domain)
+                                   WHERE x.address IN (r.email_key, '*@' || r.domain)
                                      AND (x.expires_at IS NULL OR x.expires_at > ?)))
                             AS suppressed
                    FROM lists l
