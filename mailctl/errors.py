@@ -58,6 +58,13 @@ class CampaignChangedError(MailctlError):
     exit_code = 2
 
 
+class NeedsOperator(MailctlError):
+    """Mail cannot go until the operator fixes something: credentials, TLS, the relay's
+    address, DNS (preflight), a stopped campaign. Cron sees exit code 3."""
+
+    exit_code = 3
+
+
 # --- inputs ----------------------------------------------------------------------------------
 
 

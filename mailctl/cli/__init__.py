@@ -17,7 +17,7 @@ from rich.table import Table
 
 from mailctl import __version__
 from mailctl.cli import console
-from mailctl.errors import MailctlError, UsageError
+from mailctl.errors import MailctlError, NeedsOperator, UsageError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -259,8 +259,11 @@ Suppressed recipients are never sent. A campaign whose content changed since it 
 is refused unless --update (applied to unsent messages only).
 
 Exit codes: 0 finished, or stopped for a normal reason (--limit, --max-time, Ctrl-C, all
-remaining work deferred); 1 error; 2 usage or configuration error; 75 another run holds
-the database lock.
+remaining work deferred by receivers); 1 error; 2 usage or configuration error; 3 mail
+cannot go until the operator fixes something (the relay refused authentication, TLS
+required but not offered, the relay unreachable for the whole run, the preflight failed, a
+campaign stopped by a breaker or a refusal of the sender): one line on stderr says what,
+even with --quiet; 75 another run holds the database lock.
 
 \b
 Examples:
@@ -348,6 +351,8 @@ def send(
         console.emit_json(summary.as_dict())
     elif not quiet:
         _print_summary(summary)
+    if summary.attention:
+        raise NeedsOperator(summary.attention)
 
 
 def _preflight(campaign_file: Path, profiles: Any, zones: list[Path]) -> None:
@@ -370,7 +375,7 @@ def _preflight(campaign_file: Path, profiles: Any, zones: list[Path]) -> None:
     if report.failed:
         for c in report.failed:
             console.error(f"{c.id.value} {c.subject}: {c.detail}; fix: {c.fix}")
-        raise MailctlError(
+        raise NeedsOperator(
             f"preflight failed for {campaign.name} ({len(report.failed)} checks); fix DNS, "
             "see `mailctl check`, or send with --skip-check"
         )
@@ -697,9 +702,20 @@ def campaign_pause(name: Annotated[str, typer.Argument(help="Campaign name.")]) 
 def campaign_resume(name: Annotated[str, typer.Argument(help="Campaign name.")]) -> None:
     """Resume a paused campaign, or one a circuit breaker stopped (deliberately).
 
+    Messages that failed because of the sending side (the relay refused the credentials,
+    TLS, the relay unreachable) are queued again: fix the cause first.
+
     Example: mailctl campaign resume welcome
     """
     _set_status(name, "active", ("paused", "stopped", "active"), "resume")
+    import time
+
+    from mailctl.delivery.campaigns import requeue_sender_faults
+
+    with _open_store() as store:
+        requeued = requeue_sender_faults(store, _campaign_row(store, name)["id"], time.time())
+    if requeued:
+        console.info(f"{requeued} messages that failed on the sending side are queued again")
 
 
 @campaign_app.command("cancel")

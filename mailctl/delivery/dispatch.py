@@ -430,7 +430,9 @@ class Dispatcher:
         recorder.record(outcome)
         cid = item.message["campaign_id"]
         if event.kind is LaneEventKind.STOP_CAMPAIGN:
-            ctx.stop_campaign(cid, f"{event.reason or 'stopped by rule'} ({reply.text})")
+            why = event.reason or "stopped by rule"
+            # A rule's reason is often the reply itself: say it once.
+            ctx.stop_campaign(cid, why if reply.text in why else f"{why} ({reply.text})")
         elif outcome.state is MessageState.FAILED and outcome.scope == "campaign":
             ctx.stop_campaign(cid, f"the receiver refused the sender: {reply.text}")
 

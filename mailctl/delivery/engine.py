@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from mailctl.clock import Clock, SystemClock
+from mailctl.delivery.attention import attention
 from mailctl.delivery.claim import Claimer
 from mailctl.delivery.context import (
     CampaignJob,
@@ -191,6 +192,7 @@ class Engine:
             if store.remaining(cid) == 0:
                 store.set_campaign_status(cid, "done", None, now=clock.now())
         summary.stopped_campaigns = {ctx.jobs[cid].name: why for cid, why in ctx.stopped.items()}
+        summary.attention = attention(recorder.faults, summary.stopped_campaigns, sent=summary.sent)
         self._progress()
         return summary
 

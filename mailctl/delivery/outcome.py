@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mailctl.config.provider_rules import Scope
-from mailctl.delivery.transport import Reply
+from mailctl.delivery.transport import Reply, SenderFault
 from mailctl.model import MessageState
 from mailctl.replies.classify import classify_reply, parse_reply_delay
 from mailctl.reputation.lanes import LaneEvent, LaneEventKind
@@ -41,6 +41,7 @@ class Outcome:
     suppress: bool = False
     scope: str | None = None
     day: str | None = None  # the sending IP's local day (its warm-up cap's day)
+    fault: str | None = None  # a `SenderFault`: the sending side's own problem
 
 
 def new_outcome(
@@ -68,6 +69,27 @@ def new_outcome(
 
 NO_EVENT = LaneEvent(LaneEventKind.NONE, "", "")
 
+# The stored reason of a message that failed or waits because of the sending side (wrong
+# credentials, TLS, the relay unreachable): fixed by the operator, then sent again when the
+# campaign is resumed, never left failed.
+SENDER_FAULT_REASONS = {
+    SenderFault.AUTH: "authrefused",
+    SenderFault.TLS: "tlsunavailable",
+    SenderFault.CONNECT: "networkerror",
+}
+# Auth codes (RFC 4954): 530 required, 534 mechanism too weak, 535 refused, 538 needs TLS.
+_AUTH_CODES = (530, 534, 535, 538)
+
+
+def sender_fault(reply: Reply) -> str | None:
+    """The sending side's fault in a reply, if any: what the transport saw, or an AUTH
+    code (a 530 asking for STARTTLS first is about TLS)."""
+    if reply.fault is not None:
+        return reply.fault
+    if reply.code in _AUTH_CODES:
+        return SenderFault.TLS if "starttls" in reply.text.lower() else SenderFault.AUTH
+    return None
+
 
 def reply_outcome(
     message: dict[str, Any],
@@ -90,7 +112,12 @@ def reply_outcome(
     schedule (with jitter), and never before the lane's pause ends (``lane_pause`` seconds;
     inf for a lane out of rotation without an end). Past ``max_age`` it expires.
     """
-    base = {"ip": ip, "provider": provider, "code": reply.code, "reply": reply.text}
+    base: dict[str, Any] = {
+        "ip": ip,
+        "provider": provider,
+        "code": reply.code,
+        "reply": reply.text,
+    }
 
     def outcome(state: MessageState, **extra: Any) -> Outcome:
         return new_outcome(message, state, now, attempted=True, day=day, **base, **extra)
@@ -103,6 +130,11 @@ def reply_outcome(
     if verdict is not None and reply.stage == "connect" and verdict.scope is Scope.RECIPIENT:
         # Refused before any recipient was named: about the server or us, not the address.
         verdict = replace(verdict, scope=Scope.LANE, suppress=False)
+    fault = sender_fault(reply)
+    if fault is not None:
+        base["fault"] = fault
+        if verdict is not None:
+            verdict = replace(verdict, reason=SENDER_FAULT_REASONS[fault], suppress=False)
     details = (
         {
             "reason": verdict.reason,
@@ -111,7 +143,11 @@ def reply_outcome(
             "scope": verdict.scope.value,
         }
         if verdict
-        else {"reason": "networkerror", "rule": "connection", "scope": Scope.TRANSIENT.value}
+        else {
+            "reason": SENDER_FAULT_REASONS[fault] if fault else "networkerror",
+            "rule": "connection",
+            "scope": Scope.TRANSIENT.value,
+        }
     )
     permanent = (
         verdict is not None and reply.code is not None and reply.code >= 500 and verdict.permanent

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailctl.config.profiles import TransportKind
+from mailctl.delivery.attention import SenderFaults
 from mailctl.delivery.context import SendContext, hms
 from mailctl.delivery.outcome import Outcome, new_outcome
 from mailctl.model import MessageState
@@ -50,6 +52,8 @@ class RunSummary:
     stop_reason: str = "finished"
     next_attempt_at: float | None = None
     stopped_campaigns: dict[str, str] = field(default_factory=dict)
+    # What the operator must fix before this mail can go (`delivery.attention`), or None.
+    attention: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +71,7 @@ class RunSummary:
             "stop_reason": self.stop_reason,
             "stopped_campaigns": self.stopped_campaigns,  # name -> why a breaker/rule stopped it
             "next_attempt_at": self.next_attempt_at,
+            "attention": self.attention,
         }
 
 
@@ -99,6 +104,7 @@ class Recorder:
         self.lanes: dict[tuple[str, str], LaneStats] = {}
         self.suppressed_in_run: set[str] = set()  # hard bounces of this run, any campaign
         self.fatal: BaseException | None = None  # a commit failed: the run stops and says so
+        self.faults = SenderFaults()  # sending-side failures toward relays, for cron's exit
         self._pending: list[Outcome] = []
         self._sent_by_lane: Counter[tuple[str, str]] = Counter()
         self._last_commit = 0.0
@@ -142,6 +148,14 @@ class Recorder:
 
     def record(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
+        if outcome.attempted:
+            if outcome.code is not None:
+                self.faults.answered += 1
+            if outcome.fault is not None:
+                job = self.ctx.jobs[outcome.campaign_id]
+                if job.profile.transport is TransportKind.RELAY:
+                    # Toward an MX it is the receiver's problem; toward our relay, ours.
+                    self.faults.add(outcome.fault, outcome.reply)
         if outcome.suppress:
             self.suppressed_in_run.add(outcome.email)
         state = outcome.state

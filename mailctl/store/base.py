@@ -300,6 +300,16 @@ class Store(Protocol):
         carry, in one transaction."""
         ...
 
+    def requeue_failed(
+        self,
+        campaign_id: int,
+        failed_reasons: Sequence[str],
+        expired_reasons: Sequence[str],
+        now: float,
+    ) -> int:
+        """Failed/expired messages with these stored reasons back to `queued`, due now."""
+        ...
+
     def mark_possible_duplicates(self, message_ids: Sequence[int]) -> None: ...
     def recover_interrupted(self) -> int: ...
     def next_due_at(self, campaign_ids: Sequence[int]) -> float | None: ...

@@ -483,6 +483,30 @@ class SqliteStore(_AddressTables):
                     now=entry.at,
                 )
 
+    def requeue_failed(
+        self,
+        campaign_id: int,
+        failed_reasons: Sequence[str],
+        expired_reasons: Sequence[str],
+        now: float,
+    ) -> int:
+        """Failed (or expired) messages of a campaign with one of these reasons: queued
+        again, due now, their age counted afresh. Returns how many."""
+        if not failed_reasons and not expired_reasons:
+            return 0
+        failed = ",".join("?" * len(failed_reasons)) or "NULL"
+        expired = ",".join("?" * len(expired_reasons)) or "NULL"
+        with self.transaction():
+            cur = self.conn.execute(
+                f"""UPDATE messages SET state = 'queued', next_attempt_at = ?,
+                      first_attempt_at = NULL
+                    WHERE campaign_id = ?
+                      AND ((state = 'failed' AND reason IN ({failed}))
+                        OR (state = 'expired' AND reason IN ({expired})))""",
+                (now, campaign_id, *failed_reasons, *expired_reasons),
+            )
+            return cur.rowcount
+
     def mark_possible_duplicates(self, message_ids: Sequence[int]) -> None:
         """Messages cut off mid-delivery: they may have been delivered already."""
         self.conn.executemany(
