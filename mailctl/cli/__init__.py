@@ -527,6 +527,11 @@ def _print_summary(summary: Any) -> None:
     if summary.next_attempt_at and summary.remaining:
         when = dt.datetime.fromtimestamp(summary.next_attempt_at).strftime("%Y-%m-%d %H:%M:%S")
         console.info(f"{summary.remaining} messages wait for a retry; next one is due at {when}")
+    if summary.deferral_reasons:
+        waits = Table("count", "why deferred messages wait", title="Top deferral reasons")
+        for reason, count in summary.deferral_reasons:
+            waits.add_row(str(count), reason)
+        console.out.print(waits)
 
 
 def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
@@ -645,6 +650,7 @@ def campaign_show(
         row = _campaign_row(store, name)
         counts = store.message_counts(row["id"])
         replies = store.top_replies(row["id"])
+        waits = store.top_wait_kinds(row["id"], 10)
     data = {
         "name": row["name"],
         "status": row["status"],
@@ -657,6 +663,7 @@ def campaign_show(
         "content_version": row["content_version"],
         "counts": counts,
         "top_replies": [{"reply": t, "count": n} for t, n in replies],
+        "deferral_reasons": [{"reason": k, "count": n} for k, n in waits],
     }
     if json_output:
         console.emit_json(data)
@@ -673,6 +680,11 @@ def campaign_show(
         for text, count in replies:
             top.add_row(str(count), text or "")
         console.out.print(top)
+    if waits:
+        why = Table("count", "reason", title="Why deferred messages wait")
+        for kind, count in waits:
+            why.add_row(str(count), kind)
+        console.out.print(why)
 
 
 def _set_status(name: str, status: str, allowed_from: tuple[str, ...], verb: str) -> None:
@@ -1755,6 +1767,11 @@ def sim(
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+from mailctl.cli.queue import queue_app  # noqa: E402 - it uses this module's helpers
+
+app.add_typer(queue_app, name="queue")
 
 
 def run(argv: list[str] | None = None) -> int:

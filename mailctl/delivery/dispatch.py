@@ -16,7 +16,7 @@ from typing import Any
 from mailctl.config.profiles import TlsMode, TransportKind
 from mailctl.config.provider_rules import TlsPolicy
 from mailctl.delivery.context import CampaignJob, SendContext, hms
-from mailctl.delivery.outcome import NO_EVENT, Outcome, reply_outcome
+from mailctl.delivery.outcome import NO_EVENT, Outcome, hm, reply_outcome, short
 from mailctl.delivery.record import Recorder
 from mailctl.delivery.route import Routed
 from mailctl.delivery.transport import Connection, Destination, Reply, relay_destination
@@ -308,7 +308,9 @@ class Dispatcher:
                     group.paused_until,
                     provider=provider,
                     ip=ip,
-                    why="connections to this destination are failing",
+                    why=f"connections to {group.destination.name} are failing; next try at "
+                    f"{hm(group.paused_until)}",
+                    kind=f"connections to {group.destination.name} are failing",
                 )
                 return connection
             wait = lane.admit(now)
@@ -334,13 +336,19 @@ class Dispatcher:
                 connection = None
             # Recorded last: after its outcome a message must not wait on anything that a
             # cancellation could interrupt (it would be counted twice at shutdown).
+            mode = lane.state.mode.value
+            what = f"lane {ip} -> {provider} {'pacing' if mode == 'normal' else mode}"
+            cause = f" ({short(lane.state.reason, 40)})" if lane.state.reason else ""
             recorder.defer_self(
                 message,
                 now,
                 slot,
                 provider=provider,
                 ip=ip,
-                why=f"lane {ip} -> {provider} is {lane.state.mode.value}",
+                why=f"{what} until {hm(ends if ends is not None else slot)}"
+                + (f" ({short(lane.state.reason)})" if lane.state.reason else "")
+                + f"; slot at {hm(slot)}",
+                kind=what + cause,
             )
             return connection
         limit = group.messages_per_connection

@@ -7,13 +7,14 @@ lane events) and mailctl.model, nothing else of delivery.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from mailctl.config.provider_rules import Scope
 from mailctl.delivery.transport import Reply, SenderFault
 from mailctl.model import MessageState
-from mailctl.replies.classify import classify_reply, parse_reply_delay
+from mailctl.replies.classify import classify_reply, parse_enhanced_status, parse_reply_delay
 from mailctl.reputation.lanes import LaneEvent, LaneEventKind
 
 
@@ -42,6 +43,10 @@ class Outcome:
     scope: str | None = None
     day: str | None = None  # the sending IP's local day (its warm-up cap's day)
     fault: str | None = None  # a `SenderFault`: the sending side's own problem
+    # Deferred only: why it waits (stable, to group by: "retry after 451 4.7.1") and the
+    # full reason with its times ("retry 3 at 09:55 after 451 4.7.1 …").
+    wait_kind: str | None = None
+    wait_reason: str | None = None
 
 
 def new_outcome(
@@ -65,6 +70,19 @@ def new_outcome(
         day=day,
         **extra,
     )
+
+
+def hm(timestamp: float | None) -> str:
+    """A moment as local HH:MM, for the reasons stored with deferred messages."""
+    if timestamp is None:
+        return "?"
+    return time.strftime("%H:%M", time.localtime(timestamp))
+
+
+def short(text: str | None, limit: int = 60) -> str:
+    """A reply cut to a length that fits a reason line."""
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 NO_EVENT = LaneEvent(LaneEventKind.NONE, "", "")
@@ -173,7 +191,32 @@ def reply_outcome(
     first = message.get("first_attempt_at") or now
     if next_at > first + max_age:
         return outcome(MessageState.EXPIRED, **details)
-    return outcome(MessageState.DEFERRED, next_attempt_at=next_at, **details)
+    kind, why = retry_reason(reply, event, attempts, next_at, ip=ip, provider=provider)
+    return outcome(
+        MessageState.DEFERRED, next_attempt_at=next_at, wait_kind=kind, wait_reason=why, **details
+    )
+
+
+def retry_reason(
+    reply: Reply, event: LaneEvent, attempts: int, next_at: float, *, ip: str, provider: str
+) -> tuple[str, str]:
+    """(kind, reason) of a message a reply deferred: the lane's pause when the reply paused
+    it, else the retry and the reply that caused it."""
+    if event.pauses_lane:
+        what = f"lane {ip} -> {provider} {event.kind.value}"
+        return (
+            f"{what} ({short(event.reason or reply.text, 40)})",
+            f"{what} until {hm(event.until)} ({short(reply.text)})",
+        )
+    if reply.code is None:
+        cause = short(reply.text, 40)
+    else:
+        status = parse_enhanced_status(reply.text)
+        cause = f"{reply.code} {status}" if status else str(reply.code)
+    return (
+        f"retry after {cause}",
+        f"retry {attempts} at {hm(next_at)} after {short(reply.text)}",
+    )
 
 
 def asked_back_to(message: dict[str, Any]) -> str | None:

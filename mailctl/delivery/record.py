@@ -54,6 +54,8 @@ class RunSummary:
     stopped_campaigns: dict[str, str] = field(default_factory=dict)
     # What the operator must fix before this mail can go (`delivery.attention`), or None.
     attention: str | None = None
+    # Why the deferred messages of these campaigns wait, most common first.
+    deferral_reasons: list[tuple[str, int]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +74,9 @@ class RunSummary:
             "stopped_campaigns": self.stopped_campaigns,  # name -> why a breaker/rule stopped it
             "next_attempt_at": self.next_attempt_at,
             "attention": self.attention,
+            "deferral_reasons": [
+                {"reason": reason, "count": count} for reason, count in self.deferral_reasons
+            ],
         }
 
 
@@ -193,10 +198,14 @@ class Recorder:
         *,
         provider: str | None,
         why: str,
+        kind: str,
         ip: str | None = None,
         may_expire: bool = True,
     ) -> None:
         """mailctl's own deferral: no attempt, no reply, never feeds a rule.
+
+        ``kind`` says why in words that group (no times); ``why`` is the full reason the
+        message carries in the queue.
 
         A message that cannot go anywhere (DNS failing, its lane disabled) still expires at
         its maximum age; one waiting for warm-up capacity (``may_expire=False``) never does.
@@ -231,6 +240,8 @@ class Recorder:
                 provider=provider,
                 reason="mailctl",
                 reply=why,
+                wait_kind=kind,
+                wait_reason=why,
             )
         )
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from mailctl.config.profiles import TransportKind
 from mailctl.delivery.context import CampaignJob, SendContext
-from mailctl.delivery.outcome import asked_back_to
+from mailctl.delivery.outcome import asked_back_to, hm
 from mailctl.delivery.record import Recorder
 from mailctl.dns.providers import (
     AsyncMxResolver,
@@ -205,12 +205,14 @@ class Router:
                     )
                     continue
                 if action is DirectAction.DEFER:
+                    retry_at = now + job.profile.retry_delays[0]
                     recorder.defer_self(
                         message,
                         now,
-                        now + job.profile.retry_delays[0],
+                        retry_at,
                         provider=provider,
-                        why="DNS lookup timed out",
+                        why=f"DNS lookup for {route.domain} timed out; retry at {hm(retry_at)}",
+                        kind="DNS lookup timed out",
                     )
                     continue
             pool = [s.ip for s in job.profile.pools[job.pool]]
@@ -218,12 +220,15 @@ class Router:
             # waits for its slot.
             ip = ctx.scheduler.pick_ip(pool, provider, now, capacity, prefer=asked_back_to(message))
             if ip is None:
+                returns = self._capacity_returns(pool, provider, now)
                 recorder.defer_self(
                     message,
                     now,
-                    self._capacity_returns(pool, provider, now),
+                    returns,
                     provider=provider,
-                    why="no IP of the pool may send now",
+                    why=f"no IP of pool {job.pool} may send to {provider} before {hm(returns)} "
+                    "(warm-up caps or lane pauses)",
+                    kind=f"no IP of pool {job.pool} may send to {provider}",
                     may_expire=False,  # warm-up caps and pauses never cost a message
                 )
                 continue
@@ -244,7 +249,8 @@ class Router:
                     slot,
                     provider=provider,
                     ip=ip,
-                    why=f"warm-up: {ip} sends its next message at its window slot",
+                    why=f"warm-up: {ip}'s next window slot at {hm(slot)}",
+                    kind=f"warm-up: {ip}'s window slots",
                     may_expire=False,
                 )
                 continue

@@ -23,6 +23,9 @@ MESSAGE_STATES = tuple(state.value for state in MessageState)
 # The per IP, day and provider counters the warm-up reads (the `ip_days` record).
 IP_DAY_COUNTERS = ("sent", "deferred", "bounced", "complained", "throttles", "blocks")
 
+# How `mailctl queue` groups waiting messages besides campaign and kind.
+QueueGroup = Literal["lane", "domain"]
+
 # How report rows are keyed; the key of each result row is the group's value.
 ReportGroup = Literal["all", "campaign", "ip", "provider"]
 
@@ -54,6 +57,21 @@ class IpDayCounts:
     def counts(self) -> dict[str, int]:
         """The counters this adds to, by column name (those it leaves alone left out)."""
         return {name: getattr(self, name) for name in IP_DAY_COUNTERS if getattr(self, name)}
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """Which waiting (queued or deferred) messages a queue command is about; unset fields
+    match everything. ``reason`` is a case-insensitive part of the wait kind or reason."""
+
+    campaign_id: int | None = None
+    domain: str | None = None
+    provider: str | None = None
+    address_key: str | None = None
+    reason: str | None = None
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, name) is None for name in self.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,15 @@ class DeliveryRecord(Protocol):
     def rule(self) -> str | None: ...
     @property
     def scope(self) -> str | None: ...
+    @property
+    def wait_kind(self) -> str | None:
+        """Deferred only: why it waits, in words that group (no times)."""
+        ...
+
+    @property
+    def wait_reason(self) -> str | None:
+        """Deferred only: the full reason, with when it will be tried again."""
+        ...
 
 
 class BounceRecipientRecord(Protocol):
@@ -314,6 +341,31 @@ class Store(Protocol):
     def recover_interrupted(self) -> int: ...
     def next_due_at(self, campaign_ids: Sequence[int]) -> float | None: ...
     def remaining(self, campaign_id: int) -> int: ...
+
+    # the queue as operators steer it (waiting = queued or deferred)
+    def queue_summary(self, by: QueueGroup, where: QueueFilter) -> list[dict[str, Any]]:
+        """Per campaign, lane or domain, and wait kind: count, oldest, next_attempt_at,
+        example (the next due message's full reason)."""
+        ...
+
+    def queue_list(self, where: QueueFilter, limit: int | None = None) -> list[dict[str, Any]]:
+        """Waiting messages, the next due first."""
+        ...
+
+    def retry_deferred(self, where: QueueFilter, now: float) -> int:
+        """Matching deferred messages fall due now; returns how many."""
+        ...
+
+    def drop_waiting(self, where: QueueFilter, now: float, note: str) -> int:
+        """Matching waiting messages become `cancelled` (reason ``dropped``, ``note`` as
+        their last reply); returns how many."""
+        ...
+
+    def top_wait_kinds(
+        self, campaign_id: int | None = None, limit: int = 5
+    ) -> list[tuple[str, int]]:
+        """Why deferred messages wait now, most common first."""
+        ...
 
     # runs
     def start_run(self, pid: int, host: str, now: float) -> int: ...

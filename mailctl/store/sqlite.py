@@ -29,6 +29,7 @@ from mailctl.store.base import (
     SuppressionEntry,
 )
 from mailctl.store.sqlite_addresses import _AddressTables
+from mailctl.store.sqlite_queue import _QueueTables
 from mailctl.store.sqlite_reports import SqliteReportQueries
 from mailctl.store.sqlite_schema import MIGRATIONS
 
@@ -43,7 +44,7 @@ def resolve_db_path(explicit: str | Path | None) -> Path:
     return Path(env) if env else Path(DEFAULT_DB)
 
 
-class SqliteStore(_AddressTables):
+class SqliteStore(_AddressTables, _QueueTables):
     """One open SQLite database. Create with `SqliteStore.open(path)`."""
 
     def __init__(self, db: sqlite_utils.Database, path: Path) -> None:
@@ -426,7 +427,8 @@ class SqliteStore(_AddressTables):
                      first_attempt_at = CASE WHEN ? THEN coalesce(first_attempt_at, ?)
                                         ELSE first_attempt_at END,
                      next_attempt_at = ?, sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END,
-                     ip = ?, provider = ?, last_code = ?, last_reply = ?, reason = ?
+                     ip = ?, provider = ?, last_code = ?, last_reply = ?, reason = ?,
+                     wait_kind = ?, wait_reason = ?
                    WHERE id = ?""",
                 [
                     (
@@ -444,6 +446,8 @@ class SqliteStore(_AddressTables):
                         o.code,
                         o.reply,
                         o.reason,
+                        o.wait_kind if o.state == "deferred" else None,
+                        o.wait_reason if o.state == "deferred" else None,
                         o.message_id,
                     )
                     for o in outcomes

@@ -318,4 +318,18 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE suppression_keyed RENAME TO suppression",
         "UPDATE bounce_recipients SET address = lower(address)",
     ],
+    # 7: why each deferred message waits: a kind that groups ("warm-up: 127.0.0.3's window
+    # slots") and the full reason with its times, for `mailctl queue` and the reports.
+    [
+        "ALTER TABLE messages ADD COLUMN wait_kind TEXT",
+        "ALTER TABLE messages ADD COLUMN wait_reason TEXT",
+        "CREATE INDEX messages_campaign_wait ON messages(campaign_id, state, wait_kind)",
+        # Deferred before reasons were kept: what the last reply says.
+        """UPDATE messages SET
+             wait_kind = CASE WHEN reason = 'mailctl' THEN coalesce(last_reply, 'mailctl')
+                              WHEN last_code IS NOT NULL THEN 'retry after ' || last_code
+                              ELSE 'retry after a network error' END,
+             wait_reason = last_reply
+           WHERE state = 'deferred'""",
+    ],
 ]
