@@ -158,6 +158,25 @@ class Router:
         finite = [m for m in moments if m != float("inf")]
         return min(finite) if finite else now + 3600
 
+    def _blocked_kind(
+        self,
+        pool_name: str,
+        pool: list[str],
+        provider: str,
+        capacity: Callable[[str, str], int | None],
+        now: float,
+    ) -> str:
+        """Why no IP of the pool may send to this provider now, in words that group."""
+        capped = [ip for ip in pool if (left := capacity(ip, provider)) is not None and left <= 0]
+        if capped and len(capped) == len(pool):
+            return f"warm-up: {', '.join(capped)} at today's cap for {provider}"
+        paused = [ip for ip in pool if self.ctx.scheduler.lane(ip, provider).pause_wait(now) > 0]
+        if paused and len(paused) + len(capped) == len(pool):
+            return f"lanes {', '.join(paused)} -> {provider} paused" + (
+                f"; {', '.join(capped)} at today's warm-up cap" if capped else ""
+            )
+        return f"no IP of pool {pool_name} may send to {provider}"
+
     # ------------------------------------------------------------------ routing
 
     def route(
@@ -221,14 +240,14 @@ class Router:
             ip = ctx.scheduler.pick_ip(pool, provider, now, capacity, prefer=asked_back_to(message))
             if ip is None:
                 returns = self._capacity_returns(pool, provider, now)
+                kind = self._blocked_kind(job.pool, pool, provider, capacity, now)
                 recorder.defer_self(
                     message,
                     now,
                     returns,
                     provider=provider,
-                    why=f"no IP of pool {job.pool} may send to {provider} before {hm(returns)} "
-                    "(warm-up caps or lane pauses)",
-                    kind=f"no IP of pool {job.pool} may send to {provider}",
+                    why=f"{kind}; next capacity at {hm(returns)}",
+                    kind=kind,
                     may_expire=False,  # warm-up caps and pauses never cost a message
                 )
                 continue
