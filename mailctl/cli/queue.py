@@ -18,7 +18,11 @@ from mailctl.store.base import QueueGroup
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 queue_app = typer.Typer(
-    help="The queue: what waits, why and until when; retry now or drop by hand.",
+    help=(
+        "The queue: without a command, waiting messages per campaign x lane (or domain) x "
+        "reason, with how many, the oldest and the next attempt; retry now or drop by hand."
+        "\n\nExample: mailctl queue --by domain --campaign november"
+    ),
     context_settings=CONTEXT,
     invoke_without_command=True,
 )
