@@ -80,7 +80,7 @@ def _spelling(text: str, uppers: list[bool]) -> str:
 
 
 @settings(
-    max_examples=25,
+    max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -110,15 +110,16 @@ def test_no_case_variant_of_a_suppressed_address_is_ever_sent_to(
     try:
         with tempfile.TemporaryDirectory() as tmp:
             ws = make_workspace(Path(tmp), server.port)
-            _with_list(ws, "first@other.example", listed)
+            _with_list(ws, "0first@other.example", listed)
             if after_queueing:
-                # Queued first (one message goes), suppressed before the next run claims it:
-                # the check just before delivery must catch the other spelling.
+                # Queued first (one message goes: 0first…, as imports merge in key order),
+                # suppressed before the next run claims the other: the check just before
+                # delivery must catch its spelling.
                 assert cli(ws, "send", str(ws / "c.yaml"), "--quiet", "--limit", "1") == 0
             assert cli(ws, "suppress", "add", target, "--reason", "unsubscribe") == 0
             assert cli(ws, "send", str(ws / "c.yaml"), "--quiet") == 0
             sent_to = [d.rcpt.lower() for d in server.deliveries]
-            assert sent_to == ["first@other.example"]
+            assert sent_to == ["0first@other.example"]
             assert db_states(ws) == {"sent": 1, "suppressed": 1}
     finally:
         server.stop()

@@ -23,6 +23,7 @@ from mailctl.delivery.transport import Connection, Destination, Reply, relay_des
 from mailctl.dns.providers import DomainRoute
 from mailctl.message.render import RenderedMessage
 from mailctl.model import MessageState
+from mailctl.recipients.address import address_key
 from mailctl.reputation.lanes import LaneEvent, LaneEventKind
 
 # A lane wait shorter than this is slept through by the worker; longer ones defer the message.
@@ -285,7 +286,9 @@ class Dispatcher:
         message, ip, provider = item.message, item.ip, item.provider
         lane = ctx.scheduler.lane(ip, provider)
         lane_key = (ip, provider)
-        if message["email"] in recorder.suppressed_in_run:
+        if recorder.suppressed_in_run and address_key(message["email"]) in (
+            recorder.suppressed_in_run
+        ):
             # A hard bounce earlier in this run (another campaign, the same address).
             ctx.budget.release(ip, provider)
             recorder.record(

@@ -17,6 +17,7 @@ from mailctl.delivery.attention import SenderFaults
 from mailctl.delivery.context import SendContext, hms
 from mailctl.delivery.outcome import Outcome, new_outcome
 from mailctl.model import MessageState
+from mailctl.recipients.address import address_key
 from mailctl.reputation.lanes import BreakerPolicy, BreakerState, check_breaker
 from mailctl.reputation.signals import ip_day_counts, smtp_suppressions
 
@@ -107,7 +108,8 @@ class Recorder:
         self.on_commit = on_commit
         self.summary = RunSummary(campaigns=[job.name for job in ctx.jobs.values()])
         self.lanes: dict[tuple[str, str], LaneStats] = {}
-        self.suppressed_in_run: set[str] = set()  # hard bounces of this run, any campaign
+        # Address keys hard-bounced in this run, any campaign, any spelling.
+        self.suppressed_in_run: set[str] = set()
         self.fatal: BaseException | None = None  # a commit failed: the run stops and says so
         self.faults = SenderFaults()  # sending-side failures toward relays, for cron's exit
         self._pending: list[Outcome] = []
@@ -162,7 +164,7 @@ class Recorder:
                     # Toward an MX it is the receiver's problem; toward our relay, ours.
                     self.faults.add(outcome.fault, outcome.reply)
         if outcome.suppress:
-            self.suppressed_in_run.add(outcome.email)
+            self.suppressed_in_run.add(address_key(outcome.email))
         state = outcome.state
         counter = _SUMMARY_FIELD.get(state)
         if counter is not None:
