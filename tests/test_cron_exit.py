@@ -147,3 +147,26 @@ def test_receiver_deferrals_stay_exit_0_and_silent(sim_server, tmp_path: Path, c
     assert _send_quiet(ws) == 0
     assert capsys.readouterr() == ("", "")
     assert db_states(ws) == {"deferred": 4}
+
+
+def test_a_campaign_stopped_by_its_bounce_breaker_exits_3(
+    sim_server, tmp_path: Path, capsys
+) -> None:
+    server = sim_server(
+        SimBehaviour(
+            rcpt_rules=(
+                AddressRule(re.compile(r"^user[0-2]@"), Reply(550, "5.1.1 No such user here")),
+            )
+        )
+    )
+    ws = make_workspace(tmp_path, server.port, rows=30)
+    _relay(ws, server.port, "breakers: {bounce_rate: 0.02, min_sent: 10}\n")
+    assert _send_quiet(ws) == 3
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert re.fullmatch(
+        r"Error: campaign news stopped: bounce rate \d+\.\d\d% is above 2% \(\d+ of \d+ sent\); "
+        r"fix it, then `mailctl campaign resume news`\n",
+        captured.err,
+    ), captured.err
+    assert db_states(ws)["bounced"] >= 1 and db_states(ws)["queued"] > 0  # stopped early
