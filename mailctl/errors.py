@@ -49,6 +49,11 @@ class CampaignChangedError(MailctlError):
     """A campaign's content changed since it started; `--update` applies it to unsent mail."""
 
 
+class NeedsOperator(MailctlError):
+    """Mail cannot go until the operator fixes something: credentials, TLS, the relay's
+    address, DNS (preflight), a stopped campaign. Cron sees exit code 3."""
+
+
 # --- inputs ----------------------------------------------------------------------------------
 
 

@@ -92,7 +92,7 @@ def test_send_warns_on_stderr_when_cleartext_auth_is_allowed(
     relay(ws, "192.0.2.1", "allow_plaintext_auth: true\n")
     code = cli(ws, "send", str(ws / "c.yaml"), "--json")
     err = capsys.readouterr().err
-    assert code == 0
+    assert code == 3  # 192.0.2.1 (TEST-NET) never answers: the operator must look
     assert (
         "Warning: AUTH to 192.0.2.1:2525 may go in cleartext (allow_plaintext_auth: true):"
         " the password can be read on the way\n"

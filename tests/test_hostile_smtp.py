@@ -5,6 +5,7 @@ reason that is not the sender's."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import textwrap
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.workspace import make_workspace, send_json
+from tests.helpers.workspace import make_workspace, send, send_json
 from tests.hostile_smtp import HostileServer, Script
 
 Start = Callable[[Script], HostileServer]
@@ -51,6 +52,17 @@ def rows(ws: Path) -> list[tuple[str, str, str, int]]:
         ).fetchall()
     finally:
         conn.close()
+
+
+def send_unreachable(ws: Path, capsys) -> dict:
+    """`send --json` toward a relay that never held an SMTP session: exit 3 (the operator
+    must look), one line on stderr, the summary on stdout."""
+    code = send(ws)
+    captured = capsys.readouterr()
+    assert code == 3, captured.err
+    assert captured.err.startswith("Error: the relay was unreachable for the whole run")
+    assert captured.err.count("\n") == 1
+    return json.loads(captured.out)
 
 
 def campaign_status(ws: Path) -> str:
@@ -163,7 +175,7 @@ def test_garbage_after_the_dot_is_a_possible_duplicate(
 def test_no_banner_times_out_into_a_deferral(hostile_server: Start, tmp_path: Path, capsys) -> None:
     server = hostile_server(Script(banner=None))
     ws = workspace(tmp_path, server.port, rows=1, timeout="0.3s")
-    result = send_json(ws, capsys)
+    result = send_unreachable(ws, capsys)
     assert (result["sent"], result["deferred"], result["possible_duplicates"]) == (0, 1, 0)
     state, reason, reply, duplicate = rows(ws)[0]
     assert (state, reason, duplicate) == ("deferred", "networkerror", 0)
@@ -186,7 +198,7 @@ def test_a_banner_that_is_not_smtp_defers_without_hanging(
     server = hostile_server(script)
     ws = workspace(tmp_path, server.port, rows=1, timeout="1s")
     started = time.time()
-    result = send_json(ws, capsys)
+    result = send_unreachable(ws, capsys)
     assert time.time() - started < 10
     assert (result["sent"], result["deferred"]) == (0, 1)
     state, reason, reply, duplicate = rows(ws)[0]

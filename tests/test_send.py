@@ -113,8 +113,14 @@ def test_sender_scoped_refusal_fails_and_stops_campaign(sim_server, tmp_path: Pa
         )
     )
     ws = make_workspace(tmp_path, server.port, rows=30)
-    assert send(ws) == 0
-    result = summary(capsys)
+    assert send(ws) == 3  # cron sees it: the operator must act
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert captured.err == (
+        "Error: campaign news stopped: 550 5.7.26 "
+        "Unauthenticated email from example.com is not accepted due to domain's DMARC "
+        "policy.; fix it, then `mailctl campaign resume news`\n"
+    )
     assert result["failed"] == 1 and result["stop_reason"] == "campaign stopped"
     assert result["sent"] < 29 and result["remaining"] == 29 - result["sent"]
     with SqliteStore.open(ws / "m.db") as store:

@@ -222,7 +222,7 @@ def test_suppress_add_check_import_and_list_commands(tmp_path: Path, capsys) -> 
     assert run([*db, "suppress", "list", "--json"]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["address"]: r["reason"] for r in listed} == {
-        "Ada@example.com": "manual",
+        "ada@example.com": "manual",  # stored by its canonical key
         "*@blocked.example": "manual",
         "bob@example.net": "unsubscribe",
     }

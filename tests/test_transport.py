@@ -47,7 +47,14 @@ def test_starttls_required_but_not_offered_defers(sim_server, tmp_path: Path, ca
     server = sim_server(SimBehaviour())
     ws = make_workspace(tmp_path, server.port, rows=2)
     relay_profile(ws, server.port, "tls: starttls\ntls_required: true\n")
-    result = send_json(ws, capsys)
+    assert cli(ws, "send", str(ws / "c.yaml"), "--json") == 3
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"Error: TLS is required but failed (127.0.0.1:{server.port}: STARTTLS not offered and "
+        "TLS is required); 2 attempts failed: fix the relay's TLS or the profile's tls "
+        "settings\n"
+    )
+    result = json.loads(captured.out)
     assert result["sent"] == 0 and result["remaining"] == 2
     assert db_states(ws) == {"deferred": 2}
     assert not server.deliveries
@@ -135,7 +142,7 @@ def test_wrong_password_stops_without_suppressing_or_printing_it(
         ]
     )
     captured = capsys.readouterr()
-    assert code == 0
+    assert code == 3
     assert "s3cret-wrong-pass" not in captured.out + captured.err
     result = json.loads(captured.out)
     assert result["sent"] == 0 and not handler.received

@@ -25,7 +25,7 @@ from mailctl.config.provider_rules import Scope
 from mailctl.errors import BounceParseError, InputError, InvalidAddress
 from mailctl.files import PrivateCsvWriter, private_text_file
 from mailctl.message.tracking import TRACKING_RE
-from mailctl.recipients.csv_import import normalise_address
+from mailctl.recipients.address import address_key, normalise_address, suppression_key
 from mailctl.replies.classify import REASON_SCOPE, parse_reply_code
 from mailctl.reputation.signals import reported_counts
 from mailctl.store.base import IpDayCounts, Store
@@ -101,11 +101,12 @@ def _tracking_id(report: Report) -> str | None:
     return None
 
 
-def _normalised(address: str) -> str:
+def _key(address: str) -> str:
+    """A reported address's canonical key (a malformed one keyed as written)."""
     try:
-        return normalise_address(address)[0]
+        return address_key(normalise_address(address)[0])
     except InvalidAddress:
-        return address.strip().lower()
+        return address_key(address)
 
 
 def sure_enough_to_suppress(report: Report, recipient: FailedRecipient) -> bool:
@@ -155,14 +156,16 @@ def apply_report(
     day = _day(reported_at)
     matched_any = False
     for recipient in report.recipients:
-        address = _normalised(recipient.address)
+        address = _key(recipient.address)
         result.recipients += 1
         target = message
-        if target is None or target["email"].lower() != address.lower():
+        if target is None or address_key(target["email"]) != address:
             # No tracking id (or a report about another recipient of it): the most recent
             # message to this address within the retry horizon.
             target = store.latest_message_to(address, reported_at - 30 * DAY)
-        store.add_bounce_recipient(event_id, day, recipient, target["id"] if target else None)
+        store.add_bounce_recipient(
+            event_id, day, recipient, target["id"] if target else None, address_key=address
+        )
         if target is not None:
             matched_any = True
         if report.kind is Kind.COMPLAINT:
@@ -337,9 +340,5 @@ def _iso(timestamp: float | None) -> str:
 
 
 def parse_suppression_target(value: str) -> str:
-    """An address, or `*@domain` for a whole domain; normalised like recipients."""
-    value = value.strip()
-    if value.startswith("*@"):
-        _, domain = normalise_address("x@" + value[2:])
-        return "*@" + domain
-    return normalise_address(value)[0]
+    """An address, or `*@domain` for a whole domain, as its canonical key."""
+    return suppression_key(value)

@@ -7,8 +7,9 @@ options, and turns library errors into one-line messages and exit codes through 
 aliases in `options.py`; `context.py` holds what the groups share. Nothing outside mailctl/cli
 imports this package.
 
-Exit codes: 0 success; 1 error; 2 usage or configuration error; 75 another run holds the
-database lock (cron may simply try again).
+Exit codes: 0 success; 1 error; 2 usage or configuration error; 3 mail waits on something
+the operator must fix (`send`); 75 another run holds the database lock (cron may simply try
+again).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mailctl.cli import (
     console,
     dkim,
     lanes,
+    queue,
     recipients,
     report,
     rules,
@@ -42,6 +44,7 @@ from mailctl.errors import (
     ConfigError,
     LockedError,
     MailctlError,
+    NeedsOperator,
     TemplateError,
     UsageError,
 )
@@ -49,6 +52,7 @@ from mailctl.errors import (
 # Error class -> exit code; an error takes the code of the nearest class in its MRO.
 EXIT_CODES: dict[type[MailctlError], int] = {
     LockedError: 75,  # EX_TEMPFAIL: cron can simply try again next time
+    NeedsOperator: 3,  # mail waits on something only the operator can fix
     ConfigError: 2,
     UsageError: 2,
     TemplateError: 2,
@@ -81,9 +85,10 @@ for name, group in (
     ("recipients", recipients),
     ("campaign", campaign),
     ("suppress", suppress),
+    ("queue", queue),
 ):
-    # `lanes` alone shows the lanes; every other group alone shows its help.
-    app.add_typer(group.app, name=name, no_args_is_help=group is not lanes)
+    # `lanes` and `queue` alone show the lanes and the queue; every other group, its help.
+    app.add_typer(group.app, name=name, no_args_is_help=group not in (lanes, queue))
 
 
 def _version(value: bool) -> None:

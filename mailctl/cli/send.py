@@ -23,7 +23,7 @@ from mailctl.delivery.context import SendOptions
 from mailctl.delivery.preview import dry_run, first_send_preflight
 from mailctl.delivery.record import RunSummary
 from mailctl.delivery.run import SendRun
-from mailctl.errors import MailctlError, UsageError
+from mailctl.errors import NeedsOperator, UsageError
 
 app = typer.Typer(context_settings=CONTEXT)
 
@@ -35,8 +35,11 @@ Suppressed recipients are never sent. A campaign whose content changed since it 
 is refused unless --update (applied to unsent messages only).
 
 Exit codes: 0 finished, or stopped for a normal reason (--limit, --max-time, Ctrl-C, all
-remaining work deferred); 1 error; 2 usage or configuration error; 75 another run holds
-the database lock.
+remaining work deferred by receivers); 1 error; 2 usage or configuration error; 3 mail
+cannot go until the operator fixes something (the relay refused authentication, TLS
+required but not offered, the relay unreachable for the whole run, the preflight failed, a
+campaign stopped by a breaker or a refusal of the sender): one line on stderr says what,
+even with --quiet; 75 another run holds the database lock.
 
 \b
 Examples:
@@ -108,6 +111,8 @@ def send(
         console.emit_json(summary.as_dict())
     elif not quiet:
         _print_summary(summary)
+    if summary.attention:
+        raise NeedsOperator(summary.attention)
 
 
 def _preflight(campaign_file: Path, profiles: ProfilesFile, zones: list[Path]) -> None:
@@ -119,7 +124,7 @@ def _preflight(campaign_file: Path, profiles: ProfilesFile, zones: list[Path]) -
     if report.failed:
         for c in report.failed:
             console.error(f"{c.id.value} {c.subject}: {c.detail}; fix: {c.fix}")
-        raise MailctlError(
+        raise NeedsOperator(
             f"preflight failed for {name} ({len(report.failed)} checks); fix DNS, "
             "see `mailctl check`, or send with --skip-check"
         )
@@ -172,6 +177,11 @@ def _print_summary(summary: RunSummary) -> None:
     if summary.next_attempt_at and summary.remaining:
         when = dt.datetime.fromtimestamp(summary.next_attempt_at).strftime("%Y-%m-%d %H:%M:%S")
         console.info(f"{summary.remaining} messages wait for a retry; next one is due at {when}")
+    if summary.deferral_reasons:
+        waits = Table("count", "why deferred messages wait", title="Top deferral reasons")
+        for reason, count in summary.deferral_reasons:
+            waits.add_row(str(count), reason)
+        console.out.print(waits)
 
 
 def _dry_run(campaign_file: Path, profiles: ProfilesFile, show: int) -> None:

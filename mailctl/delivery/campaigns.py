@@ -167,3 +167,15 @@ def active_jobs(
         except MailctlError as exc:
             problems.append(f"campaign '{row['name']}' skipped: {exc}")
     return prepared, problems
+
+
+def requeue_sender_faults(store: Store, campaign_id: int, now: float) -> int:
+    """On resume: messages that failed because of the sending side (credentials refused,
+    TLS, the relay unreachable) go back to the queue. The operator fixed the cause; those
+    messages never reached anyone, so leaving them failed would lose them."""
+    from mailctl.delivery.outcome import SENDER_FAULT_REASONS
+    from mailctl.delivery.transport import SenderFault
+
+    failed = sorted(SENDER_FAULT_REASONS.values())
+    expired = sorted(SENDER_FAULT_REASONS[fault] for fault in (SenderFault.AUTH, SenderFault.TLS))
+    return store.requeue_failed(campaign_id, failed, expired, now)

@@ -38,12 +38,14 @@ class Reply:
     """One SMTP reply as a single line. code None: no reply (network failure).
 
     ``stage`` is the command it answered: connect (greeting, EHLO, STARTTLS, AUTH), mail,
-    rcpt or data; the classifier needs it to tell whose fault a refusal is.
+    rcpt or data; the classifier needs it to tell whose fault a refusal is. ``fault`` names
+    a failure on the sending side that only the operator can fix (`SenderFault`), or None.
     """
 
     code: int | None
     text: str
     stage: str | None = None
+    fault: str | None = None
     # A 2xx to the end of data that followed a 354: the receiver took responsibility.
     delivered: bool = False
     # The server broke the protocol (a 2xx where none may come, an unreadable reply).
@@ -63,16 +65,32 @@ class Reply:
         return self.code is not None and not self.protocol_error
 
 
+class SenderFault:
+    """Why a connection could not carry mail for reasons on the sending side."""
+
+    AUTH = "auth"  # the relay refused our credentials (530, 534, 535, 538 to AUTH)
+    TLS = "tls"  # TLS is required and the server did not offer it, or the handshake failed
+    CONNECT = "connect"  # no SMTP session at all: refused, unreachable, timed out
+
+
 # A reply's text as stored and shown: a server may send up to aiosmtplib's 32 KB.
 _MAX_REPLY_TEXT = 512
 # aiosmtplib's code for a reply it could not read (garbage, an over-long line).
 _INVALID_RESPONSE = -1
 
 
-def _reply(code: int | None, message: str, stage: str | None = None, **flags: bool) -> Reply:
+def _reply(
+    code: int | None,
+    message: str,
+    stage: str | None = None,
+    fault: str | None = None,
+    **flags: bool,
+) -> Reply:
     text = " ".join(line.strip() for line in (message or "").splitlines() if line.strip())
     text = printable(text, _MAX_REPLY_TEXT)
-    return Reply(code, f"{code} {text}".strip() if code is not None else text, stage, **flags)
+    return Reply(
+        code, f"{code} {text}".strip() if code is not None else text, stage, fault, **flags
+    )
 
 
 def _protocol_error(code: int, message: str, stage: str) -> Reply:
@@ -157,32 +175,58 @@ class Connection:
             encrypted = d.tls is TlsMode.IMPLICIT
             if d.tls is TlsMode.STARTTLS:
                 if client.supports_extension("starttls"):
-                    await client.starttls(validate_certs=d.validate_certs, tls_context=tls_context)
+                    try:
+                        await client.starttls(
+                            validate_certs=d.validate_certs, tls_context=tls_context
+                        )
+                    except (TimeoutError, SMTPException, OSError) as exc:
+                        client.close()
+                        return Reply(
+                            None,
+                            f"TLS with {d.name} failed: {_describe(exc)}",
+                            fault=SenderFault.TLS,
+                        )
                     await self._greet(client)  # the session starts over after STARTTLS
                     encrypted = True
                 elif d.tls_required:
                     client.close()
-                    return Reply(None, f"{d.name}: STARTTLS not offered and TLS is required")
+                    return Reply(
+                        None,
+                        f"{d.name}: STARTTLS not offered and TLS is required",
+                        fault=SenderFault.TLS,
+                    )
             if d.username and not encrypted and not plaintext_auth_allowed(d, host):
                 client.close()
                 return Reply(
                     None,
                     f"{d.name}: no TLS, and AUTH would send the password in cleartext"
                     " (allow_plaintext_auth: true permits it)",
+                    fault=SenderFault.TLS,
                 )
             if d.username:
-                await client.login(d.username, d.password or "")
+                try:
+                    await client.login(d.username, d.password or "")
+                except SMTPResponseException as exc:
+                    client.close()
+                    return _reply(exc.code, exc.message, "connect", SenderFault.AUTH)
         except SMTPConnectResponseError as exc:
             client.close()
             return _reply(exc.code, exc.message, "connect")
         except SMTPResponseException as exc:
             client.close()
             if exc.code == _INVALID_RESPONSE:  # garbage or an endless line instead of SMTP
-                return _reply(None, f"connection to {d.name} failed: {exc.message}", "connect")
+                return _reply(
+                    None,
+                    f"connection to {d.name} failed: {exc.message}",
+                    "connect",
+                    SenderFault.CONNECT,
+                )
             return _reply(exc.code, exc.message, "connect")
         except (TimeoutError, SMTPException, OSError) as exc:
             client.close()
-            return Reply(None, f"connection to {d.name} failed: {_describe(exc)}")
+            return Reply(
+                None, f"connection to {d.name} failed: {_describe(exc)}", fault=SenderFault.CONNECT
+            )
         self.client = client
         self.alive = True
         self.messages = 0
