@@ -13,12 +13,18 @@ The sender's own addresses (the bounce's From/To, the envelope sender, MAILER-DA
 postmaster, the returned message's From) are never taken as failed recipients, nor are
 Message-IDs or addresses inside URLs.
 
+Hostile input is bounded (see `Limits`): every regex here and in `freetext` runs in linear
+time, lines and parts are cut to a size no real report needs, a report names at most
+`MAX_RECIPIENTS` recipients, and a message that still takes longer than its time budget is
+given up with a `BounceParseError` (counted, never hung on).
+
 Must not import the store, suppression or anything that prints.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesParser
@@ -47,7 +53,20 @@ from mailctl.message.tracking import (
 )
 from mailctl.replies.classify import Verdict, classify_failure
 
-__all__ = ["FailedRecipient", "Kind", "Report", "parse_message"]
+__all__ = ["MAX_RECIPIENTS", "FailedRecipient", "Kind", "Report", "parse_message"]
+
+# Bounds on what one message may make the parser read. A real report's notification is a few
+# KB with lines under 1,000 characters (RFC 5322 allows 998) and names a handful of
+# recipients; anything beyond is cut, not read.
+MAX_RAW_BYTES = 4_000_000  # the rest of a huge report (a returned attachment) is not read
+MAX_PART_CHARS = 64_000  # per text part
+MAX_TEXT_CHARS = 128_000  # all text parts together
+MAX_LINE_CHARS = 1_000
+MAX_NOTIFICATION_CHARS = 20_000  # the prose searched for recipients, one by one
+MAX_FIELD_CHARS = 2_000  # one DSN field value (a Diagnostic-Code), or a header
+MAX_RECIPIENTS = 100  # per report
+MAX_MIME_BOUNDARIES = 64  # more nested multiparts than this: not a report
+TIME_BUDGET = 2.0  # seconds per message; the bounds keep real ones under 10 ms
 
 
 class Kind(StrEnum):
@@ -163,7 +182,9 @@ _AUTOREPLY_SUBJECT = re.compile(
 )
 _DSN_FIELDS = re.compile(r"^(?:Final-Recipient|Original-Recipient)\s*:", re.I | re.M)
 _SMTP_CODE_IN_BLOCK = re.compile(r"\b[245][0-5]\d[ -]|#[245]\.\d\.\d|\b[245]\.\d{1,3}\.\d{1,3}\b")
-_HTML_TAG = re.compile(r"<(?:[^>\"']|\"[^\"]*\"|'[^']*')*>|&nbsp;|&[a-z]+;", re.I)
+# No "<" inside a tag and possessive repeats: each scan stops at the next "<", so a run of
+# "<" is read once, not once per "<".
+_HTML_TAG = re.compile(r"<(?:[^<>\"']|\"[^<>\"]*+\"|'[^<>']*+')*+>|&nbsp;|&[a-z]+;", re.I)
 _HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]*>", re.I)
 _FEEDBACK_COMPLAINT = frozenset({"abuse", "fraud", "virus"})
 _DELIVERED_ACTIONS = frozenset({"delivered", "relayed", "expanded", "deliverable"})
@@ -186,7 +207,7 @@ def _header(msg: Message, name: str) -> str:
     value = msg.get(name)
     if value is None:
         return ""
-    return _clean(str(value))
+    return _clean(str(value)[:MAX_FIELD_CHARS])
 
 
 def _decode_part(part: Message) -> str:
@@ -208,6 +229,32 @@ def _html_to_text(html: str) -> str:
     return _HTML_TAG.sub(" ", text)
 
 
+def _bounded(text: str, limit: int = MAX_PART_CHARS) -> str:
+    """At most `limit` characters, each line cut at MAX_LINE_CHARS."""
+    text = text[:limit]
+    if len(text) <= MAX_LINE_CHARS:
+        return text
+    lines = text.split("\n")
+    if all(len(line) <= MAX_LINE_CHARS for line in lines):
+        return text
+    return "\n".join(line[:MAX_LINE_CHARS] for line in lines)
+
+
+class _Budget:
+    """The time one message may take; `check` gives up on it once that is spent."""
+
+    def __init__(self, source: str, seconds: float) -> None:
+        self.source = source
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+
+    def check(self, stage: str) -> None:
+        if time.monotonic() >= self.deadline:
+            raise BounceParseError(
+                f"{self.source}: gave up after {self.seconds:g}s ({stage}): not a readable report"
+            )
+
+
 def _field_blocks(text: str) -> list[dict[str, str]]:
     """RFC 3464 field blocks from plain text: unfold, split on blank lines, keep the first value."""
     blocks: list[dict[str, str]] = []
@@ -220,12 +267,13 @@ def _field_blocks(text: str) -> list[dict[str, str]]:
             current, last = {}, None
             continue
         if line[0] in " \t" and last is not None:
-            current[last] += " " + line.strip()
+            if len(current[last]) < MAX_FIELD_CHARS:
+                current[last] = (current[last] + " " + line.strip())[:MAX_FIELD_CHARS]
             continue
         name, sep, value = line.partition(":")
         if sep and name and " " not in name.strip():
             last = name.strip().lower()
-            current.setdefault(last, value.strip())
+            current.setdefault(last, value.strip()[:MAX_FIELD_CHARS])
         else:
             last = None
     if current:
@@ -241,7 +289,10 @@ def _blocks_of_dsn_part(part: Message) -> list[dict[str, str]]:
             if isinstance(sub, Message):
                 block: dict[str, str] = {}
                 for name, value in sub.items():
-                    block.setdefault(name.strip().lower(), _clean(" ".join(str(value).split())))
+                    value = str(value)[: 2 * MAX_FIELD_CHARS]
+                    block.setdefault(
+                        name.strip().lower(), _clean(" ".join(value.split()))[:MAX_FIELD_CHARS]
+                    )
                 if block:
                     blocks.append(block)
         if blocks:
@@ -324,7 +375,7 @@ def _collect(msg: Message, parts: _Parts, depth: int = 0) -> None:
                 merged.setdefault(key, value)
         parts.feedback.append(merged)
         # Original-Rcpt-To may repeat (one per complaining recipient); collect every one.
-        raw_text = _feedback_text(msg)
+        raw_text = _bounded(_feedback_text(msg))
         parts.feedback_rcpts.extend(
             re.findall(r"^Original-Rcpt-To\s*:\s*<?([^\s>]+)>?", raw_text, re.I | re.M)
         )
@@ -461,34 +512,44 @@ def _is_autoreply(msg: Message, subject: str) -> bool:
 # Public API
 
 
-def parse_message(raw: bytes, source: str) -> Report:
-    """Parse one message. Never raises on malformed content; BounceParseError if unreadable."""
+def parse_message(raw: bytes, source: str, *, time_budget: float = TIME_BUDGET) -> Report:
+    """Parse one message. Never raises on malformed content; BounceParseError if unreadable,
+    or when it takes longer than `time_budget` seconds."""
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise BounceParseError(f"{source}: not bytes")
     raw = bytes(raw)
     if not raw.strip():
         raise BounceParseError(f"{source}: empty message")
+    budget = _Budget(source, time_budget)
     digest = message_digest(raw)
+    raw = raw[:MAX_RAW_BYTES]
+    if raw.lower().count(b"boundary=") > MAX_MIME_BOUNDARIES:
+        raise BounceParseError(
+            f"{source}: more than {MAX_MIME_BOUNDARIES} nested MIME parts: not a report"
+        )
     try:
         msg = BytesParser(policy=compat32).parsebytes(raw)
-        return _parse(msg, raw, source, digest)
+        budget.check("MIME")
+        return _parse(msg, raw, source, digest, budget)
     except BounceParseError:
         raise
     except Exception:  # noqa: BLE001 - malformed MIME must not stop an import of millions
         return Report(source, Kind.UNKNOWN, (), None, None, None, None, None, digest)
 
 
-def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
+def _parse(msg: Message, raw: bytes, source: str, digest: str, budget: _Budget) -> Report:
     parts = _Parts([], [], [], [], [])
     _collect(msg, parts)
+    budget.check("parts")
     subject = _header(msg, "Subject")
     date = _header(msg, "Date") or None
     from_header = _header(msg, "From")
 
     plain = [t for t in parts.texts if not t.startswith("\x00html\x00")]
     texts = plain or [t[6:] for t in parts.texts]
-    full_text = "\n".join(texts)
+    full_text = _bounded("\n".join(_bounded(t) for t in texts), MAX_TEXT_CHARS)
     notification, tail = split_original(full_text) if full_text else ("", "")
+    budget.check("text")
     if not parts.original_headers and tail:
         appended = appended_headers(tail)
         if appended is not None:
@@ -525,11 +586,11 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
         "X-Original-To",
     ):
         for value in msg.get_all(name) or []:
-            own.update(a.lower() for a in find_addresses(_clean(str(value))))
+            own.update(a.lower() for a in find_addresses(_clean(str(value)[:MAX_FIELD_CHARS])))
     for original in parts.original_headers:
         for name in ("From", "Return-Path", "Sender", "Reply-To", "Errors-To"):
             for value in original.get_all(name) or []:
-                own.update(a.lower() for a in find_addresses(_clean(str(value))))
+                own.update(a.lower() for a in find_addresses(_clean(str(value)[:MAX_FIELD_CHARS])))
     if raw.startswith(b"From "):
         envelope = raw[5 : raw.find(b"\n")].split(b" ", 1)[0].decode("latin-1")
         own.add(envelope.lower())
@@ -619,6 +680,8 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
     ) and _DSN_FIELDS.search(full_text):
         blocks = _field_blocks(full_text)
     recipient_blocks = [b for b in blocks if "final-recipient" in b or "original-recipient" in b]
+    recipient_blocks = recipient_blocks[:MAX_RECIPIENTS]
+    budget.check("fields")
     if recipient_blocks:
         dsn_report: Report = _from_dsn(recipient_blocks, notification, own, report)
         if dsn_report.recipients:
@@ -642,9 +705,14 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
 
     # 4. Free text.
     hint = {
-        a.lower() for v in msg.get_all("X-Failed-Recipients") or [] for a in find_addresses(str(v))
+        a.lower()
+        for v in msg.get_all("X-Failed-Recipients") or []
+        for a in find_addresses(str(v)[:MAX_FIELD_CHARS])
     }
-    found = free_text_recipients(notification, own, hint)
+    budget.check("classification")
+    found = free_text_recipients(notification[:MAX_NOTIFICATION_CHARS], own, hint)
+    found = found[:MAX_RECIPIENTS]
+    budget.check("recipients")
     if not found and hint:
         found = [Found(a, notification) for a in sorted(hint)]
     if not found:
@@ -664,9 +732,15 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
     )
     preamble = notification[: notification.find(found[0].address)] if found else notification
     recipients = []
+    verdicts: dict[str, Verdict] = {}  # one reading per block (many addresses may share one)
     for item in found:
         action = "delayed" if delay else "failed"
-        verdict = classify_block(item.block, preamble, subject, action, default_permanent)
+        verdict = verdicts.get(item.block)
+        if verdict is None:
+            verdict = verdicts[item.block] = classify_block(
+                item.block, preamble, subject, action, default_permanent
+            )
+            budget.check("verdicts")
         recipients.append(
             _recipient(
                 item.address, verdict, action, diagnostic_of_block(item.block, item.address), None

@@ -232,6 +232,9 @@ class _RuleMatcher:
 
 
 _KEY = 3
+# The most of a reply or diagnostic the classifier reads: SMTP lines are at most 512
+# characters and a multi-line reply a few of them; a hostile server's 100 KB is cut here.
+MAX_TEXT_CHARS = 16_000
 _MATCHERS: dict[tuple[Rule, ...], _RuleMatcher] = {}
 _DEFAULT_MATCHER: list[_RuleMatcher] = []
 
@@ -402,7 +405,7 @@ _STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
         "data",
         re.compile(
             r"in reply to end of data|after end of data|after data\b|in reply to data command|>>> data\s*\n\s*<<<\s*5|"  # noqa: E501
-            r"smtp command:?\s*\n?\s*data\b|command:\s*data\b|-+\s*smtp command\s*\n\s*data\b",
+            r"smtp command:?\s*\n?\s*data\b|command:\s*data\b",
             re.I,
         ),
     ),
@@ -652,7 +655,7 @@ def classify_reply(
     unknown" refusing MAIL FROM is about the sender, and after DATA it is a filter's answer;
     only at RCPT does it say the recipient's mailbox does not exist.
     """
-    text = text or ""
+    text = (text or "")[:MAX_TEXT_CHARS]
     if code is None:
         code = parse_reply_code(text)
     return decide(code, parse_enhanced_status(text), text, provider, rules=rules, stage=stage)
@@ -673,7 +676,8 @@ def classify_failure(
     ``context`` is the human-readable text around the recipient; only the SMTP command it
     names (RCPT, DATA, MAIL FROM …) is taken from it.
     """
-    diagnostic = diagnostic or ""
+    diagnostic = (diagnostic or "")[:MAX_TEXT_CHARS]
+    context = context[:MAX_TEXT_CHARS]
     stage = smtp_stage(diagnostic) or smtp_stage(context)
     mailbox_proof = bool(_MAILBOX_STATUS.search(context) or _MAILBOX_STATUS.search(diagnostic))
     if status is not None:
