@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
@@ -42,7 +42,7 @@ from mailctl.bounces.freetext import (
     free_text_recipients,
     split_original,
 )
-from mailctl.bounces.mailbox import message_digest
+from mailctl.bounces.mailbox import message_digest, raw_digest
 from mailctl.errors import BounceParseError
 from mailctl.message.tracking import (
     TRACKING_HEADER,
@@ -108,6 +108,7 @@ class Report:
     feedback_type: str | None
     date: str | None
     digest: str
+    raw_digest: str | None = None  # the digest earlier versions stored (of the raw bytes)
 
     def to_json(self) -> dict[str, Any]:
         """The stable public shape (``mailctl bounces parse --json``); do not change keys."""
@@ -522,6 +523,7 @@ def parse_message(raw: bytes, source: str, *, time_budget: float = TIME_BUDGET) 
         raise BounceParseError(f"{source}: empty message")
     budget = _Budget(source, time_budget)
     digest = message_digest(raw)
+    legacy_digest = raw_digest(raw)
     raw = raw[:MAX_RAW_BYTES]
     if raw.lower().count(b"boundary=") > MAX_MIME_BOUNDARIES:
         raise BounceParseError(
@@ -530,11 +532,11 @@ def parse_message(raw: bytes, source: str, *, time_budget: float = TIME_BUDGET) 
     try:
         msg = BytesParser(policy=compat32).parsebytes(raw)
         budget.check("MIME")
-        return _parse(msg, raw, source, digest, budget)
+        return replace(_parse(msg, raw, source, digest, budget), raw_digest=legacy_digest)
     except BounceParseError:
         raise
     except Exception:  # noqa: BLE001 - malformed MIME must not stop an import of millions
-        return Report(source, Kind.UNKNOWN, (), None, None, None, None, None, digest)
+        return Report(source, Kind.UNKNOWN, (), None, None, None, None, None, digest, legacy_digest)
 
 
 def _parse(msg: Message, raw: bytes, source: str, digest: str, budget: _Budget) -> Report:
