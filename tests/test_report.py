@@ -325,6 +325,7 @@ def test_json_shape_is_stable(sent: Path) -> None:
         "by_ip",
         "by_provider",
         "lanes",
+        "bounce_reports",
         "series",
     }
     assert report["schema_version"] == 1 and report["campaign"] is None

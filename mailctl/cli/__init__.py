@@ -720,7 +720,15 @@ def bounces_import(
         list[str], typer.Argument(help="mbox files, Maildir folders, .eml files, or - for stdin.")
     ],
     errors: Annotated[
-        Path | None, typer.Option(help="Append messages that could not be parsed to this mbox.")
+        Path | None,
+        typer.Option(
+            help="Append messages that could not be parsed, and reports tied to no message "
+            "mailctl sent, to this mbox."
+        ),
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="Use this profile's bounces settings [default: the default profile]."),
     ] = None,
     soft_limit: Annotated[
         int, typer.Option(help="Suppress after this many soft bounces on distinct days.", min=1)
@@ -735,24 +743,56 @@ def bounces_import(
     soft bounces suppress it (for a while) only after repeated failures on distinct days;
     delays and auto-replies never do. Failures that are the sender's fault (blocklists,
     authentication, policy, content) never suppress anyone. Each report is tied to the
-    message it is about. Importing the same mailbox twice changes nothing.
+    message it is about (signed VERP token or tracking id, Message-ID, or a recent send to
+    the address); a report tied to none is recorded and counted but suppresses no one, unless
+    the profile says `bounces: {trust_unmatched: true}`. Importing the same mailbox twice
+    changes nothing.
 
-    Example: mailctl bounces import /var/mail/bounces --json
+    Example: mailctl bounces import /var/mail/bounces --errors unmatched.mbox --json
     """
     import time
 
-    from mailctl.bounces.suppression import SoftBouncePolicy, import_reports
+    from mailctl.bounces.suppression import EvidencePolicy, SoftBouncePolicy, import_reports
+    from mailctl.config.profiles import BounceSettings, find_profiles, load_profiles
+    from mailctl.message.tracking import tracking_keys
 
     console.set_quiet(quiet or json_output)
+    try:
+        profiles = load_profiles(find_profiles(state.profiles))
+    except MailctlError:
+        if profile is not None or state.profiles is not None:
+            raise
+        profiles = None  # no profiles.yaml: no trusted mailbox, the key file's key only
+    settings = BounceSettings()
+    if profiles is not None:
+        chosen = profiles.profiles.get(profile or profiles.default)
+        if chosen is None:
+            raise UsageError(
+                f"{profiles.path}: no profile named '{profile}' "
+                f"(profiles: {', '.join(sorted(profiles.profiles))})"
+            )
+        settings = chosen.bounces  # its password need not be set to read bounces
+    key_envs = [
+        p.tracking_key_env
+        for p in (profiles.profiles.values() if profiles else ())
+        if p.tracking_key_env
+    ]
     errors_file = errors.open("ab") if errors else None
 
-    def on_error(source: str, raw: bytes, why: str) -> None:
-        console.info(f"{source}: not parsed: {why}")
+    def keep(raw: bytes) -> None:
         if errors_file is not None:
             stamp = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime())
             errors_file.write(f"From MAILER-DAEMON {stamp}\n".encode())
             errors_file.write(raw.replace(b"\r\n", b"\n").replace(b"\nFrom ", b"\n>From "))
             errors_file.write(b"\n\n")
+
+    def on_error(source: str, raw: bytes, why: str) -> None:
+        console.info(f"{source}: not parsed: {why}")
+        keep(raw)
+
+    def on_unmatched(source: str, raw: bytes) -> None:
+        console.info(f"{source}: tied to no message mailctl sent: recorded, not suppressed")
+        keep(raw)
 
     try:
         with _open_store() as store, console.progress("Importing reports") as bar:
@@ -760,8 +800,13 @@ def bounces_import(
                 store,
                 paths,
                 policy=SoftBouncePolicy(limit=soft_limit, window_days=soft_window),
+                evidence=EvidencePolicy(
+                    trust_unmatched=settings.trust_unmatched, max_unmatched=settings.max_unmatched
+                ),
+                keys=tracking_keys(store.location, None, key_envs),
                 on_message=lambda r: bar.advance(1, status=f"{r.suppressed} suppressed"),
                 on_error=on_error,
+                on_unmatched=on_unmatched if errors_file is not None or not quiet else None,
             )
     finally:
         if errors_file is not None:
@@ -771,7 +816,7 @@ def bounces_import(
     elif not quiet:
         table = Table(title="Bounce import", show_header=False)
         for key, value in result.as_dict().items():
-            if key != "error_sources":
+            if key not in ("error_sources", "unmatched_sources"):
                 table.add_row(key.replace("_", " "), str(value))
         console.out.print(table)
 
