@@ -6,6 +6,7 @@ All against a real database that a real `send` to a simulated provider filled.""
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import sqlite3
 import stat
@@ -267,3 +268,56 @@ def test_one_complaint_as_eml_and_inside_an_mbox_counts_once(sent: Path, capsys)
     conn = sqlite3.connect(sent / "m.db")
     assert conn.execute("SELECT count(*) FROM bounce_events").fetchone()[0] == 1
     assert conn.execute("SELECT sum(complained) FROM ip_days").fetchone()[0] == 1
+
+
+def test_a_report_imported_under_its_old_raw_digest_is_not_counted_again(
+    sent: Path, capsys
+) -> None:
+    raw = _dsn("user1@example.com")
+    (sent / "old.eml").write_bytes(raw)
+    with SqliteStore.open(sent / "m.db") as store, store.transaction():
+        # What an earlier version stored: the digest of the raw bytes.
+        store.add_bounce_event(
+            digest=hashlib.sha256(raw).hexdigest(),
+            source="old.eml",
+            kind="bounce",
+            now=NOW,
+            reported_at=NOW,
+            tracking_id=None,
+            original_message_id=None,
+            feedback_type=None,
+            message_id=None,
+        )
+    result = _import(sent, capsys, sent / "old.eml")
+    assert (result["already_imported"], result["bounces"], result["suppressed"]) == (1, 0, 0)
+
+
+def test_a_profile_can_trust_its_bounce_mailbox(sim_server, tmp_path: Path, capsys) -> None:
+    server = sim_server()
+    ws = make_workspace(
+        tmp_path, server.port, rows=1, profile_extra="    bounces: {trust_unmatched: true}\n"
+    )
+    (ws / "listing.eml").write_bytes(_listing(300))
+    result = _import(ws, capsys, ws / "listing.eml")
+    assert (result["unmatched"], result["suppressed"]) == (1, 10)
+
+
+@pytest.mark.parametrize(
+    "setting,problem",
+    [
+        ("bounces: {trust_unmatched: maybe}", "bounces.trust_unmatched"),
+        ("bounces: {max_unmatched: 1000}", "bounces.max_unmatched: 1000 is more than 100"),
+        ("bounces: {trust: true}", "bounces.trust: unknown key 'trust'"),
+        ("tracking_key_env: 'not a name'", "tracking_key_env: 'not a name' is not an environment"),
+    ],
+)
+def test_bounce_settings_in_a_profile_are_validated(
+    sim_server, tmp_path: Path, capsys, setting: str, problem: str
+) -> None:
+    server = sim_server()
+    ws = make_workspace(tmp_path, server.port, rows=1, profile_extra=f"    {setting}\n")
+    (ws / "b.eml").write_bytes(_dsn("user0@example.com"))
+    assert cli(ws, "bounces", "import", str(ws / "b.eml")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: {ws / 'profiles.yaml'}:16: profiles.relay.")
+    assert problem in err and err.count("\n") == 1
