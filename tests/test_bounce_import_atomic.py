@@ -243,7 +243,7 @@ def test_a_send_and_an_import_at_once_never_meet_a_locked_database(
         "--profiles",
         str(ws / "profiles.yaml"),
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = dict(os.environ)  # PYTHONPATH, when set, names this tree
     # The database exists (and its schema) before the two start.
     SqliteStore.open(ws / "m.db").close()
 

@@ -187,6 +187,8 @@ _SMTP_CODE_IN_BLOCK = re.compile(r"\b[245][0-5]\d[ -]|#[245]\.\d\.\d|\b[245]\.\d
 # "<" is read once, not once per "<".
 _HTML_TAG = re.compile(r"<(?:[^<>\"']|\"[^<>\"]*+\"|'[^<>']*+')*+>|&nbsp;|&[a-z]+;", re.I)
 _HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]*>", re.I)
+_ORIGINAL_RCPT_TO = re.compile(r"^Original-Rcpt-To[ \t]*:[ \t]*<?([^\s>]+)>?", re.I | re.M)
+_MESSAGE_ID_IN_TEXT = re.compile(r"^[ \t>]*+Message-ID[ \t]*:[ \t]*(<[^>\s]+>|\S+)", re.I | re.M)
 _FEEDBACK_COMPLAINT = frozenset({"abuse", "fraud", "virus"})
 _DELIVERED_ACTIONS = frozenset({"delivered", "relayed", "expanded", "deliverable"})
 
@@ -378,7 +380,7 @@ def _collect(msg: Message, parts: _Parts, depth: int = 0) -> None:
         # Original-Rcpt-To may repeat (one per complaining recipient); collect every one.
         raw_text = _bounded(_feedback_text(msg))
         parts.feedback_rcpts.extend(
-            re.findall(r"^Original-Rcpt-To\s*:\s*<?([^\s>]+)>?", raw_text, re.I | re.M)
+            _ORIGINAL_RCPT_TO.findall(raw_text)
         )
     elif ctype in ("message/rfc822", "message/global"):
         payload = msg.get_payload()
@@ -448,7 +450,7 @@ def _tracking(
         if message_id and not original_id:
             original_id = _clean(" ".join(str(message_id).split()))
     if original_id is None and tail:
-        found = re.search(r"^[ \t>]*Message-ID\s*:\s*(<[^>\s]+>|\S+)", tail, re.I | re.M)
+        found = _MESSAGE_ID_IN_TEXT.search(tail)
         if found:
             original_id = found.group(1)
     if tracking is None and original_id:
