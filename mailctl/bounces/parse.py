@@ -379,9 +379,7 @@ def _collect(msg: Message, parts: _Parts, depth: int = 0) -> None:
         parts.feedback.append(merged)
         # Original-Rcpt-To may repeat (one per complaining recipient); collect every one.
         raw_text = _bounded(_feedback_text(msg))
-        parts.feedback_rcpts.extend(
-            _ORIGINAL_RCPT_TO.findall(raw_text)
-        )
+        parts.feedback_rcpts.extend(_ORIGINAL_RCPT_TO.findall(raw_text))
     elif ctype in ("message/rfc822", "message/global"):
         payload = msg.get_payload()
         inner = payload[0] if isinstance(payload, list) and payload else None
