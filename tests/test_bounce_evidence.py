@@ -321,3 +321,28 @@ def test_bounce_settings_in_a_profile_are_validated(
     err = capsys.readouterr().err
     assert err.startswith(f"Error: {ws / 'profiles.yaml'}:16: profiles.relay.")
     assert problem in err and err.count("\n") == 1
+
+
+def test_a_profile_key_from_the_environment_signs_what_send_stamps(
+    sim_server, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    server = sim_server()
+    ws = make_workspace(
+        tmp_path, server.port, rows=2, profile_extra="    tracking_key_env: NEWS_TRACKING_KEY\n"
+    )
+    assert cli(ws, "send", str(ws / "c.yaml"), "--json") == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"Error: {ws / 'profiles.yaml'}:4: profiles.relay.tracking_key_env: environment "
+        "variable NEWS_TRACKING_KEY is not set\n"
+    )
+    monkeypatch.setenv("NEWS_TRACKING_KEY", "a secret of at least sixteen characters")
+    assert cli(ws, "send", str(ws / "c.yaml"), "--json") == 0
+    capsys.readouterr()
+    tracking, headers = _headers(ws, "user1@example.com")
+    assert tracking_keys(":memory:", "NEWS_TRACKING_KEY").verify(tracking)
+    assert not tracking_keys(str(ws / "m.db")).verify(tracking)  # not the key file's
+    raw = _dsn("user1@example.com", headers=headers)
+    (ws / "b.eml").write_bytes(raw)
+    assert _import(ws, capsys, ws / "b.eml")["matched"] == 1
+    assert _event_message(ws, parse_message(raw, "b").digest) is not None

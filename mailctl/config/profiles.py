@@ -182,6 +182,12 @@ class ProfilesFile:
                 f"{self.path}: no profile named '{name}' (profiles: {known})", file=str(self.path)
             )
         profile.password()  # an unset password_env is an error only for the profile in use
+        if profile.tracking_key_env and os.environ.get(profile.tracking_key_env) is None:
+            raise ConfigError(
+                f"{profile.source}: profiles.{profile.name}.tracking_key_env: environment "
+                f"variable {profile.tracking_key_env} is not set",
+                key=f"profiles.{profile.name}.tracking_key_env",
+            )
         return profile
 
 
