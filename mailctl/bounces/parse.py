@@ -59,6 +59,7 @@ __all__ = ["MAX_RECIPIENTS", "FailedRecipient", "Kind", "Report", "parse_message
 # KB with lines under 1,000 characters (RFC 5322 allows 998) and names a handful of
 # recipients; anything beyond is cut, not read.
 MAX_RAW_BYTES = 4_000_000  # the rest of a huge report (a returned attachment) is not read
+MAX_RAW_LINES = 20_000  # nor lines past these (the MIME parser's cost is per line)
 MAX_PART_CHARS = 64_000  # per text part
 MAX_TEXT_CHARS = 128_000  # all text parts together
 MAX_LINE_CHARS = 1_000
@@ -525,6 +526,10 @@ def parse_message(raw: bytes, source: str, *, time_budget: float = TIME_BUDGET) 
     digest = message_digest(raw)
     legacy_digest = raw_digest(raw)
     raw = raw[:MAX_RAW_BYTES]
+    lines = raw.split(b"\n", MAX_RAW_LINES)
+    if len(lines) > MAX_RAW_LINES:
+        raw = b"\n".join(lines[:MAX_RAW_LINES]) + b"\n"
+    del lines
     if raw.lower().count(b"boundary=") > MAX_MIME_BOUNDARIES:
         raise BounceParseError(
             f"{source}: more than {MAX_MIME_BOUNDARIES} nested MIME parts: not a report"
