@@ -21,12 +21,15 @@ LIMIT = 1.0
 MODULES = (
     "mailctl.bounces.parse",
     "mailctl.bounces.freetext",
+    "mailctl.bounces.generic",
+    "mailctl.bounces.mime",
     "mailctl.bounces.mailbox",
     "mailctl.bounces.suppression",
     "mailctl.message.tracking",
     "mailctl.replies.classify",
     "mailctl.replies.phrases",
     "mailctl.replies.rules",
+    "mailctl.replies.stages",
 )
 
 

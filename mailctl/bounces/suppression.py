@@ -5,7 +5,10 @@ about (a signed VERP token or tracking id, a Message-ID carrying one, else the r
 a recent send to it) and applies its effects: hard bounces and complaints suppress at once,
 soft bounces are scored and suppress only after repeated failures on distinct days, delays
 never suppress. Anyone can mail a bounce address, so a report that ties no recipient to mail
-mailctl sent suppresses no one unless the profile trusts the mailbox (`EvidencePolicy`).
+mailctl sent suppresses no one unless the profile trusts the mailbox (`EvidencePolicy`). A
+report read only by the generic path (``Confidence.GENERIC``: no DSN fields, no rule written
+for its MTA) is "unsure": it suppresses only on a 5xx reply with a recipient-scoped reason,
+and it is counted and listed apart so that the operator can look at it.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from mailctl.bounces.mailbox import iter_messages
-from mailctl.bounces.parse import Kind, Report, parse_message
+from mailctl.bounces.parse import Confidence, FailedRecipient, Kind, Report, parse_message
+from mailctl.config.provider_rules import Scope
 from mailctl.errors import BounceParseError, InputError, InvalidAddress
 from mailctl.message.tracking import TRACKING_RE, TrackingKeys, is_legacy
 from mailctl.recipients.csv_import import normalise_address
+from mailctl.replies.classify import REASON_SCOPE, parse_reply_code
 from mailctl.reputation.signals import reported_counts
 from mailctl.store.base import IpDayCounts, Store
 
@@ -73,8 +78,10 @@ class ImportResult:
     unmatched: int = 0  # reports that name recipients but no message mailctl sent
     unmatched_recipients: int = 0  # recorded, not suppressed
     rejected: int = 0  # wildcards and invalid addresses a report named
+    unsure: int = 0  # reports read only by the generic path
     error_sources: list[str] = field(default_factory=list)
     unmatched_sources: list[str] = field(default_factory=list)
+    unsure_sources: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -93,8 +100,10 @@ class ImportResult:
             "unmatched": self.unmatched,
             "unmatched_recipients": self.unmatched_recipients,
             "rejected": self.rejected,
+            "unsure": self.unsure,
             "error_sources": self.error_sources,
             "unmatched_sources": self.unmatched_sources,
+            "unsure_sources": self.unsure_sources,
         }
 
 
@@ -148,6 +157,18 @@ def _canonical(address: str) -> str | None:
     except InvalidAddress:
         return None
     return None if canonical.startswith("*@") else canonical
+
+
+def sure_enough_to_suppress(report: Report, recipient: FailedRecipient) -> bool:
+    """Whether a hard bounce may suppress: always from a DSN or an MTA rule; from the generic
+    path only with a 5xx reply and a reason that is the recipient's own."""
+    if not recipient.suppress:
+        return False
+    if report.confidence is not Confidence.GENERIC:
+        return True
+    code = parse_reply_code(recipient.diagnostic)
+    five = (recipient.status or "").startswith("5") or (code is not None and 500 <= code < 600)
+    return five and REASON_SCOPE.get(recipient.reason) is Scope.RECIPIENT
 
 
 def apply_report(
@@ -241,7 +262,7 @@ def apply_report(
                 target["id"], state, recipient.diagnostic or recipient.status, recipient.reason
             ):
                 _signal(store, reported_counts(target, reason=recipient.reason))
-            if recipient.suppress and store.suppress(
+            if sure_enough_to_suppress(report, recipient) and store.suppress(
                 address,
                 "hard_bounce",
                 source=report.source,
@@ -295,6 +316,7 @@ def import_reports(
     on_message: Callable[[ImportResult], None] | None = None,
     on_error: Callable[[str, bytes, str], None] | None = None,
     on_unmatched: Callable[[str, bytes], None] | None = None,
+    on_unsure: Callable[[str, bytes, str], None] | None = None,
     batch: int = BATCH_REPORTS,
 ) -> ImportResult:
     """Import mailboxes (mbox, Maildir, .eml, "-"): idempotent, streaming, never stopped by
@@ -303,7 +325,9 @@ def import_reports(
     Each report's event, recipients, suppressions and signals commit together with the rest
     of its batch or not at all, so an import interrupted anywhere and run again ends in the
     same state as one that was never interrupted. `keys` verify signed tracking ids (None:
-    only old unsigned ids found in the store count as evidence)."""
+    only old unsigned ids found in the store count as evidence). ``on_unmatched`` and
+    ``on_unsure`` hear, after their batch commits, of each new report tied to no sent
+    message, and of each new report read by the generic path only."""
     now = time.time() if now is None else now
     policy = policy or SoftBouncePolicy()
     evidence = evidence or EvidencePolicy()
@@ -316,8 +340,10 @@ def import_reports(
         if not pending:
             return
         unmatched: list[tuple[str, bytes]] = []
+        unsure: list[tuple[str, bytes]] = []
         with store.transaction():
             for report, raw in pending:
+                duplicates = result.duplicates
                 if not apply_report(
                     store,
                     report,
@@ -328,11 +354,19 @@ def import_reports(
                     keys=keys,
                 ):
                     unmatched.append((report.source, raw))
+                if report.confidence is Confidence.GENERIC and result.duplicates == duplicates:
+                    unsure.append((report.source, raw))
+        # Counted once the batch is durable: an interrupted batch is counted by its re-import.
+        result.unsure += len(unsure)
+        result.unsure_sources.extend(source for source, _ in unsure)
         pending.clear()
         pending_bytes = 0
         if on_unmatched:
             for source, raw in unmatched:
                 on_unmatched(source, raw)
+        if on_unsure:
+            for source, raw in unsure:
+                on_unsure(source, raw, "read by the generic path only")
 
     for path in paths:
         if path != "-" and not Path(path).exists():
@@ -347,8 +381,9 @@ def import_reports(
                 if on_error:
                     on_error(source, raw, str(exc))
                 continue
-            pending.append((report, raw if on_unmatched else b""))
-            pending_bytes += len(raw) if on_unmatched else 0
+            keep = on_unmatched is not None or on_unsure is not None
+            pending.append((report, raw if keep else b""))
+            pending_bytes += len(raw) if keep else 0
             if len(pending) >= batch or pending_bytes >= BATCH_BYTES:
                 flush()
             if on_message:

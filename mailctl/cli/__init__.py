@@ -722,8 +722,8 @@ def bounces_import(
     errors: Annotated[
         Path | None,
         typer.Option(
-            help="Append messages that could not be parsed, and reports tied to no message "
-            "mailctl sent, to this mbox."
+            help="Append messages that could not be parsed, reports tied to no message "
+            "mailctl sent, and unsure reports (read by the generic path only), to this mbox."
         ),
     ] = None,
     profile: Annotated[
@@ -786,8 +786,8 @@ def bounces_import(
             errors_file.write(raw.replace(b"\r\n", b"\n").replace(b"\nFrom ", b"\n>From "))
             errors_file.write(b"\n\n")
 
-    def on_error(source: str, raw: bytes, why: str) -> None:
-        console.info(f"{source}: not parsed: {why}")
+    def on_error(source: str, raw: bytes, why: str, label: str = "not parsed") -> None:
+        console.info(f"{source}: {label}: {why}")
         keep(raw)
 
     def on_unmatched(source: str, raw: bytes) -> None:
@@ -806,7 +806,8 @@ def bounces_import(
                 keys=tracking_keys(store.location, None, key_envs),
                 on_message=lambda r: bar.advance(1, status=f"{r.suppressed} suppressed"),
                 on_error=on_error,
-                on_unmatched=on_unmatched if errors_file is not None or not quiet else None,
+                on_unmatched=on_unmatched,
+                on_unsure=lambda source, raw, why: on_error(source, raw, why, "unsure"),
             )
     finally:
         if errors_file is not None:
@@ -816,7 +817,7 @@ def bounces_import(
     elif not quiet:
         table = Table(title="Bounce import", show_header=False)
         for key, value in result.as_dict().items():
-            if key not in ("error_sources", "unmatched_sources"):
+            if not key.endswith("_sources"):
                 table.add_row(key.replace("_", " "), str(value))
         console.out.print(table)
 
