@@ -7,6 +7,9 @@ from __future__ import annotations
 import importlib
 import re
 import time
+from re import _constants as _C  # type: ignore[attr-defined]
+from re import _parser as _P  # type: ignore[attr-defined]
+from typing import Any
 
 import pytest
 
@@ -84,6 +87,53 @@ def test_every_parser_and_classifier_regex_is_linear_on_long_runs(name: str) -> 
             worst, worst_run = elapsed, unit
     # Linear: about a millisecond; quadratic at 6,000 characters: seconds.
     assert worst < 0.25, f"{name} took {worst:.2f}s on a run of {worst_run!r}"
+
+
+def _literals(pattern: re.Pattern[str]) -> list[str]:
+    """The literal words a pattern spells (runs of 2+ literal characters), sorted."""
+    found: set[str] = set()
+
+    def walk(items: Any) -> None:
+        run: list[str] = []
+        for op, arg in [*items, (None, None)]:
+            if op is _C.LITERAL:
+                run.append(chr(arg))
+                continue
+            if len(run) >= 2:
+                found.add("".join(run))
+            run = []
+            if op is _C.BRANCH:
+                for branch in arg[1]:
+                    walk(branch)
+            elif op is _C.SUBPATTERN:
+                walk(arg[-1])
+            elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
+                walk(arg[2])
+            elif op is _C.ATOMIC_GROUP:
+                walk(arg)
+            elif op in (_C.ASSERT, _C.ASSERT_NOT):
+                walk(arg[1])
+
+    walk(_P.parse(pattern.pattern, pattern.flags))
+    return sorted(found)[:20]
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_every_regex_is_linear_on_a_long_run_after_its_own_words(name: str) -> None:
+    """ "smtp command" then 6,000 newlines, "rcpt to:<x>" then 6,000 spaces …: where a
+    pattern's words meet an ambiguous repeat."""
+    pattern = PATTERNS[name]
+    worst, worst_case = 0.0, ("", "")
+    for literal in _literals(pattern):
+        for unit in (" ", "\n", "-", "<", ":"):
+            text = literal + unit * 6_000 + "x"
+            started = time.perf_counter()
+            for _ in pattern.finditer(text):
+                pass
+            elapsed = time.perf_counter() - started
+            if elapsed > worst:
+                worst, worst_case = elapsed, (literal, unit)
+    assert worst < 0.25, f"{name} took {worst:.2f}s on {worst_case!r}"
 
 
 @pytest.mark.parametrize("name,raw", hostile_inputs(), ids=[n for n, _ in hostile_inputs()])

@@ -124,4 +124,9 @@ def hostile_replies() -> list[tuple[str, str]]:
         ("reply: 50,000 'a@'", "550 " + "a@" * 50_000),
         ("reply: 100,000 spaces", "550" + " " * 100_000 + "x"),
         ("reply: 50,000 'a.'", "550 " + "a." * 50_000),
+        ("reply: 'rcpt to:<x>' then 15,000 spaces", "550 rcpt to:<x>" + " " * 15_000 + "x"),
+        ("reply: '>>> data' then 15,000 newlines", "550 >>> data" + "\n" * 15_000 + "x"),
+        ("reply: 'smtp command' then 15,000 newlines", "550 smtp command" + "\n" * 15_000),
+        ("reply: 15,000 dashes then 'smtp command'", "550 " + "-" * 15_000 + "smtp command"),
+        ("reply: 3,000 '550 x' then a line", "550 x " * 3_000 + "\n[rcpt to]"),
     ]
