@@ -190,6 +190,16 @@ _PERMANENT_BODY = re.compile(
     r"unable to deliver|cannot be delivered|was undeliverable",
     re.I,
 )
+# A recipient's own words saying its delivery is over: the time it could spend in the queue
+# ran out, or the MTA gave up (RFC 3463 X.4.7). OpenSMTPD writes "Envelope expired" under
+# "Action: delayed" and a template that says the message stays queued; the message is gone.
+_QUEUE_GAVE_UP = re.compile(
+    r"\b(?:envelope|message|delivery(?: time)?|queue (?:life)?time|time[ -]to[ -]live) "
+    r"(?:has )?expired\b|\bexpired (?:in|from) (?:the )?queue\b|\bgiv(?:ing|en) up\b|"
+    r"\bgave up\b|\bwill (?:not|no longer) be retried\b|"
+    r"\b(?:deleted|removed) from (?:the )?queue\b",
+    re.I,
+)
 _TEMPORARY_BODY = re.compile(
     r"temporary (?:error|failure|problem)|transient|will (?:be )?(?:retried|retry|keep trying)",
     re.I,
@@ -260,6 +270,33 @@ def _tracking(
 
 # ---------------------------------------------------------------------------------------------
 # Classification helpers
+
+
+def _delivery_trace(msg: Message, own: set[str], original_senders: set[str]) -> set[str]:
+    """The report's X-Original-To addresses that name its own envelope recipient.
+
+    X-Original-To is a trace field the delivering MTA adds (beside Delivered-To) with the
+    envelope recipient of the message it delivers: on a delivered report, the original's
+    sender. Written by the report's author instead, it is about the original message: dma
+    puts the failed recipient there. So it counts as the sender's own address when it sits
+    with a Delivered-To, or names the report's addressee, or when the report is not one
+    addressed to the original's sender (then nothing tells whose address it is). It never
+    makes an address a recipient by itself: the report's text must still name it as failed.
+    """
+    values = msg.get_all("X-Original-To") or []
+    if not values:
+        return set()
+    named = {a.lower() for v in values for a in find_addresses(clean_text(str(v)))}
+    addressees = {
+        a.lower()
+        for name in ("To", "Cc")
+        for v in msg.get_all(name) or []
+        for a in find_addresses(clean_text(str(v)))
+    }
+    to_sender = bool(addressees) and addressees <= original_senders
+    if msg.get("Delivered-To") is not None or not to_sender:
+        return named
+    return {a for a in named if a in own}
 
 
 def _recipient(
@@ -379,14 +416,16 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
         "Return-Path",
         "Errors-To",
         "Delivered-To",
-        "X-Original-To",
     ):
         for value in msg.get_all(name) or []:
             own.update(a.lower() for a in find_addresses(clean_text(str(value))))
+    original_senders: set[str] = set()
     for original in parts.original_headers:
         for name in ("From", "Return-Path", "Sender", "Reply-To", "Errors-To"):
             for value in original.get_all(name) or []:
-                own.update(a.lower() for a in find_addresses(clean_text(str(value))))
+                original_senders.update(a.lower() for a in find_addresses(clean_text(str(value))))
+    own |= _delivery_trace(msg, own, original_senders)
+    own |= original_senders
     if raw.startswith(b"From "):
         envelope = raw[5 : raw.find(b"\n")].split(b" ", 1)[0].decode("latin-1")
         own.add(envelope.lower())
@@ -561,8 +600,8 @@ def _from_free_text(
                 found = [Found(to[0], notification)]
     if not found:
         return [], Kind.UNKNOWN, False
-    delay = bool(_DELAY_BODY.search(subject + "\n" + notification)) and not _PERMANENT_BODY.search(
-        notification
+    delay = bool(_DELAY_BODY.search(subject + "\n" + notification)) and not (
+        _PERMANENT_BODY.search(notification) or _QUEUE_GAVE_UP.search(notification)
     )
     default_permanent = not delay and not (
         _TEMPORARY_BODY.search(notification) and not _PERMANENT_BODY.search(notification)
@@ -586,14 +625,17 @@ def _from_free_text(
             and "-" in notification[reply.start : reply.end].split(None, 1)[0]
         ):
             diagnostic = reply.text  # a multi-line "550-…" reply: its words, once
-        verdict = classify_block(block, preamble, subject, action, default_permanent, disabled)
+        # Prose states no Action field: only a DSN's "Action: failed" says the MTA gave up
+        # retrying (a free-text report of a 4xx may be a live session's, never queued).
+        stated = action if delay else None
+        verdict = classify_block(block, preamble, subject, stated, default_permanent, disabled)
         if (
             not claimed
             and disabled != RULE_FAMILIES
             and family_rule_decided(verdict, block + "\n" + preamble + "\n" + subject)
         ):
             claimed = verdict != classify_block(
-                block, preamble, subject, action, default_permanent, RULE_FAMILIES
+                block, preamble, subject, stated, default_permanent, RULE_FAMILIES
             )
         recipients.append(_recipient(item.address, verdict, action, diagnostic, None))
     return recipients, Kind.DELAY if delay else Kind.BOUNCE, claimed
@@ -660,6 +702,8 @@ def _from_dsn(
             action = "delivered"  # "deliverable" answers a verify request (non-standard wording)
         if action is None:
             action = "failed" if status and status[:1] in "45" else None
+        if action == "delayed" and _QUEUE_GAVE_UP.search(diagnostic):
+            action = "failed"  # the delivery is over, whatever the template goes on to say
         verdict = classify_failure(
             status, diagnostic, action, context=text_block, disabled_families=disabled
         )
