@@ -7,13 +7,18 @@ RFC 3464/3463 semantics rather than any one MTA's template (issue #14).
   even under ``Action: delayed``; a delay warning with Status 4.4.7 alone is still a warning.
 - X-Original-To is the report's own envelope recipient only as a delivery trace; written by
   the report's author beside a bounce addressed to the sender, it names someone else.
+- ``bounces parse --json`` names the SMTP command refused where the report says.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from mailctl.bounces.parse import Kind, parse_message
+from mailctl.cli import run
 from mailctl.replies.classify import classify_failure
 
 
@@ -190,3 +195,26 @@ def test_x_original_to_as_a_delivery_trace_is_the_senders_own_address() -> None:
     # delivered to, never a failed recipient on its own say.
     raw = _AUTHOR_WRITTEN_X_ORIGINAL_TO % {b"delivered": b"Delivered-To: news@ours.example\n"}
     assert parse_message(raw, "synthetic").recipients == ()
+
+
+def test_parse_json_names_the_smtp_stage_where_the_report_says(tmp_path: Path, capsys) -> None:
+    eml = tmp_path / "dma.eml"
+    eml.write_bytes(_AUTHOR_WRITTEN_X_ORIGINAL_TO % {b"delivered": b""})
+    delay = tmp_path / "delay.eml"
+    delay.write_bytes(_dsn("delayed", "4.3.0", "451 4.3.0 Temporary lookup failure"))
+    assert run(["bounces", "parse", str(eml), str(delay), "--json"]) == 0
+    first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert first["recipients"] == [
+        {
+            "address": "gone@dest.example",
+            "status": "5.1.1",
+            "action": "failed",
+            "reason": "userunknown",
+            "permanent": True,
+            "suppress": True,
+            "diagnostic": "550 5.1.1 <gone@dest.example>: Recipient address rejected: User unknown",
+            "stage": "rcpt",
+        }
+    ]
+    # A DSN that does not say which command was refused has no stage.
+    assert [(r["reason"], r["stage"]) for r in second["recipients"]] == [("expired", None)]

@@ -82,6 +82,7 @@ from mailctl.replies.classify import (
     classify_failure,
     family_rule_decided,
 )
+from mailctl.replies.stages import smtp_stage
 
 __all__ = ["MAX_RECIPIENTS", "Confidence", "FailedRecipient", "Kind", "Report", "parse_message"]
 
@@ -144,6 +145,7 @@ class FailedRecipient:
     diagnostic: str
     remote_mta: str | None
     rule: str
+    stage: str | None = None  # the SMTP command refused: "connect", "mail", "rcpt", "data"
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ class Report:
                     "permanent": r.permanent,
                     "suppress": r.suppress,
                     "diagnostic": r.diagnostic,
+                    "stage": r.stage,
                 }
                 for r in self.recipients
             ],
@@ -314,6 +317,7 @@ def _recipient(
     action: str | None,
     diagnostic: str,
     remote_mta: str | None,
+    stage: str | None = None,
 ) -> FailedRecipient:
     return FailedRecipient(
         address=clean_text(address),
@@ -325,6 +329,7 @@ def _recipient(
         diagnostic=clean_text(diagnostic),
         remote_mta=remote_mta,
         rule=verdict.rule,
+        stage=stage,
     )
 
 
@@ -671,7 +676,8 @@ def _from_free_text(
             claimed = verdict != classify_block(
                 block, preamble, subject, stated, default_permanent, RULE_FAMILIES
             )
-        recipients.append(_recipient(item.address, verdict, action, diagnostic, None))
+        stage = smtp_stage(block, disabled)
+        recipients.append(_recipient(item.address, verdict, action, diagnostic, None, stage))
     return recipients, Kind.DELAY if delay else Kind.BOUNCE, claimed
 
 
@@ -743,7 +749,14 @@ def _from_dsn(
         )
         actions.append(action or "")
         recipients.append(
-            _recipient(address, verdict, action, " ".join(diagnostic.split())[:1000], remote_mta)
+            _recipient(
+                address,
+                verdict,
+                action,
+                " ".join(diagnostic.split())[:1000],
+                remote_mta,
+                smtp_stage(diagnostic, disabled) or smtp_stage(text_block, disabled),
+            )
         )
     if any(a == "failed" or a == "" for a in actions):
         kind = Kind.BOUNCE
