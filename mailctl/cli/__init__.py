@@ -534,7 +534,7 @@ def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
 
     campaign = load_campaign(campaign_file)
     profiles.get(campaign.profile)
-    renderer = make_renderer(campaign, profiles)
+    renderer = make_renderer(campaign, profiles, resolve_db_path(state.db))
     with SqliteStore.open(":memory:") as scratch:
         if campaign.csv is not None:
             summary = import_csv(

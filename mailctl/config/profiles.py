@@ -99,6 +99,20 @@ class Breakers:
     min_sent: int = 200
 
 
+class UnsubscribeScope(StrEnum):
+    LIST = "list"  # the campaign's list only
+    ALL = "all"  # every list: the global suppression list
+
+
+@dataclass(frozen=True)
+class UnsubscribeSettings:
+    """How unsubscribe links are signed and what an unsubscribe does."""
+
+    secret_env: str | None = None  # else a key file next to the database
+    valid_for: float = 400 * 86400  # a link keeps working this long after the send
+    scope: UnsubscribeScope = UnsubscribeScope.ALL
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -128,6 +142,7 @@ class Profile:
     breakers: Breakers = field(default_factory=Breakers)
     rules: Mapping[str, Any] | None = None  # overrides of the shipped provider rules
     preflight: bool = True  # DNS checks before a campaign's first send (relay and direct)
+    unsubscribe: UnsubscribeSettings = field(default_factory=UnsubscribeSettings)
 
     def password(self) -> str | None:
         """The relay password, read from the environment variable the profile names."""
@@ -195,6 +210,7 @@ _PROFILE_KEYS = {
     "breakers",
     "rules",
     "preflight",
+    "unsubscribe",
 }
 _WARMUP_KEYS = {
     "preset",
@@ -441,6 +457,21 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         )
     if "preflight" in keys:
         options["preflight"] = keys["preflight"].bool()
+    if "unsubscribe" in keys:
+        un = keys["unsubscribe"].mapping({"secret_env", "valid_for", "scope"})
+        settings: dict[str, Any] = {}
+        if "secret_env" in un:
+            var = un["secret_env"].str()
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+                raise un["secret_env"].error(f"'{var}' is not an environment variable name")
+            settings["secret_env"] = var
+        if "valid_for" in un:
+            settings["valid_for"] = un["valid_for"].duration()
+            if settings["valid_for"] < 86400:
+                raise un["valid_for"].error("links must stay valid at least 1d")
+        if "scope" in un:
+            settings["scope"] = un["scope"].choice(UnsubscribeScope)
+        options["unsubscribe"] = UnsubscribeSettings(**settings)
     if "rules" in keys:
         # Kept raw once valid: replies.rules turns it into the RuleSet the lanes use.
         raw = yaml.safe_load(yaml.serialize(keys["rules"].node))

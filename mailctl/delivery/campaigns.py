@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from mailctl.config.campaign import Campaign, load_campaign
-from mailctl.config.profiles import ProfilesFile, TrafficClass
+from mailctl.config.profiles import Profile, ProfilesFile, TrafficClass
 from mailctl.delivery.context import CampaignJob
 from mailctl.errors import CampaignChangedError, InputError, MailctlError, TemplateError
-from mailctl.message.render import Renderer
+from mailctl.message.render import LinkSigning, Renderer
 from mailctl.message.tracking import new_tracking_id
 from mailctl.recipients.csv_import import ImportSummary, import_csv
 from mailctl.store.base import Store
+from mailctl.unsubscribe.tokens import load_secret
 
 
 def content_hash(content: dict[str, Any]) -> str:
@@ -46,7 +47,10 @@ def check_fields(store: Store, renderer: Renderer, list_name: str) -> None:
             )
 
 
-def make_renderer(campaign: Campaign, profiles: ProfilesFile) -> Renderer:
+def make_renderer(
+    campaign: Campaign, profiles: ProfilesFile, database: str | Path | None = None
+) -> Renderer:
+    """The campaign's renderer; `database` is where a generated unsubscribe key lives."""
     from mailctl.dns.preflight import signing_key
 
     profile = profiles.get(campaign.profile)
@@ -55,6 +59,26 @@ def make_renderer(campaign: Campaign, profiles: ProfilesFile) -> Renderer:
         bounce_domain=profile.bounce_domain,
         verp=profile.verp,
         dkim=signing_key(profile, campaign.from_addr),
+        unsubscribe=link_signing(campaign, profile, database),
+    )
+
+
+def link_signing(
+    campaign: Campaign, profile: Profile, database: str | Path | None
+) -> LinkSigning | None:
+    """Signed unsubscribe links for campaigns that have an unsubscribe URL or mailto."""
+    if campaign.unsubscribe_url is None and campaign.unsubscribe_mailto is None:
+        return None
+    location = None
+    if database is not None and "://" not in str(database) and str(database) != ":memory:":
+        location = Path(database)
+    settings = profile.unsubscribe
+    if settings.secret_env is None and location is None:
+        return None  # nowhere to keep a key (a scratch database): links stay unsigned
+    return LinkSigning(
+        secret=load_secret(settings.secret_env, location),
+        list_name=campaign.list_key,
+        valid_for=settings.valid_for,
     )
 
 
@@ -71,7 +95,7 @@ def prepare(
     campaign = load_campaign(campaign_path)
     profile = profiles.get(campaign.profile)
     pool = profile.pool_for(campaign.traffic_class, campaign.pool)
-    renderer = make_renderer(campaign, profiles)
+    renderer = make_renderer(campaign, profiles, store.location)
     imported = None
     if campaign.csv is not None:
         source = campaign.csv
