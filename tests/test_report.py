@@ -33,6 +33,7 @@ from mailctl.sim.server import (
     build_dsn,
 )
 from mailctl.store.sqlite import SqliteStore
+from mailctl.store.sqlite_schema import MIGRATIONS
 from tests.helpers.clock import FakeClock
 from tests.helpers.workspace import make_workspace
 
@@ -303,7 +304,7 @@ def test_a_database_from_before_reply_scopes_reports_the_same_after_migrating(
     conn.execute("PRAGMA user_version = 4")
     conn.close()
     with SqliteStore.open(old) as store:
-        assert store.schema_version == 5
+        assert store.schema_version == len(MIGRATIONS)
         assert {scope for (scope,) in store.conn.execute("SELECT scope FROM replies")} == {None}
         migrated = build_report(store, None, now=T1 + 1000)
     assert migrated == report

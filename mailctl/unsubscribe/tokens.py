@@ -4,7 +4,8 @@ A token names one recipient of one campaign's list and says until when it is goo
 
     base64url(address \\0 campaign \\0 list \\0 expiry) "." base64url(HMAC-SHA256[:16])
 
-The MAC covers the canonical address key, the campaign, the list and the expiry, so a token
+The MAC covers the address (as the recipient list stores it, so its canonical key), the
+campaign, the list and the expiry, so a token
 cannot be forged, moved to another address or kept alive past its expiry. The address is in
 the token (not encrypted): the server needs it, and it only ever reaches that recipient.
 
@@ -110,7 +111,7 @@ class Signer:
 
     def token(self, address: str, campaign: str, list_name: str, expires_at: float) -> str:
         """A token for `address` on `campaign`'s `list_name`, good until `expires_at`."""
-        fields = (address_key(address), campaign, list_name, format(int(expires_at), "x"))
+        fields = (address.strip(), campaign, list_name, format(int(expires_at), "x"))
         if any("\0" in field for field in fields):
             raise ValueError("a token field contains NUL")
         payload = "\0".join(fields).encode("utf-8")
