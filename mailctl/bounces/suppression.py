@@ -18,6 +18,7 @@ from typing import Any
 
 from mailctl.bounces.mailbox import iter_messages
 from mailctl.bounces.parse import Kind, Report, parse_message
+from mailctl.bounces.remote import RemoteOptions, fetch_remote, is_remote
 from mailctl.errors import BounceParseError, InputError, InvalidAddress
 from mailctl.message.tracking import TRACKING_RE
 from mailctl.recipients.csv_import import normalise_address
@@ -206,35 +207,52 @@ def import_reports(
     policy: SoftBouncePolicy | None = None,
     on_message: Callable[[ImportResult], None] | None = None,
     on_error: Callable[[str, bytes, str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+    remote: RemoteOptions | None = None,
     batch: int = 500,
 ) -> ImportResult:
-    """Import mailboxes (mbox, Maildir, .eml, "-"): idempotent, streaming, never stopped by
-    one bad message."""
+    """Import mailboxes (mbox, Maildir, .eml, "-", or imap(s):// and pop3(s):// URLs):
+    idempotent, streaming, never stopped by one bad message."""
     now = time.time() if now is None else now
     policy = policy or SoftBouncePolicy()
     result = ImportResult()
     pending = 0
     with store.batched_transaction() as commit:
+
+        def handle(source: str, raw: bytes) -> None:
+            result.messages += 1
+            try:
+                report = parse_message(raw, source)
+            except BounceParseError as exc:
+                result.errors += 1
+                result.error_sources.append(source)
+                if on_error:
+                    on_error(source, raw, str(exc))
+                return
+            apply_report(store, report, now=now, policy=policy, result=result)
+            if on_message:
+                on_message(result)
+
         for path in paths:
+            if is_remote(path):
+                fetch_remote(
+                    store,
+                    path,
+                    remote or RemoteOptions(),
+                    handle=handle,
+                    commit=commit,
+                    now=now,
+                    on_total=on_total,
+                )
+                continue
             if path != "-" and not Path(path).exists():
                 raise InputError(f"{path}: no such file or directory")
             for source, raw in iter_messages(path):
-                result.messages += 1
-                try:
-                    report = parse_message(raw, source)
-                except BounceParseError as exc:
-                    result.errors += 1
-                    result.error_sources.append(source)
-                    if on_error:
-                        on_error(source, raw, str(exc))
-                    continue
-                apply_report(store, report, now=now, policy=policy, result=result)
+                handle(source, raw)
                 pending += 1
                 if pending >= batch:
                     commit()
                     pending = 0
-                if on_message:
-                    on_message(result)
     return result
 
 

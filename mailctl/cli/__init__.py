@@ -717,8 +717,31 @@ def campaign_cancel(name: Annotated[str, typer.Argument(help="Campaign name.")])
 @bounces_app.command("import")
 def bounces_import(
     paths: Annotated[
-        list[str], typer.Argument(help="mbox files, Maildir folders, .eml files, or - for stdin.")
+        list[str],
+        typer.Argument(
+            help="mbox files, Maildir folders, .eml files, - for stdin, or mailbox URLs: "
+            "imaps://user@host[:port]/FOLDER, imap://… (STARTTLS), pop3s://user@host[:port], "
+            "pop3://… (STLS)."
+        ),
     ],
+    password_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable that holds the mailbox password (URLs)."),
+    ] = None,
+    move_to: Annotated[
+        str | None,
+        typer.Option(help="IMAP: move imported messages to this folder (created if missing)."),
+    ] = None,
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Delete imported messages from the server.")
+    ] = False,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="Trust this CA (PEM) for the server's certificate.")
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="Do not verify the server's TLS certificate (unsafe)."),
+    ] = False,
     errors: Annotated[
         Path | None, typer.Option(help="Append messages that could not be parsed to this mbox.")
     ] = None,
@@ -737,10 +760,17 @@ def bounces_import(
     authentication, policy, content) never suppress anyone. Each report is tied to the
     message it is about. Importing the same mailbox twice changes nothing.
 
+    Mailboxes on a server are fetched in batches; a re-run fetches only new mail (IMAP
+    UIDVALIDITY/UID mark, POP3 UIDL), and an interrupted run resumes where it stopped.
+
     Example: mailctl bounces import /var/mail/bounces --json
+
+    Example: mailctl bounces import imaps://bounces@mail.example.com/INBOX --password-env
+    BOUNCE_PASSWORD --move-to Processed
     """
     import time
 
+    from mailctl.bounces.remote import RemoteOptions
     from mailctl.bounces.suppression import SoftBouncePolicy, import_reports
 
     console.set_quiet(quiet or json_output)
@@ -762,6 +792,14 @@ def bounces_import(
                 policy=SoftBouncePolicy(limit=soft_limit, window_days=soft_window),
                 on_message=lambda r: bar.advance(1, status=f"{r.suppressed} suppressed"),
                 on_error=on_error,
+                on_total=bar.set_total,
+                remote=RemoteOptions(
+                    password_env=password_env,
+                    insecure=insecure,
+                    ca_file=ca_file,
+                    move_to=move_to,
+                    delete=delete,
+                ),
             )
     finally:
         if errors_file is not None:
@@ -1777,3 +1815,9 @@ def run(argv: list[str] | None = None) -> int:
 
 def main() -> None:
     sys.exit(run())
+
+
+# Command groups that live in their own modules (registered last: they import this one).
+from mailctl.cli.unsubscribe import unsubscribe_app  # noqa: E402
+
+app.add_typer(unsubscribe_app, name="unsubscribe", no_args_is_help=True)

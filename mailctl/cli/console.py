@@ -120,6 +120,12 @@ class ProgressReporter(_LiveDisplay):
             )
             self._task = self._progress.add_task(description, total=total, status="")
 
+    def set_total(self, total: int) -> None:
+        """Adds to the expected total once a source says how much it holds."""
+        self.total = (self.total or 0) + total
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, total=self.total)
+
     def advance(self, n: int = 1, status: str = "") -> None:
         self.completed += n
         if self._progress is not None and self._task is not None:

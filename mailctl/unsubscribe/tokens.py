@@ -172,6 +172,8 @@ def load_secret(secret_env: str | None, database: Path | None) -> bytes:
     database (created on first use, mode 0600)."""
     if secret_env:
         value = os.environ.get(secret_env)
+        if not value:
+            raise ConfigError(f"environment variable {secret_env} (unsubscribe secret) is not set")
         if value:
             if len(value) < _MIN_SECRET:
                 raise ConfigError(
