@@ -25,6 +25,7 @@ import imaplib
 import os
 import poplib
 import re
+import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -130,6 +131,8 @@ def _text(data: object) -> str:
     if isinstance(data, list | tuple):
         data = b" ".join(d if isinstance(d, bytes) else str(d).encode() for d in data)
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+    if re.fullmatch(r"b'.*'|b\".*\"", text):  # imaplib's errors carry repr(bytes)
+        text = text[2:-1]
     return " ".join(text.split())[:200]
 
 
@@ -164,12 +167,18 @@ def fetch_remote(
         if mailbox.imap:
             return _imap(store, mailbox, password, context, options, handle, commit, now, on_total)
         return _pop3(store, mailbox, password, context, options, handle, commit, now, on_total)
+    except MailboxError:
+        raise
     except (imaplib.IMAP4.abort, poplib.error_proto, OSError, EOFError) as exc:
         if isinstance(exc, ssl.SSLCertVerificationError):
             raise MailboxError(
                 f"{mailbox.key}: TLS certificate not trusted: {exc.verify_message} "
                 "(--ca-file to trust a private CA, --insecure to skip the check)",
                 mailbox=mailbox.key,
+            ) from None
+        if isinstance(exc, ConnectionRefusedError | socket.gaierror):
+            raise MailboxError(
+                f"{mailbox.key}: cannot connect: {_text(str(exc))}", mailbox=mailbox.key
             ) from None
         raise MailboxError(
             f"{mailbox.key}: connection lost: {type(exc).__name__}: {_text(str(exc))} "
@@ -233,7 +242,9 @@ def _imap(
             on_total(len(uids))
         if options.move_to:
             conn.create(_imap_quote(options.move_to))  # NO when it exists: that is fine
-        can_move = "MOVE" in conn.capabilities
+        # The capabilities after login (Dovecot announces MOVE only then).
+        typ, data = conn.capability()
+        can_move = typ == "OK" and b"MOVE" in (data[0] or b"").upper().split()
         for batch in _batches(uids, max(1, options.batch)):
             uid_set = ",".join(map(str, batch))
             typ, data = conn.uid("FETCH", uid_set, "(BODY.PEEK[])")
