@@ -28,12 +28,14 @@ import hashlib
 import html
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
@@ -305,4 +307,12 @@ def serve(app: Starlette, *, host: str, port: int, access_log: bool = True) -> N
         timeout_graceful_shutdown=10,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            # SIGTERM is how systemd and docker stop a service: after the graceful shutdown
+            # exit 0 instead of re-raising it (uvicorn's default, a "killed" status).
+            if sig == signal.SIGTERM and sig in self._captured_signals:
+                self._captured_signals.remove(sig)
+
+    _Server(config).run()
