@@ -58,6 +58,7 @@ class Kind(StrEnum):
     COMPLAINT = "complaint"
     AUTOREPLY = "autoreply"
     DELIVERED = "delivered"
+    UNSUBSCRIBE = "unsubscribe"  # a mailto request, an ARF opt-out, Apple Mail's one-click
     UNKNOWN = "unknown"
 
 
@@ -89,6 +90,9 @@ class Report:
     feedback_type: str | None
     date: str | None
     digest: str
+    # Signed unsubscribe tokens the message carries (the mailto subject, a t= link); only
+    # checked, by the importer, for unsubscribe requests.
+    unsubscribe_tokens: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The stable public shape (``mailctl bounces parse --json``); do not change keys."""
@@ -437,6 +441,42 @@ def _recipient(
     )
 
 
+_FEEDBACK_OPT_OUT = frozenset({"opt-out", "unsubscribe"})
+# A token where mailctl puts one: the mailto subject ("unsubscribe TOKEN") or a link's t=.
+# Anchored on a literal prefix, so the scan stays linear on hostile input.
+_TOKEN_IN_TEXT = re.compile(
+    rb"(?:[?&;]t=|unsubscribe(?:%20|\+|[ \t]+))"
+    rb"([A-Za-z0-9_-]{16,1400}\.[A-Za-z0-9_-]{22})(?![A-Za-z0-9_-])",
+    re.I,
+)
+_UNSUBSCRIBE_SUBJECT = re.compile(r"^\s*(?:(?:re|aw|fwd?)\s*:\s*)*unsubscribe\b", re.I)
+
+
+def _unsubscribe_tokens(raw: bytes) -> tuple[str, ...]:
+    """Up to five candidate tokens from the first 256 KiB of the message."""
+    found: list[str] = []
+    for match in _TOKEN_IN_TEXT.finditer(raw[:262144]):
+        token = match.group(1).decode("ascii")
+        if token not in found:
+            found.append(token)
+        if len(found) == 5:
+            break
+    return tuple(found)
+
+
+def _is_unsubscribe_request(msg: Message, subject: str, text: str) -> bool:
+    """A person's message asking to unsubscribe: subject "unsubscribe…", or an empty or
+    "unsubscribe" subject with a body that says just that. Never a report or auto-reply."""
+    if msg.get_content_type() == "multipart/report":
+        return False
+    if (_header(msg, "Auto-Submitted") or "no").lower() != "no":
+        return False
+    if _UNSUBSCRIBE_SUBJECT.match(subject):
+        return True
+    first = next((line.strip().lower() for line in text[:2000].splitlines() if line.strip()), "")
+    return not subject.strip() and first.rstrip(".!") in ("unsubscribe", "stop")
+
+
 def _is_autoreply(msg: Message, subject: str) -> bool:
     auto = _header(msg, "Auto-Submitted").lower()
     if auto.startswith("auto-replied") or auto.startswith("auto-notified"):
@@ -509,6 +549,7 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
             feedback_type,
             date,
             digest,
+            _unsubscribe_tokens(raw) if kind is Kind.UNSUBSCRIBE else (),
         )
 
     # The sender's own addresses: never failed recipients.
@@ -553,6 +594,7 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
                 if addresses:
                     break
         complaint = feedback_type in _FEEDBACK_COMPLAINT
+        opt_out = feedback_type in _FEEDBACK_OPT_OUT
         seen: set[str] = set()
         recipients = []
         for address in addresses:
@@ -572,7 +614,8 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
                     "arf",
                 )
             )
-        return report(Kind.COMPLAINT if complaint else Kind.UNKNOWN, recipients, feedback_type)
+        kind = Kind.COMPLAINT if complaint else Kind.UNSUBSCRIBE if opt_out else Kind.UNKNOWN
+        return report(kind, recipients, feedback_type)
 
     # 1b. Microsoft's JMRP complaints: no ARF part, the complained-about message is attached
     # with X-HmXmrOriginalRecipient naming the complaining recipient.
@@ -590,11 +633,15 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
                 ],
                 "abuse",
             )
-    # 1c. A mail client's one-click unsubscribe (Apple Mail): an opt-out, not a complaint.
-    if _header(msg, "X-Apple-Unsubscribe").lower() == "true":
-        addresses = find_addresses(from_header)[:1]
+    # 1c. A mail client's one-click unsubscribe (Apple Mail sends X-Apple-Unsubscribe: true
+    # from the user's own account to the List-Unsubscribe mailto), and 1d. a person's
+    # "unsubscribe" sent to that mailto: opt-outs, not complaints. The importer decides whom
+    # they may unsubscribe (a valid token's address, or the sender's own).
+    if _header(msg, "X-Apple-Unsubscribe").lower() == "true" or _is_unsubscribe_request(
+        msg, subject, full_text
+    ):
         return report(
-            Kind.UNKNOWN,
+            Kind.UNSUBSCRIBE,
             [
                 FailedRecipient(
                     a,
@@ -607,9 +654,9 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
                     None,
                     "unsubscribe",
                 )
-                for a in addresses
+                for a in find_addresses(from_header)[:1]
             ],
-            "opt-out",
+            "opt-out" if _header(msg, "X-Apple-Unsubscribe") else "unsubscribe",
         )
 
     # 2. RFC 3464 fields: a delivery-status part, or fields pasted into a text part.

@@ -24,6 +24,8 @@ from mailctl.message.tracking import TRACKING_RE
 from mailctl.recipients.csv_import import normalise_address
 from mailctl.reputation.signals import reported_counts
 from mailctl.store.base import IpDayCounts, Store
+from mailctl.unsubscribe.apply import Unsubscriber
+from mailctl.unsubscribe.tokens import TokenError
 
 REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual", "soft_bounce_limit")
 DAY = 86400.0
@@ -47,6 +49,9 @@ class ImportResult:
     complaints: int = 0
     autoreplies: int = 0
     delivered: int = 0
+    unsubscribes: int = 0  # mailto requests, ARF opt-outs, Apple Mail one-clicks
+    unsubscribed: int = 0  # addresses they newly unsubscribed
+    unsubscribes_unmatched: int = 0  # tied to no token and no recent recipient: ignored
     not_reports: int = 0
     errors: int = 0
     recipients: int = 0
@@ -63,6 +68,9 @@ class ImportResult:
             "complaints": self.complaints,
             "autoreplies": self.autoreplies,
             "delivered": self.delivered,
+            "unsubscribes": self.unsubscribes,
+            "unsubscribed": self.unsubscribed,
+            "unsubscribes_unmatched": self.unsubscribes_unmatched,
             "not_reports": self.not_reports,
             "errors": self.errors,
             "recipients": self.recipients,
@@ -100,7 +108,13 @@ def _normalised(address: str) -> str:
 
 
 def apply_report(
-    store: Store, report: Report, *, now: float, policy: SoftBouncePolicy, result: ImportResult
+    store: Store,
+    report: Report,
+    *,
+    now: float,
+    policy: SoftBouncePolicy,
+    result: ImportResult,
+    unsubscriber: Unsubscriber | None = None,
 ) -> None:
     """Store one report (once) and apply its effects, inside the caller's transaction."""
     tracking_id = _tracking_id(report)
@@ -126,9 +140,15 @@ def apply_report(
         Kind.COMPLAINT: "complaints",
         Kind.AUTOREPLY: "autoreplies",
         Kind.DELIVERED: "delivered",
+        Kind.UNSUBSCRIBE: "unsubscribes",
         Kind.UNKNOWN: "not_reports",
     }
     setattr(result, counters[report.kind], getattr(result, counters[report.kind]) + 1)
+    if report.kind is Kind.UNSUBSCRIBE:
+        _apply_unsubscribe(
+            store, report, message, now=now, result=result, unsubscriber=unsubscriber
+        )
+        return
     if report.kind not in (Kind.BOUNCE, Kind.DELAY, Kind.COMPLAINT):
         return
     day = _day(reported_at)
@@ -194,6 +214,50 @@ def apply_report(
         result.matched += 1
 
 
+def _apply_unsubscribe(
+    store: Store,
+    report: Report,
+    message: dict[str, Any] | None,
+    *,
+    now: float,
+    result: ImportResult,
+    unsubscriber: Unsubscriber | None,
+) -> None:
+    """Unsubscribe whom an opt-out may name, and no one else: the address of a valid signed
+    token it carries; else the recipient of the message its tracking id names, when the
+    report is about that recipient; else the sender, when mailctl mailed them recently."""
+    reported = [_normalised(r.address) for r in report.recipients]
+    address: str | None = None
+    list_name: str | None = None
+    source = f"{report.feedback_type or 'unsubscribe'}:{report.source}"
+    if unsubscriber is not None:
+        for candidate in report.unsubscribe_tokens:
+            try:
+                token = unsubscriber.verify(candidate, now)
+            except TokenError:
+                continue
+            address = token.address
+            list_name = unsubscriber.list_for(store, token)
+            break
+    if address is None and message is not None:
+        if message["email"].lower() in (a.lower() for a in reported):
+            address = message["email"]
+    from_sender = bool(report.recipients) and report.recipients[0].rule == "unsubscribe"
+    if address is None and reported and from_sender:
+        # The sender's own address (a mailto request, Apple Mail), and only if mailctl
+        # mailed it recently. An ARF report names someone else: it needs a token or a
+        # tracking id, or anyone could forge one about anybody.
+        sent = store.latest_message_to(reported[0], now - 60 * DAY)
+        if sent is not None:
+            address = sent["email"]
+    if address is None:
+        result.unsubscribes_unmatched += 1
+        return
+    result.matched += 1
+    if store.unsubscribe(address, list_name=list_name, source=source[:200], now=now):
+        result.unsubscribed += 1
+
+
 def _signal(store: Store, counts: IpDayCounts | None) -> None:
     if counts is not None:
         store.bump_ip_day(counts.ip, counts.day, counts.provider, **counts.counts())
@@ -209,6 +273,7 @@ def import_reports(
     on_error: Callable[[str, bytes, str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     remote: RemoteOptions | None = None,
+    unsubscriber: Unsubscriber | None = None,
     batch: int = 500,
 ) -> ImportResult:
     """Import mailboxes (mbox, Maildir, .eml, "-", or imap(s):// and pop3(s):// URLs):
@@ -229,7 +294,9 @@ def import_reports(
                 if on_error:
                     on_error(source, raw, str(exc))
                 return
-            apply_report(store, report, now=now, policy=policy, result=result)
+            apply_report(
+                store, report, now=now, policy=policy, result=result, unsubscriber=unsubscriber
+            )
             if on_message:
                 on_message(result)
 

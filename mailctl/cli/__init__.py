@@ -793,6 +793,7 @@ def bounces_import(
                 on_message=lambda r: bar.advance(1, status=f"{r.suppressed} suppressed"),
                 on_error=on_error,
                 on_total=bar.set_total,
+                unsubscriber=_bounce_unsubscriber(),
                 remote=RemoteOptions(
                     password_env=password_env,
                     insecure=insecure,
@@ -812,6 +813,16 @@ def bounces_import(
             if key != "error_sources":
                 table.add_row(key.replace("_", " "), str(value))
         console.out.print(table)
+
+
+def _bounce_unsubscriber() -> Any:
+    """Verifies tokens in unsubscribe mail; without a secret, tokens are simply not trusted."""
+    from mailctl.cli.unsubscribe import _unsubscriber
+
+    try:
+        return _unsubscriber()
+    except MailctlError:
+        return None
 
 
 @bounces_app.command("parse")

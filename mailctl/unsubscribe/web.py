@@ -307,6 +307,7 @@ def serve(app: Starlette, *, host: str, port: int, access_log: bool = True) -> N
         timeout_graceful_shutdown=10,
         server_header=False,
     )
+
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
