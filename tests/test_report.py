@@ -322,6 +322,7 @@ def test_json_shape_is_stable(sent: Path) -> None:
         "campaign",
         "thresholds",
         "totals",
+        "unsubscribes",
         "campaigns",
         "by_ip",
         "by_provider",

@@ -138,6 +138,14 @@ def test_a_gmail_mailto_reply_with_the_token_unsubscribes_its_recipient(
     result = import_mail(ws, tmp_path, capsys, gmail_mailto_reply("alias@gmail.com", mailto))
     assert (result["unsubscribes"], result["unsubscribed"], result["not_reports"]) == (1, 1, 0)
     assert unsubscribed(ws) == [("user0@example.com", "unsubscribe")]
+    # `report` counts it apart from bounces and complaints, tied to its campaign by the token.
+    assert cli(ws, "report", "news", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["unsubscribes"] == {"one_click": 0, "web_confirm": 0, "mail": 1, "total": 1}
+    assert cli(ws, "report", "news") == 0
+    assert re.search(
+        r"│ unsubscribes +│ 1 \(one-click 0, confirm page 0, mail 1\) +│", capsys.readouterr().out
+    )
 
 
 def test_apple_mail_one_click_unsubscribes(sent, tmp_path: Path, capsys) -> None:

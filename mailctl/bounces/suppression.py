@@ -229,7 +229,7 @@ def _apply_unsubscribe(
     reported = [_normalised(r.address) for r in report.recipients]
     address: str | None = None
     list_name: str | None = None
-    source = f"{report.feedback_type or 'unsubscribe'}:{report.source}"
+    source = f"{report.feedback_type or 'unsubscribe'}-mail:{report.source}"
     if unsubscriber is not None:
         for candidate in report.unsubscribe_tokens:
             try:
@@ -238,6 +238,7 @@ def _apply_unsubscribe(
                 continue
             address = token.address
             list_name = unsubscriber.list_for(store, token)
+            source = f"mail:{token.campaign}"
             break
     if address is None and message is not None:
         if message["email"].lower() in (a.lower() for a in reported):

@@ -297,6 +297,24 @@ def _lane_groups(
     return result
 
 
+# How each unsubscribe arrived, by the prefix of its source.
+_UNSUBSCRIBE_CHANNELS = {"one-click": "one_click", "web-confirm": "web_confirm", "mail": "mail"}
+
+
+def unsubscribe_counts(sources: list[str], campaign: str | None) -> dict[str, int]:
+    """Unsubscribes by channel (one-click POST, confirm page, mail); of one campaign when
+    named (mail ones tied to it by their token), else all, including untied mail ones."""
+    counts = dict.fromkeys((*_UNSUBSCRIBE_CHANNELS.values(), "total"), 0)
+    for source in sources:
+        prefix, _, rest = source.partition(":")
+        channel = _UNSUBSCRIBE_CHANNELS.get(prefix, "mail")
+        if campaign is not None and (channel == "mail" and prefix != "mail" or rest != campaign):
+            continue
+        counts[channel] += 1
+        counts["total"] += 1
+    return counts
+
+
 def build_report(
     store: Store,
     campaign: str | None,
@@ -365,6 +383,7 @@ def build_report(
         "campaign": campaign,
         "thresholds": {"bounce_rate": breakers[0], "complaint_rate": breakers[1]},
         "totals": totals,
+        "unsubscribes": unsubscribe_counts(reports.unsubscribe_sources(), campaign),
         "campaigns": entries,
         "by_ip": _lane_groups(store, "ip", campaign_id, lanes, events, breakers),
         "by_provider": _lane_groups(store, "provider", campaign_id, lanes, events, breakers),

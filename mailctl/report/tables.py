@@ -27,6 +27,15 @@ def render_tables(report: Mapping[str, Any]) -> list[Table]:
                 summary.add_row(key.replace("_", " "), Text(str(campaign[key])))
     for label, value, alert in summary_rows(report["totals"]):
         summary.add_row(label, Text(value, style="bold red" if alert else ""))
+    unsubscribes = report.get("unsubscribes") or {}
+    if unsubscribes.get("total"):
+        summary.add_row(
+            "unsubscribes",
+            Text(
+                f"{unsubscribes['total']} (one-click {unsubscribes['one_click']}, "
+                f"confirm page {unsubscribes['web_confirm']}, mail {unsubscribes['mail']})"
+            ),
+        )
     tables = [summary]
     for title, columns, rows in sections(report):
         table = Table(title=title, title_justify="left")

@@ -177,6 +177,11 @@ class ReportQueries(Protocol):
         """Lanes not at normal speed."""
         ...
 
+    def unsubscribe_sources(self) -> list[str]:
+        """The source of every recorded unsubscribe (suppressions with reason
+        ``unsubscribe`` and list-scoped ones), e.g. ``one-click:news``, ``mail:news``."""
+        ...
+
 
 class Store(Protocol):
     """One open database: everything mailctl keeps between runs."""
