@@ -95,7 +95,8 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict: any character outside the URL-safe alphabet is an error, not skipped."""
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
 class Signer:
@@ -127,7 +128,10 @@ class Signer:
             given = _unb64(mac)
         except (ValueError, TypeError):
             raise TokenError("not an unsubscribe token", problem=Problem.MALFORMED) from None
-        if not hmac.compare_digest(given, self._mac(payload)):
+        # One spelling per token: base64's unused trailing bits must not give a second one.
+        if _b64(payload) != encoded:
+            raise TokenError("not an unsubscribe token", problem=Problem.MALFORMED)
+        if _b64(given) != mac or not hmac.compare_digest(given, self._mac(payload)):
             raise TokenError(
                 "the token's signature does not match (tampered, or signed with another key)",
                 problem=Problem.TAMPERED,
