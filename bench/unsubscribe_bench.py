@@ -175,6 +175,8 @@ def bench_imap(messages: int) -> None:
     if not dovecot_available():
         print("IMAP import: skipped (needs root and dovecot-imapd)")
         return
+    if messages <= 0:
+        return
     small = max(1, messages // 5)
     for count in (small, messages):
         dovecot = DovecotServer()

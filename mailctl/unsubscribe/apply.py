@@ -52,6 +52,18 @@ class Unsubscriber:
                 token.address, list_name=self.list_for(store, token), source=source, now=now
             )
 
+    def apply_many(
+        self, store: Store, requests: list[tuple[UnsubscribeToken, str]], *, now: float
+    ) -> list[bool]:
+        """Several unsubscribes (token, source) in one transaction: one commit for a burst."""
+        with store.transaction():
+            return [
+                store.unsubscribe(
+                    token.address, list_name=self.list_for(store, token), source=source, now=now
+                )
+                for token, source in requests
+            ]
+
     def already(self, store: Store, token: UnsubscribeToken) -> bool:
         return store.unsubscribed(token.address, self.list_for(store, token))
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import html
 import json
@@ -159,6 +160,8 @@ def create_app(
             await loop.run_in_executor(executor, holder["store"].close)
             executor.shutdown(wait=True)
 
+    writes = _GroupCommit(unsubscriber, on_store, clock)
+
     def verified(request: Request, token: str | None) -> UnsubscribeToken:
         if not token:
             raise TokenError("no token", problem=Problem.MALFORMED)
@@ -224,12 +227,7 @@ def create_app(
                 400,
             )
         source = "one-click" if one_click else "web-confirm"
-        now = clock()
-        new = await on_store(
-            lambda store: unsubscriber.apply(
-                store, target, source=f"{source}:{target.campaign}", now=now
-            )
-        )
+        new = await writes.submit(target, f"{source}:{target.campaign}")
         request.state.outcome = "unsubscribed" if new else "already"
         if one_click:
             return PlainTextResponse("unsubscribed\n", headers={"Cache-Control": "no-store"})
@@ -281,6 +279,57 @@ def create_app(
         lifespan=lifespan,
     )
     return app
+
+
+class _GroupCommit:
+    """Unsubscribes that arrive while the store thread is busy are written together, in one
+    transaction: a burst of one-click POSTs costs one commit, not one each."""
+
+    def __init__(
+        self,
+        unsubscriber: Unsubscriber,
+        on_store: Callable[[Callable[[Store], Any]], Awaitable[Any]],
+        clock: Callable[[], float],
+    ) -> None:
+        self._unsubscriber = unsubscriber
+        self._on_store = on_store
+        self._clock = clock
+        self._pending: list[tuple[UnsubscribeToken, str, asyncio.Future[bool]]] = []
+        self._flushing = False
+
+    async def submit(self, token: UnsubscribeToken, source: str) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((token, source, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    def _apply(
+        self, store: Store, *, requests: list[tuple[UnsubscribeToken, str]], now: float
+    ) -> list[bool]:
+        return self._unsubscriber.apply_many(store, requests, now=now)
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:500], self._pending[500:]
+                requests = [(token, source) for token, source, _ in batch]
+                now = self._clock()
+                try:
+                    results = await self._on_store(
+                        functools.partial(self._apply, requests=requests, now=now)
+                    )
+                except Exception as exc:  # noqa: BLE001 - every waiting request learns of it
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, _, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._flushing = False
 
 
 def _field(value: Any) -> str | None:
