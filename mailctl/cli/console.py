@@ -50,6 +50,12 @@ def emit_json_line(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
 
 
+def log_json_line(record: Any) -> None:
+    """One structured log record (a service's access log) as a JSON line on stderr."""
+    sys.stderr.write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
+    sys.stderr.flush()
+
+
 def info(message: str) -> None:
     if not _quiet:
         err.print(message, markup=False, highlight=False)

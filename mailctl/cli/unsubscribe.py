@@ -106,6 +106,9 @@ def unsubscribe_serve(
         f"serving unsubscribes for {resolve_db_path(cli.state.db)} on http://{host}:{port}/"
     )
     app = create_app(
-        cli._open_store, unsubscriber, rate_limit=RateLimit(per_minute=rate_limit, burst=burst)
+        cli._open_store,
+        unsubscriber,
+        rate_limit=RateLimit(per_minute=rate_limit, burst=burst),
+        access_log=console.log_json_line if access_log else None,
     )
-    serve(app, host=host, port=port, access_log=access_log)
+    serve(app, host=host, port=port)

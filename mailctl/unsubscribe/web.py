@@ -27,10 +27,7 @@ import base64
 import functools
 import hashlib
 import html
-import json
-import logging
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +49,6 @@ __all__ = ["RateLimit", "create_app", "mask_address", "serve"]
 
 T = TypeVar("T")
 MAX_BODY = 64 * 1024  # a one-click POST is a few bytes; anything this big is not one
-ACCESS_LOG = logging.getLogger("mailctl.unsubscribe.access")
 
 _STYLE = (
     "body{font:16px/1.5 system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;"
@@ -139,9 +135,11 @@ def create_app(
     unsubscriber: Unsubscriber,
     *,
     rate_limit: RateLimit | None = None,
+    access_log: Callable[[dict[str, Any]], None] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
-    """The ASGI app; `open_store` runs on the store thread at startup."""
+    """The ASGI app; `open_store` runs on the store thread at startup, `access_log` gets one
+    record per request (the CLI writes it as a JSON line on stderr)."""
     limiter = rate_limit or RateLimit()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailctl-store")
     holder: dict[str, Store] = {}
@@ -249,8 +247,8 @@ def create_app(
             request.state.outcome = "rate_limited"
         else:
             response = await handler(request)
-        ACCESS_LOG.info(
-            json.dumps(
+        if access_log is not None:
+            access_log(
                 {
                     "time": round(time.time(), 3),
                     "client": client,
@@ -259,10 +257,8 @@ def create_app(
                     "status": response.status_code,
                     "outcome": getattr(request.state, "outcome", None),
                     "ms": round((time.perf_counter() - started) * 1000, 2),
-                },
-                separators=(",", ":"),
+                }
             )
-        )
         return response
 
     async def dispatch(request: Request) -> Response:
@@ -336,15 +332,10 @@ def _field(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def serve(app: Starlette, *, host: str, port: int, access_log: bool = True) -> None:
+def serve(app: Starlette, *, host: str, port: int) -> None:
     """Run under uvicorn until SIGINT/SIGTERM; in-flight requests finish first."""
     import uvicorn
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    ACCESS_LOG.handlers[:] = [handler]
-    ACCESS_LOG.setLevel(logging.INFO if access_log else logging.WARNING)
-    ACCESS_LOG.propagate = False
     config = uvicorn.Config(
         app,
         host=host,
