@@ -140,3 +140,25 @@ def test_unsubscribe_verify_says_what_a_link_means(tmp_path: Path, capsys, monke
     )
     assert run(["--db", str(db), "unsubscribe", "verify", old]) == 2
     assert capsys.readouterr().err == "Error: the unsubscribe link has expired\n"
+
+
+def test_profile_unsubscribe_settings_are_validated_with_file_and_line(tmp_path: Path) -> None:
+    from mailctl.config.profiles import UnsubscribeScope, load_profiles
+
+    path = tmp_path / "profiles.yaml"
+    path.write_text(
+        "profiles:\n  sandbox:\n    transport: sandbox\n"
+        "    unsubscribe: {secret_env: UNSUB_KEY, valid_for: 30d, scope: list}\n"
+    )
+    settings = load_profiles(path).profiles["sandbox"].unsubscribe
+    assert (settings.secret_env, settings.valid_for, settings.scope) == (
+        "UNSUB_KEY",
+        30 * 86400,
+        UnsubscribeScope.LIST,
+    )
+    path.write_text(
+        "profiles:\n  sandbox:\n    transport: sandbox\n    unsubscribe:\n      scope: campaign\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_profiles(path)
+    assert str(caught.value).startswith(f"{path}:5: profiles.sandbox.unsubscribe.scope: ")
