@@ -203,9 +203,8 @@ class _AddressTables:
 
     def unsubscribe(self, address: str, *, list_name: str | None, source: str, now: float) -> bool:
         """An unsubscribe (see `Store.unsubscribe`); one statement, so concurrent requests
-        for the same address record it once."""
-        if self.unsubscribed(address, list_name):
-            return False
+        for the same address record it once. A temporary suppression (soft bounces) becomes
+        a permanent one: an unsubscribe never lapses by itself."""
         if list_name is None:
             cur = self.conn.execute(
                 """INSERT INTO suppression (address, reason, source, first_seen, last_seen)
@@ -213,8 +212,7 @@ class _AddressTables:
                    ON CONFLICT(address) DO UPDATE SET
                      reason = 'unsubscribe', source = excluded.source,
                      last_seen = excluded.last_seen, expires_at = NULL
-                   WHERE suppression.expires_at IS NOT NULL
-                     AND suppression.expires_at <= excluded.last_seen""",
+                   WHERE suppression.expires_at IS NOT NULL""",
                 (address, source, now, now),
             )
         else:
