@@ -7,6 +7,7 @@ the test (tests/helpers/dovecot.py). Mail is put into its Maildir as an MDA woul
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
 import threading
@@ -19,6 +20,8 @@ from mailctl.cli import run
 from mailctl.sim.server import build_dsn
 from tests.helpers.dovecot import DovecotServer, dovecot_available
 
+if not dovecot_available() and os.environ.get("MAILCTL_REQUIRE_DOVECOT"):
+    raise RuntimeError("MAILCTL_REQUIRE_DOVECOT is set but dovecot is not installed (or not root)")
 pytestmark = pytest.mark.skipif(
     not dovecot_available(), reason="needs Debian's dovecot-imapd and dovecot-pop3d, as root"
 )

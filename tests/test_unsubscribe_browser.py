@@ -3,6 +3,7 @@ driven with Selenium: load the link, press confirm, see the confirmation and the
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import time
@@ -18,6 +19,8 @@ from tests.helpers.unsubscribe_server import UnsubscribeServer
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
+if not (CHROMIUM and CHROMEDRIVER) and os.environ.get("MAILCTL_REQUIRE_CHROMIUM"):
+    raise RuntimeError("MAILCTL_REQUIRE_CHROMIUM is set but chromium/chromedriver are missing")
 selenium = pytest.importorskip("selenium")
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver"
