@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -162,3 +163,30 @@ def test_profile_unsubscribe_settings_are_validated_with_file_and_line(tmp_path:
     with pytest.raises(ConfigError) as caught:
         load_profiles(path)
     assert str(caught.value).startswith(f"{path}:5: profiles.sandbox.unsubscribe.scope: ")
+
+
+def test_a_campaign_without_a_url_takes_the_profiles_base_url_and_needs_one(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "l.csv").write_text("email\njane@example.com\n")
+    (tmp_path / "c.yaml").write_text(
+        "name: n\nfrom: a@example.com\nsubject: s\ntext: 'bye {{ unsubscribe_url }}'\n"
+        "recipients: l.csv\n"
+    )
+    profile = "default_profile: sandbox\nprofiles:\n  sandbox:\n    transport: sandbox\n"
+    (tmp_path / "profiles.yaml").write_text(
+        profile + "    unsubscribe: {base_url: 'https://lists.example.com/u'}\n"
+    )
+    assert run(["send", "c.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"List-Unsubscribe: <https://lists\.example\.com/u\?t=[\w-]+\.[\w-]{22}>", out)
+    assert re.search(r"bye https://lists\.example\.com/u\?t=[\w-]+\.[\w-]{22}", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "l.csv", "profiles.yaml"]
+    (tmp_path / "profiles.yaml").write_text(profile)
+    assert run(["send", "c.yaml", "--dry-run"]) == 2
+    assert capsys.readouterr().err == (
+        "Error: c.yaml: a marketing campaign needs 'unsubscribe' (url and/or mailto), or "
+        "profile 'sandbox' an unsubscribe.base_url (Gmail and Yahoo require one-click "
+        "unsubscribe for bulk mail)\n"
+    )

@@ -534,7 +534,10 @@ def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
 
     campaign = load_campaign(campaign_file)
     profiles.get(campaign.profile)
-    renderer = make_renderer(campaign, profiles, resolve_db_path(state.db))
+    db_file = resolve_db_path(state.db)
+    renderer = make_renderer(
+        campaign, profiles, db_file if db_file.exists() else None, preview=True
+    )
     with SqliteStore.open(":memory:") as scratch:
         if campaign.csv is not None:
             summary = import_csv(

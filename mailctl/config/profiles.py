@@ -109,6 +109,7 @@ class UnsubscribeSettings:
     """How unsubscribe links are signed and what an unsubscribe does."""
 
     secret_env: str | None = None  # else a key file next to the database
+    base_url: str | None = None  # for campaigns that give no unsubscribe url
     valid_for: float = 400 * 86400  # a link keeps working this long after the send
     scope: UnsubscribeScope = UnsubscribeScope.ALL
 
@@ -458,7 +459,7 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
     if "preflight" in keys:
         options["preflight"] = keys["preflight"].bool()
     if "unsubscribe" in keys:
-        un = keys["unsubscribe"].mapping({"secret_env", "valid_for", "scope"})
+        un = keys["unsubscribe"].mapping({"secret_env", "valid_for", "scope", "base_url"})
         settings: dict[str, Any] = {}
         if "secret_env" in un:
             var = un["secret_env"].str()
@@ -471,6 +472,11 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
                 raise un["valid_for"].error("links must stay valid at least 1d")
         if "scope" in un:
             settings["scope"] = un["scope"].choice(UnsubscribeScope)
+        if "base_url" in un:
+            url = un["base_url"].str()
+            if not re.match(r"^https?://[^\s/{}]+[^\s{}]*$", url):
+                raise un["base_url"].error(f"'{url}' is not an http(s) URL (no template fields)")
+            settings["base_url"] = url
         options["unsubscribe"] = UnsubscribeSettings(**settings)
     if "rules" in keys:
         # Kept raw once valid: replies.rules turns it into the RuleSet the lanes use.

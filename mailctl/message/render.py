@@ -119,6 +119,7 @@ class Renderer:
         verp: bool = False,
         dkim: DkimKeyConfig | None = None,
         unsubscribe: LinkSigning | None = None,
+        unsubscribe_base_url: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.campaign = campaign
@@ -130,6 +131,9 @@ class Renderer:
             if campaign.unsubscribe_url and "{" not in campaign.unsubscribe_url
             else None
         )
+        self.unsubscribe_base_url = unsubscribe_base_url  # the profile's, for spec()
+        if campaign.unsubscribe_url is None and unsubscribe_base_url:
+            self._base_url = unsubscribe_base_url
         self.clock = clock
         self.dkim = dkim
         self.signer: Callable[[bytes], bytes] | None = None
@@ -178,6 +182,7 @@ class Renderer:
             "verp": self.verp,
             "dkim": self.dkim,
             "unsubscribe": self.unsubscribe,
+            "unsubscribe_base_url": self.unsubscribe_base_url,
         }
 
     def unsubscribe_token(self, recipient: str) -> str | None:
