@@ -218,3 +218,28 @@ def test_forged_opt_outs_unsubscribe_no_one_else(sent, tmp_path: Path, capsys) -
     )
     assert unsubscribed(ws) == []
     assert https_url.startswith("https://example.com/unsubscribe?t=")
+
+
+def test_a_to_tag_or_in_reply_to_names_the_recipient_whoever_sends_it(
+    sent, tmp_path: Path, capsys
+) -> None:
+    ws, received = sent
+    tracking = {to: email.message_from_bytes(raw)["X-Mailctl-ID"] for to, raw in received.items()}
+    tagged = plain_reply("alias@forwarder.example", "unsubscribe", "").replace(
+        b"To: unsubscribe@example.com",
+        f"To: unsubscribe+{tracking['user1@example.com']}@example.com".encode(),
+    )
+    replying = plain_reply("other@forwarder.example", "Unsubscribe me", "please").replace(
+        b"MIME-Version",
+        f"In-Reply-To: <{tracking['user2@example.com']}@example.com>\r\nMIME-Version".encode(),
+    )
+    result = import_mail(ws, tmp_path, capsys, tagged, replying)
+    assert (result["unsubscribes"], result["unsubscribed"], result["unsubscribes_unmatched"]) == (
+        2,
+        2,
+        0,
+    )
+    assert unsubscribed(ws) == [
+        ("user1@example.com", "unsubscribe"),
+        ("user2@example.com", "unsubscribe"),
+    ]

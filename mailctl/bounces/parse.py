@@ -25,7 +25,7 @@ Must not import the store, suppression or anything that prints.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
@@ -500,7 +500,7 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
         and _STRUCTURE_FAMILIES["apple-unsubscribe"] not in disabled
     )
     if apple or _is_unsubscribe_request(msg, subject, full_text):
-        return report(
+        request = report(
             Kind.UNSUBSCRIBE,
             [
                 FailedRecipient(
@@ -519,6 +519,14 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
             "opt-out" if apple else "unsubscribe",
             confidence=Confidence.MTA_RULE,
         )
+        if request.tracking_id is None:
+            # A tag in the address it was sent to (unsubscribe+<tracking id>@…), or the
+            # message it replies to: either names the recipient mailctl wrote to.
+            for name in ("To", "Delivered-To", "X-Original-To", "In-Reply-To", "References"):
+                found = TRACKING_RE.search(header_text(msg, name))
+                if found:
+                    return replace(request, tracking_id=found.group(0))
+        return request
 
     # 2. RFC 3464 fields: a delivery-status part, or fields pasted into a text part.
     blocks = [block for group in parts.dsn_blocks for block in group]

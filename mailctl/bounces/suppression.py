@@ -261,10 +261,12 @@ def _apply_unsubscribe(
             list_name = unsubscriber.list_for(store, token)
             source = f"mail:{token.campaign}"
             break
-    if address is None and message is not None:
-        if message["email"].lower() in (a.lower() for a in reported):
-            address = message["email"]
     from_sender = bool(report.recipients) and report.recipients[0].rule == "unsubscribe"
+    if address is None and message is not None:
+        # A request's To: tag or In-Reply-To names the message (an unguessable tracking id,
+        # like a token); an ARF report must also be about that message's recipient.
+        if from_sender or message["email"].lower() in (a.lower() for a in reported):
+            address = message["email"]
     if address is None and reported and from_sender:
         # The sender's own address (a mailto request, Apple Mail), and only if mailctl
         # mailed it recently. An ARF report names someone else: it needs a token or a
