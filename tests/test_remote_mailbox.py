@@ -138,6 +138,30 @@ def test_imap_move_to_moves_imported_messages_out_of_the_folder(
     assert result is not None and result["messages"] == 0
 
 
+def test_imap_delete_expunges_imported_messages(
+    tmp_path: Path, dovecot: DovecotServer, capsys
+) -> None:
+    dovecot.deliver([bounce(i) for i in range(7)])
+    code, result, err = import_json(tmp_path, dovecot, dovecot.url("imaps"), capsys, "--delete")
+    assert code == 0, err
+    assert result is not None and result["bounces"] == 7
+    assert [p for d in ("cur", "new") for p in (dovecot.maildir / d).iterdir()] == []
+
+
+def test_move_to_and_delete_together_are_a_usage_error(
+    tmp_path: Path, dovecot: DovecotServer, capsys
+) -> None:
+    code, result, err = import_json(
+        tmp_path, dovecot, dovecot.url("pop3s"), capsys, "--move-to", "Done"
+    )
+    assert (code, result) == (2, None)
+    assert err == f"Error: {dovecot.url('pop3s')}: --move-to needs IMAP (POP3 has no folders)\n"
+    code, result, err = import_json(
+        tmp_path, dovecot, dovecot.url("imaps"), capsys, "--move-to", "Done", "--delete"
+    )
+    assert (code, err) == (2, "Error: give --move-to or --delete, not both\n")
+
+
 def test_plain_imap_uses_starttls(tmp_path: Path, dovecot: DovecotServer, capsys) -> None:
     dovecot.deliver([bounce(i) for i in range(5)])
     code, result, err = import_json(tmp_path, dovecot, dovecot.url("imap"), capsys)
