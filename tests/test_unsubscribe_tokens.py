@@ -190,3 +190,21 @@ def test_a_campaign_without_a_url_takes_the_profiles_base_url_and_needs_one(
         "profile 'sandbox' an unsubscribe.base_url (Gmail and Yahoo require one-click "
         "unsubscribe for bulk mail)\n"
     )
+
+
+def test_after_a_key_rotation_links_signed_with_the_previous_key_still_verify(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UNSUB_NEW", "n" * 32)
+    monkeypatch.setenv("UNSUB_OLD", "o" * 32)
+    (tmp_path / "profiles.yaml").write_text(
+        "profiles:\n  sandbox:\n    transport: sandbox\n"
+        "    unsubscribe: {secret_env: UNSUB_NEW, previous_secret_env: UNSUB_OLD}\n"
+    )
+    expires = time.time() + 86400
+    for secret, code in ((b"n" * 32, 0), (b"o" * 32, 0), (b"x" * 32, 2)):
+        token = Signer(secret).token("jane@example.com", "news", "customers", expires)
+        assert run(["unsubscribe", "verify", token]) == code
+    capsys.readouterr()
+    assert not key_file_for(tmp_path / "mailctl.db").exists()

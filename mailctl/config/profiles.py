@@ -109,6 +109,9 @@ class UnsubscribeSettings:
     """How unsubscribe links are signed and what an unsubscribe does."""
 
     secret_env: str | None = None  # else a key file next to the database
+    # After a key rotation: the old key's variable, still accepted (never used to sign), so
+    # links already sent keep working until they expire.
+    previous_secret_env: str | None = None
     base_url: str | None = None  # for campaigns that give no unsubscribe url
     valid_for: float = 400 * 86400  # a link keeps working this long after the send
     scope: UnsubscribeScope = UnsubscribeScope.ALL
@@ -459,13 +462,16 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
     if "preflight" in keys:
         options["preflight"] = keys["preflight"].bool()
     if "unsubscribe" in keys:
-        un = keys["unsubscribe"].mapping({"secret_env", "valid_for", "scope", "base_url"})
+        un = keys["unsubscribe"].mapping(
+            {"secret_env", "previous_secret_env", "valid_for", "scope", "base_url"}
+        )
         settings: dict[str, Any] = {}
-        if "secret_env" in un:
-            var = un["secret_env"].str()
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
-                raise un["secret_env"].error(f"'{var}' is not an environment variable name")
-            settings["secret_env"] = var
+        for env_key in ("secret_env", "previous_secret_env"):
+            if env_key in un:
+                var = un[env_key].str()
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+                    raise un[env_key].error(f"'{var}' is not an environment variable name")
+                settings[env_key] = var
         if "valid_for" in un:
             settings["valid_for"] = un["valid_for"].duration()
             if settings["valid_for"] < 86400:

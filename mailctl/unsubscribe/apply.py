@@ -81,6 +81,16 @@ def unsubscriber_for(profiles: ProfilesFile | None, database: str | None) -> Uns
     envs: Iterable[str | None] = (
         [p.unsubscribe.secret_env for p in profiles.profiles.values()] if profiles else [None]
     )
+    # Keys rotated out still verify (listed last: new tokens are checked first).
+    if profiles:
+        envs = [
+            *envs,
+            *(
+                p.unsubscribe.previous_secret_env
+                for p in profiles.profiles.values()
+                if p.unsubscribe.previous_secret_env
+            ),
+        ]
     secrets: list[bytes] = []
     for env in dict.fromkeys(envs):
         try:
