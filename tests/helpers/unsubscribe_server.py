@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class UnsubscribeServer:
-    def __init__(self, workdir: Path, db: Path, *args: str) -> None:
+    def __init__(self, workdir: Path, db: Path | None, *args: str) -> None:
+        """`db` None: no --db at all (the default ./mailctl.db in `workdir`)."""
         self.port = free_port()
         self.log = workdir / f"serve-{self.port}.log"
         self._log_handle = self.log.open("wb")
@@ -26,8 +27,7 @@ class UnsubscribeServer:
                 sys.executable,
                 "-m",
                 "mailctl",
-                "--db",
-                str(db),
+                *(["--db", str(db)] if db is not None else []),
                 "unsubscribe",
                 "serve",
                 "--port",
