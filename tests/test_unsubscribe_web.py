@@ -211,7 +211,7 @@ def test_health_and_a_json_access_log_without_tokens(
 
 
 def test_requests_are_rate_limited_per_client(tmp_path: Path, db: Path, signer: Signer) -> None:
-    running = UnsubscribeServer(tmp_path, db, "--rate-limit", "60", "--burst", "3")
+    running = UnsubscribeServer(tmp_path, db, "--rate-limit", "1", "--burst", "3")
     try:
         statuses = [
             running.request("GET", path_for(token(signer, "a@example.com")))[0] for _ in range(5)
