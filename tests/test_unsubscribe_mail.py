@@ -146,6 +146,8 @@ def test_a_gmail_mailto_reply_with_the_token_unsubscribes_its_recipient(
     assert re.search(
         r"│ unsubscribes +│ 1 \(one-click 0, confirm page 0, mail 1\) +│", capsys.readouterr().out
     )
+    assert cli(ws, "report", "news", "--html", str(tmp_path / "r.html")) == 0
+    assert "1 (one-click 0, confirm page 0, mail 1)" in (tmp_path / "r.html").read_text()
 
 
 def test_apple_mail_one_click_unsubscribes(sent, tmp_path: Path, capsys) -> None:

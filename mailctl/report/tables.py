@@ -11,7 +11,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from mailctl.report.columns import report_title, sections, summary_rows
+from mailctl.report.columns import report_title, sections, summary_rows, unsubscribe_rows
 
 
 def render_tables(report: Mapping[str, Any]) -> list[Table]:
@@ -27,15 +27,8 @@ def render_tables(report: Mapping[str, Any]) -> list[Table]:
                 summary.add_row(key.replace("_", " "), Text(str(campaign[key])))
     for label, value, alert in summary_rows(report["totals"]):
         summary.add_row(label, Text(value, style="bold red" if alert else ""))
-    unsubscribes = report.get("unsubscribes") or {}
-    if unsubscribes.get("total"):
-        summary.add_row(
-            "unsubscribes",
-            Text(
-                f"{unsubscribes['total']} (one-click {unsubscribes['one_click']}, "
-                f"confirm page {unsubscribes['web_confirm']}, mail {unsubscribes['mail']})"
-            ),
-        )
+    for label, value, alert in unsubscribe_rows(report):
+        summary.add_row(label, Text(value, style="bold red" if alert else ""))
     tables = [summary]
     for title, columns, rows in sections(report):
         table = Table(title=title, title_justify="left")
