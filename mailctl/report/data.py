@@ -19,6 +19,8 @@ always present (possibly empty); keys are never left out.
       "campaign": "november" | null,      # the campaign asked for; null: all campaigns
       "thresholds": {"bounce_rate": 0.02, "complaint_rate": 0.003},   # circuit breakers
       "totals": Stats,                    # over the selected campaign(s)
+      "unsubscribes": {"one_click", "web_confirm", "mail", "total": int},  # by channel;
+                                          # of the campaign (by its links), else all
       "campaigns": [Campaign, ...],       # newest first; one entry when a campaign is named
       "by_ip": [Lane-group, ...],         # per sending IP, sorted by IP
       "by_provider": [Lane-group, ...],   # per mailbox provider, sorted by name
