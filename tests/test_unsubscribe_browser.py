@@ -29,6 +29,8 @@ pytestmark = pytest.mark.skipif(
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 @pytest.fixture
@@ -76,7 +78,10 @@ def test_confirming_in_chromium_unsubscribes_and_shows_the_confirmation(
         conn = sqlite3.connect(db)
         assert conn.execute("SELECT count(*) FROM suppression").fetchone()[0] == 0
         button.click()
-        done = browser.find_element(By.ID, "done")
+        # The click submits the form; wait for the answer page (a loaded machine is slow).
+        done = WebDriverWait(browser, 30).until(
+            expected_conditions.presence_of_element_located((By.ID, "done"))
+        )
         assert done.text == "j***e@example.com will get no more of these messages."
         assert browser.title == "You are unsubscribed"
         assert browser.current_url == url  # answered in place, no redirect
