@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from mailctl.cli import run
-from mailctl.sim.server import build_dsn
+from mailctl.sim.dsn import build_dsn
 from tests.helpers.dovecot import DovecotServer, dovecot_available
+from tests.helpers.workspace import make_workspace
 
 if not dovecot_available() and os.environ.get("MAILCTL_REQUIRE_DOVECOT"):
     raise RuntimeError("MAILCTL_REQUIRE_DOVECOT is set but dovecot is not installed (or not root)")
@@ -66,10 +67,17 @@ def bounce(index: int) -> bytes:
 def import_json(
     tmp_path: Path, dovecot: DovecotServer, url: str, capsys, *extra: str
 ) -> tuple[int, dict | None, str]:
+    # The bounces name addresses this database never mailed, so the profile trusts the
+    # mailbox (`bounces: {trust_unmatched: true}`): the transport is under test here, the
+    # evidence rules in tests/test_bounce_evidence.py.
+    if not (tmp_path / "profiles.yaml").exists():
+        make_workspace(tmp_path, 25, rows=1, profile_extra="    bounces: {trust_unmatched: true}\n")
     code = run(
         [
             "--db",
             str(tmp_path / "m.db"),
+            "--profiles",
+            str(tmp_path / "profiles.yaml"),
             "bounces",
             "import",
             url,

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from mailctl.cli import run
+from mailctl.config.profiles import UnsubscribeScope
 from mailctl.store.sqlite import SqliteStore
+from mailctl.unsubscribe.apply import Unsubscriber
+from mailctl.unsubscribe.tokens import Signer, load_secret
 
 NOW = 1_800_000_000.0
 
@@ -85,3 +88,47 @@ def test_a_list_scoped_unsubscribe_skips_that_list_only(tmp_path: Path, capsys) 
             ).fetchall()
         )
         assert states == {"jane@example.com": "suppressed", "joe@example.com": "suppressed"}
+
+
+def test_an_unsubscribe_in_another_letter_case_still_stops_every_spelling(
+    tmp_path: Path, capsys
+) -> None:
+    # The list holds "Jane.Doe@Example.com"; the link was signed for a different spelling.
+    csv = tmp_path / "people.csv"
+    csv.write_text("email\nJane.Doe@Example.com\njoe@example.com\n")
+    db = tmp_path / "m.db"
+    assert run(["--db", str(db), "recipients", "import", str(csv), "--list", "customers"]) == 0
+    capsys.readouterr()
+    signer = Signer(load_secret(None, db))
+    unsubscriber = Unsubscriber((signer,), lambda store, campaign: UnsubscribeScope.ALL)
+    token = unsubscriber.verify(
+        signer.token("JANE.DOE@EXAMPLE.COM", "news", "customers", NOW + 86400), NOW
+    )
+    with SqliteStore.open(db) as store:
+        with store.transaction():
+            campaign_id = store.create_campaign(
+                name="news",
+                path="news.yaml",
+                profile="sandbox",
+                traffic_class="marketing",
+                pool="default",
+                list_name="customers",
+                content={},
+                content_hash="x",
+                now=NOW,
+            )
+        assert unsubscriber.apply(store, token, source="one-click:news", now=NOW)
+        assert unsubscriber.already(store, token)
+        counter = iter(range(100))
+        # Never sent to the unsubscribed person, in whatever case the list or link spells it.
+        assert store.queue_messages(
+            campaign_id, "customers", NOW, lambda: f"mc1-{next(counter):016d}"
+        ) == (1, 1)
+        states = dict(
+            store.conn.execute(
+                "SELECT email, state FROM messages WHERE campaign_id = ?", (campaign_id,)
+            ).fetchall()
+        )
+        assert states == {"Jane.Doe@example.com": "suppressed", "joe@example.com": "queued"}
+    assert run(["--db", str(db), "suppress", "check", "jane.doe@EXAMPLE.com"]) == 0
+    assert "unsubscribe" in capsys.readouterr().out

@@ -29,6 +29,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -72,7 +73,7 @@ class RemoteOptions:
     ca_file: Path | None = None
     move_to: str | None = None
     delete: bool = False
-    batch: int = 200
+    batch: int = 50  # messages per fetch, and per write transaction (short: `send` waits)
     timeout: float = 60.0
 
 
@@ -142,6 +143,9 @@ def _batches(items: list[int], size: int) -> Iterator[list[int]]:
 
 
 Handler = Callable[[str, bytes], None]
+# Commits the reports handled so far together with the mark the callable writes: one
+# transaction, so a mailbox's mark never runs ahead of (or behind) its reports.
+Committer = Callable[[Callable[[], None]], None]
 
 
 def fetch_remote(
@@ -150,12 +154,13 @@ def fetch_remote(
     options: RemoteOptions,
     *,
     handle: Handler,
-    commit: Callable[[], None],
+    commit: Committer,
     now: float,
     on_total: Callable[[int], None] | None = None,
 ) -> int:
-    """Feed each new message of a remote mailbox to `handle`, committing per batch with the
-    mailbox's mark; returns how many were fetched."""
+    """Feed each new message of a remote mailbox to `handle`, then `commit` each batch with
+    the mailbox's mark (written inside that commit's transaction); returns how many were
+    fetched."""
     mailbox = parse_mailbox_url(url)
     if options.move_to and not mailbox.imap:
         raise UsageError(f"{mailbox.key}: --move-to needs IMAP (POP3 has no folders)")
@@ -194,7 +199,7 @@ def _imap(
     context: ssl.SSLContext,
     options: RemoteOptions,
     handle: Handler,
-    commit: Callable[[], None],
+    commit: Committer,
     now: float,
     on_total: Callable[[int], None] | None,
 ) -> int:
@@ -260,8 +265,7 @@ def _imap(
                     continue
                 handle(f"{mailbox.key};UID={int(found.group(1))}", item[1])
                 fetched += 1
-            store.set_remote_mark(mailbox.key, uidvalidity, batch[-1], now)
-            commit()
+            commit(partial(store.set_remote_mark, mailbox.key, uidvalidity, batch[-1], now))
             if options.move_to:
                 if can_move:
                     typ, data = conn.uid("MOVE", uid_set, _imap_quote(options.move_to))
@@ -296,7 +300,7 @@ def _pop3(
     context: ssl.SSLContext,
     options: RemoteOptions,
     handle: Handler,
-    commit: Callable[[], None],
+    commit: Committer,
     now: float,
     on_total: Callable[[int], None] | None,
 ) -> int:
@@ -343,8 +347,7 @@ def _pop3(
                 _, lines, _ = conn.retr(number)
                 handle(f"{mailbox.key};UIDL={uid}", b"\r\n".join(lines) + b"\r\n")
                 fetched += 1
-            store.add_remote_seen(mailbox.key, [uid for _, uid in batch], now)
-            commit()
+            commit(partial(store.add_remote_seen, mailbox.key, [uid for _, uid in batch], now))
             if options.delete:
                 for number, _ in batch:
                     conn.dele(number)

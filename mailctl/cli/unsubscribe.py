@@ -1,7 +1,7 @@
 """`mailctl unsubscribe`: check a signed link, serve the one-click endpoint.
 
-A command group module: parses, calls mailctl.unsubscribe, formats. Registered by
-mailctl.cli; imports the shared state and helpers from it.
+Part of the CLI: parses, calls `mailctl.unsubscribe`, formats. Must not be imported by
+anything outside mailctl/cli.
 """
 
 from __future__ import annotations
@@ -10,39 +10,42 @@ import datetime as dt
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from mailctl.cli import console
+from mailctl.cli.context import load_profiles_near, open_store, state
+from mailctl.cli.options import CONTEXT, JsonOption
+from mailctl.config.profiles import ProfilesFile
+from mailctl.errors import UsageError
+from mailctl.store.sqlite import resolve_db_path
+from mailctl.unsubscribe.apply import Unsubscriber, unsubscriber_for
+from mailctl.unsubscribe.tokens import token_from_url
 
-unsubscribe_app = typer.Typer(
+app = typer.Typer(
     help="Signed unsubscribe links and the one-click (RFC 8058) endpoint.",
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    context_settings=CONTEXT,
 )
 
 
-def _profiles_or_none() -> Any:
-    from mailctl import cli
-
-    if cli.state.profiles is None and not os.environ.get("MAILCTL_PROFILES"):
-        if not Path("profiles.yaml").exists():
-            return None  # defaults: the key next to the database, scope "all"
-    return cli._load_profiles(None)
-
-
-def _unsubscriber() -> Any:
-    from mailctl import cli
-    from mailctl.store.sqlite import resolve_db_path
-    from mailctl.unsubscribe.apply import unsubscriber_for
-
-    return unsubscriber_for(_profiles_or_none(), str(resolve_db_path(cli.state.db)))
+def _profiles() -> ProfilesFile | None:
+    """profiles.yaml when one is named or present (and then it must be valid); None without
+    one: the key next to the database, scope "all"."""
+    named = state.profiles is not None or os.environ.get("MAILCTL_PROFILES")
+    if not named and not Path("profiles.yaml").exists():
+        return None
+    return load_profiles_near(None)
 
 
-@unsubscribe_app.command("verify")
+def _unsubscriber() -> Unsubscriber:
+    return unsubscriber_for(_profiles(), str(resolve_db_path(state.db)))
+
+
+@app.command("verify")
 def unsubscribe_verify(
     url: Annotated[str, typer.Argument(help="An unsubscribe URL (or just its token).")],
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Say what an unsubscribe link means: whose, which campaign and list, valid until when.
 
@@ -50,9 +53,6 @@ def unsubscribe_verify(
 
     Example: mailctl unsubscribe verify 'https://example.com/unsubscribe?t=…'
     """
-    from mailctl.errors import UsageError
-    from mailctl.unsubscribe.tokens import token_from_url
-
     token = token_from_url(url)
     if token is None:
         raise UsageError(f"{url[:80]}: no t= parameter: not a signed unsubscribe link")
@@ -76,7 +76,7 @@ def unsubscribe_verify(
     )
 
 
-@unsubscribe_app.command("serve")
+@app.command("serve")
 def unsubscribe_serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8080,
@@ -96,19 +96,15 @@ def unsubscribe_serve(
 
     Example: mailctl unsubscribe serve --host 127.0.0.1 --port 8080
     """
-    from mailctl import cli
+    # Starlette and uvicorn load only for the one command that serves, not at every start.
     from mailctl.unsubscribe.web import RateLimit, create_app, serve
 
     unsubscriber = _unsubscriber()  # config errors now, not at the first request
-    from mailctl.store.sqlite import resolve_db_path
-
-    console.info(
-        f"serving unsubscribes for {resolve_db_path(cli.state.db)} on http://{host}:{port}/"
-    )
-    app = create_app(
-        cli._open_store,
+    console.info(f"serving unsubscribes for {resolve_db_path(state.db)} on http://{host}:{port}/")
+    web_app = create_app(
+        open_store,
         unsubscriber,
         rate_limit=RateLimit(per_minute=rate_limit, burst=burst),
         access_log=console.log_json_line if access_log else None,
     )
-    serve(app, host=host, port=port)
+    serve(web_app, host=host, port=port)

@@ -1,20 +1,24 @@
 """What a verified unsubscribe does: one store write, scoped to the list or to everything.
 
 Shared by the web endpoint and by `bounces import` (mailto replies, opt-out reports), so both
-write the same row with reason ``unsubscribe``. Imports config and the store protocol only.
+write the same row with reason ``unsubscribe``, keyed by the canonical address key (any letter
+case of an unsubscribed address is unsubscribed). Imports config, recipients.address and the
+store protocol only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from mailctl.config.profiles import ProfilesFile, UnsubscribeScope
 from mailctl.errors import ConfigError
+from mailctl.recipients.address import address_key
 from mailctl.store.base import Store
 from mailctl.unsubscribe.tokens import Signer, TokenError, UnsubscribeToken, load_secret
 
-__all__ = ["Unsubscriber", "unsubscriber_for"]
+__all__ = ["Unsubscriber", "optional_unsubscriber", "unsubscriber_for"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,10 @@ class Unsubscriber:
         """Unsubscribe the token's address (once); True when it is new."""
         with store.transaction():
             return store.unsubscribe(
-                token.address, list_name=self.list_for(store, token), source=source, now=now
+                address_key(token.address),
+                list_name=self.list_for(store, token),
+                source=source,
+                now=now,
             )
 
     def apply_many(
@@ -59,20 +66,32 @@ class Unsubscriber:
         with store.transaction():
             return [
                 store.unsubscribe(
-                    token.address, list_name=self.list_for(store, token), source=source, now=now
+                    address_key(token.address),
+                    list_name=self.list_for(store, token),
+                    source=source,
+                    now=now,
                 )
                 for token, source in requests
             ]
 
     def already(self, store: Store, token: UnsubscribeToken) -> bool:
-        return store.unsubscribed(token.address, self.list_for(store, token))
+        return store.unsubscribed(address_key(token.address), self.list_for(store, token))
+
+
+def optional_unsubscriber(
+    profiles: ProfilesFile | None, database: str | None
+) -> Unsubscriber | None:
+    """`unsubscriber_for`, or None when no secret is available (`bounces import`: tokens in
+    unsubscribe mail are then simply not trusted)."""
+    try:
+        return unsubscriber_for(profiles, database)
+    except ConfigError:
+        return None
 
 
 def unsubscriber_for(profiles: ProfilesFile | None, database: str | None) -> Unsubscriber:
     """The secrets and scopes of every profile (a token names its campaign, the campaign its
     profile). Without a profiles file: the key file next to the database, scope ``all``."""
-    from pathlib import Path
-
     location = (
         Path(database)
         if database is not None and "://" not in database and database != ":memory:"

@@ -27,7 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from mailctl.errors import ConfigError, MailctlError
+from mailctl.errors import ConfigError, UsageError
 
 __all__ = [
     "KEY_FILE_SUFFIX",
@@ -36,7 +36,6 @@ __all__ = [
     "Signer",
     "TokenError",
     "UnsubscribeToken",
-    "address_key",
     "key_file_for",
     "load_secret",
     "token_from_url",
@@ -59,10 +58,8 @@ class Problem(StrEnum):
     EXPIRED = "expired"
 
 
-class TokenError(MailctlError, ValueError):
-    """An unsubscribe token that is malformed, tampered with or expired."""
-
-    exit_code = 2
+class TokenError(UsageError, ValueError):
+    """An unsubscribe token that is malformed, tampered with or expired (exit 2)."""
 
     def __init__(self, message: str, *, problem: Problem) -> None:
         super().__init__(message)
@@ -77,17 +74,6 @@ class UnsubscribeToken:
     campaign: str
     list_name: str
     expires_at: int
-
-
-def address_key(address: str) -> str:
-    """The canonical key an address is signed and compared on: lower-cased local part and
-    IDNA (ASCII) lower-cased domain."""
-    local, _, domain = address.strip().rpartition("@")
-    try:
-        domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        pass
-    return f"{local.lower()}@{domain.lower()}"
 
 
 def _b64(data: bytes) -> str:
