@@ -73,6 +73,19 @@ class InvalidAddress(MailctlError, ValueError):
         self.address = address
 
 
+class MailboxError(InputError, ConnectionError):
+    """A remote mailbox (IMAP, POP3) cannot be reached or read; what was imported stays."""
+
+    def __init__(self, message: str, *, mailbox: str | None = None) -> None:
+        super().__init__(message)
+        self.mailbox = mailbox
+
+
+class MailboxLoginError(MailboxError):
+    """A remote mailbox refused the login (wrong user or password): exit 2, a
+    configuration error (`mailctl.cli.EXIT_CODES`)."""
+
+
 # --- the store -------------------------------------------------------------------------------
 
 

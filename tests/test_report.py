@@ -331,6 +331,7 @@ def test_json_shape_is_stable(sent: Path) -> None:
         "campaign",
         "thresholds",
         "totals",
+        "unsubscribes",
         "campaigns",
         "by_ip",
         "by_provider",

@@ -129,6 +129,7 @@ class Kind(StrEnum):
     COMPLAINT = "complaint"
     AUTOREPLY = "autoreply"
     DELIVERED = "delivered"
+    UNSUBSCRIBE = "unsubscribe"  # a mailto request, an ARF opt-out, Apple Mail's one-click
     UNKNOWN = "unknown"
 
 
@@ -162,6 +163,9 @@ class Report:
     date: str | None
     digest: str
     confidence: Confidence | None = None  # None: no recipient was read
+    # Signed unsubscribe tokens the message carries (the mailto subject, a t= link); only
+    # checked, by the importer, for unsubscribe requests.
+    unsubscribe_tokens: tuple[str, ...] = ()
     raw_digest: str | None = None  # the digest earlier versions stored (of the raw bytes)
 
     def to_json(self) -> dict[str, Any]:
@@ -333,6 +337,42 @@ def _recipient(
     )
 
 
+_FEEDBACK_OPT_OUT = frozenset({"opt-out", "unsubscribe"})
+# A token where mailctl puts one: the mailto subject ("unsubscribe TOKEN") or a link's t=.
+# Anchored on a literal prefix, so the scan stays linear on hostile input.
+_TOKEN_IN_TEXT = re.compile(
+    rb"(?:[?&;]t=|unsubscribe(?:%20|\+|[ \t]+))"
+    rb"([A-Za-z0-9_-]{16,1400}\.[A-Za-z0-9_-]{22})(?![A-Za-z0-9_-])",
+    re.I,
+)
+_UNSUBSCRIBE_SUBJECT = re.compile(r"^\s*(?:(?:re|aw|fwd?)\s*:\s*)*unsubscribe\b", re.I)
+
+
+def _unsubscribe_tokens(raw: bytes) -> tuple[str, ...]:
+    """Up to five candidate tokens from the first 256 KiB of the message."""
+    found: list[str] = []
+    for match in _TOKEN_IN_TEXT.finditer(raw[:262144]):
+        token = match.group(1).decode("ascii")
+        if token not in found:
+            found.append(token)
+        if len(found) == 5:
+            break
+    return tuple(found)
+
+
+def _is_unsubscribe_request(msg: Message, subject: str, text: str) -> bool:
+    """A person's message asking to unsubscribe: subject "unsubscribe…", or an empty or
+    "unsubscribe" subject with a body that says just that. Never a report or auto-reply."""
+    if msg.get_content_type() == "multipart/report":
+        return False
+    if (header_text(msg, "Auto-Submitted") or "no").lower() != "no":
+        return False
+    if _UNSUBSCRIBE_SUBJECT.match(subject):
+        return True
+    first = next((line.strip().lower() for line in text[:2000].splitlines() if line.strip()), "")
+    return not subject.strip() and first.rstrip(".!") in ("unsubscribe", "stop")
+
+
 def _is_autoreply(msg: Message, subject: str) -> bool:
     auto = header_text(msg, "Auto-Submitted").lower()
     if auto.startswith("auto-replied") or auto.startswith("auto-notified"):
@@ -397,7 +437,17 @@ def parse_message(
         raise
     except Exception:  # noqa: BLE001 - malformed MIME must not stop an import of millions
         return Report(
-            source, Kind.UNKNOWN, (), None, None, None, None, None, digest, None, legacy_digest
+            source,
+            Kind.UNKNOWN,
+            (),
+            None,
+            None,
+            None,
+            None,
+            None,
+            digest,
+            None,
+            raw_digest=legacy_digest,
         )
 
 
@@ -446,6 +496,7 @@ def _parse(
             date,
             digest,
             confidence if recipients else None,
+            _unsubscribe_tokens(raw) if kind is Kind.UNSUBSCRIBE else (),
         )
 
     # The sender's own addresses: never failed recipients.
@@ -473,6 +524,7 @@ def _parse(
                 if addresses:
                     break
         complaint = feedback_type in _FEEDBACK_COMPLAINT
+        opt_out = feedback_type in _FEEDBACK_OPT_OUT
         seen: set[str] = set()
         recipients = []
         for address in addresses:
@@ -492,7 +544,8 @@ def _parse(
                     "arf",
                 )
             )
-        return report(Kind.COMPLAINT if complaint else Kind.UNKNOWN, recipients, feedback_type)
+        kind = Kind.COMPLAINT if complaint else Kind.UNSUBSCRIBE if opt_out else Kind.UNKNOWN
+        return report(kind, recipients, feedback_type)
 
     # 1b. Microsoft's JMRP complaints: no ARF part, the complained-about message is attached
     # with X-HmXmrOriginalRecipient naming the complaining recipient.
@@ -511,14 +564,17 @@ def _parse(
                 "abuse",
                 confidence=Confidence.MTA_RULE,
             )
-    # 1c. A mail client's one-click unsubscribe (Apple Mail): an opt-out, not a complaint.
-    if (
+    # 1c. A mail client's one-click unsubscribe (Apple Mail sends X-Apple-Unsubscribe: true
+    # from the user's own account to the List-Unsubscribe mailto), and 1d. a person's
+    # "unsubscribe" sent to that mailto: opt-outs, not complaints. The importer decides whom
+    # they may unsubscribe (a valid token's address, or the sender's own).
+    apple = (
         header_text(msg, "X-Apple-Unsubscribe").lower() == "true"
         and _STRUCTURE_FAMILIES["apple-unsubscribe"] not in disabled
-    ):
-        addresses = find_addresses(from_header)[:1]
-        return report(
-            Kind.UNKNOWN,
+    )
+    if apple or _is_unsubscribe_request(msg, subject, full_text):
+        request = report(
+            Kind.UNSUBSCRIBE,
             [
                 FailedRecipient(
                     a,
@@ -531,11 +587,19 @@ def _parse(
                     None,
                     "unsubscribe",
                 )
-                for a in addresses
+                for a in find_addresses(from_header)[:1]
             ],
-            "opt-out",
+            "opt-out" if apple else "unsubscribe",
             confidence=Confidence.MTA_RULE,
         )
+        if request.tracking_id is None:
+            # A tag in the address it was sent to (unsubscribe+<tracking id>@…), or the
+            # message it replies to: either names the recipient mailctl wrote to.
+            for name in ("To", "Delivered-To", "X-Original-To", "In-Reply-To", "References"):
+                found = TRACKING_RE.search(header_text(msg, name))
+                if found:
+                    return replace(request, tracking_id=found.group(0))
+        return request
 
     # 2. RFC 3464 fields: a delivery-status part, or fields pasted into a text part.
     blocks = [block for group in parts.dsn_blocks for block in group]

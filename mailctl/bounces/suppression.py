@@ -8,7 +8,9 @@ never suppress. Anyone can mail a bounce address, so a report that ties no recip
 mailctl sent suppresses no one unless the profile trusts the mailbox (`EvidencePolicy`). A
 report read only by the generic path (``Confidence.GENERIC``: no DSN fields, no rule written
 for its MTA) is "unsure": it suppresses only on a 5xx reply with a recipient-scoped reason,
-and it is counted and listed apart so that the operator can look at it.
+and it is counted and listed apart so that the operator can look at it. Unsubscribe mail
+(mailto requests, ARF opt-outs, Apple Mail's one-click) unsubscribes only whom it can prove:
+a valid token's address, a signed tracking id's recipient, or its own sender mailed recently.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from mailctl.bounces.mailbox import iter_messages
 from mailctl.bounces.parse import Confidence, FailedRecipient, Kind, Report, parse_message
+from mailctl.bounces.remote import RemoteOptions, fetch_remote, is_remote
 from mailctl.config.provider_rules import Scope
 from mailctl.errors import BounceParseError, InputError, InvalidAddress
 from mailctl.files import PrivateCsvWriter, private_text_file
@@ -31,6 +35,8 @@ from mailctl.recipients.address import address_key, normalise_address, suppressi
 from mailctl.replies.classify import REASON_SCOPE, parse_reply_code
 from mailctl.reputation.signals import reported_counts
 from mailctl.store.base import IpDayCounts, Store
+from mailctl.unsubscribe.apply import Unsubscriber
+from mailctl.unsubscribe.tokens import TokenError
 
 REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual", "soft_bounce_limit")
 DAY = 86400.0
@@ -71,6 +77,9 @@ class ImportResult:
     complaints: int = 0
     autoreplies: int = 0
     delivered: int = 0
+    unsubscribes: int = 0  # mailto requests, ARF opt-outs, Apple Mail one-clicks
+    unsubscribed: int = 0  # addresses they newly unsubscribed
+    unsubscribes_unmatched: int = 0  # tied to no token and no recent recipient: ignored
     not_reports: int = 0
     errors: int = 0
     recipients: int = 0
@@ -93,6 +102,9 @@ class ImportResult:
             "complaints": self.complaints,
             "autoreplies": self.autoreplies,
             "delivered": self.delivered,
+            "unsubscribes": self.unsubscribes,
+            "unsubscribed": self.unsubscribed,
+            "unsubscribes_unmatched": self.unsubscribes_unmatched,
             "not_reports": self.not_reports,
             "errors": self.errors,
             "recipients": self.recipients,
@@ -181,6 +193,7 @@ def apply_report(
     result: ImportResult,
     evidence: EvidencePolicy | None = None,
     keys: TrackingKeys | None = None,
+    unsubscriber: Unsubscriber | None = None,
 ) -> bool:
     """Store one report (once) and apply its effects, inside the caller's transaction.
 
@@ -210,9 +223,15 @@ def apply_report(
         Kind.COMPLAINT: "complaints",
         Kind.AUTOREPLY: "autoreplies",
         Kind.DELIVERED: "delivered",
+        Kind.UNSUBSCRIBE: "unsubscribes",
         Kind.UNKNOWN: "not_reports",
     }
     setattr(result, counters[report.kind], getattr(result, counters[report.kind]) + 1)
+    if report.kind is Kind.UNSUBSCRIBE:
+        _apply_unsubscribe(
+            store, report, message, now=now, result=result, unsubscriber=unsubscriber
+        )
+        return True  # counted apart (unsubscribes_unmatched), never suppresses on a guess
     if report.kind not in (Kind.BOUNCE, Kind.DELAY, Kind.COMPLAINT):
         return True
     day = _day(reported_at)
@@ -297,6 +316,54 @@ def apply_report(
     return True
 
 
+def _apply_unsubscribe(
+    store: Store,
+    report: Report,
+    message: dict[str, Any] | None,
+    *,
+    now: float,
+    result: ImportResult,
+    unsubscriber: Unsubscriber | None,
+) -> None:
+    """Unsubscribe whom an opt-out may name, and no one else: the address of a valid signed
+    token it carries; else the recipient of the message its (verified) tracking id names,
+    when the report is about that recipient; else the sender, when mailctl mailed them
+    recently. Every address is written and compared by its canonical key."""
+    reported = [key for r in report.recipients if (key := _canonical(r.address)) is not None]
+    address: str | None = None
+    list_name: str | None = None
+    source = f"{report.feedback_type or 'unsubscribe'}-mail:{report.source}"
+    if unsubscriber is not None:
+        for candidate in report.unsubscribe_tokens:
+            try:
+                token = unsubscriber.verify(candidate, now)
+            except TokenError:
+                continue
+            address = address_key(token.address)
+            list_name = unsubscriber.list_for(store, token)
+            source = f"mail:{token.campaign}"
+            break
+    from_sender = bool(report.recipients) and report.recipients[0].rule == "unsubscribe"
+    if address is None and message is not None:
+        # A request's To: tag or In-Reply-To names the message (a signed tracking id, like a
+        # token); an ARF report must also be about that message's recipient.
+        if from_sender or address_key(message["email"]) in reported:
+            address = address_key(message["email"])
+    if address is None and reported and from_sender:
+        # The sender's own address (a mailto request, Apple Mail), and only if mailctl
+        # mailed it recently. An ARF report names someone else: it needs a token or a
+        # tracking id, or anyone could forge one about anybody.
+        sent = store.latest_message_to(reported[0], now - 60 * DAY)
+        if sent is not None:
+            address = reported[0]
+    if address is None:
+        result.unsubscribes_unmatched += 1
+        return
+    result.matched += 1
+    if store.unsubscribe(address, list_name=list_name, source=source[:200], now=now):
+        result.unsubscribed += 1
+
+
 def _signal(store: Store, counts: IpDayCounts | None) -> None:
     if counts is not None:
         store.bump_ip_day(counts.ip, counts.day, counts.provider, **counts.counts())
@@ -320,17 +387,21 @@ def import_reports(
     on_error: Callable[[str, bytes, str], None] | None = None,
     on_unmatched: Callable[[str, bytes], None] | None = None,
     on_unsure: Callable[[str, bytes, str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+    remote: RemoteOptions | None = None,
+    unsubscriber: Unsubscriber | None = None,
     batch: int = BATCH_REPORTS,
 ) -> ImportResult:
-    """Import mailboxes (mbox, Maildir, .eml, "-"): idempotent, streaming, never stopped by
-    one bad message.
+    """Import mailboxes (mbox, Maildir, .eml, "-", or imap(s):// and pop3(s):// URLs):
+    idempotent, streaming, never stopped by one bad message.
 
     Each report's event, recipients, suppressions and signals commit together with the rest
     of its batch or not at all, so an import interrupted anywhere and run again ends in the
     same state as one that was never interrupted. `keys` verify signed tracking ids (None:
     only old unsigned ids found in the store count as evidence). ``on_unmatched`` and
     ``on_unsure`` hear, after their batch commits, of each new report tied to no sent
-    message, and of each new report read by the generic path only."""
+    message, and of each new report read by the generic path only. A remote mailbox's batch
+    commits with its mark (IMAP UID, POP3 UIDLs) in the same transaction."""
     now = time.time() if now is None else now
     policy = policy or SoftBouncePolicy()
     evidence = evidence or EvidencePolicy()
@@ -338,13 +409,16 @@ def import_reports(
     pending: list[tuple[Report, bytes]] = []
     pending_bytes = 0
 
-    def flush() -> None:
+    def flush(mark: Callable[[], None] | None = None) -> None:
+        """Commit the pending reports (and a remote mailbox's mark) in one transaction."""
         nonlocal pending_bytes
-        if not pending:
+        if not pending and mark is None:
             return
         unmatched: list[tuple[str, bytes]] = []
         unsure: list[tuple[str, bytes]] = []
         with store.transaction():
+            if mark is not None:
+                mark()
             for report, raw in pending:
                 duplicates = result.duplicates
                 if not apply_report(
@@ -355,6 +429,7 @@ def import_reports(
                     result=result,
                     evidence=evidence,
                     keys=keys,
+                    unsubscriber=unsubscriber,
                 ):
                     unmatched.append((report.source, raw))
                 if report.confidence is Confidence.GENERIC and result.duplicates == duplicates:
@@ -371,26 +446,44 @@ def import_reports(
             for source, raw in unsure:
                 on_unsure(source, raw, "read by the generic path only")
 
+    def read(source: str, raw: bytes, *, may_flush: bool = True) -> None:
+        """Parse one message (outside any transaction) and queue its report."""
+        result.messages += 1
+        try:
+            report = parse_message(raw, source)
+        except BounceParseError as exc:
+            result.errors += 1
+            result.error_sources.append(source)
+            if on_error:
+                on_error(source, raw, str(exc))
+            return
+        nonlocal pending_bytes
+        keep = on_unmatched is not None or on_unsure is not None
+        pending.append((report, raw if keep else b""))
+        pending_bytes += len(raw) if keep else 0
+        if may_flush and (len(pending) >= batch or pending_bytes >= BATCH_BYTES):
+            flush()
+        if on_message:
+            on_message(result)
+
     for path in paths:
+        if is_remote(path):
+            flush()
+            # A remote batch (bounded by RemoteOptions.batch) commits only with its mark.
+            fetch_remote(
+                store,
+                path,
+                remote or RemoteOptions(),
+                handle=partial(read, may_flush=False),
+                commit=flush,
+                now=now,
+                on_total=on_total,
+            )
+            continue
         if path != "-" and not Path(path).exists():
             raise InputError(f"{path}: no such file or directory")
         for source, raw in iter_messages(path):
-            result.messages += 1
-            try:
-                report = parse_message(raw, source)
-            except BounceParseError as exc:
-                result.errors += 1
-                result.error_sources.append(source)
-                if on_error:
-                    on_error(source, raw, str(exc))
-                continue
-            keep = on_unmatched is not None or on_unsure is not None
-            pending.append((report, raw if keep else b""))
-            pending_bytes += len(raw) if keep else 0
-            if len(pending) >= batch or pending_bytes >= BATCH_BYTES:
-                flush()
-            if on_message:
-                on_message(result)
+            read(source, raw)
     flush()
     return result
 

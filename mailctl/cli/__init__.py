@@ -1,11 +1,11 @@
 """The command line: the only package that knows Typer; it parses, calls and formats.
 
 This root registers one sub-app per command group (one module each: send, check, report, sim,
-bounces, lanes, warmup, rules, dkim, recipients, campaign, suppress), holds the global
-options, and turns library errors into one-line messages and exit codes through one table,
-`EXIT_CODES`; no command catches mailctl's errors itself. Shared options are `Annotated`
-aliases in `options.py`; `context.py` holds what the groups share. Nothing outside mailctl/cli
-imports this package.
+bounces, lanes, warmup, rules, dkim, recipients, campaign, suppress, queue, unsubscribe),
+holds the global options, and turns library errors into one-line messages and exit codes
+through one table, `EXIT_CODES`; no command catches mailctl's errors itself. Shared options
+are `Annotated` aliases in `options.py`; `context.py` holds what the groups share. Nothing
+outside mailctl/cli imports this package.
 
 Exit codes: 0 success; 1 error; 2 usage or configuration error; 3 mail waits on something
 the operator must fix (`send`); 75 another run holds the database lock (cron may simply try
@@ -35,6 +35,7 @@ from mailctl.cli import (
     send,
     sim,
     suppress,
+    unsubscribe,
     warmup,
 )
 from mailctl.cli.context import state
@@ -43,6 +44,7 @@ from mailctl.errors import (
     CampaignChangedError,
     ConfigError,
     LockedError,
+    MailboxLoginError,
     MailctlError,
     NeedsOperator,
     TemplateError,
@@ -54,6 +56,7 @@ EXIT_CODES: dict[type[MailctlError], int] = {
     LockedError: 75,  # EX_TEMPFAIL: cron can simply try again next time
     NeedsOperator: 3,  # mail waits on something only the operator can fix
     ConfigError: 2,
+    MailboxLoginError: 2,  # wrong mailbox user or password: fix the configuration
     UsageError: 2,
     TemplateError: 2,
     CampaignChangedError: 2,
@@ -86,6 +89,7 @@ for name, group in (
     ("campaign", campaign),
     ("suppress", suppress),
     ("queue", queue),
+    ("unsubscribe", unsubscribe),
 ):
     # `lanes` and `queue` alone show the lanes and the queue; every other group, its help.
     app.add_typer(group.app, name=name, no_args_is_help=group not in (lanes, queue))

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from mailctl.bounces.mailbox import iter_messages
 from mailctl.bounces.parse import parse_message
+from mailctl.bounces.remote import RemoteOptions
 from mailctl.bounces.suppression import EvidencePolicy, SoftBouncePolicy, import_reports
 from mailctl.cli import console
 from mailctl.cli.context import load_profiles_near, open_store, optional_profiles, state
@@ -28,6 +29,7 @@ from mailctl.cli.options import (
 from mailctl.config.profiles import BounceSettings
 from mailctl.errors import BounceParseError, MailctlError, UsageError
 from mailctl.message.tracking import tracking_keys
+from mailctl.unsubscribe.apply import optional_unsubscriber
 
 app = typer.Typer(
     help="Read bounce and complaint mailboxes (mbox, Maildir, .eml).", context_settings=CONTEXT
@@ -36,7 +38,32 @@ app = typer.Typer(
 
 @app.command("import")
 def bounces_import(
-    paths: MailboxPaths,
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="mbox files, Maildir folders, .eml files, - for stdin, or mailbox URLs: "
+            "imaps://user@host[:port]/FOLDER, imap://… (STARTTLS), pop3s://user@host[:port], "
+            "pop3://… (STLS)."
+        ),
+    ],
+    password_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable that holds the mailbox password (URLs)."),
+    ] = None,
+    move_to: Annotated[
+        str | None,
+        typer.Option(help="IMAP: move imported messages to this folder (created if missing)."),
+    ] = None,
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Delete imported messages from the server.")
+    ] = False,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="Trust this CA (PEM) for the server's certificate.")
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="Do not verify the server's TLS certificate (unsafe)."),
+    ] = False,
     errors: Annotated[
         Path | None,
         typer.Option(
@@ -63,10 +90,19 @@ def bounces_import(
     authentication, policy, content) never suppress anyone. Each report is tied to the
     message it is about (signed VERP token or tracking id, Message-ID, or a recent send to
     the address); a report tied to none is recorded and counted but suppresses no one, unless
-    the profile says `bounces: {trust_unmatched: true}`. Importing the same mailbox twice
-    changes nothing.
+    the profile says `bounces: {trust_unmatched: true}`. Unsubscribe mail (mailto requests,
+    ARF opt-outs, Apple Mail's one-click) unsubscribes only a valid token's address, a signed
+    tracking id's recipient, or its own sender when mailctl mailed them recently. Importing
+    the same mailbox twice changes nothing.
+
+    Mailboxes on a server are fetched in batches; a re-run fetches only new mail (IMAP
+    UIDVALIDITY/UID mark, POP3 UIDL, committed with each batch), and an interrupted run
+    resumes where it stopped.
 
     Example: mailctl bounces import /var/mail/bounces --errors unmatched.mbox --json
+
+    Example: mailctl bounces import imaps://bounces@mail.example.com/INBOX --password-env
+    BOUNCE_PASSWORD --move-to Processed
     """
     console.set_quiet(quiet or json_output)
     # Without profiles.yaml: no trusted mailbox, the key file's tracking key only.
@@ -117,6 +153,15 @@ def bounces_import(
                 on_error=on_error,
                 on_unmatched=on_unmatched,
                 on_unsure=lambda source, raw, why: on_error(source, raw, why, "unsure"),
+                on_total=bar.set_total,
+                unsubscriber=optional_unsubscriber(profiles, store.location),
+                remote=RemoteOptions(
+                    password_env=password_env,
+                    insecure=insecure,
+                    ca_file=ca_file,
+                    move_to=move_to,
+                    delete=delete,
+                ),
             )
     finally:
         if errors_file is not None:

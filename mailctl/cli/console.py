@@ -69,6 +69,12 @@ def emit_json_line(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
 
 
+def log_json_line(record: Any) -> None:
+    """One structured log record (a service's access log) as a JSON line on stderr."""
+    sys.stderr.write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
+    sys.stderr.flush()
+
+
 def info(message: str) -> None:
     if not _quiet:
         err.print(message, markup=False, highlight=False)
@@ -138,6 +144,12 @@ class ProgressReporter(_LiveDisplay):
                 transient=False,
             )
             self._task = self._progress.add_task(description, total=total, status="")
+
+    def set_total(self, total: int) -> None:
+        """Adds to the expected total once a source says how much it holds."""
+        self.total = (self.total or 0) + total
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, total=self.total)
 
     def advance(self, n: int = 1, status: str = "") -> None:
         self.completed += n

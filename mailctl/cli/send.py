@@ -15,7 +15,13 @@ import typer
 from rich.table import Table
 
 from mailctl.cli import console
-from mailctl.cli.context import existing_store, load_profiles_near, open_store, scratch_store
+from mailctl.cli.context import (
+    existing_store,
+    load_profiles_near,
+    open_store,
+    scratch_store,
+    state,
+)
 from mailctl.cli.options import CONTEXT, JsonSummaryOption, QuietOption, SendZoneOption
 from mailctl.config.nodes import parse_duration
 from mailctl.config.profiles import ProfilesFile
@@ -24,6 +30,7 @@ from mailctl.delivery.preview import dry_run, first_send_preflight
 from mailctl.delivery.record import RunSummary
 from mailctl.delivery.run import SendRun
 from mailctl.errors import NeedsOperator, UsageError
+from mailctl.store.sqlite import resolve_db_path
 
 app = typer.Typer(context_settings=CONTEXT)
 
@@ -186,6 +193,7 @@ def _print_summary(summary: RunSummary) -> None:
 
 def _dry_run(campaign_file: Path, profiles: ProfilesFile, show: int) -> None:
     """Render the first messages without touching the database or the network."""
+    db_file = resolve_db_path(state.db)
     preview = dry_run(
         campaign_file,
         profiles,
@@ -193,6 +201,7 @@ def _dry_run(campaign_file: Path, profiles: ProfilesFile, show: int) -> None:
         existing_store=existing_store,
         show=show,
         on_warning=console.warn,
+        database=db_file if db_file.exists() else None,
     )
     for message in preview.messages:
         console.out.print(

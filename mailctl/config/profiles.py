@@ -99,6 +99,24 @@ class Breakers:
     min_sent: int = 200
 
 
+class UnsubscribeScope(StrEnum):
+    LIST = "list"  # the campaign's list only
+    ALL = "all"  # every list: the global suppression list
+
+
+@dataclass(frozen=True)
+class UnsubscribeSettings:
+    """How unsubscribe links are signed and what an unsubscribe does."""
+
+    secret_env: str | None = None  # else a key file next to the database
+    # After a key rotation: the old key's variable, still accepted (never used to sign), so
+    # links already sent keep working until they expire.
+    previous_secret_env: str | None = None
+    base_url: str | None = None  # for campaigns that give no unsubscribe url
+    valid_for: float = 400 * 86400  # a link keeps working this long after the send
+    scope: UnsubscribeScope = UnsubscribeScope.ALL
+
+
 @dataclass(frozen=True)
 class BounceSettings:
     """How far `bounces import` trusts a report it cannot tie to a message mailctl sent."""
@@ -140,6 +158,7 @@ class Profile:
     breakers: Breakers = field(default_factory=Breakers)
     rules: Mapping[str, Any] | None = None  # overrides of the shipped provider rules
     preflight: bool = True  # DNS checks before a campaign's first send (relay and direct)
+    unsubscribe: UnsubscribeSettings = field(default_factory=UnsubscribeSettings)
     tracking_key_env: str | None = None  # signs tracking ids; else the key file by the db
     bounces: BounceSettings = field(default_factory=BounceSettings)
 
@@ -224,6 +243,7 @@ _PROFILE_KEYS = {
     "breakers",
     "rules",
     "preflight",
+    "unsubscribe",
     "tracking_key_env",
     "bounces",
 }
@@ -484,6 +504,29 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         )
     if "preflight" in keys:
         options["preflight"] = keys["preflight"].bool()
+    if "unsubscribe" in keys:
+        un = keys["unsubscribe"].mapping(
+            {"secret_env", "previous_secret_env", "valid_for", "scope", "base_url"}
+        )
+        settings: dict[str, Any] = {}
+        for env_key in ("secret_env", "previous_secret_env"):
+            if env_key in un:
+                var = un[env_key].str()
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+                    raise un[env_key].error(f"'{var}' is not an environment variable name")
+                settings[env_key] = var
+        if "valid_for" in un:
+            settings["valid_for"] = un["valid_for"].duration()
+            if settings["valid_for"] < 86400:
+                raise un["valid_for"].error("links must stay valid at least 1d")
+        if "scope" in un:
+            settings["scope"] = un["scope"].choice(UnsubscribeScope)
+        if "base_url" in un:
+            url = un["base_url"].str()
+            if not re.match(r"^https?://[^\s/{}]+[^\s{}]*$", url):
+                raise un["base_url"].error(f"'{url}' is not an http(s) URL (no template fields)")
+            settings["base_url"] = url
+        options["unsubscribe"] = UnsubscribeSettings(**settings)
     if "tracking_key_env" in keys:
         var = keys["tracking_key_env"].str()
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):

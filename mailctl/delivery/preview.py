@@ -40,14 +40,17 @@ def dry_run(
     existing_store: Callable[[str], Store],
     show: int,
     on_warning: Callable[[str], None],
+    database: str | Path | None = None,
 ) -> DryRun:
     """Render the first `show` messages without touching the database or the network.
 
     A campaign with a CSV is imported into a scratch store (`scratch_store()`); one naming
-    a stored list reads it from `existing_store(list_name)`, which never writes."""
+    a stored list reads it from `existing_store(list_name)`, which never writes. Unsubscribe
+    links are signed with the key next to `database` when it exists (so a preview shows
+    links that work), else with a throwaway key: a dry run creates no key file."""
     campaign = load_campaign(campaign_file)
     profiles.get(campaign.profile)
-    renderer = make_renderer(campaign, profiles)
+    renderer = make_renderer(campaign, profiles, database, preview=True)
     with scratch_store() as scratch:
         if campaign.csv is not None:
             summary = import_csv(

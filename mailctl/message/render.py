@@ -31,6 +31,7 @@ from mailctl.message.limits import (
     render_limited,
 )
 from mailctl.message.tracking import TRACKING_HEADER, bounce_address, verp_address
+from mailctl.unsubscribe.tokens import Signer, url_with_token
 
 _CRLF = re.compile(r"[\r\n]+")
 # The longest unsubscribe URL: it must fit one header line (998) with "List-Unsubscribe: <>".
@@ -151,6 +152,18 @@ class _Date:
 
 
 @dataclass(frozen=True)
+class LinkSigning:
+    """What signed unsubscribe links need: the secret, the list and how long links live."""
+
+    secret: bytes
+    list_name: str
+    valid_for: float
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"LinkSigning(list_name={self.list_name!r}, valid_for={self.valid_for!r})"
+
+
+@dataclass(frozen=True)
 class RenderedMessage:
     tracking_id: str
     envelope_from: str
@@ -168,9 +181,22 @@ class Renderer:
         bounce_domain: str | None = None,
         verp: bool = False,
         dkim: DkimKeyConfig | None = None,
+        unsubscribe: LinkSigning | None = None,
+        unsubscribe_base_url: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.campaign = campaign
+        self.unsubscribe = unsubscribe
+        self._signer = Signer(unsubscribe.secret) if unsubscribe else None
+        # A URL without template fields is a base URL: the signed token is appended to it.
+        self._base_url = (
+            campaign.unsubscribe_url
+            if campaign.unsubscribe_url and "{" not in campaign.unsubscribe_url
+            else None
+        )
+        self.unsubscribe_base_url = unsubscribe_base_url  # the profile's, for spec()
+        if campaign.unsubscribe_url is None and unsubscribe_base_url:
+            self._base_url = unsubscribe_base_url
         self.clock = clock
         self.dkim = dkim
         self.signer: Callable[[bytes], bytes] | None = None
@@ -196,7 +222,10 @@ class Renderer:
             "subject": (text_env, campaign.subject),
             "text": (text_env, campaign.text),
             "html": (html_env, campaign.html),
-            "unsubscribe_url": (url_env, campaign.unsubscribe_url),
+            "unsubscribe_url": (
+                url_env,
+                None if self._base_url is not None else campaign.unsubscribe_url,
+            ),
         }
         for part, (env, source) in sources.items():
             if source is None:
@@ -209,14 +238,33 @@ class Renderer:
                     f"{campaign.path}: {part} template line {exc.lineno}: {exc.message}"
                 ) from None
             self.required_fields |= jinja2.meta.find_undeclared_variables(ast)
-        self.required_fields -= {"email", "unsubscribe_url", "campaign"}
+        self.required_fields -= {"email", "unsubscribe_url", "unsubscribe_token", "campaign"}
         self._date = _Date()
         self._boundary = "=_mailctl_" + base64.b32encode(os.urandom(10)).decode("ascii").lower()
         self._fixed = self._fixed_headers()
 
     def spec(self) -> dict[str, Any]:
         """What another process needs to build the same renderer (see delivery.claim.RenderPool)."""
-        return {"bounce_domain": self.bounce_domain, "verp": self.verp, "dkim": self.dkim}
+        return {
+            "bounce_domain": self.bounce_domain,
+            "verp": self.verp,
+            "dkim": self.dkim,
+            "unsubscribe": self.unsubscribe,
+            "unsubscribe_base_url": self.unsubscribe_base_url,
+        }
+
+    def unsubscribe_token(self, recipient: str) -> str | None:
+        """The signed token for this recipient, good for the profile's `valid_for` (counted
+        from the start of today, so a day's messages carry the same link)."""
+        if self._signer is None or self.unsubscribe is None:
+            return None
+        day_start = int(self.clock()) // 86400 * 86400
+        return self._signer.token(
+            recipient,
+            self.campaign.name,
+            self.unsubscribe.list_name,
+            day_start + self.unsubscribe.valid_for,
+        )
 
     def _fixed_headers(self) -> str:
         c = self.campaign
@@ -248,14 +296,22 @@ class Renderer:
         context = dict(fields)
         context["email"] = recipient
         context["campaign"] = self.campaign.name
+        token = self.unsubscribe_token(recipient)
+        context["unsubscribe_token"] = token or ""
         templates = self._templates
         try:
             with render_budget():
-                unsubscribe_url = (
-                    render_limited(templates["unsubscribe_url"], context)
-                    if "unsubscribe_url" in templates
-                    else None
-                )
+                unsubscribe_url: str | None
+                if self._base_url is not None:
+                    unsubscribe_url = (
+                        url_with_token(self._base_url, token) if token else self._base_url
+                    )
+                else:
+                    unsubscribe_url = (
+                        render_limited(templates["unsubscribe_url"], context)
+                        if "unsubscribe_url" in templates
+                        else None
+                    )
                 if unsubscribe_url is not None:
                     unsubscribe_url = _header_safe(unsubscribe_url)
                 context["unsubscribe_url"] = unsubscribe_url or ""
@@ -290,7 +346,9 @@ class Renderer:
             if unsubscribe_url:
                 uris.append(f"<{unsubscribe_url}>")
             if self.campaign.unsubscribe_mailto:
-                uris.append(f"<mailto:{self.campaign.unsubscribe_mailto}?subject=unsubscribe>")
+                # The token in the subject ties a reply to its recipient (bounces.optout).
+                subject_param = f"unsubscribe%20{token}" if token else "unsubscribe"
+                uris.append(f"<mailto:{self.campaign.unsubscribe_mailto}?subject={subject_param}>")
             if uris:
                 headers.append("List-Unsubscribe: " + ",\r\n ".join(uris) + "\r\n")
             if unsubscribe_url and unsubscribe_url.startswith("https://"):

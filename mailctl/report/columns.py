@@ -183,6 +183,21 @@ WAIT_COLUMNS = (
 )
 
 
+def unsubscribe_rows(report: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """The summary's unsubscribes line (none when there were none)."""
+    counts = report.get("unsubscribes") or {}
+    if not counts.get("total"):
+        return []
+    return [
+        (
+            "unsubscribes",
+            f"{counts['total']} (one-click {counts['one_click']}, confirm page "
+            f"{counts['web_confirm']}, mail {counts['mail']})",
+            False,
+        )
+    ]
+
+
 def summary_rows(stats: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
     """(label, value, alert) lines for one campaign or the totals."""
     counts, rates, delivery = stats["counts"], stats["rates"], stats["delivery_seconds"]

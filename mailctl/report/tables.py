@@ -11,7 +11,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from mailctl.report.columns import report_title, sections, summary_rows
+from mailctl.report.columns import report_title, sections, summary_rows, unsubscribe_rows
 from mailctl.untrusted import printable
 
 
@@ -29,6 +29,8 @@ def render_tables(report: Mapping[str, Any]) -> list[Table]:
             if campaign[key] is not None:
                 summary.add_row(key.replace("_", " "), Text(printable(campaign[key])))
     for label, value, alert in summary_rows(report["totals"]):
+        summary.add_row(label, Text(value, style="bold red" if alert else ""))
+    for label, value, alert in unsubscribe_rows(report):
         summary.add_row(label, Text(value, style="bold red" if alert else ""))
     bounce_reports = report.get("bounce_reports") or {}
     if bounce_reports.get("unmatched"):

@@ -206,6 +206,10 @@ class ReportQueries(Protocol):
         """Lanes not at normal speed."""
         ...
 
+    def unsubscribe_sources(self) -> list[str]:
+        """The source of every recorded unsubscribe (suppressions with reason
+        ``unsubscribe`` and list-scoped ones), e.g. ``one-click:news``, ``mail:news``."""
+
     def report_counts(self) -> dict[str, int]:
         """Imported bounce and complaint reports: ``reports`` (that name recipients) and
         ``unmatched`` (of those, the ones tied to no message mailctl sent)."""
@@ -280,6 +284,36 @@ class Store(Protocol):
     def iter_suppression(
         self, reason: str | None = None, *, include_expired: bool = False
     ) -> Iterator[dict[str, Any]]: ...
+
+    def unsubscribe(self, address: str, *, list_name: str | None, source: str, now: float) -> bool:
+        """Record an unsubscribe of an address key (`mailctl.recipients.address.address_key`)
+        with reason ``unsubscribe``: from `list_name` only, or from
+        everything (a suppression row) when it is None. True when it is new; an address
+        already unsubscribed (or suppressed) is left as it is."""
+        ...
+
+    def unsubscribed(self, address: str, list_name: str | None) -> bool:
+        """Whether this address key is already unsubscribed from the list (or suppressed)."""
+        ...
+
+    def list_unsubscribes(self, list_name: str | None = None) -> list[dict[str, Any]]:
+        """Unsubscribes scoped to one list: list_name, address, reason, source, at."""
+        ...
+
+    # remote mailboxes: how far each has been imported
+    def remote_mark(self, mailbox: str) -> tuple[int | None, int] | None:
+        """(UIDVALIDITY, highest imported UID) of an IMAP mailbox, None before the first run."""
+        ...
+
+    def set_remote_mark(
+        self, mailbox: str, uidvalidity: int | None, last_uid: int, now: float
+    ) -> None: ...
+
+    def remote_seen(self, mailbox: str, uids: Iterable[str]) -> set[str]:
+        """Which of these POP3 UIDLs were already imported from this mailbox."""
+        ...
+
+    def add_remote_seen(self, mailbox: str, uids: Iterable[str], now: float) -> None: ...
 
     # campaigns
     def get_campaign(self, name: str) -> dict[str, Any] | None: ...

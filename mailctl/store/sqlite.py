@@ -302,7 +302,9 @@ class SqliteStore(_AddressTables, _QueueTables):
                    SELECT r.id AS recipient_id, r.email, r.domain,
                           (EXISTS (SELECT 1 FROM suppression x
                                    WHERE x.address IN (r.email_key, '*@' || r.domain)
-                                     AND (x.expires_at IS NULL OR x.expires_at > ?)))
+                                     AND (x.expires_at IS NULL OR x.expires_at > ?))
+                           OR EXISTS (SELECT 1 FROM list_unsubscribes u
+                                      WHERE u.list_name = l.name AND u.address = r.email_key))
                             AS suppressed
                    FROM lists l
                    JOIN list_members m ON m.list_id = l.id

@@ -215,6 +215,103 @@ class _AddressTables:
         )
         return not existed
 
+    def unsubscribe(self, address: str, *, list_name: str | None, source: str, now: float) -> bool:
+        """An unsubscribe (see `Store.unsubscribe`; ``address`` is a canonical key, as in every
+        suppression method); one statement, so concurrent requests
+        for the same address record it once. A temporary suppression (soft bounces) becomes
+        a permanent one: an unsubscribe never lapses by itself."""
+        if list_name is None:
+            cur = self.conn.execute(
+                """INSERT INTO suppression (address, reason, source, first_seen, last_seen)
+                   VALUES (?, 'unsubscribe', ?, ?, ?)
+                   ON CONFLICT(address) DO UPDATE SET
+                     reason = 'unsubscribe', source = excluded.source,
+                     last_seen = excluded.last_seen, expires_at = NULL
+                   WHERE suppression.expires_at IS NOT NULL""",
+                (address, source, now, now),
+            )
+        else:
+            cur = self.conn.execute(
+                """INSERT INTO list_unsubscribes (list_name, address, source, at)
+                   VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+                (list_name, address, source, now),
+            )
+            # Mail of this list's campaigns not yet sent is not sent: the send loop's last
+            # check reads the global suppression only.
+            self.conn.execute(
+                """UPDATE messages SET state = 'suppressed', reason = 'unsubscribe'
+                   WHERE state IN ('queued', 'deferred')
+                     AND recipient_id IN (SELECT id FROM recipients WHERE email_key = ?)
+                     AND campaign_id IN (SELECT id FROM campaigns WHERE list_name = ?)""",
+                (address, list_name),
+            )
+        return cur.rowcount > 0
+
+    def unsubscribed(self, address: str, list_name: str | None) -> bool:
+        if self.suppression_for(address) is not None:
+            return True
+        if list_name is None:
+            return False
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM list_unsubscribes WHERE list_name = ? AND address = ?",
+                (list_name, address),
+            ).fetchone()
+            is not None
+        )
+
+    def list_unsubscribes(self, list_name: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT list_name, address, reason, source, at FROM list_unsubscribes"
+        params: tuple[Any, ...] = ()
+        if list_name is not None:
+            sql += " WHERE list_name = ?"
+            params = (list_name,)
+        columns = ("list_name", "address", "reason", "source", "at")
+        return [
+            dict(zip(columns, row, strict=True))
+            for row in self.conn.execute(sql + " ORDER BY list_name, address", params)
+        ]
+
+    # ------------------------------------------------------------------ remote mailboxes
+
+    def remote_mark(self, mailbox: str) -> tuple[int | None, int] | None:
+        row = self.conn.execute(
+            "SELECT uidvalidity, last_uid FROM remote_mailboxes WHERE mailbox = ?", (mailbox,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def set_remote_mark(
+        self, mailbox: str, uidvalidity: int | None, last_uid: int, now: float
+    ) -> None:
+        self.conn.execute(
+            """INSERT INTO remote_mailboxes (mailbox, uidvalidity, last_uid, updated_at)
+               VALUES (?, ?, ?, ?)
+               ON CONFLICT(mailbox) DO UPDATE SET uidvalidity = excluded.uidvalidity,
+                 last_uid = excluded.last_uid, updated_at = excluded.updated_at""",
+            (mailbox, uidvalidity, last_uid, now),
+        )
+
+    def remote_seen(self, mailbox: str, uids: Iterable[str]) -> set[str]:
+        wanted = list(uids)
+        found: set[str] = set()
+        for start in range(0, len(wanted), 400):
+            chunk = wanted[start : start + 400]
+            found.update(
+                row[0]
+                for row in self.conn.execute(
+                    f"""SELECT uid FROM remote_seen
+                        WHERE mailbox = ? AND uid IN ({",".join("?" * len(chunk))})""",
+                    (mailbox, *chunk),
+                )
+            )
+        return found
+
+    def add_remote_seen(self, mailbox: str, uids: Iterable[str], now: float) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO remote_seen (mailbox, uid, at) VALUES (?, ?, ?)",
+            [(mailbox, uid, now) for uid in uids],
+        )
+
     def unsuppress(self, address: str) -> bool:
         cur = self.conn.execute("DELETE FROM suppression WHERE address = ?", (address,))
         return cur.rowcount > 0

@@ -65,6 +65,15 @@ class SqliteReportQueries:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
+    def unsubscribe_sources(self) -> list[str]:
+        return [
+            row[0] or ""
+            for row in self.conn.execute(
+                """SELECT source FROM suppression WHERE reason = 'unsubscribe'
+                   UNION ALL SELECT source FROM list_unsubscribes"""
+            )
+        ]
+
     def campaigns(self, name: str | None = None) -> list[dict[str, Any]]:
         """Campaign identities, newest first (creation time, then id for ties)."""
         columns = (

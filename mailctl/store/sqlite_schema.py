@@ -332,4 +332,28 @@ MIGRATIONS: list[list[str]] = [
              wait_reason = last_reply
            WHERE state = 'deferred'""",
     ],
+    # 8: unsubscribes from one list (an unsubscribe scoped to "all" is a suppression row),
+    # and how far each remote mailbox (IMAP high-water mark, POP3 UIDLs) has been imported.
+    [
+        """CREATE TABLE IF NOT EXISTS list_unsubscribes (
+            list_name TEXT NOT NULL,
+            address TEXT NOT NULL,          -- canonical address key (recipients.address)
+            reason TEXT NOT NULL DEFAULT 'unsubscribe',
+            source TEXT,
+            at REAL NOT NULL,
+            PRIMARY KEY (list_name, address)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE IF NOT EXISTS remote_mailboxes (
+            mailbox TEXT PRIMARY KEY,       -- scheme://user@host:port/folder
+            uidvalidity INTEGER,
+            last_uid INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS remote_seen (
+            mailbox TEXT NOT NULL,
+            uid TEXT NOT NULL,              -- a POP3 UIDL
+            at REAL NOT NULL,
+            PRIMARY KEY (mailbox, uid)
+        ) WITHOUT ROWID""",
+    ],
 ]
