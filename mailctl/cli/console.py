@@ -2,10 +2,16 @@
 
 Only this module and the command modules in mailctl/cli print. Library code reports
 progress through callbacks.
+
+Messages are events: one event is one line on stderr, never wrapped (cron mail and log files
+get whole lines; a terminal wraps them itself). With `--log-format json` (or `MAILCTL_LOG=json`)
+each event is one JSON object instead: `{"time", "level", "message"}` plus any fields, for log
+shippers. Data on stdout (tables, `--json`) is unchanged by the log format.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import time
@@ -30,6 +36,40 @@ if not out.is_terminal:
 err = Console(stderr=True, highlight=False)
 
 _quiet = False
+LOG_FORMATS = ("text", "json")
+_log_format = "text"
+
+
+def set_log_format(log_format: str) -> None:
+    """`text` (default) or `json`: how messages and progress lines are written on stderr."""
+    global _log_format
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"'{log_format}' is not a log format ({', '.join(LOG_FORMATS)})")
+    _log_format = log_format
+
+
+def log_format() -> str:
+    return _log_format
+
+
+def live_display() -> bool:
+    """Whether progress may redraw in place: stderr is a terminal and events are text."""
+    return not _quiet and _log_format == "text" and err.is_terminal
+
+
+def event(message: str, *, level: str = "info", style: str | None = None, **fields: Any) -> None:
+    """One event on stderr: a whole line of text (`style` on a terminal) or a JSON object."""
+    if _log_format == "json":
+        record = {
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "level": level,
+            "message": message,
+            **fields,
+        }
+        sys.stderr.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+        sys.stderr.flush()
+        return
+    err.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 def set_quiet(quiet: bool) -> None:
@@ -53,15 +93,21 @@ def emit_json_line(obj: Any) -> None:
 
 def info(message: str) -> None:
     if not _quiet:
-        err.print(message, markup=False, highlight=False)
+        event(message)
 
 
 def warn(message: str) -> None:
-    err.print(f"Warning: {message}", style="yellow", markup=False, highlight=False)
+    if _log_format == "json":
+        event(message, level="warning")
+    else:
+        event(f"Warning: {message}", style="yellow")
 
 
 def error(message: str) -> None:
-    err.print(f"Error: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+    if _log_format == "json":
+        event(message, level="error")
+    else:
+        event(f"Error: {message}", style="bold red")
 
 
 class _PlainLines:
@@ -71,12 +117,12 @@ class _PlainLines:
         self.interval = interval
         self._last = time.monotonic()
 
-    def emit(self, text: str) -> None:
+    def emit(self, text: str, **fields: Any) -> None:
         now = time.monotonic()
         if _quiet or now - self._last < self.interval:
             return
         self._last = now
-        err.print(text, markup=False, highlight=False)
+        event(text, level="progress", **fields)
 
 
 class _LiveDisplay:
@@ -108,7 +154,7 @@ class ProgressReporter(_LiveDisplay):
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._started = time.monotonic()
-        if not _quiet and err.is_terminal:
+        if live_display():
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -150,7 +196,7 @@ class SendProgress(_LiveDisplay):
         self._progress: Progress | None = None
         self._overall: TaskID | None = None
         self._lane_tasks: dict[Any, TaskID] = {}
-        if not _quiet and err.is_terminal:
+        if live_display():
             self._progress = Progress(
                 TextColumn("{task.description:<34}"),
                 BarColumn(bar_width=30),

@@ -15,7 +15,13 @@ import typer
 from rich.table import Table
 
 from mailctl.cli import console
-from mailctl.cli.context import existing_store, load_profiles_near, open_store, scratch_store
+from mailctl.cli.context import (
+    campaign_recipient_keys,
+    existing_store,
+    load_profiles_near,
+    open_store,
+    scratch_store,
+)
 from mailctl.cli.options import CONTEXT, JsonSummaryOption, QuietOption, SendZoneOption
 from mailctl.config.nodes import parse_duration
 from mailctl.config.profiles import ProfilesFile
@@ -193,6 +199,7 @@ def _dry_run(campaign_file: Path, profiles: ProfilesFile, show: int) -> None:
         existing_store=existing_store,
         show=show,
         on_warning=console.warn,
+        known_keys=campaign_recipient_keys,
     )
     for message in preview.messages:
         console.out.print(
@@ -206,7 +213,12 @@ def _dry_run(campaign_file: Path, profiles: ProfilesFile, show: int) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    already = (
+        f" ({preview.already} already have a message from an earlier run)"
+        if preview.already
+        else ""
+    )
     console.info(
-        f"dry run: {preview.total} recipients would be queued for {preview.campaign}; "
-        "nothing was sent"
+        f"dry run: {preview.total} recipients would be queued for {preview.campaign}"
+        f"{already}; nothing was sent"
     )

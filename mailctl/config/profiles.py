@@ -161,7 +161,9 @@ class ProfilesFile:
     default: str
     profiles: Mapping[str, Profile]
 
-    def get(self, name: str | None) -> Profile:
+    def get(self, name: str | None, *, need_password: bool = True) -> Profile:
+        """The profile `name` (the default one for None). Its password variable must be set
+        unless `need_password` is False (a dry run never connects)."""
         name = name or self.default
         profile = self.profiles.get(name)
         if profile is None:
@@ -169,7 +171,8 @@ class ProfilesFile:
             raise ConfigError(
                 f"{self.path}: no profile named '{name}' (profiles: {known})", file=str(self.path)
             )
-        profile.password()  # an unset password_env is an error only for the profile in use
+        if need_password:
+            profile.password()  # an unset password_env is an error only for the profile in use
         return profile
 
 

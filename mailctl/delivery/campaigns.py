@@ -49,7 +49,7 @@ def check_fields(store: Store, renderer: Renderer, list_name: str) -> None:
 def make_renderer(campaign: Campaign, profiles: ProfilesFile) -> Renderer:
     from mailctl.dns.preflight import signing_key
 
-    profile = profiles.get(campaign.profile)
+    profile = profiles.get(campaign.profile, need_password=False)  # rendering never connects
     return Renderer(
         campaign,
         bounce_domain=profile.bounce_domain,

@@ -105,20 +105,36 @@ class SendRun:
         for problem in problems:
             self.on_warning(problem)
 
-    def _jobs(self) -> list[CampaignJob]:
-        jobs = []
+    def _first_rejects(self, file: str) -> bool:
+        """Whether this version of `file` (path, size, modification time) has not had its
+        rejected rows reported yet: cron runs repeat an import, not its warning."""
+        try:
+            st = os.stat(file)
+        except OSError:
+            return True
+        key = f"rejected rows: {os.path.abspath(file)} {st.st_size} {st.st_mtime_ns}"
+        return self.store.first_notice(key, self.now)
+
+    def _jobs(self) -> tuple[list[CampaignJob], list[str]]:
+        """The campaigns that may send, and a note for each one held back by its status."""
+        jobs, held = [], []
         for item in self.prepared:
             row = self.store.get_campaign(item.job.name)
-            if item.imported is not None and item.imported.invalid:
+            if (
+                item.imported is not None
+                and item.imported.invalid
+                and self._first_rejects(item.imported.file)
+            ):
                 self.on_warning(
                     f"{item.imported.invalid} rows of {item.imported.file} were rejected "
                     "(see `mailctl recipients import --rejects FILE`)"
                 )
             if row is not None and row["status"] != "active" and row["status"] != "done":
                 self.on_info(f"campaign {item.job.name} is {row['status']}: not sending")
+                held.append(f"campaign {item.job.name} is {row['status']}")
                 continue
             jobs.append(item.job)
-        return jobs
+        return jobs, held
 
     def send(
         self,
@@ -129,12 +145,14 @@ class SendRun:
     ) -> RunSummary:
         """Send the prepared campaigns until done or stopped; `live` (a progress display) is
         entered while the loop runs. Records the run and returns its summary."""
-        jobs = self._jobs()
+        jobs, held = self._jobs()
         queued = sum(p.queued for p in self.prepared)
         suppressed = sum(p.suppressed for p in self.prepared)
         if not jobs:
+            # A paused campaign has mail to send: say why it is not sent, not "nothing".
             summary = RunSummary(
-                campaigns=[p.job.name for p in self.prepared], stop_reason="nothing to send"
+                campaigns=[p.job.name for p in self.prepared],
+                stop_reason="; ".join(held) or "nothing to send",
             )
             summary.queued, summary.suppressed = queued, suppressed
             return summary

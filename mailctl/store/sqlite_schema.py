@@ -332,4 +332,9 @@ MIGRATIONS: list[list[str]] = [
              wait_reason = last_reply
            WHERE state = 'deferred'""",
     ],
+    # 8: warnings already given once (a CSV version's rejected rows): a cron run every few
+    # minutes must not repeat them into every mail it sends the operator.
+    [
+        "CREATE TABLE notices (key TEXT PRIMARY KEY, first_at REAL NOT NULL)",
+    ],
 ]
