@@ -336,6 +336,7 @@ def test_json_shape_is_stable(sent: Path) -> None:
         "by_provider",
         "lanes",
         "deferral_reasons",
+        "bounce_reports",
         "series",
     }
     assert report["schema_version"] == 1 and report["campaign"] is None

@@ -13,7 +13,7 @@ from mailctl.config.profiles import ProfilesFile, TrafficClass
 from mailctl.delivery.context import CampaignJob
 from mailctl.errors import CampaignChangedError, InputError, MailctlError, TemplateError
 from mailctl.message.render import Renderer
-from mailctl.message.tracking import new_tracking_id
+from mailctl.message.tracking import tracking_keys
 from mailctl.recipients.csv_import import ImportSummary, import_csv
 from mailctl.store.base import Store
 
@@ -134,7 +134,9 @@ def prepare(
             )
         if row["status"] == "done":
             store.set_campaign_status(campaign_id, "active", None, now=now)
-    queued, suppressed = store.queue_messages(campaign_id, campaign.list_key, now, new_tracking_id)
+    # Signed ids: a report can name a message only with an id this database's key made.
+    keys = tracking_keys(store.location, profile.tracking_key_env)
+    queued, suppressed = store.queue_messages(campaign_id, campaign.list_key, now, keys.new_id)
     job = CampaignJob(
         campaign_id=campaign_id,
         campaign=campaign,

@@ -25,6 +25,10 @@ always present (possibly empty); keys are never left out.
       "lanes": [LanePause, ...],          # every IP x provider lane not at normal speed now
       "deferral_reasons": [{"reason": str, "count": int}, ...],  # why deferred messages
                                           # wait now, most common first (<= 10)
+      "bounce_reports": {"reports": int, "unmatched": int},  # imported reports naming
+                                          # recipients; unmatched: tied to no sent message
+                                          # (recorded, never suppressing by default); all
+                                          # campaigns, reports being about mail, not a campaign
       "series": Series                    # for charts, over the selected campaign(s)
     }
 
@@ -375,6 +379,7 @@ def build_report(
             {"reason": kind, "count": count}
             for kind, count in store.top_wait_kinds(campaign_id, TOP_REPLIES)
         ],
+        "bounce_reports": reports.report_counts(),
         "series": {
             "sends": {
                 "bucket_seconds": HOUR,

@@ -204,6 +204,11 @@ class ReportQueries(Protocol):
         """Lanes not at normal speed."""
         ...
 
+    def report_counts(self) -> dict[str, int]:
+        """Imported bounce and complaint reports: ``reports`` (that name recipients) and
+        ``unmatched`` (of those, the ones tied to no message mailctl sent)."""
+        ...
+
 
 class Store(Protocol):
     """One open database: everything mailctl keeps between runs."""
@@ -394,7 +399,11 @@ class Store(Protocol):
         original_message_id: str | None,
         feedback_type: str | None,
         message_id: int | None,
-    ) -> int | None: ...
+        aliases: Sequence[str] = (),
+    ) -> int | None:
+        """Store a report once; None when its digest or one of its aliases is stored."""
+        ...
+
     def add_bounce_recipient(
         self,
         event_id: int,

@@ -289,8 +289,18 @@ class _AddressTables:
         original_message_id: str | None,
         feedback_type: str | None,
         message_id: int | None,
+        aliases: Sequence[str] = (),
     ) -> int | None:
-        """Store a report once; None when this exact report was imported before."""
+        """Store a report once; None when this report was imported before, under its digest
+        or one of its `aliases` (the digests earlier versions stored for it)."""
+        if (
+            aliases
+            and self.conn.execute(
+                f"SELECT 1 FROM bounce_events WHERE digest IN ({','.join('?' * len(aliases))})",
+                tuple(aliases),
+            ).fetchone()
+        ):
+            return None
         cur = self.conn.execute(
             """INSERT OR IGNORE INTO bounce_events (digest, source, kind, imported_at,
                  reported_at, tracking_id, original_message_id, feedback_type, message_id)
