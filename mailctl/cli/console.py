@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 
@@ -29,6 +29,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from mailctl.cli.progress import LoadFigures, SendFigures
 
 out = Console(highlight=False, soft_wrap=False)
 if not out.is_terminal:
@@ -187,24 +189,74 @@ def progress(description: str, total: int | None = None) -> Iterator[ProgressRep
         yield reporter
 
 
+class LoadProgress(_LiveDisplay):
+    """Loading a campaign's recipients: a bar over the file's bytes with rows, rows/s and the
+    estimated total on a terminal; a plain line every few seconds elsewhere."""
+
+    def __init__(
+        self,
+        description: str,
+        size: int | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = 5.0,
+        console: Console | None = None,
+    ) -> None:
+        self.description = description
+        self.figures = LoadFigures(clock, size)
+        self._lines = _PlainLines(interval)
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        if console is not None or live_display():
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                console=console or err,
+                get_time=clock,
+                transient=False,
+            )
+            self._task = self._progress.add_task(description, total=size or None, status="")
+
+    def update(self, bytes_read: int, rows: int) -> None:
+        text = self.figures.text(bytes_read, rows)
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=bytes_read, status=text)
+            return
+        self._lines.emit(f"{self.description}: {text}", rows=rows)
+
+
 class SendProgress(_LiveDisplay):
     """The send loop's display: an overall bar plus one row per lane on a terminal;
-    a plain status line every few seconds elsewhere; nothing when quiet."""
+    a plain status line every few seconds elsewhere; nothing when quiet.
 
-    def __init__(self, interval: float = 5.0) -> None:
+    "all lanes" counts messages finished for good (sent, failed, bounced, suppressed,
+    expired) against the run's total and shows deferred ones apart; each lane's bar counts that
+    lane's own messages; the ETA divides what is left by the current rate of the lanes that
+    can send (see `mailctl.cli.progress`)."""
+
+    def __init__(
+        self,
+        interval: float = 5.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        console: Console | None = None,
+    ) -> None:
+        self.figures = SendFigures(clock)
         self._lines = _PlainLines(interval)
         self._progress: Progress | None = None
         self._overall: TaskID | None = None
-        self._lane_tasks: dict[Any, TaskID] = {}
-        if live_display():
+        self._lane_tasks: dict[str, TaskID] = {}
+        if console is not None or live_display():
             self._progress = Progress(
                 TextColumn("{task.description:<34}"),
                 BarColumn(bar_width=30),
-                TextColumn("{task.fields[count]:>13}"),
+                TextColumn("{task.fields[count]:>15}"),
                 TextColumn("{task.fields[detail]}"),
                 TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=err,
+                console=console or err,
+                get_time=clock,
                 transient=False,
                 refresh_per_second=4,
             )
@@ -212,32 +264,34 @@ class SendProgress(_LiveDisplay):
                 "[bold]all lanes", total=None, detail="", count=""
             )
 
-    def update(self, total: int, done: int, rate: float, lanes: list[dict[str, Any]]) -> None:
+    def update(self, total: int, counts: dict[str, int], lanes: list[dict[str, Any]]) -> None:
         if _quiet:
             return
+        view = self.figures.view(total, counts, lanes)
         if self._progress is not None and self._overall is not None:
             self._progress.update(
                 self._overall,
                 total=total or None,
-                completed=done,
-                count=f"{done:,}/{total:,}",
-                detail=f"{rate:,.0f} msg/s",
+                completed=view.done,
+                count=f"{view.done:,}/{total:,}",
+                detail=view.detail,
             )
-            for lane in lanes:
-                key = (lane["ip"], lane["provider"])
-                task = self._lane_tasks.get(key)
-                label = f"  {lane['ip']} → {lane['provider']}"[:34]
+            for lane in view.lanes:
+                task = self._lane_tasks.get(lane.label)
                 if task is None:
-                    # A lane has no total of its own: its bar shows its share of the run.
-                    task = self._progress.add_task(label, total=total or None, detail="", count="")
-                    self._lane_tasks[key] = task
-                state = lane["state"] if lane["state"] == "normal" else f"[yellow]{lane['state']}"
-                detail = (
-                    f"sent {lane['sent']} deferred {lane['deferred']} bounced {lane['bounced']} "
-                    f"failed {lane['failed']} {state}"
-                )
+                    task = self._progress.add_task(lane.label[:34], total=None, detail="", count="")
+                    self._lane_tasks[lane.label] = task
                 self._progress.update(
-                    task, total=total or None, completed=lane["sent"], count="", detail=detail
+                    task,
+                    total=lane.total or None,
+                    completed=lane.done,
+                    count=f"{lane.done:,}/{lane.total:,}",
+                    detail=lane.detail if lane.state == "normal" else f"[yellow]{lane.detail}",
                 )
             return
-        self._lines.emit(f"sending: {done}/{total} done, {rate:,.0f} msg/s, {len(lanes)} lanes")
+        self._lines.emit(
+            f"sending: {view.done:,}/{total:,} done, {view.detail}, {len(lanes)} lanes",
+            done=view.done,
+            total=total,
+            deferred=view.deferred,
+        )

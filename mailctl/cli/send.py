@@ -25,6 +25,7 @@ from mailctl.cli.context import (
 from mailctl.cli.options import CONTEXT, JsonSummaryOption, QuietOption, SendZoneOption
 from mailctl.config.nodes import parse_duration
 from mailctl.config.profiles import ProfilesFile
+from mailctl.delivery.campaigns import csv_size
 from mailctl.delivery.context import SendOptions
 from mailctl.delivery.preview import dry_run, first_send_preflight
 from mailctl.delivery.record import RunSummary
@@ -144,13 +145,8 @@ def _send(
         SendRun(store, on_warning=console.warn, on_info=console.info) as run,
     ):
         if campaign_file is not None:
-            with console.progress("Loading recipients", None) as bar:
-                run.prepare_campaign(
-                    campaign_file,
-                    profiles,
-                    update=update,
-                    on_progress=lambda done, rows: bar.advance(0, status=f"{rows} rows"),
-                )
+            with console.LoadProgress("Loading recipients", csv_size(campaign_file)) as bar:
+                run.prepare_campaign(campaign_file, profiles, update=update, on_progress=bar.update)
         else:
             run.prepare_active(profiles)
         display = console.SendProgress()

@@ -46,6 +46,16 @@ def check_fields(store: Store, renderer: Renderer, list_name: str) -> None:
             )
 
 
+def csv_size(campaign_path: Path) -> int | None:
+    """The size in bytes of a campaign's CSV, for the loading estimate; None without a CSV or
+    when it cannot be read (loading the campaign for real reports the problem)."""
+    try:
+        campaign = load_campaign(campaign_path)
+        return campaign.csv.path.stat().st_size if campaign.csv is not None else None
+    except (MailctlError, OSError):
+        return None
+
+
 def make_renderer(campaign: Campaign, profiles: ProfilesFile) -> Renderer:
     from mailctl.dns.preflight import signing_key
 

@@ -15,7 +15,6 @@ import asyncio
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
@@ -32,7 +31,8 @@ from mailctl.store.base import Store
 
 Notice = Callable[[str], None]
 # total messages, messages done, sent per second, one dict per lane (Engine.lane_rows)
-ProgressCallback = Callable[[int, int, float, list[dict[str, Any]]], None]
+# run total, counts by outcome (sent, deferred, bounced, failed, expired, suppressed), lane rows
+ProgressCallback = Callable[[int, dict[str, int], list[dict[str, Any]]], None]
 # bytes read, rows imported: while a campaign's CSV loads
 LoadCallback = Callable[[int, int], None]
 
@@ -183,15 +183,20 @@ class SendRun:
             sandbox = Sandbox(outbox)
             await sandbox.start()
             self.on_info(f"sandbox: delivering to an embedded SMTP server, Maildir {outbox}/")
-        started = time.monotonic()  # the display's rate: real seconds, whatever the clock
 
         def progress(engine: Engine) -> None:
             if on_progress is None:
                 return
             s = engine.summary
-            done = s.sent + s.deferred + s.bounced + s.failed + s.expired + s.suppressed
-            rate = s.sent / max(time.monotonic() - started, 1e-6)
-            on_progress(total, done, rate, engine.lane_rows())
+            counts = {
+                "sent": s.sent,
+                "deferred": s.deferred,
+                "bounced": s.bounced,
+                "failed": s.failed,
+                "expired": s.expired,
+                "suppressed": s.suppressed,
+            }
+            on_progress(total, counts, engine.lane_rows())
 
         engine = Engine(
             self.store,
