@@ -127,7 +127,7 @@ def test_lanes_suspend_refuses_unknown_ips_and_providers(tmp_path: Path, capsys)
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("Error: --provider: unknown provider 'gogle' (known: apple, google,")
-    assert err.count("\n") == 1
+    assert err.endswith(", or a mail domain such as example.com)\n") and err.count("\n") == 1
     assert cli(tmp_path, "lanes", "suspend", "--ip", COLD, "--provider", "google") == 0
     assert f"lane {COLD} -> google suspended until" in capsys.readouterr().err
 

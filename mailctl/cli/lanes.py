@@ -6,6 +6,7 @@ anything outside mailctl/cli.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated
 
@@ -96,6 +97,9 @@ def lanes_show(
         console.info("no lanes yet: they appear once mail has been sent")
 
 
+_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]")
+
+
 def _check_lane(ip: str, provider: str, snapshots: list[LaneSnapshot]) -> None:
     """A usage error unless `ip` is a sending IP of a profile (or of a lane already seen) and
     `provider` a provider the rules or the known MX suffixes name (or one a lane has used):
@@ -110,9 +114,12 @@ def _check_lane(ip: str, provider: str, snapshots: list[LaneSnapshot]) -> None:
         raise UsageError(f"--ip: {ip} is not a sending IP (known: {known})")
     providers = {s.provider for s in snapshots} | {name for _, name in PROVIDER_SUFFIXES}
     providers |= set(_rules().limits) - {"default"}
-    if provider not in providers:
+    # Any other provider is a mail domain (its MX's registered domain, or the domain itself
+    # when DNS is off): one with a dot and valid labels.
+    if provider not in providers and not _DOMAIN.fullmatch(provider):
         raise UsageError(
-            f"--provider: unknown provider '{provider}' (known: {', '.join(sorted(providers))})"
+            f"--provider: unknown provider '{provider}' (known: {', '.join(sorted(providers))}, "
+            "or a mail domain such as example.com)"
         )
 
 
