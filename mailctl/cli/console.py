@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -29,13 +30,30 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from mailctl.cli.progress import LoadFigures, SendFigures
 
-out = Console(highlight=False, soft_wrap=False)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class _PlainConsole(Console):
+    """A console that never reads markup and never passes a control character through.
+
+    Everything mailctl prints may hold untrusted text (CSV fields, addresses, reply texts,
+    file names): ``[/]`` must print as it is, and an ANSI escape must not reach the
+    terminal. Styles are given as ``style=`` or as ``Text`` spans, never as markup.
+    """
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        kwargs["markup"] = False
+        return super().render_str(_CONTROL.sub("?", text), **kwargs)
+
+
+out = _PlainConsole(highlight=False, soft_wrap=False, markup=False)
 if not out.is_terminal:
     out.width = 160  # tables in files and pipes: wide enough not to wrap every cell
-err = Console(stderr=True, highlight=False)
+err = _PlainConsole(stderr=True, highlight=False, markup=False)
 
 _quiet = False
 LOG_FORMATS = ("text", "json")
@@ -158,10 +176,10 @@ class ProgressReporter(_LiveDisplay):
         self._started = time.monotonic()
         if live_display():
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
+                TextColumn("{task.fields[status]}", markup=False),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=err,
@@ -209,9 +227,9 @@ class LoadProgress(_LiveDisplay):
         self._task: TaskID | None = None
         if console is not None or live_display():
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(),
-                TextColumn("{task.fields[status]}"),
+                TextColumn("{task.fields[status]}", markup=False),
                 TimeElapsedColumn(),
                 console=console or err,
                 get_time=clock,
@@ -250,19 +268,17 @@ class SendProgress(_LiveDisplay):
         self._lane_tasks: dict[str, TaskID] = {}
         if console is not None or live_display():
             self._progress = Progress(
-                TextColumn("{task.description:<34}"),
+                TextColumn("{task.description:<34}", markup=False),
                 BarColumn(bar_width=30),
-                TextColumn("{task.fields[count]:>15}"),
-                TextColumn("{task.fields[detail]}"),
+                TextColumn("{task.fields[count]:>15}", markup=False),
+                TextColumn("{task.fields[detail]}", markup=False),
                 TimeElapsedColumn(),
                 console=console or err,
                 get_time=clock,
                 transient=False,
                 refresh_per_second=4,
             )
-            self._overall = self._progress.add_task(
-                "[bold]all lanes", total=None, detail="", count=""
-            )
+            self._overall = self._progress.add_task("all lanes", total=None, detail="", count="")
 
     def update(self, total: int, counts: dict[str, int], lanes: list[dict[str, Any]]) -> None:
         if _quiet:
@@ -286,7 +302,7 @@ class SendProgress(_LiveDisplay):
                     total=lane.total or None,
                     completed=lane.done,
                     count=f"{lane.done:,}/{lane.total:,}",
-                    detail=lane.detail if lane.state == "normal" else f"[yellow]{lane.detail}",
+                    detail=lane.detail,
                 )
             return
         self._lines.emit(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from re import _constants as _sre_constants  # type: ignore[attr-defined]
 from re import _parser as _sre_parser  # type: ignore[attr-defined]
 from typing import Any
@@ -655,7 +655,24 @@ def classify_reply(
     text = (text or "")[:MAX_TEXT_CHARS]
     if code is None:
         code = parse_reply_code(text)
-    return decide(code, parse_enhanced_status(text), text, provider, rules=rules, stage=stage)
+    verdict = decide(code, parse_enhanced_status(text), text, provider, rules=rules, stage=stage)
+    return _message_scoped(verdict, stage)
+
+
+# Refusals of one message's form at DATA (a line too long, too big, malformed headers):
+# the sender's content error for that message, never the receiver refusing the sender.
+_MESSAGE_FORM_REASONS = frozenset({"contenterror", "mesgtoobig", "notcompliantrfc", "syntaxerror"})
+
+
+def _message_scoped(verdict: Verdict, stage: str | None) -> Verdict:
+    if (
+        stage == "data"
+        and verdict.scope is Scope.CAMPAIGN
+        and verdict.reason in _MESSAGE_FORM_REASONS
+        and not (verdict.status or "").startswith(("5.7", "4.7"))
+    ):
+        return replace(verdict, scope=Scope.MESSAGE)
+    return verdict
 
 
 def classify_failure(
