@@ -14,6 +14,7 @@ again).
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from typing import Annotated
@@ -73,7 +74,7 @@ app = typer.Typer(
     context_settings=CONTEXT,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode=None,
 )
 # Top-level commands first, then the groups: the order `mailctl --help` lists them in.
@@ -110,7 +111,18 @@ def main_callback(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            envvar="MAILCTL_LOG",
+            help="Messages on stderr: text (one line per event) or json (one object per event).",
+        ),
+    ] = "text",
 ) -> None:
+    try:
+        console.set_log_format(log_format.lower())
+    except ValueError as exc:
+        raise UsageError(f"--log-format: {exc}") from None
     state.db = db
     state.profiles = profiles
     state.debug = debug
@@ -127,17 +139,25 @@ def run(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     state.debug = "--debug" in args
     console.set_quiet(False)
+    # Before parsing, so that even a usage error is logged the way the environment asks.
+    wanted = os.environ.get("MAILCTL_LOG", "").lower()
+    console.set_log_format("json" if wanted == "json" else "text")
     try:
         result = command.main(args=args, prog_name="mailctl", standalone_mode=False)
         if isinstance(result, int) and not isinstance(result, bool):
             return result  # typer.Exit(code) comes back as the return value here
     except typer.Exit as exc:
         return int(exc.exit_code)
+    except SystemExit as exc:  # --show-completion and --install-completion exit in a callback
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     except typer.Abort:
         console.error("aborted")
         return 130
     except typer.TyperException as exc:  # usage errors: bad option, missing argument
-        exc.show(file=sys.stderr)  # type: ignore[attr-defined]
+        if console.log_format() == "json":
+            console.error(exc.format_message())  # type: ignore[attr-defined]
+        else:
+            exc.show(file=sys.stderr)  # type: ignore[attr-defined]
         return 2
     except MailctlError as exc:
         if state.debug:

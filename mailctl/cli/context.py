@@ -35,6 +35,16 @@ def scratch_store() -> Store:
     return SqliteStore.open(":memory:")
 
 
+def campaign_recipient_keys(campaign_name: str) -> set[str]:
+    """Address keys with a message in the campaign in the database as it is (read only; none
+    when there is no database yet)."""
+    db_path = resolve_db_path(state.db)
+    if not db_path.exists():
+        return set()
+    with SqliteStore.open(db_path, migrate=False) as store:
+        return store.campaign_recipient_keys(campaign_name)
+
+
 def existing_store(list_name: str) -> Store:
     """The database as it is, to read `list_name` from: never created, migrated or written."""
     db_path = resolve_db_path(state.db)

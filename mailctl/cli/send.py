@@ -16,6 +16,7 @@ from rich.table import Table
 
 from mailctl.cli import console
 from mailctl.cli.context import (
+    campaign_recipient_keys,
     existing_store,
     load_profiles_near,
     open_store,
@@ -25,6 +26,7 @@ from mailctl.cli.context import (
 from mailctl.cli.options import CONTEXT, JsonSummaryOption, QuietOption, SendZoneOption
 from mailctl.config.nodes import parse_duration
 from mailctl.config.profiles import ProfilesFile
+from mailctl.delivery.campaigns import csv_size
 from mailctl.delivery.context import SendOptions
 from mailctl.delivery.preview import dry_run, first_send_preflight
 from mailctl.delivery.record import RunSummary
@@ -145,13 +147,8 @@ def _send(
         SendRun(store, on_warning=console.warn, on_info=console.info) as run,
     ):
         if campaign_file is not None:
-            with console.progress("Loading recipients", None) as bar:
-                run.prepare_campaign(
-                    campaign_file,
-                    profiles,
-                    update=update,
-                    on_progress=lambda done, rows: bar.advance(0, status=f"{rows} rows"),
-                )
+            with console.LoadProgress("Loading recipients", csv_size(campaign_file)) as bar:
+                run.prepare_campaign(campaign_file, profiles, update=update, on_progress=bar.update)
         else:
             run.prepare_active(profiles)
         display = console.SendProgress()
@@ -202,6 +199,7 @@ def _dry_run(campaign_file: Path, profiles: ProfilesFile, show: int) -> None:
         show=show,
         on_warning=console.warn,
         database=db_file if db_file.exists() else None,
+        known_keys=campaign_recipient_keys,
     )
     for message in preview.messages:
         console.out.print(
@@ -215,7 +213,12 @@ def _dry_run(campaign_file: Path, profiles: ProfilesFile, show: int) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    already = (
+        f" ({preview.already} already have a message from an earlier run)"
+        if preview.already
+        else ""
+    )
     console.info(
-        f"dry run: {preview.total} recipients would be queued for {preview.campaign}; "
-        "nothing was sent"
+        f"dry run: {preview.total} recipients would be queued for {preview.campaign}"
+        f"{already}; nothing was sent"
     )

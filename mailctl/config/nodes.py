@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import codecs
 import datetime as dt
+import difflib
 import ipaddress
 import math
 import re
@@ -40,6 +41,29 @@ def parse_duration(text: str) -> float:
     if pos == 0 or text[pos:].strip():
         raise ValueError(f"'{text}' is not a duration (use e.g. 30s, 9m, 2h, 3d)")
     return total
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as `parse_duration` reads them, largest units first: 1800 -> '30m',
+    5400 -> '1h30m', 90 -> '1m30s'; fractions of a second are kept ('0.5s')."""
+    if seconds != int(seconds) or seconds <= 0:
+        return f"{seconds:g}s"
+    left = int(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size:
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return "".join(parts)
+
+
+def unknown_key_message(key: str, allowed: set[str] | frozenset[str]) -> str:
+    """'unknown key' with the nearest valid key as a suggestion (`subjet` -> `subject`), or the
+    list of valid keys when none is close."""
+    near = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+    if near:
+        return f"unknown key '{key}' (did you mean '{near[0]}'?)"
+    return f"unknown key '{key}' (valid keys: {', '.join(sorted(allowed))})"
 
 
 class Node:
@@ -81,9 +105,8 @@ class Node:
                 raise Node(self.file, key_node, self.path).error("keys must be plain strings")
             key = str(key_node.value)
             if allowed is not None and key not in allowed:
-                hint = ", ".join(sorted(allowed))
                 raise Node(self.file, key_node, self._child_path(key)).error(
-                    f"unknown key '{key}' (valid keys: {hint})"
+                    unknown_key_message(key, allowed)
                 )
             if key in result:
                 raise Node(self.file, key_node, self._child_path(key)).error("duplicate key")

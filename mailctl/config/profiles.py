@@ -194,7 +194,9 @@ class ProfilesFile:
     default: str
     profiles: Mapping[str, Profile]
 
-    def get(self, name: str | None) -> Profile:
+    def get(self, name: str | None, *, need_password: bool = True) -> Profile:
+        """The profile `name` (the default one for None). Its password variable must be set
+        unless `need_password` is False (a dry run never connects)."""
         name = name or self.default
         profile = self.profiles.get(name)
         if profile is None:
@@ -202,7 +204,8 @@ class ProfilesFile:
             raise ConfigError(
                 f"{self.path}: no profile named '{name}' (profiles: {known})", file=str(self.path)
             )
-        profile.password()  # an unset password_env is an error only for the profile in use
+        if need_password:
+            profile.password()  # an unset password_env is an error only for the profile in use
         if profile.tracking_key_env and os.environ.get(profile.tracking_key_env) is None:
             raise ConfigError(
                 f"{profile.source}: profiles.{profile.name}.tracking_key_env: environment "

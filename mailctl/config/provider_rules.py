@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from mailctl.config.nodes import parse_duration
+from mailctl.config.nodes import parse_duration, unknown_key_message
 from mailctl.errors import ConfigError
 
 __all__ = [
@@ -280,9 +280,7 @@ def _mapping(value: Any, path: str, allowed: set[str] | None = None) -> Mapping[
         if not isinstance(key, str):
             raise _fail(path, f"keys must be strings, got {key!r}")
         if allowed is not None and key not in allowed:
-            raise _fail(
-                f"{path}.{key}", f"unknown key '{key}' (valid keys: {', '.join(sorted(allowed))})"
-            )  # noqa: E501
+            raise _fail(f"{path}.{key}", unknown_key_message(key, allowed))
     return value
 
 

@@ -54,6 +54,16 @@ def check_fields(store: Store, renderer: Renderer, list_name: str) -> None:
             )
 
 
+def csv_size(campaign_path: Path) -> int | None:
+    """The size in bytes of a campaign's CSV, for the loading estimate; None without a CSV or
+    when it cannot be read (loading the campaign for real reports the problem)."""
+    try:
+        campaign = load_campaign(campaign_path)
+        return campaign.csv.path.stat().st_size if campaign.csv is not None else None
+    except (MailctlError, OSError):
+        return None
+
+
 def make_renderer(
     campaign: Campaign,
     profiles: ProfilesFile,
@@ -66,7 +76,7 @@ def make_renderer(
     nothing."""
     from mailctl.dns.preflight import signing_key
 
-    profile = profiles.get(campaign.profile)
+    profile = profiles.get(campaign.profile, need_password=False)  # rendering never connects
     base_url = None if campaign.unsubscribe_url else profile.unsubscribe.base_url
     if (
         campaign.traffic_class is TrafficClass.MARKETING

@@ -413,7 +413,7 @@ STATUS_SUBJECT: dict[str, str] = {
 
 _ENHANCED_AFTER_CODE = re.compile(r"\b[245]\d\d[ -]#?([245]\.\d{1,3}\.\d{1,3})(?![\d.]*\d)")
 _ENHANCED_ANY = re.compile(r"(?<![\w.])#?([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
-_REPLY_CODE = re.compile(r"(?<![\w.\-/:])([245][0-5]\d)(?:[ -]|$)(?!\d)", re.M)
+_REPLY_CODE = re.compile(r"(?<![\w.\-/:])([245][0-5]\d)(?:[ -]|$)(?!\d+(?:[^.\d]|$))", re.M)
 _DELAY = re.compile(
     r"(?:try(?:ing)? again|retry|greylisted|graylisted|wait|come back|deferred|delayed)\D{0,40}?"
     r"(?:in|for|after|within)?\s*(\d+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hrs?|hours?)\b",

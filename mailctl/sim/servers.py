@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime
 import functools
+import os
 import ssl
 import tempfile
 import threading
@@ -38,9 +39,8 @@ from mailctl.sim.handler import SimHandler, SimSMTP
 # TLS
 
 
-@functools.cache
-def _self_signed_files() -> tuple[str, str]:
-    """A throwaway certificate for 127.0.0.1/localhost, generated once per process."""
+def _self_signed_pem() -> tuple[bytes, bytes]:
+    """A throwaway certificate for 127.0.0.1/localhost and its key, as PEM bytes."""
     try:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
@@ -72,24 +72,29 @@ def _self_signed_files() -> tuple[str, str]:
         )
         .sign(key, hashes.SHA256())
     )
-    directory = Path(tempfile.mkdtemp(prefix="mailctl-sim-tls-"))
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
-    key_path.chmod(0o600)
-    return str(cert_path), str(key_path)
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
+@functools.cache
 def _tls_context() -> ssl.SSLContext:
-    cert, key = _self_signed_files()
+    """The server's TLS context, made once per process. `load_cert_chain` reads only files,
+    so the certificate and key go to a private temporary directory that is removed as soon as
+    they are loaded: nothing (least of all a private key) is left behind, even after kill -9
+    of a long-running `mailctl sim`."""
+    cert_pem, key_pem = _self_signed_pem()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    with tempfile.TemporaryDirectory(prefix="mailctl-sim-tls-") as directory:
+        cert_path, key_path = Path(directory) / "cert.pem", Path(directory) / "key.pem"
+        cert_path.write_bytes(cert_pem)
+        fd = os.open(key_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key_pem)
+        context.load_cert_chain(cert_path, key_path)
     return context
 
 

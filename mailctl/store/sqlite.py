@@ -547,6 +547,23 @@ class SqliteStore(_AddressTables, _QueueTables):
         ).fetchone()
         return row[0]
 
+    def first_notice(self, key: str, now: float) -> bool:
+        with self.transaction():
+            cursor = self.conn.execute(
+                "INSERT OR IGNORE INTO notices (key, first_at) VALUES (?, ?)", (key, now)
+            )
+        return cursor.rowcount == 1
+
+    def campaign_recipient_keys(self, campaign_name: str) -> set[str]:
+        rows = self.conn.execute(
+            """SELECT COALESCE(r.email_key, lower(r.email)) FROM messages g
+               JOIN campaigns c ON c.id = g.campaign_id
+               JOIN recipients r ON r.id = g.recipient_id
+               WHERE c.name = ?""",
+            (campaign_name,),
+        )
+        return {key for (key,) in rows}
+
     def remaining(self, campaign_id: int) -> int:
         return int(
             self.conn.execute(

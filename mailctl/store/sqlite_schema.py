@@ -356,4 +356,9 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (mailbox, uid)
         ) WITHOUT ROWID""",
     ],
+    # 9: warnings already given once (a CSV version's rejected rows): a cron run every few
+    # minutes must not repeat them into every mail it sends the operator.
+    [
+        "CREATE TABLE notices (key TEXT PRIMARY KEY, first_at REAL NOT NULL)",
+    ],
 ]
