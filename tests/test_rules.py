@@ -19,7 +19,8 @@ from mailctl.config.provider_rules import (
 from mailctl.errors import ConfigError
 from mailctl.replies.classify import classify_reply
 from mailctl.replies.rules import default_rules, load_rules, match_reply
-from mailctl.reputation.lanes import LaneEventKind, Scheduler
+from mailctl.reputation.lanes import LaneEventKind
+from mailctl.reputation.scheduler import Scheduler
 
 A = Action
 H = 3600.0

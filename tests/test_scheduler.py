@@ -11,16 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailctl.replies.rules import load_rules
-from mailctl.reputation.lanes import (
-    BreakerPolicy,
-    BreakerState,
-    LaneEventKind,
-    LaneMode,
-    LaneState,
-    RecoveryPolicy,
-    Scheduler,
-    check_breaker,
-)
+from mailctl.reputation.breaker import BreakerPolicy, BreakerState, check_breaker
+from mailctl.reputation.lanes import LaneEventKind, LaneMode, LaneState, RecoveryPolicy
+from mailctl.reputation.scheduler import Scheduler
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 MIN, HOUR = 60.0, 3600.0

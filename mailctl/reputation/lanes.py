@@ -15,244 +15,43 @@ injected `random.Random`, so throttling is tested without sleeping.
   a minute. It never snaps back to full speed.
 * `LaneState` is the whole persistent state of a lane (`to_row` / `from_row`), so a cron run
   at 10:10 honours a 2-hour suspension set by the run at 10:00.
-* `Scheduler` holds the lanes, picks an IP of a pool for a provider (`pick_ip`), and says when
-  the next paused lane wakes (`next_wake`).
-* `check_breaker` is the campaign circuit breaker (bounce and complaint rates).
+* What a lane learns from receivers (acceptance rate, connections that held, AIMD cuts and
+  increases) is computed in `mailctl.reputation.aimd`; the lane applies it.
+* `Scheduler` (reputation/scheduler.py) holds the lanes; `check_breaker`
+  (reputation/breaker.py) is the campaign circuit breaker.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
-from fractions import Fraction
+from dataclasses import replace
 from typing import Any
 
 from mailctl.config.provider_rules import Action, LaneLimits, ReplyRule
 from mailctl.replies.classify import parse_reply_code
-from mailctl.replies.rules import RuleMatch, RuleSet, default_rules
+from mailctl.replies.rules import RuleMatch, RuleSet
+from mailctl.reputation.lane_state import (
+    LaneEvent,
+    LaneEventKind,
+    LaneMode,
+    LaneSnapshot,
+    LaneState,
+    RecoveryPolicy,
+)
 
 __all__ = [
-    "BreakerPolicy",
-    "BreakerState",
-    "BreakerTrip",
-    "CapacityFn",
-    "LaneEventKind",
     "Lane",
     "LaneEvent",
+    "LaneEventKind",
     "LaneMode",
     "LaneSnapshot",
     "LaneState",
     "RecoveryPolicy",
-    "Scheduler",
-    "check_breaker",
 ]
 
 _EPSILON = 1e-9  # float slack when a refilled bucket lands a hair under one token
 _WINDOWS = (60.0, 3600.0, 86400.0)  # per_minute, per_hour, per_day
-
-
-class LaneMode(StrEnum):
-    NORMAL = "normal"  # full speed, or recovering (see LaneState.ramp_factor)
-    SLOWED = "slowed"  # limits lowered until `until`
-    SUSPENDED = "suspended"  # nothing sent until `until`
-    DISABLED = "disabled"  # out of rotation for this provider until resumed (or `until`)
-
-
-class LaneEventKind(StrEnum):
-    """What a reply did to a lane (the scheduler's answer to the engine)."""
-
-    NONE = "none"  # nothing changed (a delivery, an ordinary deferral)
-    IGNORED = "ignored"  # not the receiver's word, or the lane already paused for it
-    COUNTED = "counted"  # a triggered rule matched but has not reached its count
-    SUSPENDED = "suspended"
-    SLOWED = "slowed"
-    DISABLED = "disabled"
-    BACKOFF = "backoff"  # a 421 no rule names: exponential backoff
-    STOP_CAMPAIGN = "stop_campaign"
-    DEFER_RECIPIENT = "defer_recipient"
-    BOUNCE_RECIPIENT = "bounce_recipient"
-
-
-@dataclass(frozen=True)
-class LaneEvent:
-    """What a reply did, for the run's log and progress."""
-
-    kind: LaneEventKind
-    ip: str
-    provider: str
-    until: float | None = None
-    reason: str | None = None
-    rule: str | None = None
-    alert: bool = False
-    retry_after: float | None = None  # for the message: the reply's named delay or the rule's
-
-    @property
-    def pauses_lane(self) -> bool:
-        return self.kind in (
-            LaneEventKind.SUSPENDED,
-            LaneEventKind.SLOWED,
-            LaneEventKind.DISABLED,
-            LaneEventKind.BACKOFF,
-        )
-
-
-@dataclass(frozen=True)
-class RecoveryPolicy:
-    """How lanes back off and come back. Defaults follow PROVIDERS.md."""
-
-    start_fraction: float = 0.25  # resume at a quarter of the earlier rate
-    step: float = 1.25  # +25% per clean interval
-    clean_interval: float = 300.0  # seconds without a throttle that earn a step
-    min_change_interval: float = 60.0  # limits rise at most once a minute
-    backoff_initial: float = 60.0  # unknown 421: 1 min, doubling ...
-    backoff_max: float = 3600.0  # ... to 1 h
-    jitter: float = 0.2  # +-20%, so lanes paused together do not resume together
-    min_rate_per_minute: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.start_fraction <= 1:
-            raise ValueError("start_fraction must be in (0, 1]")
-        if self.step <= 1:
-            raise ValueError("step must be above 1")
-        if self.clean_interval < self.min_change_interval:
-            raise ValueError("clean_interval must be at least min_change_interval")
-
-    @property
-    def step_interval(self) -> float:
-        return max(self.clean_interval, self.min_change_interval)
-
-
-# --------------------------------------------------------------------------------------------
-# Persistent state
-
-
-@dataclass(frozen=True)
-class LaneState:
-    """Everything a lane must remember across runs (one row of the ``lanes`` table)."""
-
-    ip: str
-    provider: str
-    mode: LaneMode = LaneMode.NORMAL
-    until: float | None = None  # end of the suspension / slow period / disablement
-    reason: str | None = None
-    rule: str | None = None
-    alert: bool = False
-    # While slowed (or scheduled to slow after a pause): the limits in force, and when a
-    # pause-then-slow rule (Gmail 4.7.28) turns from suspended into slowed.
-    slow_limits: LaneLimits | None = None
-    slow_until: float | None = None
-    earlier_factor: float = 1.0  # rate factor in force when the current pause began
-    ramp_factor: float | None = None  # None: full speed; else fraction of the base rates
-    ramp_connections: int | None = None
-    last_change_at: float | None = None
-    backoff_level: int = 0
-    last_resume_at: float | None = None  # end of the last backoff, to reset it when clean
-    tokens: tuple[float, float, float] | None = None  # minute, hour, day buckets
-    tokens_at: float | None = None
-    hits: tuple[tuple[str, tuple[float, ...]], ...] = ()  # trigger matches per rule id
-    sent: int = 0
-    deferred: int = 0
-    throttled: int = 0
-    updated_at: float | None = None
-
-    def to_row(self) -> dict[str, Any]:
-        """Flat, SQLite-ready values (nested parts as JSON text)."""
-        return {
-            "ip": self.ip,
-            "provider": self.provider,
-            "mode": self.mode.value,
-            "until": self.until,
-            "reason": self.reason,
-            "rule": self.rule,
-            "alert": int(self.alert),
-            "slow_limits": json.dumps(self.slow_limits.as_dict()) if self.slow_limits else None,
-            "slow_until": self.slow_until,
-            "earlier_factor": self.earlier_factor,
-            "ramp_factor": self.ramp_factor,
-            "ramp_connections": self.ramp_connections,
-            "last_change_at": self.last_change_at,
-            "backoff_level": self.backoff_level,
-            "last_resume_at": self.last_resume_at,
-            "tokens": json.dumps(list(self.tokens)) if self.tokens is not None else None,
-            "tokens_at": self.tokens_at,
-            "hits": json.dumps({rule: list(times) for rule, times in self.hits}),
-            "sent": self.sent,
-            "deferred": self.deferred,
-            "throttled": self.throttled,
-            "updated_at": self.updated_at,
-        }
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> LaneState:
-        """The inverse of `to_row` (accepts a sqlite3.Row or any mapping)."""
-        slow = row["slow_limits"]
-        tokens = row["tokens"]
-        hits = json.loads(row["hits"] or "{}")
-        return cls(
-            ip=row["ip"],
-            provider=row["provider"],
-            mode=LaneMode(row["mode"]),
-            until=row["until"],
-            reason=row["reason"],
-            rule=row["rule"],
-            alert=bool(row["alert"]),
-            slow_limits=LaneLimits.from_dict(json.loads(slow)) if slow else None,
-            slow_until=row["slow_until"],
-            earlier_factor=float(row["earlier_factor"]),
-            ramp_factor=row["ramp_factor"],
-            ramp_connections=row["ramp_connections"],
-            last_change_at=row["last_change_at"],
-            backoff_level=int(row["backoff_level"]),
-            last_resume_at=row["last_resume_at"],
-            tokens=tuple(json.loads(tokens)) if tokens else None,  # type: ignore[arg-type]
-            tokens_at=row["tokens_at"],
-            hits=tuple((rule, tuple(times)) for rule, times in sorted(hits.items())),
-            sent=int(row["sent"]),
-            deferred=int(row["deferred"]),
-            throttled=int(row["throttled"]),
-            updated_at=row["updated_at"],
-        )
-
-
-@dataclass(frozen=True)
-class LaneSnapshot:
-    """One line of ``mailctl lanes``."""
-
-    ip: str
-    provider: str
-    mode: LaneMode
-    until: float | None
-    reason: str | None
-    rule: str | None
-    alert: bool
-    limits: LaneLimits
-    recovering: bool
-    ready_in: float  # seconds until the lane may send (inf: disabled)
-    sent: int
-    deferred: int
-    throttled: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ip": self.ip,
-            "provider": self.provider,
-            "state": self.mode.value,
-            "until": self.until,
-            "reason": self.reason,
-            "rule": self.rule,
-            "alert": self.alert,
-            "limits": self.limits.as_dict(),
-            "recovering": self.recovering,
-            "ready_in": None if math.isinf(self.ready_in) else round(self.ready_in, 3),
-            "sent": self.sent,
-            "deferred": self.deferred,
-            "throttled": self.throttled,
-        }
-
 
 # --------------------------------------------------------------------------------------------
 # A lane
@@ -734,171 +533,3 @@ class Lane:
             deferred=s.deferred,
             throttled=s.throttled,
         )
-
-
-# --------------------------------------------------------------------------------------------
-# The scheduler
-
-
-CapacityFn = Callable[[str, str], "int | None"]
-"""(ip, provider) -> messages the IP may still send to the provider now (warm-up), None = no cap."""
-
-
-class Scheduler:
-    """All lanes of a run. Lanes are created on first use from the rules' limits."""
-
-    def __init__(
-        self,
-        rules: RuleSet | None = None,
-        *,
-        policy: RecoveryPolicy | None = None,
-        rng: random.Random | None = None,
-        states: Iterable[LaneState] = (),
-    ) -> None:
-        self.rules = rules or default_rules()
-        self.policy = policy or RecoveryPolicy()
-        self.rng = rng or random.Random()
-        self._lanes: dict[tuple[str, str], Lane] = {}
-        self._picks: dict[tuple[str, str], int] = {}
-        for state in states:
-            self._lanes[(state.ip, state.provider)] = self._make(state)
-
-    def _make(self, state: LaneState) -> Lane:
-        return Lane(state, self.rules, policy=self.policy, rng=self.rng)
-
-    def lane(self, ip: str, provider: str) -> Lane:
-        key = (ip, provider)
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = self._lanes[key] = self._make(LaneState(ip=ip, provider=provider))
-        return lane
-
-    def lanes(self) -> list[Lane]:
-        return [self._lanes[key] for key in sorted(self._lanes)]
-
-    def changed_states(self) -> list[LaneState]:
-        """States changed since the last call: what to upsert into the ``lanes`` table."""
-        changed = []
-        for lane in self.lanes():
-            if lane.changed:
-                lane.changed = False
-                changed.append(lane.state)
-        return changed
-
-    def next_wake(self, now: float, busy: Iterable[tuple[str, str]] | None = None) -> float | None:
-        """When the first of the lanes with work (``busy``; all lanes when None) may send
-        again: ``now`` if one may send now, None if none ever will (all disabled)."""
-        keys = list(busy) if busy is not None else list(self._lanes)
-        waits = [self.lane(ip, provider).ready_in(now) for ip, provider in keys]
-        finite = [w for w in waits if not math.isinf(w)]
-        return now + min(finite) if finite else None
-
-    def snapshot(self, now: float) -> list[LaneSnapshot]:
-        return [lane.snapshot(now) for lane in self.lanes()]
-
-    def pick_ip(
-        self,
-        pool_ips: Iterable[str],
-        provider: str,
-        now: float,
-        capacity_fn: CapacityFn | None = None,
-        prefer: str | None = None,
-    ) -> str | None:
-        """The pool IP to send the next message for ``provider`` from, or None if none may.
-
-        Only IPs of ``pool_ips`` are ever returned (traffic never moves to another pool).
-        Skipped: IPs whose lane to the provider is suspended or disabled, and IPs whose
-        warm-up capacity is used up (spill-over to the pool's other IPs). IPs with a cap
-        (still warming) come first, the one with the most capacity left, so cold IPs get the
-        volume their schedule needs; uncapped IPs take the rest in turn. ``prefer`` (an IP
-        the receiver asked to hear from again: greylisting keys on the client's address) wins
-        whenever it may send.
-        """
-        candidates: list[tuple[str, int | None]] = []
-        for ip in dict.fromkeys(pool_ips):
-            if self.lane(ip, provider).pause_wait(now) > 0:
-                continue
-            capacity = capacity_fn(ip, provider) if capacity_fn is not None else None
-            if capacity is not None and capacity <= 0:
-                continue
-            candidates.append((ip, capacity))
-        if not candidates:
-            return None
-        capped = [c for c in candidates if c[1] is not None]
-        if prefer is not None and any(c[0] == prefer for c in candidates):
-            ip = prefer
-        elif capped:
-            ip = max(
-                capped,
-                key=lambda c: (c[1], -self._picks.get((c[0], provider), 0)),
-            )[0]
-        else:
-            ip = min(candidates, key=lambda c: self._picks.get((c[0], provider), 0))[0]
-        self._picks[(ip, provider)] = self._picks.get((ip, provider), 0) + 1
-        return ip
-
-
-# --------------------------------------------------------------------------------------------
-# Circuit breaker
-
-
-@dataclass(frozen=True)
-class BreakerPolicy:
-    """Trip above these rates, once at least ``min_sent`` messages were answered."""
-
-    bounce_rate: float = 0.02
-    complaint_rate: float = 0.003
-    min_sent: int = 200
-
-    @classmethod
-    def from_config(cls, breakers: Any) -> BreakerPolicy:
-        """From `config.Breakers` (same field names)."""
-        return cls(breakers.bounce_rate, breakers.complaint_rate, breakers.min_sent)
-
-
-@dataclass(frozen=True)
-class BreakerState:
-    """A campaign's counts. ``sent``: messages the receivers answered (accepted or rejected);
-    ``bounced``: hard bounces, synchronous or from DSNs; ``complained``: ARF reports."""
-
-    sent: int = 0
-    bounced: int = 0
-    complained: int = 0
-
-    def add(self, *, sent: int = 0, bounced: int = 0, complained: int = 0) -> BreakerState:
-        return BreakerState(self.sent + sent, self.bounced + bounced, self.complained + complained)
-
-
-@dataclass(frozen=True)
-class BreakerTrip:
-    kind: str  # "bounce_rate" | "complaint_rate"
-    rate: float
-    threshold: float
-    sent: int
-    reason: str = field(default="")
-
-
-def _exact(value: float) -> Fraction:
-    # Compare as decimals: 4 bounces of 200 is exactly 2%, which must not trip a 2% breaker.
-    return Fraction(repr(value))
-
-
-def check_breaker(state: BreakerState, policy: BreakerPolicy | None = None) -> BreakerTrip | None:
-    """A trip when the bounce rate passes its threshold (strictly above), else the
-    complaint rate; None below ``min_sent`` and at or below the thresholds."""
-    policy = policy or BreakerPolicy()
-    if state.sent <= 0 or state.sent < policy.min_sent:
-        return None
-    for kind, count, threshold in (
-        ("bounce_rate", state.bounced, policy.bounce_rate),
-        ("complaint_rate", state.complained, policy.complaint_rate),
-    ):
-        rate = Fraction(count, state.sent)
-        if rate > _exact(threshold):
-            label = kind.replace("_", " ")
-            reason = (
-                f"{label} {float(rate) * 100:.2f}% is above {threshold * 100:g}% "
-                f"({count} of {state.sent} sent)"
-            )
-            return BreakerTrip(kind, float(rate), threshold, state.sent, reason)
-    return None
