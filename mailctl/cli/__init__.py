@@ -964,7 +964,7 @@ def suppress_export(
 def _scheduler(store: Any, profile_name: str | None = None) -> Any:
     from mailctl.replies.rules import load_rules
     from mailctl.reputation.lane_state import LaneState
-from mailctl.reputation.scheduler import Scheduler
+    from mailctl.reputation.scheduler import Scheduler
 
     overrides = None
     try:
