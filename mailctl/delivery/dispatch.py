@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailctl.config.profiles import TlsMode, TransportKind
-from mailctl.config.provider_rules import TlsPolicy
+from mailctl.config.provider_rules import Scope, TlsPolicy
 from mailctl.delivery.context import CampaignJob, SendContext, hms
 from mailctl.delivery.outcome import NO_EVENT, Outcome, reply_outcome
 from mailctl.delivery.record import Recorder
@@ -23,10 +23,17 @@ from mailctl.delivery.transport import Connection, Destination, Reply, relay_des
 from mailctl.dns.providers import DomainRoute
 from mailctl.message.render import RenderedMessage
 from mailctl.model import MessageState
-from mailctl.reputation.lanes import LaneEvent, LaneEventKind
+from mailctl.replies.classify import classify_reply
+from mailctl.reputation.lanes import Lane, LaneEvent, LaneEventKind
 
 # A lane wait shorter than this is slept through by the worker; longer ones defer the message.
 SHORT_WAIT = 2.0
+# A worker holding an open connection sleeps through a wait up to this long rather than close
+# it: reconnect churn is what connection-rate limits punish. Well below common server idle
+# timeouts (Postfix 300 s, RFC 5321's 5 minutes).
+KEEP_WAIT = 20.0
+# A connection idle longer than this is checked with NOOP before the next message.
+NOOP_AFTER = 10.0
 
 
 @dataclass
@@ -54,6 +61,7 @@ class _Group:
     messages_per_connection: int
     queue: asyncio.Queue[Item | None]
     lane_capped: bool = False
+    conn_lane: tuple[str, str] = ("", "")  # the lane whose learned connections cap this group
     paused_until: float = 0.0
     failures: int = 0
     workers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -74,8 +82,9 @@ def _pace(limits: Any) -> float:
 
 
 def _lane_key(group: _Group) -> tuple[str, str]:
-    """(IP, provider) of a direct group, whose connections count against its lane's cap."""
-    return (group.ip, group.key[2]) if len(group.key) > 2 else (group.ip, "")
+    """The lane whose connection cap the group's connections count against: (IP, provider)
+    for direct delivery, (IP, "relay HOST:PORT") for a relay or the sandbox."""
+    return group.conn_lane
 
 
 class Dispatcher:
@@ -215,18 +224,52 @@ class Dispatcher:
             queue=asyncio.Queue(
                 maxsize=max(connections, 1) * self.ctx.options.queue_per_connection
             ),
-            lane_capped=direct,
+            lane_capped=True,
+            conn_lane=(ip, provider) if direct else (ip, f"relay {destination.name}"),
         )
         self._groups[key] = group
-        group.workers = [asyncio.create_task(self._worker(group)) for _ in range(connections)]
+        group.workers = [
+            asyncio.create_task(self._worker(group, index)) for index in range(connections)
+        ]
         return group
 
     # ------------------------------------------------------------------ workers
 
-    async def _worker(self, group: _Group) -> None:
+    def _conn_lane(self, group: _Group) -> Lane:
+        ip, name = group.conn_lane
+        return self.ctx.scheduler.lane(ip, name)
+
+    async def _my_turn(self, group: _Group, index: int, connection: Connection | None) -> None:
+        """Wait while this worker is beyond the connections its lane may hold now (a slow
+        start, or the number that held when a receiver refused one more). A worker above the
+        cap gives up its connection first. Waits on the event loop, not the injected clock:
+        an idle worker must not make time pass."""
+        lane = self._conn_lane(group)
+        while index >= lane.connection_cap(self.ctx.clock.now(), group.connections):
+            if self.ctx.stop.is_set():
+                return
+            changed = self._freed.setdefault(_lane_key(group), asyncio.Event())
+            changed.clear()
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=0.2)
+            except TimeoutError:
+                pass
+
+    async def _worker(self, group: _Group, index: int = 0) -> None:
         connection: Connection | None = None
         try:
             while True:
+                if index > 0 and connection is None:
+                    await self._my_turn(group, index, connection)
+                elif index > 0 and connection is not None:
+                    cap = self._conn_lane(group).connection_cap(
+                        self.ctx.clock.now(), group.connections
+                    )
+                    if index >= cap:
+                        await connection.close()
+                        self._lane_closed(group)
+                        connection = None
+                        continue
                 item, connection = await self._next_item(group, connection)
                 if item is None:
                     break
@@ -314,7 +357,9 @@ class Dispatcher:
             wait = lane.admit(now)
             if wait == 0:
                 break
-            if wait <= SHORT_WAIT:
+            keep = connection is not None and connection.alive and wait <= KEEP_WAIT
+            if wait <= SHORT_WAIT or keep:
+                # A few seconds to the next token: keep the connection, do not churn it.
                 await ctx.clock.sleep(wait)
                 continue
             # Paused, or pacing far behind: spread this lane's messages over its slots.
@@ -327,7 +372,7 @@ class Dispatcher:
                 slot = ends
             else:
                 self._next_slot[lane_key] = slot + _pace(lane.limits(now))
-            if connection is not None and lane.pause_wait(now) > 0:
+            if connection is not None and lane.pause_wait(now) > KEEP_WAIT:
                 await connection.close()  # a paused lane keeps no idle connection open
                 if group.lane_capped:
                     self._lane_closed(group)
@@ -344,33 +389,53 @@ class Dispatcher:
             )
             return connection
         limit = group.messages_per_connection
-        if group.lane_capped:
+        if group.conn_lane == lane_key:  # direct: the provider's messages per connection
             limit = min(limit, lane.limits(now).messages_per_connection)
+        if connection is not None and connection.alive and connection.messages < limit:
+            if now - connection.last_used > NOOP_AFTER and not await connection.noop():
+                # The server dropped the idle connection: a new one, the message is not lost.
+                self._lane_closed(group)
+                connection = None
         if connection is None or not connection.alive or connection.messages >= limit:
             if connection is not None:
                 await connection.close()
-                if group.lane_capped:
-                    self._lane_closed(group)
+                self._lane_closed(group)
                 connection = None
-            if group.lane_capped:
-                await self._lane_slot(lane_key, lane.limits(now).connections)
+            conn_lane = self._conn_lane(group)
+            connect_wait = conn_lane.connect_wait(now)
+            if connect_wait > 0:
+                # A receiver refused a connection moments ago: open none until the probe
+                # pause ends. The connections that held go on sending.
+                ctx.budget.release(ip, provider)
+                recorder.defer_self(
+                    message,
+                    now,
+                    now + connect_wait,
+                    provider=provider,
+                    ip=ip,
+                    why="waiting to open another connection",
+                )
+                return None
+            await self._lane_slot(
+                _lane_key(group), conn_lane.connection_cap(now, group.connections)
+            )
             connection = Connection(group.destination)
             failure = await connection.open()
             if failure is not None:
-                if group.lane_capped:
-                    self._lane_closed(group)
+                self._lane_closed(group)
                 connection = None
-                self._connection_failed(group)
-                self._after_reply(item, failure)
+                if failure.code is None and not self._open.get(_lane_key(group)):
+                    self._connection_failed(group)  # nobody answers: back the group off
+                self._connect_refused(group, item, failure)
                 return None
             group.failures = 0
         reply = await connection.send(
             item.rendered.envelope_from, item.rendered.recipient, item.rendered.data
         )
-        self._after_reply(item, reply)
+        connection.last_used = ctx.clock.now()
+        self._after_reply(item, reply, group=group, busy=not group.queue.empty())
         if not connection.alive:
-            if group.lane_capped:
-                self._lane_closed(group)
+            self._lane_closed(group)
             return None
         return connection
 
@@ -397,15 +462,42 @@ class Dispatcher:
                     wanted.clear()
             if self.ctx.stop.is_set():
                 break
-            cap = self.ctx.scheduler.lane(ip, provider).limits(self.ctx.clock.now()).connections
+            cap = self.ctx.scheduler.lane(ip, provider).connection_cap(self.ctx.clock.now(), cap)
         self._open[lane_key] = self._open.get(lane_key, 0) + 1
+        self.ctx.scheduler.lane(ip, provider).meter.opened(self._open[lane_key])
 
     def _lane_closed(self, group: _Group) -> None:
         key = _lane_key(group)
         self._open[key] = max(0, self._open.get(key, 0) - 1)
+        self._conn_lane(group).meter.opened(self._open[key])
         freed = self._freed.get(key)
         if freed is not None:
             freed.set()
+
+    def _connect_refused(self, group: _Group, item: Item, failure: Reply) -> None:
+        """A connection that failed to open. A refusal (421 at the banner, a connection
+        reset or refused) is a connection signal for the group's lane: fewer connections,
+        the message rate untouched. Other replies at connect go to the message's lane."""
+        ctx = self.ctx
+        now = ctx.clock.now()
+        refused = failure.code == 421 or (
+            failure.code is None and "refused" in failure.text.lower()
+        )
+        if not refused:
+            self._after_reply(item, failure)
+            return
+        lane = self._conn_lane(group)
+        if failure.code is None:
+            event = lane.on_connect_refused(failure.text, now)
+        else:
+            event = lane.on_reply(
+                failure.text, failure.code, now, from_receiver=True, stage="connect"
+            )
+        if event.kind is not LaneEventKind.IGNORED:
+            self._lane_event(event, item.message["campaign_id"], now)
+        outcome = self._outcome(item, failure, event, now)
+        ctx.budget.release(item.ip, item.provider)
+        self.recorder.record(outcome)
 
     def _connection_failed(self, group: _Group) -> None:
         # Back off the whole group so a refusing server is not hammered: 1 s doubling to 5 min.
@@ -415,15 +507,32 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ replies
 
-    def _after_reply(self, item: Item, reply: Reply) -> None:
+    def _after_reply(
+        self, item: Item, reply: Reply, *, group: _Group | None = None, busy: bool = False
+    ) -> None:
         ctx, recorder = self.ctx, self.recorder
         now = ctx.clock.now()
+        lane = ctx.scheduler.lane(item.ip, item.provider)
         if reply.ok:
+            lane.accepted(now, busy=busy)
+            if group is not None and group.conn_lane != (item.ip, item.provider):
+                self._conn_lane(group).accepted(now, busy=busy)
             recorder.sent(self._outcome(item, reply, NO_EVENT, now))
             return
-        lane = ctx.scheduler.lane(item.ip, item.provider)
-        event = lane.on_reply(reply.text, reply.code, now, from_receiver=reply.from_receiver)
-        if event.pauses_lane or event.kind is LaneEventKind.DISABLED:
+        verdict_scope = None
+        if reply.code is not None:
+            verdict_scope = classify_reply(
+                reply.code, reply.text, item.provider, stage=reply.stage
+            ).scope
+        event = lane.on_reply(
+            reply.text,
+            reply.code,
+            now,
+            from_receiver=reply.from_receiver,
+            stage=reply.stage,
+            recipient_scoped=verdict_scope is Scope.RECIPIENT,
+        )
+        if event.pauses_lane or event.kind in (LaneEventKind.DISABLED, LaneEventKind.CONNECTIONS):
             self._lane_event(event, item.message["campaign_id"], now)
         outcome = self._outcome(item, reply, event, now)
         ctx.budget.release(item.ip, item.provider)  # not sent: its place in the day goes back

@@ -32,7 +32,8 @@ class LaneEventKind(StrEnum):
     SUSPENDED = "suspended"
     SLOWED = "slowed"
     DISABLED = "disabled"
-    BACKOFF = "backoff"  # a 421 no rule names: exponential backoff
+    BACKOFF = "backoff"  # a throttle no rule names: rate cut, probe pause doubling on repeats
+    CONNECTIONS = "connections"  # a connection signal: fewer connections, rate unchanged
     STOP_CAMPAIGN = "stop_campaign"
     DEFER_RECIPIENT = "defer_recipient"
     BOUNCE_RECIPIENT = "bounce_recipient"
@@ -119,6 +120,18 @@ class LaneState:
     deferred: int = 0
     throttled: int = 0
     updated_at: float | None = None
+    # Learned from the receiver (reputation/aimd.py): caps under the ceilings, None = unlearned.
+    learned_rate: float | None = None  # messages per minute
+    learned_peak: float | None = None  # the accepted rate the last throttle cut from
+    learned_connections: int | None = None
+    learned_reason: str | None = None  # the reply that taught it
+    learned_at: float | None = None  # when
+    learned_observed: str | None = None  # what was observed before it
+    learned_step_at: float | None = None  # last change of the learned rate
+    learned_conn_at: float | None = None  # last change of the learned connections
+    probe_level: int = 0  # throttles in a row (the pause doubles)
+    connect_until: float | None = None  # no new connection before (a connection signal)
+    probing: bool = False  # the suspension is a probe pause: it ends without a ramp
 
     def to_row(self) -> dict[str, Any]:
         """Flat, SQLite-ready values (nested parts as JSON text)."""
@@ -145,6 +158,8 @@ class LaneState:
             "deferred": self.deferred,
             "throttled": self.throttled,
             "updated_at": self.updated_at,
+            **{name: getattr(self, name) for name in LEARNED_COLUMNS},
+            "probing": int(self.probing),
         }
 
     @classmethod
@@ -176,7 +191,34 @@ class LaneState:
             deferred=int(row["deferred"]),
             throttled=int(row["throttled"]),
             updated_at=row["updated_at"],
+            **_learned(row),
         )
+
+
+LEARNED_COLUMNS = (
+    "learned_rate",
+    "learned_peak",
+    "learned_connections",
+    "learned_reason",
+    "learned_at",
+    "learned_observed",
+    "learned_step_at",
+    "learned_conn_at",
+    "probe_level",
+    "connect_until",
+    "probing",
+)
+
+
+def _learned(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The learned columns of a row (absent in rows written before they existed)."""
+    keys = row.keys()
+    values = {name: row[name] for name in LEARNED_COLUMNS if name in keys}
+    values["probe_level"] = int(values.get("probe_level") or 0)
+    values["probing"] = bool(values.get("probing"))
+    if values.get("learned_connections") is not None:
+        values["learned_connections"] = int(values["learned_connections"])
+    return values
 
 
 @dataclass(frozen=True)
@@ -196,6 +238,11 @@ class LaneSnapshot:
     sent: int
     deferred: int
     throttled: int
+    learned_rate: float | None = None
+    learned_connections: int | None = None
+    learned_reason: str | None = None
+    learned_at: float | None = None
+    learned_observed: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -212,4 +259,11 @@ class LaneSnapshot:
             "sent": self.sent,
             "deferred": self.deferred,
             "throttled": self.throttled,
+            "learned": {
+                "per_minute": None if self.learned_rate is None else round(self.learned_rate, 2),
+                "connections": self.learned_connections,
+                "reason": self.learned_reason,
+                "at": self.learned_at,
+                "observed": self.learned_observed,
+            },
         }

@@ -31,6 +31,15 @@ from typing import Any
 from mailctl.config.provider_rules import Action, LaneLimits, ReplyRule
 from mailctl.replies.classify import parse_reply_code
 from mailctl.replies.rules import RuleMatch, RuleSet
+from mailctl.reputation.aimd import (
+    AimdPolicy,
+    Meter,
+    cut_connections,
+    cut_rate,
+    probe_pause,
+    relax,
+    step_up,
+)
 from mailctl.reputation.lane_state import (
     LaneEvent,
     LaneEventKind,
@@ -95,11 +104,14 @@ class Lane:
         *,
         policy: RecoveryPolicy | None = None,
         rng: random.Random | None = None,
+        aimd: AimdPolicy | None = None,
     ) -> None:
         self.state = state
         self.rules = rules
         self.policy = policy or RecoveryPolicy()
         self.rng = rng or random.Random()
+        self.aimd = aimd or AimdPolicy()
+        self.meter = Meter(self.aimd)
         self.changed = False  # set on every state change, cleared by Scheduler.changed_states
 
     @property
@@ -156,11 +168,22 @@ class Lane:
         """Apply the transitions that time alone causes, lazily, as of ``now``."""
         s = self.state
         start = s
+        if s.learned_rate is not None or s.learned_connections is not None:
+            s = relax(
+                s, now, self.aimd, ceiling_rate=self.base.per_minute,
+                ceiling_connections=self.base.connections,
+            )  # fmt: skip
         for _ in range(4):  # at most suspended -> slowed -> normal
             if s.until is None or now < s.until:
                 break
+            if s.mode is LaneMode.SUSPENDED and s.probing:
+                # A probe pause ends where it began: the learned caps govern, no ramp.
+                s = replace(
+                    s, mode=LaneMode.NORMAL, until=None, reason=None, rule=None, probing=False,
+                )  # fmt: skip
+                break
             if s.mode is LaneMode.SUSPENDED and s.slow_limits is not None and s.slow_until:
-                if s.slow_until > s.until:
+                if s.slow_until > (s.until or 0.0):
                     s = replace(
                         s, mode=LaneMode.SLOWED, until=s.slow_until, slow_until=None,
                         last_change_at=s.until,
@@ -214,10 +237,43 @@ class Lane:
     def limits(self, now: float) -> LaneLimits:
         """The limits in force at ``now``: size the lane's connections and reuse by these.
 
-        ``connections`` is 0 while the lane is suspended or disabled.
+        ``connections`` is 0 while the lane is suspended or disabled. What the lane learned
+        caps the rate and the connections; the ceilings stay upper bounds.
         """
         self._advance(now)
-        return self._limits_of(self.state)
+        return self._learned_caps(self._limits_of(self.state), self.state)
+
+    def _learned_caps(self, limits: LaneLimits, s: LaneState) -> LaneLimits:
+        if s.learned_rate is None and s.learned_connections is None:
+            return limits
+        per_minute = limits.per_minute
+        burst = limits.burst
+        if s.learned_rate is not None:
+            per_minute = s.learned_rate if per_minute is None else min(per_minute, s.learned_rate)
+            # A learned rate is paced evenly: at most a second's worth at once.
+            burst = max(1, min(burst, math.floor(per_minute / 60.0)))
+        connections = limits.connections
+        if s.learned_connections is not None and connections > 0:
+            connections = max(1, min(connections, s.learned_connections))
+        return replace(limits, per_minute=per_minute, burst=burst, connections=connections)
+
+    def connection_cap(self, now: float, configured: int | None = None) -> int:
+        """How many connections the lane may hold now: the limits' (and ``configured``, the
+        group's own count), and, until a receiver refused one, one more per
+        `AimdPolicy.slow_start` accepted messages (a slow start: never open them all at once)."""
+        cap = self.limits(now).connections
+        if configured is not None:
+            cap = min(cap, configured)
+        if cap <= 0:
+            return 0
+        if self.state.learned_connections is None:
+            cap = min(cap, 1 + self.meter.accepted_total // max(1, self.aimd.slow_start))
+        return max(1, cap)
+
+    def connect_wait(self, now: float) -> float:
+        """Seconds until the lane may open another connection (after a connection signal)."""
+        until = self.state.connect_until
+        return 0.0 if until is None else max(0.0, until - now)
 
     def _pace_factor(self, s: LaneState) -> float:
         if s.mode is LaneMode.SLOWED and s.slow_limits is not None:
@@ -302,13 +358,45 @@ class Lane:
     def _event(self, kind: LaneEventKind, **fields: Any) -> LaneEvent:
         return LaneEvent(kind, self.ip, self.provider, **fields)
 
+    def accepted(self, now: float, *, busy: bool = True) -> None:
+        """A message the receiver accepted: measure it, and take an additive step when a clean
+        interval has passed (``busy``: the lane had more work waiting, so a larger cap would
+        have been used)."""
+        self.meter.accepted(now)
+        s = self.state
+        if s.learned_rate is None and s.learned_connections is None:
+            if s.probe_level and s.learned_at is not None:
+                if now - s.learned_at >= self.aimd.episode_gap:
+                    self._set(replace(s, probe_level=0), now)
+            return
+        stepped = step_up(
+            s, now, self.aimd, ceiling_rate=self.base.per_minute,
+            ceiling_connections=self.base.connections,
+            connections_due=busy and self.meter.open >= (s.learned_connections or 0),
+        )  # fmt: skip
+        if stepped.probe_level and s.learned_at is not None:
+            if now - s.learned_at >= self.aimd.episode_gap:
+                stepped = replace(stepped, probe_level=0)
+        if stepped != s:
+            self._set(stepped, now)
+
     def on_reply(
-        self, reply_text: str, code: int | None, now: float, *, from_receiver: bool
+        self,
+        reply_text: str,
+        code: int | None,
+        now: float,
+        *,
+        from_receiver: bool,
+        stage: str | None = None,
+        recipient_scoped: bool = False,
     ) -> LaneEvent:
         """Apply what a reply means to this lane, and say what happened.
 
         ``from_receiver=False`` is for deferrals mailctl made itself (lane paused, cap
         reached, connection never made): they never trigger, extend or count anything.
+        ``stage`` is the command it answered ("connect" for the banner, EHLO ...): a refusal
+        there is a connection signal. ``recipient_scoped`` (the classifier's word) keeps an
+        unclassified 4xx about one recipient out of the throttle count.
         """
         if not from_receiver:
             return self._event(LaneEventKind.IGNORED, reason="not a receiver's reply")
@@ -319,12 +407,92 @@ class Lane:
             return self._event(LaneEventKind.NONE)
         found = self.rules.match(reply_text, self.provider)
         if found is not None:
-            return self._apply(found, now)
+            return self._apply(found, now, stage)
         if code is not None and 400 <= code < 500:
             self._set(replace(self.state, deferred=self.state.deferred + 1), now)
+        if stage == "connect" and code == 421:
+            return self.on_connect_refused(reply_text, now)
         if code == 421:
             return self._backoff(reply_text, now)
+        if code is not None and 400 <= code < 500 and not recipient_scoped:
+            if self.meter.unclassified(now):
+                return self._backoff(reply_text, now)
         return self._event(LaneEventKind.NONE)
+
+    def on_connect_refused(
+        self,
+        reply_text: str,
+        now: float,
+        *,
+        rule: str | None = None,
+        factor: float | None = None,
+        held: int | None = None,
+    ) -> LaneEvent:
+        """A connection refused, or answered 421 at connect: a connection signal. The lane
+        keeps the connections that held (the ones open now) and opens no new one for a probe
+        pause; its message rate is left alone. Connections already open keep sending."""
+        s = self.state
+        if s.connect_until is not None and now < s.connect_until:
+            return self._event(LaneEventKind.IGNORED, until=s.connect_until, reason="same episode")
+        level, pause = probe_pause(s, now, self.aimd, self.rng)
+        held = self.meter.open if held is None else held
+        text = " ".join(reply_text.split())
+        s = cut_connections(s, held, now, factor=factor if held and factor and held > 1 else None)
+        s = replace(
+            s, connect_until=now + pause, probe_level=level, throttled=s.throttled + 1,
+            learned_reason=text, learned_at=now, learned_observed=self.meter.describe(now),
+        )  # fmt: skip
+        self._set(s, now)
+        return self._event(
+            LaneEventKind.CONNECTIONS, until=now + pause, reason=text, rule=rule,
+            retry_after=pause,
+        )  # fmt: skip
+
+    def _throttle(
+        self,
+        reply_text: str,
+        now: float,
+        *,
+        rule: str | None = None,
+        factor: float | None = None,
+        pause: float | None = None,
+        ceiling: float | None = None,
+        kind: LaneEventKind = LaneEventKind.BACKOFF,
+    ) -> LaneEvent:
+        """A message signal: cut the learned rate from the observed one, then pause (the
+        rule's named pause, else a short probe pause that doubles on repeats)."""
+        s = self.state
+        if (
+            s.mode in (LaneMode.SUSPENDED, LaneMode.DISABLED)
+            and s.until is not None
+            and now < s.until
+        ):
+            # Replies to messages already in flight when the lane paused: same episode.
+            return self._event(LaneEventKind.IGNORED, until=s.until, reason="lane already paused")
+        level, probe = probe_pause(s, now, self.aimd, self.rng)
+        wait = probe if pause is None else pause
+        text = " ".join(reply_text.split())
+        observed = self.meter.describe(now)
+        s = cut_rate(s, self.meter.rate(now), now, self.aimd, factor=factor, ceiling=ceiling)
+        s = replace(
+            s, probe_level=level, throttled=s.throttled + 1, learned_reason=text,
+            learned_at=now, learned_observed=observed,
+        )  # fmt: skip
+        if s.mode is LaneMode.DISABLED:
+            self._set(s, now)
+            return self._event(LaneEventKind.IGNORED, until=s.until, reason="lane disabled")
+        if s.mode is LaneMode.SLOWED and s.until is not None and s.until > now + wait:
+            # Pause, then the slow period a documented rule set goes on.
+            s = replace(
+                s, mode=LaneMode.SUSPENDED, slow_until=s.until, until=now + wait, probing=False,
+            )  # fmt: skip
+        else:
+            s = replace(
+                s, mode=LaneMode.SUSPENDED, until=now + wait, reason=text, rule=rule,
+                probing=True, last_change_at=now,
+            )  # fmt: skip
+        self._set(s, now)
+        return self._event(kind, until=now + wait, reason=text, rule=rule, retry_after=wait)
 
     def _triggered(self, rule: ReplyRule, now: float) -> bool:
         """Record a match of a triggered rule; True when it reaches its count."""
@@ -337,7 +505,7 @@ class Lane:
         self._set(replace(self.state, hits=kept), now)
         return fired
 
-    def _apply(self, found: RuleMatch, now: float) -> LaneEvent:
+    def _apply(self, found: RuleMatch, now: float, stage: str | None = None) -> LaneEvent:
         rule = found.rule
         s = self.state
         if rule.action is Action.DEFER_RECIPIENT:
@@ -370,10 +538,37 @@ class Lane:
             return self._event(
                 LaneEventKind.DISABLED, until=until, reason=found.reply, rule=rule.id, alert=True
             )
+        # Every lane throttle teaches the lane: the cut from the observed rate.
+        observed = self.meter.describe(now)
+        s = cut_rate(s, self.meter.rate(now), now, self.aimd)
+        s = replace(s, learned_reason=found.reply, learned_at=now, learned_observed=observed)
         if rule.action is Action.SUSPEND:
             assert rule.duration is not None
             return self._suspend(s, now + rule.duration, found.reply, rule.id, rule.alert, now)
-        return self._slow(s, found, now)
+        assert rule.limits is not None
+        if not rule.limits.adaptive:
+            # A number the provider documents (Gmail's 10/min, Microsoft's 1/min): it caps.
+            return self._slow(s, found, now)
+        # Shares ("50%"): of what was observed, not of the configured ceiling.
+        rate = rule.limits.per_minute
+        conns = rule.limits.connections
+        if conns is not None and rate is None:
+            if stage == "connect":
+                return self.on_connect_refused(found.reply, now, rule=rule.id)
+            # Said on an open connection: a share of the connections open (or allowed).
+            held = self.meter.open or self._learned_caps(self._limits_of(s), s).connections
+            event = self.on_connect_refused(
+                found.reply, now, rule=rule.id, factor=conns.value, held=held
+            )
+            return replace(event, kind=LaneEventKind.SLOWED)
+        if conns is not None:
+            self._set(cut_connections(self.state, self.meter.open, now, factor=conns.value), now)
+        if rate is None:
+            return self._event(LaneEventKind.NONE, rule=rule.id)
+        return self._throttle(
+            found.reply, now, rule=rule.id, factor=rate.value, pause=rule.pause,
+            kind=LaneEventKind.SLOWED,
+        )  # fmt: skip
 
     def _earlier(self, s: LaneState) -> float:
         """The pace to recover towards a quarter of: the pace before this episode began."""
@@ -457,6 +652,11 @@ class Lane:
         )
 
     def _backoff(self, reply_text: str, now: float) -> LaneEvent:
+        """A throttle no rule names (an unknown 421, a few unclassified 4xx)."""
+        self._set(replace(self.state, deferred=self.state.deferred), now)
+        return self._throttle(reply_text, now)
+
+    def _backoff_old(self, reply_text: str, now: float) -> LaneEvent:
         s = self.state
         if s.mode in (LaneMode.SUSPENDED, LaneMode.DISABLED):
             # Replies to messages already in flight when the lane paused: same episode.
