@@ -562,7 +562,8 @@ class Lane:
             )
             return replace(event, kind=LaneEventKind.SLOWED)
         if conns is not None:
-            self._set(cut_connections(self.state, self.meter.open, now, factor=conns.value), now)
+            held = self.meter.open or self._learned_caps(self._limits_of(s), s).connections
+            self._set(cut_connections(self.state, held, now, factor=conns.value), now)
         if rate is None:
             return self._event(LaneEventKind.NONE, rule=rule.id)
         return self._throttle(
