@@ -64,6 +64,8 @@ class _Group:
     conn_lane: tuple[str, str] = ("", "")  # the lane whose learned connections cap this group
     paused_until: float = 0.0
     failures: int = 0
+    closing: bool = False  # the run is ending: workers beyond the cap leave too
+    pending: int = 0  # items queued to this group and not yet in flight
     workers: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -137,11 +139,14 @@ class Dispatcher:
                 continue
             job = ctx.jobs[message["campaign_id"]]
             group = self._group_for(job, ip, provider, entry.route)
+            group.pending += 1  # before the put: busy() must never miss it
             await group.queue.put(Item(message, job, result, ip, provider))
             self.attempted += 1
 
     def busy(self) -> bool:
-        return bool(self._in_flight) or any(not g.queue.empty() for g in self._groups.values())
+        # ``pending`` also counts an item a worker has taken off the queue but not yet
+        # marked in flight (the get completed; the worker has not run since).
+        return bool(self._in_flight) or any(g.pending > 0 for g in self._groups.values())
 
     def _release_queued(self, now: float) -> None:
         """Messages queued to connections but not taken: back to the queue."""
@@ -149,6 +154,7 @@ class Dispatcher:
             while not group.queue.empty():
                 item = group.queue.get_nowait()
                 if item is not None:
+                    group.pending -= 1
                     self.ctx.budget.release(item.ip, item.provider)
                     self.recorder.release([item.message], now)
                     self.attempted -= 1
@@ -168,6 +174,8 @@ class Dispatcher:
         returns the messages cut off mid-transaction."""
         self._release_queued(now)
         for group in self._groups.values():
+            group.closing = True
+            self._freed.setdefault(group.conn_lane, asyncio.Event()).set()
             for _ in group.workers:
                 group.queue.put_nowait(None)
         workers = [task for group in self._groups.values() for task in group.workers]
@@ -246,7 +254,7 @@ class Dispatcher:
         an idle worker must not make time pass."""
         lane = self._conn_lane(group)
         while index >= lane.connection_cap(self.ctx.clock.now(), group.connections):
-            if self.ctx.stop.is_set():
+            if self.ctx.stop.is_set() or group.closing:
                 return
             changed = self._freed.setdefault(_lane_key(group), asyncio.Event())
             changed.clear()
@@ -275,6 +283,7 @@ class Dispatcher:
                     break
                 message = item.message
                 self._in_flight[message["id"]] = item
+                group.pending -= 1
                 try:
                     connection = await self._deliver(group, item, connection)
                 finally:
