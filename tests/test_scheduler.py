@@ -38,6 +38,7 @@ MS_S775 = (
 YAHOO_TS03 = "421 4.7.1 [TS03] All messages from x.x.x.x will be permanently deferred; Retrying will NOT succeed."  # noqa: E501
 UNKNOWN_421 = "421 4.7.0 Try again later, closing connection"
 
+
 def scheduler(seed: int = 1, **policy: float) -> Scheduler:
     return Scheduler(rng=random.Random(seed), policy=RecoveryPolicy(**policy))
 

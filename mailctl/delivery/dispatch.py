@@ -102,7 +102,8 @@ class Dispatcher:
         self.finished = asyncio.Event()  # a worker is done with a message
         self._in_flight: dict[int, Item] = {}
         self._groups: dict[tuple[str, ...], _Group] = {}
-        self._open: dict[tuple[str, str], int] = {}  # open connections per lane (direct)
+        self._open: dict[tuple[str, str], int] = {}  # connection slots taken per lane
+        self._connecting: Counter[tuple[str, str]] = Counter()  # of those, still connecting
         self._freed: dict[tuple[str, str], asyncio.Event] = {}  # a lane connection closed
         # Workers holding a message while they wait for a lane connection slot, per lane.
         self._slot_waiters: Counter[tuple[str, str]] = Counter()
@@ -429,8 +430,15 @@ class Dispatcher:
                 _lane_key(group), conn_lane.connection_cap(now, group.connections)
             )
             connection = Connection(group.destination)
-            failure = await connection.open()
-            if failure is not None:
+            key = _lane_key(group)
+            self._connecting[key] += 1
+            try:
+                failure = await connection.open()
+            finally:
+                self._connecting[key] -= 1
+            if failure is None:
+                self._report_open(key)
+            else:
                 self._lane_closed(group)
                 connection = None
                 if failure.code is None and not self._open.get(_lane_key(group)):
@@ -473,12 +481,18 @@ class Dispatcher:
                 break
             cap = self.ctx.scheduler.lane(ip, provider).connection_cap(self.ctx.clock.now(), cap)
         self._open[lane_key] = self._open.get(lane_key, 0) + 1
-        self.ctx.scheduler.lane(ip, provider).meter.opened(self._open[lane_key])
+
+    def _report_open(self, key: tuple[str, str]) -> None:
+        """Tell the lane how many of its connections are established (not still connecting):
+        the concurrency that held."""
+        self.ctx.scheduler.lane(*key).meter.opened(
+            max(0, self._open.get(key, 0) - self._connecting[key])
+        )
 
     def _lane_closed(self, group: _Group) -> None:
         key = _lane_key(group)
         self._open[key] = max(0, self._open.get(key, 0) - 1)
-        self._conn_lane(group).meter.opened(self._open[key])
+        self._report_open(key)
         freed = self._freed.get(key)
         if freed is not None:
             freed.set()

@@ -267,7 +267,9 @@ class Lane:
         if cap <= 0:
             return 0
         if self.state.learned_connections is None:
-            cap = min(cap, 1 + self.meter.accepted_total // max(1, self.aimd.slow_start))
+            # One new connection at a time: the next only once the last one holds.
+            grown = 1 + self.meter.accepted_total // max(1, self.aimd.slow_start)
+            cap = min(cap, grown, self.meter.open + 1)
         return max(1, cap)
 
     def connect_wait(self, now: float) -> float:
@@ -433,7 +435,10 @@ class Lane:
         pause; its message rate is left alone. Connections already open keep sending."""
         s = self.state
         if s.connect_until is not None and now < s.connect_until:
-            return self._event(LaneEventKind.IGNORED, until=s.connect_until, reason="same episode")
+            return self._event(
+                LaneEventKind.IGNORED, until=s.connect_until, reason="same episode",
+                retry_after=s.connect_until - now,
+            )  # fmt: skip
         level, pause = probe_pause(s, now, self.aimd, self.rng)
         held = self.meter.open if held is None else held
         text = " ".join(reply_text.split())
@@ -468,7 +473,10 @@ class Lane:
             and now < s.until
         ):
             # Replies to messages already in flight when the lane paused: same episode.
-            return self._event(LaneEventKind.IGNORED, until=s.until, reason="lane already paused")
+            return self._event(
+                LaneEventKind.IGNORED, until=s.until, reason="lane already paused",
+                retry_after=s.until - now,
+            )  # fmt: skip
         level, probe = probe_pause(s, now, self.aimd, self.rng)
         wait = probe if pause is None else pause
         text = " ".join(reply_text.split())
