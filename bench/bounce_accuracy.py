@@ -1,6 +1,6 @@
 """Accuracy of mailctl's bounce parser on the labelled corpus, with flufl.bounce beside it.
 
-Usage: python bench/bounce_accuracy.py [CORPUS_DIR] [--misses]
+Usage: python bench/bounce_accuracy.py [CORPUS_DIR] [--misses] [--leave-one-family-out]
 
 CORPUS_DIR holds eml/ and labels.json (default: ../shared/corpus/bounces next to the repo).
 Figures:
@@ -10,6 +10,11 @@ Figures:
 - suppress: labelled recipients whose suppress decision matches the label's ``hard`` flag
   (complaints of type abuse/fraud/virus must be suppressed);
 - reason: labelled recipients whose reason matches.
+
+``--leave-one-family-out`` scores each family (the file-name prefix: lhost-postfix, rhost-google,
+arf …) with every rule written from that family turned off, then the whole corpus scored that
+way (each message with its own family's rules off), the mean over families, the worst
+families, and the targets of issue #14 (`lofo_failures`, which the tests use too).
 """
 
 from __future__ import annotations
@@ -27,7 +32,15 @@ sys.path.insert(0, str(REPO))
 from mailctl.bounces.parse import parse_message  # noqa: E402
 
 # One scoring of reports against labels, shared with tests/test_bounce_parse.py.
-from tests.helpers.bounce_labels import COMPLAINT_TYPES, label_names, match_label  # noqa: E402
+from tests.helpers.bounce_labels import (  # noqa: E402
+    COMPLAINT_TYPES,
+    LOFO_TARGETS,
+    family_of,
+    label_names,
+    leave_one_family_out,
+    lofo_failures,
+    match_label,
+)
 
 BOUNCE_CATEGORIES = ("bounce-permanent", "bounce-temporary")
 # Documented, deliberate disagreements with the corpus labels (see PROVIDERS.md): the
@@ -68,9 +81,49 @@ def _flufl_exact(raw: bytes, label: dict) -> bool:
     return all(found & label_names(r) for r in labelled)
 
 
+def _pct(value: float | None) -> str:
+    return f"{100 * value:5.1f}%" if value is not None else "   n/a"
+
+
+def print_lofo(corpus: Path, labels: list[dict]) -> int:
+    run = leave_one_family_out(corpus, labels)
+    print(f"leave-one-family-out: {len(run.families)} families, {run.messages} messages")
+    print(
+        f"{'family':24} {'msgs':>4} {'recipients':>10} {'permanent':>9} "
+        f"{'suppress':>8} {'reason':>7}"
+    )
+    for family, scores in sorted(run.families.items()):
+        rates = scores.rates()
+        count = sum(1 for label in labels if family_of(label["file"]) == family)
+        print(
+            f"{family:24} {count:4} {_pct(rates['recipients']):>10} {_pct(rates['permanent']):>9} "
+            f"{_pct(rates['suppress']):>8} {_pct(rates['reason']):>7}"
+        )
+    pooled, mean = run.pooled.rates(), run.mean()
+    print("whole corpus, each family with its own rules off:")
+    for name, target in LOFO_TARGETS.items():
+        print(
+            f"  {name:11} {_pct(pooled[name])}  "
+            f"(mean over families {_pct(mean[name])}; target >= {target:.0%})"
+        )
+    print("worst families (exact recipients, then reason):")
+    for family, scores in run.worst():
+        rates = scores.rates()
+        print(
+            f"  {family:24} recipients {_pct(rates['recipients'])}  reason {_pct(rates['reason'])}"
+        )
+    failures = lofo_failures(run)
+    print("targets: " + ("all met" if not failures else "MISSED: " + "; ".join(failures)))
+    print(f"parse speed: {run.messages / run.parse_time:,.0f} messages/s")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = [a for a in argv if not a.startswith("--")]
     show_misses = "--misses" in argv
+    if "--leave-one-family-out" in argv:
+        corpus = Path(args[0]) if args else REPO.parent / "shared" / "corpus" / "bounces"
+        return print_lofo(corpus, json.loads((corpus / "labels.json").read_text()))
     corpus = Path(args[0]) if args else REPO.parent / "shared" / "corpus" / "bounces"
     labels = json.loads((corpus / "labels.json").read_text())
 

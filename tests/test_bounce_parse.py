@@ -163,7 +163,15 @@ def test_dsn_of_a_mailctl_message_yields_its_tracking_id_and_recipient() -> None
         True,
     )
     data = report.to_json()
-    assert list(data) == ["source", "kind", "recipients", "tracking_id", "original_message_id"]
+    assert list(data) == [
+        "source",
+        "kind",
+        "recipients",
+        "tracking_id",
+        "original_message_id",
+        "confidence",
+    ]
+    assert data["confidence"] == "dsn"
     assert list(data["recipients"][0]) == [
         "address",
         "status",

@@ -179,7 +179,15 @@ def test_bounces_parse_prints_stable_json(tmp_path: Path, capsys) -> None:
     assert len(lines) == 1  # mbox-1 holds one message
     for number, line in enumerate(lines, start=1):
         obj = json.loads(line)
-        assert set(obj) == {"source", "kind", "recipients", "tracking_id", "original_message_id"}
+        assert set(obj) == {
+            "source",
+            "kind",
+            "recipients",
+            "tracking_id",
+            "original_message_id",
+            "confidence",
+        }
+        assert obj["confidence"] in ("dsn", "mta-rule", "generic", None)
         assert obj["source"] == f"{mbox}#{number}"  # the mailbox, then the message's number
         for r in obj["recipients"]:
             assert set(r) == {

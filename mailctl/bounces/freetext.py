@@ -90,12 +90,44 @@ def find_addresses(text: str) -> list[str]:
     return [m.group(1).strip(".") for m in ADDRESS.finditer(text)]
 
 
+# Any template's separator: a title framed by rule characters that speaks of a message or its
+# headers ("===== headers of your message =====", "--- Ursprüngliche Nachricht ---"), or a bare
+# rule line right above a header block.
+_FRAMED_TITLE = re.compile(
+    r"^[ \t]*[-=*_#~]{3,}[ \t]*([^\n]{3,70}?)[ \t]*[-=*_#~]{3,}[ \t]*$", re.M
+)
+_FRAMED_WORDS = re.compile(
+    r"message|header|original|nachricht|kopfzeilen|en-têtes|mensagem|cabeçalhos|mensaje|"
+    r"messaggio|メッセージ|ヘッダ|原文",
+    re.I,
+)
+_BARE_RULE = re.compile(
+    r"^[ \t]*[-=*_#~]{10,}[ \t]*\n(?:[ \t]*\n)?(?=[A-Za-z][A-Za-z0-9-]*:[ \t])", re.M
+)
+
+
+def _generic_separator(text: str, cut: int) -> int:
+    for framed in _FRAMED_TITLE.finditer(text, 0, cut):
+        if _FRAMED_WORDS.search(framed.group(1)):
+            return framed.start()
+    for rule in _BARE_RULE.finditer(text, 0, cut):
+        following = text[rule.end() : rule.end() + 600].splitlines()[:3]
+        if (
+            len(following) >= 2
+            and _OPENING_HEADER.match(following[0])
+            and (_HEADER_LINE.match(following[1]) or following[1][:1] in " \t")
+        ):
+            return rule.start()
+    return cut
+
+
 def split_original(text: str) -> tuple[str, str]:
     """(notification, returned message) from a bounce body that carries both in one text."""
     cut = len(text)
     marker = _ORIGINAL_MARKER.search(text)
     if marker:
         cut = marker.start()
+    cut = _generic_separator(text, cut)
     header = _HEADER_START.search(text)
     if header and header.start() < cut and header.start() > 0:
         # A header block only counts when a second header line follows it closely.
@@ -310,7 +342,12 @@ _POSITIVE_REPLY = re.compile(r"(?:<<<|said:)?[ \t]*(?:2[0-5]\d[ -]|2\.\d{1,3}\.\
 
 
 def classify_block(
-    block: str, preamble: str, subject: str, action: str | None, default_permanent: bool
+    block: str,
+    preamble: str,
+    subject: str,
+    action: str | None,
+    default_permanent: bool,
+    disabled_families: frozenset[str] = frozenset(),
 ) -> Verdict:
     """The remote server's own reply decides first; the MTA's prose around it only when the
     reply says nothing recognisable (prose like "rejected by the recipient domain" is vaguer)."""
@@ -324,7 +361,12 @@ def classify_block(
     fallback: Verdict | None = None
     for text in candidates:
         verdict = classify_failure(
-            None, text, action, default_permanent=default_permanent, context=block
+            None,
+            text,
+            action,
+            default_permanent=default_permanent,
+            context=block,
+            disabled_families=disabled_families,
         )
         if not verdict.rule.startswith(("class.", "status.")):
             return verdict

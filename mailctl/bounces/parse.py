@@ -1,13 +1,19 @@
 """Bounce and complaint reports: one raw message in, one ``Report`` out.
 
-Pure: nothing here touches the database or prints; mailboxes are read by `mailbox`. Three
-kinds of evidence, in order of trust:
+Pure: nothing here touches the database or prints; mailboxes are read by `mailbox`, the MIME
+tree by `mime`. Three kinds of evidence, in order of trust, and the report's ``confidence``:
 
 1. RFC 3464 delivery-status fields (also when nested in another multipart, or mislabelled as
-   text/plain), completed by the human-readable part when they lack a diagnostic;
-2. RFC 5965 ARF feedback reports (and Microsoft's JMRP, Apple Mail's one-click opt-out);
-3. the free text that qmail, Exim, Sendmail, Exchange, Gmail, Yahoo … write, read by
-   `freetext` with general rules, never per-MTA templates.
+   text/plain), completed by the human-readable part when they lack a diagnostic ("dsn");
+2. RFC 5965 ARF feedback reports ("dsn"), Microsoft's JMRP and Apple Mail's one-click
+   opt-out ("mta-rule");
+3. everything else goes through the generic path (`generic`, `freetext`): whether it is a
+   delivery report at all, the failed recipients, the nearest SMTP reply and the stage, read
+   without knowing the MTA. "generic" unless a rule written from one MTA's or provider's
+   format changed the reading ("mta-rule").
+
+``parse_message(..., disabled_families=…)`` turns off every rule written from those corpus
+families, for the leave-one-family-out measurement (bench/bounce_accuracy.py).
 
 The sender's own addresses (the bounce's From/To, the envelope sender, MAILER-DAEMON,
 postmaster, the returned message's From) are never taken as failed recipients, nor are
@@ -36,7 +42,23 @@ from mailctl.bounces.freetext import (
     free_text_recipients,
     split_original,
 )
+from mailctl.bounces.generic import (
+    FailingReplies,
+    decode_header_text,
+    is_delivery_report,
+    near_failure,
+    smtp_replies,
+)
 from mailctl.bounces.mailbox import message_digest
+from mailctl.bounces.mime import (
+    Parts,
+    address_of_field,
+    clean_text,
+    collect_parts,
+    field_blocks,
+    header_text,
+    without_type,
+)
 from mailctl.errors import BounceParseError
 from mailctl.message.tracking import (
     TRACKING_HEADER,
@@ -45,9 +67,23 @@ from mailctl.message.tracking import (
     TRACKING_RE_BYTES,
     verp_token,
 )
-from mailctl.replies.classify import Verdict, classify_failure
+from mailctl.replies.classify import (
+    RULE_FAMILIES,
+    Verdict,
+    classify_failure,
+    family_rule_decided,
+)
 
-__all__ = ["FailedRecipient", "Kind", "Report", "parse_message"]
+__all__ = ["Confidence", "FailedRecipient", "Kind", "Report", "parse_message"]
+
+
+class Confidence(StrEnum):
+    """How a report was read: its standard machine-readable fields (RFC 3464 / 5965), a rule
+    written for one MTA's or provider's format, or only the generic path."""
+
+    DSN = "dsn"
+    MTA_RULE = "mta-rule"
+    GENERIC = "generic"
 
 
 class Kind(StrEnum):
@@ -89,6 +125,7 @@ class Report:
     feedback_type: str | None
     date: str | None
     digest: str
+    confidence: Confidence | None = None  # None: no recipient was read
 
     def to_json(self) -> dict[str, Any]:
         """The stable public shape (``mailctl bounces parse --json``); do not change keys."""
@@ -109,6 +146,7 @@ class Report:
             ],
             "tracking_id": self.tracking_id,
             "original_message_id": self.original_message_id,
+            "confidence": str(self.confidence) if self.confidence else None,
         }
 
 
@@ -163,203 +201,10 @@ _AUTOREPLY_SUBJECT = re.compile(
 )
 _DSN_FIELDS = re.compile(r"^(?:Final-Recipient|Original-Recipient)\s*:", re.I | re.M)
 _SMTP_CODE_IN_BLOCK = re.compile(r"\b[245][0-5]\d[ -]|#[245]\.\d\.\d|\b[245]\.\d{1,3}\.\d{1,3}\b")
-_HTML_TAG = re.compile(r"<(?:[^>\"']|\"[^\"]*\"|'[^']*')*>|&nbsp;|&[a-z]+;", re.I)
-_HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]*>", re.I)
+# Structural rules written from one corpus family (see parse_message's disabled_families).
+_STRUCTURE_FAMILIES = {"jmrp": "arf", "apple-unsubscribe": "arf"}
 _FEEDBACK_COMPLAINT = frozenset({"abuse", "fraud", "virus"})
 _DELIVERED_ACTIONS = frozenset({"delivered", "relayed", "expanded", "deliverable"})
-
-
-# ---------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def _clean(text: str) -> str:
-    """Headers parsed by compat32 keep undecodable bytes as surrogates; make them printable."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _header(msg: Message, name: str) -> str:
-    value = msg.get(name)
-    if value is None:
-        return ""
-    return _clean(str(value))
-
-
-def _decode_part(part: Message) -> str:
-    payload = part.get_payload(decode=True)
-    if payload is None:
-        raw = part.get_payload()
-        return _clean(raw) if isinstance(raw, str) else ""
-    if not isinstance(payload, bytes):
-        return ""
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        return payload.decode(charset, "replace")
-    except (LookupError, UnicodeError):
-        return payload.decode("latin-1")
-
-
-def _html_to_text(html: str) -> str:
-    text = _HTML_BREAK.sub("\n", html)
-    return _HTML_TAG.sub(" ", text)
-
-
-def _field_blocks(text: str) -> list[dict[str, str]]:
-    """RFC 3464 field blocks from plain text: unfold, split on blank lines, keep the first value."""
-    blocks: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    last: str | None = None
-    for line in text.splitlines():
-        if not line.strip():
-            if current:
-                blocks.append(current)
-            current, last = {}, None
-            continue
-        if line[0] in " \t" and last is not None:
-            current[last] += " " + line.strip()
-            continue
-        name, sep, value = line.partition(":")
-        if sep and name and " " not in name.strip():
-            last = name.strip().lower()
-            current.setdefault(last, value.strip())
-        else:
-            last = None
-    if current:
-        blocks.append(current)
-    return blocks
-
-
-def _blocks_of_dsn_part(part: Message) -> list[dict[str, str]]:
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        blocks = []
-        for sub in payload:
-            if isinstance(sub, Message):
-                block: dict[str, str] = {}
-                for name, value in sub.items():
-                    block.setdefault(name.strip().lower(), _clean(" ".join(str(value).split())))
-                if block:
-                    blocks.append(block)
-        if blocks:
-            return blocks
-    return _field_blocks(_decode_part(part))
-
-
-def _address_of_field(value: str | None) -> str | None:
-    if not value:
-        return None
-    _, sep, rest = value.partition(";")
-    candidate = (rest if sep else value).strip().strip("<>").strip()
-    if "@" not in candidate:
-        return None
-    found = find_addresses(candidate)
-    if candidate.startswith('"') or not found:
-        return candidate.split()[0] if candidate else None
-    return found[0]
-
-
-def _without_type(value: str | None) -> str:
-    if not value:
-        return ""
-    kind, sep, rest = value.partition(";")
-    if sep and kind.strip().lower() in (
-        "smtp",
-        "x-unix",
-        "x-postfix",
-        "x-local",
-        "x-smtp",
-        "mail",
-        "unix",
-    ):
-        return rest.strip()
-    return value.strip()
-
-
-# ---------------------------------------------------------------------------------------------
-# The message walk
-
-
-@dataclass
-class _Parts:
-    texts: list[str]
-    dsn_blocks: list[list[dict[str, str]]]
-    feedback: list[dict[str, str]]
-    feedback_rcpts: list[str]
-    original_headers: list[Message]
-
-
-def _collect(msg: Message, parts: _Parts, depth: int = 0) -> None:
-    """Walk the MIME tree. A returned message (message/rfc822) is read for headers only,
-    unless it is itself a bounce (a forwarded DSN): then its report parts count too."""
-    if depth > 8:
-        return
-    ctype = msg.get_content_type()
-    # compat32 gives message/delivery-status (and message/*) list payloads too: type first.
-    if msg.is_multipart() and not ctype.startswith("message/"):
-        payload = msg.get_payload()
-        if isinstance(payload, list):
-            for sub in payload:
-                if isinstance(sub, Message):
-                    _collect(sub, parts, depth + 1)
-        elif isinstance(payload, str):
-            parts.texts.append(_clean(payload))  # boundary missing: read the body as text
-        return
-    if ctype.startswith("multipart/"):
-        # Declared multipart but its boundary never occurs: the whole body is one text.
-        payload = msg.get_payload()
-        if isinstance(payload, str):
-            parts.texts.append(_clean(payload))
-        return
-    if ctype in ("message/delivery-status", "message/global-delivery-status"):
-        parts.dsn_blocks.append(_blocks_of_dsn_part(msg))
-    elif ctype == "message/feedback-report":
-        blocks = _blocks_of_dsn_part(msg)
-        merged: dict[str, str] = {}
-        for block in blocks:
-            for key, value in block.items():
-                merged.setdefault(key, value)
-        parts.feedback.append(merged)
-        # Original-Rcpt-To may repeat (one per complaining recipient); collect every one.
-        raw_text = _feedback_text(msg)
-        parts.feedback_rcpts.extend(
-            re.findall(r"^Original-Rcpt-To\s*:\s*<?([^\s>]+)>?", raw_text, re.I | re.M)
-        )
-    elif ctype in ("message/rfc822", "message/global"):
-        payload = msg.get_payload()
-        inner = payload[0] if isinstance(payload, list) and payload else None
-        if isinstance(inner, Message):
-            parts.original_headers.append(inner)
-            if inner.get_content_type() == "multipart/report" and depth < 4:
-                _collect(inner, parts, depth + 1)
-    elif ctype in ("text/rfc822-headers", "message/rfc822-headers", "text/rfc822-header"):
-        text = _decode_part(msg)
-        parts.original_headers.append(
-            BytesParser(policy=compat32).parsebytes(
-                text.encode("utf-8", "replace"), headersonly=True
-            )
-        )
-    elif ctype.startswith("text/") or ctype == "application/octet-stream" and depth == 0:
-        text = _decode_part(msg)
-        if ctype == "text/html":
-            # Only used when no plain-text part exists (checked by the caller).
-            parts.texts.append("\x00html\x00" + _html_to_text(text))
-        else:
-            parts.texts.append(text)
-
-
-def _feedback_text(part: Message) -> str:
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        return "\n".join(
-            "\n".join(f"{k}: {v}" for k, v in sub.items())
-            for sub in payload
-            if isinstance(sub, Message)
-        )
-    return _decode_part(part)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,7 +239,7 @@ def _tracking(
             tracking = found.group(0) if found else None
         message_id = original.get("Message-ID")
         if message_id and not original_id:
-            original_id = _clean(" ".join(str(message_id).split()))
+            original_id = clean_text(" ".join(str(message_id).split()))
     if original_id is None and tail:
         found = re.search(r"^[ \t>]*Message-ID\s*:\s*(<[^>\s]+>|\S+)", tail, re.I | re.M)
         if found:
@@ -425,20 +270,20 @@ def _recipient(
     remote_mta: str | None,
 ) -> FailedRecipient:
     return FailedRecipient(
-        address=_clean(address),
+        address=clean_text(address),
         status=verdict.status,
         action=action,
         reason=verdict.reason,
         permanent=verdict.permanent,
         suppress=verdict.suppress,
-        diagnostic=_clean(diagnostic),
+        diagnostic=clean_text(diagnostic),
         remote_mta=remote_mta,
         rule=verdict.rule,
     )
 
 
 def _is_autoreply(msg: Message, subject: str) -> bool:
-    auto = _header(msg, "Auto-Submitted").lower()
+    auto = header_text(msg, "Auto-Submitted").lower()
     if auto.startswith("auto-replied") or auto.startswith("auto-notified"):
         return True
     if (
@@ -448,9 +293,9 @@ def _is_autoreply(msg: Message, subject: str) -> bool:
         or msg.get("X-Vacation")
     ):
         return True
-    if _header(msg, "Precedence").lower() == "auto_reply":
+    if header_text(msg, "Precedence").lower() == "auto_reply":
         return True
-    if _header(msg, "X-Auto-Response-Suppress") and subject.lower().startswith(
+    if header_text(msg, "X-Auto-Response-Suppress") and subject.lower().startswith(
         ("automatic reply", "auto:", "autoreply")
     ):
         return True
@@ -461,8 +306,15 @@ def _is_autoreply(msg: Message, subject: str) -> bool:
 # Public API
 
 
-def parse_message(raw: bytes, source: str) -> Report:
-    """Parse one message. Never raises on malformed content; BounceParseError if unreadable."""
+def parse_message(
+    raw: bytes, source: str, *, disabled_families: frozenset[str] = frozenset()
+) -> Report:
+    """Parse one message. Never raises on malformed content; BounceParseError if unreadable.
+
+    ``disabled_families`` turns off every rule written from those corpus families (rules
+    tagged in `mailctl.replies.phrases` and ``_STRUCTURE_FAMILIES``): for measuring how the
+    parser does on formats it was not taught.
+    """
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise BounceParseError(f"{source}: not bytes")
     raw = bytes(raw)
@@ -471,19 +323,19 @@ def parse_message(raw: bytes, source: str) -> Report:
     digest = message_digest(raw)
     try:
         msg = BytesParser(policy=compat32).parsebytes(raw)
-        return _parse(msg, raw, source, digest)
+        return _parse(msg, raw, source, digest, disabled_families)
     except BounceParseError:
         raise
     except Exception:  # noqa: BLE001 - malformed MIME must not stop an import of millions
         return Report(source, Kind.UNKNOWN, (), None, None, None, None, None, digest)
 
 
-def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
-    parts = _Parts([], [], [], [], [])
-    _collect(msg, parts)
-    subject = _header(msg, "Subject")
-    date = _header(msg, "Date") or None
-    from_header = _header(msg, "From")
+def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozenset[str]) -> Report:
+    parts = Parts([], [], [], [], [])
+    collect_parts(msg, parts)
+    subject = clean_text(decode_header_text(str(msg.get("Subject") or "")))
+    date = header_text(msg, "Date") or None
+    from_header = header_text(msg, "From")
 
     plain = [t for t in parts.texts if not t.startswith("\x00html\x00")]
     texts = plain or [t[6:] for t in parts.texts]
@@ -497,7 +349,11 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
     tracking, original_id, verp = _tracking(msg, parts.original_headers, tail, raw)
 
     def report(
-        kind: Kind, recipients: list[FailedRecipient], feedback_type: str | None = None
+        kind: Kind,
+        recipients: list[FailedRecipient],
+        feedback_type: str | None = None,
+        *,
+        confidence: Confidence = Confidence.DSN,
     ) -> Report:
         return Report(
             source,
@@ -509,6 +365,7 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
             feedback_type,
             date,
             digest,
+            confidence if recipients else None,
         )
 
     # The sender's own addresses: never failed recipients.
@@ -525,11 +382,11 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
         "X-Original-To",
     ):
         for value in msg.get_all(name) or []:
-            own.update(a.lower() for a in find_addresses(_clean(str(value))))
+            own.update(a.lower() for a in find_addresses(clean_text(str(value))))
     for original in parts.original_headers:
         for name in ("From", "Return-Path", "Sender", "Reply-To", "Errors-To"):
             for value in original.get_all(name) or []:
-                own.update(a.lower() for a in find_addresses(_clean(str(value))))
+                own.update(a.lower() for a in find_addresses(clean_text(str(value))))
     if raw.startswith(b"From "):
         envelope = raw[5 : raw.find(b"\n")].split(b" ", 1)[0].decode("latin-1")
         own.add(envelope.lower())
@@ -541,13 +398,13 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
         addresses = parts.feedback_rcpts or [
             a
             for key in ("original-rcpt-to", "removal-recipient")
-            if (a := _address_of_field(feedback.get(key)))
+            if (a := address_of_field(feedback.get(key)))
         ]
         if not addresses:
             for original in parts.original_headers:
                 addresses = [
                     a
-                    for a in find_addresses(_header(original, "To"))
+                    for a in find_addresses(header_text(original, "To"))
                     if a.lower() not in own or True
                 ]
                 if addresses:
@@ -576,8 +433,8 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
 
     # 1b. Microsoft's JMRP complaints: no ARF part, the complained-about message is attached
     # with X-HmXmrOriginalRecipient naming the complaining recipient.
-    for original in parts.original_headers:
-        complainer = _header(original, "X-HmXmrOriginalRecipient")
+    for original in parts.original_headers if _STRUCTURE_FAMILIES["jmrp"] not in disabled else ():
+        complainer = header_text(original, "X-HmXmrOriginalRecipient")
         if complainer:
             addresses = find_addresses(complainer)[:1]
             return report(
@@ -589,9 +446,13 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
                     for a in addresses
                 ],
                 "abuse",
+                confidence=Confidence.MTA_RULE,
             )
     # 1c. A mail client's one-click unsubscribe (Apple Mail): an opt-out, not a complaint.
-    if _header(msg, "X-Apple-Unsubscribe").lower() == "true":
+    if (
+        header_text(msg, "X-Apple-Unsubscribe").lower() == "true"
+        and _STRUCTURE_FAMILIES["apple-unsubscribe"] not in disabled
+    ):
         addresses = find_addresses(from_header)[:1]
         return report(
             Kind.UNKNOWN,
@@ -610,6 +471,7 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
                 for a in addresses
             ],
             "opt-out",
+            confidence=Confidence.MTA_RULE,
         )
 
     # 2. RFC 3464 fields: a delivery-status part, or fields pasted into a text part.
@@ -617,10 +479,10 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
     if not any(
         "final-recipient" in b or "original-recipient" in b for b in blocks
     ) and _DSN_FIELDS.search(full_text):
-        blocks = _field_blocks(full_text)
+        blocks = field_blocks(full_text)
     recipient_blocks = [b for b in blocks if "final-recipient" in b or "original-recipient" in b]
     if recipient_blocks:
-        dsn_report: Report = _from_dsn(recipient_blocks, notification, own, report)
+        dsn_report: Report = _from_dsn(recipient_blocks, notification, own, report, disabled)
         if dsn_report.recipients:
             return dsn_report
         # Only non-address recipients (Exim's "save to /mail/spool/…"): read the text.
@@ -632,6 +494,15 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
         or msg.get("X-Failed-Recipients")
         or msg.get_content_type() == "multipart/report"
         or _BOUNCE_BODY.search(notification[:5000])
+        or is_delivery_report(
+            envelope_sender=header_text(msg, "Return-Path")
+            or (raw[5 : raw.find(b" ", 5)].decode("latin-1") if raw.startswith(b"From ") else ""),
+            from_header=from_header,
+            auto_submitted=header_text(msg, "Auto-Submitted"),
+            subject=subject,
+            notification=notification,
+            has_original=bool(parts.original_headers),
+        )
     )
     if _is_autoreply(msg, subject) and not (
         _BOUNCE_SENDER.search(from_header) or msg.get("X-Failed-Recipients")
@@ -640,22 +511,56 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
     if not bounce_like:
         return report(Kind.UNKNOWN, [])
 
-    # 4. Free text.
+    # 4. Free text, read by the generic path (`generic`, `freetext`): no MTA template needed.
     hint = {
         a.lower() for v in msg.get_all("X-Failed-Recipients") or [] for a in find_addresses(str(v))
     }
+    recipients, kind, claimed = _from_free_text(
+        notification, own, hint, parts.original_headers, subject, disabled
+    )
+    if not recipients:
+        return report(Kind.UNKNOWN, [])
+    confidence = Confidence.MTA_RULE if claimed else Confidence.GENERIC
+    return report(kind, recipients, confidence=confidence)
+
+
+def _from_free_text(
+    notification: str,
+    own: set[str],
+    hint: set[str],
+    originals: list[Message],
+    subject: str,
+    disabled: frozenset[str],
+) -> tuple[list[FailedRecipient], Kind, bool]:
+    """The failed recipients of a free-text report, whether it is a bounce or a delay, and
+    whether an MTA-specific rule claimed it (its reading differs from the generic rules')."""
     found = free_text_recipients(notification, own, hint)
     if not found and hint:
         found = [Found(a, notification) for a in sorted(hint)]
+    if len(found) > 1:
+        # Several addresses: keep those a failure phrase, an SMTP reply or angle brackets
+        # point at ("<a@b>: 550 …", "delivery to a@b failed"), when that leaves any.
+        near_lines = _lines_naming(notification, {item.address.lower() for item in found})
+        lines = notification.splitlines()
+        near = [
+            item
+            for item in found
+            if any(
+                near_failure(lines, index, item.address)
+                for index in near_lines.get(item.address.lower(), ())
+            )
+        ]
+        if near:
+            found = near
     if not found:
         # The report names nobody ("Delivery report unavailable", a bare transcript): the
         # returned message's single To address is the one that failed.
-        for original in parts.original_headers[:1]:
-            to = [a for a in find_addresses(_header(original, "To")) if not excluded(a, own)]
+        for original in originals[:1]:
+            to = [a for a in find_addresses(header_text(original, "To")) if not excluded(a, own)]
             if len(to) == 1:
                 found = [Found(to[0], notification)]
     if not found:
-        return report(Kind.UNKNOWN, [])
+        return [], Kind.UNKNOWN, False
     delay = bool(_DELAY_BODY.search(subject + "\n" + notification)) and not _PERMANENT_BODY.search(
         notification
     )
@@ -663,21 +568,55 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str) -> Report:
         _TEMPORARY_BODY.search(notification) and not _PERMANENT_BODY.search(notification)
     )
     preamble = notification[: notification.find(found[0].address)] if found else notification
+    replies = FailingReplies(smtp_replies(notification) if notification else [])
     recipients = []
+    claimed = False
     for item in found:
         action = "delayed" if delay else "failed"
-        verdict = classify_block(item.block, preamble, subject, action, default_permanent)
-        recipients.append(
-            _recipient(
-                item.address, verdict, action, diagnostic_of_block(item.block, item.address), None
+        block, diagnostic = item.block, diagnostic_of_block(item.block, item.address)
+        position = notification.find(item.address)
+        reply = replies.nearest(max(position, 0))
+        if reply is not None and not _SMTP_CODE_IN_BLOCK.search(block):
+            # The recipient's lines quote no reply: the nearest one in the report is its.
+            block = block + "\n" + notification[reply.start : reply.end]
+            diagnostic = reply.text
+        elif (
+            reply is not None
+            and reply.text.count(" ") > 4
+            and "-" in notification[reply.start : reply.end].split(None, 1)[0]
+        ):
+            diagnostic = reply.text  # a multi-line "550-…" reply: its words, once
+        verdict = classify_block(block, preamble, subject, action, default_permanent, disabled)
+        if (
+            not claimed
+            and disabled != RULE_FAMILIES
+            and family_rule_decided(verdict, block + "\n" + preamble + "\n" + subject)
+        ):
+            claimed = verdict != classify_block(
+                block, preamble, subject, action, default_permanent, RULE_FAMILIES
             )
-        )
-    kind = Kind.DELAY if delay else Kind.BOUNCE
-    return report(kind, recipients)
+        recipients.append(_recipient(item.address, verdict, action, diagnostic, None))
+    return recipients, Kind.DELAY if delay else Kind.BOUNCE, claimed
+
+
+def _lines_naming(text: str, wanted: set[str]) -> dict[str, list[int]]:
+    """The first few line numbers naming each wanted address, in one pass (linear time)."""
+    naming: dict[str, list[int]] = {}
+    for index, line in enumerate(text.splitlines()):
+        if "@" in line:
+            for address in find_addresses(line):
+                key = address.lower()
+                if key in wanted and len(naming.setdefault(key, [])) < 4:
+                    naming[key].append(index)
+    return naming
 
 
 def _from_dsn(
-    blocks: list[dict[str, str]], notification: str, own: set[str], report: Any
+    blocks: list[dict[str, str]],
+    notification: str,
+    own: set[str],
+    report: Any,
+    disabled: frozenset[str],
 ) -> Report:
     per_text = (
         {
@@ -691,12 +630,12 @@ def _from_dsn(
     recipients: list[FailedRecipient] = []
     seen: set[str] = set()
     actions: list[str] = []
-    named = {(_address_of_field(b.get("original-recipient")) or "").lower() for b in blocks} | {
-        (_address_of_field(b.get("final-recipient")) or "").lower() for b in blocks
+    named = {(address_of_field(b.get("original-recipient")) or "").lower() for b in blocks} | {
+        (address_of_field(b.get("final-recipient")) or "").lower() for b in blocks
     }
     for block in blocks:
-        final = _address_of_field(block.get("final-recipient"))
-        original = _address_of_field(block.get("original-recipient"))
+        final = address_of_field(block.get("final-recipient"))
+        original = address_of_field(block.get("original-recipient"))
         # Report the address we sent to: Original-Recipient is that, Final-Recipient may be
         # the result of forwarding or aliasing on the receiving side.
         address = original or final
@@ -712,8 +651,8 @@ def _from_dsn(
             (block.get("action") or "").strip().lower().split()[0] if block.get("action") else None
         )
         status = block.get("status") or None
-        diagnostic = _without_type(block.get("diagnostic-code"))
-        remote_mta = _without_type(block.get("remote-mta")) or None
+        diagnostic = without_type(block.get("diagnostic-code"))
+        remote_mta = without_type(block.get("remote-mta")) or None
         text_block = per_text.get((final or "").lower()) or per_text.get(address.lower()) or ""
         if text_block and (not diagnostic or not _SMTP_CODE_IN_BLOCK.search(diagnostic)):
             diagnostic = (diagnostic + " " + text_block).strip() if diagnostic else text_block
@@ -721,7 +660,9 @@ def _from_dsn(
             action = "delivered"  # "deliverable" answers a verify request (non-standard wording)
         if action is None:
             action = "failed" if status and status[:1] in "45" else None
-        verdict = classify_failure(status, diagnostic, action, context=text_block)
+        verdict = classify_failure(
+            status, diagnostic, action, context=text_block, disabled_families=disabled
+        )
         actions.append(action or "")
         recipients.append(
             _recipient(address, verdict, action, " ".join(diagnostic.split())[:1000], remote_mta)

@@ -3,7 +3,10 @@
 Reports are read by `mailbox` and `parse`; this module ties each one to the message it is
 about (VERP token, tracking id, Message-ID, else recipient and recent sends) and applies its
 effects: hard bounces and complaints suppress at once, soft bounces are scored and suppress
-only after repeated failures on distinct days, delays never suppress.
+only after repeated failures on distinct days, delays never suppress. A report read only by
+the generic path (``Confidence.GENERIC``: no DSN fields, no rule written for its MTA) is
+"unsure": it suppresses only on a 5xx reply with a recipient-scoped reason, and it is counted
+and listed apart so that the operator can look at it.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from mailctl.bounces.mailbox import iter_messages
-from mailctl.bounces.parse import Kind, Report, parse_message
+from mailctl.bounces.parse import Confidence, FailedRecipient, Kind, Report, parse_message
+from mailctl.config.provider_rules import Scope
 from mailctl.errors import BounceParseError, InputError, InvalidAddress
 from mailctl.message.tracking import TRACKING_RE
 from mailctl.recipients.csv_import import normalise_address
+from mailctl.replies.classify import REASON_SCOPE, parse_reply_code
 from mailctl.reputation.signals import reported_counts
 from mailctl.store.base import IpDayCounts, Store
 
@@ -51,7 +56,9 @@ class ImportResult:
     recipients: int = 0
     suppressed: int = 0
     matched: int = 0
+    unsure: int = 0  # reports read only by the generic path
     error_sources: list[str] = field(default_factory=list)
+    unsure_sources: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,7 +74,9 @@ class ImportResult:
             "recipients": self.recipients,
             "suppressed": self.suppressed,
             "matched": self.matched,
+            "unsure": self.unsure,
             "error_sources": self.error_sources,
+            "unsure_sources": self.unsure_sources,
         }
 
 
@@ -96,6 +105,18 @@ def _normalised(address: str) -> str:
         return normalise_address(address)[0]
     except InvalidAddress:
         return address.strip().lower()
+
+
+def sure_enough_to_suppress(report: Report, recipient: FailedRecipient) -> bool:
+    """Whether a hard bounce may suppress: always from a DSN or an MTA rule; from the generic
+    path only with a 5xx reply and a reason that is the recipient's own."""
+    if not recipient.suppress:
+        return False
+    if report.confidence is not Confidence.GENERIC:
+        return True
+    code = parse_reply_code(recipient.diagnostic)
+    five = (recipient.status or "").startswith("5") or (code is not None and 500 <= code < 600)
+    return five and REASON_SCOPE.get(recipient.reason) is Scope.RECIPIENT
 
 
 def apply_report(
@@ -167,7 +188,7 @@ def apply_report(
                 target["id"], state, recipient.diagnostic or recipient.status, recipient.reason
             ):
                 _signal(store, reported_counts(target, reason=recipient.reason))
-            if recipient.suppress and store.suppress(
+            if sure_enough_to_suppress(report, recipient) and store.suppress(
                 address,
                 "hard_bounce",
                 source=report.source,
@@ -206,10 +227,11 @@ def import_reports(
     policy: SoftBouncePolicy | None = None,
     on_message: Callable[[ImportResult], None] | None = None,
     on_error: Callable[[str, bytes, str], None] | None = None,
+    on_unsure: Callable[[str, bytes, str], None] | None = None,
     batch: int = 500,
 ) -> ImportResult:
     """Import mailboxes (mbox, Maildir, .eml, "-"): idempotent, streaming, never stopped by
-    one bad message."""
+    one bad message. ``on_unsure`` hears of each new report read only by the generic path."""
     now = time.time() if now is None else now
     policy = policy or SoftBouncePolicy()
     result = ImportResult()
@@ -228,7 +250,13 @@ def import_reports(
                     if on_error:
                         on_error(source, raw, str(exc))
                     continue
+                duplicates = result.duplicates
                 apply_report(store, report, now=now, policy=policy, result=result)
+                if report.confidence is Confidence.GENERIC and result.duplicates == duplicates:
+                    result.unsure += 1
+                    result.unsure_sources.append(source)
+                    if on_unsure:
+                        on_unsure(source, raw, "read by the generic path only")
                 pending += 1
                 if pending >= batch:
                     commit()

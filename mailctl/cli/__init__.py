@@ -720,7 +720,11 @@ def bounces_import(
         list[str], typer.Argument(help="mbox files, Maildir folders, .eml files, or - for stdin.")
     ],
     errors: Annotated[
-        Path | None, typer.Option(help="Append messages that could not be parsed to this mbox.")
+        Path | None,
+        typer.Option(
+            help="Append messages that could not be parsed, and unsure reports (read by the "
+            "generic path only), to this mbox."
+        ),
     ] = None,
     soft_limit: Annotated[
         int, typer.Option(help="Suppress after this many soft bounces on distinct days.", min=1)
@@ -746,8 +750,8 @@ def bounces_import(
     console.set_quiet(quiet or json_output)
     errors_file = errors.open("ab") if errors else None
 
-    def on_error(source: str, raw: bytes, why: str) -> None:
-        console.info(f"{source}: not parsed: {why}")
+    def on_error(source: str, raw: bytes, why: str, label: str = "not parsed") -> None:
+        console.info(f"{source}: {label}: {why}")
         if errors_file is not None:
             stamp = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime())
             errors_file.write(f"From MAILER-DAEMON {stamp}\n".encode())
@@ -762,6 +766,7 @@ def bounces_import(
                 policy=SoftBouncePolicy(limit=soft_limit, window_days=soft_window),
                 on_message=lambda r: bar.advance(1, status=f"{r.suppressed} suppressed"),
                 on_error=on_error,
+                on_unsure=lambda source, raw, why: on_error(source, raw, why, "unsure"),
             )
     finally:
         if errors_file is not None:
@@ -771,7 +776,7 @@ def bounces_import(
     elif not quiet:
         table = Table(title="Bounce import", show_header=False)
         for key, value in result.as_dict().items():
-            if key != "error_sources":
+            if not key.endswith("_sources"):
                 table.add_row(key.replace("_", " "), str(value))
         console.out.print(table)
 

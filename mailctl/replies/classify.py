@@ -14,7 +14,13 @@ does not exist or accepts no mail, it has moved) and for complaints: a block, a 
 authentication or a reputation problem is the sender's, and suppressing the recipient for it
 would silently shrink the list while the real problem stays.
 
-Imports config (the rules table) and replies.phrases; never the lanes, the engine or the CLI.
+Every rule written from one family of the shared bounce corpus is tagged (`phrases`);
+``rules_without`` and ``classify_failure(disabled_families=…)`` leave those families out, for
+the leave-one-family-out measurement and for telling when a report was read by the generic
+rules alone (``family_rule_decided``).
+
+Imports config (the rules table), replies.phrases and replies.stages (which SMTP command a
+refusal answered); never the lanes, the engine or the CLI.
 """
 
 from __future__ import annotations
@@ -27,7 +33,13 @@ from re import _parser as _sre_parser  # type: ignore[attr-defined]
 from typing import Any
 
 from mailctl.config.provider_rules import ReplyRule, Scope, shipped_rules
-from mailctl.replies.phrases import PHRASE_RULES
+from mailctl.replies.phrases import (
+    FAMILY_PHRASES,
+    FAMILY_STAGE_PHRASES,
+    PHRASE_RULES,
+    PROVIDER_FAMILIES,
+)
+from mailctl.replies.stages import names_family_stage, smtp_stage
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,49 @@ GENERAL_RULES: tuple[Rule, ...] = tuple(
 
 RULES: tuple[Rule, ...] = PROVIDER_RULES + GENERAL_RULES
 
+# Every family a rule is tagged with (phrases.FAMILY_PHRASES, phrases.PROVIDER_FAMILIES).
+RULE_FAMILIES: frozenset[str] = (
+    frozenset(FAMILY_PHRASES)
+    | frozenset(FAMILY_STAGE_PHRASES)
+    | frozenset(family for families in PROVIDER_FAMILIES.values() for family in families)
+)
+_WITHOUT: dict[frozenset[str], tuple[Rule, ...]] = {}
+
+
+def rules_without(families: frozenset[str]) -> tuple[Rule, ...] | None:
+    """The rule table with every rule and phrase written from ``families`` left out (None:
+    nothing is left out, use the default table). For measuring how the classifier does on a
+    family whose own phrasing it was not taught."""
+    families = families & RULE_FAMILIES
+    if not families:
+        return None
+    table = _WITHOUT.get(families)
+    if table is not None:
+        return table
+    off = {pair for family in families for pair in FAMILY_PHRASES.get(family, ())}
+    providers = {name for name, tags in PROVIDER_FAMILIES.items() if families.intersection(tags)}
+    general = []
+    for phrase_rule in PHRASE_RULES:
+        kept = [p for p in phrase_rule.phrases if (phrase_rule.id, p) not in off]
+        if kept:
+            general.append(
+                _rule(
+                    phrase_rule.id,
+                    "|".join(kept),
+                    Scope(phrase_rule.scope),
+                    phrase_rule.permanent,
+                    phrase_rule.reason,
+                    phrase_rule.suppress,
+                )
+            )
+    table = tuple(r for r in PROVIDER_RULES if r.id.partition(".")[0] not in providers) + tuple(
+        general
+    )
+    if len(_WITHOUT) > 64:
+        _WITHOUT.clear()
+    _WITHOUT[families] = table
+    return table
+
 
 _LITERAL = _sre_constants.LITERAL
 _BRANCH = _sre_constants.BRANCH
@@ -243,7 +298,7 @@ def _matcher(rules: tuple[Rule, ...] | None) -> _RuleMatcher:
         return _DEFAULT_MATCHER[0]
     matcher = _MATCHERS.get(rules)
     if matcher is None:
-        if len(_MATCHERS) > 32:
+        if len(_MATCHERS) > 64:
             _MATCHERS.clear()  # callers passing ever-new tables must not grow memory
         matcher = _MATCHERS[rules] = _RuleMatcher(rules)
     return matcher
@@ -394,65 +449,6 @@ def parse_reply_delay(text: str | None) -> int | None:
     return int(found.group(1)) * _DELAY_UNIT[found.group(2)[0].lower()]
 
 
-# The SMTP command a rejection answered. It matters more than the words: "user unknown" in
-# reply to DATA is a content filter speaking (the recipient was accepted at RCPT), and any
-# rejection of MAIL FROM or of the connection is about the sender, not the recipient.
-_STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    (
-        "data",
-        re.compile(
-            r"in reply to end of data|after end of data|after data\b|in reply to data command|>>> data\s*\n\s*<<<\s*5|"  # noqa: E501
-            r"smtp command:?\s*\n?\s*data\b|command:\s*data\b|-+\s*smtp command\s*\n\s*data\b",
-            re.I,
-        ),
-    ),
-    (
-        "mail",
-        re.compile(
-            r"in reply to mail from|after mail from|>>> mail from:[^\n]*\n\s*<<<\s*5|sender was rejected",  # noqa: E501
-            re.I,
-        ),
-    ),
-    (
-        "connect",
-        re.compile(
-            r"after initial connection|in reply to (?:the )?initial greeting|during greeting|greeting wait|"  # noqa: E501
-            r"in reply to (?:ehlo|helo) command|after (?:ehlo|helo)\b|>>> (?:ehlo|helo)[^\n]*\n\s*<<<\s*5",  # noqa: E501
-            re.I,
-        ),
-    ),
-    (
-        # Postfix "in reply to RCPT TO command", Exim "after RCPT TO:<a>", a Sendmail
-        # transcript, qmail "does not like recipient" / "most progress was RCPT TO",
-        # "SMTP:RCPT" summaries.
-        "rcpt",
-        re.compile(
-            r"in reply to rcpt to|after rcpt to|>>> rcpt to:[^\n]*\n\s*<<<\s*[45]|\bsmtp[: ]rcpt\b|"
-            r"does not like recipient|progress was rcpt to|rcpt to:?\s*<[^>\s]*>\s*:?\s*[45]\d\d\b|"
-            r"smtp command:?\s*\n?\s*rcpt\b|command:\s*rcpt\b|\[rcpt_to\]",
-            re.I,
-        ),
-    ),
-)
-
-
-# Reports wrap lines anywhere ("(in reply to\n    RCPT TO command)"): any run of white space
-# between the words of a stage phrase will do.
-_STAGES = tuple(
-    (stage, re.compile(p.pattern.replace(" ", r"\s+"), p.flags)) for stage, p in _STAGES
-)
-
-
-def smtp_stage(text: str | None) -> str | None:
-    """Which command a rejection answered: "data", "mail", "connect", "rcpt" or None."""
-    if not text:
-        return None
-    for stage, pattern in _STAGES:
-        if pattern.search(text):
-            return stage
-    return None
-
-
 _CONTINUATION = re.compile(r"\b[245]\d\d[- ](?:#?[245]\.\d{1,3}\.\d{1,3}\b)?")
 
 
@@ -572,6 +568,7 @@ def decide(
     stage: str | None = None,
     rcpt_evidence: bool = False,
     mailbox_proof: bool = False,
+    disabled_families: frozenset[str] = frozenset(),
 ) -> Verdict:
     """The shared decision: text rules, then the enhanced status, then the reply class.
 
@@ -589,7 +586,7 @@ def decide(
         verdict = _verdict(rule.reason, rule.scope, permanent, rule.suppress, status, rule.id)
         return _at_stage(
             _refine(verdict, cls),
-            stage or smtp_stage(text),
+            stage or smtp_stage(text, disabled_families),
             rcpt_evidence=rcpt_evidence,
             mailbox_proof=mailbox_proof,
         )
@@ -606,7 +603,7 @@ def decide(
         )
         return _at_stage(
             _refine(verdict, cls),
-            stage or smtp_stage(text),
+            stage or smtp_stage(text, disabled_families),
             rcpt_evidence=rcpt_evidence,
             mailbox_proof=mailbox_proof,
         )
@@ -667,14 +664,18 @@ def classify_failure(
     default_permanent: bool = True,
     rules: Iterable[Rule] | None = None,
     context: str = "",
+    disabled_families: frozenset[str] = frozenset(),
 ) -> Verdict:
     """Classify one failed recipient of a bounce (DSN fields, or what a free-text bounce said).
 
     ``context`` is the human-readable text around the recipient; only the SMTP command it
-    names (RCPT, DATA, MAIL FROM …) is taken from it.
+    names (RCPT, DATA, MAIL FROM …) is taken from it. ``disabled_families`` leaves out every
+    rule and stage phrase written from those corpus families (`rules_without`).
     """
     diagnostic = diagnostic or ""
-    stage = smtp_stage(diagnostic) or smtp_stage(context)
+    if disabled_families and rules is None:
+        rules = rules_without(disabled_families)
+    stage = smtp_stage(diagnostic, disabled_families) or smtp_stage(context, disabled_families)
     mailbox_proof = bool(_MAILBOX_STATUS.search(context) or _MAILBOX_STATUS.search(diagnostic))
     if status is not None:
         status = parse_enhanced_status(status) or None
@@ -696,6 +697,7 @@ def classify_failure(
             stage=stage,
             rcpt_evidence=True,
             mailbox_proof=mailbox_proof,
+            disabled_families=disabled_families,
         )
         return Verdict(
             verdict.scope, verdict.permanent, verdict.reason, False, verdict.status, verdict.rule
@@ -711,4 +713,35 @@ def classify_failure(
         stage=stage,
         rcpt_evidence=True,
         mailbox_proof=mailbox_proof,
+        disabled_families=disabled_families,
     )
+
+
+def _tagged_phrases() -> dict[str, re.Pattern[str]]:
+    by_rule: dict[str, list[str]] = {}
+    for pairs in FAMILY_PHRASES.values():
+        for rule_id, phrase in pairs:
+            by_rule.setdefault(rule_id, []).append(phrase)
+    return {
+        rule_id: re.compile(_lowered_pattern("|".join(phrases)))
+        for rule_id, phrases in by_rule.items()
+    }
+
+
+def family_rule_decided(verdict: Verdict, text: str) -> bool:
+    """Whether a rule written from one corpus family may have decided ``verdict`` on
+    ``text``: a tagged provider's rule did, or one of the rule's family-tagged phrases occurs
+    in the text (then only re-classifying without them tells for sure)."""
+    rule_id, _, stage = verdict.rule.partition("@")
+    if rule_id in _TAGGED_PROVIDER_RULES:
+        return True
+    if stage and names_family_stage(text):
+        return True
+    phrases = _TAGGED_PHRASES.get(rule_id)
+    return phrases is not None and phrases.search(_flatten(text).lower()) is not None
+
+
+_TAGGED_PROVIDER_RULES = frozenset(
+    r.id for r in PROVIDER_RULES if r.id.partition(".")[0] in PROVIDER_FAMILIES
+)
+_TAGGED_PHRASES = _tagged_phrases()

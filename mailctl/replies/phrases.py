@@ -4,6 +4,15 @@ Sisimai-style phrase lists: the classifier (`mailctl.replies.classify`) tries th
 provider rules of ``mailctl/data/provider_rules.yaml`` and before the enhanced status code, in
 this order, first match wins. Each phrase is a case-insensitive regular expression.
 
+Families: every rule written from one MTA or provider family of the shared bounce corpus
+(the corpus file-name prefix: ``lhost-postfix``, ``rhost-google``, ``arf`` …) is tagged with it,
+so that ``bench/bounce_accuracy.py --leave-one-family-out`` can score each family with its own
+rules off. ``FAMILY_PHRASES`` lists the phrase alternatives that decide messages of one family
+only on the corpus (rerun the measurement when phrases change: ``python
+scripts/family_phrases.py``); ``PROVIDER_FAMILIES`` tags the provider rules of
+``provider_rules.yaml`` by the provider their id names; ``FAMILY_STAGE_PHRASES`` the SMTP
+stage phrases of one family's template.
+
 Data only: this module imports nothing from mailctl and holds no logic.
 """
 
@@ -73,6 +82,22 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
             r"storage (?:limit|quota)",
             r"user has too many messages",
             r"\bquota\b",
+        ),
+        R,
+        None,
+        "mailboxfull",
+        False,
+    ),
+    PhraseRule(
+        # A full mailbox in French, German, Portuguese, Spanish, Japanese.
+        "text.mailboxfull-intl",
+        (
+            r"boîte (?:aux lettres |de réception )?(?:est )?pleine",
+            r"postfach (?:ist )?(?:voll|überfüllt)",
+            r"caixa (?:postal |de correio )?(?:está )?(?:cheia|lotada)",
+            r"buzón (?:está )?lleno",
+            r"(?:メールボックス|メールBOX|受信箱)[^。\n]{0,10}(?:一杯|いっぱい|満杯|容量)",
+            r"容量(?:オーバー|超過|不足)",
         ),
         R,
         None,
@@ -524,6 +549,23 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
         True,
     ),
     PhraseRule(
+        # The same in the languages reports are written in: French, German, Portuguese,
+        # Spanish, Japanese (an address that is not found, does not exist, is unknown).
+        "text.userunknown-intl",
+        (
+            r"(?:adresse|destinataire|utilisateur)[^.\n]{0,60}introuvable",
+            r"(?:adresse|destinataire|utilisateur)[^.\n]{0,40}n'existe pas",
+            r"(?:empfänger|adresse|benutzer|postfach)[^.\n]{0,40}(?:existiert nicht|unbekannt)",
+            r"(?:usuário|usuario|destinatário|endereço)[^.\n]{0,40}(?:não existe|desconhecido|inexistente)",  # noqa: E501
+            r"(?:メールアドレス|アドレス|宛先|ユーザ)[^。\n]{0,20}(?:見つかりません|存在しません|不明)",
+            r"宛先不明",
+        ),
+        R,
+        None,
+        "userunknown",
+        True,
+    ),
+    PhraseRule(
         "text.filtered",
         (
             r"refused due to recipient preferences",
@@ -799,7 +841,7 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
             r"transaction failed",
             r"processing error",
             r"error while (?:being )?processed",
-            r"try again",
+            r"try again (?:in|after) \d",  # bare "try again" is advice on any failure
         ),
         T,
         None,
@@ -847,3 +889,93 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
         False,
     ),
 )
+
+
+# The provider rules ("google.no-such-user" …) were written from these providers' own replies:
+# off when any of the provider's families is left out.
+PROVIDER_FAMILIES: dict[str, tuple[str, ...]] = {
+    "google": ("rhost-google", "lhost-gmail", "lhost-googleworkspace"),
+    "yahoo": ("lhost-yahoo",),
+    "microsoft": ("rhost-microsoft", "rhost-outlook", "lhost-outlook", "lhost-office365"),
+}
+
+# Phrases written from one corpus family: the alternatives that, on the shared corpus, decide
+# messages of that family only (measured by scripts/family_phrases.py) and whose wording is one
+# MTA's or provider's own template. Alternatives that also decide one family only but are plain
+# SMTP vocabulary (RFC 5321 reply texts such as "transaction failed", "too many recipients",
+# "mailbox unavailable"; words such as "virus", "quota", "reverse DNS", "relay access denied")
+# are general and stay untagged. Leaving a family out turns its phrases off.
+FAMILY_PHRASES: dict[str, tuple[tuple[str, str], ...]] = {
+    "lhost-exim": (
+        ("text.blocked-ip", r"use the smtp server of your isp"),
+        ("text.expired", r"(?:has|have) been (?:delayed|failing|queued|undeliverable) for"),
+        ("text.hostunknown-strong", r"account or domain may not exist"),
+        ("text.mailererror", r"\|/usr/"),
+        ("text.mailererror", r"pipe to \|"),
+        ("text.rejected-sender", r"mail from"),
+        ("text.sender-rejected", r"unroutable sender"),
+    ),
+    "lhost-ezweb": (
+        ("text.blocked-ip", r"messages from \S+ weren'?t sent"),
+        ("text.blocked-ip", r"too many unwanted messages"),
+    ),
+    "lhost-gmail": (("text.filtered", r"rejected by (?:the )?recipient"),),
+    "lhost-mailru": (
+        ("text.hostunknown", r"unroute?able (?:mail )?(?:address|domain)"),
+        ("text.notaccept-nomx", r"indicated no smtp service"),
+    ),
+    "lhost-notes": (
+        (
+            "text.userunknown-lookup",
+            r"not listed in (?:the )?(?:public )?(?:name (?:&|and) )?address book",
+        ),
+    ),
+    "lhost-office365": (("text.networkerror-dns", r"dns query failed"),),
+    "lhost-outlook": (("text.requireptr-mismatch", r"mismatches client ip"),),
+    "lhost-postfix": (
+        ("text.hostunknown-strong", r"host or domain name not found"),
+        ("text.mailererror", r"command (?:died|failed|output)"),
+        ("text.mailererror", r"procmail"),
+        ("text.networkerror-dns", r"host not found, try again"),
+        ("text.networkerror-dns", r"name service error"),
+        ("text.policyviolation-strong", r"not accepted for policy reasons"),
+        ("text.rejected-sender", r"message rejected: email address is not verified"),
+    ),
+    "lhost-qmail": (("text.notaccept-nomx", r"couldn'?t find a mail exchanger"),),
+    "lhost-sendmail": (
+        ("text.authfailure", r"authentication (?:information|checks?)"),
+        ("text.authfailure", r"unauthenticated (?:email|mail)\b"),
+        ("text.blocked-ip", r"client host rejected"),
+        ("text.expired", r"could not be delivered (?:for|within)"),
+        ("text.expired", r"still (?:trying|retrying|undelivered)"),
+        ("text.policyviolation-strong", r"content presents a potential"),
+        ("text.requireptr", r"ip name lookup failed"),
+    ),
+    "lhost-v5sendmail": (
+        ("text.blocked-ip", r"no access from mail server"),
+        ("text.norelaying", r"insecure mail relay"),
+    ),
+    "lhost-yahoo": (("text.blocked-ip", r"invalid ip for sending"),),
+    "rfc3464": (("text.userunknown-lookup", r"mail\.local: unknown user"),),
+    "rhost-google": (("text.notcompliantrfc", r"rfcmessagenoncompliant"),),
+    "rhost-mimecast": (("text.policyviolation-strong", r"host network not allowed"),),
+}
+
+# Stage phrases (which SMTP command a refusal answered) in one MTA's own template, measured the
+# same way: each names the stage only in messages of one family. The general ones (Postfix's
+# "in reply to RCPT TO command", Exim's "after RCPT TO", Sendmail's transcript) stay in
+# classify._STAGES. family -> ((stage, regex), ...); spaces match any run of white space.
+FAMILY_STAGE_PHRASES: dict[str, tuple[tuple[str, str], ...]] = {
+    "lhost-exim": (
+        ("connect", r"after initial connection"),
+        ("connect", r"after (?:ehlo|helo)\b"),
+    ),
+    "lhost-mfilter": (("data", r"smtp command:?\s*\n?\s*data\b"),),
+    "lhost-qmail": (
+        ("mail", r"sender was rejected"),
+        ("rcpt", r"does not like recipient"),
+        ("rcpt", r"progress was rcpt to"),
+    ),
+    "lhost-x3": (("rcpt", r"\bsmtp[: ]rcpt\b"),),
+    "lhost-yahoo": (("rcpt", r"\[rcpt_to\]"),),
+}

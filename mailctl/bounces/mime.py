@@ -1,0 +1,205 @@
+"""The MIME walk of a bounce report: its text parts decoded in their real charset, its
+delivery-status and feedback fields, and the headers of the returned message.
+
+Pure; used by `parse`. Imports the address finder (`freetext`) and the charset reader
+(`generic`); never `parse`, the store or anything that prints.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import compat32
+
+from mailctl.bounces.freetext import find_addresses
+from mailctl.bounces.generic import decode_bytes
+
+_HTML_TAG = re.compile(r"<(?:[^>\"']|\"[^\"]*\"|'[^']*')*>|&nbsp;|&[a-z]+;", re.I)
+_HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]*>", re.I)
+
+
+def clean_text(text: str) -> str:
+    """Headers parsed by compat32 keep undecodable bytes as surrogates; make them printable."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def header_text(msg: Message, name: str) -> str:
+    value = msg.get(name)
+    if value is None:
+        return ""
+    return clean_text(str(value))
+
+
+def decode_part(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if payload is None:
+        raw = part.get_payload()
+        return clean_text(raw) if isinstance(raw, str) else ""
+    if not isinstance(payload, bytes):
+        return ""
+    return decode_bytes(payload, part.get_content_charset())
+
+
+def html_to_text(html: str) -> str:
+    text = _HTML_BREAK.sub("\n", html)
+    return _HTML_TAG.sub(" ", text)
+
+
+def field_blocks(text: str) -> list[dict[str, str]]:
+    """RFC 3464 field blocks from plain text: unfold, split on blank lines, keep the first value."""
+    blocks: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    last: str | None = None
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                blocks.append(current)
+            current, last = {}, None
+            continue
+        if line[0] in " \t" and last is not None:
+            current[last] += " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        if sep and name and " " not in name.strip():
+            last = name.strip().lower()
+            current.setdefault(last, value.strip())
+        else:
+            last = None
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def blocks_of_dsn_part(part: Message) -> list[dict[str, str]]:
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        blocks = []
+        for sub in payload:
+            if isinstance(sub, Message):
+                block: dict[str, str] = {}
+                for name, value in sub.items():
+                    block.setdefault(name.strip().lower(), clean_text(" ".join(str(value).split())))
+                if block:
+                    blocks.append(block)
+        if blocks:
+            return blocks
+    return field_blocks(decode_part(part))
+
+
+def address_of_field(value: str | None) -> str | None:
+    if not value:
+        return None
+    _, sep, rest = value.partition(";")
+    candidate = (rest if sep else value).strip().strip("<>").strip()
+    if "@" not in candidate:
+        return None
+    found = find_addresses(candidate)
+    if candidate.startswith('"') or not found:
+        return candidate.split()[0] if candidate else None
+    return found[0]
+
+
+def without_type(value: str | None) -> str:
+    if not value:
+        return ""
+    kind, sep, rest = value.partition(";")
+    if sep and kind.strip().lower() in (
+        "smtp",
+        "x-unix",
+        "x-postfix",
+        "x-local",
+        "x-smtp",
+        "mail",
+        "unix",
+    ):
+        return rest.strip()
+    return value.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# The message walk
+
+
+@dataclass
+class Parts:
+    texts: list[str]
+    dsn_blocks: list[list[dict[str, str]]]
+    feedback: list[dict[str, str]]
+    feedback_rcpts: list[str]
+    original_headers: list[Message]
+
+
+def collect_parts(msg: Message, parts: Parts, depth: int = 0) -> None:
+    """Walk the MIME tree. A returned message (message/rfc822) is read for headers only,
+    unless it is itself a bounce (a forwarded DSN): then its report parts count too."""
+    if depth > 8:
+        return
+    ctype = msg.get_content_type()
+    # compat32 gives message/delivery-status (and message/*) list payloads too: type first.
+    if msg.is_multipart() and not ctype.startswith("message/"):
+        payload = msg.get_payload()
+        if isinstance(payload, list):
+            for sub in payload:
+                if isinstance(sub, Message):
+                    collect_parts(sub, parts, depth + 1)
+        elif isinstance(payload, str):
+            parts.texts.append(clean_text(payload))  # boundary missing: read the body as text
+        return
+    if ctype.startswith("multipart/"):
+        # Declared multipart but its boundary never occurs: the whole body is one text.
+        payload = msg.get_payload()
+        if isinstance(payload, str):
+            parts.texts.append(clean_text(payload))
+        return
+    if ctype in ("message/delivery-status", "message/global-delivery-status"):
+        parts.dsn_blocks.append(blocks_of_dsn_part(msg))
+    elif ctype == "message/feedback-report":
+        blocks = blocks_of_dsn_part(msg)
+        merged: dict[str, str] = {}
+        for block in blocks:
+            for key, value in block.items():
+                merged.setdefault(key, value)
+        parts.feedback.append(merged)
+        # Original-Rcpt-To may repeat (one per complaining recipient); collect every one.
+        raw_text = feedback_text(msg)
+        parts.feedback_rcpts.extend(
+            re.findall(r"^Original-Rcpt-To\s*:\s*<?([^\s>]+)>?", raw_text, re.I | re.M)
+        )
+    elif ctype in ("message/rfc822", "message/global"):
+        payload = msg.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+        if isinstance(inner, Message):
+            parts.original_headers.append(inner)
+            if inner.get_content_type() == "multipart/report" and depth < 4:
+                collect_parts(inner, parts, depth + 1)
+    elif ctype in ("text/rfc822-headers", "message/rfc822-headers", "text/rfc822-header"):
+        text = decode_part(msg)
+        parts.original_headers.append(
+            BytesParser(policy=compat32).parsebytes(
+                text.encode("utf-8", "replace"), headersonly=True
+            )
+        )
+    elif ctype.startswith("text/") or ctype == "application/octet-stream" and depth == 0:
+        text = decode_part(msg)
+        if ctype == "text/html":
+            # Only used when no plain-text part exists (checked by the caller).
+            parts.texts.append("\x00html\x00" + html_to_text(text))
+        else:
+            parts.texts.append(text)
+
+
+def feedback_text(part: Message) -> str:
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        return "\n".join(
+            "\n".join(f"{k}: {v}" for k, v in sub.items())
+            for sub in payload
+            if isinstance(sub, Message)
+        )
+    return decode_part(part)
