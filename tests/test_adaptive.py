@@ -129,6 +129,22 @@ def test_connect_refusals_lower_concurrency_to_what_held_and_it_is_kept_for_the_
         assert postfix.refused_connections == refused_first
         assert postfix.delivered == 400
 
+    # `mailctl lanes` says what was learned and why: the reply, when, what was seen before.
+    assert cli(ws, "lanes") == 0
+    shown = capsys.readouterr().out
+    line = next(line for line in shown.splitlines() if "learned" in line)
+    assert line.startswith(f"{relay['ip']} -> {relay['provider']}: learned 2 connections at ")
+    assert "too many connections from 127.0.0.1" in line
+    assert "before it: " in line and "/min accepted over" in line
+    assert cli(ws, "lanes", "--json") == 0
+    (shown_relay,) = [
+        lane
+        for lane in json.loads(capsys.readouterr().out)
+        if lane["provider"].startswith("relay ")
+    ]
+    assert shown_relay["learned"]["connections"] == 2
+    assert shown_relay["limits"]["connections"] == 2
+
 
 @needs_postfix
 def test_a_message_rate_limit_cuts_the_rate_from_what_was_accepted_without_hammering(

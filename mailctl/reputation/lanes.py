@@ -741,4 +741,9 @@ class Lane:
             sent=s.sent,
             deferred=s.deferred,
             throttled=s.throttled,
+            learned_rate=s.learned_rate,
+            learned_connections=s.learned_connections,
+            learned_reason=s.learned_reason,
+            learned_at=s.learned_at,
+            learned_observed=s.learned_observed,
         )
