@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mailctl.cli import run as mailctl  # noqa: E402
 from tests.helpers.postfix import (  # noqa: E402
     Receiver,
     have_postgrey,
@@ -40,8 +41,6 @@ from tests.helpers.postfix import (  # noqa: E402
     postgrey_server,
 )
 from tests.test_adaptive import workspace  # noqa: E402
-
-from mailctl.cli import run as mailctl  # noqa: E402
 
 
 @dataclass
