@@ -161,7 +161,7 @@ def main() -> int:
     ]  # fmt: skip
     if have_postgrey():
         rows.append(
-            Row("postgrey (delay 3 s)", n // 5, {}, lambda c, _: 3 + c * base, policy_delay=3)
+            Row("postgrey (delay 3 s)", n // 20, {}, lambda c, _: 3 + c * base, policy_delay=3)
         )
     header = (
         f"{'receiver':32} {'msgs':>5} | {'optimum s':>9} | {'naive s':>8} {'refused':>7} "

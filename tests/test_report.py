@@ -303,7 +303,7 @@ def test_a_database_from_before_reply_scopes_reports_the_same_after_migrating(
     conn.execute("PRAGMA user_version = 4")
     conn.close()
     with SqliteStore.open(old) as store:
-        assert store.schema_version == 5
+        assert store.schema_version == 6
         assert {scope for (scope,) in store.conn.execute("SELECT scope FROM replies")} == {None}
         migrated = build_report(store, None, now=T1 + 1000)
     assert migrated == report
