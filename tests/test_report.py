@@ -300,6 +300,12 @@ def test_a_database_from_before_reply_scopes_reports_the_same_after_migrating(
     (sent / "m.db").rename(old)
     conn = sqlite3.connect(old)
     conn.execute("ALTER TABLE replies DROP COLUMN scope")
+    for column in (  # added by schema 6
+        "learned_rate", "learned_peak", "learned_connections", "learned_reason", "learned_at",
+        "learned_observed", "learned_step_at", "learned_conn_at", "probe_level",
+        "connect_until", "probing",
+    ):  # fmt: skip
+        conn.execute(f"ALTER TABLE lanes DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 4")
     conn.close()
     with SqliteStore.open(old) as store:
