@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from mailctl.sim.server import SimBehaviour, SimConfig, SimEvent, ThreadedSimServer
+from mailctl.sim.behaviours import SimBehaviour, SimConfig
+from mailctl.sim.events import SimEvent
+from mailctl.sim.servers import ThreadedSimServer
 from tests.helpers.clock import FakeClock
 from tests.helpers.sim import SimServerFactory
 

@@ -1,8 +1,10 @@
 """The MIME walk of a bounce report: its text parts decoded in their real charset, its
 delivery-status and feedback fields, and the headers of the returned message.
 
-Pure; used by `parse`. Imports the address finder (`freetext`) and the charset reader
-(`generic`); never `parse`, the store or anything that prints.
+Bounded: a DSN field value or header is cut at MAX_FIELD_CHARS, text parts and lines by
+`bounded`, and every regex here runs in linear time. Pure; used by `parse`. Imports the
+address finder (`freetext`) and the charset reader (`generic`); never `parse`, the store or
+anything that prints.
 """
 
 from __future__ import annotations
@@ -16,7 +18,27 @@ from email.policy import compat32
 from mailctl.bounces.freetext import find_addresses
 from mailctl.bounces.generic import decode_bytes
 
-_HTML_TAG = re.compile(r"<(?:[^>\"']|\"[^\"]*\"|'[^']*')*>|&nbsp;|&[a-z]+;", re.I)
+MAX_PART_CHARS = 64_000  # per text part
+MAX_LINE_CHARS = 1_000  # RFC 5322 allows 998
+MAX_FIELD_CHARS = 2_000  # one DSN field value (a Diagnostic-Code), or a header
+
+# No "<" inside a tag and possessive repeats: each scan stops at the next "<", so a run of
+# "<" is read once, not once per "<".
+_HTML_TAG = re.compile(r"<(?:[^<>\"']|\"[^<>\"]*+\"|'[^<>']*+')*+>|&nbsp;|&[a-z]+;", re.I)
+_ORIGINAL_RCPT_TO = re.compile(r"^Original-Rcpt-To[ \t]*:[ \t]*<?([^\s>]+)>?", re.I | re.M)
+
+
+def bounded(text: str, limit: int = MAX_PART_CHARS) -> str:
+    """At most `limit` characters, each line cut at MAX_LINE_CHARS."""
+    text = text[:limit]
+    if len(text) <= MAX_LINE_CHARS:
+        return text
+    lines = text.split("\n")
+    if all(len(line) <= MAX_LINE_CHARS for line in lines):
+        return text
+    return "\n".join(line[:MAX_LINE_CHARS] for line in lines)
+
+
 _HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]*>", re.I)
 
 
@@ -33,7 +55,7 @@ def header_text(msg: Message, name: str) -> str:
     value = msg.get(name)
     if value is None:
         return ""
-    return clean_text(str(value))
+    return clean_text(str(value)[:MAX_FIELD_CHARS])
 
 
 def decode_part(part: Message) -> str:
@@ -63,12 +85,13 @@ def field_blocks(text: str) -> list[dict[str, str]]:
             current, last = {}, None
             continue
         if line[0] in " \t" and last is not None:
-            current[last] += " " + line.strip()
+            if len(current[last]) < MAX_FIELD_CHARS:
+                current[last] = (current[last] + " " + line.strip())[:MAX_FIELD_CHARS]
             continue
         name, sep, value = line.partition(":")
         if sep and name and " " not in name.strip():
             last = name.strip().lower()
-            current.setdefault(last, value.strip())
+            current.setdefault(last, value.strip()[:MAX_FIELD_CHARS])
         else:
             last = None
     if current:
@@ -84,7 +107,10 @@ def blocks_of_dsn_part(part: Message) -> list[dict[str, str]]:
             if isinstance(sub, Message):
                 block: dict[str, str] = {}
                 for name, value in sub.items():
-                    block.setdefault(name.strip().lower(), clean_text(" ".join(str(value).split())))
+                    value = str(value)[: 2 * MAX_FIELD_CHARS]
+                    block.setdefault(
+                        name.strip().lower(), clean_text(" ".join(value.split()))[:MAX_FIELD_CHARS]
+                    )
                 if block:
                     blocks.append(block)
         if blocks:
@@ -167,10 +193,8 @@ def collect_parts(msg: Message, parts: Parts, depth: int = 0) -> None:
                 merged.setdefault(key, value)
         parts.feedback.append(merged)
         # Original-Rcpt-To may repeat (one per complaining recipient); collect every one.
-        raw_text = feedback_text(msg)
-        parts.feedback_rcpts.extend(
-            re.findall(r"^Original-Rcpt-To\s*:\s*<?([^\s>]+)>?", raw_text, re.I | re.M)
-        )
+        raw_text = bounded(feedback_text(msg))
+        parts.feedback_rcpts.extend(_ORIGINAL_RCPT_TO.findall(raw_text))
     elif ctype in ("message/rfc822", "message/global"):
         payload = msg.get_payload()
         inner = payload[0] if isinstance(payload, list) and payload else None

@@ -19,13 +19,19 @@ The sender's own addresses (the bounce's From/To, the envelope sender, MAILER-DA
 postmaster, the returned message's From) are never taken as failed recipients, nor are
 Message-IDs or addresses inside URLs.
 
+Hostile input is bounded: every regex here, in `mime`, `generic` and `freetext` runs in
+linear time, lines and parts are cut to a size no real report needs, a report names at most
+`MAX_RECIPIENTS` recipients, and a message that still takes longer than its time budget is
+given up with a `BounceParseError` (counted, never hung on).
+
 Must not import the store, suppression or anything that prints.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
@@ -49,10 +55,12 @@ from mailctl.bounces.generic import (
     near_failure,
     smtp_replies,
 )
-from mailctl.bounces.mailbox import message_digest
+from mailctl.bounces.mailbox import message_digest, raw_digest
 from mailctl.bounces.mime import (
+    MAX_FIELD_CHARS,
     Parts,
     address_of_field,
+    bounded,
     clean_text,
     collect_parts,
     field_blocks,
@@ -74,7 +82,32 @@ from mailctl.replies.classify import (
     family_rule_decided,
 )
 
-__all__ = ["Confidence", "FailedRecipient", "Kind", "Report", "parse_message"]
+__all__ = ["MAX_RECIPIENTS", "Confidence", "FailedRecipient", "Kind", "Report", "parse_message"]
+
+# Bounds on what one message may make the parser read. A real report's notification is a few
+# KB with lines under 1,000 characters and names a handful of recipients; beyond is cut.
+MAX_RAW_BYTES = 4_000_000  # the rest of a huge report (a returned attachment) is not read
+MAX_RAW_LINES = 20_000  # nor lines past these (the MIME parser's cost is per line)
+MAX_TEXT_CHARS = 128_000  # all text parts together (each part: mime.MAX_PART_CHARS)
+MAX_NOTIFICATION_CHARS = 20_000  # the prose searched for recipients, one by one
+MAX_RECIPIENTS = 100  # per report
+MAX_MIME_BOUNDARIES = 64  # more nested multiparts than this: not a report
+TIME_BUDGET = 2.0  # seconds per message; the bounds keep real ones under 10 ms
+
+
+class _Budget:
+    """The time one message may take; `check` gives up on it once that is spent."""
+
+    def __init__(self, source: str, seconds: float) -> None:
+        self.source = source
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+
+    def check(self, stage: str) -> None:
+        if time.monotonic() >= self.deadline:
+            raise BounceParseError(
+                f"{self.source}: gave up after {self.seconds:g}s ({stage}): not a readable report"
+            )
 
 
 class Confidence(StrEnum):
@@ -126,6 +159,7 @@ class Report:
     date: str | None
     digest: str
     confidence: Confidence | None = None  # None: no recipient was read
+    raw_digest: str | None = None  # the digest earlier versions stored (of the raw bytes)
 
     def to_json(self) -> dict[str, Any]:
         """The stable public shape (``mailctl bounces parse --json``); do not change keys."""
@@ -203,6 +237,7 @@ _DSN_FIELDS = re.compile(r"^(?:Final-Recipient|Original-Recipient)\s*:", re.I | 
 _SMTP_CODE_IN_BLOCK = re.compile(r"\b[245][0-5]\d[ -]|#[245]\.\d\.\d|\b[245]\.\d{1,3}\.\d{1,3}\b")
 # Structural rules written from one corpus family (see parse_message's disabled_families).
 _STRUCTURE_FAMILIES = {"jmrp": "arf", "apple-unsubscribe": "arf"}
+_MESSAGE_ID_IN_TEXT = re.compile(r"^[ \t>]*+Message-ID[ \t]*:[ \t]*(<[^>\s]+>|\S+)", re.I | re.M)
 _FEEDBACK_COMPLAINT = frozenset({"abuse", "fraud", "virus"})
 _DELIVERED_ACTIONS = frozenset({"delivered", "relayed", "expanded", "deliverable"})
 
@@ -241,7 +276,7 @@ def _tracking(
         if message_id and not original_id:
             original_id = clean_text(" ".join(str(message_id).split()))
     if original_id is None and tail:
-        found = re.search(r"^[ \t>]*Message-ID\s*:\s*(<[^>\s]+>|\S+)", tail, re.I | re.M)
+        found = _MESSAGE_ID_IN_TEXT.search(tail)
         if found:
             original_id = found.group(1)
     if tracking is None and original_id:
@@ -307,9 +342,14 @@ def _is_autoreply(msg: Message, subject: str) -> bool:
 
 
 def parse_message(
-    raw: bytes, source: str, *, disabled_families: frozenset[str] = frozenset()
+    raw: bytes,
+    source: str,
+    *,
+    disabled_families: frozenset[str] = frozenset(),
+    time_budget: float = TIME_BUDGET,
 ) -> Report:
-    """Parse one message. Never raises on malformed content; BounceParseError if unreadable.
+    """Parse one message. Never raises on malformed content; BounceParseError if unreadable,
+    or when it takes longer than `time_budget` seconds.
 
     ``disabled_families`` turns off every rule written from those corpus families (rules
     tagged in `mailctl.replies.phrases` and ``_STRUCTURE_FAMILIES``): for measuring how the
@@ -320,27 +360,51 @@ def parse_message(
     raw = bytes(raw)
     if not raw.strip():
         raise BounceParseError(f"{source}: empty message")
+    budget = _Budget(source, time_budget)
     digest = message_digest(raw)
+    legacy_digest = raw_digest(raw)
+    raw = raw[:MAX_RAW_BYTES]
+    lines = raw.split(b"\n", MAX_RAW_LINES)
+    if len(lines) > MAX_RAW_LINES:
+        raw = b"\n".join(lines[:MAX_RAW_LINES]) + b"\n"
+    del lines
+    if raw.lower().count(b"boundary=") > MAX_MIME_BOUNDARIES:
+        raise BounceParseError(
+            f"{source}: more than {MAX_MIME_BOUNDARIES} nested MIME parts: not a report"
+        )
     try:
         msg = BytesParser(policy=compat32).parsebytes(raw)
-        return _parse(msg, raw, source, digest, disabled_families)
+        budget.check("MIME")
+        parsed = _parse(msg, raw, source, digest, disabled_families, budget)
+        return replace(parsed, raw_digest=legacy_digest)
     except BounceParseError:
         raise
     except Exception:  # noqa: BLE001 - malformed MIME must not stop an import of millions
-        return Report(source, Kind.UNKNOWN, (), None, None, None, None, None, digest)
+        return Report(
+            source, Kind.UNKNOWN, (), None, None, None, None, None, digest, None, legacy_digest
+        )
 
 
-def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozenset[str]) -> Report:
+def _parse(
+    msg: Message,
+    raw: bytes,
+    source: str,
+    digest: str,
+    disabled: frozenset[str],
+    budget: _Budget,
+) -> Report:
     parts = Parts([], [], [], [], [])
     collect_parts(msg, parts)
-    subject = clean_text(decode_header_text(str(msg.get("Subject") or "")))
+    budget.check("parts")
+    subject = clean_text(decode_header_text(str(msg.get("Subject") or "")[:MAX_FIELD_CHARS]))
     date = header_text(msg, "Date") or None
     from_header = header_text(msg, "From")
 
     plain = [t for t in parts.texts if not t.startswith("\x00html\x00")]
     texts = plain or [t[6:] for t in parts.texts]
-    full_text = "\n".join(texts)
+    full_text = bounded("\n".join(bounded(t) for t in texts), MAX_TEXT_CHARS)
     notification, tail = split_original(full_text) if full_text else ("", "")
+    budget.check("text")
     if not parts.original_headers and tail:
         appended = appended_headers(tail)
         if appended is not None:
@@ -382,11 +446,13 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
         "X-Original-To",
     ):
         for value in msg.get_all(name) or []:
-            own.update(a.lower() for a in find_addresses(clean_text(str(value))))
+            own.update(a.lower() for a in find_addresses(clean_text(str(value)[:MAX_FIELD_CHARS])))
     for original in parts.original_headers:
         for name in ("From", "Return-Path", "Sender", "Reply-To", "Errors-To"):
             for value in original.get_all(name) or []:
-                own.update(a.lower() for a in find_addresses(clean_text(str(value))))
+                own.update(
+                    a.lower() for a in find_addresses(clean_text(str(value)[:MAX_FIELD_CHARS]))
+                )
     if raw.startswith(b"From "):
         envelope = raw[5 : raw.find(b"\n")].split(b" ", 1)[0].decode("latin-1")
         own.add(envelope.lower())
@@ -481,6 +547,8 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
     ) and _DSN_FIELDS.search(full_text):
         blocks = field_blocks(full_text)
     recipient_blocks = [b for b in blocks if "final-recipient" in b or "original-recipient" in b]
+    recipient_blocks = recipient_blocks[:MAX_RECIPIENTS]
+    budget.check("fields")
     if recipient_blocks:
         dsn_report: Report = _from_dsn(recipient_blocks, notification, own, report, disabled)
         if dsn_report.recipients:
@@ -513,10 +581,13 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
 
     # 4. Free text, read by the generic path (`generic`, `freetext`): no MTA template needed.
     hint = {
-        a.lower() for v in msg.get_all("X-Failed-Recipients") or [] for a in find_addresses(str(v))
+        a.lower()
+        for v in msg.get_all("X-Failed-Recipients") or []
+        for a in find_addresses(str(v)[:MAX_FIELD_CHARS])
     }
+    budget.check("classification")
     recipients, kind, claimed = _from_free_text(
-        notification, own, hint, parts.original_headers, subject, disabled
+        notification, own, hint, parts.original_headers, subject, disabled, budget
     )
     if not recipients:
         return report(Kind.UNKNOWN, [])
@@ -531,10 +602,13 @@ def _from_free_text(
     originals: list[Message],
     subject: str,
     disabled: frozenset[str],
+    budget: _Budget,
 ) -> tuple[list[FailedRecipient], Kind, bool]:
     """The failed recipients of a free-text report, whether it is a bounce or a delay, and
     whether an MTA-specific rule claimed it (its reading differs from the generic rules')."""
-    found = free_text_recipients(notification, own, hint)
+    found = free_text_recipients(notification[:MAX_NOTIFICATION_CHARS], own, hint)
+    found = found[: 2 * MAX_RECIPIENTS]  # the failure-phrase filter below reads each one's lines
+    budget.check("recipients")
     if not found and hint:
         found = [Found(a, notification) for a in sorted(hint)]
     if len(found) > 1:
@@ -561,6 +635,7 @@ def _from_free_text(
                 found = [Found(to[0], notification)]
     if not found:
         return [], Kind.UNKNOWN, False
+    found = found[:MAX_RECIPIENTS]
     delay = bool(_DELAY_BODY.search(subject + "\n" + notification)) and not _PERMANENT_BODY.search(
         notification
     )
@@ -571,6 +646,7 @@ def _from_free_text(
     replies = FailingReplies(smtp_replies(notification) if notification else [])
     recipients = []
     claimed = False
+    verdicts: dict[str, Verdict] = {}  # one reading per block (many addresses may share one)
     for item in found:
         action = "delayed" if delay else "failed"
         block, diagnostic = item.block, diagnostic_of_block(item.block, item.address)
@@ -586,7 +662,12 @@ def _from_free_text(
             and "-" in notification[reply.start : reply.end].split(None, 1)[0]
         ):
             diagnostic = reply.text  # a multi-line "550-…" reply: its words, once
-        verdict = classify_block(block, preamble, subject, action, default_permanent, disabled)
+        verdict = verdicts.get(block)
+        if verdict is None:
+            verdict = verdicts[block] = classify_block(
+                block, preamble, subject, action, default_permanent, disabled
+            )
+            budget.check("verdicts")
         if (
             not claimed
             and disabled != RULE_FAMILIES

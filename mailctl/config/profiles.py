@@ -100,6 +100,16 @@ class Breakers:
 
 
 @dataclass(frozen=True)
+class BounceSettings:
+    """How far `bounces import` trusts a report it cannot tie to a message mailctl sent."""
+
+    # Suppress on reports that name no message mailctl sent (only for a mailbox that no one
+    # but a trusted MTA can write to), and at most `max_unmatched` addresses of each.
+    trust_unmatched: bool = False
+    max_unmatched: int = 10
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     transport: TransportKind
@@ -128,6 +138,8 @@ class Profile:
     breakers: Breakers = field(default_factory=Breakers)
     rules: Mapping[str, Any] | None = None  # overrides of the shipped provider rules
     preflight: bool = True  # DNS checks before a campaign's first send (relay and direct)
+    tracking_key_env: str | None = None  # signs tracking ids; else the key file by the db
+    bounces: BounceSettings = field(default_factory=BounceSettings)
 
     def password(self) -> str | None:
         """The relay password, read from the environment variable the profile names."""
@@ -170,6 +182,12 @@ class ProfilesFile:
                 f"{self.path}: no profile named '{name}' (profiles: {known})", file=str(self.path)
             )
         profile.password()  # an unset password_env is an error only for the profile in use
+        if profile.tracking_key_env and os.environ.get(profile.tracking_key_env) is None:
+            raise ConfigError(
+                f"{profile.source}: profiles.{profile.name}.tracking_key_env: environment "
+                f"variable {profile.tracking_key_env} is not set",
+                key=f"profiles.{profile.name}.tracking_key_env",
+            )
         return profile
 
 
@@ -195,6 +213,8 @@ _PROFILE_KEYS = {
     "breakers",
     "rules",
     "preflight",
+    "tracking_key_env",
+    "bounces",
 }
 _WARMUP_KEYS = {
     "preset",
@@ -441,6 +461,27 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         )
     if "preflight" in keys:
         options["preflight"] = keys["preflight"].bool()
+    if "tracking_key_env" in keys:
+        var = keys["tracking_key_env"].str()
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+            raise keys["tracking_key_env"].error(f"'{var}' is not an environment variable name")
+        options["tracking_key_env"] = var
+    if "bounces" in keys:
+        bounce_keys = keys["bounces"].mapping({"trust_unmatched", "max_unmatched"})
+        options["bounces"] = BounceSettings(
+            trust_unmatched=(
+                bounce_keys["trust_unmatched"].bool() if "trust_unmatched" in bounce_keys else False
+            ),
+            max_unmatched=(
+                bounce_keys["max_unmatched"].int(minimum=1)
+                if "max_unmatched" in bounce_keys
+                else 10
+            ),
+        )
+        if options["bounces"].max_unmatched > 100:
+            raise bounce_keys["max_unmatched"].error(
+                f"{options['bounces'].max_unmatched} is more than 100 addresses per report"
+            )
     if "rules" in keys:
         # Kept raw once valid: replies.rules turns it into the RuleSet the lanes use.
         raw = yaml.safe_load(yaml.serialize(keys["rules"].node))

@@ -13,7 +13,7 @@ from mailctl.config.profiles import ProfilesFile, TrafficClass
 from mailctl.delivery.context import CampaignJob
 from mailctl.errors import CampaignChangedError, InputError, MailctlError, TemplateError
 from mailctl.message.render import Renderer
-from mailctl.message.tracking import new_tracking_id
+from mailctl.message.tracking import tracking_keys
 from mailctl.recipients.csv_import import ImportSummary, import_csv
 from mailctl.store.base import Store
 
@@ -134,7 +134,9 @@ def prepare(
             )
         if row["status"] == "done":
             store.set_campaign_status(campaign_id, "active", None, now=now)
-    queued, suppressed = store.queue_messages(campaign_id, campaign.list_key, now, new_tracking_id)
+    # Signed ids: a report can name a message only with an id this database's key made.
+    keys = tracking_keys(store.location, profile.tracking_key_env)
+    queued, suppressed = store.queue_messages(campaign_id, campaign.list_key, now, keys.new_id)
     job = CampaignJob(
         campaign_id=campaign_id,
         campaign=campaign,
@@ -167,3 +169,15 @@ def active_jobs(
         except MailctlError as exc:
             problems.append(f"campaign '{row['name']}' skipped: {exc}")
     return prepared, problems
+
+
+def requeue_sender_faults(store: Store, campaign_id: int, now: float) -> int:
+    """On resume: messages that failed because of the sending side (credentials refused,
+    TLS, the relay unreachable) go back to the queue. The operator fixed the cause; those
+    messages never reached anyone, so leaving them failed would lose them."""
+    from mailctl.delivery.outcome import SENDER_FAULT_REASONS
+    from mailctl.delivery.transport import SenderFault
+
+    failed = sorted(SENDER_FAULT_REASONS.values())
+    expired = sorted(SENDER_FAULT_REASONS[fault] for fault in (SenderFault.AUTH, SenderFault.TLS))
+    return store.requeue_failed(campaign_id, failed, expired, now)

@@ -20,6 +20,7 @@ from mailctl.config.campaign import Campaign
 from mailctl.delivery.context import CampaignJob, SendContext
 from mailctl.errors import TemplateError
 from mailctl.message.render import RenderedMessage, Renderer
+from mailctl.recipients.address import address_key
 
 
 class Claimer:
@@ -39,8 +40,11 @@ class Claimer:
         return sum(self.ctx.store.remaining(cid) for cid in self.ctx.jobs)
 
     def suppressed(self, claimed: Sequence[dict[str, Any]], now: float) -> set[str]:
-        """Claimed addresses suppressed since they were queued (a bounce may have arrived)."""
-        return self.ctx.store.suppressed_set([m["email"] for m in claimed], now)
+        """Claimed addresses (as written) suppressed since they were queued (a bounce may
+        have arrived): compared on their canonical keys, so no spelling slips through."""
+        keys = {m["email"]: address_key(m["email"]) for m in claimed}
+        hits = self.ctx.store.suppressed_set(set(keys.values()), now)
+        return {email for email, key in keys.items() if key in hits}
 
     def start_render_pool(self) -> None:
         """Render in other processes when the run is big and the machine has a second core."""

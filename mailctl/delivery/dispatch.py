@@ -16,13 +16,14 @@ from typing import Any
 from mailctl.config.profiles import TlsMode, TransportKind
 from mailctl.config.provider_rules import Scope, TlsPolicy
 from mailctl.delivery.context import CampaignJob, SendContext, hms
-from mailctl.delivery.outcome import NO_EVENT, Outcome, reply_outcome
+from mailctl.delivery.outcome import NO_EVENT, Outcome, hm, reply_outcome, short
 from mailctl.delivery.record import Recorder
 from mailctl.delivery.route import Routed
 from mailctl.delivery.transport import Connection, Destination, Reply, relay_destination
 from mailctl.dns.providers import DomainRoute
 from mailctl.message.render import RenderedMessage
 from mailctl.model import MessageState
+from mailctl.recipients.address import address_key
 from mailctl.replies.classify import classify_reply
 from mailctl.reputation.lanes import Lane, LaneEvent, LaneEventKind
 
@@ -338,7 +339,9 @@ class Dispatcher:
         message, ip, provider = item.message, item.ip, item.provider
         lane = ctx.scheduler.lane(ip, provider)
         lane_key = (ip, provider)
-        if message["email"] in recorder.suppressed_in_run:
+        if recorder.suppressed_in_run and address_key(message["email"]) in (
+            recorder.suppressed_in_run
+        ):
             # A hard bounce earlier in this run (another campaign, the same address).
             ctx.budget.release(ip, provider)
             recorder.record(
@@ -361,7 +364,9 @@ class Dispatcher:
                     group.paused_until,
                     provider=provider,
                     ip=ip,
-                    why="connections to this destination are failing",
+                    why=f"connections to {group.destination.name} are failing; next try at "
+                    f"{hm(group.paused_until)}",
+                    kind=f"connections to {group.destination.name} are failing",
                 )
                 return connection
             wait = lane.admit(now)
@@ -389,13 +394,19 @@ class Dispatcher:
                 connection = None
             # Recorded last: after its outcome a message must not wait on anything that a
             # cancellation could interrupt (it would be counted twice at shutdown).
+            mode = lane.state.mode.value
+            what = f"lane {ip} -> {provider} {'pacing' if mode == 'normal' else mode}"
+            cause = f" ({short(lane.state.reason, 40)})" if lane.state.reason else ""
             recorder.defer_self(
                 message,
                 now,
                 slot,
                 provider=provider,
                 ip=ip,
-                why=f"lane {ip} -> {provider} is {lane.state.mode.value}",
+                why=f"{what} until {hm(ends if ends is not None else slot)}"
+                + (f" ({short(lane.state.reason)})" if lane.state.reason else "")
+                + f"; slot at {hm(slot)}",
+                kind=what + cause,
             )
             return connection
         limit = group.messages_per_connection
@@ -424,6 +435,7 @@ class Dispatcher:
                     provider=provider,
                     ip=ip,
                     why="waiting to open another connection",
+                    kind=f"connections to {group.destination.name} refused: probe pause",
                 )
                 return None
             await self._lane_slot(
@@ -562,7 +574,9 @@ class Dispatcher:
         recorder.record(outcome)
         cid = item.message["campaign_id"]
         if event.kind is LaneEventKind.STOP_CAMPAIGN:
-            ctx.stop_campaign(cid, f"{event.reason or 'stopped by rule'} ({reply.text})")
+            why = event.reason or "stopped by rule"
+            # A rule's reason is often the reply itself: say it once.
+            ctx.stop_campaign(cid, why if reply.text in why else f"{why} ({reply.text})")
         elif outcome.state is MessageState.FAILED and outcome.scope == "campaign":
             ctx.stop_campaign(cid, f"the receiver refused the sender: {reply.text}")
 

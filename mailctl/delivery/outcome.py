@@ -7,13 +7,14 @@ lane events) and mailctl.model, nothing else of delivery.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from mailctl.config.provider_rules import Scope
-from mailctl.delivery.transport import Reply
+from mailctl.delivery.transport import Reply, SenderFault
 from mailctl.model import MessageState
-from mailctl.replies.classify import classify_reply, parse_reply_delay
+from mailctl.replies.classify import classify_reply, parse_enhanced_status, parse_reply_delay
 from mailctl.reputation.lanes import LaneEvent, LaneEventKind
 
 
@@ -41,6 +42,11 @@ class Outcome:
     suppress: bool = False
     scope: str | None = None
     day: str | None = None  # the sending IP's local day (its warm-up cap's day)
+    fault: str | None = None  # a `SenderFault`: the sending side's own problem
+    # Deferred only: why it waits (stable, to group by: "retry after 451 4.7.1") and the
+    # full reason with its times ("retry 3 at 09:55 after 451 4.7.1 …").
+    wait_kind: str | None = None
+    wait_reason: str | None = None
 
 
 def new_outcome(
@@ -66,7 +72,41 @@ def new_outcome(
     )
 
 
+def hm(timestamp: float | None) -> str:
+    """A moment as local HH:MM, for the reasons stored with deferred messages."""
+    if timestamp is None:
+        return "?"
+    return time.strftime("%H:%M", time.localtime(timestamp))
+
+
+def short(text: str | None, limit: int = 60) -> str:
+    """A reply cut to a length that fits a reason line."""
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 NO_EVENT = LaneEvent(LaneEventKind.NONE, "", "")
+
+# The stored reason of a message that failed or waits because of the sending side (wrong
+# credentials, TLS, the relay unreachable): fixed by the operator, then sent again when the
+# campaign is resumed, never left failed.
+SENDER_FAULT_REASONS = {
+    SenderFault.AUTH: "authrefused",
+    SenderFault.TLS: "tlsunavailable",
+    SenderFault.CONNECT: "networkerror",
+}
+# Auth codes (RFC 4954): 530 required, 534 mechanism too weak, 535 refused, 538 needs TLS.
+_AUTH_CODES = (530, 534, 535, 538)
+
+
+def sender_fault(reply: Reply) -> str | None:
+    """The sending side's fault in a reply, if any: what the transport saw, or an AUTH
+    code (a 530 asking for STARTTLS first is about TLS)."""
+    if reply.fault is not None:
+        return reply.fault
+    if reply.code in _AUTH_CODES:
+        return SenderFault.TLS if "starttls" in reply.text.lower() else SenderFault.AUTH
+    return None
 
 
 def reply_outcome(
@@ -90,7 +130,12 @@ def reply_outcome(
     schedule (with jitter), and never before the lane's pause ends (``lane_pause`` seconds;
     inf for a lane out of rotation without an end). Past ``max_age`` it expires.
     """
-    base = {"ip": ip, "provider": provider, "code": reply.code, "reply": reply.text}
+    base: dict[str, Any] = {
+        "ip": ip,
+        "provider": provider,
+        "code": reply.code,
+        "reply": reply.text,
+    }
 
     def outcome(state: MessageState, **extra: Any) -> Outcome:
         return new_outcome(message, state, now, attempted=True, day=day, **base, **extra)
@@ -103,6 +148,11 @@ def reply_outcome(
     if verdict is not None and reply.stage == "connect" and verdict.scope is Scope.RECIPIENT:
         # Refused before any recipient was named: about the server or us, not the address.
         verdict = replace(verdict, scope=Scope.LANE, suppress=False)
+    fault = sender_fault(reply)
+    if fault is not None:
+        base["fault"] = fault
+        if verdict is not None:
+            verdict = replace(verdict, reason=SENDER_FAULT_REASONS[fault], suppress=False)
     details = (
         {
             "reason": verdict.reason,
@@ -111,7 +161,11 @@ def reply_outcome(
             "scope": verdict.scope.value,
         }
         if verdict
-        else {"reason": "networkerror", "rule": "connection", "scope": Scope.TRANSIENT.value}
+        else {
+            "reason": SENDER_FAULT_REASONS[fault] if fault else "networkerror",
+            "rule": "connection",
+            "scope": Scope.TRANSIENT.value,
+        }
     )
     permanent = (
         verdict is not None and reply.code is not None and reply.code >= 500 and verdict.permanent
@@ -137,7 +191,32 @@ def reply_outcome(
     first = message.get("first_attempt_at") or now
     if next_at > first + max_age:
         return outcome(MessageState.EXPIRED, **details)
-    return outcome(MessageState.DEFERRED, next_attempt_at=next_at, **details)
+    kind, why = retry_reason(reply, event, attempts, next_at, ip=ip, provider=provider)
+    return outcome(
+        MessageState.DEFERRED, next_attempt_at=next_at, wait_kind=kind, wait_reason=why, **details
+    )
+
+
+def retry_reason(
+    reply: Reply, event: LaneEvent, attempts: int, next_at: float, *, ip: str, provider: str
+) -> tuple[str, str]:
+    """(kind, reason) of a message a reply deferred: the lane's pause when the reply paused
+    it, else the retry and the reply that caused it."""
+    if event.pauses_lane:
+        what = f"lane {ip} -> {provider} {event.kind.value}"
+        return (
+            f"{what} ({short(event.reason or reply.text, 40)})",
+            f"{what} until {hm(event.until)} ({short(reply.text)})",
+        )
+    if reply.code is None:
+        cause = short(reply.text, 40)
+    else:
+        status = parse_enhanced_status(reply.text)
+        cause = f"{reply.code} {status}" if status else str(reply.code)
+    return (
+        f"retry after {cause}",
+        f"retry {attempts} at {hm(next_at)} after {short(reply.text)}",
+    )
 
 
 def asked_back_to(message: dict[str, Any]) -> str | None:

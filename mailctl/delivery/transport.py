@@ -30,12 +30,14 @@ class Reply:
     """One SMTP reply as a single line. code None: no reply (network failure).
 
     ``stage`` is the command it answered: connect (greeting, EHLO, STARTTLS, AUTH), mail,
-    rcpt or data; the classifier needs it to tell whose fault a refusal is.
+    rcpt or data; the classifier needs it to tell whose fault a refusal is. ``fault`` names
+    a failure on the sending side that only the operator can fix (`SenderFault`), or None.
     """
 
     code: int | None
     text: str
     stage: str | None = None
+    fault: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -47,9 +49,19 @@ class Reply:
         return self.code is not None
 
 
-def _reply(code: int | None, message: str, stage: str | None = None) -> Reply:
+class SenderFault:
+    """Why a connection could not carry mail for reasons on the sending side."""
+
+    AUTH = "auth"  # the relay refused our credentials (530, 534, 535, 538 to AUTH)
+    TLS = "tls"  # TLS is required and the server did not offer it, or the handshake failed
+    CONNECT = "connect"  # no SMTP session at all: refused, unreachable, timed out
+
+
+def _reply(
+    code: int | None, message: str, stage: str | None = None, fault: str | None = None
+) -> Reply:
     text = " ".join(line.strip() for line in (message or "").splitlines() if line.strip())
-    return Reply(code, f"{code} {text}".strip() if code is not None else text, stage)
+    return Reply(code, f"{code} {text}".strip() if code is not None else text, stage, fault)
 
 
 @dataclass(frozen=True)
@@ -115,13 +127,31 @@ class Connection:
             await self._greet(client)
             if d.tls is TlsMode.STARTTLS:
                 if client.supports_extension("starttls"):
-                    await client.starttls(validate_certs=d.validate_certs, tls_context=tls_context)
+                    try:
+                        await client.starttls(
+                            validate_certs=d.validate_certs, tls_context=tls_context
+                        )
+                    except (TimeoutError, SMTPException, OSError) as exc:
+                        client.close()
+                        return Reply(
+                            None,
+                            f"TLS with {d.name} failed: {_describe(exc)}",
+                            fault=SenderFault.TLS,
+                        )
                     await self._greet(client)  # the session starts over after STARTTLS
                 elif d.tls_required:
                     client.close()
-                    return Reply(None, f"{d.name}: STARTTLS not offered and TLS is required")
+                    return Reply(
+                        None,
+                        f"{d.name}: STARTTLS not offered and TLS is required",
+                        fault=SenderFault.TLS,
+                    )
             if d.username:
-                await client.login(d.username, d.password or "")
+                try:
+                    await client.login(d.username, d.password or "")
+                except SMTPResponseException as exc:
+                    client.close()
+                    return _reply(exc.code, exc.message, "connect", SenderFault.AUTH)
         except SMTPConnectResponseError as exc:
             client.close()
             return _reply(exc.code, exc.message, "connect")
@@ -130,7 +160,9 @@ class Connection:
             return _reply(exc.code, exc.message, "connect")
         except (TimeoutError, SMTPException, OSError) as exc:
             client.close()
-            return Reply(None, f"connection to {d.name} failed: {_describe(exc)}")
+            return Reply(
+                None, f"connection to {d.name} failed: {_describe(exc)}", fault=SenderFault.CONNECT
+            )
         self.client = client
         self.alive = True
         self.messages = 0

@@ -8,76 +8,16 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import idna
-
 from mailctl.errors import InputError, InvalidAddress
+from mailctl.recipients.address import address_key, normalise_address
 from mailctl.store.base import Store
 
 BATCH = 5000
-
-# RFC 5321 dot-atom local part (ASCII); quoted local parts are accepted too.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LOCAL = re.compile(
-    rf"^(?:{_ATOM}(?:\.{_ATOM})*|\"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*\")$"
-)
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_TLD = re.compile(r"^(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})$")
-# The common case in one match: dot-atom local part, lower-case ASCII domain.
-_FAST = re.compile(
-    rf"{_ATOM}(?:\.{_ATOM})*@(?:[a-z0-9](?:[a-z0-9-]{{0,61}}[a-z0-9])?\.)+[a-z]{{2,63}}"
-)
-
-
-def normalise_address(raw: str) -> tuple[str, str]:
-    """Trim, lower-case and IDNA-encode the domain; return (address, domain) or raise.
-
-    Syntax only: no DNS. The local part keeps its case (RFC 5321 says it may matter).
-    """
-    address = raw.strip()
-    if _FAST.fullmatch(address) and len(address) <= 254:
-        local, _, domain = address.rpartition("@")
-        if len(local) <= 64:
-            return address, domain
-    if not address:
-        raise InvalidAddress("empty address", address=address)
-    if "@" not in address:
-        raise InvalidAddress(f"'{address}' has no @", address=address)
-    local, _, domain = address.rpartition("@")
-    if not local:
-        raise InvalidAddress(f"'{address}' has an empty local part", address=address)
-    if len(local) > 64:
-        raise InvalidAddress(f"'{address}': local part longer than 64 characters", address=address)
-    if not _LOCAL.match(local):
-        if not local.isascii():
-            raise InvalidAddress(
-                f"'{address}': non-ASCII local part (needs SMTPUTF8)", address=address
-            )
-        raise InvalidAddress(f"'{address}': invalid local part", address=address)
-    domain = domain.strip().rstrip(".").lower()
-    if not domain:
-        raise InvalidAddress(f"'{address}' has an empty domain", address=address)
-    if not domain.isascii():
-        try:
-            domain = idna.encode(domain, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
-            raise InvalidAddress(
-                f"'{address}': invalid international domain ({exc})", address=address
-            ) from None
-    labels = domain.split(".")
-    if len(labels) < 2:
-        raise InvalidAddress(f"'{address}': domain '{domain}' has no dot", address=address)
-    if not all(_LABEL.match(label) for label in labels) or not _TLD.match(labels[-1]):
-        raise InvalidAddress(f"'{address}': invalid domain '{domain}'", address=address)
-    address = f"{local}@{domain}"
-    if len(address) > 254:
-        raise InvalidAddress(f"'{address}': longer than 254 characters", address=address)
-    return address, domain
 
 
 @dataclass
@@ -224,7 +164,7 @@ def import_csv(
 
         store.begin_import()
         try:
-            batch: list[tuple[str, str, str]] = []
+            batch: list[tuple[str, str, str, str]] = []
             valid = 0
             dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
             row_start = lines.line + 1
@@ -263,7 +203,7 @@ def import_csv(
                 fields = dict(
                     zip(field_names, row[:email_index] + row[email_index + 1 :], strict=True)
                 )
-                batch.append((address, domain, dumps(fields)))
+                batch.append((address, address_key(address), domain, dumps(fields)))
                 valid += 1
                 if len(batch) >= BATCH:
                     store.stage_recipients(batch)

@@ -287,6 +287,9 @@ class _RuleMatcher:
 
 
 _KEY = 3
+# The most of a reply or diagnostic the classifier reads: SMTP lines are at most 512
+# characters and a multi-line reply a few of them; a hostile server's 100 KB is cut here.
+MAX_TEXT_CHARS = 16_000
 _MATCHERS: dict[tuple[Rule, ...], _RuleMatcher] = {}
 _DEFAULT_MATCHER: list[_RuleMatcher] = []
 
@@ -649,7 +652,7 @@ def classify_reply(
     unknown" refusing MAIL FROM is about the sender, and after DATA it is a filter's answer;
     only at RCPT does it say the recipient's mailbox does not exist.
     """
-    text = text or ""
+    text = (text or "")[:MAX_TEXT_CHARS]
     if code is None:
         code = parse_reply_code(text)
     return decide(code, parse_enhanced_status(text), text, provider, rules=rules, stage=stage)
@@ -672,7 +675,8 @@ def classify_failure(
     names (RCPT, DATA, MAIL FROM …) is taken from it. ``disabled_families`` leaves out every
     rule and stage phrase written from those corpus families (`rules_without`).
     """
-    diagnostic = diagnostic or ""
+    diagnostic = (diagnostic or "")[:MAX_TEXT_CHARS]
+    context = context[:MAX_TEXT_CHARS]
     if disabled_families and rules is None:
         rules = rules_without(disabled_families)
     stage = smtp_stage(diagnostic, disabled_families) or smtp_stage(context, disabled_families)

@@ -970,7 +970,7 @@ FAMILY_STAGE_PHRASES: dict[str, tuple[tuple[str, str], ...]] = {
         ("connect", r"after initial connection"),
         ("connect", r"after (?:ehlo|helo)\b"),
     ),
-    "lhost-mfilter": (("data", r"smtp command:?\s*\n?\s*data\b"),),
+    "lhost-mfilter": (("data", r"smtp command:?\s*+data\b"),),
     "lhost-qmail": (
         ("mail", r"sender was rejected"),
         ("rcpt", r"does not like recipient"),

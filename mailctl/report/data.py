@@ -23,6 +23,12 @@ always present (possibly empty); keys are never left out.
       "by_ip": [Lane-group, ...],         # per sending IP, sorted by IP
       "by_provider": [Lane-group, ...],   # per mailbox provider, sorted by name
       "lanes": [LanePause, ...],          # every IP x provider lane not at normal speed now
+      "deferral_reasons": [{"reason": str, "count": int}, ...],  # why deferred messages
+                                          # wait now, most common first (<= 10)
+      "bounce_reports": {"reports": int, "unmatched": int},  # imported reports naming
+                                          # recipients; unmatched: tied to no sent message
+                                          # (recorded, never suppressing by default); all
+                                          # campaigns, reports being about mail, not a campaign
       "series": Series                    # for charts, over the selected campaign(s)
     }
 
@@ -369,6 +375,11 @@ def build_report(
         "by_ip": _lane_groups(store, "ip", campaign_id, lanes, events, breakers),
         "by_provider": _lane_groups(store, "provider", campaign_id, lanes, events, breakers),
         "lanes": lanes,
+        "deferral_reasons": [
+            {"reason": kind, "count": count}
+            for kind, count in store.top_wait_kinds(campaign_id, TOP_REPLIES)
+        ],
+        "bounce_reports": reports.report_counts(),
         "series": {
             "sends": {
                 "bucket_seconds": HOUR,

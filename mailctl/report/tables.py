@@ -27,6 +27,15 @@ def render_tables(report: Mapping[str, Any]) -> list[Table]:
                 summary.add_row(key.replace("_", " "), Text(str(campaign[key])))
     for label, value, alert in summary_rows(report["totals"]):
         summary.add_row(label, Text(value, style="bold red" if alert else ""))
+    bounce_reports = report.get("bounce_reports") or {}
+    if bounce_reports.get("unmatched"):
+        summary.add_row(
+            "unmatched reports",
+            Text(
+                f"{bounce_reports['unmatched']} of {bounce_reports['reports']} "
+                "(tied to no message sent; not suppressed)"
+            ),
+        )
     tables = [summary]
     for title, columns, rows in sections(report):
         table = Table(title=title, title_justify="left")

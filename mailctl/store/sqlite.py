@@ -29,6 +29,7 @@ from mailctl.store.base import (
     SuppressionEntry,
 )
 from mailctl.store.sqlite_addresses import _AddressTables
+from mailctl.store.sqlite_queue import _QueueTables
 from mailctl.store.sqlite_reports import SqliteReportQueries
 from mailctl.store.sqlite_schema import MIGRATIONS
 
@@ -43,7 +44,7 @@ def resolve_db_path(explicit: str | Path | None) -> Path:
     return Path(env) if env else Path(DEFAULT_DB)
 
 
-class SqliteStore(_AddressTables):
+class SqliteStore(_AddressTables, _QueueTables):
     """One open SQLite database. Create with `SqliteStore.open(path)`."""
 
     def __init__(self, db: sqlite_utils.Database, path: Path) -> None:
@@ -300,7 +301,7 @@ class SqliteStore(_AddressTables):
                 """CREATE TEMP TABLE to_queue AS
                    SELECT r.id AS recipient_id, r.email, r.domain,
                           (EXISTS (SELECT 1 FROM suppression x
-                                   WHERE x.address IN (r.email, '*@' || r.domain)
+                                   WHERE x.address IN (r.email_key, '*@' || r.domain)
                                      AND (x.expires_at IS NULL OR x.expires_at > ?)))
                             AS suppressed
                    FROM lists l
@@ -426,7 +427,8 @@ class SqliteStore(_AddressTables):
                      first_attempt_at = CASE WHEN ? THEN coalesce(first_attempt_at, ?)
                                         ELSE first_attempt_at END,
                      next_attempt_at = ?, sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END,
-                     ip = ?, provider = ?, last_code = ?, last_reply = ?, reason = ?
+                     ip = ?, provider = ?, last_code = ?, last_reply = ?, reason = ?,
+                     wait_kind = ?, wait_reason = ?
                    WHERE id = ?""",
                 [
                     (
@@ -444,6 +446,8 @@ class SqliteStore(_AddressTables):
                         o.code,
                         o.reply,
                         o.reason,
+                        o.wait_kind if o.state == "deferred" else None,
+                        o.wait_reason if o.state == "deferred" else None,
                         o.message_id,
                     )
                     for o in outcomes
@@ -482,6 +486,30 @@ class SqliteStore(_AddressTables):
                     expires_at=entry.expires_at,
                     now=entry.at,
                 )
+
+    def requeue_failed(
+        self,
+        campaign_id: int,
+        failed_reasons: Sequence[str],
+        expired_reasons: Sequence[str],
+        now: float,
+    ) -> int:
+        """Failed (or expired) messages of a campaign with one of these reasons: queued
+        again, due now, their age counted afresh. Returns how many."""
+        if not failed_reasons and not expired_reasons:
+            return 0
+        failed = ",".join("?" * len(failed_reasons)) or "NULL"
+        expired = ",".join("?" * len(expired_reasons)) or "NULL"
+        with self.transaction():
+            cur = self.conn.execute(
+                f"""UPDATE messages SET state = 'queued', next_attempt_at = ?,
+                      first_attempt_at = NULL
+                    WHERE campaign_id = ?
+                      AND ((state = 'failed' AND reason IN ({failed}))
+                        OR (state = 'expired' AND reason IN ({expired})))""",
+                (now, campaign_id, *failed_reasons, *expired_reasons),
+            )
+            return cur.rowcount
 
     def mark_possible_duplicates(self, message_ids: Sequence[int]) -> None:
         """Messages cut off mid-delivery: they may have been delivered already."""

@@ -37,18 +37,21 @@ class _AddressTables:
         )
         self.conn.execute(
             """CREATE TEMP TABLE import_staging (
-                email TEXT PRIMARY KEY,
+                email_key TEXT PRIMARY KEY,
+                email TEXT NOT NULL,
                 domain TEXT NOT NULL,
                 fields TEXT NOT NULL
             ) WITHOUT ROWID"""
         )
         self.conn.execute("BEGIN")
 
-    def stage_recipients(self, rows: Sequence[tuple[str, str, str]]) -> None:
-        """(email, domain, fields_json); a later row for the same email wins."""
+    def stage_recipients(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """(email, email_key, domain, fields_json); a later row for the same key wins its
+        fields, the first keeps its spelling."""
         self.conn.executemany(
-            """INSERT INTO temp.import_staging (email, domain, fields) VALUES (?, ?, ?)
-               ON CONFLICT(email) DO UPDATE SET fields = excluded.fields""",
+            """INSERT INTO temp.import_staging (email, email_key, domain, fields)
+               VALUES (?, ?, ?, ?)
+               ON CONFLICT(email_key) DO UPDATE SET fields = excluded.fields""",
             rows,
         )
 
@@ -64,19 +67,21 @@ class _AddressTables:
                 """SELECT
                      sum(r.id IS NULL),
                      sum(r.id IS NOT NULL AND json_patch(r.fields, s.fields) <> r.fields)
-                   FROM temp.import_staging s LEFT JOIN recipients r ON r.email = s.email"""
+                   FROM temp.import_staging s LEFT JOIN recipients r ON r.email_key = s.email_key"""
             ).fetchone()
             imported, changed = imported or 0, changed or 0
             suppressed = c.execute(
                 """SELECT count(*) FROM temp.import_staging s
-                   WHERE s.email IN (SELECT address FROM active_suppression)
+                   WHERE s.email_key IN (SELECT address FROM active_suppression)
                       OR '*@' || s.domain IN (SELECT address FROM active_suppression)"""
             ).fetchone()[0]
             total = self.staged_count()
             # Staged fields are compact JSON already, in the form SQLite's json_patch emits.
             c.execute(
-                """INSERT OR IGNORE INTO recipients (email, domain, fields, created_at, updated_at)
-                   SELECT s.email, s.domain, s.fields, ?, ? FROM temp.import_staging s""",
+                """INSERT OR IGNORE INTO recipients
+                     (email, email_key, domain, fields, created_at, updated_at)
+                   SELECT s.email, s.email_key, s.domain, s.fields, ?, ?
+                   FROM temp.import_staging s""",
                 (now, now),
             )
             updated = 0
@@ -85,7 +90,8 @@ class _AddressTables:
                     """UPDATE recipients AS r
                        SET fields = json_patch(r.fields, s.fields), updated_at = ?
                        FROM temp.import_staging AS s
-                       WHERE s.email = r.email AND json_patch(r.fields, s.fields) <> r.fields""",
+                       WHERE s.email_key = r.email_key
+                         AND json_patch(r.fields, s.fields) <> r.fields""",
                     (now,),
                 )
                 updated = changed
@@ -93,7 +99,8 @@ class _AddressTables:
                 list_id = self._list_id(list_name, now)
                 c.execute(
                     """INSERT OR IGNORE INTO list_members (list_id, recipient_id)
-                       SELECT ?, r.id FROM temp.import_staging s JOIN recipients r USING (email)""",
+                       SELECT ?, r.id
+                       FROM temp.import_staging s JOIN recipients r USING (email_key)""",
                     (list_id,),
                 )
             c.execute("COMMIT")
@@ -139,6 +146,8 @@ class _AddressTables:
                 " JOIN lists l ON l.id = m.list_id WHERE l.name = ?"
             )
             params.append(list_name)
+        else:  # rows merged into another by the case-insensitive key keep only history
+            sql += " WHERE r.merged_into IS NULL"
         sql += " ORDER BY r.id"
         if limit is not None:
             sql += " LIMIT ?"
@@ -154,7 +163,9 @@ class _AddressTables:
                 (list_name,),
             ).fetchone()
         else:
-            row = self.conn.execute("SELECT count(*) FROM recipients").fetchone()
+            row = self.conn.execute(
+                "SELECT count(*) FROM recipients WHERE merged_into IS NULL"
+            ).fetchone()
         return int(row[0])
 
     def list_counts(self) -> list[tuple[str, int]]:
@@ -179,7 +190,10 @@ class _AddressTables:
         expires_at: float | None = None,
         now: float | None = None,
     ) -> bool:
-        """Add or refresh a suppression; True when the address was not suppressed before."""
+        """Add or refresh a suppression; True when the address was not suppressed before.
+
+        ``address`` is a canonical key (`mailctl.recipients.address`), as in every
+        suppression method: the caller keys, the store compares exactly."""
         now = time.time() if now is None else now
         existed = self.suppression_for(address, now=now, exact=True) is not None
         self.conn.execute(
@@ -208,7 +222,7 @@ class _AddressTables:
     def suppression_for(
         self, address: str, *, now: float | None = None, exact: bool = False
     ) -> dict[str, Any] | None:
-        """The active suppression entry matching an address (exact, or its *@domain)."""
+        """The active suppression entry matching an address key (exact, or its *@domain)."""
         now = time.time() if now is None else now
         candidates = [address]
         if not exact and "@" in address and not address.startswith("*@"):
@@ -225,7 +239,7 @@ class _AddressTables:
         return dict(zip(_SUPPRESSION_COLUMNS, row, strict=True))
 
     def suppressed_set(self, addresses: Iterable[str], now: float | None = None) -> set[str]:
-        """Which of these addresses are suppressed now (exactly or by their domain)."""
+        """Which of these address keys are suppressed now (exactly or by their domain)."""
         now = time.time() if now is None else now
         wanted = list(addresses)
         found: set[str] = set()
@@ -275,8 +289,18 @@ class _AddressTables:
         original_message_id: str | None,
         feedback_type: str | None,
         message_id: int | None,
+        aliases: Sequence[str] = (),
     ) -> int | None:
-        """Store a report once; None when this exact report was imported before."""
+        """Store a report once; None when this report was imported before, under its digest
+        or one of its `aliases` (the digests earlier versions stored for it)."""
+        if (
+            aliases
+            and self.conn.execute(
+                f"SELECT 1 FROM bounce_events WHERE digest IN ({','.join('?' * len(aliases))})",
+                tuple(aliases),
+            ).fetchone()
+        ):
+            return None
         cur = self.conn.execute(
             """INSERT OR IGNORE INTO bounce_events (digest, source, kind, imported_at,
                  reported_at, tracking_id, original_message_id, feedback_type, message_id)
@@ -296,15 +320,22 @@ class _AddressTables:
         return int(cur.lastrowid or 0) if cur.rowcount else None
 
     def add_bounce_recipient(
-        self, event_id: int, day: str, recipient: BounceRecipientRecord, message_id: int | None
+        self,
+        event_id: int,
+        day: str,
+        recipient: BounceRecipientRecord,
+        message_id: int | None,
+        address_key: str | None = None,
     ) -> None:
+        """One recipient of a report, filed under its address key (soft-bounce scoring
+        compares keys)."""
         self.conn.execute(
             """INSERT INTO bounce_recipients (event_id, address, day, status, action, reason,
                  permanent, suppress, diagnostic, message_id)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 event_id,
-                recipient.address,
+                address_key or recipient.address,
                 day,
                 recipient.status,
                 recipient.action,
@@ -338,13 +369,18 @@ class _AddressTables:
         ).fetchone()
         return None if row is None else dict(zip(self._MATCH_COLUMNS, row, strict=True))
 
-    def latest_message_to(self, address: str, since: float) -> dict[str, Any] | None:
-        """The most recent message sent to an address (correlation without a tracking id)."""
+    def latest_message_to(self, address_key: str, since: float) -> dict[str, Any] | None:
+        """The most recent message sent to an address key (correlation without a tracking
+        id), whichever of the person's spellings it went to."""
         row = self.conn.execute(
-            f"""SELECT {", ".join(self._MATCH_COLUMNS)} FROM messages
-                WHERE email = ? COLLATE NOCASE AND sent_at >= ?
-                ORDER BY sent_at DESC LIMIT 1""",
-            (address, since),
+            f"""SELECT {", ".join("m." + c for c in self._MATCH_COLUMNS)} FROM messages m
+                WHERE m.recipient_id IN (
+                    SELECT id FROM recipients WHERE email_key = ?1
+                    UNION SELECT id FROM recipients WHERE merged_into IN
+                        (SELECT id FROM recipients WHERE email_key = ?1))
+                  AND m.sent_at >= ?2
+                ORDER BY m.sent_at DESC LIMIT 1""",
+            (address_key, since),
         ).fetchone()
         return None if row is None else dict(zip(self._MATCH_COLUMNS, row, strict=True))
 

@@ -269,3 +269,15 @@ class SqliteReportQueries:
                 WHERE coalesce(mode, 'normal') <> 'normal' ORDER BY ip, provider"""
         )
         return [dict(zip(wanted, row, strict=True)) for row in rows]
+
+    def report_counts(self) -> dict[str, int]:
+        """Imported bounce and complaint reports that name recipients, and how many of them
+        are tied to no message mailctl sent (recorded, never suppressing by default)."""
+        row = self.conn.execute(
+            """SELECT count(*), coalesce(sum(matched = 0), 0) FROM (
+                 SELECT max(r.message_id IS NOT NULL) AS matched
+                 FROM bounce_events e JOIN bounce_recipients r ON r.event_id = e.id
+                 WHERE e.kind IN ('bounce', 'delay', 'complaint')
+                 GROUP BY e.id)"""
+        ).fetchone()
+        return {"reports": int(row[0]), "unmatched": int(row[1])}
