@@ -206,6 +206,7 @@ def test_bounces_parse_prints_stable_json(tmp_path: Path, capsys) -> None:
                 "permanent",
                 "suppress",
                 "diagnostic",
+                "stage",
             }
     # A missing mailbox is an error (its own database, not ./mailctl.db in the repository).
     db = str(tmp_path / "m.db")

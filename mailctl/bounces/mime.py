@@ -1,5 +1,6 @@
 """The MIME walk of a bounce report: its text parts decoded in their real charset, its
-delivery-status and feedback fields, and the headers of the returned message.
+delivery-status and feedback fields, the headers of the returned message, and the sender's
+own addresses among the headers (`sender_addresses`).
 
 Bounded: a DSN field value or header is cut at MAX_FIELD_CHARS, text parts and lines by
 `bounded`, and every regex here runs in linear time. Pure; used by `parse`. Imports the
@@ -227,3 +228,57 @@ def feedback_text(part: Message) -> str:
             if isinstance(sub, Message)
         )
     return decode_part(part)
+
+
+# The report's own header fields that name the sender's side, and the returned message's.
+_SENDER_FIELDS = (
+    "From",
+    "To",
+    "Cc",
+    "Reply-To",
+    "Sender",
+    "Return-Path",
+    "Errors-To",
+    "Delivered-To",
+)
+_ORIGINAL_SENDER_FIELDS = ("From", "Return-Path", "Sender", "Reply-To", "Errors-To")
+
+
+def _addresses(msg: Message, names: tuple[str, ...]) -> set[str]:
+    return {
+        a.lower()
+        for name in names
+        for value in msg.get_all(name) or []
+        for a in find_addresses(clean_text(str(value)[:MAX_FIELD_CHARS]))
+    }
+
+
+def sender_addresses(msg: Message, originals: list[Message]) -> set[str]:
+    """The sender's own addresses, lower-cased: the report's From/To/… and delivery trace,
+    and the returned message's From/Return-Path/…; never a failed recipient."""
+    own = _addresses(msg, _SENDER_FIELDS)
+    original_senders: set[str] = set()
+    for original in originals:
+        original_senders |= _addresses(original, _ORIGINAL_SENDER_FIELDS)
+    return own | _delivery_trace(msg, own, original_senders) | original_senders
+
+
+def _delivery_trace(msg: Message, own: set[str], original_senders: set[str]) -> set[str]:
+    """The report's X-Original-To addresses that name its own envelope recipient.
+
+    X-Original-To is a trace field the delivering MTA adds (beside Delivered-To) with the
+    envelope recipient of the message it delivers: on a delivered report, the original's
+    sender. Written by the report's author instead, it is about the original message: dma
+    puts the failed recipient there. So it counts as the sender's own address when it sits
+    with a Delivered-To, or names the report's addressee, or when the report is not one
+    addressed to the original's sender (then nothing tells whose address it is). It never
+    makes an address a recipient by itself: the report's text must still name it as failed.
+    """
+    if not msg.get_all("X-Original-To"):
+        return set()
+    named = _addresses(msg, ("X-Original-To",))
+    addressees = _addresses(msg, ("To", "Cc"))
+    to_sender = bool(addressees) and addressees <= original_senders
+    if msg.get("Delivered-To") is not None or not to_sender:
+        return named
+    return {a for a in named if a in own}

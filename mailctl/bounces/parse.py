@@ -65,6 +65,7 @@ from mailctl.bounces.mime import (
     collect_parts,
     field_blocks,
     header_text,
+    sender_addresses,
     without_type,
 )
 from mailctl.errors import BounceParseError
@@ -81,6 +82,7 @@ from mailctl.replies.classify import (
     classify_failure,
     family_rule_decided,
 )
+from mailctl.replies.stages import smtp_stage
 
 __all__ = ["MAX_RECIPIENTS", "Confidence", "FailedRecipient", "Kind", "Report", "parse_message"]
 
@@ -143,6 +145,7 @@ class FailedRecipient:
     diagnostic: str
     remote_mta: str | None
     rule: str
+    stage: str | None = None  # the SMTP command refused: "connect", "mail", "rcpt", "data"
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,7 @@ class Report:
                     "permanent": r.permanent,
                     "suppress": r.suppress,
                     "diagnostic": r.diagnostic,
+                    "stage": r.stage,
                 }
                 for r in self.recipients
             ],
@@ -222,6 +226,16 @@ _PERMANENT_BODY = re.compile(
     r"will not be (?:retried|delivered)|could not be delivered|couldn'?t be delivered|undeliverable|"  # noqa: E501
     r"delivery failed|delivery has failed|were not delivered|was not delivered|could not deliver|"
     r"unable to deliver|cannot be delivered|was undeliverable",
+    re.I,
+)
+# A recipient's own words saying its delivery is over: the time it could spend in the queue
+# ran out, or the MTA gave up (RFC 3463 X.4.7). OpenSMTPD writes "Envelope expired" under
+# "Action: delayed" and a template that says the message stays queued; the message is gone.
+_QUEUE_GAVE_UP = re.compile(
+    r"\b(?:envelope|message|delivery(?: time)?|queue (?:life)?time|time[ -]to[ -]live) "
+    r"(?:has )?expired\b|\bexpired (?:in|from) (?:the )?queue\b|\bgiv(?:ing|en) up\b|"
+    r"\bgave up\b|\bwill (?:not|no longer) be retried\b|"
+    r"\b(?:deleted|removed) from (?:the )?queue\b",
     re.I,
 )
 _TEMPORARY_BODY = re.compile(
@@ -303,6 +317,7 @@ def _recipient(
     action: str | None,
     diagnostic: str,
     remote_mta: str | None,
+    stage: str | None = None,
 ) -> FailedRecipient:
     return FailedRecipient(
         address=clean_text(address),
@@ -314,6 +329,7 @@ def _recipient(
         diagnostic=clean_text(diagnostic),
         remote_mta=remote_mta,
         rule=verdict.rule,
+        stage=stage,
     )
 
 
@@ -433,26 +449,7 @@ def _parse(
         )
 
     # The sender's own addresses: never failed recipients.
-    own: set[str] = set()
-    for name in (
-        "From",
-        "To",
-        "Cc",
-        "Reply-To",
-        "Sender",
-        "Return-Path",
-        "Errors-To",
-        "Delivered-To",
-        "X-Original-To",
-    ):
-        for value in msg.get_all(name) or []:
-            own.update(a.lower() for a in find_addresses(clean_text(str(value)[:MAX_FIELD_CHARS])))
-    for original in parts.original_headers:
-        for name in ("From", "Return-Path", "Sender", "Reply-To", "Errors-To"):
-            for value in original.get_all(name) or []:
-                own.update(
-                    a.lower() for a in find_addresses(clean_text(str(value)[:MAX_FIELD_CHARS]))
-                )
+    own = sender_addresses(msg, parts.original_headers)
     if raw.startswith(b"From "):
         envelope = raw[5 : raw.find(b"\n")].split(b" ", 1)[0].decode("latin-1")
         own.add(envelope.lower())
@@ -636,8 +633,8 @@ def _from_free_text(
     if not found:
         return [], Kind.UNKNOWN, False
     found = found[:MAX_RECIPIENTS]
-    delay = bool(_DELAY_BODY.search(subject + "\n" + notification)) and not _PERMANENT_BODY.search(
-        notification
+    delay = bool(_DELAY_BODY.search(subject + "\n" + notification)) and not (
+        _PERMANENT_BODY.search(notification) or _QUEUE_GAVE_UP.search(notification)
     )
     default_permanent = not delay and not (
         _TEMPORARY_BODY.search(notification) and not _PERMANENT_BODY.search(notification)
@@ -662,10 +659,13 @@ def _from_free_text(
             and "-" in notification[reply.start : reply.end].split(None, 1)[0]
         ):
             diagnostic = reply.text  # a multi-line "550-…" reply: its words, once
+        # Prose states no Action field: only a DSN's "Action: failed" says the MTA gave up
+        # retrying (a free-text report of a 4xx may be a live session's, never queued).
+        stated = action if delay else None
         verdict = verdicts.get(block)
         if verdict is None:
             verdict = verdicts[block] = classify_block(
-                block, preamble, subject, action, default_permanent, disabled
+                block, preamble, subject, stated, default_permanent, disabled
             )
             budget.check("verdicts")
         if (
@@ -674,9 +674,10 @@ def _from_free_text(
             and family_rule_decided(verdict, block + "\n" + preamble + "\n" + subject)
         ):
             claimed = verdict != classify_block(
-                block, preamble, subject, action, default_permanent, RULE_FAMILIES
+                block, preamble, subject, stated, default_permanent, RULE_FAMILIES
             )
-        recipients.append(_recipient(item.address, verdict, action, diagnostic, None))
+        stage = smtp_stage(block, disabled)
+        recipients.append(_recipient(item.address, verdict, action, diagnostic, None, stage))
     return recipients, Kind.DELAY if delay else Kind.BOUNCE, claimed
 
 
@@ -741,12 +742,21 @@ def _from_dsn(
             action = "delivered"  # "deliverable" answers a verify request (non-standard wording)
         if action is None:
             action = "failed" if status and status[:1] in "45" else None
+        if action == "delayed" and _QUEUE_GAVE_UP.search(diagnostic):
+            action = "failed"  # the delivery is over, whatever the template goes on to say
         verdict = classify_failure(
             status, diagnostic, action, context=text_block, disabled_families=disabled
         )
         actions.append(action or "")
         recipients.append(
-            _recipient(address, verdict, action, " ".join(diagnostic.split())[:1000], remote_mta)
+            _recipient(
+                address,
+                verdict,
+                action,
+                " ".join(diagnostic.split())[:1000],
+                remote_mta,
+                smtp_stage(diagnostic, disabled) or smtp_stage(text_block, disabled),
+            )
         )
     if any(a == "failed" or a == "" for a in actions):
         kind = Kind.BOUNCE

@@ -25,6 +25,7 @@ from mailctl.bounces.mailbox import iter_messages
 from mailctl.bounces.parse import Confidence, FailedRecipient, Kind, Report, parse_message
 from mailctl.config.provider_rules import Scope
 from mailctl.errors import BounceParseError, InputError, InvalidAddress
+from mailctl.files import PrivateCsvWriter, private_text_file
 from mailctl.message.tracking import TRACKING_RE, TrackingKeys, is_legacy
 from mailctl.recipients.address import address_key, normalise_address, suppression_key
 from mailctl.replies.classify import REASON_SCOPE, parse_reply_code
@@ -428,8 +429,8 @@ def import_suppression_csv(store: Store, path: Path, *, reason: str, now: float)
 
 def export_suppression_csv(store: Store, path: Path, reason: str | None = None) -> int:
     count = 0
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+    with private_text_file(path) as handle:  # 0600, atomic: it holds addresses
+        writer = PrivateCsvWriter(handle)  # cells escaped against spreadsheet formulas
         writer.writerow(
             [
                 "address",

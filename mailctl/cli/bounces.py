@@ -140,7 +140,8 @@ def bounces_parse(
 
     Prints one JSON object per message: source, kind (bounce, delay, complaint, autoreply,
     delivered, unknown), recipients (address, status, action, reason, permanent, suppress,
-    diagnostic), tracking_id and original_message_id.
+    diagnostic, stage: the SMTP command refused, connect/mail/rcpt/data, when the report says),
+    tracking_id, original_message_id and confidence (dsn, mta-rule, generic).
 
     Example: mailctl bounces parse bounce.eml --json
     """

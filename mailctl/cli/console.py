@@ -7,6 +7,7 @@ progress through callbacks.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -23,11 +24,28 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
-out = Console(highlight=False, soft_wrap=False)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class _PlainConsole(Console):
+    """A console that never reads markup and never passes a control character through.
+
+    Everything mailctl prints may hold untrusted text (CSV fields, addresses, reply texts,
+    file names): ``[/]`` must print as it is, and an ANSI escape must not reach the
+    terminal. Styles are given as ``style=`` or as ``Text`` spans, never as markup.
+    """
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        kwargs["markup"] = False
+        return super().render_str(_CONTROL.sub("?", text), **kwargs)
+
+
+out = _PlainConsole(highlight=False, soft_wrap=False, markup=False)
 if not out.is_terminal:
     out.width = 160  # tables in files and pipes: wide enough not to wrap every cell
-err = Console(stderr=True, highlight=False)
+err = _PlainConsole(stderr=True, highlight=False, markup=False)
 
 _quiet = False
 
@@ -57,7 +75,7 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    err.print(f"Warning: {message}", style="yellow", markup=False, highlight=False)
+    err.print(f"Warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
 def error(message: str) -> None:
@@ -110,10 +128,10 @@ class ProgressReporter(_LiveDisplay):
         self._started = time.monotonic()
         if not _quiet and err.is_terminal:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
+                TextColumn("{task.fields[status]}", markup=False),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=err,
@@ -152,19 +170,17 @@ class SendProgress(_LiveDisplay):
         self._lane_tasks: dict[Any, TaskID] = {}
         if not _quiet and err.is_terminal:
             self._progress = Progress(
-                TextColumn("{task.description:<34}"),
+                TextColumn("{task.description:<34}", markup=False),
                 BarColumn(bar_width=30),
-                TextColumn("{task.fields[count]:>13}"),
-                TextColumn("{task.fields[detail]}"),
+                TextColumn("{task.fields[count]:>13}", markup=False),
+                TextColumn("{task.fields[detail]}", markup=False),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=err,
                 transient=False,
                 refresh_per_second=4,
             )
-            self._overall = self._progress.add_task(
-                "[bold]all lanes", total=None, detail="", count=""
-            )
+            self._overall = self._progress.add_task("all lanes", total=None, detail="", count="")
 
     def update(self, total: int, done: int, rate: float, lanes: list[dict[str, Any]]) -> None:
         if _quiet:
@@ -185,7 +201,7 @@ class SendProgress(_LiveDisplay):
                     # A lane has no total of its own: its bar shows its share of the run.
                     task = self._progress.add_task(label, total=total or None, detail="", count="")
                     self._lane_tasks[key] = task
-                state = lane["state"] if lane["state"] == "normal" else f"[yellow]{lane['state']}"
+                state = lane["state"]
                 detail = (
                     f"sent {lane['sent']} deferred {lane['deferred']} bounced {lane['bounced']} "
                     f"failed {lane['failed']} {state}"

@@ -58,7 +58,7 @@ def recipients_import(
     Example: mailctl recipients import customers.csv --list customers --rejects bad.csv
     """
     console.set_quiet(quiet or json_output)
-    rejects_writer = RejectsWriter(rejects) if rejects else None
+    rejects_writer = RejectsWriter(rejects, inputs=(file,)) if rejects else None
     shown = 0
 
     def on_reject(reject: Reject, header: list[str]) -> None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from mailctl.cli import console
 from mailctl.cli.context import as_of, load_profiles_near, open_store
@@ -69,10 +70,13 @@ def warmup_plan(
             console.out.print(f"{title}: warm (no warm-up setting); only lane limits apply")
             continue
         console.out.print(
-            f"[bold]{title}[/bold]: {setting.name} to {setting.target_daily:,}/day, "
-            f"stage {state.stage}/{state.stages}, {state.status.value}; today's cap "
-            f"{state.cap_today if state.cap_today is not None else '-'}; target reached "
-            f"{p.target_reached_on or 'not in sight'}"
+            Text.assemble(
+                (title, "bold"),
+                f": {setting.name} to {setting.target_daily:,}/day, "
+                f"stage {state.stage}/{state.stages}, {state.status.value}; today's cap "
+                f"{state.cap_today if state.cap_today is not None else '-'}; target reached "
+                f"{p.target_reached_on or 'not in sight'}",
+            )
         )
         table = Table(
             "day",

@@ -146,7 +146,7 @@ def load_campaign(path: Path) -> Campaign:
                 path=base / rk["csv"].str(),
                 email_column=rk["email_column"].str() if "email_column" in rk else None,
                 delimiter=rk["delimiter"].str() if "delimiter" in rk else None,
-                encoding=rk["encoding"].str() if "encoding" in rk else "utf-8-sig",
+                encoding=rk["encoding"].encoding() if "encoding" in rk else "utf-8-sig",
             )
     headers: dict[str, str] = {}
     if "headers" in keys:

@@ -121,6 +121,8 @@ class Profile:
     tls_verify: bool = True  # False only for a relay with a self-signed certificate
     username: str | None = None
     password_env: str | None = None
+    # AUTH may go out without TLS to a host other than loopback (a warning says so).
+    allow_plaintext_auth: bool = False
     helo: str | None = None
     outbox: Path | None = None
     timeout: float = 30.0
@@ -192,7 +194,16 @@ class ProfilesFile:
 
 
 # Keys that only mean something for transport: relay.
-_RELAY_KEYS = ("host", "port", "tls", "tls_required", "tls_verify", "username", "password_env")
+_RELAY_KEYS = (
+    "host",
+    "port",
+    "tls",
+    "tls_required",
+    "tls_verify",
+    "username",
+    "password_env",
+    "allow_plaintext_auth",
+)
 _PROFILE_KEYS = {
     "transport",
     *_RELAY_KEYS,
@@ -354,6 +365,18 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         options["password_env"] = var
     if ("username" in keys) != ("password_env" in keys):
         raise node.error("give both 'username' and 'password_env' for SMTP AUTH, or neither")
+    if "allow_plaintext_auth" in keys:
+        options["allow_plaintext_auth"] = keys["allow_plaintext_auth"].bool()
+    if (
+        "username" in keys
+        and tls is TlsMode.NONE
+        and not options.get("allow_plaintext_auth")
+        and not is_loopback(str(options.get("host", "")))
+    ):
+        raise keys["username"].error(
+            f"AUTH would send the password in cleartext to {options.get('host')}: use"
+            " tls: starttls or tls: implicit, or set allow_plaintext_auth: true"
+        )
     if "helo" in keys:
         options["helo"] = _hostname(keys["helo"])
     if transport is TransportKind.SANDBOX:
@@ -484,12 +507,25 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
             )
     if "rules" in keys:
         # Kept raw once valid: replies.rules turns it into the RuleSet the lanes use.
-        raw = yaml.safe_load(yaml.serialize(keys["rules"].node))
+        try:
+            raw = yaml.safe_load(yaml.serialize(keys["rules"].node))
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:
+            raise keys["rules"].error(f"not a valid value: {exc}") from None
         resolve_rules(
             raw, source=f"{keys['rules'].file}:{keys['rules'].line}: profiles.{name}.rules"
         )
         options["rules"] = raw
     return Profile(name=name, transport=transport, source=f"{node.file}:{node.line}", **options)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: the only hosts AUTH may reach without TLS by default."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_ip(node: Node) -> bool:

@@ -24,6 +24,7 @@ shipped rules' verdicts.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -59,6 +60,7 @@ class Scope(StrEnum):
     LANE = "lane"  # this sending IP towards this provider: slow down or pause
     CAMPAIGN = "campaign"  # the content or the sending domain: stop, never suppress
     TRANSIENT = "transient"  # nothing to learn: retry the message later
+    MESSAGE = "message"  # this message's own content (line too long): fail it, nothing else
 
 
 DATA_FILE = "provider_rules.yaml"
@@ -312,7 +314,12 @@ def _whole(value: Any, path: str, minimum: int = 1) -> int:
 def _rate(value: Any, path: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise _fail(path, f"expected a positive number of messages or null, got {_describe(value)}")
     return float(value)
 
@@ -327,8 +334,8 @@ def _duration(value: Any, path: str) -> float:
             raise _fail(path, str(exc)) from None
     else:
         raise _fail(path, f"expected a duration such as 30m or 2h, got {_describe(value)}")
-    if seconds <= 0:
-        raise _fail(path, "must be longer than zero")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise _fail(path, "must be a finite duration longer than zero")
     return seconds
 
 
@@ -341,7 +348,12 @@ def _amount(value: Any, path: str, whole: bool) -> Amount:
         if not 0 < percent <= 100:
             raise _fail(path, f"'{value}' is not a percentage between 0% and 100%")
         return Amount(percent / 100, relative=True)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise _fail(
             path, f"expected a positive number or a percentage like 50%, got {_describe(value)}"
         )  # noqa: E501

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailctl.config.profiles import TlsMode, TransportKind
+from mailctl.config.profiles import TlsMode, TransportKind, is_loopback
 from mailctl.config.provider_rules import Scope, TlsPolicy
 from mailctl.delivery.context import CampaignJob, SendContext, hms
 from mailctl.delivery.outcome import NO_EVENT, Outcome, hm, reply_outcome, short
@@ -223,6 +223,17 @@ class Dispatcher:
             per_connection = limits.messages_per_connection
         else:
             destination = relay_destination(profile, ip, self.sandbox_port)
+            if (
+                destination.username
+                and destination.allow_plaintext_auth
+                and not destination.tls_required
+                and destination.tls is not TlsMode.IMPLICIT
+                and not is_loopback(destination.host)
+            ):
+                self.ctx.say(
+                    f"warning: AUTH to {destination.name} may go in cleartext"
+                    " (allow_plaintext_auth: true): the password can be read on the way"
+                )
             connections = profile.connections
             per_connection = profile.messages_per_connection
         group = _Group(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -42,6 +43,8 @@ class Outcome:
     suppress: bool = False
     scope: str | None = None
     day: str | None = None  # the sending IP's local day (its warm-up cap's day)
+    # No answer after the final dot: the receiver may have the message already.
+    possible_duplicate: bool = False
     fault: str | None = None  # a `SenderFault`: the sending side's own problem
     # Deferred only: why it waits (stable, to group by: "retry after 451 4.7.1") and the
     # full reason with its times ("retry 3 at 09:55 after 451 4.7.1 …").
@@ -87,6 +90,10 @@ def short(text: str | None, limit: int = 60) -> str:
 
 NO_EVENT = LaneEvent(LaneEventKind.NONE, "", "")
 
+# A message that may already have been delivered (no answer after its final dot) waits at
+# least this long, and four times its normal retry delay, before it is offered again: a
+# server that answers 250 after the client has given up must not get it every few minutes.
+POSSIBLE_DUPLICATE_DELAY = 3600.0
 # The stored reason of a message that failed or waits because of the sending side (wrong
 # credentials, TLS, the relay unreachable): fixed by the operator, then sent again when the
 # campaign is resumed, never left failed.
@@ -142,6 +149,10 @@ def reply_outcome(
 
     if reply.ok:
         return outcome(MessageState.SENT)
+    if reply.protocol_error or reply.possible_duplicate:
+        return _unanswered_outcome(
+            message, reply, now, outcome, retry_delays=retry_delays, max_age=max_age, rng=rng
+        )
     verdict = (
         classify_reply(reply.code, reply.text, provider, stage=reply.stage) if reply.code else None
     )
@@ -173,15 +184,12 @@ def reply_outcome(
     if permanent and verdict is not None and event.kind is not LaneEventKind.DEFER_RECIPIENT:
         if verdict.scope is Scope.RECIPIENT:
             return outcome(MessageState.BOUNCED, suppress=verdict.suppress, **details)
-        if verdict.scope is Scope.CAMPAIGN:
+        if verdict.scope in (Scope.CAMPAIGN, Scope.MESSAGE):
             return outcome(MessageState.FAILED, **details)
     # Temporary, or a throttle/block about this sending IP: try again later.
     attempts = message["attempts"] + 1
     named = event.retry_after or (parse_reply_delay(reply.text) if reply.code else None)
-    if named:
-        delay = float(named)
-    else:
-        delay = retry_delays[min(attempts - 1, len(retry_delays) - 1)] * rng.uniform(0.85, 1.15)
+    delay = float(named) if named else _retry_delay(message, retry_delays, rng)
     next_at = now + delay
     if event.pauses_lane and lane_pause != float("inf"):
         # Not before the lane may send again: the end of its pause, not of a slow period
@@ -216,6 +224,48 @@ def retry_reason(
     return (
         f"retry after {cause}",
         f"retry {attempts} at {hm(next_at)} after {short(reply.text)}",
+    )
+
+
+def _retry_delay(
+    message: dict[str, Any], retry_delays: tuple[float, ...] | list[float], rng: random.Random
+) -> float:
+    """The profile's retry schedule for this attempt, with jitter."""
+    attempts = message["attempts"] + 1
+    return retry_delays[min(attempts - 1, len(retry_delays) - 1)] * rng.uniform(0.85, 1.15)
+
+
+def _unanswered_outcome(
+    message: dict[str, Any],
+    reply: Reply,
+    now: float,
+    outcome: Callable[..., Outcome],
+    *,
+    retry_delays: tuple[float, ...] | list[float],
+    max_age: float,
+    rng: random.Random,
+) -> Outcome:
+    """A protocol error (deferred on the retry schedule) or a possible duplicate (flagged,
+    deferred for longer). Neither says anything about the recipient or the sender."""
+    delay = _retry_delay(message, retry_delays, rng)
+    if reply.possible_duplicate:
+        details = {"reason": "possibleduplicate", "rule": "after-data"}
+        delay = max(4 * delay, POSSIBLE_DUPLICATE_DELAY)
+    else:
+        details = {"reason": "protocolerror", "rule": "protocol"}
+    flags = {"possible_duplicate": reply.possible_duplicate, "scope": Scope.TRANSIENT.value}
+    first = message.get("first_attempt_at") or now
+    if now + delay > first + max_age:
+        return outcome(MessageState.EXPIRED, **details, **flags)
+    what = "possible duplicate" if reply.possible_duplicate else "protocol error"
+    attempt = message["attempts"] + 1
+    return outcome(
+        MessageState.DEFERRED,
+        next_attempt_at=now + delay,
+        wait_kind=f"retry after a {what}",
+        wait_reason=f"retry {attempt} at {hm(now + delay)} after {short(reply.text)}",
+        **details,
+        **flags,
     )
 
 

@@ -49,6 +49,7 @@ class RunSummary:
     suppressed: int = 0
     remaining: int = 0
     recovered: int = 0
+    possible_duplicates: int = 0  # this run's: no answer after the final dot, or cut off
     elapsed: float = 0.0
     stop_reason: str = "finished"
     next_attempt_at: float | None = None
@@ -70,6 +71,7 @@ class RunSummary:
             "suppressed": self.suppressed,
             "remaining": self.remaining,
             "possible_duplicates_recovered": self.recovered,
+            "possible_duplicates": self.possible_duplicates,
             "elapsed": round(self.elapsed, 3),
             "stop_reason": self.stop_reason,
             "stopped_campaigns": self.stopped_campaigns,  # name -> why a breaker/rule stopped it
@@ -155,6 +157,8 @@ class Recorder:
 
     def record(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
+        if outcome.possible_duplicate:
+            self.summary.possible_duplicates += 1
         if outcome.attempted:
             if outcome.code is not None:
                 self.faults.answered += 1
@@ -251,6 +255,7 @@ class Recorder:
         """Messages cut off mid-transaction: queued again, marked as possible duplicates
         (they may have been delivered)."""
         self.release(messages, now)
+        self.summary.possible_duplicates += len(messages)
         if messages:
             self.ctx.store.mark_possible_duplicates([message["id"] for message in messages])
 

@@ -65,6 +65,12 @@ class SendRun:
         self.prepared: list[Prepared] = []
         self._exit = ExitStack()
 
+    def _engine_event(self, message: str) -> None:
+        """The send loop's warnings (cleartext AUTH allowed by the profile) go to
+        ``on_warning``; its other notices are for the progress display only."""
+        if message.startswith("warning: "):
+            self.on_warning(message.removeprefix("warning: "))
+
     def __enter__(self) -> Self:
         self._exit.enter_context(self.store.send_lock())
         self.now = self.clock.now()
@@ -183,6 +189,7 @@ class SendRun:
             options=options,
             sandbox_port=sandbox.port if sandbox else None,
             on_progress=progress,
+            on_event=self._engine_event,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,6 +17,7 @@ import re
 import idna
 
 from mailctl.errors import InvalidAddress
+from mailctl.untrusted import printable
 
 # RFC 5321 dot-atom local part (ASCII); quoted local parts are accepted too.
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -43,37 +44,38 @@ def normalise_address(raw: str) -> tuple[str, str]:
             return address, domain
     if not address:
         raise InvalidAddress("empty address", address=address)
+    shown = printable(address)  # the raw cell may hold line breaks or escapes
     if "@" not in address:
-        raise InvalidAddress(f"'{address}' has no @", address=address)
+        raise InvalidAddress(f"'{shown}' has no @", address=address)
     local, _, domain = address.rpartition("@")
     if not local:
-        raise InvalidAddress(f"'{address}' has an empty local part", address=address)
+        raise InvalidAddress(f"'{shown}' has an empty local part", address=address)
     if len(local) > 64:
-        raise InvalidAddress(f"'{address}': local part longer than 64 characters", address=address)
+        raise InvalidAddress(f"'{shown}': local part longer than 64 characters", address=address)
     if not _LOCAL.match(local):
         if not local.isascii():
             raise InvalidAddress(
-                f"'{address}': non-ASCII local part (needs SMTPUTF8)", address=address
+                f"'{shown}': non-ASCII local part (needs SMTPUTF8)", address=address
             )
-        raise InvalidAddress(f"'{address}': invalid local part", address=address)
+        raise InvalidAddress(f"'{shown}': invalid local part", address=address)
     domain = domain.strip().rstrip(".").lower()
     if not domain:
-        raise InvalidAddress(f"'{address}' has an empty domain", address=address)
+        raise InvalidAddress(f"'{shown}' has an empty domain", address=address)
     if not domain.isascii():
         try:
             domain = idna.encode(domain, uts46=True).decode("ascii")
         except idna.IDNAError as exc:
             raise InvalidAddress(
-                f"'{address}': invalid international domain ({exc})", address=address
+                f"'{shown}': invalid international domain ({exc})", address=address
             ) from None
     labels = domain.split(".")
     if len(labels) < 2:
-        raise InvalidAddress(f"'{address}': domain '{domain}' has no dot", address=address)
+        raise InvalidAddress(f"'{shown}': domain '{printable(domain)}' has no dot", address=address)
     if not all(_LABEL.match(label) for label in labels) or not _TLD.match(labels[-1]):
-        raise InvalidAddress(f"'{address}': invalid domain '{domain}'", address=address)
+        raise InvalidAddress(f"'{shown}': invalid domain '{printable(domain)}'", address=address)
     address = f"{local}@{domain}"
     if len(address) > 254:
-        raise InvalidAddress(f"'{address}': longer than 254 characters", address=address)
+        raise InvalidAddress(f"'{printable(address)}': longer than 254 characters", address=address)
     return address, domain
 
 

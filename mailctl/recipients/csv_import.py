@@ -6,16 +6,19 @@ Memory stays flat: rows go to a staging table in batches and are merged at the e
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from mailctl.errors import InputError, InvalidAddress
+from mailctl.files import PrivateCsvWriter, private_text_file, refuse_same_file
 from mailctl.recipients.address import address_key, normalise_address
 from mailctl.store.base import Store
+from mailctl.untrusted import printable
 
 BATCH = 5000
 
@@ -80,7 +83,13 @@ class _DecodedLines:
                     f"(byte {raw[exc.start : exc.start + 1]!r} at column {exc.start + 1}); "
                     "use --encoding, e.g. --encoding latin-1"
                 ) from None
-        tail = decode(b"", final=True)
+        try:
+            tail = decode(b"", final=True)
+        except UnicodeDecodeError:  # the file ends inside a multi-byte character
+            raise InputError(
+                f"{self._name}:{max(self.line, 1)}: cannot decode as {self._encoding} "
+                "(the file ends inside a character); use --encoding, e.g. --encoding latin-1"
+            ) from None
         if tail:
             yield tail
 
@@ -149,7 +158,7 @@ def import_csv(
         if not matches:
             raise InputError(
                 f"{name}:{header_line_no}: no '{email_column or 'email'}' column in the header "
-                f"({', '.join(header)}); use --email-column"
+                f"({printable(', '.join(header))}); use --email-column"
             )
         if len(matches) > 1:
             raise InputError(f"{name}:{header_line_no}: the column '{wanted}' appears twice")
@@ -227,21 +236,24 @@ def import_csv(
 
 
 class RejectsWriter:
-    """Writes rejected rows to a CSV with their line number and reason."""
+    """Writes rejected rows to a CSV with their line number and reason: mode 0600, renamed
+    into place when closed, cells escaped against spreadsheet formulas. A rejects file that
+    is one of ``inputs`` (the CSV being read) is refused at once."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, inputs: Sequence[Path] = ()) -> None:
+        refuse_same_file(path, inputs)
         self.path = path
-        self._file: IO[str] | None = None
-        self._writer: Any = None
+        self.inputs = tuple(inputs)
+        self._stack = contextlib.ExitStack()
+        self._writer: PrivateCsvWriter | None = None
 
     def __call__(self, reject: Reject, header: list[str]) -> None:
         if self._writer is None:
-            self._file = self.path.open("w", newline="", encoding="utf-8")
-            self._writer = csv.writer(self._file)
+            handle = self._stack.enter_context(private_text_file(self.path, inputs=self.inputs))
+            self._writer = PrivateCsvWriter(handle)
             self._writer.writerow(["line", "reason", *header])
         # Line and reason first, so a row with too many columns keeps every value.
         self._writer.writerow([reject.line, reject.reason, *reject.row])
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        self._stack.close()

@@ -428,7 +428,8 @@ class SqliteStore(_AddressTables, _QueueTables):
                                         ELSE first_attempt_at END,
                      next_attempt_at = ?, sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END,
                      ip = ?, provider = ?, last_code = ?, last_reply = ?, reason = ?,
-                     wait_kind = ?, wait_reason = ?
+                     wait_kind = ?, wait_reason = ?,
+                     possible_duplicate = max(possible_duplicate, ?)
                    WHERE id = ?""",
                 [
                     (
@@ -448,6 +449,7 @@ class SqliteStore(_AddressTables, _QueueTables):
                         o.reason,
                         o.wait_kind if o.state == "deferred" else None,
                         o.wait_reason if o.state == "deferred" else None,
+                        int(o.possible_duplicate),
                         o.message_id,
                     )
                     for o in outcomes
@@ -569,8 +571,10 @@ class SqliteStore(_AddressTables, _QueueTables):
         """One send run per database. The OS drops the lock when the holder dies."""
         import fcntl
 
+        from mailctl.files import open_lock
+
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        fd = open_lock(lock_path)  # no symlink, no hard link: only our own file is truncated
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
