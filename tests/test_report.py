@@ -296,7 +296,7 @@ def test_a_database_from_before_reply_scopes_reports_the_same_after_migrating(
     (sent / "m.db").rename(old)
     conn = sqlite3.connect(old)
     conn.execute("ALTER TABLE replies DROP COLUMN scope")
-    for later in (  # what migrations 6, 7 and 9 added (8 re-creates its tables if missing)
+    for later in (  # what migrations 6, 7, 9 and 10 added (8 re-creates its tables)
         "DROP INDEX recipients_email_key",
         "DROP INDEX recipients_merged_into",
         "ALTER TABLE recipients DROP COLUMN email_key",
@@ -305,7 +305,15 @@ def test_a_database_from_before_reply_scopes_reports_the_same_after_migrating(
         "ALTER TABLE messages DROP COLUMN wait_kind",
         "ALTER TABLE messages DROP COLUMN wait_reason",
         "DROP TABLE notices",
-    ):
+        *(
+            f"ALTER TABLE lanes DROP COLUMN {column}"
+            for column in (
+                "learned_rate", "learned_peak", "learned_connections", "learned_reason",
+                "learned_at", "learned_observed", "learned_step_at", "learned_conn_at",
+                "probe_level", "connect_until", "probing",
+            )
+        ),
+    ):  # fmt: skip
         conn.execute(later)
     conn.execute("PRAGMA user_version = 4")
     conn.close()

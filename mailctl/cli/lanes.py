@@ -51,11 +51,13 @@ def lanes_show(
     ctx: typer.Context,
     json_output: JsonOption = False,
 ) -> None:
-    """Show each lane's state, limits, counters, reason and until when.
+    """Show each lane's state, limits, counters, reason and until when, and what it learned.
 
-    A lane is one sending IP toward one mailbox provider. Throttle replies pause or slow
-    only their lane; the state is kept in the database, so a cron run honours a
-    suspension set by the run before it.
+    A lane is one sending IP toward one mailbox provider (or, for a relay, toward the
+    relay's connections). Throttle replies pause or slow only their lane; the state is kept
+    in the database, so a cron run honours a suspension set by the run before it. The
+    rate and connections a lane learned from its receiver are listed below the table
+    with why: which reply, when, and what was observed before it.
 
     Example: mailctl lanes --json
     """
@@ -93,6 +95,23 @@ def lanes_show(
             str(s.throttled),
         )
     console.out.print(table)
+    for s in snapshots:
+        if s.learned_rate is None and s.learned_connections is None:
+            continue
+        parts = []
+        if s.learned_rate is not None:
+            parts.append(f"{s.learned_rate:.1f}/min")
+        if s.learned_connections is not None:
+            plural = "s" if s.learned_connections != 1 else ""
+            parts.append(f"{s.learned_connections} connection{plural}")
+        console.out.print(
+            f"{s.ip} -> {s.provider}: learned {', '.join(parts)} at {when(s.learned_at)}"
+            f" after {s.learned_reason or 'a throttle'!r}"
+            + (f"; before it: {s.learned_observed}" if s.learned_observed else ""),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if not snapshots:
         console.info("no lanes yet: they appear once mail has been sent")
 

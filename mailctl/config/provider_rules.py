@@ -189,6 +189,23 @@ class LimitChange:
         return replace(limits, **values)
 
     @property
+    def adaptive(self) -> bool:
+        """Shares ("50%") of the per-minute rate and/or the connections only: the lane applies
+        them to what it observed (reputation/aimd.py). An absolute number is one the provider
+        documents, and caps the lane as given."""
+        given = [
+            amount
+            for amount in (self.per_minute, self.per_hour, self.per_day, self.connections)
+            if amount is not None
+        ]
+        return (
+            bool(given)
+            and all(amount.relative for amount in given)
+            and self.per_hour is None
+            and self.per_day is None
+        )
+
+    @property
     def lowers_pace(self) -> bool:
         """Whether it touches rate or connections (not only messages per connection)."""
         return any(

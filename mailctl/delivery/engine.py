@@ -36,7 +36,8 @@ from mailctl.dns.resolver import Resolver
 from mailctl.errors import StoreError
 from mailctl.replies.rules import load_rules
 from mailctl.reputation.budget import WarmupBudget, profile_settings
-from mailctl.reputation.lanes import LaneState, Scheduler
+from mailctl.reputation.lane_state import LaneState
+from mailctl.reputation.scheduler import Scheduler
 from mailctl.store.base import Store
 
 ProgressCallback = Callable[["Engine"], None]

@@ -18,7 +18,7 @@ from mailctl.delivery.context import SendContext, hms
 from mailctl.delivery.outcome import Outcome, new_outcome
 from mailctl.model import MessageState
 from mailctl.recipients.address import address_key
-from mailctl.reputation.lanes import BreakerPolicy, BreakerState, check_breaker
+from mailctl.reputation.breaker import BreakerPolicy, BreakerState, check_breaker
 from mailctl.reputation.signals import ip_day_counts, smtp_suppressions
 
 # Pending outcomes that force a commit whatever the interval.

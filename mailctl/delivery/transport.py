@@ -138,6 +138,7 @@ class Connection:
         self.client: aiosmtplib.SMTP | None = None
         self.messages = 0
         self.alive = False
+        self.last_used = 0.0  # when it last carried a message (the dispatcher's clock)
 
     async def open(self) -> Reply | None:
         """Connect (falling back to the next MX host when a host cannot be reached), EHLO,
@@ -303,6 +304,20 @@ class Connection:
                 possible_duplicate=True,
             )
         return _reply(None, what, stage)
+
+    async def noop(self) -> bool:
+        """Whether an idle connection still answers (NOOP); a dead one is closed."""
+        if self.client is None or not self.alive:
+            return False
+        try:
+            response = await self.client.noop()
+        except (SMTPException, OSError):
+            self._dead()
+            return False
+        if response.code != 250:
+            await self.close()
+            return False
+        return True
 
     async def _refused(self, code: int, message: str, stage: str) -> Reply:
         if 200 <= code < 300:

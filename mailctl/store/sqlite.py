@@ -688,6 +688,18 @@ class SqliteStore(_AddressTables, _QueueTables):
         "deferred",
         "throttled",
         "updated_at",
+        # learned from the receiver (migration 6)
+        "learned_rate",
+        "learned_peak",
+        "learned_connections",
+        "learned_reason",
+        "learned_at",
+        "learned_observed",
+        "learned_step_at",
+        "learned_conn_at",
+        "probe_level",
+        "connect_until",
+        "probing",
     )
 
     def lane_rows(self) -> list[dict[str, Any]]:

@@ -361,4 +361,19 @@ MIGRATIONS: list[list[str]] = [
     [
         "CREATE TABLE notices (key TEXT PRIMARY KEY, first_at REAL NOT NULL)",
     ],
+    # 10: what each lane learned from its receiver (reputation/aimd.py): the rate and the
+    # connections it accepted, why (reply, when, what was observed before), the probe level.
+    [
+        "ALTER TABLE lanes ADD COLUMN learned_rate REAL",
+        "ALTER TABLE lanes ADD COLUMN learned_peak REAL",
+        "ALTER TABLE lanes ADD COLUMN learned_connections INTEGER",
+        "ALTER TABLE lanes ADD COLUMN learned_reason TEXT",
+        "ALTER TABLE lanes ADD COLUMN learned_at REAL",
+        "ALTER TABLE lanes ADD COLUMN learned_observed TEXT",
+        "ALTER TABLE lanes ADD COLUMN learned_step_at REAL",
+        "ALTER TABLE lanes ADD COLUMN learned_conn_at REAL",
+        "ALTER TABLE lanes ADD COLUMN probe_level INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE lanes ADD COLUMN connect_until REAL",
+        "ALTER TABLE lanes ADD COLUMN probing INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
