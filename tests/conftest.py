@@ -52,3 +52,43 @@ def sim_server() -> Iterator[SimServerFactory]:
         server.stop()
         errors.extend(server.errors)
     assert not errors, f"simulated provider failed internally: {errors}"
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster for the session (tests.helpers.postgres)."""
+    import os
+
+    from tests.helpers.postgres import pg_bin_dir, remove_cluster, start_cluster
+
+    if pg_bin_dir() is None:
+        if os.environ.get("MAILCTL_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is required here (apt-get install postgresql)")
+        pytest.skip("PostgreSQL binaries not installed (apt-get install postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        if os.environ.get("MAILCTL_REQUIRE_POSTGRES"):
+            pytest.fail("psycopg is required here (pip install -e '.[test]')")
+        pytest.skip("psycopg not installed (pip install -e '.[postgres]')")
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        remove_cluster(cluster)
+
+
+_databases = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """A fresh, empty database of each backend: a SQLite file, or a new PostgreSQL database
+    on the session's throwaway cluster. Use as `--db` or with `open_store`."""
+    if request.param == "sqlite":
+        return str(tmp_path / "m.db")
+    cluster = request.getfixturevalue("pg_cluster")
+    return str(cluster.new_database(f"t{next(_databases)}"))

@@ -85,8 +85,9 @@ def main_callback(
         str | None,
         typer.Option(
             "--db",
-            metavar="FILE",
-            help="SQLite database file [default: $MAILCTL_DB or ./mailctl.db]",
+            metavar="FILE|URL",
+            help="SQLite file (or sqlite:///path), or postgresql://user@host/dbname to share "
+            "one queue between sending hosts [default: $MAILCTL_DB or ./mailctl.db]",
         ),
     ] = None,
     profiles: Annotated[
@@ -109,9 +110,9 @@ def main_callback(
 
 
 def _open_store() -> Any:
-    from mailctl.store.sqlite import SqliteStore
+    from mailctl.store.factory import open_store
 
-    return SqliteStore.open(state.db)
+    return open_store(state.db)
 
 
 # --------------------------------------------------------------------------- recipients
@@ -317,6 +318,15 @@ def send(
             show_default=False,
         ),
     ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="This sending host: send only from pool IPs on it (a pool IP's `host:`) "
+            "[default: the machine's hostname].",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
@@ -343,7 +353,7 @@ def send(
     options = SendOptions(limit=limit, max_time=seconds, wait=wait)
     if campaign_file is not None and not skip_check:
         _preflight(campaign_file, profiles, zone or [])
-    summary = _send(campaign_file, profiles, options, update=update)
+    summary = _send(campaign_file, profiles, options, update=update, host=host)
     if json_output:
         console.emit_json(summary.as_dict())
     elif not quiet:
@@ -376,7 +386,9 @@ def _preflight(campaign_file: Path, profiles: Any, zones: list[Path]) -> None:
         )
 
 
-def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bool) -> Any:
+def _send(
+    campaign_file: Path | None, profiles: Any, options: Any, *, update: bool, host: str | None
+) -> Any:
     import asyncio
     import os
     import socket
@@ -386,7 +398,8 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
     from mailctl.delivery.engine import Engine
     from mailctl.delivery.record import RunSummary
 
-    with _open_store() as store, store.send_lock():
+    host = host or socket.gethostname()
+    with _open_store() as store, store.send_lock(host):
         now = time.time()
         recovered = store.recover_interrupted()
         if recovered:
@@ -431,7 +444,7 @@ def _send(campaign_file: Path | None, profiles: Any, options: Any, *, update: bo
             summary.queued, summary.suppressed = summary_queued, summary_suppressed
             return summary
         total = sum(store.remaining(job.campaign_id) for job in jobs)
-        run_id = store.start_run(os.getpid(), socket.gethostname(), now)
+        run_id = store.start_run(os.getpid(), host, now)
 
         async def main() -> RunSummary:
             import signal
@@ -530,7 +543,8 @@ def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
     from mailctl.delivery.campaigns import check_fields, make_renderer
     from mailctl.message.tracking import new_tracking_id
     from mailctl.recipients.csv_import import import_csv
-    from mailctl.store.sqlite import SqliteStore, resolve_db_path
+    from mailctl.store.factory import backend_of, open_store, resolve_db, sqlite_path
+    from mailctl.store.sqlite import SqliteStore
 
     campaign = load_campaign(campaign_file)
     profiles.get(campaign.profile)
@@ -549,12 +563,12 @@ def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
                 console.warn(f"{summary.invalid} rows of {campaign.csv.path} would be rejected")
             source = scratch
         else:
-            db_path = resolve_db_path(state.db)
-            if not db_path.exists():
+            target = resolve_db(state.db)
+            if backend_of(target) == "sqlite" and not sqlite_path(target).exists():
                 raise MailctlError(
-                    f"{db_path} does not exist, so list '{campaign.list_key}' is empty"
+                    f"{sqlite_path(target)} does not exist, so list '{campaign.list_key}' is empty"
                 )
-            source = SqliteStore.open(db_path, migrate=False)
+            source = open_store(target, migrate=False)
         check_fields(source, renderer, campaign.list_key)
         total = source.count_recipients(campaign.list_key)
         for row in source.iter_recipients(campaign.list_key, limit=show):

@@ -1,9 +1,11 @@
 """The store's interface: what the rest of mailctl may ask of persistent state.
 
 `Store` (and the `ReportQueries` it composes) is the whole API a backend implements: SQLite
-today (`mailctl.store.sqlite`), PostgreSQL next. Callers type against these protocols and
-never see a dialect. The store only stores: the rows it receives are already decided (what
-counts as a throttle, whom to suppress); deciding is the domain's job.
+(`mailctl.store.sqlite`, the embedded default) and PostgreSQL (`mailctl.store.postgres`,
+shared by many sending hosts); `mailctl.store.factory.open_store` picks one from `--db`.
+Callers type against these protocols and never see a dialect. The store only stores: the
+rows it receives are already decided (what counts as a throttle, whom to suppress);
+deciding is the domain's job.
 
 Imports nothing from mailctl but the bottom module mailctl.model: every other package may
 import this one.
@@ -203,8 +205,9 @@ class Store(Protocol):
         durable and goes on; an exception keeps what was applied (each step is whole)."""
         ...
 
-    def send_lock(self) -> AbstractContextManager[None]:
-        """One send run per database; raises `LockedError` when another holds it."""
+    def send_lock(self, host: str | None = None) -> AbstractContextManager[None]:
+        """One send run per database (SQLite) or per sending host (PostgreSQL, where hosts
+        share the queue); raises `LockedError` when another run holds it."""
         ...
 
     # recipients import: staged, then merged in one transaction

@@ -537,8 +537,9 @@ class SqliteStore(_AddressTables):
         return None if row is None else str(row[0])
 
     @contextmanager
-    def send_lock(self) -> Iterator[None]:
-        """One send run per database. The OS drops the lock when the holder dies."""
+    def send_lock(self, host: str | None = None) -> Iterator[None]:
+        """One send run per database file, whatever the host (one writer at a time). The
+        OS drops the lock when the holder dies."""
         import fcntl
 
         lock_path = self.path.with_name(self.path.name + ".lock")
