@@ -344,6 +344,11 @@ def send(
             raise UsageError(f"--max-time: {exc}") from None
     console.set_quiet(quiet or json_output)
     profiles = _load_profiles(campaign_file.parent if campaign_file else None)
+    if not dry_run:
+        import socket
+
+        host = host or socket.gethostname()
+        profiles = profiles.for_host(host)
     if dry_run:
         assert campaign_file is not None
         _dry_run(campaign_file, profiles, show)
@@ -568,7 +573,7 @@ def _dry_run(campaign_file: Path, profiles: Any, show: int) -> None:
                 raise MailctlError(
                     f"{sqlite_path(target)} does not exist, so list '{campaign.list_key}' is empty"
                 )
-            source = open_store(target, migrate=False)
+            source = open_store(target, migrate=False)  # type: ignore[assignment]
         check_fields(source, renderer, campaign.list_key)
         total = source.count_recipients(campaign.list_key)
         for row in source.iter_recipients(campaign.list_key, limit=show):

@@ -15,7 +15,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,7 @@ class SendingIp:
     ip: str
     helo: str | None = None
     warmup: WarmupSetting | None = None
+    host: str | None = None  # the sending host it lives on; None: any host (one-host setups)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,8 @@ class Profile:
     messages_per_connection: int = 100
     pools: Mapping[str, tuple[SendingIp, ...]] = field(default_factory=dict)
     classes: Mapping[TrafficClass, str] = field(default_factory=dict)
+    # Pools whose IPs all live on other sending hosts (see ProfilesFile.for_host).
+    elsewhere: frozenset[str] = frozenset()
     bounce_domain: str | None = None
     verp: bool = False
     mx_override: Mapping[str, str] = field(default_factory=dict)
@@ -146,7 +149,13 @@ class Profile:
         name = pool or self.classes.get(traffic_class) or traffic_class.value
         if name in self.pools:
             return name
-        if pool is None and len(self.pools) == 1:
+        if name in self.elsewhere:
+            raise ConfigError(
+                f"{self.source}: profiles.{self.name}.pools.{name}: no IP of this pool lives "
+                "on this host (see send --host)",
+                key=f"profiles.{self.name}.pools.{name}",
+            )
+        if pool is None and len(self.pools) == 1 and not self.elsewhere:
             return next(iter(self.pools))
         raise ConfigError(
             f"{self.source}: profiles.{self.name}: no pool '{name}' "
@@ -171,6 +180,21 @@ class ProfilesFile:
             )
         profile.password()  # an unset password_env is an error only for the profile in use
         return profile
+
+    def for_host(self, host: str) -> ProfilesFile:
+        """The profiles as one sending host sees them: each pool keeps only the IPs that
+        live on `host` (and those without a `host:`); a pool left empty is set aside, so a
+        campaign on it is not sent from here (and never spills into another pool)."""
+        profiles = {}
+        for name, profile in self.profiles.items():
+            pools = {
+                pool: kept
+                for pool, ips in profile.pools.items()
+                if (kept := tuple(ip for ip in ips if ip.host in (None, host)))
+            }
+            elsewhere = frozenset(profile.pools) - set(pools)
+            profiles[name] = replace(profile, pools=pools, elsewhere=elsewhere)
+        return replace(self, profiles=profiles)
 
 
 # Keys that only mean something for transport: relay.
@@ -284,11 +308,12 @@ def _warmup(node: Node) -> WarmupSetting:
 def _sending_ip(node: Node) -> SendingIp:
     if isinstance(node.node, yaml.ScalarNode):
         return SendingIp(ip=node.ip())
-    keys = node.mapping({"ip", "helo", "warmup"}, required={"ip"})
+    keys = node.mapping({"ip", "helo", "warmup", "host"}, required={"ip"})
     return SendingIp(
         ip=keys["ip"].ip(),
         helo=_hostname(keys["helo"]) if "helo" in keys else None,
         warmup=_warmup(keys["warmup"]) if "warmup" in keys else None,
+        host=keys["host"].str() if "host" in keys else None,
     )
 
 
