@@ -7,8 +7,14 @@ greylisting matter. Shared non-fixture helpers live in tests/helpers/.
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,8 +66,6 @@ def sim_server() -> Iterator[SimServerFactory]:
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Any]:
     """One throwaway PostgreSQL cluster for the session (tests.helpers.postgres)."""
-    import os
-
     from tests.helpers.postgres import pg_bin_dir, remove_cluster, start_cluster
 
     if pg_bin_dir() is None:
@@ -92,3 +96,36 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
         return str(tmp_path / "m.db")
     cluster = request.getfixturevalue("pg_cluster")
     return str(cluster.new_database(f"t{next(_databases)}"))
+
+
+# --------------------------------------------------------------------------- smtp-sink
+
+SINK = shutil.which("smtp-sink") or (
+    "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None
+)
+
+
+@pytest.fixture()
+def smtp_sink(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    if SINK is None:
+        if os.environ.get("MAILCTL_REQUIRE_SMTP_SINK"):
+            pytest.fail("smtp-sink is required here (apt-get install postfix)")
+        pytest.skip("Postfix smtp-sink not installed (apt-get install postfix)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # smtp-sink drops privileges before writing: pytest's tmp_path is not reachable for it.
+    dump = Path(tempfile.mkdtemp(prefix="mailctl-sink-"))
+    os.chmod(dump, 0o777)
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen([SINK, *user, "-d", f"{dump}/%M.", f"127.0.0.1:{port}", "64"])
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield port, dump
+    proc.terminate()
+    proc.wait(timeout=10)
+    shutil.rmtree(dump, ignore_errors=True)

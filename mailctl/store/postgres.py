@@ -121,13 +121,33 @@ class PostgresStore(_PgAddressTables):
         self.close()
 
     def _x(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
-        """Execute on the one connection; a lost server becomes StoreConnectionError."""
+        """Execute on the one connection. A statement outside a transaction is its own
+        transaction: if the server went away it is run again on a new connection. Inside a
+        transaction a lost server is StoreConnectionError (`_retrying` reruns the whole)."""
+        idle = self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        try:
+            return self.conn.execute(sql, params or None)  # type: ignore[call-overload]
+        except psycopg.OperationalError as exc:
+            if not (idle and self._connection_lost()):
+                raise StoreConnectionError(
+                    f"{self.location}: lost the database connection: {_one_line(exc)}"
+                ) from exc
+        self._reconnect()
         try:
             return self.conn.execute(sql, params or None)  # type: ignore[call-overload]
         except psycopg.OperationalError as exc:
             raise StoreConnectionError(
                 f"{self.location}: lost the database connection: {_one_line(exc)}"
             ) from exc
+
+    def _connection_lost(self) -> bool:
+        if self.conn.closed:
+            return True
+        try:
+            self.conn.execute("SELECT 1")
+        except psycopg.OperationalError:
+            return True
+        return False
 
     def _many(self, sql: str, rows: Iterable[Any]) -> None:
         rows = list(rows)
@@ -236,13 +256,8 @@ class PostgresStore(_PgAddressTables):
         try:
             return work()
         except StoreConnectionError:
-            if not self.conn.closed and self.conn.info.status == psycopg.pq.ConnStatus.OK:
-                try:
-                    self.conn.execute("SELECT 1")
-                except psycopg.OperationalError:
-                    pass
-                else:
-                    raise
+            if not self._connection_lost():
+                raise
             self._reconnect()
             return work()
 
