@@ -61,6 +61,10 @@ app.add_typer(dkim_app, name="dkim", no_args_is_help=True)
 app.add_typer(recipients_app, name="recipients", no_args_is_help=True)
 app.add_typer(campaign_app, name="campaign", no_args_is_help=True)
 app.add_typer(suppress_app, name="suppress", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The database itself: migrate it, copy it to PostgreSQL.", context_settings=CONTEXT
+)
+app.add_typer(db_app, name="db", no_args_is_help=True)
 
 
 @dataclass
@@ -1760,6 +1764,56 @@ def sim(
         run_forever(config, on_event=on_event)
     except KeyboardInterrupt:
         console.info("sim stopped")
+
+
+# --------------------------------------------------------------------------- db
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Bring the database (--db / MAILCTL_DB) to this mailctl's schema version.
+
+    Example: mailctl --db postgresql://mailctl@db1/mail db migrate
+    """
+    from mailctl.store.factory import open_store
+
+    with open_store(state.db, migrate=False) as store:
+        before = store.schema_version  # type: ignore[attr-defined]
+        store.migrate()  # type: ignore[attr-defined]
+        after = store.schema_version  # type: ignore[attr-defined]
+        where = store.location
+    if after == before:
+        console.info(f"{where}: schema version {after}, up to date")
+    else:
+        console.info(f"{where}: schema version {before} -> {after}")
+
+
+@db_app.command("copy")
+def db_copy(
+    source: Annotated[str, typer.Argument(metavar="SRC", help="SQLite file (or sqlite:///path).")],
+    destination: Annotated[
+        str, typer.Argument(metavar="DST", help="postgresql://user@host/dbname, empty.")
+    ],
+) -> None:
+    """Copy a whole SQLite database into an empty PostgreSQL one: campaigns and their
+    history, suppression, warm-up state, lanes. The source is only read (and brought to
+    the current schema version first).
+
+    Example: mailctl db copy mailctl.db postgresql://mailctl@db1/mail
+    """
+    from mailctl.store.copy import copy_database
+    from mailctl.store.factory import backend_of, open_store, sqlite_path
+
+    if backend_of(source) == "sqlite" and not sqlite_path(source).exists():
+        raise UsageError(f"{sqlite_path(source)}: no such database file")
+    with open_store(source) as src, open_store(destination) as dst:
+        copied = copy_database(src, dst)
+        where = dst.location
+    total = sum(copied.values())
+    console.info(
+        f"copied {total} rows into {where}: "
+        + ", ".join(f"{table} {n}" for table, n in copied.items() if n)
+    )
 
 
 # --------------------------------------------------------------------------- entry point
