@@ -90,6 +90,7 @@ class PostgresStore(_PgAddressTables):
         self.reports = PgReportQueries(self._x)
         self.lease = lease_seconds()
         self._lock_key: int | None = None
+        self._lock_host: str | None = None  # the host whose send lock this store holds
         self._heartbeat: _Heartbeat | None = None
         self._next_lease_check = 0.0
 
@@ -559,17 +560,18 @@ class PostgresStore(_PgAddressTables):
 
     def _recover_expired(self, exclude_run: int | None = None) -> int:
         """Requeue (flagged) messages in `sending` whose run finished or whose lease
-        expired. Messages of live runs, on any host, are never touched."""
+        expired, or whose run was on this host: holding the host's send lock, any other run
+        of this host is certainly gone. Messages of live runs are never touched."""
         cur = self._x(
             f"""WITH orphans AS (
                   SELECT m.id FROM messages m LEFT JOIN runs r ON r.id = m.run_id
                   WHERE m.state = 'sending' AND m.run_id IS DISTINCT FROM %s
                     AND (r.id IS NULL OR r.finished_at IS NOT NULL
-                         OR r.heartbeat_at < {_SERVER_NOW} - %s)
+                         OR r.heartbeat_at < {_SERVER_NOW} - %s OR r.host = %s)
                   FOR UPDATE OF m SKIP LOCKED)
                 UPDATE messages m SET state = 'queued', possible_duplicate = 1
                 FROM orphans WHERE m.id = orphans.id""",
-            (exclude_run, self.lease),
+            (exclude_run, self.lease, self._lock_host),
         )
         return int(cur.rowcount)
 
@@ -622,11 +624,11 @@ class PostgresStore(_PgAddressTables):
                 f"another mailctl run on host {name} holds {self.location}; "
                 "try again when it finishes"
             )
-        self._lock_key = key
+        self._lock_key, self._lock_host = key, name
         try:
             yield
         finally:
-            self._lock_key = None
+            self._lock_key = self._lock_host = None
             if not self.conn.closed:
                 try:
                     self.conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_NAMESPACE, key))
