@@ -1,4 +1,5 @@
-"""One exception family. The CLI turns each into a one-line message and an exit code.
+"""One exception family. The CLI turns each into a one-line message and an exit code
+(one table, `mailctl.cli.EXIT_CODES`, maps each class to its code).
 
 Every error mailctl raises on purpose is a `MailctlError` defined here. A subclass also
 inherits the matching built-in where one fits (`ValueError`, `ConnectionError`,
@@ -15,16 +16,12 @@ from __future__ import annotations
 class MailctlError(Exception):
     """Base of every error mailctl raises on purpose."""
 
-    exit_code = 1
-
 
 # --- configuration and usage -----------------------------------------------------------------
 
 
 class ConfigError(MailctlError):
     """A profile, campaign or option is invalid; the message names file, line and key path."""
-
-    exit_code = 2
 
     def __init__(
         self,
@@ -43,19 +40,13 @@ class ConfigError(MailctlError):
 class UsageError(MailctlError):
     """The command line asks for something that cannot be done."""
 
-    exit_code = 2
-
 
 class TemplateError(MailctlError):
     """A template does not compile or uses a field a recipient lacks."""
 
-    exit_code = 2
-
 
 class CampaignChangedError(MailctlError):
     """A campaign's content changed since it started; `--update` applies it to unsent mail."""
-
-    exit_code = 2
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -87,19 +78,13 @@ class StoreError(MailctlError):
 class StoreUrlError(StoreError):
     """`--db` / MAILCTL_DB names no database mailctl can use (a malformed or unknown URL)."""
 
-    exit_code = 2
-
 
 class StoreConnectionError(StoreError, ConnectionError):
     """The database server refused the connection, the login, or went away for too long."""
 
-    exit_code = 2
-
 
 class LockedError(StoreError):
     """Another mailctl run holds the database's send lock."""
-
-    exit_code = 75  # EX_TEMPFAIL: cron can simply try again next time
 
 
 # --- delivery and signing --------------------------------------------------------------------

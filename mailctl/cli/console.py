@@ -1,6 +1,7 @@
 """The two consoles: data on stdout, messages and progress on stderr.
 
-Only this module and cli.py print. Library code reports progress through callbacks.
+Only this module and the command modules in mailctl/cli print. Library code reports
+progress through callbacks.
 """
 
 from __future__ import annotations

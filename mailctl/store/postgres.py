@@ -180,9 +180,8 @@ class PostgresStore(_PgLaneTables, _PgAddressTables):
             )
         return current
 
-    def migrate(self) -> int:
-        """Apply the missing migrations (one sender at a time); returns how many."""
-        applied = 0
+    def migrate(self) -> None:
+        """Apply the missing migrations (one sender at a time)."""
         with self.transaction():
             self._x("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
             current = self._check_version()
@@ -196,8 +195,6 @@ class PostgresStore(_PgLaneTables, _PgAddressTables):
                     ) from None
                 self._x("DELETE FROM mailctl_schema")
                 self._x("INSERT INTO mailctl_schema (version) VALUES (%s)", (version + 1,))
-                applied += 1
-        return applied
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
