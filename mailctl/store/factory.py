@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from mailctl.errors import StoreUrlError
+from mailctl.store.urls import redact
 
 if TYPE_CHECKING:
     from mailctl.store.base import Store
@@ -52,20 +52,6 @@ def sqlite_path(target: str) -> Path:
             raise StoreUrlError(f"--db {target}: a SQLite URL is sqlite:///path/to/file.db")
         return Path(rest[1:])
     return Path(target)
-
-
-def redact(url: str) -> str:
-    """The URL without its password (never printed)."""
-    if "://" not in url:
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url.split("://", 1)[0] + "://…"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def open_store(target: str | Path | None = None, *, migrate: bool = True) -> Store:

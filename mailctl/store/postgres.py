@@ -38,11 +38,11 @@ from mailctl.store.base import (
     Store,
     SuppressionEntry,
 )
-from mailctl.store.factory import redact
 from mailctl.store.postgres_addresses import _PgAddressTables
 from mailctl.store.postgres_lanes import _PgLaneTables
 from mailctl.store.postgres_reports import PgReportQueries
 from mailctl.store.postgres_schema import MIGRATIONS, VERSION_TABLE
+from mailctl.store.urls import redact
 
 T = TypeVar("T")
 
