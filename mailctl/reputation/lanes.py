@@ -317,7 +317,8 @@ class Lane:
     def _token_wait(
         self, now: float
     ) -> tuple[float, list[float], list[tuple[float, float] | None]]:  # noqa: E501
-        buckets = self._buckets(self._limits_of(self.state))
+        # What the lane learned paces it too: a learned rate only shown would pace nothing.
+        buckets = self._buckets(self._learned_caps(self._limits_of(self.state), self.state))
         tokens = self._refilled(now, buckets)
         wait = 0.0
         for level, bucket in zip(tokens, buckets, strict=True):

@@ -1,0 +1,41 @@
+"""Recovery after a provider's documented slow period, and pacing at the learned rate, on an
+injected clock (no sleeping). Figures live in bench/throttle_bench.py."""
+
+from __future__ import annotations
+
+import random
+
+from mailctl.reputation.lanes import LaneState
+from mailctl.reputation.scheduler import Scheduler
+
+T0 = 1_700_000_000.0
+MIN = 60.0
+GMAIL_4728 = (
+    "421 4.7.28 [x.x.x.x] Our system has detected an unusual rate of unsolicited mail "
+    "originating from your IP address. To protect our users from spam, mail sent from your IP "
+    "address has been temporarily rate limited. Please visit "
+    "https://support.google.com/mail/?p=UnsolicitedRateLimitError to review our Bulk Email "
+    "Senders Guidelines. - gsmtp"
+)
+
+
+def admitted(lane_admit: object, start: float, seconds: float) -> int:
+    """How many permits a lane hands out to a sender that asks as soon as it may."""
+    admit = lane_admit  # Lane.admit
+    count, t = 0, start
+    while t < start + seconds:
+        wait = admit(t)  # type: ignore[operator]
+        if wait == 0:
+            count += 1
+        else:
+            t += max(wait, 1e-3)  # below a float's resolution at epoch times, t would not move
+    return count
+
+
+def test_a_learned_rate_paces_the_lane_not_only_its_display() -> None:
+    lane = Scheduler(rng=random.Random(1)).lane("192.0.2.10", "example.net")
+    lane.state = LaneState("192.0.2.10", "example.net", learned_rate=45.0)
+
+    assert lane.limits(T0).per_minute == 45.0
+    # The default ceiling is 6,000 a minute with a burst of 100; the learned 45 governs.
+    assert admitted(lane.admit, T0, 60.0) == 45
