@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import random
 
-from mailctl.reputation.lanes import LaneState
+import pytest
+
+from mailctl.reputation.lanes import LaneMode, LaneState
 from mailctl.reputation.scheduler import Scheduler
 
 T0 = 1_700_000_000.0
@@ -39,3 +41,32 @@ def test_a_learned_rate_paces_the_lane_not_only_its_display() -> None:
     assert lane.limits(T0).per_minute == 45.0
     # The default ceiling is 6,000 a minute with a burst of 100; the learned 45 governs.
     assert admitted(lane.admit, T0, 60.0) == 45
+
+
+def test_after_gmail_4728_the_lane_grows_additively_from_the_rate_that_held() -> None:
+    sched = Scheduler(rng=random.Random(1))
+    lane = sched.lane("192.0.2.10", "google")
+    # A burst at full speed, then Google's 4.7.28.
+    for i in range(100):
+        lane.accepted(T0 + i * 0.01)
+    lane.on_reply(GMAIL_4728, 421, T0 + 1, from_receiver=True)
+
+    # The rule as Google documents it: 10 minutes of pause, then 10 a minute for 30 minutes.
+    assert lane.limits(T0 + 5 * MIN).connections == 0
+    assert lane.limits(T0 + 20 * MIN).per_minute == 10
+    assert lane.state.mode is LaneMode.SLOWED
+
+    # Afterwards: from the 10 a minute that held, not from a quarter of the 6,000 ceiling.
+    end = T0 + 1 + 40 * MIN
+    assert lane.limits(end + 1).per_minute == 10
+    assert admitted(lane.admit, end + 1, 60.0) <= 11
+    # Clean sending adds a little per interval: one more a minute every 10 seconds.
+    rates = []
+    t = end + 1
+    for _ in range(30):
+        t += 10.0
+        lane.accepted(t)
+        rates.append(lane.limits(t).per_minute)
+    steps = [b - a for a, b in zip([10.0, *rates], rates, strict=False)]
+    assert all(step == pytest.approx(1.0) for step in steps)
+    assert rates[-1] == pytest.approx(40.0)

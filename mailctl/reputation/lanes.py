@@ -144,6 +144,12 @@ class Lane:
         if s.mode is LaneMode.SLOWED and s.slow_limits is not None:
             # Never slower after a slow period than during it.
             start = max(start, _rate_factor(s.slow_limits, self.base))
+            held = s.slow_limits.per_minute
+            if held:
+                # The provider's documented rate held for the whole period: grow additively
+                # from it (aimd.step_up, in steps sized by it), not from a share of the
+                # ceiling or of a burst's rate, which is what throttled the lane.
+                s = replace(s, learned_rate=held, learned_peak=held, learned_step_at=at)
         return replace(
             s,
             mode=LaneMode.NORMAL,
