@@ -4,6 +4,7 @@ injected clock (no sleeping). Figures live in bench/throttle_bench.py."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -21,12 +22,11 @@ GMAIL_4728 = (
 )
 
 
-def admitted(lane_admit: object, start: float, seconds: float) -> int:
-    """How many permits a lane hands out to a sender that asks as soon as it may."""
-    admit = lane_admit  # Lane.admit
+def admitted(admit: Callable[[float], float], start: float, seconds: float) -> int:
+    """How many permits a lane (its ``admit``) hands out to a sender that asks when it may."""
     count, t = 0, start
     while t < start + seconds:
-        wait = admit(t)  # type: ignore[operator]
+        wait = admit(t)
         if wait == 0:
             count += 1
         else:
@@ -61,12 +61,12 @@ def test_after_gmail_4728_the_lane_grows_additively_from_the_rate_that_held() ->
     assert lane.limits(end + 1).per_minute == 10
     assert admitted(lane.admit, end + 1, 60.0) <= 11
     # Clean sending adds a little per interval: one more a minute every 10 seconds.
-    rates = []
+    rates: list[float] = []
     t = end + 1
     for _ in range(30):
         t += 10.0
         lane.accepted(t)
-        rates.append(lane.limits(t).per_minute)
+        rates.append(lane.limits(t).per_minute or 0.0)
     steps = [b - a for a, b in zip([10.0, *rates], rates, strict=False)]
     assert all(step == pytest.approx(1.0) for step in steps)
     assert rates[-1] == pytest.approx(40.0)

@@ -11,16 +11,18 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import aiosmtplib
 import pytest
 
-from mailctl.sim.behaviours import Preset, preset
+from mailctl.sim.behaviours import Preset, SimBehaviour, preset
 from mailctl.sim.reputation import Folder, ReputationBook, ReputationModel, Verdict
 from tests.helpers.clock import FakeClock
 from tests.helpers.sim import SimServerFactory
@@ -30,7 +32,7 @@ SENDER = "news@example.com"
 UNTRUSTED = "451 4.7.1 Received too many messages from a new or untrusted IP: 127.0.0.2"
 
 
-def reputation(**model: float) -> object:
+def reputation(**model: float) -> SimBehaviour:
     return preset(Preset.REPUTATION, reputation=ReputationModel(**model))  # type: ignore[arg-type]
 
 
@@ -221,12 +223,12 @@ def _workspace(ws: Path, port: int, addresses: list[str]) -> None:
 def test_mailctl_keeps_two_campaigns_to_the_same_list_in_the_inbox(
     sim_server: SimServerFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The receiver takes 60 recipients a minute from a new IP; the list is 150 with three
+    # The receiver takes 40 recipients per 5 s from a new IP; the list is 100 with two
     # unknown users. mailctl must learn the rate (nothing is configured), stop sending into
     # the throttle, and never let the IP's reputation fall into spam placement.
-    server = sim_server(reputation(new_ip_rate=60))
+    server = sim_server(reputation(new_ip_rate=40, window=5))
     addresses = [
-        f"unknown-{i}@rep.example" if i % 50 == 49 else f"user{i}@rep.example" for i in range(150)
+        f"unknown-{i}@rep.example" if i % 50 == 49 else f"user{i}@rep.example" for i in range(100)
     ]
     _workspace(tmp_path, server.port, addresses)
 
@@ -237,11 +239,84 @@ def test_mailctl_keeps_two_campaigns_to_the_same_list_in_the_inbox(
         summary = json.loads(out.out)
         assert summary["remaining"] == 0, summary
 
-    valid = 2 * 147  # the unknown users bounce in spring and are suppressed for summer
+    valid = 2 * 98  # the unknown users bounce in spring and are suppressed for summer
     deliveries = server.deliveries
     assert len(deliveries) == valid
     inbox = sum(1 for d in deliveries if d.folder == "inbox")
     assert inbox / valid >= 0.99
     (stats,) = server.stats().values()
-    assert stats.bounced == 3  # suppressed after the first campaign: never sent again
-    assert stats.reputation is not None and stats.reputation >= 35
+    assert stats.bounced == 2  # suppressed after the first campaign: never sent again
+    assert stats.throttled > 0  # it did meet the throttle (and learned from it) ...
+    assert stats.reputation is not None and stats.reputation >= 35  # ... without burning the IP
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"mailctl sim did not listen on {port}")
+
+
+def test_cli_reputation_sim_prints_what_each_ip_got_as_json_when_stopped() -> None:
+    port = _free_port()
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "mailctl", "sim", "--provider", "reputation", "--port", str(port)]
+        + ["--tls", "off", "--new-ip-rate", "3", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    try:
+        _wait_for_port(port, sim)
+        refused = send(port, [["a@example.org"], ["unknown-1@example.org"], ["b@example.org"]])
+        refused += send(port, [["c@example.org"], ["d@example.org"]], "127.0.0.3")
+    finally:
+        sim.send_signal(signal.SIGINT)
+        out, err = sim.communicate(timeout=30)
+
+    assert sim.returncode == 0, err
+    assert refused == [
+        "550 5.1.1 <unknown-1@example.org>: Recipient address rejected: User unknown"
+    ]
+    assert json.loads(out) == {
+        "provider": "reputation",
+        "ips": {
+            "127.0.0.2": {
+                "inbox": 2, "spam": 0, "throttled": 0, "blocked": 0, "bounced": 1, "other": 0,
+                "reputation": 50.02,
+            },
+            "127.0.0.3": {
+                "inbox": 2, "spam": 0, "throttled": 0, "blocked": 0, "bounced": 0, "other": 0,
+                "reputation": 50.02,
+            },
+        },
+    }  # fmt: skip
+    assert "new IPs start at reputation 50/100 and may send 3 recipients per 60s" in err
+
+
+def test_cli_new_ip_rate_is_only_for_the_reputation_provider() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mailctl", "sim", "--provider", "google", "--new-ip-rate", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "Error: --new-ip-rate: only --provider reputation keeps a reputation\n"
+    )
