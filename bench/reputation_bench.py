@@ -1,10 +1,13 @@
 """Reputation benchmark: two campaigns to the same list into a receiver that judges the sending
 IP by its reputation (``mailctl sim --provider reputation``, mailctl/sim/reputation.py).
 
-The list has RECIPIENTS addresses, 1% of them unknown to the receiver (every 100th is
-``unknown-…``, answered ``550 5.1.1``). Two campaigns go to it one after the other, the way a
-newsletter goes out twice. Each sender gets a fresh simulated provider (a new IP: reputation
-50/100) on 127.0.0.1, real time, and its own loopback source address:
+The list has RECIPIENTS addresses, 1% of them unknown to the receiver (every 100th,
+``user99.old@…``, answered ``550 5.1.1 … User unknown`` by a rule of this bench's sim: unknown
+addresses look like the others, so they are spread through the list in any order; mailctl
+sends a list in address order, and ``unknown-…`` names would all come first). Two campaigns
+go to it one after the other, the way a newsletter goes out twice. Each sender gets a fresh
+simulated provider (a new IP: reputation 50/100) on 127.0.0.1, real time, and its own
+loopback source address:
 
 * naive: one smtplib connection for everything, as fast as the receiver answers; a 4xx is
   retried after 1 s, a 421 reconnects after 1 s, a 5xx gives that recipient up (a typical
@@ -20,6 +23,8 @@ newsletter goes out twice. Each sender gets a fresh simulated provider (a new IP
 
 The receiver's new-IP rate is scaled with the list (RATE_PER_RECIPIENT per minute per
 recipient) so that the paced sender needs about 100 s whatever the size: the run stays short.
+(Clean mail earns reputation per new-IP window of mail, so the scale does not change how fast
+reputation is earned; the throttle penalty is per reply, as a receiver sees it.)
 
 Printed per sender: time until every valid recipient of both campaigns was accepted (from the
 sim's records), refusals (4xx/421 answers: throttles and others), block replies (5xx for the
@@ -38,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import smtplib
 import subprocess
 import sys
@@ -50,8 +56,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mailctl.sim.behaviours import SimConfig, preset  # noqa: E402
+from mailctl.sim.behaviours import AddressRule, SimConfig, preset  # noqa: E402
 from mailctl.sim.events import Delivery  # noqa: E402
+from mailctl.sim.replies import GENERIC_USER_UNKNOWN  # noqa: E402
 from mailctl.sim.reputation import ReputationModel  # noqa: E402
 from mailctl.sim.servers import ThreadedSimServer  # noqa: E402
 
@@ -94,8 +101,15 @@ class BenchRow:
     failures: list[str] = field(default_factory=list)
 
 
+UNKNOWN = AddressRule(re.compile(r"\.old@"), GENERIC_USER_UNKNOWN)
+
+
 def recipients(count: int) -> list[str]:
-    return [f"unknown-{i}@{DOMAIN}" if i % 100 == 99 else f"user{i}@{DOMAIN}" for i in range(count)]
+    return [f"user{i}.old@{DOMAIN}" if i % 100 == 99 else f"user{i}@{DOMAIN}" for i in range(count)]
+
+
+def is_valid(address: str) -> bool:
+    return ".old@" not in address
 
 
 def model_for(count: int) -> ReputationModel:
@@ -250,8 +264,9 @@ def measure(
 def run_sender(
     name: str, addresses: list[str], source: str, send: Callable[[int], list[str] | None]
 ) -> Result:
-    valid = sum(1 for a in addresses if not a.startswith("unknown"))
-    sim = ThreadedSimServer(SimConfig(preset("reputation", reputation=model_for(len(addresses)))))
+    valid = sum(1 for a in addresses if is_valid(a))
+    behaviour = preset("reputation", reputation=model_for(len(addresses)), rcpt_rules=(UNKNOWN,))
+    sim = ThreadedSimServer(SimConfig(behaviour))
     sim.start()
     try:
         start = time.time()

@@ -66,7 +66,7 @@ def test_documented_defaults_are_the_models_defaults() -> None:
     model = ReputationModel()
     assert (model.start, model.new_ip_rate, model.window, model.doubling) == (50, 60, 60, 25)
     assert (model.throttle_penalty, model.bounce_threshold, model.bounce_penalty) == (0.5, 0.02, 2)
-    assert (model.bounce_volume, model.earn) == (500, 0.01)
+    assert (model.bounce_volume, model.earn) == (500, 1)
     assert (model.inbox_at, model.spam_below, model.block_below) == (35, 20, 5)
     assert [model.rate(r) for r in (0, 25, 50, 75, 100)] == [15, 30, 60, 120, 240]
     assert [model.spam_chance(r) for r in (40, 35, 27.5, 20, 19.9)] == [0, 0, 0.5, 1, 1]
@@ -82,8 +82,8 @@ def test_reputation_falls_when_a_naive_sender_ignores_throttles(
     assert refused == [UNTRUSTED] * 15
     (stats,) = server.stats().values()
     assert (stats.inbox, stats.throttled, stats.spam, stats.blocked) == (5, 15, 0, 0)
-    # 50 - 15 x 0.5 for the throttles + 5 x 0.01 for the accepted mail.
-    assert stats.reputation == pytest.approx(42.55)
+    # 50 - 15 x 0.5 for the throttles + 1 for a new IP's window (5) of accepted mail.
+    assert stats.reputation == pytest.approx(43.5)
 
 
 def test_a_sender_that_waits_for_the_window_is_never_throttled(
@@ -97,7 +97,7 @@ def test_a_sender_that_waits_for_the_window_is_never_throttled(
 
     (stats,) = server.stats().values()
     assert (stats.inbox, stats.throttled) == (15, 0)
-    assert stats.reputation == pytest.approx(50.15)
+    assert stats.reputation == pytest.approx(53)  # +1 per window of clean mail
 
 
 def test_hard_bounces_above_two_percent_of_recent_volume_lower_reputation(
@@ -114,10 +114,10 @@ def test_hard_bounces_above_two_percent_of_recent_volume_lower_reputation(
     assert refused_clean[0].startswith("550 5.1.1 <unknown-99@example.org>")
     stats = server.stats()
     assert (stats["127.0.0.2"].bounced, stats["127.0.0.3"].bounced) == (10, 1)
-    # 10% bounces: the six from the 50th recipient on cost 2 each; 90 accepted earn 0.9.
-    assert stats["127.0.0.2"].reputation == pytest.approx(50 - 6 * 2 + 0.9)
+    # 10% bounces: the six from the 50th recipient on cost 2 each; 90 accepted earn 90/10,000.
+    assert stats["127.0.0.2"].reputation == pytest.approx(50 - 6 * 2 + 0.009)
     # 1% (under the 2% threshold) costs nothing.
-    assert stats["127.0.0.3"].reputation == pytest.approx(50 + 0.99)
+    assert stats["127.0.0.3"].reputation == pytest.approx(50 + 0.0099)
 
 
 def test_low_reputation_is_accepted_but_placed_in_spam(sim_server: SimServerFactory) -> None:
@@ -171,7 +171,7 @@ def test_new_ips_are_judged_apart(sim_server: SimServerFactory, sim_clock: FakeC
 
     stats = server.stats()
     assert (stats["127.0.0.2"].throttled, stats["127.0.0.3"].throttled) == (8, 0)
-    assert stats["127.0.0.3"].reputation == pytest.approx(50.02)
+    assert stats["127.0.0.3"].reputation == pytest.approx(51)
 
 
 def test_reputation_recovers_slowly_after_an_hour_without_penalties() -> None:
@@ -298,11 +298,11 @@ def test_cli_reputation_sim_prints_what_each_ip_got_as_json_when_stopped() -> No
         "ips": {
             "127.0.0.2": {
                 "inbox": 2, "spam": 0, "throttled": 0, "blocked": 0, "bounced": 1, "other": 0,
-                "reputation": 50.02,
+                "reputation": 50.67,
             },
             "127.0.0.3": {
                 "inbox": 2, "spam": 0, "throttled": 0, "blocked": 0, "bounced": 0, "other": 0,
-                "reputation": 50.02,
+                "reputation": 50.67,
             },
         },
     }  # fmt: skip

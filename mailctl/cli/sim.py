@@ -75,10 +75,11 @@ def sim(
     at 50 and may send --new-ip-rate recipients a minute (x2 per 25 points more, /2 per 25
     less); past that it answers 451 4.7.1 "Received too many messages from a new or
     untrusted IP". Each such throttle reply costs 0.5 points, each hard bounce (local parts
-    starting with `unknown`) while bounces exceed 2% of the last 500 recipients costs 2,
-    each accepted recipient earns 0.01. Accepted mail lands in the inbox from 35, in spam
-    below 20 (in between, in spam with a growing probability, drawn from --seed), and below
-    5 every recipient is refused with Microsoft's block-list reply (S3150).
+    starting with `unknown`) while bounces exceed 2% of the last 500 recipients costs 2;
+    clean mail earns 1 point per --new-ip-rate accepted recipients. Accepted mail lands in
+    the inbox from 35, in spam below 20 (in between, in spam with a growing probability,
+    drawn from --seed), and below 5 every recipient is refused with Microsoft's block-list
+    reply (S3150).
 
     When stopped it prints what each sending IP got: inbox, spam, throttled, blocked,
     bounced, other refusals and its reputation (a table, or JSON with --json).

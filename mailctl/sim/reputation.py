@@ -16,9 +16,10 @@ How it works, per sending IP (the connecting client's address):
 * Hard bounces (5xx for unknown users) above ``bounce_threshold`` of the recent volume (the
   last ``bounce_volume`` recipients, judged once there are ``bounce_min_volume``) cost
   ``bounce_penalty`` each.
-* Every accepted recipient earns ``earn``: clean mail slowly earns reputation back (up to
-  100). An IP that has not been penalised for an hour also drifts back up toward ``start`` by
-  ``recovery_per_hour`` points an hour.
+* Accepted mail earns ``earn`` points per ``new_ip_rate`` recipients (a new IP's full window
+  of clean mail): clean mail slowly earns reputation back (up to 100), at the same pace
+  whatever the scale of the receiver. An IP that has not been penalised for an hour also
+  drifts back up toward ``start`` by ``recovery_per_hour`` points an hour.
 * Accepted mail goes to the inbox at ``inbox_at`` and above, to spam below ``spam_below``;
   in between, to spam with a probability that grows linearly as reputation falls (drawn from
   a ``random.Random(seed)``, so a run is reproducible). Below ``block_below`` every recipient
@@ -68,7 +69,7 @@ class ReputationModel:
     bounce_penalty: float = 2.0  # ... cost this much each
     bounce_volume: int = 500  # recent volume: the last this many recipients
     bounce_min_volume: int = 50  # the share is judged from this many recipients on
-    earn: float = 0.01  # per accepted recipient (100 clean messages: +1)
+    earn: float = 1.0  # per new_ip_rate accepted recipients
     recovery_per_hour: float = 2.0  # without penalties for an hour, back up toward start
     inbox_at: float = 35.0  # at or above: inbox
     spam_below: float = 20.0  # below: spam; in between: spam with a growing probability
@@ -106,9 +107,9 @@ class ReputationModel:
             f"{self.new_ip_rate:g} recipients per {self.window:g}s (x2 per {self.doubling:g} "
             f"points more, /2 per {self.doubling:g} less); each throttle reply costs "
             f"{self.throttle_penalty:g}, each hard bounce above {self.bounce_threshold:.0%} "
-            f"of the last {self.bounce_volume} recipients {self.bounce_penalty:g}, each "
-            f"accepted recipient earns {self.earn:g}; inbox from {self.inbox_at:g}, spam "
-            f"below {self.spam_below:g}, blocked below {self.block_below:g}"
+            f"of the last {self.bounce_volume} recipients {self.bounce_penalty:g}, every "
+            f"{self.new_ip_rate:g} accepted recipients earn {self.earn:g}; inbox from "
+            f"{self.inbox_at:g}, spam below {self.spam_below:g}, blocked below {self.block_below:g}"
         )
 
 
@@ -217,7 +218,7 @@ class ReputationBook:
         entry = self._ip(ip, now)
         chance = model.spam_chance(entry.reputation)
         spam = chance >= 1.0 or (chance > 0.0 and self._rng.random() < chance)
-        self._set(entry, entry.reputation + model.earn)
+        self._set(entry, entry.reputation + model.earn / model.new_ip_rate)
         return Folder.SPAM if spam else Folder.INBOX
 
     def reputations(self) -> dict[str, float]:
