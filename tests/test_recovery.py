@@ -70,3 +70,34 @@ def test_after_gmail_4728_the_lane_grows_additively_from_the_rate_that_held() ->
     steps = [b - a for a, b in zip([10.0, *rates], rates, strict=False)]
     assert all(step == pytest.approx(1.0) for step in steps)
     assert rates[-1] == pytest.approx(40.0)
+
+
+UNTRUSTED = "451 4.7.1 Received too many messages from a new or untrusted IP: 192.0.2.10"
+
+
+def test_a_throttle_on_the_first_message_after_a_probe_pause_waits_longer_without_cutting() -> None:
+    lane = Scheduler(rng=random.Random(1)).lane("192.0.2.10", "example.net")
+    for i in range(600):  # 600 accepted in 6 s: 6,000 a minute observed
+        lane.accepted(T0 + i * 0.01)
+    lane.on_reply(UNTRUSTED, 451, T0 + 6, from_receiver=True)
+    first = lane.state
+    assert first.learned_rate == pytest.approx(3000, rel=0.01)  # half the observed rate
+    pause = lane.pause_wait(T0 + 6)
+
+    # The receiver's window is still full: the first message after the pause is refused too.
+    again = T0 + 6 + pause
+    lane.on_reply(UNTRUSTED, 451, again, from_receiver=True)
+    # Nothing was accepted since the cut, so nothing new is known: the rate stays, the pause
+    # doubles (within the jitter).
+    assert lane.state.learned_rate == first.learned_rate
+    assert lane.state.learned_peak == first.learned_peak
+    assert lane.state.probe_level == 2
+    assert lane.pause_wait(again) == pytest.approx(2 * pause, rel=0.25)
+
+    # Once mail was accepted again, a throttle cuts from what was accepted.
+    resumed = again + lane.pause_wait(again)
+    for i in range(50):
+        lane.accepted(resumed + i * 0.1)
+    lane.on_reply(UNTRUSTED, 451, resumed + 5, from_receiver=True)
+    assert lane.state.learned_rate is not None
+    assert lane.state.learned_rate < first.learned_rate  # type: ignore[operator]

@@ -488,7 +488,13 @@ class Lane:
         wait = probe if pause is None else pause
         text = " ".join(reply_text.split())
         observed = self.meter.describe(now)
-        s = cut_rate(s, self.meter.rate(now), now, self.aimd, factor=factor, ceiling=ceiling)
+        if level > 1 and s.learned_at is not None and not self.meter.accepted_since(s.learned_at):
+            # A repeat that met the first messages after the pause: the receiver has not
+            # recovered yet. Nothing was learned since the last cut (the observed rate is only
+            # diluted by the pause), so wait longer (the pause doubles) without cutting again.
+            observed = s.learned_observed or observed
+        else:
+            s = cut_rate(s, self.meter.rate(now), now, self.aimd, factor=factor, ceiling=ceiling)
         s = replace(
             s, probe_level=level, throttled=s.throttled + 1, learned_reason=text,
             learned_at=now, learned_observed=observed,
