@@ -38,7 +38,9 @@ from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.engine import Engine
 from mailctl.delivery.record import RunSummary
-from mailctl.sim.server import GOOGLE_RATE_LIMITED, SimConfig, ThreadedSimServer, Throttle, preset
+from mailctl.sim.behaviours import SimConfig, Throttle, preset
+from mailctl.sim.replies import GOOGLE_RATE_LIMITED
+from mailctl.sim.servers import ThreadedSimServer
 from mailctl.store.sqlite import SqliteStore
 
 DOMAINS = {"google": "gmail.example", "microsoft": "outlook.example", "yahoo": "yahoo.example"}

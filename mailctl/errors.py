@@ -49,6 +49,11 @@ class CampaignChangedError(MailctlError):
     """A campaign's content changed since it started; `--update` applies it to unsent mail."""
 
 
+class NeedsOperator(MailctlError):
+    """Mail cannot go until the operator fixes something: credentials, TLS, the relay's
+    address, DNS (preflight), a stopped campaign. Cron sees exit code 3."""
+
+
 # --- inputs ----------------------------------------------------------------------------------
 
 
@@ -66,6 +71,19 @@ class InvalidAddress(MailctlError, ValueError):
     def __init__(self, message: str, *, address: str | None = None) -> None:
         super().__init__(message)
         self.address = address
+
+
+class MailboxError(InputError, ConnectionError):
+    """A remote mailbox (IMAP, POP3) cannot be reached or read; what was imported stays."""
+
+    def __init__(self, message: str, *, mailbox: str | None = None) -> None:
+        super().__init__(message)
+        self.mailbox = mailbox
+
+
+class MailboxLoginError(MailboxError):
+    """A remote mailbox refused the login (wrong user or password): exit 2, a
+    configuration error (`mailctl.cli.EXIT_CODES`)."""
 
 
 # --- the store -------------------------------------------------------------------------------

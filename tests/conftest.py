@@ -1,5 +1,6 @@
 """Shared fixtures: simulated mailbox providers (mailctl.sim) on 127.0.0.1.
 
+``hostile_server(script)`` starts a misbehaving SMTP server (tests/hostile_smtp).
 ``sim_server(behaviour, **config)`` starts a threaded simulated provider and stops it at
 teardown; ``sim_clock`` is the fake clock (tests.helpers.clock) to inject where rate windows or
 greylisting matter. Shared non-fixture helpers live in tests/helpers/.
@@ -19,9 +20,12 @@ from typing import Any
 
 import pytest
 
-from mailctl.sim.server import SimBehaviour, SimConfig, SimEvent, ThreadedSimServer
+from mailctl.sim.behaviours import SimBehaviour, SimConfig
+from mailctl.sim.events import SimEvent
+from mailctl.sim.servers import ThreadedSimServer
 from tests.helpers.clock import FakeClock
 from tests.helpers.sim import SimServerFactory
+from tests.hostile_smtp import HostileServer, Script
 
 
 @pytest.fixture
@@ -129,3 +133,22 @@ def smtp_sink(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     proc.terminate()
     proc.wait(timeout=10)
     shutil.rmtree(dump, ignore_errors=True)
+
+
+@pytest.fixture
+def hostile_server() -> Iterator[Callable[[Script], HostileServer]]:
+    """Start hostile SMTP servers: ``hostile_server(Script(...))``; stopped at teardown, and
+    the test fails if a server hit an internal error."""
+    servers: list[HostileServer] = []
+
+    def start(script: Script) -> HostileServer:
+        server = HostileServer(script).start()
+        servers.append(server)
+        return server
+
+    yield start
+    errors: list[str] = []
+    for server in servers:
+        server.stop()
+        errors.extend(server.errors)
+    assert not errors, f"hostile server failed internally: {errors}"

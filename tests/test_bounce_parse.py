@@ -180,6 +180,7 @@ def test_dsn_of_a_mailctl_message_yields_its_tracking_id_and_recipient() -> None
         "permanent",
         "suppress",
         "diagnostic",
+        "stage",
     ]
     json.dumps(data)
     assert len(report.digest) == 64

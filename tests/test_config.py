@@ -221,10 +221,8 @@ unsubscribe: {url: "https://example.com/u"}
             ('from: "Shop <news@example.com>"', "from: nobody"),
             ":2: from: 'nobody' is not an address",
         ),
-        (
-            ('unsubscribe: {url: "https://example.com/u"}', "class: marketing"),
-            "needs 'unsubscribe'",
-        ),
+        # A marketing campaign without 'unsubscribe' is refused once its profile is known
+        # (it may give unsubscribe.base_url): tests/test_unsubscribe_tokens.py.
         (("recipients: list.csv", "recipients: list.csv\nlist: x"), "exactly one of 'recipients'"),
         (('text: "Hello"', "text_file: missing.txt"), ":4: text_file: cannot read"),
         (

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from mailctl.sim.server import SimBehaviour
+from mailctl.sim.behaviours import SimBehaviour
 from tests.helpers.workspace import make_workspace
 
 

@@ -19,39 +19,15 @@ from mailctl.bounces.parse import FailedRecipient, parse_message
 DATA = Path(__file__).parent / "data" / "mta_bounces"
 LABELS: dict[str, dict] = json.loads((DATA / "labels.json").read_text())
 
-# dma (DragonFly Mail Agent) writes a plain-text report with no DSN part and copies the failed
-# recipient into the report's own X-Original-To header. The parser counts that header among the
-# sender's own addresses, so the one candidate is excluded and the report comes out as unknown
-# (with the header removed, all five parse right).
-_DMA = "dma's report names the failed recipient in its own X-Original-To, taken as the sender's:"
-_DMA_FILES = (
-    "dma/authfailure.eml",
-    "dma/mailboxfull.eml",
-    "dma/norelaying.eml",
-    "dma/userunknown-data.eml",
-    "dma/userunknown-rcpt.eml",
-)
-
 # Fixture file -> what the parser misses on it (recipients, permanent or suppress).
-KNOWN_MISSES: dict[str, str] = {name: f"{_DMA} no recipient found" for name in _DMA_FILES}
+KNOWN_MISSES: dict[str, str] = {}
 
 # Fixture file -> the reason the parser gives instead of the labelled one.
-_DELAY = "a delay warning's 451 4.3.0 'Temporary lookup failure' read as networkerror, not expired"
 KNOWN_REASON_MISSES: dict[str, str] = {
-    **{name: f"{_DMA} no recipient, no reason" for name in _DMA_FILES},
-    "exim/delayed.eml": _DELAY,
-    "opensmtpd/delayed.eml": _DELAY,
-    "postfix/delayed.eml": _DELAY,
-    "sendmail/delayed.eml": _DELAY,
-    "sendmail-mime/delayed.eml": _DELAY,
-    "sendmail-mime/expired.eml": (
-        "Action: failed, Status 4.4.7 with the 451 4.3.0 reply as diagnostic (the 4xx outlived"
-        " the queue lifetime) read as networkerror, not expired"
-    ),
-    "postfix/expired.eml": (
-        "Action: failed with a 4.3.0 Status (a 4xx that outlived the queue lifetime) read as"
-        " networkerror from the 451 text, not expired"
-    ),
+    # The label is right (see README.md there): the domain is Exim's own local domain and the
+    # user does not exist. "Unrouteable address" is Exim's wording for any address no router
+    # accepts, an unknown domain as much as an unknown local user, so the words alone cannot
+    # tell; Sisimai reads them as hostunknown too.
     "exim/local-userunknown.eml": (
         "Exim's 'Unrouteable address' for a local user with no router read as hostunknown,"
         " not userunknown (suppress is right either way)"
@@ -59,13 +35,7 @@ KNOWN_REASON_MISSES: dict[str, str] = {
 }
 
 # Fixture file -> how the parser gets the kind (bounce or delay warning) wrong.
-KNOWN_KIND_MISSES: dict[str, str] = {
-    **{name: f"{_DMA} kind unknown" for name in _DMA_FILES},
-    "opensmtpd/expired.eml": (
-        "OpenSMTPD's final expiry says Action: delayed, Status 4.4.7 but 'Envelope expired':"
-        " parsed as a delay warning, not the final bounce"
-    ),
-}
+KNOWN_KIND_MISSES: dict[str, str] = {}
 
 
 def _params(misses: dict[str, str]) -> list:

@@ -139,7 +139,11 @@ def test_quoted_fields_bad_rows_and_rejects_file(store: SqliteStore, tmp_path: P
 def test_duplicates_merge_latest_wins_and_skip_existing(store: SqliteStore, tmp_path: Path) -> None:
     first = write_csv(tmp_path / "1.csv", "email,plan\na@example.com,free\nA@EXAMPLE.com,pro\n")
     summary = import_csv(store, first)
-    assert (summary.imported, summary.duplicates) == (2, 0)  # local parts differ in case
+    # One person whatever the case: the first spelling stays, the later row's fields win.
+    assert (summary.imported, summary.duplicates) == (1, 1)
+    assert [(r["email"], r["fields"]) for r in store.iter_recipients()] == [
+        ("a@example.com", {"plan": "pro"})
+    ]
     dup = write_csv(tmp_path / "2.csv", "email,plan\nb@example.com,free\nb@Example.com,team\n")
     summary = import_csv(store, dup)
     assert (summary.imported, summary.duplicates) == (1, 1)

@@ -24,15 +24,11 @@ from mailctl.errors import MailctlError
 from mailctl.report.data import build_report, is_throttle
 from mailctl.report.html import render_html
 from mailctl.report.tables import render_tables
-from mailctl.sim.server import (
-    YAHOO_TSS04,
-    AddressRule,
-    Reply,
-    SimBehaviour,
-    append_to_mbox,
-    build_dsn,
-)
+from mailctl.sim.behaviours import AddressRule, SimBehaviour
+from mailctl.sim.dsn import append_to_mbox, build_dsn
+from mailctl.sim.replies import YAHOO_TSS04, SimReply
 from mailctl.store.sqlite import SqliteStore
+from mailctl.store.sqlite_schema import MIGRATIONS
 from tests.helpers.clock import FakeClock
 from tests.helpers.workspace import make_workspace
 
@@ -96,9 +92,9 @@ def sent(sim_server, tmp_path: Path) -> Path:
     server = sim_server(
         SimBehaviour(
             rcpt_rules=(
-                AddressRule("user0@example.com", Reply(550, "5.1.1 <{rcpt}>: user unknown")),
-                AddressRule("org0@example.org", Reply(550, "5.1.1 <{rcpt}>: user unknown")),
-                AddressRule("user1@example.com", Reply(451, f"4.3.0 {SCRIPT} try later")),
+                AddressRule("user0@example.com", SimReply(550, "5.1.1 <{rcpt}>: user unknown")),
+                AddressRule("org0@example.org", SimReply(550, "5.1.1 <{rcpt}>: user unknown")),
+                AddressRule("user1@example.com", SimReply(451, f"4.3.0 {SCRIPT} try later")),
                 # A throttle, alone at its provider so the lane pause delays nobody else.
                 AddressRule("net0@example.net", YAHOO_TSS04),
             )
@@ -300,12 +296,35 @@ def test_a_database_from_before_reply_scopes_reports_the_same_after_migrating(
     (sent / "m.db").rename(old)
     conn = sqlite3.connect(old)
     conn.execute("ALTER TABLE replies DROP COLUMN scope")
+    for later in (  # what migrations 6, 7, 9 and 10 added (8 re-creates its tables)
+        "DROP INDEX recipients_email_key",
+        "DROP INDEX recipients_merged_into",
+        "ALTER TABLE recipients DROP COLUMN email_key",
+        "ALTER TABLE recipients DROP COLUMN merged_into",
+        "DROP INDEX messages_campaign_wait",
+        "ALTER TABLE messages DROP COLUMN wait_kind",
+        "ALTER TABLE messages DROP COLUMN wait_reason",
+        "DROP TABLE notices",
+        *(
+            f"ALTER TABLE lanes DROP COLUMN {column}"
+            for column in (
+                "learned_rate", "learned_peak", "learned_connections", "learned_reason",
+                "learned_at", "learned_observed", "learned_step_at", "learned_conn_at",
+                "probe_level", "connect_until", "probing",
+            )
+        ),
+    ):  # fmt: skip
+        conn.execute(later)
     conn.execute("PRAGMA user_version = 4")
     conn.close()
     with SqliteStore.open(old) as store:
-        assert store.schema_version == 5
+        assert store.schema_version == len(MIGRATIONS)
         assert {scope for (scope,) in store.conn.execute("SELECT scope FROM replies")} == {None}
         migrated = build_report(store, None, now=T1 + 1000)
+    # Deferred before reasons were stored: the reply's code stands for the reason.
+    assert report["deferral_reasons"] == [{"reason": "retry after 451 4.3.0", "count": 1}]
+    assert migrated.pop("deferral_reasons") == [{"reason": "retry after 451", "count": 1}]
+    del report["deferral_reasons"]
     assert migrated == report
     example_net = next(p for p in migrated["by_provider"] if p["provider"] == "example.net")
     assert example_net["throttles"] == 1
@@ -321,10 +340,13 @@ def test_json_shape_is_stable(sent: Path) -> None:
         "campaign",
         "thresholds",
         "totals",
+        "unsubscribes",
         "campaigns",
         "by_ip",
         "by_provider",
         "lanes",
+        "deferral_reasons",
+        "bounce_reports",
         "series",
     }
     assert report["schema_version"] == 1 and report["campaign"] is None

@@ -29,17 +29,9 @@ from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.context import SendOptions
 from mailctl.delivery.engine import Engine
 from mailctl.delivery.record import RunSummary
-from mailctl.sim.server import (
-    GOOGLE_RATE_LIMITED,
-    MICROSOFT_BLOCK_LIST,
-    YAHOO_TSS04,
-    Greylist,
-    SimBehaviour,
-    ThreadedSimServer,
-    Throttle,
-    TlsMode,
-    preset,
-)
+from mailctl.sim.behaviours import Greylist, SimBehaviour, SimTls, Throttle, preset
+from mailctl.sim.replies import GOOGLE_RATE_LIMITED, MICROSOFT_BLOCK_LIST, YAHOO_TSS04
+from mailctl.sim.servers import ThreadedSimServer
 from mailctl.store.sqlite import SqliteStore
 from tests.helpers.clock import FakeClock
 
@@ -144,7 +136,7 @@ def rig(sim_server: Any, tmp_path: Path) -> RigFactory:
         for provider in DOMAINS:
             behaviour = behaviours.get(provider) or preset(provider, throttle=None)
             # Google's rules require TLS: its sim offers STARTTLS like the real MX does.
-            tls = TlsMode.OFFER if provider == "google" else TlsMode.OFF
+            tls = SimTls.OFFER if provider == "google" else SimTls.OFF
             sims[provider] = sim_server(behaviour, clock=clock.now, tls=tls)
         overrides = "\n".join(
             f'      {domain}: "{provider}@127.0.0.1:{sims[provider].port}"'

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import math
 import random
-import sqlite3
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailctl.replies.rules import load_rules
-from mailctl.reputation.lanes import (
-    BreakerPolicy,
-    BreakerState,
-    LaneEventKind,
-    LaneMode,
-    LaneState,
-    RecoveryPolicy,
-    Scheduler,
-    check_breaker,
-)
+from mailctl.reputation.breaker import BreakerPolicy, BreakerState, check_breaker
+from mailctl.reputation.lanes import LaneEventKind, LaneMode, LaneState, RecoveryPolicy
+from mailctl.reputation.scheduler import Scheduler
+from mailctl.store.sqlite import SqliteStore
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 MIN, HOUR = 60.0, 3600.0
@@ -43,36 +37,6 @@ MS_S775 = (
 )
 YAHOO_TS03 = "421 4.7.1 [TS03] All messages from x.x.x.x will be permanently deferred; Retrying will NOT succeed."  # noqa: E501
 UNKNOWN_421 = "421 4.7.0 Try again later, closing connection"
-
-# The `lanes` table proposed to the lead for store.py.
-LANES_DDL = """
-CREATE TABLE lanes (
-    ip TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    mode TEXT NOT NULL DEFAULT 'normal'
-        CHECK (mode IN ('normal', 'slowed', 'suspended', 'disabled')),
-    until REAL,
-    reason TEXT,
-    rule TEXT,
-    alert INTEGER NOT NULL DEFAULT 0,
-    slow_limits TEXT,
-    slow_until REAL,
-    earlier_factor REAL NOT NULL DEFAULT 1.0,
-    ramp_factor REAL,
-    ramp_connections INTEGER,
-    last_change_at REAL,
-    backoff_level INTEGER NOT NULL DEFAULT 0,
-    last_resume_at REAL,
-    tokens TEXT,
-    tokens_at REAL,
-    hits TEXT NOT NULL DEFAULT '{}',
-    sent INTEGER NOT NULL DEFAULT 0,
-    deferred INTEGER NOT NULL DEFAULT 0,
-    throttled INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL,
-    PRIMARY KEY (ip, provider)
-)
-"""
 
 
 def scheduler(seed: int = 1, **policy: float) -> Scheduler:
@@ -110,24 +74,19 @@ def test_gmail_4728_slows_only_that_lane() -> None:
     assert other_ip_same_provider.limits(T0 + 1) == full
 
 
-def test_yahoo_tss04_suspends_two_hours_and_survives_a_new_run() -> None:
+def test_yahoo_tss04_suspends_two_hours_and_survives_a_new_run(tmp_path: Path) -> None:
     run1 = scheduler()
     lane = run1.lane("192.0.2.10", "yahoo")
     event = lane.on_reply(YAHOO_TSS04, 421, T0, from_receiver=True)
     assert (event.kind, event.until) == (LaneEventKind.SUSPENDED, T0 + 2 * HOUR)
 
-    db = sqlite3.connect(":memory:")
-    db.row_factory = sqlite3.Row
-    db.execute(LANES_DDL)
-    for state in run1.changed_states():
-        row = state.to_row()
-        columns = ", ".join(row)
-        marks = ", ".join(f":{name}" for name in row)
-        db.execute(f"INSERT OR REPLACE INTO lanes ({columns}) VALUES ({marks})", row)
+    with SqliteStore.open(tmp_path / "m.db") as store:
+        store.upsert_lanes([state.to_row() for state in run1.changed_states()])
     assert run1.changed_states() == []  # flushed
 
     # The cron run ten minutes later.
-    loaded = [LaneState.from_row(row) for row in db.execute("SELECT * FROM lanes")]
+    with SqliteStore.open(tmp_path / "m.db") as store:
+        loaded = [LaneState.from_row(row) for row in store.lane_rows()]
     assert loaded == [lane.state]
     run2 = Scheduler(rng=random.Random(2), states=loaded)
     again = run2.lane("192.0.2.10", "yahoo")
@@ -174,8 +133,10 @@ def test_trigger_needs_n_matches_within_the_window() -> None:
     assert lane.on_reply(MS_BUSY, 451, start, from_receiver=True).kind is LaneEventKind.COUNTED
     assert lane.on_reply(MS_BUSY, 451, start + 60, from_receiver=True).kind is LaneEventKind.COUNTED
     event = lane.on_reply(MS_BUSY, 451, start + 9 * MIN, from_receiver=True)
-    assert event.kind is LaneEventKind.SLOWED and event.until == start + 9 * MIN + 30 * MIN
-    limits = lane.limits(start + 9 * MIN)
+    # "50%" is a share of what was observed; the pause is a short probe, not 30 minutes.
+    assert event.kind is LaneEventKind.SLOWED and event.until is not None
+    assert start + 9 * MIN < event.until <= start + 9 * MIN + 3
+    limits = lane.limits(event.until)
     assert limits.connections == 2  # 50% of 5
     # The count restarts after firing, and survives persistence.
     assert lane.on_reply(MS_BUSY, 451, start + 10 * MIN, from_receiver=True).kind is (
@@ -195,7 +156,9 @@ def test_same_rule_within_a_minute_extends_but_does_not_compound() -> None:
     for i in range(4):
         lane.on_reply(forest, 421, T0 + i * 0.1, from_receiver=True)
     assert lane.limits(T0 + 1).connections == 2  # halved once (5 -> 2), not four times
-    assert lane.state.until == pytest.approx(T0 + 0.3 + HOUR)
+    # A connection signal: no new connection for a probe pause; the lane itself still sends.
+    assert lane.state.mode is LaneMode.NORMAL and lane.limits(T0 + 1).per_minute == 6000
+    assert 0 < lane.connect_wait(T0 + 0.3) <= 2.2
     lane.on_reply(forest, 421, T0 + 2 * MIN, from_receiver=True)
     assert lane.limits(T0 + 2 * MIN).connections == 1
 
@@ -244,12 +207,12 @@ def test_stop_campaign_and_recipient_replies_leave_the_lane_alone() -> None:
 # ------------------------------------------------------------------------ backoff and recovery
 
 
-def test_unknown_421_backs_off_doubling_with_jitter_capped_at_one_hour() -> None:
+def test_unknown_421_pauses_briefly_doubling_with_jitter_capped_at_ten_minutes() -> None:
     sched = scheduler(seed=7)
     lane = sched.lane("192.0.2.10", "gmx.net")
     now = T0
     delays = []
-    for _ in range(9):
+    for _ in range(10):
         event = lane.on_reply(UNKNOWN_421, 421, now, from_receiver=True)
         assert event.kind is LaneEventKind.BACKOFF and event.rule is None
         assert event.until is not None
@@ -260,14 +223,14 @@ def test_unknown_421_backs_off_doubling_with_jitter_capped_at_one_hour() -> None
         )
         now = event.until + 30  # resumes, and is throttled again within the clean interval
     for level, delay in enumerate(delays):
-        nominal = 60 * 2**level
-        assert min(3600, nominal * 0.8) <= delay <= min(3600, nominal * 1.2)
-    assert delays[-1] == 3600  # capped
+        nominal = 2 * 2**level  # a probe after 2 s, doubling on repeats
+        assert min(600, nominal * 0.9) <= delay <= min(600, nominal * 1.1)
+    assert delays[-1] == 600  # capped
     assert len(set(delays[:5])) == 5  # jittered, not fixed
-    # A clean interval after resuming resets the backoff to its first step.
-    later = now + 10 * MIN
+    # A clean interval after resuming resets the pause to its first step.
+    later = now + 10 * MIN + 600
     event = lane.on_reply(UNKNOWN_421, 421, later, from_receiver=True)
-    assert event.until is not None and 48 <= event.until - later <= 72
+    assert event.until is not None and 1.8 <= event.until - later <= 2.2
 
 
 def test_recovery_is_gradual_and_changes_at_most_once_a_minute() -> None:

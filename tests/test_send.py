@@ -13,7 +13,8 @@ from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.context import SendOptions
 from mailctl.delivery.engine import Engine
 from mailctl.message.tracking import TRACKING_RE
-from mailctl.sim.server import AddressRule, Reply, SimBehaviour
+from mailctl.sim.behaviours import AddressRule, SimBehaviour
+from mailctl.sim.replies import SimReply
 from mailctl.store.sqlite import SqliteStore
 from tests.helpers.clock import FakeClock
 from tests.helpers.workspace import cli, db_states, make_workspace, send, summary
@@ -77,8 +78,8 @@ def test_replies_bounce_and_suppress_or_defer(sim_server, tmp_path: Path, capsys
     server = sim_server(
         SimBehaviour(
             rcpt_rules=(
-                AddressRule("user0@example.com", Reply(550, "5.1.1 <{rcpt}>: user unknown")),
-                AddressRule("user2@example.com", Reply(451, "4.3.0 try later")),
+                AddressRule("user0@example.com", SimReply(550, "5.1.1 <{rcpt}>: user unknown")),
+                AddressRule("user2@example.com", SimReply(451, "4.3.0 try later")),
             ),
             drop_data_for=("user3@example.com",),
         )
@@ -102,7 +103,7 @@ def test_sender_scoped_refusal_fails_and_stops_campaign(sim_server, tmp_path: Pa
             rcpt_rules=(
                 AddressRule(
                     "user1@example.com",
-                    Reply(
+                    SimReply(
                         550,
                         "5.7.26 Unauthenticated email from example.com is not accepted "
                         "due to domain's DMARC policy.",
@@ -112,8 +113,14 @@ def test_sender_scoped_refusal_fails_and_stops_campaign(sim_server, tmp_path: Pa
         )
     )
     ws = make_workspace(tmp_path, server.port, rows=30)
-    assert send(ws) == 0
-    result = summary(capsys)
+    assert send(ws) == 3  # cron sees it: the operator must act
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert captured.err == (
+        "Error: campaign news stopped: 550 5.7.26 "
+        "Unauthenticated email from example.com is not accepted due to domain's DMARC "
+        "policy.; fix it, then `mailctl campaign resume news`\n"
+    )
     assert result["failed"] == 1 and result["stop_reason"] == "campaign stopped"
     assert result["sent"] < 29 and result["remaining"] == 29 - result["sent"]
     with SqliteStore.open(ws / "m.db") as store:
@@ -157,7 +164,7 @@ def test_suppression_is_checked_again_before_delivery(sim_server, tmp_path: Path
 def test_retry_schedule_then_expiry_with_injected_clock(sim_server, tmp_path: Path) -> None:
     clock = FakeClock()
     server = sim_server(
-        SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", Reply(451, "4.7.1 busy")),)),
+        SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", SimReply(451, "4.7.1 busy")),)),
         clock=clock,
     )
     ws = make_workspace(tmp_path, server.port, rows=2)
@@ -191,7 +198,7 @@ def test_retry_schedule_then_expiry_with_injected_clock(sim_server, tmp_path: Pa
 
 
 def test_connect_421_defers_everything(sim_server, tmp_path: Path, capsys) -> None:
-    server = sim_server(SimBehaviour(connect_reply=Reply(421, "4.7.0 Try again later")))
+    server = sim_server(SimBehaviour(connect_reply=SimReply(421, "4.7.0 Try again later")))
     ws = make_workspace(tmp_path, server.port, rows=4)
     assert send(ws) == 0
     result = summary(capsys)
@@ -229,7 +236,7 @@ def test_missing_template_field_is_an_error_before_sending(
 
 def test_changed_campaign_needs_update(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server(
-        SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", Reply(451, "4.3.0 later")),))
+        SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", SimReply(451, "4.3.0 later")),))
     )
     ws = make_workspace(tmp_path, server.port, rows=3)
     assert send(ws) == 0
@@ -317,7 +324,7 @@ def test_send_all_skips_a_changed_campaign_but_sends_the_others(
     sim_server, tmp_path: Path, capsys
 ) -> None:
     server = sim_server(
-        SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", Reply(451, "4.3.0 later")),))
+        SimBehaviour(rcpt_rules=(AddressRule("user0@example.com", SimReply(451, "4.3.0 later")),))
     )
     ws = make_workspace(tmp_path, server.port, rows=2)
     other = ws / "other.yaml"

@@ -20,32 +20,30 @@ import aiosmtplib
 import pytest
 
 from mailctl.errors import MailctlError, SimError
-from mailctl.sim.server import (
+from mailctl.sim.behaviours import (
+    AddressRule,
+    CapAction,
+    Command,
+    Greylist,
+    Preset,
+    SimBehaviour,
+    SimConfig,
+    SimTls,
+    Stage,
+    Throttle,
+    preset,
+)
+from mailctl.sim.dsn import append_to_mbox, iter_mbox
+from mailctl.sim.events import RefusalReason, SimEvent, SimEventKind
+from mailctl.sim.replies import (
     GOOGLE_NO_SUCH_USER,
     GOOGLE_RATE_LIMITED,
     MICROSOFT_BLOCK_LIST,
     MICROSOFT_RATE_LIMITED,
     YAHOO_TSS04,
-    AddressRule,
-    CapAction,
-    Command,
-    EventKind,
-    Greylist,
-    Preset,
-    RefusalReason,
-    Reply,
-    SimBehaviour,
-    SimConfig,
-    SimEvent,
-    Stage,
-    Throttle,
-    TlsMode,
-    append_to_mbox,
-    iter_mbox,
-    preset,
-    run_forever,
-    start,
+    SimReply,
 )
+from mailctl.sim.servers import run_forever, start
 from tests.helpers.clock import FakeClock
 from tests.helpers.sim import SimServerFactory
 
@@ -170,16 +168,16 @@ def test_events_reach_the_callback(sim_server: SimServerFactory) -> None:
     run(send_one(server.port, ["a@example.org"]))
 
     kinds = [event.kind for event in events]
-    assert kinds[0] is EventKind.LISTENING
+    assert kinds[0] is SimEventKind.LISTENING
     assert f":{server.port}" in events[0].message
-    assert EventKind.CONNECTED in kinds and EventKind.DELIVERED in kinds
+    assert SimEventKind.CONNECTED in kinds and SimEventKind.DELIVERED in kinds
 
 
 # -- connection-level behaviour ----------------------------------------------------------------
 
 
 def test_reply_at_connect_refuses_the_session(sim_server: SimServerFactory) -> None:
-    server = sim_server(SimBehaviour(connect_reply=Reply(421, "4.7.0 Try again later")))
+    server = sim_server(SimBehaviour(connect_reply=SimReply(421, "4.7.0 Try again later")))
 
     with pytest.raises(aiosmtplib.SMTPConnectResponseError) as caught:
         run(send_one(server.port, ["a@example.org"]))
@@ -262,8 +260,8 @@ def test_rcpt_rules_by_exact_address_and_regex(sim_server: SimServerFactory) -> 
         SimBehaviour(
             rcpt_rules=(
                 AddressRule("Gone@Example.org", GOOGLE_NO_SUCH_USER),
-                AddressRule(re.compile(r"^full"), Reply(452, "4.2.2 Mailbox full")),
-                AddressRule(re.compile(r"@slow\.example$"), Reply(451, "4.3.0 Try later")),
+                AddressRule(re.compile(r"^full"), SimReply(452, "4.2.2 Mailbox full")),
+                AddressRule(re.compile(r"@slow\.example$"), SimReply(451, "4.3.0 Try later")),
             )
         )
     )
@@ -295,7 +293,7 @@ def test_all_recipients_refused_raises_with_their_codes(sim_server: SimServerFac
 
 
 def test_data_reply_override_refuses_the_message_at_data(sim_server: SimServerFactory) -> None:
-    policy = Reply(554, "5.7.1 Message rejected for policy reasons")
+    policy = SimReply(554, "5.7.1 Message rejected for policy reasons")
     server = sim_server(SimBehaviour(data_reply=policy))
 
     with pytest.raises(aiosmtplib.SMTPDataError) as caught:
@@ -469,7 +467,7 @@ def test_asynchronous_bounce_is_an_rfc3464_dsn_in_the_mbox(
     server = sim_server(
         SimBehaviour(
             bounce_rules=(
-                AddressRule(re.compile(r"^late"), Reply(550, "5.1.1 <{rcpt}>: user unknown")),
+                AddressRule(re.compile(r"^late"), SimReply(550, "5.1.1 <{rcpt}>: user unknown")),
             )
         ),
         mbox=mbox_path,
@@ -593,7 +591,7 @@ def test_stop_while_clients_are_connected(sim_server: SimServerFactory) -> None:
 
 def test_required_starttls_refuses_plain_mail_with_530(sim_server: SimServerFactory) -> None:
     pytest.importorskip("cryptography")
-    server = sim_server(tls=TlsMode.REQUIRE)
+    server = sim_server(tls=SimTls.REQUIRE)
 
     with pytest.raises(aiosmtplib.SMTPSenderRefused) as caught:
         run(send_one(server.port, ["a@example.org"]))
@@ -612,7 +610,7 @@ def test_run_forever_until_stopped() -> None:
 
     def on_event(event: SimEvent) -> None:
         events.append(event)
-        if event.kind is EventKind.LISTENING:
+        if event.kind is SimEventKind.LISTENING:
             listening.set()
 
     thread = threading.Thread(
@@ -631,7 +629,7 @@ def test_run_forever_until_stopped() -> None:
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
-    assert events[-1].kind is EventKind.STOPPED
+    assert events[-1].kind is SimEventKind.STOPPED
 
 
 # -- presets and validation ------------------------------------------------------------------

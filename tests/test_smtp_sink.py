@@ -27,5 +27,5 @@ def test_send_delivers_every_message_to_postfix_smtp_sink(
         time.sleep(0.05)
     assert len(files) == 50
     sample = files[0].read_bytes()
-    assert b"X-Mailctl-ID: mc1-" in sample
+    assert b"X-Mailctl-ID: mc2-" in sample
     assert b"Subject: =?utf-8?b?" in sample

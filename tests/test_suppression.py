@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from mailctl.bounces.suppression import SoftBouncePolicy, import_reports
+from mailctl.bounces.suppression import EvidencePolicy, SoftBouncePolicy, import_reports
 from mailctl.cli import run
-from mailctl.sim.server import AddressRule, Reply, SimBehaviour, append_to_mbox, build_dsn
+from mailctl.sim.behaviours import AddressRule, SimBehaviour
+from mailctl.sim.dsn import append_to_mbox, build_dsn
+from mailctl.sim.replies import SimReply
 from mailctl.store.sqlite import SqliteStore
 from tests.helpers.workspace import cli, make_workspace
 
@@ -39,11 +41,11 @@ def test_async_bounces_from_provider_mbox(sim_server, tmp_path: Path, capsys) ->
             bounce_rules=(
                 AddressRule(
                     "user1@example.com",
-                    Reply(550, "5.1.1 <{rcpt}>: Recipient address rejected: User unknown"),
+                    SimReply(550, "5.1.1 <{rcpt}>: Recipient address rejected: User unknown"),
                 ),
                 AddressRule(
                     "user2@example.com",
-                    Reply(
+                    SimReply(
                         550,
                         "5.7.1 Service unavailable; client [192.0.2.1] blocked using zen.spamhaus.org",
                     ),
@@ -130,8 +132,10 @@ def test_soft_bounces_suppress_after_three_distinct_days(tmp_path: Path) -> None
         append_to_mbox(
             mbox, _dsn("full@example.org", "4.2.2", "452 4.2.2 Mailbox full", when), when
         )
+    # These reports name no message this database sent: a mailbox only the MTA writes to.
+    trusted = EvidencePolicy(trust_unmatched=True)
     with SqliteStore.open(tmp_path / "m.db") as store:
-        first = import_reports(store, [str(mbox)], now=start + 3 * day)
+        first = import_reports(store, [str(mbox)], now=start + 3 * day, evidence=trusted)
         entry = store.suppression_for("full@example.org", now=start + 3 * day)
         assert first.suppressed == 1 and entry["reason"] == "soft_bounce_limit"
         assert entry["expires_at"] == pytest.approx(start + 33 * day)
@@ -146,7 +150,11 @@ def test_soft_bounces_suppress_after_three_distinct_days(tmp_path: Path) -> None
     with SqliteStore.open(tmp_path / "m2.db") as store:
         assert (
             import_reports(
-                store, [str(mbox2)], now=start + 2 * day, policy=SoftBouncePolicy(limit=3)
+                store,
+                [str(mbox2)],
+                now=start + 2 * day,
+                policy=SoftBouncePolicy(limit=3),
+                evidence=trusted,
             ).suppressed
             == 0
         )
@@ -198,6 +206,7 @@ def test_bounces_parse_prints_stable_json(tmp_path: Path, capsys) -> None:
                 "permanent",
                 "suppress",
                 "diagnostic",
+                "stage",
             }
     # A missing mailbox is an error (its own database, not ./mailctl.db in the repository).
     db = str(tmp_path / "m.db")
@@ -220,7 +229,7 @@ def test_suppress_add_check_import_and_list_commands(tmp_path: Path, capsys) -> 
     assert run([*db, "suppress", "list", "--json"]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["address"]: r["reason"] for r in listed} == {
-        "Ada@example.com": "manual",
+        "ada@example.com": "manual",  # stored by its canonical key
         "*@blocked.example": "manual",
         "bob@example.net": "unsubscribe",
     }

@@ -31,14 +31,10 @@ from mailctl.delivery.engine import Engine
 from mailctl.delivery.record import RunSummary
 from mailctl.reputation.budget import events, history, profile_settings
 from mailctl.reputation.warmup import local_day, provider_cap, state_on, window_allowance
-from mailctl.sim.server import GOOGLE_RATE_LIMITED as GOOGLE_THROTTLE
-from mailctl.sim.server import (
-    MICROSOFT_BLOCK_LIST,
-    AddressRule,
-    SimBehaviour,
-    SimConfig,
-    ThreadedSimServer,
-)
+from mailctl.sim.behaviours import AddressRule, SimBehaviour, SimConfig
+from mailctl.sim.replies import GOOGLE_RATE_LIMITED as GOOGLE_THROTTLE
+from mailctl.sim.replies import MICROSOFT_BLOCK_LIST
+from mailctl.sim.servers import ThreadedSimServer
 from mailctl.store.sqlite import SqliteStore
 from mailctl.warmup_schedule import WarmupSetting
 from tests.helpers.clock import FakeClock

@@ -51,7 +51,9 @@ _SYSTEM_LOCALPART = re.compile(
     re.I,
 )
 _ORIGINAL_MARKER = re.compile(
-    r"^[ \t>-]*(?:"
+    # The line's prefix is possessive (``*+``): a 10,000-dash line is read once, not once per
+    # dash. A title after a rule is found by looking back at the rule.
+    r"^[ \t>-]*+(?:"
     r"below this line is a copy of the message|this is a copy of the message|"
     r"(?:the )?original message (?:follows|headers?|text|below|is attached|was attached|as attachment)|unsent message (?:below|follows)|"  # noqa: E501
     r"(?:-+ )?original message(?: -+)?\s*$|(?:a )?copy of (?:the|your) (?:original )?message|"
@@ -59,11 +61,13 @@ _ORIGINAL_MARKER = re.compile(
     r"included is the original message|your message (?:reads|was)[^.]{0,30}:\s*$|"
     r"(?:-+ )?(?:message|original) (?:headers|header) (?:follow|of the returned)|"
     r"content-type: (?:message/rfc822|text/rfc822-headers)|"
-    r"------ ?this is a copy|--- ?below this line|"
+    r"(?<=------)this is a copy|(?<=------ )this is a copy|"
+    r"(?<=---)below this line|(?<=--- )below this line|"
     # A title framed by a rule, "------- Returned Message --------", "===== Original Message
     # Headers =====", or saying where the message is, "--- Undelivered message follows ---"
     # (Postfix without DSN); a bare "Undeliverable message" heading is not a separator.
-    r"(?:[-=*_]{2,}[ \t]*|(?=\S+ (?:e-?mail|mail|message)(?: headers?| text| content)? "
+    r"(?:(?<=[-=*_]{2})|(?<=[-=*_]{2}[ \t])|(?<=[-=*_]{2}[ \t]{2})|[=*_][-=*_]++[ \t]*+|"
+    r"(?=\S+ (?:e-?mail|mail|message)(?: headers?| text| content)? "
     r"(?:follows?|below|attached)))"
     r"(?:returned|rejected|undelivered|undeliverable|unsent|bounced|original|failed) "
     r"(?:e-?mail|mail|message)(?: headers?| text| content)?(?: (?:follows?|below|attached))?"
@@ -225,7 +229,7 @@ _CONTACT_BEFORE = re.compile(
     re.I,
 )
 _STRONG_LINE = re.compile(
-    r"^[\s>*-]*<?([^\s<>]+@[^\s<>]+?)>?\s*:?\s*$|rcpt to:\s*<([^>\s]+)>|final-recipient:\s*rfc822;\s*<?([^\s>]+)",  # noqa: E501
+    r"^[ \t>*-]*+<?([^\s<>@]++@[^\s<>]+?)>?[ \t]*:?[ \t]*$|rcpt to:[ \t]*<([^>\s]+)>|final-recipient:[ \t]*rfc822;[ \t]*<?([^\s>]+)",  # noqa: E501
     re.I | re.M,
 )
 
@@ -338,7 +342,7 @@ _REPLY_START = re.compile(
     re.I,
 )
 
-_POSITIVE_REPLY = re.compile(r"(?:<<<|said:)?[ \t]*(?:2[0-5]\d[ -]|2\.\d{1,3}\.\d{1,3}\b)", re.I)
+_POSITIVE_REPLY = re.compile(r"(?:<<<|said:)?[ \t]*+(?:2[0-5]\d[ -]|2\.\d{1,3}\.\d{1,3}\b)", re.I)
 
 
 def classify_block(

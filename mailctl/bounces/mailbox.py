@@ -16,11 +16,59 @@ from typing import BinaryIO
 
 from mailctl.errors import BounceParseError
 
-__all__ = ["iter_messages", "message_digest"]
+__all__ = ["iter_messages", "message_digest", "raw_digest"]
+
+
+# Headers a mailbox store or a mail client adds to a message it holds (mbox status flags,
+# IMAP bookkeeping, lengths): the same report saved elsewhere lacks or differs in them.
+_STORE_HEADERS = (
+    b"status:",
+    b"x-status:",
+    b"x-keywords:",
+    b"x-uid:",
+    b"x-imap:",
+    b"x-imapbase:",
+    b"content-length:",
+    b"lines:",
+    b"x-mozilla-status:",
+    b"x-mozilla-status2:",
+    b"x-mozilla-keys:",
+)
 
 
 def message_digest(raw: bytes) -> str:
-    """The identity of a raw message: ``bounce_events`` keeps one row per digest."""
+    """The identity of a message, whatever container held it: ``bounce_events`` keeps one
+    row per digest.
+
+    Taken over the normalised message, so that one report saved as an .eml and delivered
+    into an mbox counts once: no mbox "From " line, LF line ends, no trailing white space at
+    line ends or blank lines at the end, and none of the headers a mailbox store adds.
+    """
+    text = raw.replace(b"\r\n", b"\n")
+    if text.startswith(b"From "):
+        text = text.partition(b"\n")[2]
+    head, sep, body = text.partition(b"\n\n")
+    kept: list[bytes] = []
+    skipping = False
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line.rstrip())
+            continue
+        skipping = line.lower().startswith(_STORE_HEADERS)
+        if not skipping:
+            kept.append(line.rstrip())
+    normalised = (
+        b"\n".join(kept)
+        + sep
+        + b"\n".join(line.rstrip() for line in body.split(b"\n")).rstrip(b"\n")
+    )
+    return hashlib.sha256(normalised).hexdigest()
+
+
+def raw_digest(raw: bytes) -> str:
+    """The digest of the raw bytes, as earlier versions stored it (still honoured, so a
+    report imported then is not counted again)."""
     return hashlib.sha256(raw).hexdigest()
 
 

@@ -1,8 +1,11 @@
 """The MIME walk of a bounce report: its text parts decoded in their real charset, its
-delivery-status and feedback fields, and the headers of the returned message.
+delivery-status and feedback fields, the headers of the returned message, and the sender's
+own addresses among the headers (`sender_addresses`).
 
-Pure; used by `parse`. Imports the address finder (`freetext`) and the charset reader
-(`generic`); never `parse`, the store or anything that prints.
+Bounded: a DSN field value or header is cut at MAX_FIELD_CHARS, text parts and lines by
+`bounded`, and every regex here runs in linear time. Pure; used by `parse`. Imports the
+address finder (`freetext`) and the charset reader (`generic`); never `parse`, the store or
+anything that prints.
 """
 
 from __future__ import annotations
@@ -16,7 +19,27 @@ from email.policy import compat32
 from mailctl.bounces.freetext import find_addresses
 from mailctl.bounces.generic import decode_bytes
 
-_HTML_TAG = re.compile(r"<(?:[^>\"']|\"[^\"]*\"|'[^']*')*>|&nbsp;|&[a-z]+;", re.I)
+MAX_PART_CHARS = 64_000  # per text part
+MAX_LINE_CHARS = 1_000  # RFC 5322 allows 998
+MAX_FIELD_CHARS = 2_000  # one DSN field value (a Diagnostic-Code), or a header
+
+# No "<" inside a tag and possessive repeats: each scan stops at the next "<", so a run of
+# "<" is read once, not once per "<".
+_HTML_TAG = re.compile(r"<(?:[^<>\"']|\"[^<>\"]*+\"|'[^<>']*+')*+>|&nbsp;|&[a-z]+;", re.I)
+_ORIGINAL_RCPT_TO = re.compile(r"^Original-Rcpt-To[ \t]*:[ \t]*<?([^\s>]+)>?", re.I | re.M)
+
+
+def bounded(text: str, limit: int = MAX_PART_CHARS) -> str:
+    """At most `limit` characters, each line cut at MAX_LINE_CHARS."""
+    text = text[:limit]
+    if len(text) <= MAX_LINE_CHARS:
+        return text
+    lines = text.split("\n")
+    if all(len(line) <= MAX_LINE_CHARS for line in lines):
+        return text
+    return "\n".join(line[:MAX_LINE_CHARS] for line in lines)
+
+
 _HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]*>", re.I)
 
 
@@ -33,7 +56,7 @@ def header_text(msg: Message, name: str) -> str:
     value = msg.get(name)
     if value is None:
         return ""
-    return clean_text(str(value))
+    return clean_text(str(value)[:MAX_FIELD_CHARS])
 
 
 def decode_part(part: Message) -> str:
@@ -63,12 +86,13 @@ def field_blocks(text: str) -> list[dict[str, str]]:
             current, last = {}, None
             continue
         if line[0] in " \t" and last is not None:
-            current[last] += " " + line.strip()
+            if len(current[last]) < MAX_FIELD_CHARS:
+                current[last] = (current[last] + " " + line.strip())[:MAX_FIELD_CHARS]
             continue
         name, sep, value = line.partition(":")
         if sep and name and " " not in name.strip():
             last = name.strip().lower()
-            current.setdefault(last, value.strip())
+            current.setdefault(last, value.strip()[:MAX_FIELD_CHARS])
         else:
             last = None
     if current:
@@ -84,7 +108,10 @@ def blocks_of_dsn_part(part: Message) -> list[dict[str, str]]:
             if isinstance(sub, Message):
                 block: dict[str, str] = {}
                 for name, value in sub.items():
-                    block.setdefault(name.strip().lower(), clean_text(" ".join(str(value).split())))
+                    value = str(value)[: 2 * MAX_FIELD_CHARS]
+                    block.setdefault(
+                        name.strip().lower(), clean_text(" ".join(value.split()))[:MAX_FIELD_CHARS]
+                    )
                 if block:
                     blocks.append(block)
         if blocks:
@@ -167,10 +194,8 @@ def collect_parts(msg: Message, parts: Parts, depth: int = 0) -> None:
                 merged.setdefault(key, value)
         parts.feedback.append(merged)
         # Original-Rcpt-To may repeat (one per complaining recipient); collect every one.
-        raw_text = feedback_text(msg)
-        parts.feedback_rcpts.extend(
-            re.findall(r"^Original-Rcpt-To\s*:\s*<?([^\s>]+)>?", raw_text, re.I | re.M)
-        )
+        raw_text = bounded(feedback_text(msg))
+        parts.feedback_rcpts.extend(_ORIGINAL_RCPT_TO.findall(raw_text))
     elif ctype in ("message/rfc822", "message/global"):
         payload = msg.get_payload()
         inner = payload[0] if isinstance(payload, list) and payload else None
@@ -203,3 +228,57 @@ def feedback_text(part: Message) -> str:
             if isinstance(sub, Message)
         )
     return decode_part(part)
+
+
+# The report's own header fields that name the sender's side, and the returned message's.
+_SENDER_FIELDS = (
+    "From",
+    "To",
+    "Cc",
+    "Reply-To",
+    "Sender",
+    "Return-Path",
+    "Errors-To",
+    "Delivered-To",
+)
+_ORIGINAL_SENDER_FIELDS = ("From", "Return-Path", "Sender", "Reply-To", "Errors-To")
+
+
+def _addresses(msg: Message, names: tuple[str, ...]) -> set[str]:
+    return {
+        a.lower()
+        for name in names
+        for value in msg.get_all(name) or []
+        for a in find_addresses(clean_text(str(value)[:MAX_FIELD_CHARS]))
+    }
+
+
+def sender_addresses(msg: Message, originals: list[Message]) -> set[str]:
+    """The sender's own addresses, lower-cased: the report's From/To/… and delivery trace,
+    and the returned message's From/Return-Path/…; never a failed recipient."""
+    own = _addresses(msg, _SENDER_FIELDS)
+    original_senders: set[str] = set()
+    for original in originals:
+        original_senders |= _addresses(original, _ORIGINAL_SENDER_FIELDS)
+    return own | _delivery_trace(msg, own, original_senders) | original_senders
+
+
+def _delivery_trace(msg: Message, own: set[str], original_senders: set[str]) -> set[str]:
+    """The report's X-Original-To addresses that name its own envelope recipient.
+
+    X-Original-To is a trace field the delivering MTA adds (beside Delivered-To) with the
+    envelope recipient of the message it delivers: on a delivered report, the original's
+    sender. Written by the report's author instead, it is about the original message: dma
+    puts the failed recipient there. So it counts as the sender's own address when it sits
+    with a Delivered-To, or names the report's addressee, or when the report is not one
+    addressed to the original's sender (then nothing tells whose address it is). It never
+    makes an address a recipient by itself: the report's text must still name it as failed.
+    """
+    if not msg.get_all("X-Original-To"):
+        return set()
+    named = _addresses(msg, ("X-Original-To",))
+    addressees = _addresses(msg, ("To", "Cc"))
+    to_sender = bool(addressees) and addressees <= original_senders
+    if msg.get("Delivered-To") is not None or not to_sender:
+        return named
+    return {a for a in named if a in own}

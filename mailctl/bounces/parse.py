@@ -19,13 +19,19 @@ The sender's own addresses (the bounce's From/To, the envelope sender, MAILER-DA
 postmaster, the returned message's From) are never taken as failed recipients, nor are
 Message-IDs or addresses inside URLs.
 
+Hostile input is bounded: every regex here, in `mime`, `generic` and `freetext` runs in
+linear time, lines and parts are cut to a size no real report needs, a report names at most
+`MAX_RECIPIENTS` recipients, and a message that still takes longer than its time budget is
+given up with a `BounceParseError` (counted, never hung on).
+
 Must not import the store, suppression or anything that prints.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
@@ -49,14 +55,17 @@ from mailctl.bounces.generic import (
     near_failure,
     smtp_replies,
 )
-from mailctl.bounces.mailbox import message_digest
+from mailctl.bounces.mailbox import message_digest, raw_digest
 from mailctl.bounces.mime import (
+    MAX_FIELD_CHARS,
     Parts,
     address_of_field,
+    bounded,
     clean_text,
     collect_parts,
     field_blocks,
     header_text,
+    sender_addresses,
     without_type,
 )
 from mailctl.errors import BounceParseError
@@ -73,8 +82,34 @@ from mailctl.replies.classify import (
     classify_failure,
     family_rule_decided,
 )
+from mailctl.replies.stages import smtp_stage
 
-__all__ = ["Confidence", "FailedRecipient", "Kind", "Report", "parse_message"]
+__all__ = ["MAX_RECIPIENTS", "Confidence", "FailedRecipient", "Kind", "Report", "parse_message"]
+
+# Bounds on what one message may make the parser read. A real report's notification is a few
+# KB with lines under 1,000 characters and names a handful of recipients; beyond is cut.
+MAX_RAW_BYTES = 4_000_000  # the rest of a huge report (a returned attachment) is not read
+MAX_RAW_LINES = 20_000  # nor lines past these (the MIME parser's cost is per line)
+MAX_TEXT_CHARS = 128_000  # all text parts together (each part: mime.MAX_PART_CHARS)
+MAX_NOTIFICATION_CHARS = 20_000  # the prose searched for recipients, one by one
+MAX_RECIPIENTS = 100  # per report
+MAX_MIME_BOUNDARIES = 64  # more nested multiparts than this: not a report
+TIME_BUDGET = 2.0  # seconds per message; the bounds keep real ones under 10 ms
+
+
+class _Budget:
+    """The time one message may take; `check` gives up on it once that is spent."""
+
+    def __init__(self, source: str, seconds: float) -> None:
+        self.source = source
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+
+    def check(self, stage: str) -> None:
+        if time.monotonic() >= self.deadline:
+            raise BounceParseError(
+                f"{self.source}: gave up after {self.seconds:g}s ({stage}): not a readable report"
+            )
 
 
 class Confidence(StrEnum):
@@ -94,6 +129,7 @@ class Kind(StrEnum):
     COMPLAINT = "complaint"
     AUTOREPLY = "autoreply"
     DELIVERED = "delivered"
+    UNSUBSCRIBE = "unsubscribe"  # a mailto request, an ARF opt-out, Apple Mail's one-click
     UNKNOWN = "unknown"
 
 
@@ -110,6 +146,7 @@ class FailedRecipient:
     diagnostic: str
     remote_mta: str | None
     rule: str
+    stage: str | None = None  # the SMTP command refused: "connect", "mail", "rcpt", "data"
 
 
 @dataclass(frozen=True)
@@ -126,6 +163,10 @@ class Report:
     date: str | None
     digest: str
     confidence: Confidence | None = None  # None: no recipient was read
+    # Signed unsubscribe tokens the message carries (the mailto subject, a t= link); only
+    # checked, by the importer, for unsubscribe requests.
+    unsubscribe_tokens: tuple[str, ...] = ()
+    raw_digest: str | None = None  # the digest earlier versions stored (of the raw bytes)
 
     def to_json(self) -> dict[str, Any]:
         """The stable public shape (``mailctl bounces parse --json``); do not change keys."""
@@ -141,6 +182,7 @@ class Report:
                     "permanent": r.permanent,
                     "suppress": r.suppress,
                     "diagnostic": r.diagnostic,
+                    "stage": r.stage,
                 }
                 for r in self.recipients
             ],
@@ -190,6 +232,16 @@ _PERMANENT_BODY = re.compile(
     r"unable to deliver|cannot be delivered|was undeliverable",
     re.I,
 )
+# A recipient's own words saying its delivery is over: the time it could spend in the queue
+# ran out, or the MTA gave up (RFC 3463 X.4.7). OpenSMTPD writes "Envelope expired" under
+# "Action: delayed" and a template that says the message stays queued; the message is gone.
+_QUEUE_GAVE_UP = re.compile(
+    r"\b(?:envelope|message|delivery(?: time)?|queue (?:life)?time|time[ -]to[ -]live) "
+    r"(?:has )?expired\b|\bexpired (?:in|from) (?:the )?queue\b|\bgiv(?:ing|en) up\b|"
+    r"\bgave up\b|\bwill (?:not|no longer) be retried\b|"
+    r"\b(?:deleted|removed) from (?:the )?queue\b",
+    re.I,
+)
 _TEMPORARY_BODY = re.compile(
     r"temporary (?:error|failure|problem)|transient|will (?:be )?(?:retried|retry|keep trying)",
     re.I,
@@ -203,6 +255,7 @@ _DSN_FIELDS = re.compile(r"^(?:Final-Recipient|Original-Recipient)\s*:", re.I | 
 _SMTP_CODE_IN_BLOCK = re.compile(r"\b[245][0-5]\d[ -]|#[245]\.\d\.\d|\b[245]\.\d{1,3}\.\d{1,3}\b")
 # Structural rules written from one corpus family (see parse_message's disabled_families).
 _STRUCTURE_FAMILIES = {"jmrp": "arf", "apple-unsubscribe": "arf"}
+_MESSAGE_ID_IN_TEXT = re.compile(r"^[ \t>]*+Message-ID[ \t]*:[ \t]*(<[^>\s]+>|\S+)", re.I | re.M)
 _FEEDBACK_COMPLAINT = frozenset({"abuse", "fraud", "virus"})
 _DELIVERED_ACTIONS = frozenset({"delivered", "relayed", "expanded", "deliverable"})
 
@@ -241,7 +294,7 @@ def _tracking(
         if message_id and not original_id:
             original_id = clean_text(" ".join(str(message_id).split()))
     if original_id is None and tail:
-        found = re.search(r"^[ \t>]*Message-ID\s*:\s*(<[^>\s]+>|\S+)", tail, re.I | re.M)
+        found = _MESSAGE_ID_IN_TEXT.search(tail)
         if found:
             original_id = found.group(1)
     if tracking is None and original_id:
@@ -268,6 +321,7 @@ def _recipient(
     action: str | None,
     diagnostic: str,
     remote_mta: str | None,
+    stage: str | None = None,
 ) -> FailedRecipient:
     return FailedRecipient(
         address=clean_text(address),
@@ -279,7 +333,44 @@ def _recipient(
         diagnostic=clean_text(diagnostic),
         remote_mta=remote_mta,
         rule=verdict.rule,
+        stage=stage,
     )
+
+
+_FEEDBACK_OPT_OUT = frozenset({"opt-out", "unsubscribe"})
+# A token where mailctl puts one: the mailto subject ("unsubscribe TOKEN") or a link's t=.
+# Anchored on a literal prefix, so the scan stays linear on hostile input.
+_TOKEN_IN_TEXT = re.compile(
+    rb"(?:[?&;]t=|unsubscribe(?:%20|\+|[ \t]+))"
+    rb"([A-Za-z0-9_-]{16,1400}\.[A-Za-z0-9_-]{22})(?![A-Za-z0-9_-])",
+    re.I,
+)
+_UNSUBSCRIBE_SUBJECT = re.compile(r"^\s*(?:(?:re|aw|fwd?)\s*:\s*)*unsubscribe\b", re.I)
+
+
+def _unsubscribe_tokens(raw: bytes) -> tuple[str, ...]:
+    """Up to five candidate tokens from the first 256 KiB of the message."""
+    found: list[str] = []
+    for match in _TOKEN_IN_TEXT.finditer(raw[:262144]):
+        token = match.group(1).decode("ascii")
+        if token not in found:
+            found.append(token)
+        if len(found) == 5:
+            break
+    return tuple(found)
+
+
+def _is_unsubscribe_request(msg: Message, subject: str, text: str) -> bool:
+    """A person's message asking to unsubscribe: subject "unsubscribe…", or an empty or
+    "unsubscribe" subject with a body that says just that. Never a report or auto-reply."""
+    if msg.get_content_type() == "multipart/report":
+        return False
+    if (header_text(msg, "Auto-Submitted") or "no").lower() != "no":
+        return False
+    if _UNSUBSCRIBE_SUBJECT.match(subject):
+        return True
+    first = next((line.strip().lower() for line in text[:2000].splitlines() if line.strip()), "")
+    return not subject.strip() and first.rstrip(".!") in ("unsubscribe", "stop")
 
 
 def _is_autoreply(msg: Message, subject: str) -> bool:
@@ -307,9 +398,14 @@ def _is_autoreply(msg: Message, subject: str) -> bool:
 
 
 def parse_message(
-    raw: bytes, source: str, *, disabled_families: frozenset[str] = frozenset()
+    raw: bytes,
+    source: str,
+    *,
+    disabled_families: frozenset[str] = frozenset(),
+    time_budget: float = TIME_BUDGET,
 ) -> Report:
-    """Parse one message. Never raises on malformed content; BounceParseError if unreadable.
+    """Parse one message. Never raises on malformed content; BounceParseError if unreadable,
+    or when it takes longer than `time_budget` seconds.
 
     ``disabled_families`` turns off every rule written from those corpus families (rules
     tagged in `mailctl.replies.phrases` and ``_STRUCTURE_FAMILIES``): for measuring how the
@@ -320,27 +416,61 @@ def parse_message(
     raw = bytes(raw)
     if not raw.strip():
         raise BounceParseError(f"{source}: empty message")
+    budget = _Budget(source, time_budget)
     digest = message_digest(raw)
+    legacy_digest = raw_digest(raw)
+    raw = raw[:MAX_RAW_BYTES]
+    lines = raw.split(b"\n", MAX_RAW_LINES)
+    if len(lines) > MAX_RAW_LINES:
+        raw = b"\n".join(lines[:MAX_RAW_LINES]) + b"\n"
+    del lines
+    if raw.lower().count(b"boundary=") > MAX_MIME_BOUNDARIES:
+        raise BounceParseError(
+            f"{source}: more than {MAX_MIME_BOUNDARIES} nested MIME parts: not a report"
+        )
     try:
         msg = BytesParser(policy=compat32).parsebytes(raw)
-        return _parse(msg, raw, source, digest, disabled_families)
+        budget.check("MIME")
+        parsed = _parse(msg, raw, source, digest, disabled_families, budget)
+        return replace(parsed, raw_digest=legacy_digest)
     except BounceParseError:
         raise
     except Exception:  # noqa: BLE001 - malformed MIME must not stop an import of millions
-        return Report(source, Kind.UNKNOWN, (), None, None, None, None, None, digest)
+        return Report(
+            source,
+            Kind.UNKNOWN,
+            (),
+            None,
+            None,
+            None,
+            None,
+            None,
+            digest,
+            None,
+            raw_digest=legacy_digest,
+        )
 
 
-def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozenset[str]) -> Report:
+def _parse(
+    msg: Message,
+    raw: bytes,
+    source: str,
+    digest: str,
+    disabled: frozenset[str],
+    budget: _Budget,
+) -> Report:
     parts = Parts([], [], [], [], [])
     collect_parts(msg, parts)
-    subject = clean_text(decode_header_text(str(msg.get("Subject") or "")))
+    budget.check("parts")
+    subject = clean_text(decode_header_text(str(msg.get("Subject") or "")[:MAX_FIELD_CHARS]))
     date = header_text(msg, "Date") or None
     from_header = header_text(msg, "From")
 
     plain = [t for t in parts.texts if not t.startswith("\x00html\x00")]
     texts = plain or [t[6:] for t in parts.texts]
-    full_text = "\n".join(texts)
+    full_text = bounded("\n".join(bounded(t) for t in texts), MAX_TEXT_CHARS)
     notification, tail = split_original(full_text) if full_text else ("", "")
+    budget.check("text")
     if not parts.original_headers and tail:
         appended = appended_headers(tail)
         if appended is not None:
@@ -366,27 +496,11 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
             date,
             digest,
             confidence if recipients else None,
+            _unsubscribe_tokens(raw) if kind is Kind.UNSUBSCRIBE else (),
         )
 
     # The sender's own addresses: never failed recipients.
-    own: set[str] = set()
-    for name in (
-        "From",
-        "To",
-        "Cc",
-        "Reply-To",
-        "Sender",
-        "Return-Path",
-        "Errors-To",
-        "Delivered-To",
-        "X-Original-To",
-    ):
-        for value in msg.get_all(name) or []:
-            own.update(a.lower() for a in find_addresses(clean_text(str(value))))
-    for original in parts.original_headers:
-        for name in ("From", "Return-Path", "Sender", "Reply-To", "Errors-To"):
-            for value in original.get_all(name) or []:
-                own.update(a.lower() for a in find_addresses(clean_text(str(value))))
+    own = sender_addresses(msg, parts.original_headers)
     if raw.startswith(b"From "):
         envelope = raw[5 : raw.find(b"\n")].split(b" ", 1)[0].decode("latin-1")
         own.add(envelope.lower())
@@ -410,6 +524,7 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
                 if addresses:
                     break
         complaint = feedback_type in _FEEDBACK_COMPLAINT
+        opt_out = feedback_type in _FEEDBACK_OPT_OUT
         seen: set[str] = set()
         recipients = []
         for address in addresses:
@@ -429,7 +544,8 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
                     "arf",
                 )
             )
-        return report(Kind.COMPLAINT if complaint else Kind.UNKNOWN, recipients, feedback_type)
+        kind = Kind.COMPLAINT if complaint else Kind.UNSUBSCRIBE if opt_out else Kind.UNKNOWN
+        return report(kind, recipients, feedback_type)
 
     # 1b. Microsoft's JMRP complaints: no ARF part, the complained-about message is attached
     # with X-HmXmrOriginalRecipient naming the complaining recipient.
@@ -448,14 +564,17 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
                 "abuse",
                 confidence=Confidence.MTA_RULE,
             )
-    # 1c. A mail client's one-click unsubscribe (Apple Mail): an opt-out, not a complaint.
-    if (
+    # 1c. A mail client's one-click unsubscribe (Apple Mail sends X-Apple-Unsubscribe: true
+    # from the user's own account to the List-Unsubscribe mailto), and 1d. a person's
+    # "unsubscribe" sent to that mailto: opt-outs, not complaints. The importer decides whom
+    # they may unsubscribe (a valid token's address, or the sender's own).
+    apple = (
         header_text(msg, "X-Apple-Unsubscribe").lower() == "true"
         and _STRUCTURE_FAMILIES["apple-unsubscribe"] not in disabled
-    ):
-        addresses = find_addresses(from_header)[:1]
-        return report(
-            Kind.UNKNOWN,
+    )
+    if apple or _is_unsubscribe_request(msg, subject, full_text):
+        request = report(
+            Kind.UNSUBSCRIBE,
             [
                 FailedRecipient(
                     a,
@@ -468,11 +587,19 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
                     None,
                     "unsubscribe",
                 )
-                for a in addresses
+                for a in find_addresses(from_header)[:1]
             ],
-            "opt-out",
+            "opt-out" if apple else "unsubscribe",
             confidence=Confidence.MTA_RULE,
         )
+        if request.tracking_id is None:
+            # A tag in the address it was sent to (unsubscribe+<tracking id>@…), or the
+            # message it replies to: either names the recipient mailctl wrote to.
+            for name in ("To", "Delivered-To", "X-Original-To", "In-Reply-To", "References"):
+                found = TRACKING_RE.search(header_text(msg, name))
+                if found:
+                    return replace(request, tracking_id=found.group(0))
+        return request
 
     # 2. RFC 3464 fields: a delivery-status part, or fields pasted into a text part.
     blocks = [block for group in parts.dsn_blocks for block in group]
@@ -481,6 +608,8 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
     ) and _DSN_FIELDS.search(full_text):
         blocks = field_blocks(full_text)
     recipient_blocks = [b for b in blocks if "final-recipient" in b or "original-recipient" in b]
+    recipient_blocks = recipient_blocks[:MAX_RECIPIENTS]
+    budget.check("fields")
     if recipient_blocks:
         dsn_report: Report = _from_dsn(recipient_blocks, notification, own, report, disabled)
         if dsn_report.recipients:
@@ -513,10 +642,13 @@ def _parse(msg: Message, raw: bytes, source: str, digest: str, disabled: frozens
 
     # 4. Free text, read by the generic path (`generic`, `freetext`): no MTA template needed.
     hint = {
-        a.lower() for v in msg.get_all("X-Failed-Recipients") or [] for a in find_addresses(str(v))
+        a.lower()
+        for v in msg.get_all("X-Failed-Recipients") or []
+        for a in find_addresses(str(v)[:MAX_FIELD_CHARS])
     }
+    budget.check("classification")
     recipients, kind, claimed = _from_free_text(
-        notification, own, hint, parts.original_headers, subject, disabled
+        notification, own, hint, parts.original_headers, subject, disabled, budget
     )
     if not recipients:
         return report(Kind.UNKNOWN, [])
@@ -531,10 +663,13 @@ def _from_free_text(
     originals: list[Message],
     subject: str,
     disabled: frozenset[str],
+    budget: _Budget,
 ) -> tuple[list[FailedRecipient], Kind, bool]:
     """The failed recipients of a free-text report, whether it is a bounce or a delay, and
     whether an MTA-specific rule claimed it (its reading differs from the generic rules')."""
-    found = free_text_recipients(notification, own, hint)
+    found = free_text_recipients(notification[:MAX_NOTIFICATION_CHARS], own, hint)
+    found = found[: 2 * MAX_RECIPIENTS]  # the failure-phrase filter below reads each one's lines
+    budget.check("recipients")
     if not found and hint:
         found = [Found(a, notification) for a in sorted(hint)]
     if len(found) > 1:
@@ -561,8 +696,9 @@ def _from_free_text(
                 found = [Found(to[0], notification)]
     if not found:
         return [], Kind.UNKNOWN, False
-    delay = bool(_DELAY_BODY.search(subject + "\n" + notification)) and not _PERMANENT_BODY.search(
-        notification
+    found = found[:MAX_RECIPIENTS]
+    delay = bool(_DELAY_BODY.search(subject + "\n" + notification)) and not (
+        _PERMANENT_BODY.search(notification) or _QUEUE_GAVE_UP.search(notification)
     )
     default_permanent = not delay and not (
         _TEMPORARY_BODY.search(notification) and not _PERMANENT_BODY.search(notification)
@@ -571,6 +707,7 @@ def _from_free_text(
     replies = FailingReplies(smtp_replies(notification) if notification else [])
     recipients = []
     claimed = False
+    verdicts: dict[str, Verdict] = {}  # one reading per block (many addresses may share one)
     for item in found:
         action = "delayed" if delay else "failed"
         block, diagnostic = item.block, diagnostic_of_block(item.block, item.address)
@@ -586,16 +723,25 @@ def _from_free_text(
             and "-" in notification[reply.start : reply.end].split(None, 1)[0]
         ):
             diagnostic = reply.text  # a multi-line "550-…" reply: its words, once
-        verdict = classify_block(block, preamble, subject, action, default_permanent, disabled)
+        # Prose states no Action field: only a DSN's "Action: failed" says the MTA gave up
+        # retrying (a free-text report of a 4xx may be a live session's, never queued).
+        stated = action if delay else None
+        verdict = verdicts.get(block)
+        if verdict is None:
+            verdict = verdicts[block] = classify_block(
+                block, preamble, subject, stated, default_permanent, disabled
+            )
+            budget.check("verdicts")
         if (
             not claimed
             and disabled != RULE_FAMILIES
             and family_rule_decided(verdict, block + "\n" + preamble + "\n" + subject)
         ):
             claimed = verdict != classify_block(
-                block, preamble, subject, action, default_permanent, RULE_FAMILIES
+                block, preamble, subject, stated, default_permanent, RULE_FAMILIES
             )
-        recipients.append(_recipient(item.address, verdict, action, diagnostic, None))
+        stage = smtp_stage(block, disabled)
+        recipients.append(_recipient(item.address, verdict, action, diagnostic, None, stage))
     return recipients, Kind.DELAY if delay else Kind.BOUNCE, claimed
 
 
@@ -660,12 +806,21 @@ def _from_dsn(
             action = "delivered"  # "deliverable" answers a verify request (non-standard wording)
         if action is None:
             action = "failed" if status and status[:1] in "45" else None
+        if action == "delayed" and _QUEUE_GAVE_UP.search(diagnostic):
+            action = "failed"  # the delivery is over, whatever the template goes on to say
         verdict = classify_failure(
             status, diagnostic, action, context=text_block, disabled_families=disabled
         )
         actions.append(action or "")
         recipients.append(
-            _recipient(address, verdict, action, " ".join(diagnostic.split())[:1000], remote_mta)
+            _recipient(
+                address,
+                verdict,
+                action,
+                " ".join(diagnostic.split())[:1000],
+                remote_mta,
+                smtp_stage(diagnostic, disabled) or smtp_stage(text_block, disabled),
+            )
         )
     if any(a == "failed" or a == "" for a in actions):
         kind = Kind.BOUNCE

@@ -1,18 +1,20 @@
 """The command line: the only package that knows Typer; it parses, calls and formats.
 
 This root registers one sub-app per command group (one module each: send, check, report, sim,
-bounces, lanes, warmup, rules, dkim, recipients, campaign, suppress, db), holds the global
-options, and turns library errors into one-line messages and exit codes through one table,
-`EXIT_CODES`; no command catches mailctl's errors itself. Shared options are `Annotated`
-aliases in `options.py`; `context.py` holds what the groups share. Nothing outside mailctl/cli
-imports this package.
+bounces, lanes, warmup, rules, dkim, recipients, campaign, suppress, queue, unsubscribe, db),
+holds the global options, and turns library errors into one-line messages and exit codes
+through one table, `EXIT_CODES`; no command catches mailctl's errors itself. Shared options
+are `Annotated` aliases in `options.py`; `context.py` holds what the groups share. Nothing
+outside mailctl/cli imports this package.
 
-Exit codes: 0 success; 1 error; 2 usage or configuration error; 75 another run holds the
-database lock (cron may simply try again).
+Exit codes: 0 success; 1 error; 2 usage or configuration error; 3 mail waits on something
+the operator must fix (`send`); 75 another run holds the database lock (cron may simply try
+again).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from typing import Annotated
@@ -28,12 +30,14 @@ from mailctl.cli import (
     db,
     dkim,
     lanes,
+    queue,
     recipients,
     report,
     rules,
     send,
     sim,
     suppress,
+    unsubscribe,
     warmup,
 )
 from mailctl.cli.context import state
@@ -42,7 +46,9 @@ from mailctl.errors import (
     CampaignChangedError,
     ConfigError,
     LockedError,
+    MailboxLoginError,
     MailctlError,
+    NeedsOperator,
     StoreConnectionError,
     StoreUrlError,
     TemplateError,
@@ -54,7 +60,9 @@ EXIT_CODES: dict[type[MailctlError], int] = {
     LockedError: 75,  # EX_TEMPFAIL: cron can simply try again next time
     StoreUrlError: 2,  # --db names no usable database
     StoreConnectionError: 2,  # refused, bad login, or the server stayed away
+    NeedsOperator: 3,  # mail waits on something only the operator can fix
     ConfigError: 2,
+    MailboxLoginError: 2,  # wrong mailbox user or password: fix the configuration
     UsageError: 2,
     TemplateError: 2,
     CampaignChangedError: 2,
@@ -71,7 +79,7 @@ app = typer.Typer(
     context_settings=CONTEXT,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode=None,
 )
 # Top-level commands first, then the groups: the order `mailctl --help` lists them in.
@@ -86,10 +94,12 @@ for name, group in (
     ("recipients", recipients),
     ("campaign", campaign),
     ("suppress", suppress),
+    ("queue", queue),
+    ("unsubscribe", unsubscribe),
     ("db", db),
 ):
-    # `lanes` alone shows the lanes; every other group alone shows its help.
-    app.add_typer(group.app, name=name, no_args_is_help=group is not lanes)
+    # `lanes` and `queue` alone show the lanes and the queue; every other group, its help.
+    app.add_typer(group.app, name=name, no_args_is_help=group not in (lanes, queue))
 
 
 def _version(value: bool) -> None:
@@ -107,7 +117,18 @@ def main_callback(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            envvar="MAILCTL_LOG",
+            help="Messages on stderr: text (one line per event) or json (one object per event).",
+        ),
+    ] = "text",
 ) -> None:
+    try:
+        console.set_log_format(log_format.lower())
+    except ValueError as exc:
+        raise UsageError(f"--log-format: {exc}") from None
     state.db = db
     state.profiles = profiles
     state.debug = debug
@@ -124,17 +145,25 @@ def run(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     state.debug = "--debug" in args
     console.set_quiet(False)
+    # Before parsing, so that even a usage error is logged the way the environment asks.
+    wanted = os.environ.get("MAILCTL_LOG", "").lower()
+    console.set_log_format("json" if wanted == "json" else "text")
     try:
         result = command.main(args=args, prog_name="mailctl", standalone_mode=False)
         if isinstance(result, int) and not isinstance(result, bool):
             return result  # typer.Exit(code) comes back as the return value here
     except typer.Exit as exc:
         return int(exc.exit_code)
+    except SystemExit as exc:  # --show-completion and --install-completion exit in a callback
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     except typer.Abort:
         console.error("aborted")
         return 130
     except typer.TyperException as exc:  # usage errors: bad option, missing argument
-        exc.show(file=sys.stderr)  # type: ignore[attr-defined]
+        if console.log_format() == "json":
+            console.error(exc.format_message())  # type: ignore[attr-defined]
+        else:
+            exc.show(file=sys.stderr)  # type: ignore[attr-defined]
         return 2
     except MailctlError as exc:
         if state.debug:

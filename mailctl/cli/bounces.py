@@ -15,9 +15,10 @@ from rich.table import Table
 
 from mailctl.bounces.mailbox import iter_messages
 from mailctl.bounces.parse import parse_message
-from mailctl.bounces.suppression import SoftBouncePolicy, import_reports
+from mailctl.bounces.remote import RemoteOptions
+from mailctl.bounces.suppression import EvidencePolicy, SoftBouncePolicy, import_reports
 from mailctl.cli import console
-from mailctl.cli.context import open_store
+from mailctl.cli.context import load_profiles_near, open_store, optional_profiles, state
 from mailctl.cli.options import (
     CONTEXT,
     JsonPerMessageOption,
@@ -25,7 +26,10 @@ from mailctl.cli.options import (
     MailboxPaths,
     QuietOption,
 )
-from mailctl.errors import BounceParseError, MailctlError
+from mailctl.config.profiles import BounceSettings
+from mailctl.errors import BounceParseError, MailctlError, UsageError
+from mailctl.message.tracking import tracking_keys
+from mailctl.unsubscribe.apply import optional_unsubscriber
 
 app = typer.Typer(
     help="Read bounce and complaint mailboxes (mbox, Maildir, .eml).", context_settings=CONTEXT
@@ -34,13 +38,42 @@ app = typer.Typer(
 
 @app.command("import")
 def bounces_import(
-    paths: MailboxPaths,
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="mbox files, Maildir folders, .eml files, - for stdin, or mailbox URLs: "
+            "imaps://user@host[:port]/FOLDER, imap://… (STARTTLS), pop3s://user@host[:port], "
+            "pop3://… (STLS)."
+        ),
+    ],
+    password_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable that holds the mailbox password (URLs)."),
+    ] = None,
+    move_to: Annotated[
+        str | None,
+        typer.Option(help="IMAP: move imported messages to this folder (created if missing)."),
+    ] = None,
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Delete imported messages from the server.")
+    ] = False,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="Trust this CA (PEM) for the server's certificate.")
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="Do not verify the server's TLS certificate (unsafe)."),
+    ] = False,
     errors: Annotated[
         Path | None,
         typer.Option(
-            help="Append messages that could not be parsed, and unsure reports (read by the "
-            "generic path only), to this mbox."
+            help="Append messages that could not be parsed, reports tied to no message "
+            "mailctl sent, and unsure reports (read by the generic path only), to this mbox."
         ),
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="Use this profile's bounces settings [default: the default profile]."),
     ] = None,
     soft_limit: Annotated[
         int, typer.Option(help="Suppress after this many soft bounces on distinct days.", min=1)
@@ -55,20 +88,56 @@ def bounces_import(
     soft bounces suppress it (for a while) only after repeated failures on distinct days;
     delays and auto-replies never do. Failures that are the sender's fault (blocklists,
     authentication, policy, content) never suppress anyone. Each report is tied to the
-    message it is about. Importing the same mailbox twice changes nothing.
+    message it is about (signed VERP token or tracking id, Message-ID, or a recent send to
+    the address); a report tied to none is recorded and counted but suppresses no one, unless
+    the profile says `bounces: {trust_unmatched: true}`. Unsubscribe mail (mailto requests,
+    ARF opt-outs, Apple Mail's one-click) unsubscribes only a valid token's address, a signed
+    tracking id's recipient, or its own sender when mailctl mailed them recently. Importing
+    the same mailbox twice changes nothing.
 
-    Example: mailctl bounces import /var/mail/bounces --json
+    Mailboxes on a server are fetched in batches; a re-run fetches only new mail (IMAP
+    UIDVALIDITY/UID mark, POP3 UIDL, committed with each batch), and an interrupted run
+    resumes where it stopped.
+
+    Example: mailctl bounces import /var/mail/bounces --errors unmatched.mbox --json
+
+    Example: mailctl bounces import imaps://bounces@mail.example.com/INBOX --password-env
+    BOUNCE_PASSWORD --move-to Processed
     """
     console.set_quiet(quiet or json_output)
+    # Without profiles.yaml: no trusted mailbox, the key file's tracking key only.
+    explicit = profile is not None or state.profiles is not None
+    profiles = load_profiles_near(None) if explicit else optional_profiles()
+    settings = BounceSettings()
+    if profiles is not None:
+        chosen = profiles.profiles.get(profile or profiles.default)
+        if chosen is None:
+            raise UsageError(
+                f"{profiles.path}: no profile named '{profile}' "
+                f"(profiles: {', '.join(sorted(profiles.profiles))})"
+            )
+        settings = chosen.bounces  # its password need not be set to read bounces
+    key_envs = [
+        p.tracking_key_env
+        for p in (profiles.profiles.values() if profiles else ())
+        if p.tracking_key_env
+    ]
     errors_file = errors.open("ab") if errors else None
 
-    def on_error(source: str, raw: bytes, why: str, label: str = "not parsed") -> None:
-        console.info(f"{source}: {label}: {why}")
+    def keep(raw: bytes) -> None:
         if errors_file is not None:
             stamp = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime())
             errors_file.write(f"From MAILER-DAEMON {stamp}\n".encode())
             errors_file.write(raw.replace(b"\r\n", b"\n").replace(b"\nFrom ", b"\n>From "))
             errors_file.write(b"\n\n")
+
+    def on_error(source: str, raw: bytes, why: str, label: str = "not parsed") -> None:
+        console.info(f"{source}: {label}: {why}")
+        keep(raw)
+
+    def on_unmatched(source: str, raw: bytes) -> None:
+        console.info(f"{source}: tied to no message mailctl sent: recorded, not suppressed")
+        keep(raw)
 
     try:
         with open_store() as store, console.progress("Importing reports") as bar:
@@ -76,9 +145,23 @@ def bounces_import(
                 store,
                 paths,
                 policy=SoftBouncePolicy(limit=soft_limit, window_days=soft_window),
+                evidence=EvidencePolicy(
+                    trust_unmatched=settings.trust_unmatched, max_unmatched=settings.max_unmatched
+                ),
+                keys=tracking_keys(store.location, None, key_envs),
                 on_message=lambda r: bar.advance(1, status=f"{r.suppressed} suppressed"),
                 on_error=on_error,
+                on_unmatched=on_unmatched,
                 on_unsure=lambda source, raw, why: on_error(source, raw, why, "unsure"),
+                on_total=bar.set_total,
+                unsubscriber=optional_unsubscriber(profiles, store.location),
+                remote=RemoteOptions(
+                    password_env=password_env,
+                    insecure=insecure,
+                    ca_file=ca_file,
+                    move_to=move_to,
+                    delete=delete,
+                ),
             )
     finally:
         if errors_file is not None:
@@ -102,7 +185,8 @@ def bounces_parse(
 
     Prints one JSON object per message: source, kind (bounce, delay, complaint, autoreply,
     delivered, unknown), recipients (address, status, action, reason, permanent, suppress,
-    diagnostic), tracking_id and original_message_id.
+    diagnostic, stage: the SMTP command refused, connect/mail/rcpt/data, when the report says),
+    tracking_id, original_message_id and confidence (dsn, mta-rule, generic).
 
     Example: mailctl bounces parse bounce.eml --json
     """

@@ -6,6 +6,8 @@ Must not be imported by anything outside mailctl/cli.
 
 from __future__ import annotations
 
+import time
+
 import typer
 from rich.table import Table
 
@@ -20,6 +22,7 @@ from mailctl.delivery.campaign_status import (
     campaign_row,
     change_status,
 )
+from mailctl.delivery.campaigns import requeue_sender_faults
 
 app = typer.Typer(help="Inspect and control campaigns.", context_settings=CONTEXT)
 
@@ -79,6 +82,7 @@ def campaign_show(
         row = campaign_row(store, name)
         counts = store.message_counts(row["id"])
         replies = store.top_replies(row["id"])
+        waits = store.top_wait_kinds(row["id"], 10)
     data = {
         "name": row["name"],
         "status": row["status"],
@@ -91,6 +95,7 @@ def campaign_show(
         "content_version": row["content_version"],
         "counts": counts,
         "top_replies": [{"reply": t, "count": n} for t, n in replies],
+        "deferral_reasons": [{"reason": k, "count": n} for k, n in waits],
     }
     if json_output:
         console.emit_json(data)
@@ -107,6 +112,11 @@ def campaign_show(
         for text, count in replies:
             top.add_row(str(count), text or "")
         console.out.print(top)
+    if waits:
+        why = Table("count", "reason", title="Why deferred messages wait")
+        for kind, count in waits:
+            why.add_row(str(count), kind)
+        console.out.print(why)
 
 
 def _set_status(name: str, action: StatusAction) -> None:
@@ -129,9 +139,16 @@ def campaign_pause(name: CampaignName) -> None:
 def campaign_resume(name: CampaignName) -> None:
     """Resume a paused campaign, or one a circuit breaker stopped (deliberately).
 
+    Messages that failed because of the sending side (the relay refused the credentials,
+    TLS, the relay unreachable) are queued again: fix the cause first.
+
     Example: mailctl campaign resume welcome
     """
     _set_status(name, RESUME)
+    with open_store() as store:
+        requeued = requeue_sender_faults(store, campaign_row(store, name)["id"], time.time())
+    if requeued:
+        console.info(f"{requeued} messages that failed on the sending side are queued again")
 
 
 @app.command("cancel")

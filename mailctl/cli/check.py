@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mailctl.cli import console
 from mailctl.cli.context import load_profiles_near
@@ -31,9 +31,9 @@ def _print_check(report: CheckReport) -> None:
         table.add_row(
             c.id.value,
             c.subject,
-            f"[{colour[c.status.value]}]{c.status.value}[/]",
-            escape(c.detail),
-            escape(c.fix or ""),
+            Text(c.status.value, style=colour[c.status.value]),
+            c.detail,
+            c.fix or "",
         )
     console.out.print(table)
     req = Table(
@@ -46,7 +46,7 @@ def _print_check(report: CheckReport) -> None:
     for provider, status in report.requirements.items():
         req.add_row(
             str(provider),
-            "[green]met[/]" if status.met else "[red]not met[/]",
+            Text("met", style="green") if status.met else Text("not met", style="red"),
             ", ".join(status.missing),
             ", ".join(status.unchecked),
         )

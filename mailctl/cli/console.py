@@ -2,14 +2,21 @@
 
 Only this module and the command modules in mailctl/cli print. Library code reports
 progress through callbacks.
+
+Messages are events: one event is one line on stderr, never wrapped (cron mail and log files
+get whole lines; a terminal wraps them itself). With `--log-format json` (or `MAILCTL_LOG=json`)
+each event is one JSON object instead: `{"time", "level", "message"}` plus any fields, for log
+shippers. Data on stdout (tables, `--json`) is unchanged by the log format.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 
@@ -23,13 +30,66 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
-out = Console(highlight=False, soft_wrap=False)
+from mailctl.cli.progress import LoadFigures, SendFigures
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class _PlainConsole(Console):
+    """A console that never reads markup and never passes a control character through.
+
+    Everything mailctl prints may hold untrusted text (CSV fields, addresses, reply texts,
+    file names): ``[/]`` must print as it is, and an ANSI escape must not reach the
+    terminal. Styles are given as ``style=`` or as ``Text`` spans, never as markup.
+    """
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        kwargs["markup"] = False
+        return super().render_str(_CONTROL.sub("?", text), **kwargs)
+
+
+out = _PlainConsole(highlight=False, soft_wrap=False, markup=False)
 if not out.is_terminal:
     out.width = 160  # tables in files and pipes: wide enough not to wrap every cell
-err = Console(stderr=True, highlight=False)
+err = _PlainConsole(stderr=True, highlight=False, markup=False)
 
 _quiet = False
+LOG_FORMATS = ("text", "json")
+_log_format = "text"
+
+
+def set_log_format(log_format: str) -> None:
+    """`text` (default) or `json`: how messages and progress lines are written on stderr."""
+    global _log_format
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"'{log_format}' is not a log format ({', '.join(LOG_FORMATS)})")
+    _log_format = log_format
+
+
+def log_format() -> str:
+    return _log_format
+
+
+def live_display() -> bool:
+    """Whether progress may redraw in place: stderr is a terminal and events are text."""
+    return not _quiet and _log_format == "text" and err.is_terminal
+
+
+def event(message: str, *, level: str = "info", style: str | None = None, **fields: Any) -> None:
+    """One event on stderr: a whole line of text (`style` on a terminal) or a JSON object."""
+    if _log_format == "json":
+        record = {
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "level": level,
+            "message": message,
+            **fields,
+        }
+        sys.stderr.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+        sys.stderr.flush()
+        return
+    err.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 def set_quiet(quiet: bool) -> None:
@@ -51,17 +111,29 @@ def emit_json_line(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
 
 
+def log_json_line(record: Any) -> None:
+    """One structured log record (a service's access log) as a JSON line on stderr."""
+    sys.stderr.write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
+    sys.stderr.flush()
+
+
 def info(message: str) -> None:
     if not _quiet:
-        err.print(message, markup=False, highlight=False)
+        event(message)
 
 
 def warn(message: str) -> None:
-    err.print(f"Warning: {message}", style="yellow", markup=False, highlight=False)
+    if _log_format == "json":
+        event(message, level="warning")
+    else:
+        event(f"Warning: {message}", style="yellow")
 
 
 def error(message: str) -> None:
-    err.print(f"Error: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+    if _log_format == "json":
+        event(message, level="error")
+    else:
+        event(f"Error: {message}", style="bold red")
 
 
 class _PlainLines:
@@ -71,12 +143,12 @@ class _PlainLines:
         self.interval = interval
         self._last = time.monotonic()
 
-    def emit(self, text: str) -> None:
+    def emit(self, text: str, **fields: Any) -> None:
         now = time.monotonic()
         if _quiet or now - self._last < self.interval:
             return
         self._last = now
-        err.print(text, markup=False, highlight=False)
+        event(text, level="progress", **fields)
 
 
 class _LiveDisplay:
@@ -108,18 +180,24 @@ class ProgressReporter(_LiveDisplay):
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._started = time.monotonic()
-        if not _quiet and err.is_terminal:
+        if live_display():
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
+                TextColumn("{task.fields[status]}", markup=False),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=err,
                 transient=False,
             )
             self._task = self._progress.add_task(description, total=total, status="")
+
+    def set_total(self, total: int) -> None:
+        """Adds to the expected total once a source says how much it holds."""
+        self.total = (self.total or 0) + total
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, total=self.total)
 
     def advance(self, n: int = 1, status: str = "") -> None:
         self.completed += n
@@ -141,57 +219,107 @@ def progress(description: str, total: int | None = None) -> Iterator[ProgressRep
         yield reporter
 
 
+class LoadProgress(_LiveDisplay):
+    """Loading a campaign's recipients: a bar over the file's bytes with rows, rows/s and the
+    estimated total on a terminal; a plain line every few seconds elsewhere."""
+
+    def __init__(
+        self,
+        description: str,
+        size: int | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = 5.0,
+        console: Console | None = None,
+    ) -> None:
+        self.description = description
+        self.figures = LoadFigures(clock, size)
+        self._lines = _PlainLines(interval)
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        if console is not None or live_display():
+            self._progress = Progress(
+                TextColumn("{task.description}", style="bold", markup=False),
+                BarColumn(),
+                TextColumn("{task.fields[status]}", markup=False),
+                TimeElapsedColumn(),
+                console=console or err,
+                get_time=clock,
+                transient=False,
+            )
+            self._task = self._progress.add_task(description, total=size or None, status="")
+
+    def update(self, bytes_read: int, rows: int) -> None:
+        text = self.figures.text(bytes_read, rows)
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=bytes_read, status=text)
+            return
+        self._lines.emit(f"{self.description}: {text}", rows=rows)
+
+
 class SendProgress(_LiveDisplay):
     """The send loop's display: an overall bar plus one row per lane on a terminal;
-    a plain status line every few seconds elsewhere; nothing when quiet."""
+    a plain status line every few seconds elsewhere; nothing when quiet.
 
-    def __init__(self, interval: float = 5.0) -> None:
+    "all lanes" counts messages finished for good (sent, failed, bounced, suppressed,
+    expired) against the run's total and shows deferred ones apart; each lane's bar counts that
+    lane's own messages; the ETA divides what is left by the current rate of the lanes that
+    can send (see `mailctl.cli.progress`)."""
+
+    def __init__(
+        self,
+        interval: float = 5.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        console: Console | None = None,
+    ) -> None:
+        self.figures = SendFigures(clock)
         self._lines = _PlainLines(interval)
         self._progress: Progress | None = None
         self._overall: TaskID | None = None
-        self._lane_tasks: dict[Any, TaskID] = {}
-        if not _quiet and err.is_terminal:
+        self._lane_tasks: dict[str, TaskID] = {}
+        if console is not None or live_display():
             self._progress = Progress(
-                TextColumn("{task.description:<34}"),
+                TextColumn("{task.description:<34}", markup=False),
                 BarColumn(bar_width=30),
-                TextColumn("{task.fields[count]:>13}"),
-                TextColumn("{task.fields[detail]}"),
+                TextColumn("{task.fields[count]:>15}", markup=False),
+                TextColumn("{task.fields[detail]}", markup=False),
                 TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=err,
+                console=console or err,
+                get_time=clock,
                 transient=False,
                 refresh_per_second=4,
             )
-            self._overall = self._progress.add_task(
-                "[bold]all lanes", total=None, detail="", count=""
-            )
+            self._overall = self._progress.add_task("all lanes", total=None, detail="", count="")
 
-    def update(self, total: int, done: int, rate: float, lanes: list[dict[str, Any]]) -> None:
+    def update(self, total: int, counts: dict[str, int], lanes: list[dict[str, Any]]) -> None:
         if _quiet:
             return
+        view = self.figures.view(total, counts, lanes)
         if self._progress is not None and self._overall is not None:
             self._progress.update(
                 self._overall,
                 total=total or None,
-                completed=done,
-                count=f"{done:,}/{total:,}",
-                detail=f"{rate:,.0f} msg/s",
+                completed=view.done,
+                count=f"{view.done:,}/{total:,}",
+                detail=view.detail,
             )
-            for lane in lanes:
-                key = (lane["ip"], lane["provider"])
-                task = self._lane_tasks.get(key)
-                label = f"  {lane['ip']} → {lane['provider']}"[:34]
+            for lane in view.lanes:
+                task = self._lane_tasks.get(lane.label)
                 if task is None:
-                    # A lane has no total of its own: its bar shows its share of the run.
-                    task = self._progress.add_task(label, total=total or None, detail="", count="")
-                    self._lane_tasks[key] = task
-                state = lane["state"] if lane["state"] == "normal" else f"[yellow]{lane['state']}"
-                detail = (
-                    f"sent {lane['sent']} deferred {lane['deferred']} bounced {lane['bounced']} "
-                    f"failed {lane['failed']} {state}"
-                )
+                    task = self._progress.add_task(lane.label[:34], total=None, detail="", count="")
+                    self._lane_tasks[lane.label] = task
                 self._progress.update(
-                    task, total=total or None, completed=lane["sent"], count="", detail=detail
+                    task,
+                    total=lane.total or None,
+                    completed=lane.done,
+                    count=f"{lane.done:,}/{lane.total:,}",
+                    detail=lane.detail,
                 )
             return
-        self._lines.emit(f"sending: {done}/{total} done, {rate:,.0f} msg/s, {len(lanes)} lanes")
+        self._lines.emit(
+            f"sending: {view.done:,}/{total:,} done, {view.detail}, {len(lanes)} lanes",
+            done=view.done,
+            total=total,
+            deferred=view.deferred,
+        )

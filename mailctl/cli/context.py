@@ -38,6 +38,16 @@ def scratch_store() -> Store:
     return SqliteStore.open(":memory:")
 
 
+def campaign_recipient_keys(campaign_name: str) -> set[str]:
+    """Address keys with a message in the campaign in the database as it is (read only; none
+    when there is no database yet)."""
+    target = resolve_db(state.db)
+    if backend_of(target) == "sqlite" and not sqlite_path(target).exists():
+        return set()
+    with open_db(target, migrate=False) as store:
+        return store.campaign_recipient_keys(campaign_name)
+
+
 def existing_store(list_name: str) -> Store:
     """The database as it is, to read `list_name` from: never created, migrated or written."""
     target = resolve_db(state.db)

@@ -25,7 +25,9 @@ def dkim_keygen(
     selector: Annotated[str, typer.Option(help="Selector, e.g. s2026.")],
     domain: Annotated[str, typer.Option(help="Signing domain (d=), e.g. example.com.")],
     bits: Annotated[int, typer.Option(help="RSA key size.")] = 2048,
-    algorithm: Annotated[str, typer.Option(help="rsa-sha256 or ed25519-sha256.")] = "rsa-sha256",
+    algorithm: Annotated[
+        str, typer.Option(help="rsa-sha256 (alias rsa) or ed25519-sha256 (alias ed25519).")
+    ] = "rsa-sha256",
     out: Annotated[
         Path | None, typer.Option(help="Private key file [default: DOMAIN.SELECTOR.pem].")
     ] = None,

@@ -6,6 +6,7 @@ anything outside mailctl/cli.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated
 
@@ -13,7 +14,7 @@ import typer
 from rich.table import Table
 
 from mailctl.cli import console
-from mailctl.cli.context import load_profiles_near, open_store, when
+from mailctl.cli.context import load_profiles_near, open_store, optional_profiles, when
 from mailctl.cli.options import (
     CONTEXT,
     IpOption,
@@ -22,9 +23,11 @@ from mailctl.cli.options import (
     ProviderOption,
 )
 from mailctl.config.nodes import parse_duration
+from mailctl.dns.providers import PROVIDER_SUFFIXES
 from mailctl.errors import ConfigError, UsageError
 from mailctl.replies.rules import RuleSet, load_rules
 from mailctl.reputation.control import lane_snapshots, resume_lane, suspend_lane
+from mailctl.reputation.lanes import LaneSnapshot
 
 app = typer.Typer(
     help="Sending lanes (IP x provider): state, limits, and manual suspend/resume.",
@@ -48,11 +51,13 @@ def lanes_show(
     ctx: typer.Context,
     json_output: JsonOption = False,
 ) -> None:
-    """Show each lane's state, limits, counters, reason and until when.
+    """Show each lane's state, limits, counters, reason and until when, and what it learned.
 
-    A lane is one sending IP toward one mailbox provider. Throttle replies pause or slow
-    only their lane; the state is kept in the database, so a cron run honours a
-    suspension set by the run before it.
+    A lane is one sending IP toward one mailbox provider (or, for a relay, toward the
+    relay's connections). Throttle replies pause or slow only their lane; the state is kept
+    in the database, so a cron run honours a suspension set by the run before it. The
+    rate and connections a lane learned from its receiver are listed below the table
+    with why: which reply, when, and what was observed before it.
 
     Example: mailctl lanes --json
     """
@@ -90,8 +95,51 @@ def lanes_show(
             str(s.throttled),
         )
     console.out.print(table)
+    for s in snapshots:
+        if s.learned_rate is None and s.learned_connections is None:
+            continue
+        parts = []
+        if s.learned_rate is not None:
+            parts.append(f"{s.learned_rate:.1f}/min")
+        if s.learned_connections is not None:
+            plural = "s" if s.learned_connections != 1 else ""
+            parts.append(f"{s.learned_connections} connection{plural}")
+        console.out.print(
+            f"{s.ip} -> {s.provider}: learned {', '.join(parts)} at {when(s.learned_at)}"
+            f" after {s.learned_reason or 'a throttle'!r}"
+            + (f"; before it: {s.learned_observed}" if s.learned_observed else ""),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if not snapshots:
         console.info("no lanes yet: they appear once mail has been sent")
+
+
+_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]")
+
+
+def _check_lane(ip: str, provider: str, snapshots: list[LaneSnapshot]) -> None:
+    """A usage error unless `ip` is a sending IP of a profile (or of a lane already seen) and
+    `provider` a provider the rules or the known MX suffixes name (or one a lane has used):
+    a typo must not leave a real lane running while a made-up one sits suspended."""
+    profiles = optional_profiles()
+    ips = {s.ip for s in snapshots}
+    if profiles is not None:
+        for profile in profiles.profiles.values():
+            ips.update(sending.ip for pool in profile.pools.values() for sending in pool)
+    if ip not in ips:
+        known = ", ".join(sorted(ips)) or "none configured"
+        raise UsageError(f"--ip: {ip} is not a sending IP (known: {known})")
+    providers = {s.provider for s in snapshots} | {name for _, name in PROVIDER_SUFFIXES}
+    providers |= set(_rules().limits) - {"default"}
+    # Any other provider is a mail domain (its MX's registered domain, or the domain itself
+    # when DNS is off): one with a dot and valid labels.
+    if provider not in providers and not _DOMAIN.fullmatch(provider):
+        raise UsageError(
+            f"--provider: unknown provider '{provider}' (known: {', '.join(sorted(providers))}, "
+            "or a mail domain such as example.com)"
+        )
 
 
 @app.command("suspend")
@@ -113,6 +161,7 @@ def lanes_suspend(
         raise UsageError(f"--for: {exc}") from None
     now = time.time()
     with open_store() as store:
+        _check_lane(ip, provider, lane_snapshots(store, _rules(), now))
         suspend_lane(store, _rules(), ip, provider, now=now, until=now + seconds, reason=reason)
     console.info(f"lane {ip} -> {provider} suspended until {when(now + seconds)}")
 

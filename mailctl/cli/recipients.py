@@ -22,7 +22,7 @@ from mailctl.cli.options import (
     ListOption,
     QuietOption,
 )
-from mailctl.errors import MailctlError
+from mailctl.errors import MailctlError, UsageError
 from mailctl.recipients.csv_import import Reject, RejectsWriter, import_csv
 
 app = typer.Typer(help="Import and inspect recipients.", context_settings=CONTEXT)
@@ -58,7 +58,7 @@ def recipients_import(
     Example: mailctl recipients import customers.csv --list customers --rejects bad.csv
     """
     console.set_quiet(quiet or json_output)
-    rejects_writer = RejectsWriter(rejects) if rejects else None
+    rejects_writer = RejectsWriter(rejects, inputs=(file,)) if rejects else None
     shown = 0
 
     def on_reject(reject: Reject, header: list[str]) -> None:
@@ -110,21 +110,28 @@ def recipients_import(
 @app.command("list")
 def recipients_list(
     list_name: ListOption = None,
-    limit: Annotated[int, typer.Option(help="Show at most this many.")] = 50,
+    limit: Annotated[
+        int | None,
+        typer.Option(help="Show at most this many [default: 50 in the table, all with --json]."),
+    ] = None,
     json_output: JsonLinesOption = False,
 ) -> None:
     """Show recipients and their fields.
 
     Example: mailctl recipients list --list customers --limit 10
     """
+    if limit is not None and limit < 0:
+        raise UsageError(f"--limit must be 0 or more, not {limit}")
     with open_store() as store:
         if list_name and not store.list_exists(list_name):
             raise MailctlError(f"no list named '{list_name}'")
-        rows = store.iter_recipients(list_name, None if json_output else limit)
         if json_output:
+            rows = store.iter_recipients(list_name, limit)
             for row in rows:
                 console.emit_json_line({"email": row["email"], "fields": row["fields"]})
             return
+        limit = 50 if limit is None else limit
+        rows = store.iter_recipients(list_name, limit)
         table = Table("email", "fields")
         for row in rows:
             fields = ", ".join(f"{k}={v}" for k, v in row["fields"].items())

@@ -17,6 +17,7 @@ from mailctl.cli import console
 from mailctl.cli.context import open_store, optional_profiles
 from mailctl.cli.options import CONTEXT, JsonReportOption
 from mailctl.errors import MailctlError
+from mailctl.files import write_private_text
 from mailctl.report.data import build_report
 from mailctl.report.html import render_html
 from mailctl.report.tables import render_tables
@@ -49,7 +50,7 @@ def report(
         _add_warmup_to_report(store, data)
     if html_file is not None:
         try:
-            html_file.write_text(render_html(data), encoding="utf-8")
+            write_private_text(html_file, render_html(data))  # 0600, atomic: it names recipients
         except OSError as exc:
             raise MailctlError(f"{html_file}: cannot write: {exc.strerror}") from None
         console.info(f"wrote {html_file}")

@@ -20,6 +20,7 @@ from mailctl.cli.options import (
     ReplyProviderOption,
     RulesProfileOption,
 )
+from mailctl.config.nodes import format_duration
 from mailctl.replies.classify import classify_reply, parse_reply_code
 from mailctl.replies.rules import load_rules
 
@@ -86,7 +87,9 @@ def rules_list(
             "action": r.action.value,
             "providers": list(r.providers),
             "duration": r.duration,
-            "trigger": f"{r.trigger.count} in {r.trigger.window:g}s" if r.trigger else None,
+            "trigger": f"{r.trigger.count} in {format_duration(r.trigger.window)}"
+            if r.trigger
+            else None,
         }
         for r in rules.replies
     ]
@@ -125,7 +128,9 @@ def rules_list(
             rule.id,
             ",".join(rule.providers) or "any",
             rule.action.value,
-            "" if rule.duration is None else f"{rule.duration:g}s",
-            f"{rule.trigger.count} in {rule.trigger.window:g}s" if rule.trigger else "",
+            "" if rule.duration is None else format_duration(rule.duration),
+            f"{rule.trigger.count} in {format_duration(rule.trigger.window)}"
+            if rule.trigger
+            else "",
         )
     console.out.print(rep)

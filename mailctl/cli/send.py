@@ -16,7 +16,14 @@ import typer
 from rich.table import Table
 
 from mailctl.cli import console
-from mailctl.cli.context import existing_store, load_profiles_near, open_store, scratch_store
+from mailctl.cli.context import (
+    campaign_recipient_keys,
+    existing_store,
+    load_profiles_near,
+    open_store,
+    scratch_store,
+    state,
+)
 from mailctl.cli.options import (
     CONTEXT,
     HostOption,
@@ -26,11 +33,13 @@ from mailctl.cli.options import (
 )
 from mailctl.config.nodes import parse_duration
 from mailctl.config.profiles import ProfilesFile
+from mailctl.delivery.campaigns import csv_size
 from mailctl.delivery.context import SendOptions
 from mailctl.delivery.preview import dry_run, first_send_preflight
 from mailctl.delivery.record import RunSummary
 from mailctl.delivery.run import SendRun
-from mailctl.errors import MailctlError, UsageError
+from mailctl.errors import NeedsOperator, UsageError
+from mailctl.store.sqlite import resolve_db_path
 
 app = typer.Typer(context_settings=CONTEXT)
 
@@ -42,8 +51,11 @@ Suppressed recipients are never sent. A campaign whose content changed since it 
 is refused unless --update (applied to unsent messages only).
 
 Exit codes: 0 finished, or stopped for a normal reason (--limit, --max-time, Ctrl-C, all
-remaining work deferred); 1 error; 2 usage or configuration error; 75 another run holds
-the database lock.
+remaining work deferred by receivers); 1 error; 2 usage or configuration error; 3 mail
+cannot go until the operator fixes something (the relay refused authentication, TLS
+required but not offered, the relay unreachable for the whole run, the preflight failed, a
+campaign stopped by a breaker or a refusal of the sender): one line on stderr says what,
+even with --quiet; 75 another run holds the database lock.
 
 \b
 Examples:
@@ -119,6 +131,8 @@ def send(
         console.emit_json(summary.as_dict())
     elif not quiet:
         _print_summary(summary)
+    if summary.attention:
+        raise NeedsOperator(summary.attention)
 
 
 def _preflight(campaign_file: Path, profiles: ProfilesFile, zones: list[Path]) -> None:
@@ -130,7 +144,7 @@ def _preflight(campaign_file: Path, profiles: ProfilesFile, zones: list[Path]) -
     if report.failed:
         for c in report.failed:
             console.error(f"{c.id.value} {c.subject}: {c.detail}; fix: {c.fix}")
-        raise MailctlError(
+        raise NeedsOperator(
             f"preflight failed for {name} ({len(report.failed)} checks); fix DNS, "
             "see `mailctl check`, or send with --skip-check"
         )
@@ -149,13 +163,8 @@ def _send(
         SendRun(store, on_warning=console.warn, on_info=console.info, host=host) as run,
     ):
         if campaign_file is not None:
-            with console.progress("Loading recipients", None) as bar:
-                run.prepare_campaign(
-                    campaign_file,
-                    profiles,
-                    update=update,
-                    on_progress=lambda done, rows: bar.advance(0, status=f"{rows} rows"),
-                )
+            with console.LoadProgress("Loading recipients", csv_size(campaign_file)) as bar:
+                run.prepare_campaign(campaign_file, profiles, update=update, on_progress=bar.update)
         else:
             run.prepare_active(profiles)
         display = console.SendProgress()
@@ -188,10 +197,16 @@ def _print_summary(summary: RunSummary) -> None:
     if summary.next_attempt_at and summary.remaining:
         when = dt.datetime.fromtimestamp(summary.next_attempt_at).strftime("%Y-%m-%d %H:%M:%S")
         console.info(f"{summary.remaining} messages wait for a retry; next one is due at {when}")
+    if summary.deferral_reasons:
+        waits = Table("count", "why deferred messages wait", title="Top deferral reasons")
+        for reason, count in summary.deferral_reasons:
+            waits.add_row(str(count), reason)
+        console.out.print(waits)
 
 
 def _dry_run(campaign_file: Path, profiles: ProfilesFile, show: int) -> None:
     """Render the first messages without touching the database or the network."""
+    db_file = resolve_db_path(state.db)
     preview = dry_run(
         campaign_file,
         profiles,
@@ -199,6 +214,8 @@ def _dry_run(campaign_file: Path, profiles: ProfilesFile, show: int) -> None:
         existing_store=existing_store,
         show=show,
         on_warning=console.warn,
+        database=db_file if db_file.exists() else None,
+        known_keys=campaign_recipient_keys,
     )
     for message in preview.messages:
         console.out.print(
@@ -212,7 +229,12 @@ def _dry_run(campaign_file: Path, profiles: ProfilesFile, show: int) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    already = (
+        f" ({preview.already} already have a message from an earlier run)"
+        if preview.already
+        else ""
+    )
     console.info(
-        f"dry run: {preview.total} recipients would be queued for {preview.campaign}; "
-        "nothing was sent"
+        f"dry run: {preview.total} recipients would be queued for {preview.campaign}"
+        f"{already}; nothing was sent"
     )

@@ -13,9 +13,10 @@ import typer
 
 from mailctl.cli import console
 from mailctl.cli.options import CONTEXT
+from mailctl.errors import UsageError
 
 if TYPE_CHECKING:
-    from mailctl.sim.server import SimEvent
+    from mailctl.sim.events import SimEvent
 
 app = typer.Typer(context_settings=CONTEXT)
 
@@ -34,6 +35,13 @@ def sim(
     log: Annotated[
         Path | None, typer.Option(help="Append one JSON line per accepted recipient.")
     ] = None,
+    tls: Annotated[
+        str,
+        typer.Option(
+            help="STARTTLS: offer (a throwaway certificate, made at start and never left on "
+            "disk), require, or off."
+        ),
+    ] = "offer",
 ) -> None:
     """Run a simulated mailbox provider on this machine, for rehearsal.
 
@@ -41,20 +49,33 @@ def sim(
     fast, 550 5.1.1 for local parts starting with `unknown`, greylisting and more (see
     mailctl/sim/). Point a profile at it with mx_override. Stop with Ctrl-C.
 
+    STARTTLS is offered by default, so limits that require TLS (Google's) are met as with
+    the real provider.
+
     Example: mailctl sim --provider google --port 2525 --mbox bounces.mbox
     """
     # Imported here, not at the top: the simulator (aiosmtpd and 1,400 lines of provider
     # behaviour) is heavy, and only this rarely used rehearsal command needs it.
-    from mailctl.sim.server import SimConfig, preset, run_forever
+    from mailctl.sim.behaviours import SimConfig, SimTls, preset
+    from mailctl.sim.servers import run_forever
 
+    try:
+        tls_mode = SimTls(tls.lower())
+    except ValueError:
+        valid = ", ".join(m.value for m in SimTls)
+        raise UsageError(f"--tls: '{tls}' is not one of {valid}") from None
     config = SimConfig(
-        behaviour=preset(provider), host=host, port=port, mbox=mbox, maildir=maildir, jsonl=log
+        behaviour=preset(provider),
+        host=host,
+        port=port,
+        mbox=mbox,
+        maildir=maildir,
+        jsonl=log,
+        tls=tls_mode,
     )
 
     def on_event(event: SimEvent) -> None:
-        console.err.print(
-            f"sim[{provider}] {event.kind}: {event.message}", markup=False, highlight=False
-        )
+        console.event(f"sim[{provider}] {event.kind}: {event.message}", kind=event.kind)
 
     try:
         run_forever(config, on_event=on_event)

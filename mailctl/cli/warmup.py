@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from mailctl.cli import console
 from mailctl.cli.context import as_of, load_profiles_near, open_store
@@ -69,10 +70,13 @@ def warmup_plan(
             console.out.print(f"{title}: warm (no warm-up setting); only lane limits apply")
             continue
         console.out.print(
-            f"[bold]{title}[/bold]: {setting.name} to {setting.target_daily:,}/day, "
-            f"stage {state.stage}/{state.stages}, {state.status.value}; today's cap "
-            f"{state.cap_today if state.cap_today is not None else '-'}; target reached "
-            f"{p.target_reached_on or 'not in sight'}"
+            Text.assemble(
+                (title, "bold"),
+                f": {state.schedule_name or setting.name} to {setting.target_daily:,}/day, "
+                f"stage {state.stage}/{state.stages}, {state.status.value}; today's cap "
+                f"{state.cap_today if state.cap_today is not None else '-'}; target reached "
+                f"{p.target_reached_on or 'not in sight'}",
+            )
         )
         table = Table(
             "day",
@@ -101,7 +105,7 @@ def warmup_plan(
                 planned.day.isoformat(),
                 str(planned.stage),
                 f"{planned.cap:,}",
-                "",
+                f"{p.sent_today:,}" if planned.day == state.day else "",
                 "planned" + (f" ({caps})" if caps else ""),
                 "░" * len(_bar(planned.cap, top)),
             )
@@ -114,13 +118,14 @@ def _plan_json(entry: WarmupIp, p: WarmupPlan) -> dict[str, Any]:
     return {
         "ip": address,
         "profile": profile_name,
-        "schedule": setting.name if setting else None,
+        "schedule": (state.schedule_name or setting.name) if setting else None,
         "target_daily": setting.target_daily if setting else None,
         "status": state.status.value,
         "stage": state.stage,
         "stages": state.stages,
         "cap_today": state.cap_today,
         "sending_days": state.sending_days,
+        "sent_today": p.sent_today,
         "target_reached_on": p.target_reached_on.isoformat() if p.target_reached_on else None,
         "past": [
             {
@@ -180,11 +185,18 @@ def warmup_status(
 def _warmup_event(ip: str, kind: str, preset: str | None, date: str | None) -> None:
     if preset is not None and preset not in PRESET_NAMES:
         raise UsageError(f"--preset must be one of {', '.join(PRESET_NAMES)}")
-    warmup_ips(load_profiles_near(None), None, ip)  # the IP must be one of ours
+    entries = warmup_ips(load_profiles_near(None), None, ip)  # the IP must be one of ours
     day = as_of(date).date() if date else dt.date.today()
     with open_store() as store:
         store.add_warmup_event(ip, day.isoformat(), kind, preset, time.time())
-    console.info(f"{ip}: warm-up {kind}" + (f" ({preset})" if preset else "") + f" from {day}")
+    what = ""
+    setting = entries[0].setting if entries else None
+    if preset and setting is not None:
+        ramp = setting.ramp(preset)
+        what = f" ({preset}: {len(ramp)} stages, {ramp[0]:,} to {ramp[-1]:,}/day)"
+    elif preset:
+        what = f" ({preset})"
+    console.info(f"{ip}: warm-up {kind}{what} from {day}")
 
 
 @app.command("start")

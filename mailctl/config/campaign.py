@@ -146,7 +146,7 @@ def load_campaign(path: Path) -> Campaign:
                 path=base / rk["csv"].str(),
                 email_column=rk["email_column"].str() if "email_column" in rk else None,
                 delimiter=rk["delimiter"].str() if "delimiter" in rk else None,
-                encoding=rk["encoding"].str() if "encoding" in rk else "utf-8-sig",
+                encoding=rk["encoding"].encoding() if "encoding" in rk else "utf-8-sig",
             )
     headers: dict[str, str] = {}
     if "headers" in keys:
@@ -173,11 +173,8 @@ def load_campaign(path: Path) -> Campaign:
     traffic_class = (
         keys["class"].choice(TrafficClass) if "class" in keys else TrafficClass.MARKETING
     )
-    if traffic_class is TrafficClass.MARKETING and url is None and mailto is None:
-        raise root.error(
-            "a marketing campaign needs 'unsubscribe' (url and/or mailto; Gmail and Yahoo "
-            "require one-click unsubscribe for bulk mail)"
-        )
+    # A marketing campaign without `unsubscribe` may take its URL from the profile's
+    # unsubscribe.base_url: delivery.campaigns.make_renderer checks once the profile is known.
     return Campaign(
         name=name,
         path=path,

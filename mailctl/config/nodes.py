@@ -8,8 +8,11 @@ Imports nothing from mailctl but errors.
 from __future__ import annotations
 
 import builtins
+import codecs
 import datetime as dt
+import difflib
 import ipaddress
+import math
 import re
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +41,29 @@ def parse_duration(text: str) -> float:
     if pos == 0 or text[pos:].strip():
         raise ValueError(f"'{text}' is not a duration (use e.g. 30s, 9m, 2h, 3d)")
     return total
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as `parse_duration` reads them, largest units first: 1800 -> '30m',
+    5400 -> '1h30m', 90 -> '1m30s'; fractions of a second are kept ('0.5s')."""
+    if seconds != int(seconds) or seconds <= 0:
+        return f"{seconds:g}s"
+    left = int(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size:
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return "".join(parts)
+
+
+def unknown_key_message(key: str, allowed: set[str] | frozenset[str]) -> str:
+    """'unknown key' with the nearest valid key as a suggestion (`subjet` -> `subject`), or the
+    list of valid keys when none is close."""
+    near = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+    if near:
+        return f"unknown key '{key}' (did you mean '{near[0]}'?)"
+    return f"unknown key '{key}' (valid keys: {', '.join(sorted(allowed))})"
 
 
 class Node:
@@ -79,9 +105,8 @@ class Node:
                 raise Node(self.file, key_node, self.path).error("keys must be plain strings")
             key = str(key_node.value)
             if allowed is not None and key not in allowed:
-                hint = ", ".join(sorted(allowed))
                 raise Node(self.file, key_node, self._child_path(key)).error(
-                    f"unknown key '{key}' (valid keys: {hint})"
+                    unknown_key_message(key, allowed)
                 )
             if key in result:
                 raise Node(self.file, key_node, self._child_path(key)).error("duplicate key")
@@ -107,7 +132,13 @@ class Node:
     def scalar(self) -> Any:
         if not isinstance(self.node, yaml.ScalarNode):
             raise self.error(f"expected a single value, got {self.describe()}")
-        return _construct_scalar(self.node)
+        try:
+            return _construct_scalar(self.node)
+        except (yaml.YAMLError, ValueError, OverflowError, TypeError) as exc:
+            # "2026-02-30" resolves to a date that does not exist; a bad explicit tag.
+            problem = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
+            value = str(self.node.value)[:80]
+            raise self.error(f"'{value}' is not a valid value: {problem}") from None
 
     def str(self) -> str:
         value = self.scalar()
@@ -127,6 +158,8 @@ class Node:
         value = self.scalar()
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(f"expected a number, got {self.describe()}")
+        if not math.isfinite(value):
+            raise self.error(f"expected a finite number, got {self.describe()}")
         if minimum is not None and value < minimum:
             raise self.error(f"must be at least {minimum}, got {value}")
         if maximum is not None and value > maximum:
@@ -155,16 +188,45 @@ class Node:
             raise self.error(f"'{text}' is not an IPv4 or IPv6 address") from None
 
     def duration(self) -> float:
+        """A positive, finite number of seconds ('90s', '2h', 600)."""
         value = self.scalar()
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            seconds = float(value)
+        else:
+            try:
+                seconds = parse_duration(self.str())
+            except ValueError as exc:
+                raise self.error(str(exc)) from None
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise self.error(
+                f"must be a positive, finite duration (e.g. 30s, 9m, 2h), got {self.describe()}"
+            )
+        return seconds
+
+    def encoding(self) -> builtins.str:
+        """The name of a text encoding Python can read (utf-8, latin-1, cp1252 ...)."""
+        name = self.str()
         try:
-            return parse_duration(self.str())
-        except ValueError as exc:
-            raise self.error(str(exc)) from None
+            info = codecs.lookup(name)
+        except LookupError:
+            info = None
+        # rot13, base64 and the like are codecs too, but not text encodings.
+        if info is None or not getattr(info, "_is_text_encoding", True):
+            raise self.error(f"'{name}' is not a text encoding (e.g. utf-8, latin-1, cp1252)")
+        return name
 
     def date(self) -> dt.date:
-        value = self.scalar()
+        if isinstance(self.node, yaml.ScalarNode):
+            try:
+                value = _construct_scalar(self.node)
+            except (yaml.YAMLError, ValueError, OverflowError) as exc:
+                raise self.error(
+                    f"'{str(self.node.value)[:40]}' is not a date (YYYY-MM-DD): {exc}"
+                ) from None
+        else:
+            value = self.scalar()
+        if isinstance(value, dt.datetime):
+            return value.date()
         if isinstance(value, dt.date):
             return value
         try:
@@ -184,6 +246,40 @@ def _construct_scalar(node: yaml.ScalarNode) -> Any:
         loader.dispose()
 
 
+# Deeper than any real config, far below Python's recursion limit (the composer recurses).
+MAX_DEPTH = 64
+# Explicit tags a config may use; anything else (!!python/..., custom !tags) is refused.
+_STANDARD_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}"
+    for name in ("str", "int", "float", "bool", "null", "seq", "map", "timestamp")
+) | {"!"}
+
+
+def _check_structure(path: Path, text: str) -> None:
+    """Refuse explicit non-standard tags and deep nesting before composing: one pass over
+    the parser's events, no recursion."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1 if event.start_mark else 0
+        tag = getattr(event, "tag", None)
+        if tag is not None and tag not in _STANDARD_TAGS:
+            raise ConfigError(
+                f"{path}:{line}: YAML tag '{tag[:80]}' is not allowed (plain values only)",
+                file=str(path),
+                line=line or None,
+            )
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(
+                    f"{path}:{line}: nested more than {MAX_DEPTH} levels deep",
+                    file=str(path),
+                    line=line or None,
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def load_yaml(path: Path) -> Node:
     """Parse a YAML file into a Node tree; syntax errors name their line."""
     try:
@@ -193,6 +289,7 @@ def load_yaml(path: Path) -> Node:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}", file=str(path)) from None
     try:
+        _check_structure(path, text)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -201,8 +298,9 @@ def load_yaml(path: Path) -> Node:
         raise ConfigError(
             f"{path}:{line}: YAML syntax error: {problem}", file=str(path), line=line or None
         ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML error: {exc}", file=str(path)) from None
+    except yaml.YAMLError as exc:  # e.g. a control character the YAML reader refuses
+        problem = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: YAML error: {problem}", file=str(path)) from None
     if root is None:
         raise ConfigError(f"{path}:1: the file is empty", file=str(path), line=1)
     return Node(str(path), root, "")

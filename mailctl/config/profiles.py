@@ -100,6 +100,34 @@ class Breakers:
     min_sent: int = 200
 
 
+class UnsubscribeScope(StrEnum):
+    LIST = "list"  # the campaign's list only
+    ALL = "all"  # every list: the global suppression list
+
+
+@dataclass(frozen=True)
+class UnsubscribeSettings:
+    """How unsubscribe links are signed and what an unsubscribe does."""
+
+    secret_env: str | None = None  # else a key file next to the database
+    # After a key rotation: the old key's variable, still accepted (never used to sign), so
+    # links already sent keep working until they expire.
+    previous_secret_env: str | None = None
+    base_url: str | None = None  # for campaigns that give no unsubscribe url
+    valid_for: float = 400 * 86400  # a link keeps working this long after the send
+    scope: UnsubscribeScope = UnsubscribeScope.ALL
+
+
+@dataclass(frozen=True)
+class BounceSettings:
+    """How far `bounces import` trusts a report it cannot tie to a message mailctl sent."""
+
+    # Suppress on reports that name no message mailctl sent (only for a mailbox that no one
+    # but a trusted MTA can write to), and at most `max_unmatched` addresses of each.
+    trust_unmatched: bool = False
+    max_unmatched: int = 10
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -112,6 +140,8 @@ class Profile:
     tls_verify: bool = True  # False only for a relay with a self-signed certificate
     username: str | None = None
     password_env: str | None = None
+    # AUTH may go out without TLS to a host other than loopback (a warning says so).
+    allow_plaintext_auth: bool = False
     helo: str | None = None
     outbox: Path | None = None
     timeout: float = 30.0
@@ -131,6 +161,9 @@ class Profile:
     breakers: Breakers = field(default_factory=Breakers)
     rules: Mapping[str, Any] | None = None  # overrides of the shipped provider rules
     preflight: bool = True  # DNS checks before a campaign's first send (relay and direct)
+    unsubscribe: UnsubscribeSettings = field(default_factory=UnsubscribeSettings)
+    tracking_key_env: str | None = None  # signs tracking ids; else the key file by the db
+    bounces: BounceSettings = field(default_factory=BounceSettings)
 
     def password(self) -> str | None:
         """The relay password, read from the environment variable the profile names."""
@@ -170,7 +203,9 @@ class ProfilesFile:
     default: str
     profiles: Mapping[str, Profile]
 
-    def get(self, name: str | None) -> Profile:
+    def get(self, name: str | None, *, need_password: bool = True) -> Profile:
+        """The profile `name` (the default one for None). Its password variable must be set
+        unless `need_password` is False (a dry run never connects)."""
         name = name or self.default
         profile = self.profiles.get(name)
         if profile is None:
@@ -178,7 +213,14 @@ class ProfilesFile:
             raise ConfigError(
                 f"{self.path}: no profile named '{name}' (profiles: {known})", file=str(self.path)
             )
-        profile.password()  # an unset password_env is an error only for the profile in use
+        if need_password:
+            profile.password()  # an unset password_env is an error only for the profile in use
+        if profile.tracking_key_env and os.environ.get(profile.tracking_key_env) is None:
+            raise ConfigError(
+                f"{profile.source}: profiles.{profile.name}.tracking_key_env: environment "
+                f"variable {profile.tracking_key_env} is not set",
+                key=f"profiles.{profile.name}.tracking_key_env",
+            )
         return profile
 
     def for_host(self, host: str) -> ProfilesFile:
@@ -198,7 +240,16 @@ class ProfilesFile:
 
 
 # Keys that only mean something for transport: relay.
-_RELAY_KEYS = ("host", "port", "tls", "tls_required", "tls_verify", "username", "password_env")
+_RELAY_KEYS = (
+    "host",
+    "port",
+    "tls",
+    "tls_required",
+    "tls_verify",
+    "username",
+    "password_env",
+    "allow_plaintext_auth",
+)
 _PROFILE_KEYS = {
     "transport",
     *_RELAY_KEYS,
@@ -219,6 +270,9 @@ _PROFILE_KEYS = {
     "breakers",
     "rules",
     "preflight",
+    "unsubscribe",
+    "tracking_key_env",
+    "bounces",
 }
 _WARMUP_KEYS = {
     "preset",
@@ -359,6 +413,18 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         options["password_env"] = var
     if ("username" in keys) != ("password_env" in keys):
         raise node.error("give both 'username' and 'password_env' for SMTP AUTH, or neither")
+    if "allow_plaintext_auth" in keys:
+        options["allow_plaintext_auth"] = keys["allow_plaintext_auth"].bool()
+    if (
+        "username" in keys
+        and tls is TlsMode.NONE
+        and not options.get("allow_plaintext_auth")
+        and not is_loopback(str(options.get("host", "")))
+    ):
+        raise keys["username"].error(
+            f"AUTH would send the password in cleartext to {options.get('host')}: use"
+            " tls: starttls or tls: implicit, or set allow_plaintext_auth: true"
+        )
     if "helo" in keys:
         options["helo"] = _hostname(keys["helo"])
     if transport is TransportKind.SANDBOX:
@@ -466,14 +532,71 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         )
     if "preflight" in keys:
         options["preflight"] = keys["preflight"].bool()
+    if "unsubscribe" in keys:
+        un = keys["unsubscribe"].mapping(
+            {"secret_env", "previous_secret_env", "valid_for", "scope", "base_url"}
+        )
+        settings: dict[str, Any] = {}
+        for env_key in ("secret_env", "previous_secret_env"):
+            if env_key in un:
+                var = un[env_key].str()
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+                    raise un[env_key].error(f"'{var}' is not an environment variable name")
+                settings[env_key] = var
+        if "valid_for" in un:
+            settings["valid_for"] = un["valid_for"].duration()
+            if settings["valid_for"] < 86400:
+                raise un["valid_for"].error("links must stay valid at least 1d")
+        if "scope" in un:
+            settings["scope"] = un["scope"].choice(UnsubscribeScope)
+        if "base_url" in un:
+            url = un["base_url"].str()
+            if not re.match(r"^https?://[^\s/{}]+[^\s{}]*$", url):
+                raise un["base_url"].error(f"'{url}' is not an http(s) URL (no template fields)")
+            settings["base_url"] = url
+        options["unsubscribe"] = UnsubscribeSettings(**settings)
+    if "tracking_key_env" in keys:
+        var = keys["tracking_key_env"].str()
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+            raise keys["tracking_key_env"].error(f"'{var}' is not an environment variable name")
+        options["tracking_key_env"] = var
+    if "bounces" in keys:
+        bounce_keys = keys["bounces"].mapping({"trust_unmatched", "max_unmatched"})
+        options["bounces"] = BounceSettings(
+            trust_unmatched=(
+                bounce_keys["trust_unmatched"].bool() if "trust_unmatched" in bounce_keys else False
+            ),
+            max_unmatched=(
+                bounce_keys["max_unmatched"].int(minimum=1)
+                if "max_unmatched" in bounce_keys
+                else 10
+            ),
+        )
+        if options["bounces"].max_unmatched > 100:
+            raise bounce_keys["max_unmatched"].error(
+                f"{options['bounces'].max_unmatched} is more than 100 addresses per report"
+            )
     if "rules" in keys:
         # Kept raw once valid: replies.rules turns it into the RuleSet the lanes use.
-        raw = yaml.safe_load(yaml.serialize(keys["rules"].node))
+        try:
+            raw = yaml.safe_load(yaml.serialize(keys["rules"].node))
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:
+            raise keys["rules"].error(f"not a valid value: {exc}") from None
         resolve_rules(
             raw, source=f"{keys['rules'].file}:{keys['rules'].line}: profiles.{name}.rules"
         )
         options["rules"] = raw
     return Profile(name=name, transport=transport, source=f"{node.file}:{node.line}", **options)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: the only hosts AUTH may reach without TLS by default."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_ip(node: Node) -> bool:

@@ -24,6 +24,7 @@ shipped rules' verdicts.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -35,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from mailctl.config.nodes import parse_duration
+from mailctl.config.nodes import parse_duration, unknown_key_message
 from mailctl.errors import ConfigError
 
 __all__ = [
@@ -59,6 +60,7 @@ class Scope(StrEnum):
     LANE = "lane"  # this sending IP towards this provider: slow down or pause
     CAMPAIGN = "campaign"  # the content or the sending domain: stop, never suppress
     TRANSIENT = "transient"  # nothing to learn: retry the message later
+    MESSAGE = "message"  # this message's own content (line too long): fail it, nothing else
 
 
 DATA_FILE = "provider_rules.yaml"
@@ -187,6 +189,23 @@ class LimitChange:
         return replace(limits, **values)
 
     @property
+    def adaptive(self) -> bool:
+        """Shares ("50%") of the per-minute rate and/or the connections only: the lane applies
+        them to what it observed (reputation/aimd.py). An absolute number is one the provider
+        documents, and caps the lane as given."""
+        given = [
+            amount
+            for amount in (self.per_minute, self.per_hour, self.per_day, self.connections)
+            if amount is not None
+        ]
+        return (
+            bool(given)
+            and all(amount.relative for amount in given)
+            and self.per_hour is None
+            and self.per_day is None
+        )
+
+    @property
     def lowers_pace(self) -> bool:
         """Whether it touches rate or connections (not only messages per connection)."""
         return any(
@@ -278,9 +297,7 @@ def _mapping(value: Any, path: str, allowed: set[str] | None = None) -> Mapping[
         if not isinstance(key, str):
             raise _fail(path, f"keys must be strings, got {key!r}")
         if allowed is not None and key not in allowed:
-            raise _fail(
-                f"{path}.{key}", f"unknown key '{key}' (valid keys: {', '.join(sorted(allowed))})"
-            )  # noqa: E501
+            raise _fail(f"{path}.{key}", unknown_key_message(key, allowed))
     return value
 
 
@@ -295,7 +312,12 @@ def _whole(value: Any, path: str, minimum: int = 1) -> int:
 def _rate(value: Any, path: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise _fail(path, f"expected a positive number of messages or null, got {_describe(value)}")
     return float(value)
 
@@ -310,8 +332,8 @@ def _duration(value: Any, path: str) -> float:
             raise _fail(path, str(exc)) from None
     else:
         raise _fail(path, f"expected a duration such as 30m or 2h, got {_describe(value)}")
-    if seconds <= 0:
-        raise _fail(path, "must be longer than zero")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise _fail(path, "must be a finite duration longer than zero")
     return seconds
 
 
@@ -324,7 +346,12 @@ def _amount(value: Any, path: str, whole: bool) -> Amount:
         if not 0 < percent <= 100:
             raise _fail(path, f"'{value}' is not a percentage between 0% and 100%")
         return Amount(percent / 100, relative=True)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise _fail(
             path, f"expected a positive number or a percentage like 50%, got {_describe(value)}"
         )  # noqa: E501

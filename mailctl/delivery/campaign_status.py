@@ -40,7 +40,7 @@ def change_status(store: Store, name: str, action: StatusAction) -> int | None:
     row = campaign_row(store, name)
     if row["status"] not in action.allowed_from:
         raise MailctlError(f"campaign '{name}' is {row['status']}; cannot {action.verb} it")
-    why = f"{action.verb}d by hand" if action.status != "active" else None
+    why = f"{action.status} by hand" if action.status != "active" else None
     store.set_campaign_status(row["id"], action.status, why)
     if action is CANCEL:
         return store.cancel_unsent(row["id"])

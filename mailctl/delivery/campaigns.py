@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mailctl.config.campaign import Campaign, load_campaign
-from mailctl.config.profiles import ProfilesFile, TrafficClass
+from mailctl.config.profiles import Profile, ProfilesFile, TrafficClass
 from mailctl.delivery.context import CampaignJob
-from mailctl.errors import CampaignChangedError, InputError, MailctlError, TemplateError
-from mailctl.message.render import Renderer
-from mailctl.message.tracking import new_tracking_id
+from mailctl.errors import (
+    CampaignChangedError,
+    ConfigError,
+    InputError,
+    MailctlError,
+    TemplateError,
+)
+from mailctl.message.render import LinkSigning, Renderer
+from mailctl.message.tracking import tracking_keys
 from mailctl.recipients.csv_import import ImportSummary, import_csv
 from mailctl.store.base import Store
+from mailctl.unsubscribe.tokens import load_secret
 
 
 def content_hash(content: dict[str, Any]) -> str:
@@ -46,15 +54,75 @@ def check_fields(store: Store, renderer: Renderer, list_name: str) -> None:
             )
 
 
-def make_renderer(campaign: Campaign, profiles: ProfilesFile) -> Renderer:
+def csv_size(campaign_path: Path) -> int | None:
+    """The size in bytes of a campaign's CSV, for the loading estimate; None without a CSV or
+    when it cannot be read (loading the campaign for real reports the problem)."""
+    try:
+        campaign = load_campaign(campaign_path)
+        return campaign.csv.path.stat().st_size if campaign.csv is not None else None
+    except (MailctlError, OSError):
+        return None
+
+
+def make_renderer(
+    campaign: Campaign,
+    profiles: ProfilesFile,
+    database: str | Path | None = None,
+    *,
+    preview: bool = False,
+) -> Renderer:
+    """The campaign's renderer; `database` is where a generated unsubscribe key lives. A
+    `preview` (dry run) without a database signs links with a throwaway key: it creates
+    nothing."""
     from mailctl.dns.preflight import signing_key
 
-    profile = profiles.get(campaign.profile)
+    profile = profiles.get(campaign.profile, need_password=False)  # rendering never connects
+    base_url = None if campaign.unsubscribe_url else profile.unsubscribe.base_url
+    if (
+        campaign.traffic_class is TrafficClass.MARKETING
+        and campaign.unsubscribe_url is None
+        and campaign.unsubscribe_mailto is None
+        and base_url is None
+    ):
+        raise ConfigError(
+            f"{campaign.path}: a marketing campaign needs 'unsubscribe' (url and/or mailto), "
+            f"or profile '{profile.name}' an unsubscribe.base_url (Gmail and Yahoo require "
+            "one-click unsubscribe for bulk mail)",
+            file=str(campaign.path),
+            key="unsubscribe",
+        )
     return Renderer(
         campaign,
         bounce_domain=profile.bounce_domain,
         verp=profile.verp,
         dkim=signing_key(profile, campaign.from_addr),
+        unsubscribe=link_signing(campaign, profile, database, preview=preview),
+        unsubscribe_base_url=base_url,
+    )
+
+
+def link_signing(
+    campaign: Campaign, profile: Profile, database: str | Path | None, *, preview: bool = False
+) -> LinkSigning | None:
+    """Signed unsubscribe links for campaigns that have an unsubscribe URL or mailto."""
+    if (
+        campaign.unsubscribe_url is None
+        and campaign.unsubscribe_mailto is None
+        and profile.unsubscribe.base_url is None
+    ):
+        return None
+    location = None
+    if database is not None and "://" not in str(database) and str(database) != ":memory:":
+        location = Path(database)
+    settings = profile.unsubscribe
+    if settings.secret_env is None and location is None:
+        if preview:
+            return LinkSigning(os.urandom(32), campaign.list_key, settings.valid_for)
+        return None  # nowhere to keep a key (a scratch database): links stay unsigned
+    return LinkSigning(
+        secret=load_secret(settings.secret_env, location),
+        list_name=campaign.list_key,
+        valid_for=settings.valid_for,
     )
 
 
@@ -71,7 +139,7 @@ def prepare(
     campaign = load_campaign(campaign_path)
     profile = profiles.get(campaign.profile)
     pool = profile.pool_for(campaign.traffic_class, campaign.pool)
-    renderer = make_renderer(campaign, profiles)
+    renderer = make_renderer(campaign, profiles, store.location)
     imported = None
     if campaign.csv is not None:
         source = campaign.csv
@@ -134,7 +202,9 @@ def prepare(
             )
         if row["status"] == "done":
             store.set_campaign_status(campaign_id, "active", None, now=now)
-    queued, suppressed = store.queue_messages(campaign_id, campaign.list_key, now, new_tracking_id)
+    # Signed ids: a report can name a message only with an id this database's key made.
+    keys = tracking_keys(store.location, profile.tracking_key_env)
+    queued, suppressed = store.queue_messages(campaign_id, campaign.list_key, now, keys.new_id)
     job = CampaignJob(
         campaign_id=campaign_id,
         campaign=campaign,
@@ -167,3 +237,15 @@ def active_jobs(
         except MailctlError as exc:
             problems.append(f"campaign '{row['name']}' skipped: {exc}")
     return prepared, problems
+
+
+def requeue_sender_faults(store: Store, campaign_id: int, now: float) -> int:
+    """On resume: messages that failed because of the sending side (credentials refused,
+    TLS, the relay unreachable) go back to the queue. The operator fixed the cause; those
+    messages never reached anyone, so leaving them failed would lose them."""
+    from mailctl.delivery.outcome import SENDER_FAULT_REASONS
+    from mailctl.delivery.transport import SenderFault
+
+    failed = sorted(SENDER_FAULT_REASONS.values())
+    expired = sorted(SENDER_FAULT_REASONS[fault] for fault in (SenderFault.AUTH, SenderFault.TLS))
+    return store.requeue_failed(campaign_id, failed, expired, now)

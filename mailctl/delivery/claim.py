@@ -11,6 +11,8 @@ import asyncio
 import json
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -20,6 +22,7 @@ from mailctl.config.campaign import Campaign
 from mailctl.delivery.context import CampaignJob, SendContext
 from mailctl.errors import TemplateError
 from mailctl.message.render import RenderedMessage, Renderer
+from mailctl.recipients.address import address_key
 
 
 class Claimer:
@@ -39,8 +42,11 @@ class Claimer:
         return sum(self.ctx.store.remaining(cid) for cid in self.ctx.jobs)
 
     def suppressed(self, claimed: Sequence[dict[str, Any]], now: float) -> set[str]:
-        """Claimed addresses suppressed since they were queued (a bounce may have arrived)."""
-        return self.ctx.store.suppressed_set([m["email"] for m in claimed], now)
+        """Claimed addresses (as written) suppressed since they were queued (a bounce may
+        have arrived): compared on their canonical keys, so no spelling slips through."""
+        keys = {m["email"]: address_key(m["email"]) for m in claimed}
+        hits = self.ctx.store.suppressed_set(set(keys.values()), now)
+        return {email for email, key in keys.items() if key in hits}
 
     def start_render_pool(self) -> None:
         """Render in other processes when the run is big and the machine has a second core."""
@@ -76,7 +82,26 @@ class Claimer:
 _worker_renderers: dict[int, Renderer] = {}
 
 
-def _init_render_worker(specs: dict[int, tuple[Campaign, dict[str, Any]]]) -> None:
+# How often a render worker checks that the run that started it is still alive.
+PARENT_POLL_SECONDS = 0.5
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """Exit this worker once its parent is gone (a `kill -9` of send skips every cleanup):
+    an orphan would hold its memory, and keep multiprocessing's resource tracker alive, forever.
+    Polling getppid works on every POSIX system, unlike Linux's parent-death signal."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(0)
+
+
+def _init_render_worker(
+    specs: dict[int, tuple[Campaign, dict[str, Any]]], parent_pid: int | None = None
+) -> None:
+    if parent_pid is not None:
+        threading.Thread(
+            target=_exit_when_orphaned, args=(parent_pid,), name="orphan-watch", daemon=True
+        ).start()
     for campaign_id, (campaign, options) in specs.items():
         _worker_renderers[campaign_id] = Renderer(campaign, **options)
 
@@ -104,7 +129,7 @@ class RenderPool:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a running loop
             initializer=_init_render_worker,
-            initargs=(specs,),
+            initargs=(specs, os.getpid()),
         )
         # Starting the workers (a new interpreter, imports) takes a few hundred ms: the run
         # renders in-process until they answer, instead of waiting for them.

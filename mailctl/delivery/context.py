@@ -17,7 +17,7 @@ from mailctl.config.campaign import Campaign
 from mailctl.config.profiles import Profile
 from mailctl.message.render import Renderer
 from mailctl.reputation.budget import WarmupBudget
-from mailctl.reputation.lanes import Scheduler
+from mailctl.reputation.scheduler import Scheduler
 from mailctl.store.base import Store
 
 

@@ -13,20 +13,28 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailctl.config.profiles import TlsMode, TransportKind
-from mailctl.config.provider_rules import TlsPolicy
+from mailctl.config.profiles import TlsMode, TransportKind, is_loopback
+from mailctl.config.provider_rules import Scope, TlsPolicy
 from mailctl.delivery.context import CampaignJob, SendContext, hms
-from mailctl.delivery.outcome import NO_EVENT, Outcome, reply_outcome
+from mailctl.delivery.outcome import NO_EVENT, Outcome, hm, reply_outcome, short
 from mailctl.delivery.record import Recorder
 from mailctl.delivery.route import Routed
 from mailctl.delivery.transport import Connection, Destination, Reply, relay_destination
 from mailctl.dns.providers import DomainRoute
 from mailctl.message.render import RenderedMessage
 from mailctl.model import MessageState
-from mailctl.reputation.lanes import LaneEvent, LaneEventKind
+from mailctl.recipients.address import address_key
+from mailctl.replies.classify import classify_reply
+from mailctl.reputation.lanes import Lane, LaneEvent, LaneEventKind
 
 # A lane wait shorter than this is slept through by the worker; longer ones defer the message.
 SHORT_WAIT = 2.0
+# A worker holding an open connection sleeps through a wait up to this long rather than close
+# it: reconnect churn is what connection-rate limits punish. Well below common server idle
+# timeouts (Postfix 300 s, RFC 5321's 5 minutes).
+KEEP_WAIT = 20.0
+# A connection idle longer than this is checked with NOOP before the next message.
+NOOP_AFTER = 10.0
 
 
 @dataclass
@@ -54,8 +62,11 @@ class _Group:
     messages_per_connection: int
     queue: asyncio.Queue[Item | None]
     lane_capped: bool = False
+    conn_lane: tuple[str, str] = ("", "")  # the lane whose learned connections cap this group
     paused_until: float = 0.0
     failures: int = 0
+    closing: bool = False  # the run is ending: workers beyond the cap leave too
+    pending: int = 0  # items queued to this group and not yet in flight
     workers: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -74,8 +85,9 @@ def _pace(limits: Any) -> float:
 
 
 def _lane_key(group: _Group) -> tuple[str, str]:
-    """(IP, provider) of a direct group, whose connections count against its lane's cap."""
-    return (group.ip, group.key[2]) if len(group.key) > 2 else (group.ip, "")
+    """The lane whose connection cap the group's connections count against: (IP, provider)
+    for direct delivery, (IP, "relay HOST:PORT") for a relay or the sandbox."""
+    return group.conn_lane
 
 
 class Dispatcher:
@@ -91,7 +103,8 @@ class Dispatcher:
         self.finished = asyncio.Event()  # a worker is done with a message
         self._in_flight: dict[int, Item] = {}
         self._groups: dict[tuple[str, ...], _Group] = {}
-        self._open: dict[tuple[str, str], int] = {}  # open connections per lane (direct)
+        self._open: dict[tuple[str, str], int] = {}  # connection slots taken per lane
+        self._connecting: Counter[tuple[str, str]] = Counter()  # of those, still connecting
         self._freed: dict[tuple[str, str], asyncio.Event] = {}  # a lane connection closed
         # Workers holding a message while they wait for a lane connection slot, per lane.
         self._slot_waiters: Counter[tuple[str, str]] = Counter()
@@ -128,11 +141,14 @@ class Dispatcher:
                 continue
             job = ctx.jobs[message["campaign_id"]]
             group = self._group_for(job, ip, provider, entry.route)
+            group.pending += 1  # before the put: busy() must never miss it
             await group.queue.put(Item(message, job, result, ip, provider))
             self.attempted += 1
 
     def busy(self) -> bool:
-        return bool(self._in_flight) or any(not g.queue.empty() for g in self._groups.values())
+        # ``pending`` also counts an item a worker has taken off the queue but not yet
+        # marked in flight (the get completed; the worker has not run since).
+        return bool(self._in_flight) or any(g.pending > 0 for g in self._groups.values())
 
     def _release_queued(self, now: float) -> None:
         """Messages queued to connections but not taken: back to the queue."""
@@ -140,6 +156,7 @@ class Dispatcher:
             while not group.queue.empty():
                 item = group.queue.get_nowait()
                 if item is not None:
+                    group.pending -= 1
                     self.ctx.budget.release(item.ip, item.provider)
                     self.recorder.release([item.message], now)
                     self.attempted -= 1
@@ -159,6 +176,8 @@ class Dispatcher:
         returns the messages cut off mid-transaction."""
         self._release_queued(now)
         for group in self._groups.values():
+            group.closing = True
+            self._freed.setdefault(group.conn_lane, asyncio.Event()).set()
             for _ in group.workers:
                 group.queue.put_nowait(None)
         workers = [task for group in self._groups.values() for task in group.workers]
@@ -204,6 +223,17 @@ class Dispatcher:
             per_connection = limits.messages_per_connection
         else:
             destination = relay_destination(profile, ip, self.sandbox_port)
+            if (
+                destination.username
+                and destination.allow_plaintext_auth
+                and not destination.tls_required
+                and destination.tls is not TlsMode.IMPLICIT
+                and not is_loopback(destination.host)
+            ):
+                self.ctx.say(
+                    f"warning: AUTH to {destination.name} may go in cleartext"
+                    " (allow_plaintext_auth: true): the password can be read on the way"
+                )
             connections = profile.connections
             per_connection = profile.messages_per_connection
         group = _Group(
@@ -215,23 +245,58 @@ class Dispatcher:
             queue=asyncio.Queue(
                 maxsize=max(connections, 1) * self.ctx.options.queue_per_connection
             ),
-            lane_capped=direct,
+            lane_capped=True,
+            conn_lane=(ip, provider) if direct else (ip, f"relay {destination.name}"),
         )
         self._groups[key] = group
-        group.workers = [asyncio.create_task(self._worker(group)) for _ in range(connections)]
+        group.workers = [
+            asyncio.create_task(self._worker(group, index)) for index in range(connections)
+        ]
         return group
 
     # ------------------------------------------------------------------ workers
 
-    async def _worker(self, group: _Group) -> None:
+    def _conn_lane(self, group: _Group) -> Lane:
+        ip, name = group.conn_lane
+        return self.ctx.scheduler.lane(ip, name)
+
+    async def _my_turn(self, group: _Group, index: int, connection: Connection | None) -> None:
+        """Wait while this worker is beyond the connections its lane may hold now (a slow
+        start, or the number that held when a receiver refused one more). A worker above the
+        cap gives up its connection first. Waits on the event loop, not the injected clock:
+        an idle worker must not make time pass."""
+        lane = self._conn_lane(group)
+        while index >= lane.connection_cap(self.ctx.clock.now(), group.connections):
+            if self.ctx.stop.is_set() or group.closing:
+                return
+            changed = self._freed.setdefault(_lane_key(group), asyncio.Event())
+            changed.clear()
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=0.2)
+            except TimeoutError:
+                pass
+
+    async def _worker(self, group: _Group, index: int = 0) -> None:
         connection: Connection | None = None
         try:
             while True:
+                if index > 0 and connection is None:
+                    await self._my_turn(group, index, connection)
+                elif index > 0 and connection is not None:
+                    cap = self._conn_lane(group).connection_cap(
+                        self.ctx.clock.now(), group.connections
+                    )
+                    if index >= cap:
+                        await connection.close()
+                        self._lane_closed(group)
+                        connection = None
+                        continue
                 item, connection = await self._next_item(group, connection)
                 if item is None:
                     break
                 message = item.message
                 self._in_flight[message["id"]] = item
+                group.pending -= 1
                 try:
                     connection = await self._deliver(group, item, connection)
                 finally:
@@ -285,7 +350,9 @@ class Dispatcher:
         message, ip, provider = item.message, item.ip, item.provider
         lane = ctx.scheduler.lane(ip, provider)
         lane_key = (ip, provider)
-        if message["email"] in recorder.suppressed_in_run:
+        if recorder.suppressed_in_run and address_key(message["email"]) in (
+            recorder.suppressed_in_run
+        ):
             # A hard bounce earlier in this run (another campaign, the same address).
             ctx.budget.release(ip, provider)
             recorder.record(
@@ -308,13 +375,17 @@ class Dispatcher:
                     group.paused_until,
                     provider=provider,
                     ip=ip,
-                    why="connections to this destination are failing",
+                    why=f"connections to {group.destination.name} are failing; next try at "
+                    f"{hm(group.paused_until)}",
+                    kind=f"connections to {group.destination.name} are failing",
                 )
                 return connection
             wait = lane.admit(now)
             if wait == 0:
                 break
-            if wait <= SHORT_WAIT:
+            keep = connection is not None and connection.alive and wait <= KEEP_WAIT
+            if wait <= SHORT_WAIT or keep:
+                # A few seconds to the next token: keep the connection, do not churn it.
                 await ctx.clock.sleep(wait)
                 continue
             # Paused, or pacing far behind: spread this lane's messages over its slots.
@@ -327,50 +398,84 @@ class Dispatcher:
                 slot = ends
             else:
                 self._next_slot[lane_key] = slot + _pace(lane.limits(now))
-            if connection is not None and lane.pause_wait(now) > 0:
+            if connection is not None and lane.pause_wait(now) > KEEP_WAIT:
                 await connection.close()  # a paused lane keeps no idle connection open
                 if group.lane_capped:
                     self._lane_closed(group)
                 connection = None
             # Recorded last: after its outcome a message must not wait on anything that a
             # cancellation could interrupt (it would be counted twice at shutdown).
+            mode = lane.state.mode.value
+            what = f"lane {ip} -> {provider} {'pacing' if mode == 'normal' else mode}"
+            cause = f" ({short(lane.state.reason, 40)})" if lane.state.reason else ""
             recorder.defer_self(
                 message,
                 now,
                 slot,
                 provider=provider,
                 ip=ip,
-                why=f"lane {ip} -> {provider} is {lane.state.mode.value}",
+                why=f"{what} until {hm(ends if ends is not None else slot)}"
+                + (f" ({short(lane.state.reason)})" if lane.state.reason else "")
+                + f"; slot at {hm(slot)}",
+                kind=what + cause,
             )
             return connection
         limit = group.messages_per_connection
-        if group.lane_capped:
+        if group.conn_lane == lane_key:  # direct: the provider's messages per connection
             limit = min(limit, lane.limits(now).messages_per_connection)
+        if connection is not None and connection.alive and connection.messages < limit:
+            if now - connection.last_used > NOOP_AFTER and not await connection.noop():
+                # The server dropped the idle connection: a new one, the message is not lost.
+                self._lane_closed(group)
+                connection = None
         if connection is None or not connection.alive or connection.messages >= limit:
             if connection is not None:
                 await connection.close()
-                if group.lane_capped:
-                    self._lane_closed(group)
+                self._lane_closed(group)
                 connection = None
-            if group.lane_capped:
-                await self._lane_slot(lane_key, lane.limits(now).connections)
+            conn_lane = self._conn_lane(group)
+            connect_wait = conn_lane.connect_wait(now)
+            if connect_wait > 0:
+                # A receiver refused a connection moments ago: open none until the probe
+                # pause ends. The connections that held go on sending.
+                ctx.budget.release(ip, provider)
+                recorder.defer_self(
+                    message,
+                    now,
+                    now + connect_wait,
+                    provider=provider,
+                    ip=ip,
+                    why="waiting to open another connection",
+                    kind=f"connections to {group.destination.name} refused: probe pause",
+                )
+                return None
+            await self._lane_slot(
+                _lane_key(group), conn_lane.connection_cap(now, group.connections)
+            )
             connection = Connection(group.destination)
-            failure = await connection.open()
-            if failure is not None:
-                if group.lane_capped:
-                    self._lane_closed(group)
+            key = _lane_key(group)
+            self._connecting[key] += 1
+            try:
+                failure = await connection.open()
+            finally:
+                self._connecting[key] -= 1
+            if failure is None:
+                self._report_open(key)
+            else:
+                self._lane_closed(group)
                 connection = None
-                self._connection_failed(group)
-                self._after_reply(item, failure)
+                if failure.code is None and not self._open.get(_lane_key(group)):
+                    self._connection_failed(group)  # nobody answers: back the group off
+                self._connect_refused(group, item, failure)
                 return None
             group.failures = 0
         reply = await connection.send(
             item.rendered.envelope_from, item.rendered.recipient, item.rendered.data
         )
-        self._after_reply(item, reply)
+        connection.last_used = ctx.clock.now()
+        self._after_reply(item, reply, group=group, busy=not group.queue.empty())
         if not connection.alive:
-            if group.lane_capped:
-                self._lane_closed(group)
+            self._lane_closed(group)
             return None
         return connection
 
@@ -397,15 +502,48 @@ class Dispatcher:
                     wanted.clear()
             if self.ctx.stop.is_set():
                 break
-            cap = self.ctx.scheduler.lane(ip, provider).limits(self.ctx.clock.now()).connections
+            cap = self.ctx.scheduler.lane(ip, provider).connection_cap(self.ctx.clock.now(), cap)
         self._open[lane_key] = self._open.get(lane_key, 0) + 1
+
+    def _report_open(self, key: tuple[str, str]) -> None:
+        """Tell the lane how many of its connections are established (not still connecting):
+        the concurrency that held."""
+        self.ctx.scheduler.lane(*key).meter.opened(
+            max(0, self._open.get(key, 0) - self._connecting[key])
+        )
 
     def _lane_closed(self, group: _Group) -> None:
         key = _lane_key(group)
         self._open[key] = max(0, self._open.get(key, 0) - 1)
+        self._report_open(key)
         freed = self._freed.get(key)
         if freed is not None:
             freed.set()
+
+    def _connect_refused(self, group: _Group, item: Item, failure: Reply) -> None:
+        """A connection that failed to open. A refusal (421 at the banner, a connection
+        reset or refused) is a connection signal for the group's lane: fewer connections,
+        the message rate untouched. Other replies at connect go to the message's lane."""
+        ctx = self.ctx
+        now = ctx.clock.now()
+        refused = failure.code == 421 or (
+            failure.code is None and "refused" in failure.text.lower()
+        )
+        if not refused:
+            self._after_reply(item, failure)
+            return
+        lane = self._conn_lane(group)
+        if failure.code is None:
+            event = lane.on_connect_refused(failure.text, now)
+        else:
+            event = lane.on_reply(
+                failure.text, failure.code, now, from_receiver=True, stage="connect"
+            )
+        if event.kind is not LaneEventKind.IGNORED:
+            self._lane_event(event, item.message["campaign_id"], now)
+        outcome = self._outcome(item, failure, event, now)
+        ctx.budget.release(item.ip, item.provider)
+        self.recorder.record(outcome)
 
     def _connection_failed(self, group: _Group) -> None:
         # Back off the whole group so a refusing server is not hammered: 1 s doubling to 5 min.
@@ -415,22 +553,41 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ replies
 
-    def _after_reply(self, item: Item, reply: Reply) -> None:
+    def _after_reply(
+        self, item: Item, reply: Reply, *, group: _Group | None = None, busy: bool = False
+    ) -> None:
         ctx, recorder = self.ctx, self.recorder
         now = ctx.clock.now()
+        lane = ctx.scheduler.lane(item.ip, item.provider)
         if reply.ok:
+            lane.accepted(now, busy=busy)
+            if group is not None and group.conn_lane != (item.ip, item.provider):
+                self._conn_lane(group).accepted(now, busy=busy)
             recorder.sent(self._outcome(item, reply, NO_EVENT, now))
             return
-        lane = ctx.scheduler.lane(item.ip, item.provider)
-        event = lane.on_reply(reply.text, reply.code, now, from_receiver=reply.from_receiver)
-        if event.pauses_lane or event.kind is LaneEventKind.DISABLED:
+        verdict_scope = None
+        if reply.code is not None:
+            verdict_scope = classify_reply(
+                reply.code, reply.text, item.provider, stage=reply.stage
+            ).scope
+        event = lane.on_reply(
+            reply.text,
+            reply.code,
+            now,
+            from_receiver=reply.from_receiver,
+            stage=reply.stage,
+            recipient_scoped=verdict_scope is Scope.RECIPIENT,
+        )
+        if event.pauses_lane or event.kind in (LaneEventKind.DISABLED, LaneEventKind.CONNECTIONS):
             self._lane_event(event, item.message["campaign_id"], now)
         outcome = self._outcome(item, reply, event, now)
         ctx.budget.release(item.ip, item.provider)  # not sent: its place in the day goes back
         recorder.record(outcome)
         cid = item.message["campaign_id"]
         if event.kind is LaneEventKind.STOP_CAMPAIGN:
-            ctx.stop_campaign(cid, f"{event.reason or 'stopped by rule'} ({reply.text})")
+            why = event.reason or "stopped by rule"
+            # A rule's reason is often the reply itself: say it once.
+            ctx.stop_campaign(cid, why if reply.text in why else f"{why} ({reply.text})")
         elif outcome.state is MessageState.FAILED and outcome.scope == "campaign":
             ctx.stop_campaign(cid, f"the receiver refused the sender: {reply.text}")
 

@@ -14,10 +14,12 @@ import asyncio
 import contextlib
 import gc
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from mailctl.clock import Clock, SystemClock
+from mailctl.delivery.attention import attention
 from mailctl.delivery.claim import Claimer
 from mailctl.delivery.context import (
     CampaignJob,
@@ -34,7 +36,8 @@ from mailctl.dns.resolver import Resolver
 from mailctl.errors import StoreError
 from mailctl.replies.rules import load_rules
 from mailctl.reputation.budget import WarmupBudget, profile_settings
-from mailctl.reputation.lanes import LaneState, Scheduler
+from mailctl.reputation.lane_state import LaneState
+from mailctl.reputation.scheduler import Scheduler
 from mailctl.store.base import Store
 
 ProgressCallback = Callable[["Engine"], None]
@@ -191,6 +194,8 @@ class Engine:
             if store.remaining(cid) == 0:
                 store.set_campaign_status(cid, "done", None, now=clock.now())
         summary.stopped_campaigns = {ctx.jobs[cid].name: why for cid, why in ctx.stopped.items()}
+        summary.deferral_reasons = top_wait_kinds(store, ctx.jobs)
+        summary.attention = attention(recorder.faults, summary.stopped_campaigns, sent=summary.sent)
         self._progress()
         return summary
 
@@ -235,6 +240,16 @@ class Engine:
         # Anything still in flight was cut off mid-transaction: it may have been delivered.
         self.recorder.cut_off(cut, now)
         self.recorder.commit(force=True)
+
+
+def top_wait_kinds(
+    store: Store, campaign_ids: Iterable[int], limit: int = 5
+) -> list[tuple[str, int]]:
+    """Why the deferred messages of these campaigns wait, most common first."""
+    counts: Counter[str] = Counter()
+    for cid in campaign_ids:
+        counts.update(dict(store.top_wait_kinds(cid, limit)))
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from mailctl.dns.preflight import check as run_check
 from mailctl.dns.preflight import resolver_for
 from mailctl.message.render import RenderedMessage
 from mailctl.message.tracking import new_tracking_id
+from mailctl.recipients.address import address_key
 from mailctl.recipients.csv_import import import_csv
 from mailctl.store.base import Store
 
@@ -28,8 +29,9 @@ class DryRun:
     """What `send --dry-run` found: the campaign, its recipient count, the first messages."""
 
     campaign: str
-    total: int
+    total: int  # recipients a real run would queue now (none already queued or sent)
     messages: list[RenderedMessage]
+    already: int = 0  # list members that already have a message in this campaign
 
 
 def dry_run(
@@ -40,14 +42,20 @@ def dry_run(
     existing_store: Callable[[str], Store],
     show: int,
     on_warning: Callable[[str], None],
+    database: str | Path | None = None,
+    known_keys: Callable[[str], set[str]] = lambda name: set(),
 ) -> DryRun:
     """Render the first `show` messages without touching the database or the network.
 
     A campaign with a CSV is imported into a scratch store (`scratch_store()`); one naming
-    a stored list reads it from `existing_store(list_name)`, which never writes."""
+    a stored list reads it from `existing_store(list_name)`, which never writes. Unsubscribe
+    links are signed with the key next to `database` when it exists (so a preview shows
+    links that work), else with a throwaway key: a dry run creates no key file.
+    `known_keys(campaign)` gives the address keys that already have a message in the real
+    database: a real run queues only the others, so they are not counted (nor shown)."""
     campaign = load_campaign(campaign_file)
-    profiles.get(campaign.profile)
-    renderer = make_renderer(campaign, profiles)
+    profiles.get(campaign.profile, need_password=False)  # a dry run never connects
+    renderer = make_renderer(campaign, profiles, database, preview=True)
     with scratch_store() as scratch:
         if campaign.csv is not None:
             summary = import_csv(
@@ -64,12 +72,17 @@ def dry_run(
         else:
             source = existing_store(campaign.list_key)
         check_fields(source, renderer, campaign.list_key)
-        total = source.count_recipients(campaign.list_key)
-        messages = [
-            renderer.render(row["email"], row["fields"], new_tracking_id())
-            for row in source.iter_recipients(campaign.list_key, limit=show)
-        ]
-    return DryRun(campaign=campaign.name, total=total, messages=messages)
+        known = known_keys(campaign.name)
+        total = already = 0
+        messages: list[RenderedMessage] = []
+        for row in source.iter_recipients(campaign.list_key):
+            if address_key(row["email"]) in known:
+                already += 1
+                continue
+            total += 1
+            if len(messages) < show:
+                messages.append(renderer.render(row["email"], row["fields"], new_tracking_id()))
+    return DryRun(campaign=campaign.name, total=total, messages=messages, already=already)
 
 
 def first_send_preflight(

@@ -12,10 +12,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailctl.config.profiles import TransportKind
+from mailctl.delivery.attention import SenderFaults
 from mailctl.delivery.context import SendContext, hms
 from mailctl.delivery.outcome import Outcome, new_outcome
 from mailctl.model import MessageState
-from mailctl.reputation.lanes import BreakerPolicy, BreakerState, check_breaker
+from mailctl.recipients.address import address_key
+from mailctl.reputation.breaker import BreakerPolicy, BreakerState, check_breaker
 from mailctl.reputation.signals import ip_day_counts, smtp_suppressions
 
 # Pending outcomes that force a commit whatever the interval.
@@ -46,10 +49,15 @@ class RunSummary:
     suppressed: int = 0
     remaining: int = 0
     recovered: int = 0
+    possible_duplicates: int = 0  # this run's: no answer after the final dot, or cut off
     elapsed: float = 0.0
     stop_reason: str = "finished"
     next_attempt_at: float | None = None
     stopped_campaigns: dict[str, str] = field(default_factory=dict)
+    # What the operator must fix before this mail can go (`delivery.attention`), or None.
+    attention: str | None = None
+    # Why the deferred messages of these campaigns wait, most common first.
+    deferral_reasons: list[tuple[str, int]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,10 +71,15 @@ class RunSummary:
             "suppressed": self.suppressed,
             "remaining": self.remaining,
             "possible_duplicates_recovered": self.recovered,
+            "possible_duplicates": self.possible_duplicates,
             "elapsed": round(self.elapsed, 3),
             "stop_reason": self.stop_reason,
             "stopped_campaigns": self.stopped_campaigns,  # name -> why a breaker/rule stopped it
             "next_attempt_at": self.next_attempt_at,
+            "attention": self.attention,
+            "deferral_reasons": [
+                {"reason": reason, "count": count} for reason, count in self.deferral_reasons
+            ],
         }
 
 
@@ -97,8 +110,10 @@ class Recorder:
         self.on_commit = on_commit
         self.summary = RunSummary(campaigns=[job.name for job in ctx.jobs.values()])
         self.lanes: dict[tuple[str, str], LaneStats] = {}
-        self.suppressed_in_run: set[str] = set()  # hard bounces of this run, any campaign
+        # Address keys hard-bounced in this run, any campaign, any spelling.
+        self.suppressed_in_run: set[str] = set()
         self.fatal: BaseException | None = None  # a commit failed: the run stops and says so
+        self.faults = SenderFaults()  # sending-side failures toward relays, for cron's exit
         self._pending: list[Outcome] = []
         self._sent_by_lane: Counter[tuple[str, str]] = Counter()
         self._last_commit = 0.0
@@ -142,8 +157,18 @@ class Recorder:
 
     def record(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
+        if outcome.possible_duplicate:
+            self.summary.possible_duplicates += 1
+        if outcome.attempted:
+            if outcome.code is not None:
+                self.faults.answered += 1
+            if outcome.fault is not None:
+                job = self.ctx.jobs[outcome.campaign_id]
+                if job.profile.transport is TransportKind.RELAY:
+                    # Toward an MX it is the receiver's problem; toward our relay, ours.
+                    self.faults.add(outcome.fault, outcome.reply)
         if outcome.suppress:
-            self.suppressed_in_run.add(outcome.email)
+            self.suppressed_in_run.add(address_key(outcome.email))
         state = outcome.state
         counter = _SUMMARY_FIELD.get(state)
         if counter is not None:
@@ -179,10 +204,14 @@ class Recorder:
         *,
         provider: str | None,
         why: str,
+        kind: str,
         ip: str | None = None,
         may_expire: bool = True,
     ) -> None:
         """mailctl's own deferral: no attempt, no reply, never feeds a rule.
+
+        ``kind`` says why in words that group (no times); ``why`` is the full reason the
+        message carries in the queue.
 
         A message that cannot go anywhere (DNS failing, its lane disabled) still expires at
         its maximum age; one waiting for warm-up capacity (``may_expire=False``) never does.
@@ -217,6 +246,8 @@ class Recorder:
                 provider=provider,
                 reason="mailctl",
                 reply=why,
+                wait_kind=kind,
+                wait_reason=why,
             )
         )
 
@@ -224,6 +255,7 @@ class Recorder:
         """Messages cut off mid-transaction: queued again, marked as possible duplicates
         (they may have been delivered)."""
         self.release(messages, now)
+        self.summary.possible_duplicates += len(messages)
         if messages:
             self.ctx.store.mark_possible_duplicates([message["id"] for message in messages])
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from mailctl.config.profiles import TransportKind
 from mailctl.delivery.context import CampaignJob, SendContext
-from mailctl.delivery.outcome import asked_back_to
+from mailctl.delivery.outcome import asked_back_to, hm
 from mailctl.delivery.record import Recorder
 from mailctl.dns.providers import (
     AsyncMxResolver,
@@ -158,6 +158,25 @@ class Router:
         finite = [m for m in moments if m != float("inf")]
         return min(finite) if finite else now + 3600
 
+    def _blocked_kind(
+        self,
+        pool_name: str,
+        pool: list[str],
+        provider: str,
+        capacity: Callable[[str, str], int | None],
+        now: float,
+    ) -> str:
+        """Why no IP of the pool may send to this provider now, in words that group."""
+        capped = [ip for ip in pool if (left := capacity(ip, provider)) is not None and left <= 0]
+        if capped and len(capped) == len(pool):
+            return f"warm-up: {', '.join(capped)} at today's cap for {provider}"
+        paused = [ip for ip in pool if self.ctx.scheduler.lane(ip, provider).pause_wait(now) > 0]
+        if paused and len(paused) + len(capped) == len(pool):
+            return f"lanes {', '.join(paused)} -> {provider} paused" + (
+                f"; {', '.join(capped)} at today's warm-up cap" if capped else ""
+            )
+        return f"no IP of pool {pool_name} may send to {provider}"
+
     # ------------------------------------------------------------------ routing
 
     def route(
@@ -205,12 +224,14 @@ class Router:
                     )
                     continue
                 if action is DirectAction.DEFER:
+                    retry_at = now + job.profile.retry_delays[0]
                     recorder.defer_self(
                         message,
                         now,
-                        now + job.profile.retry_delays[0],
+                        retry_at,
                         provider=provider,
-                        why="DNS lookup timed out",
+                        why=f"DNS lookup for {route.domain} timed out; retry at {hm(retry_at)}",
+                        kind="DNS lookup timed out",
                     )
                     continue
             pool = [s.ip for s in job.profile.pools[job.pool]]
@@ -218,12 +239,15 @@ class Router:
             # waits for its slot.
             ip = ctx.scheduler.pick_ip(pool, provider, now, capacity, prefer=asked_back_to(message))
             if ip is None:
+                returns = self._capacity_returns(pool, provider, now)
+                kind = self._blocked_kind(job.pool, pool, provider, capacity, now)
                 recorder.defer_self(
                     message,
                     now,
-                    self._capacity_returns(pool, provider, now),
+                    returns,
                     provider=provider,
-                    why="no IP of the pool may send now",
+                    why=f"{kind}; next capacity at {hm(returns)}",
+                    kind=kind,
                     may_expire=False,  # warm-up caps and pauses never cost a message
                 )
                 continue
@@ -244,7 +268,8 @@ class Router:
                     slot,
                     provider=provider,
                     ip=ip,
-                    why=f"warm-up: {ip} sends its next message at its window slot",
+                    why=f"warm-up: {ip}'s next window slot at {hm(slot)}",
+                    kind=f"warm-up: {ip}'s window slots",
                     may_expire=False,
                 )
                 continue

@@ -15,7 +15,6 @@ import asyncio
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
@@ -32,7 +31,8 @@ from mailctl.store.base import Store
 
 Notice = Callable[[str], None]
 # total messages, messages done, sent per second, one dict per lane (Engine.lane_rows)
-ProgressCallback = Callable[[int, int, float, list[dict[str, Any]]], None]
+# run total, counts by outcome (sent, deferred, bounced, failed, expired, suppressed), lane rows
+ProgressCallback = Callable[[int, dict[str, int], list[dict[str, Any]]], None]
 # bytes read, rows imported: while a campaign's CSV loads
 LoadCallback = Callable[[int, int], None]
 
@@ -67,6 +67,12 @@ class SendRun:
         self.recovered = 0
         self.prepared: list[Prepared] = []
         self._exit = ExitStack()
+
+    def _engine_event(self, message: str) -> None:
+        """The send loop's warnings (cleartext AUTH allowed by the profile) go to
+        ``on_warning``; its other notices are for the progress display only."""
+        if message.startswith("warning: "):
+            self.on_warning(message.removeprefix("warning: "))
 
     def __enter__(self) -> Self:
         self._exit.enter_context(self.store.send_lock(self.host))
@@ -108,20 +114,36 @@ class SendRun:
         for problem in problems:
             self.on_warning(problem)
 
-    def _jobs(self) -> list[CampaignJob]:
-        jobs = []
+    def _first_rejects(self, file: str) -> bool:
+        """Whether this version of `file` (path, size, modification time) has not had its
+        rejected rows reported yet: cron runs repeat an import, not its warning."""
+        try:
+            st = os.stat(file)
+        except OSError:
+            return True
+        key = f"rejected rows: {os.path.abspath(file)} {st.st_size} {st.st_mtime_ns}"
+        return self.store.first_notice(key, self.now)
+
+    def _jobs(self) -> tuple[list[CampaignJob], list[str]]:
+        """The campaigns that may send, and a note for each one held back by its status."""
+        jobs, held = [], []
         for item in self.prepared:
             row = self.store.get_campaign(item.job.name)
-            if item.imported is not None and item.imported.invalid:
+            if (
+                item.imported is not None
+                and item.imported.invalid
+                and self._first_rejects(item.imported.file)
+            ):
                 self.on_warning(
                     f"{item.imported.invalid} rows of {item.imported.file} were rejected "
                     "(see `mailctl recipients import --rejects FILE`)"
                 )
             if row is not None and row["status"] != "active" and row["status"] != "done":
                 self.on_info(f"campaign {item.job.name} is {row['status']}: not sending")
+                held.append(f"campaign {item.job.name} is {row['status']}")
                 continue
             jobs.append(item.job)
-        return jobs
+        return jobs, held
 
     def send(
         self,
@@ -132,12 +154,14 @@ class SendRun:
     ) -> RunSummary:
         """Send the prepared campaigns until done or stopped; `live` (a progress display) is
         entered while the loop runs. Records the run and returns its summary."""
-        jobs = self._jobs()
+        jobs, held = self._jobs()
         queued = sum(p.queued for p in self.prepared)
         suppressed = sum(p.suppressed for p in self.prepared)
         if not jobs:
+            # A paused campaign has mail to send: say why it is not sent, not "nothing".
             summary = RunSummary(
-                campaigns=[p.job.name for p in self.prepared], stop_reason="nothing to send"
+                campaigns=[p.job.name for p in self.prepared],
+                stop_reason="; ".join(held) or "nothing to send",
             )
             summary.queued, summary.suppressed = queued, suppressed
             return summary
@@ -168,15 +192,20 @@ class SendRun:
             sandbox = Sandbox(outbox)
             await sandbox.start()
             self.on_info(f"sandbox: delivering to an embedded SMTP server, Maildir {outbox}/")
-        started = time.monotonic()  # the display's rate: real seconds, whatever the clock
 
         def progress(engine: Engine) -> None:
             if on_progress is None:
                 return
             s = engine.summary
-            done = s.sent + s.deferred + s.bounced + s.failed + s.expired + s.suppressed
-            rate = s.sent / max(time.monotonic() - started, 1e-6)
-            on_progress(total, done, rate, engine.lane_rows())
+            counts = {
+                "sent": s.sent,
+                "deferred": s.deferred,
+                "bounced": s.bounced,
+                "failed": s.failed,
+                "expired": s.expired,
+                "suppressed": s.suppressed,
+            }
+            on_progress(total, counts, engine.lane_rows())
 
         engine = Engine(
             self.store,
@@ -186,6 +215,7 @@ class SendRun:
             options=options,
             sandbox_port=sandbox.port if sandbox else None,
             on_progress=progress,
+            on_event=self._engine_event,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import mailbox
 import secrets
 import time
 from email.utils import formatdate
@@ -18,13 +17,15 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailctl.files import write_private_bytes_into
+
 _HOSTNAME = "mx.sim.invalid"  # never resolvable: the sandbox is not a real MX
 
 
 class _MaildirHandler:
     """aiosmtpd handler: accept every recipient, write one Maildir file per recipient."""
 
-    def __init__(self, maildir: mailbox.Maildir) -> None:
+    def __init__(self, maildir: Path) -> None:
         self.maildir = maildir
         self._queue_prefix = secrets.token_hex(3).upper()
         self._queue_ids = itertools.count(1)
@@ -44,8 +45,15 @@ class _MaildirHandler:
                 f"\tby {_HOSTNAME} (mailctl-sim) with ESMTP id {queue_id}\n"
                 f"\tfor <{rcpt}>; {formatdate(now)}\n"
             ).encode()
-            # Maildir files use LF; Maildir.add writes tmp/ then renames into new/ atomically.
-            self.maildir.add(received + content.replace(b"\r\n", b"\n"))
+            # Maildir files use LF; written to tmp/, mode 0600 (they hold recipients'
+            # messages), then renamed into new/ when complete.
+            write_private_bytes_into(
+                self.maildir / "new",
+                f"{int(now)}.M{secrets.token_hex(8)}Q{queue_id}.mailctl",
+                received + content.replace(b"\r\n", b"\n"),
+                temp_directory=self.maildir / "tmp",
+                durable=False,  # a rehearsal outbox: complete files matter, not fsync
+            )
         return f"250 2.0.0 OK queued as {queue_id}"
 
 
@@ -76,10 +84,9 @@ class Sandbox:
 
     async def start(self) -> int:
         """Listen on a free port of 127.0.0.1; returns the port."""
-        maildir = mailbox.Maildir(self.outbox, create=True)
         for sub in ("tmp", "new", "cur"):  # a Maildir, also when the folder already exists
-            (self.outbox / sub).mkdir(parents=True, exist_ok=True)
-        handler = _MaildirHandler(maildir)
+            (self.outbox / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        handler = _MaildirHandler(self.outbox)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _SandboxSMTP(

@@ -4,11 +4,18 @@ A destination is where connections go: the relay, the embedded sandbox server (s
 or (with direct delivery) an MX host. Connections are reused up to a messages-per-connection
 limit.
 A connection that dies mid-message yields a deferral, never a "sent".
+
+"Sent" means the receiver took responsibility for the message: a 2xx to the end of data
+that followed a 354. Any other 2xx (252 to MAIL or RCPT, 250 to DATA itself) is a protocol
+error, and no answer after the final dot (timeout, lost connection, garbage) leaves the
+message possibly delivered: the reply says so and the caller defers it as a possible
+duplicate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from dataclasses import dataclass, field
 
@@ -22,7 +29,8 @@ from aiosmtplib.errors import (
     SMTPTimeoutError,
 )
 
-from mailctl.config.profiles import Profile, TlsMode, TransportKind
+from mailctl.config.profiles import Profile, TlsMode, TransportKind, is_loopback
+from mailctl.untrusted import printable
 
 
 @dataclass(frozen=True)
@@ -30,26 +38,77 @@ class Reply:
     """One SMTP reply as a single line. code None: no reply (network failure).
 
     ``stage`` is the command it answered: connect (greeting, EHLO, STARTTLS, AUTH), mail,
-    rcpt or data; the classifier needs it to tell whose fault a refusal is.
+    rcpt or data; the classifier needs it to tell whose fault a refusal is. ``fault`` names
+    a failure on the sending side that only the operator can fix (`SenderFault`), or None.
     """
 
     code: int | None
     text: str
     stage: str | None = None
+    fault: str | None = None
+    # A 2xx to the end of data that followed a 354: the receiver took responsibility.
+    delivered: bool = False
+    # The server broke the protocol (a 2xx where none may come, an unreadable reply).
+    protocol_error: bool = False
+    # No usable answer after the final dot: the receiver may hold the message already.
+    possible_duplicate: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.code is not None and 200 <= self.code < 300
+        """True only for a delivery: no other 2xx means the receiver has the message."""
+        return self.delivered
 
     @property
     def from_receiver(self) -> bool:
-        """Only replies the receiver actually sent may feed reputation rules."""
-        return self.code is not None
+        """Only replies the receiver actually sent may feed reputation rules (a broken
+        protocol exchange says nothing about reputation)."""
+        return self.code is not None and not self.protocol_error
 
 
-def _reply(code: int | None, message: str, stage: str | None = None) -> Reply:
+class SenderFault:
+    """Why a connection could not carry mail for reasons on the sending side."""
+
+    AUTH = "auth"  # the relay refused our credentials (530, 534, 535, 538 to AUTH)
+    TLS = "tls"  # TLS is required and the server did not offer it, or the handshake failed
+    CONNECT = "connect"  # no SMTP session at all: refused, unreachable, timed out
+
+
+# A reply's text as stored and shown: a server may send up to aiosmtplib's 32 KB.
+_MAX_REPLY_TEXT = 512
+# aiosmtplib's code for a reply it could not read (garbage, an over-long line).
+_INVALID_RESPONSE = -1
+
+
+def _reply(
+    code: int | None,
+    message: str,
+    stage: str | None = None,
+    fault: str | None = None,
+    **flags: bool,
+) -> Reply:
     text = " ".join(line.strip() for line in (message or "").splitlines() if line.strip())
-    return Reply(code, f"{code} {text}".strip() if code is not None else text, stage)
+    text = printable(text, _MAX_REPLY_TEXT)
+    return Reply(
+        code, f"{code} {text}".strip() if code is not None else text, stage, fault, **flags
+    )
+
+
+def _protocol_error(code: int, message: str, stage: str) -> Reply:
+    """A reply the protocol does not allow at this stage: deferred, never "sent"."""
+    what = f"unexpected {code} reply to {stage.upper()}" if code >= 0 else "unreadable reply"
+    return _reply(None, f"protocol error: {what}: {message}", stage, protocol_error=True)
+
+
+_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """The message as sent after DATA: CRLF line ends, leading dots doubled, the final dot."""
+    data = _LEADING_DOT.sub(b"..", _LINE_ENDS.sub(b"\r\n", data))
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
 
 
 @dataclass(frozen=True)
@@ -63,6 +122,7 @@ class Destination:
     tls_required: bool = False
     username: str | None = None
     password: str | None = field(default=None, repr=False)  # never printed
+    allow_plaintext_auth: bool = False  # AUTH without TLS beyond loopback (the profile says so)
     helo: str | None = None
     source_ip: str | None = None
     timeout: float = 30.0
@@ -78,6 +138,7 @@ class Connection:
         self.client: aiosmtplib.SMTP | None = None
         self.messages = 0
         self.alive = False
+        self.last_used = 0.0  # when it last carried a message (the dispatcher's clock)
 
     async def open(self) -> Reply | None:
         """Connect (falling back to the next MX host when a host cannot be reached), EHLO,
@@ -112,24 +173,61 @@ class Connection:
         try:
             await client.connect()
             await self._greet(client)
+            encrypted = d.tls is TlsMode.IMPLICIT
             if d.tls is TlsMode.STARTTLS:
                 if client.supports_extension("starttls"):
-                    await client.starttls(validate_certs=d.validate_certs, tls_context=tls_context)
+                    try:
+                        await client.starttls(
+                            validate_certs=d.validate_certs, tls_context=tls_context
+                        )
+                    except (TimeoutError, SMTPException, OSError) as exc:
+                        client.close()
+                        return Reply(
+                            None,
+                            f"TLS with {d.name} failed: {_describe(exc)}",
+                            fault=SenderFault.TLS,
+                        )
                     await self._greet(client)  # the session starts over after STARTTLS
+                    encrypted = True
                 elif d.tls_required:
                     client.close()
-                    return Reply(None, f"{d.name}: STARTTLS not offered and TLS is required")
+                    return Reply(
+                        None,
+                        f"{d.name}: STARTTLS not offered and TLS is required",
+                        fault=SenderFault.TLS,
+                    )
+            if d.username and not encrypted and not plaintext_auth_allowed(d, host):
+                client.close()
+                return Reply(
+                    None,
+                    f"{d.name}: no TLS, and AUTH would send the password in cleartext"
+                    " (allow_plaintext_auth: true permits it)",
+                    fault=SenderFault.TLS,
+                )
             if d.username:
-                await client.login(d.username, d.password or "")
+                try:
+                    await client.login(d.username, d.password or "")
+                except SMTPResponseException as exc:
+                    client.close()
+                    return _reply(exc.code, exc.message, "connect", SenderFault.AUTH)
         except SMTPConnectResponseError as exc:
             client.close()
             return _reply(exc.code, exc.message, "connect")
         except SMTPResponseException as exc:
             client.close()
+            if exc.code == _INVALID_RESPONSE:  # garbage or an endless line instead of SMTP
+                return _reply(
+                    None,
+                    f"connection to {d.name} failed: {exc.message}",
+                    "connect",
+                    SenderFault.CONNECT,
+                )
             return _reply(exc.code, exc.message, "connect")
         except (TimeoutError, SMTPException, OSError) as exc:
             client.close()
-            return Reply(None, f"connection to {d.name} failed: {_describe(exc)}")
+            return Reply(
+                None, f"connection to {d.name} failed: {_describe(exc)}", fault=SenderFault.CONNECT
+            )
         self.client = client
         self.alive = True
         self.messages = 0
@@ -143,7 +241,11 @@ class Connection:
             await client.helo()  # a very old server: no extensions
 
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> Reply:
-        """One transaction. After a refusal the session is reset for the next message."""
+        """One transaction. After a refusal the session is reset for the next message.
+
+        Each stage takes only its own success code (250 to MAIL, 250/251 to RCPT, 354 to
+        DATA); a 2xx to the end of data is the one delivery.
+        """
         client = self.client
         assert client is not None
         stage = "mail"
@@ -158,24 +260,71 @@ class Connection:
             if response.code not in (250, 251):
                 return await self._refused(response.code, response.message, stage)
             stage = "data"
-            response = await client.data(data)
+            response = await client.execute_command(b"DATA")
+            if response.code != 354:
+                return await self._refused(response.code, response.message, stage)
+            protocol = client.protocol
+            if protocol is None:
+                raise SMTPServerDisconnected("connection lost before the message")
+            protocol.write(_dot_stuffed(data))
+            stage = "dot"  # from here on the receiver may have the message
+            response = await protocol.read_response(timeout=client.timeout)
         except SMTPServerDisconnected as exc:
             self._dead()
-            return Reply(None, f"connection lost: {_describe(exc)}")
+            return self._unanswered(stage, f"connection lost: {_describe(exc)}")
         except SMTPTimeoutError as exc:
             self._dead()
-            return Reply(None, f"timeout: {_describe(exc)}")
+            return self._unanswered(stage, f"timeout: {_describe(exc)}")
         except SMTPResponseException as exc:
-            reply = _reply(exc.code, exc.message, stage)
+            if exc.code == _INVALID_RESPONSE:
+                self._dead()  # nothing more said on this connection can be trusted
+                if stage == "dot":
+                    return self._unanswered(stage, f"unreadable reply: {exc.message}")
+                return _protocol_error(exc.code, exc.message, stage)
+            reply = _reply(exc.code, exc.message, "data" if stage == "dot" else stage)
             await self._after_refusal(reply)
             return reply
         except (SMTPException, OSError) as exc:
             self._dead()
-            return Reply(None, f"connection error: {_describe(exc)}")
-        self.messages += 1
-        return _reply(response.code, response.message, "data")
+            return self._unanswered(stage, f"connection error: {_describe(exc)}")
+        if 200 <= response.code < 300:
+            self.messages += 1
+            return _reply(response.code, response.message, "data", delivered=True)
+        return await self._refused(response.code, response.message, "data")
+
+    @staticmethod
+    def _unanswered(stage: str, what: str) -> Reply:
+        """No reply: before the final dot the message was surely not taken; after it, it
+        may have been."""
+        if stage == "dot":
+            return _reply(
+                None,
+                f"{what} after the end of data (possible duplicate)",
+                "data",
+                possible_duplicate=True,
+            )
+        return _reply(None, what, stage)
+
+    async def noop(self) -> bool:
+        """Whether an idle connection still answers (NOOP); a dead one is closed."""
+        if self.client is None or not self.alive:
+            return False
+        try:
+            response = await self.client.noop()
+        except (SMTPException, OSError):
+            self._dead()
+            return False
+        if response.code != 250:
+            await self.close()
+            return False
+        return True
 
     async def _refused(self, code: int, message: str, stage: str) -> Reply:
+        if 200 <= code < 300:
+            # A 2xx where the stage has another success code (252 to RCPT, 250 to DATA):
+            # the server did not take the message. The session cannot be trusted either.
+            self._dead()
+            return _protocol_error(code, message, stage)
         reply = _reply(code, message, stage)
         await self._after_refusal(reply)
         return reply
@@ -205,6 +354,11 @@ class Connection:
         self._dead()
 
 
+def plaintext_auth_allowed(destination: Destination, host: str | None = None) -> bool:
+    """AUTH without TLS: to loopback, or where the profile allows it."""
+    return destination.allow_plaintext_auth or is_loopback(host or destination.host)
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return " ".join(text.split())
@@ -231,6 +385,7 @@ def relay_destination(
         tls_required=profile.tls_required,
         username=profile.username,
         password=profile.password(),
+        allow_plaintext_auth=profile.allow_plaintext_auth,
         helo=profile.helo,
         source_ip=source_ip,
         timeout=profile.timeout,

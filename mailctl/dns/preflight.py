@@ -93,7 +93,9 @@ def check(
         helo_name=helo_name(profile),
         dkim_keys=dkim_keys(profile),
         marketing=marketing,
-        unsubscribe_url=campaign.unsubscribe_url if campaign else None,
+        unsubscribe_url=(
+            (campaign.unsubscribe_url or profile.unsubscribe.base_url) if campaign else None
+        ),
         unsubscribe_mailto=campaign.unsubscribe_mailto if campaign else None,
         fast=fast,
     )

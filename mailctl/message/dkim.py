@@ -33,6 +33,7 @@ __all__ = [
     "DkimKeyConfig",
     "DkimSigner",
     "generate_keypair",
+    "parse_algorithm",
     "load_key",
     "load_private_key",
     "public_key_txt",
@@ -43,6 +44,25 @@ __all__ = [
 class DkimAlgorithm(StrEnum):
     RSA_SHA256 = "rsa-sha256"
     ED25519_SHA256 = "ed25519-sha256"
+
+
+# The key type alone (DNS `k=` value) names the same algorithm: `--algorithm rsa` is meant.
+_ALGORITHM_ALIASES = {"rsa": DkimAlgorithm.RSA_SHA256, "ed25519": DkimAlgorithm.ED25519_SHA256}
+
+
+def parse_algorithm(text: DkimAlgorithm | str) -> DkimAlgorithm:
+    """`text` as a DkimAlgorithm (`rsa` and `ed25519` accepted as aliases); a DkimError listing
+    the valid values otherwise."""
+    if isinstance(text, DkimAlgorithm):
+        return text
+    key = text.strip().lower()
+    if key in _ALGORITHM_ALIASES:
+        return _ALGORITHM_ALIASES[key]
+    try:
+        return DkimAlgorithm(key)
+    except ValueError:
+        valid = ", ".join([*(a.value for a in DkimAlgorithm), *_ALGORITHM_ALIASES])
+        raise DkimError(f"unknown DKIM algorithm '{text}' (valid: {valid})") from None
 
 
 # RFC 8058 requires List-Unsubscribe and List-Unsubscribe-Post to be covered by the signature.
@@ -164,7 +184,7 @@ def generate_keypair(
 
     ``bits`` applies to RSA only; below 1024 receivers ignore the key, so it is refused.
     """
-    algorithm = DkimAlgorithm(algorithm)
+    algorithm = parse_algorithm(algorithm)
     private_key: PrivateKey
     if algorithm is DkimAlgorithm.ED25519_SHA256:
         private_key = ed25519.Ed25519PrivateKey.generate()

@@ -15,18 +15,27 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate, parseaddr
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 import jinja2.meta
-from jinja2.sandbox import SandboxedEnvironment
 
 from mailctl.config.campaign import Campaign
 from mailctl.config.profiles import TrafficClass
 from mailctl.errors import TemplateError
 from mailctl.message.dkim import DkimKeyConfig
+from mailctl.message.limits import (
+    LimitedSandbox,
+    TemplateLimitError,
+    render_budget,
+    render_limited,
+)
 from mailctl.message.tracking import TRACKING_HEADER, bounce_address, verp_address
+from mailctl.unsubscribe.tokens import Signer, url_with_token
 
 _CRLF = re.compile(r"[\r\n]+")
+# The longest unsubscribe URL: it must fit one header line (998) with "List-Unsubscribe: <>".
+_MAX_URL = 900
 
 
 def _header_safe(value: str) -> str:
@@ -34,22 +43,77 @@ def _header_safe(value: str) -> str:
     return _CRLF.sub(" ", value).strip()
 
 
-def encode_header_value(value: str) -> str:
-    """RFC 2047 encoded words for non-ASCII text, folded so lines stay short."""
+# RFC 5322 2.1.1: lines SHOULD stay within 78 characters and MUST within 998.
+_FOLD_AT = 78
+_LINE_LIMIT = 998
+
+
+def encode_header_value(value: str, name: str = "Subject") -> str:
+    """A header value that fits RFC 5322's line limits whatever its length.
+
+    ASCII text is folded at its spaces; text that is not ASCII, or that has a run too long
+    to fold (no space within 998 characters), becomes RFC 2047 encoded words, one per line.
+    ``name`` is the field's name, which shares the first line.
+    """
     value = _header_safe(value)
     if value.isascii():
+        folded = _fold_ascii(value, len(name) + 2)
+        if folded is not None:
+            return folded
+    return _encoded_words(value, len(name) + 2)
+
+
+def _fold_ascii(value: str, first_line_taken: int) -> str | None:
+    """Fold at spaces into lines of at most 78 characters where the words allow (never
+    over 998); None when a single word is too long to fit any line."""
+    if first_line_taken + len(value) <= _FOLD_AT:
         return value
+    lines: list[str] = []
+    line = ""
+    taken = first_line_taken
+    for word in value.split(" "):
+        if taken + len(word) + 1 > _LINE_LIMIT:
+            return None
+        if line and taken + len(line) + 1 + len(word) > _FOLD_AT:
+            lines.append(line)
+            line, taken = word, 1  # a continuation line starts with one space
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    return "\r\n ".join(lines)
+
+
+def _encoded_words(value: str, first_line_taken: int = 0) -> str:
     raw = value.encode("utf-8")
     words = []
-    # 45 bytes -> 60 base64 chars: each encoded word stays under 75 characters.
+    # 45 bytes -> 60 base64 chars: each encoded word stays under 75 characters; the first
+    # shares its line with the field name, so it carries less.
+    room = (_FOLD_AT - first_line_taken - len("=?utf-8?b??=")) // 4 * 3
+    chunk = max(12, min(45, room))
     start = 0
     while start < len(raw):
-        end = min(start + 45, len(raw))
+        end = min(start + chunk, len(raw))
+        chunk = 45
         while end < len(raw) and (raw[end] & 0xC0) == 0x80:  # never split a UTF-8 sequence
             end -= 1
         words.append("=?utf-8?b?" + base64.b64encode(raw[start:end]).decode("ascii") + "?=")
         start = end
     return "\r\n ".join(words)
+
+
+_PERCENT_ESCAPE = re.compile(r"(%[0-9A-Fa-f]{2})")
+
+
+def url_value(value: Any) -> str:
+    """A template value as it goes into a URL: percent-encoded, so a recipient's address or
+    field (a quoted local part with ``>``, ``,`` or spaces) can never end the URL in a
+    header or add another. Escapes already there (``{{ email | urlencode }}``) are kept."""
+    if value is None:
+        return ""
+    return "".join(
+        piece if _PERCENT_ESCAPE.fullmatch(piece) else quote(piece, safe="/")
+        for piece in _PERCENT_ESCAPE.split(str(value))
+    )
 
 
 def encode_address_header(value: str) -> str:
@@ -88,6 +152,18 @@ class _Date:
 
 
 @dataclass(frozen=True)
+class LinkSigning:
+    """What signed unsubscribe links need: the secret, the list and how long links live."""
+
+    secret: bytes
+    list_name: str
+    valid_for: float
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"LinkSigning(list_name={self.list_name!r}, valid_for={self.valid_for!r})"
+
+
+@dataclass(frozen=True)
 class RenderedMessage:
     tracking_id: str
     envelope_from: str
@@ -105,9 +181,22 @@ class Renderer:
         bounce_domain: str | None = None,
         verp: bool = False,
         dkim: DkimKeyConfig | None = None,
+        unsubscribe: LinkSigning | None = None,
+        unsubscribe_base_url: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.campaign = campaign
+        self.unsubscribe = unsubscribe
+        self._signer = Signer(unsubscribe.secret) if unsubscribe else None
+        # A URL without template fields is a base URL: the signed token is appended to it.
+        self._base_url = (
+            campaign.unsubscribe_url
+            if campaign.unsubscribe_url and "{" not in campaign.unsubscribe_url
+            else None
+        )
+        self.unsubscribe_base_url = unsubscribe_base_url  # the profile's, for spec()
+        if campaign.unsubscribe_url is None and unsubscribe_base_url:
+            self._base_url = unsubscribe_base_url
         self.clock = clock
         self.dkim = dkim
         self.signer: Callable[[bytes], bytes] | None = None
@@ -120,15 +209,23 @@ class Renderer:
         self.bounce_domain = bounce_domain
         self.verp = verp
         self.plain_from = from_address
-        text_env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
-        html_env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
+        # Sandboxed, with limits on time, size and range (message.limits).
+        text_env = LimitedSandbox(undefined=jinja2.StrictUndefined, autoescape=False)
+        html_env = LimitedSandbox(undefined=jinja2.StrictUndefined, autoescape=True)
+        # The unsubscribe URL goes into a header: every value is URL-encoded on the way in.
+        url_env = LimitedSandbox(
+            undefined=jinja2.StrictUndefined, autoescape=False, finalize=url_value
+        )
         self._templates: dict[str, jinja2.Template] = {}
         self.required_fields: set[str] = set()
         sources = {
             "subject": (text_env, campaign.subject),
             "text": (text_env, campaign.text),
             "html": (html_env, campaign.html),
-            "unsubscribe_url": (text_env, campaign.unsubscribe_url),
+            "unsubscribe_url": (
+                url_env,
+                None if self._base_url is not None else campaign.unsubscribe_url,
+            ),
         }
         for part, (env, source) in sources.items():
             if source is None:
@@ -141,14 +238,33 @@ class Renderer:
                     f"{campaign.path}: {part} template line {exc.lineno}: {exc.message}"
                 ) from None
             self.required_fields |= jinja2.meta.find_undeclared_variables(ast)
-        self.required_fields -= {"email", "unsubscribe_url", "campaign"}
+        self.required_fields -= {"email", "unsubscribe_url", "unsubscribe_token", "campaign"}
         self._date = _Date()
         self._boundary = "=_mailctl_" + base64.b32encode(os.urandom(10)).decode("ascii").lower()
         self._fixed = self._fixed_headers()
 
     def spec(self) -> dict[str, Any]:
         """What another process needs to build the same renderer (see delivery.claim.RenderPool)."""
-        return {"bounce_domain": self.bounce_domain, "verp": self.verp, "dkim": self.dkim}
+        return {
+            "bounce_domain": self.bounce_domain,
+            "verp": self.verp,
+            "dkim": self.dkim,
+            "unsubscribe": self.unsubscribe,
+            "unsubscribe_base_url": self.unsubscribe_base_url,
+        }
+
+    def unsubscribe_token(self, recipient: str) -> str | None:
+        """The signed token for this recipient, good for the profile's `valid_for` (counted
+        from the start of today, so a day's messages carry the same link)."""
+        if self._signer is None or self.unsubscribe is None:
+            return None
+        day_start = int(self.clock()) // 86400 * 86400
+        return self._signer.token(
+            recipient,
+            self.campaign.name,
+            self.unsubscribe.list_name,
+            day_start + self.unsubscribe.valid_for,
+        )
 
     def _fixed_headers(self) -> str:
         c = self.campaign
@@ -156,7 +272,7 @@ class Renderer:
         if c.reply_to:
             lines.append(f"Reply-To: {encode_address_header(c.reply_to)}")
         for name, value in c.headers.items():
-            lines.append(f"{name}: {encode_header_value(value)}")
+            lines.append(f"{name}: {encode_header_value(value, name)}")
         # Gmail's feedback loop reports complaint rates per these fields (campaign:class:
         # mailer:sender); it must be covered by the DKIM signature to count.
         lines.append(f"Feedback-ID: {c.name}:{c.traffic_class.value}:mailctl:{self.from_domain}")
@@ -180,17 +296,30 @@ class Renderer:
         context = dict(fields)
         context["email"] = recipient
         context["campaign"] = self.campaign.name
+        token = self.unsubscribe_token(recipient)
+        context["unsubscribe_token"] = token or ""
         templates = self._templates
         try:
-            unsubscribe_url = (
-                templates["unsubscribe_url"].render(context)
-                if "unsubscribe_url" in templates
-                else None
-            )
-            context["unsubscribe_url"] = unsubscribe_url or ""
-            subject = templates["subject"].render(context)
-            text = templates["text"].render(context) if "text" in templates else None
-            html = templates["html"].render(context) if "html" in templates else None
+            with render_budget():
+                unsubscribe_url: str | None
+                if self._base_url is not None:
+                    unsubscribe_url = (
+                        url_with_token(self._base_url, token) if token else self._base_url
+                    )
+                else:
+                    unsubscribe_url = (
+                        render_limited(templates["unsubscribe_url"], context)
+                        if "unsubscribe_url" in templates
+                        else None
+                    )
+                if unsubscribe_url is not None:
+                    unsubscribe_url = _header_safe(unsubscribe_url)
+                context["unsubscribe_url"] = unsubscribe_url or ""
+                subject = render_limited(templates["subject"], context)
+                text = render_limited(templates["text"], context) if "text" in templates else None
+                html = render_limited(templates["html"], context) if "html" in templates else None
+        except TemplateLimitError as exc:
+            raise TemplateError(f"recipient {recipient}: template limit: {exc}") from None
         except jinja2.UndefinedError as exc:
             raise TemplateError(f"recipient {recipient}: {exc.message}") from None
         except jinja2.TemplateError as exc:
@@ -199,6 +328,11 @@ class Renderer:
             raise TemplateError(
                 f"recipient {recipient}: template failed: {type(exc).__name__}: {exc}"
             ) from None
+        if unsubscribe_url is not None and len(unsubscribe_url) > _MAX_URL:
+            raise TemplateError(
+                f"recipient {recipient}: the unsubscribe URL is {len(unsubscribe_url)}"
+                f" characters; at most {_MAX_URL} fit in a header line"
+            )
         headers = [
             f"Date: {self._date(self.clock())}\r\n",
             self._fixed,
@@ -210,9 +344,11 @@ class Renderer:
         if self.campaign.traffic_class is TrafficClass.MARKETING or unsubscribe_url:
             uris = []
             if unsubscribe_url:
-                uris.append(f"<{_header_safe(unsubscribe_url)}>")
+                uris.append(f"<{unsubscribe_url}>")
             if self.campaign.unsubscribe_mailto:
-                uris.append(f"<mailto:{self.campaign.unsubscribe_mailto}?subject=unsubscribe>")
+                # The token in the subject ties a reply to its recipient (bounces.optout).
+                subject_param = f"unsubscribe%20{token}" if token else "unsubscribe"
+                uris.append(f"<mailto:{self.campaign.unsubscribe_mailto}?subject={subject_param}>")
             if uris:
                 headers.append("List-Unsubscribe: " + ",\r\n ".join(uris) + "\r\n")
             if unsubscribe_url and unsubscribe_url.startswith("https://"):

@@ -6,78 +6,21 @@ Memory stays flat: rows go to a staging table in batches and are merged at the e
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import json
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import idna
-
 from mailctl.errors import InputError, InvalidAddress
+from mailctl.files import PrivateCsvWriter, private_text_file, refuse_same_file
+from mailctl.recipients.address import address_key, normalise_address
 from mailctl.store.base import Store
+from mailctl.untrusted import printable
 
 BATCH = 5000
-
-# RFC 5321 dot-atom local part (ASCII); quoted local parts are accepted too.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LOCAL = re.compile(
-    rf"^(?:{_ATOM}(?:\.{_ATOM})*|\"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*\")$"
-)
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_TLD = re.compile(r"^(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})$")
-# The common case in one match: dot-atom local part, lower-case ASCII domain.
-_FAST = re.compile(
-    rf"{_ATOM}(?:\.{_ATOM})*@(?:[a-z0-9](?:[a-z0-9-]{{0,61}}[a-z0-9])?\.)+[a-z]{{2,63}}"
-)
-
-
-def normalise_address(raw: str) -> tuple[str, str]:
-    """Trim, lower-case and IDNA-encode the domain; return (address, domain) or raise.
-
-    Syntax only: no DNS. The local part keeps its case (RFC 5321 says it may matter).
-    """
-    address = raw.strip()
-    if _FAST.fullmatch(address) and len(address) <= 254:
-        local, _, domain = address.rpartition("@")
-        if len(local) <= 64:
-            return address, domain
-    if not address:
-        raise InvalidAddress("empty address", address=address)
-    if "@" not in address:
-        raise InvalidAddress(f"'{address}' has no @", address=address)
-    local, _, domain = address.rpartition("@")
-    if not local:
-        raise InvalidAddress(f"'{address}' has an empty local part", address=address)
-    if len(local) > 64:
-        raise InvalidAddress(f"'{address}': local part longer than 64 characters", address=address)
-    if not _LOCAL.match(local):
-        if not local.isascii():
-            raise InvalidAddress(
-                f"'{address}': non-ASCII local part (needs SMTPUTF8)", address=address
-            )
-        raise InvalidAddress(f"'{address}': invalid local part", address=address)
-    domain = domain.strip().rstrip(".").lower()
-    if not domain:
-        raise InvalidAddress(f"'{address}' has an empty domain", address=address)
-    if not domain.isascii():
-        try:
-            domain = idna.encode(domain, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
-            raise InvalidAddress(
-                f"'{address}': invalid international domain ({exc})", address=address
-            ) from None
-    labels = domain.split(".")
-    if len(labels) < 2:
-        raise InvalidAddress(f"'{address}': domain '{domain}' has no dot", address=address)
-    if not all(_LABEL.match(label) for label in labels) or not _TLD.match(labels[-1]):
-        raise InvalidAddress(f"'{address}': invalid domain '{domain}'", address=address)
-    address = f"{local}@{domain}"
-    if len(address) > 254:
-        raise InvalidAddress(f"'{address}': longer than 254 characters", address=address)
-    return address, domain
 
 
 @dataclass
@@ -140,7 +83,13 @@ class _DecodedLines:
                     f"(byte {raw[exc.start : exc.start + 1]!r} at column {exc.start + 1}); "
                     "use --encoding, e.g. --encoding latin-1"
                 ) from None
-        tail = decode(b"", final=True)
+        try:
+            tail = decode(b"", final=True)
+        except UnicodeDecodeError:  # the file ends inside a multi-byte character
+            raise InputError(
+                f"{self._name}:{max(self.line, 1)}: cannot decode as {self._encoding} "
+                "(the file ends inside a character); use --encoding, e.g. --encoding latin-1"
+            ) from None
         if tail:
             yield tail
 
@@ -209,7 +158,7 @@ def import_csv(
         if not matches:
             raise InputError(
                 f"{name}:{header_line_no}: no '{email_column or 'email'}' column in the header "
-                f"({', '.join(header)}); use --email-column"
+                f"({printable(', '.join(header))}); use --email-column"
             )
         if len(matches) > 1:
             raise InputError(f"{name}:{header_line_no}: the column '{wanted}' appears twice")
@@ -224,7 +173,7 @@ def import_csv(
 
         store.begin_import()
         try:
-            batch: list[tuple[str, str, str]] = []
+            batch: list[tuple[str, str, str, str]] = []
             valid = 0
             dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
             row_start = lines.line + 1
@@ -263,7 +212,7 @@ def import_csv(
                 fields = dict(
                     zip(field_names, row[:email_index] + row[email_index + 1 :], strict=True)
                 )
-                batch.append((address, domain, dumps(fields)))
+                batch.append((address, address_key(address), domain, dumps(fields)))
                 valid += 1
                 if len(batch) >= BATCH:
                     store.stage_recipients(batch)
@@ -287,21 +236,24 @@ def import_csv(
 
 
 class RejectsWriter:
-    """Writes rejected rows to a CSV with their line number and reason."""
+    """Writes rejected rows to a CSV with their line number and reason: mode 0600, renamed
+    into place when closed, cells escaped against spreadsheet formulas. A rejects file that
+    is one of ``inputs`` (the CSV being read) is refused at once."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, inputs: Sequence[Path] = ()) -> None:
+        refuse_same_file(path, inputs)
         self.path = path
-        self._file: IO[str] | None = None
-        self._writer: Any = None
+        self.inputs = tuple(inputs)
+        self._stack = contextlib.ExitStack()
+        self._writer: PrivateCsvWriter | None = None
 
     def __call__(self, reject: Reject, header: list[str]) -> None:
         if self._writer is None:
-            self._file = self.path.open("w", newline="", encoding="utf-8")
-            self._writer = csv.writer(self._file)
+            handle = self._stack.enter_context(private_text_file(self.path, inputs=self.inputs))
+            self._writer = PrivateCsvWriter(handle)
             self._writer.writerow(["line", "reason", *header])
         # Line and reason first, so a row with too many columns keeps every value.
         self._writer.writerow([reject.line, reject.reason, *reject.row])
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        self._stack.close()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from re import _constants as _sre_constants  # type: ignore[attr-defined]
 from re import _parser as _sre_parser  # type: ignore[attr-defined]
 from typing import Any
@@ -287,6 +287,9 @@ class _RuleMatcher:
 
 
 _KEY = 3
+# The most of a reply or diagnostic the classifier reads: SMTP lines are at most 512
+# characters and a multi-line reply a few of them; a hostile server's 100 KB is cut here.
+MAX_TEXT_CHARS = 16_000
 _MATCHERS: dict[tuple[Rule, ...], _RuleMatcher] = {}
 _DEFAULT_MATCHER: list[_RuleMatcher] = []
 
@@ -410,7 +413,7 @@ STATUS_SUBJECT: dict[str, str] = {
 
 _ENHANCED_AFTER_CODE = re.compile(r"\b[245]\d\d[ -]#?([245]\.\d{1,3}\.\d{1,3})(?![\d.]*\d)")
 _ENHANCED_ANY = re.compile(r"(?<![\w.])#?([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
-_REPLY_CODE = re.compile(r"(?<![\w.\-/:])([245][0-5]\d)(?:[ -]|$)(?!\d)", re.M)
+_REPLY_CODE = re.compile(r"(?<![\w.\-/:])([245][0-5]\d)(?:[ -]|$)(?!\d+(?:[^.\d]|$))", re.M)
 _DELAY = re.compile(
     r"(?:try(?:ing)? again|retry|greylisted|graylisted|wait|come back|deferred|delayed)\D{0,40}?"
     r"(?:in|for|after|within)?\s*(\d+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hrs?|hours?)\b",
@@ -649,10 +652,27 @@ def classify_reply(
     unknown" refusing MAIL FROM is about the sender, and after DATA it is a filter's answer;
     only at RCPT does it say the recipient's mailbox does not exist.
     """
-    text = text or ""
+    text = (text or "")[:MAX_TEXT_CHARS]
     if code is None:
         code = parse_reply_code(text)
-    return decide(code, parse_enhanced_status(text), text, provider, rules=rules, stage=stage)
+    verdict = decide(code, parse_enhanced_status(text), text, provider, rules=rules, stage=stage)
+    return _message_scoped(verdict, stage)
+
+
+# Refusals of one message's form at DATA (a line too long, too big, malformed headers):
+# the sender's content error for that message, never the receiver refusing the sender.
+_MESSAGE_FORM_REASONS = frozenset({"contenterror", "mesgtoobig", "notcompliantrfc", "syntaxerror"})
+
+
+def _message_scoped(verdict: Verdict, stage: str | None) -> Verdict:
+    if (
+        stage == "data"
+        and verdict.scope is Scope.CAMPAIGN
+        and verdict.reason in _MESSAGE_FORM_REASONS
+        and not (verdict.status or "").startswith(("5.7", "4.7"))
+    ):
+        return replace(verdict, scope=Scope.MESSAGE)
+    return verdict
 
 
 def classify_failure(
@@ -670,9 +690,12 @@ def classify_failure(
 
     ``context`` is the human-readable text around the recipient; only the SMTP command it
     names (RCPT, DATA, MAIL FROM …) is taken from it. ``disabled_families`` leaves out every
-    rule and stage phrase written from those corpus families (`rules_without`).
+    rule and stage phrase written from those corpus families (`rules_without`). ``action`` is
+    the DSN's Action field: "delayed", or "failed" with a transient status, is a message that
+    spent its time in the queue (`_queued_too_long`); None when the report states none.
     """
-    diagnostic = diagnostic or ""
+    diagnostic = (diagnostic or "")[:MAX_TEXT_CHARS]
+    context = context[:MAX_TEXT_CHARS]
     if disabled_families and rules is None:
         rules = rules_without(disabled_families)
     stage = smtp_stage(diagnostic, disabled_families) or smtp_stage(context, disabled_families)
@@ -699,21 +722,65 @@ def classify_failure(
             mailbox_proof=mailbox_proof,
             disabled_families=disabled_families,
         )
-        return Verdict(
-            verdict.scope, verdict.permanent, verdict.reason, False, verdict.status, verdict.rule
+        return _queued_too_long(
+            Verdict(
+                verdict.scope,
+                verdict.permanent,
+                verdict.reason,
+                False,
+                verdict.status,
+                verdict.rule,
+            ),
+            action,
         )
     if action in ("delivered", "relayed", "expanded", "deliverable"):
         return Verdict(Scope.RECIPIENT, False, "delivered", False, status, f"action.{action}")
-    return decide(
-        code,
-        status,
-        diagnostic,
-        default_permanent=default_permanent,
-        rules=rules,
-        stage=stage,
-        rcpt_evidence=True,
-        mailbox_proof=mailbox_proof,
-        disabled_families=disabled_families,
+    return _queued_too_long(
+        decide(
+            code,
+            status,
+            diagnostic,
+            default_permanent=default_permanent,
+            rules=rules,
+            stage=stage,
+            rcpt_evidence=True,
+            mailbox_proof=mailbox_proof,
+            disabled_families=disabled_families,
+        ),
+        action,
+    )
+
+
+# What a bare status code or reply class says about a transient failure without naming its
+# cause (Sisimai re-examines these "retry" reasons before it settles on them).
+_UNNAMED_TRANSIENT = frozenset({"undefined", "onhold", "systemerror", "networkerror"})
+
+
+def _queued_too_long(verdict: Verdict, action: str | None) -> Verdict:
+    """A transient failure the reporting MTA kept retrying, when nothing named its cause.
+
+    A delay warning (Action: delayed) reports a message still queued; a final failure whose
+    status is still transient (Action: failed with a 4.x.x status or a 4xx reply) reports one
+    the MTA gave up on when its queue lifetime ran out (RFC 3464 section 2.3.3; RFC 3463 class
+    4 is a persistent transient failure, and X.4.7 asks for the code of the last problem met
+    rather than itself). Either way the report's news is the time spent in the queue:
+    ``expired`` (as Sisimai reads "Action: delayed"). A cause that a phrase or a specific
+    detail code named (mailbox full, no route to host, 4.4.6 routing loop, a block) is kept;
+    only the reasons an "other or undefined" code (X.Y.0), a bare reply class or words that
+    restate one ("temporary failure") give yield.
+    """
+    if verdict.reason not in _UNNAMED_TRANSIENT or not (
+        verdict.rule.startswith(("status.", "class.")) or verdict.rule == "text.transient"
+    ):
+        return verdict
+    detail = (verdict.status or "").partition(".")[2]
+    if detail in STATUS_DETAIL and not detail.endswith(".0"):
+        return verdict  # a specific detail code named the cause
+    transient = (verdict.status or "").startswith("4") or verdict.rule == "class.4xx"
+    if not (action == "delayed" or (action == "failed" and transient)):
+        return verdict
+    return Verdict(
+        Scope.TRANSIENT, False, "expired", False, verdict.status, f"{verdict.rule}+expired"
     )
 
 

@@ -810,11 +810,10 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
             r"looping",
             r"lost connection",
             r"dns (?:error|failure|problem|timeout|servfail)",
-            r"temporary (?:dns|lookup) failure",
+            r"temporary dns failure",
             r"unable to resolve",
             r"connection (?:closed|lost)",
             r"protocol error",
-            r"try again later",
         ),
         T,
         None,
@@ -829,8 +828,6 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
             r"internal (?:server )?error",
             r"local error",
             r"server error",
-            r"temporary (?:failure|error|problem)",
-            r"temporarily (?:unavailable|rejected|deferred)",
             r"service (?:currently )?unavailable",
             r"interrupted system call",
             r"resources? (?:temporarily )?unavailable",
@@ -841,6 +838,19 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
             r"transaction failed",
             r"processing error",
             r"error while (?:being )?processed",
+        ),
+        T,
+        None,
+        "systemerror",
+        False,
+    ),
+    PhraseRule(
+        # Words that only restate a 4xx ("temporary failure", "try again in 5 minutes"): a
+        # system error for want of better, but they name no cause (classify._queued_too_long).
+        "text.transient",
+        (
+            r"temporary (?:failure|error|problem)",
+            r"temporarily (?:unavailable|rejected|deferred)",
             r"try again (?:in|after) \d",  # bare "try again" is advice on any failure
         ),
         T,
@@ -970,7 +980,7 @@ FAMILY_STAGE_PHRASES: dict[str, tuple[tuple[str, str], ...]] = {
         ("connect", r"after initial connection"),
         ("connect", r"after (?:ehlo|helo)\b"),
     ),
-    "lhost-mfilter": (("data", r"smtp command:?\s*\n?\s*data\b"),),
+    "lhost-mfilter": (("data", r"smtp command:?\s*+data\b"),),
     "lhost-qmail": (
         ("mail", r"sender was rejected"),
         ("rcpt", r"does not like recipient"),

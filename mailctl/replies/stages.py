@@ -24,8 +24,11 @@ _STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "data",
         re.compile(
-            r"in reply to end of data|after end of data|after data\b|in reply to data command|>>> data\s*\n\s*<<<\s*5|"  # noqa: E501
-            r"command:\s*data\b|-+\s*smtp command\s*\n\s*data\b",
+            r"in reply to end of data|after end of data|after data\b|in reply to data command|"
+            # Linear on hostile text: a run of dashes starts one match, not one per dash; white
+            # space before the line break cannot also be the white space after it.
+            r">>> data[\t\r\x20]*+\n\s*+<<<\s*5|"
+            r"command:\s*data\b|(?<!-)-++\s*+smtp command[\t\r\x20]*+\n\s*+data\b",
             re.I,
         ),
     ),
@@ -50,8 +53,8 @@ _STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
         "rcpt",
         re.compile(
             r"in reply to rcpt to|after rcpt to|>>> rcpt to:[^\n]*\n\s*<<<\s*[45]|"
-            r"rcpt to:?\s*<[^>\s]*>\s*:?\s*[45]\d\d\b|"
-            r"smtp command:?\s*\n?\s*rcpt\b|command:\s*rcpt\b",
+            r"rcpt to:?\s*+<[^>\s]*+>\s*+:?\s*+[45]\d\d\b|"
+            r"smtp command:?\s*+rcpt\b|command:\s*rcpt\b",
             re.I,
         ),
     ),
@@ -75,7 +78,8 @@ _STAGE_WORDS: dict[str, str] = {
     "rcpt": rf"{_DISLIKE}(?:recipient|rcpt)|{_DURING}rcpt(?: to)? (?:stage|phase)|"
     rf"\brcpt(?: to)? (?:command )?{_ANSWER}\b|{_ANSWER} to (?:the )?rcpt\b|"
     r"\brcpt(?:[ _]?to)?\b[^\n]{0,60}\b[45]\d\d\b|"
-    r"\b[45]\d\d\b[^\n]*\n[ \t]*\[?rcpt(?:[ _]?to)?\]?[ \t]*$",
+    # One start per line (not per reply code on a long line): the line holds a code.
+    r"^(?=[^\n]*\b[45]\d\d\b)[^\n]*+\n[ \t]*\[?rcpt(?:[ _]?to)?\]?[ \t]*$",
 }
 # Every stage pattern contains one of its stage's key words: a pattern only runs on a text
 # that has one (parsing must stay fast).

@@ -177,6 +177,26 @@ REPLY_COLUMNS = (
     ),
 )
 
+WAIT_COLUMNS = (
+    Column("count", lambda r: f"{r['count']:,}"),
+    Column("reason", lambda r: r["reason"], numeric=False, wrap=True),
+)
+
+
+def unsubscribe_rows(report: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """The summary's unsubscribes line (none when there were none)."""
+    counts = report.get("unsubscribes") or {}
+    if not counts.get("total"):
+        return []
+    return [
+        (
+            "unsubscribes",
+            f"{counts['total']} (one-click {counts['one_click']}, confirm page "
+            f"{counts['web_confirm']}, mail {counts['mail']})",
+            False,
+        )
+    ]
+
 
 def summary_rows(stats: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
     """(label, value, alert) lines for one campaign or the totals."""
@@ -218,6 +238,8 @@ def sections(report: Mapping[str, Any]) -> list[tuple[str, Sequence[Column], lis
     if report["campaign"] is None:
         sections.append(("Campaigns, newest first", CAMPAIGN_COLUMNS, report["campaigns"]))
     sections.append(("Top replies", REPLY_COLUMNS, report["totals"]["top_replies"]))
+    if report["deferral_reasons"]:
+        sections.append(("Why deferred messages wait", WAIT_COLUMNS, report["deferral_reasons"]))
     sections.append(("By sending IP", _lane_columns("ip"), report["by_ip"]))
     sections.append(("By provider", _lane_columns("provider"), report["by_provider"]))
     if report["lanes"]:

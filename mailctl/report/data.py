@@ -19,10 +19,18 @@ always present (possibly empty); keys are never left out.
       "campaign": "november" | null,      # the campaign asked for; null: all campaigns
       "thresholds": {"bounce_rate": 0.02, "complaint_rate": 0.003},   # circuit breakers
       "totals": Stats,                    # over the selected campaign(s)
+      "unsubscribes": {"one_click", "web_confirm", "mail", "total": int},  # by channel;
+                                          # of the campaign (by its links), else all
       "campaigns": [Campaign, ...],       # newest first; one entry when a campaign is named
       "by_ip": [Lane-group, ...],         # per sending IP, sorted by IP
       "by_provider": [Lane-group, ...],   # per mailbox provider, sorted by name
       "lanes": [LanePause, ...],          # every IP x provider lane not at normal speed now
+      "deferral_reasons": [{"reason": str, "count": int}, ...],  # why deferred messages
+                                          # wait now, most common first (<= 10)
+      "bounce_reports": {"reports": int, "unmatched": int},  # imported reports naming
+                                          # recipients; unmatched: tied to no sent message
+                                          # (recorded, never suppressing by default); all
+                                          # campaigns, reports being about mail, not a campaign
       "series": Series                    # for charts, over the selected campaign(s)
     }
 
@@ -297,6 +305,24 @@ def _lane_groups(
     return result
 
 
+# How each unsubscribe arrived, by the prefix of its source.
+_UNSUBSCRIBE_CHANNELS = {"one-click": "one_click", "web-confirm": "web_confirm", "mail": "mail"}
+
+
+def unsubscribe_counts(sources: list[str], campaign: str | None) -> dict[str, int]:
+    """Unsubscribes by channel (one-click POST, confirm page, mail); of one campaign when
+    named (mail ones tied to it by their token), else all, including untied mail ones."""
+    counts = dict.fromkeys((*_UNSUBSCRIBE_CHANNELS.values(), "total"), 0)
+    for source in sources:
+        prefix, _, rest = source.partition(":")
+        channel = _UNSUBSCRIBE_CHANNELS.get(prefix, "mail")
+        if campaign is not None and (channel == "mail" and prefix != "mail" or rest != campaign):
+            continue
+        counts[channel] += 1
+        counts["total"] += 1
+    return counts
+
+
 def build_report(
     store: Store,
     campaign: str | None,
@@ -365,10 +391,16 @@ def build_report(
         "campaign": campaign,
         "thresholds": {"bounce_rate": breakers[0], "complaint_rate": breakers[1]},
         "totals": totals,
+        "unsubscribes": unsubscribe_counts(reports.unsubscribe_sources(), campaign),
         "campaigns": entries,
         "by_ip": _lane_groups(store, "ip", campaign_id, lanes, events, breakers),
         "by_provider": _lane_groups(store, "provider", campaign_id, lanes, events, breakers),
         "lanes": lanes,
+        "deferral_reasons": [
+            {"reason": kind, "count": count}
+            for kind, count in store.top_wait_kinds(campaign_id, TOP_REPLIES)
+        ],
+        "bounce_reports": reports.report_counts(),
         "series": {
             "sends": {
                 "bucket_seconds": HOUR,

@@ -35,6 +35,7 @@ from mailctl.report.columns import (
     report_title,
     sections,
     summary_rows,
+    unsubscribe_rows,
 )
 from mailctl.report.data import DAY, HOUR
 
@@ -389,6 +390,7 @@ def render_html(report: Mapping[str, Any]) -> str:
                 details.append((key.replace("_", " "), str(campaign[key]), False))
         details.append(("created", format_time(campaign["created_at"]) + " UTC", False))
     details += summary_rows(report["totals"])
+    details += unsubscribe_rows(report)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

@@ -11,22 +11,36 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from mailctl.report.columns import report_title, sections, summary_rows
+from mailctl.report.columns import report_title, sections, summary_rows, unsubscribe_rows
+from mailctl.untrusted import printable
 
 
 def render_tables(report: Mapping[str, Any]) -> list[Table]:
     """Rich tables for the terminal, in reading order. Data cells are `Text`, never markup:
     reply texts such as ``[TSS04]`` must print as they are."""
-    summary = Table(title=report_title(report), show_header=False, title_justify="left")
+    summary = Table(
+        title=Text(printable(report_title(report))), show_header=False, title_justify="left"
+    )
     summary.add_column("what", style="bold")
     summary.add_column("value")
     if report["campaign"] is not None and report["campaigns"]:
         campaign = report["campaigns"][0]
         for key in ("status", "stop_reason", "profile", "traffic_class", "pool", "list"):
             if campaign[key] is not None:
-                summary.add_row(key.replace("_", " "), Text(str(campaign[key])))
+                summary.add_row(key.replace("_", " "), Text(printable(campaign[key])))
     for label, value, alert in summary_rows(report["totals"]):
         summary.add_row(label, Text(value, style="bold red" if alert else ""))
+    for label, value, alert in unsubscribe_rows(report):
+        summary.add_row(label, Text(value, style="bold red" if alert else ""))
+    bounce_reports = report.get("bounce_reports") or {}
+    if bounce_reports.get("unmatched"):
+        summary.add_row(
+            "unmatched reports",
+            Text(
+                f"{bounce_reports['unmatched']} of {bounce_reports['reports']} "
+                "(tied to no message sent; not suppressed)"
+            ),
+        )
     tables = [summary]
     for title, columns, rows in sections(report):
         table = Table(title=title, title_justify="left")
@@ -40,7 +54,7 @@ def render_tables(report: Mapping[str, Any]) -> list[Table]:
             table.add_row(
                 *(
                     Text(
-                        column.value(row),
+                        printable(column.value(row), 1000),
                         style="bold red" if column.alert and column.alert(row) else "",
                     )
                     for column in columns

@@ -8,7 +8,8 @@ delivery or anything that prints.
 from __future__ import annotations
 
 from mailctl.replies.rules import RuleSet
-from mailctl.reputation.lanes import LaneSnapshot, LaneState, Scheduler
+from mailctl.reputation.lane_state import LaneSnapshot, LaneState
+from mailctl.reputation.scheduler import Scheduler
 from mailctl.store.base import Store
 
 

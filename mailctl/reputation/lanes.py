@@ -15,244 +15,52 @@ injected `random.Random`, so throttling is tested without sleeping.
   a minute. It never snaps back to full speed.
 * `LaneState` is the whole persistent state of a lane (`to_row` / `from_row`), so a cron run
   at 10:10 honours a 2-hour suspension set by the run at 10:00.
-* `Scheduler` holds the lanes, picks an IP of a pool for a provider (`pick_ip`), and says when
-  the next paused lane wakes (`next_wake`).
-* `check_breaker` is the campaign circuit breaker (bounce and complaint rates).
+* What a lane learns from receivers (acceptance rate, connections that held, AIMD cuts and
+  increases) is computed in `mailctl.reputation.aimd`; the lane applies it.
+* `Scheduler` (reputation/scheduler.py) holds the lanes; `check_breaker`
+  (reputation/breaker.py) is the campaign circuit breaker.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
-from fractions import Fraction
+from dataclasses import replace
 from typing import Any
 
 from mailctl.config.provider_rules import Action, LaneLimits, ReplyRule
 from mailctl.replies.classify import parse_reply_code
-from mailctl.replies.rules import RuleMatch, RuleSet, default_rules
+from mailctl.replies.rules import RuleMatch, RuleSet
+from mailctl.reputation.aimd import (
+    AimdPolicy,
+    Meter,
+    cut_connections,
+    cut_rate,
+    probe_pause,
+    relax,
+    step_up,
+)
+from mailctl.reputation.lane_state import (
+    LaneEvent,
+    LaneEventKind,
+    LaneMode,
+    LaneSnapshot,
+    LaneState,
+    RecoveryPolicy,
+)
 
 __all__ = [
-    "BreakerPolicy",
-    "BreakerState",
-    "BreakerTrip",
-    "CapacityFn",
-    "LaneEventKind",
     "Lane",
     "LaneEvent",
+    "LaneEventKind",
     "LaneMode",
     "LaneSnapshot",
     "LaneState",
     "RecoveryPolicy",
-    "Scheduler",
-    "check_breaker",
 ]
 
 _EPSILON = 1e-9  # float slack when a refilled bucket lands a hair under one token
 _WINDOWS = (60.0, 3600.0, 86400.0)  # per_minute, per_hour, per_day
-
-
-class LaneMode(StrEnum):
-    NORMAL = "normal"  # full speed, or recovering (see LaneState.ramp_factor)
-    SLOWED = "slowed"  # limits lowered until `until`
-    SUSPENDED = "suspended"  # nothing sent until `until`
-    DISABLED = "disabled"  # out of rotation for this provider until resumed (or `until`)
-
-
-class LaneEventKind(StrEnum):
-    """What a reply did to a lane (the scheduler's answer to the engine)."""
-
-    NONE = "none"  # nothing changed (a delivery, an ordinary deferral)
-    IGNORED = "ignored"  # not the receiver's word, or the lane already paused for it
-    COUNTED = "counted"  # a triggered rule matched but has not reached its count
-    SUSPENDED = "suspended"
-    SLOWED = "slowed"
-    DISABLED = "disabled"
-    BACKOFF = "backoff"  # a 421 no rule names: exponential backoff
-    STOP_CAMPAIGN = "stop_campaign"
-    DEFER_RECIPIENT = "defer_recipient"
-    BOUNCE_RECIPIENT = "bounce_recipient"
-
-
-@dataclass(frozen=True)
-class LaneEvent:
-    """What a reply did, for the run's log and progress."""
-
-    kind: LaneEventKind
-    ip: str
-    provider: str
-    until: float | None = None
-    reason: str | None = None
-    rule: str | None = None
-    alert: bool = False
-    retry_after: float | None = None  # for the message: the reply's named delay or the rule's
-
-    @property
-    def pauses_lane(self) -> bool:
-        return self.kind in (
-            LaneEventKind.SUSPENDED,
-            LaneEventKind.SLOWED,
-            LaneEventKind.DISABLED,
-            LaneEventKind.BACKOFF,
-        )
-
-
-@dataclass(frozen=True)
-class RecoveryPolicy:
-    """How lanes back off and come back. Defaults follow PROVIDERS.md."""
-
-    start_fraction: float = 0.25  # resume at a quarter of the earlier rate
-    step: float = 1.25  # +25% per clean interval
-    clean_interval: float = 300.0  # seconds without a throttle that earn a step
-    min_change_interval: float = 60.0  # limits rise at most once a minute
-    backoff_initial: float = 60.0  # unknown 421: 1 min, doubling ...
-    backoff_max: float = 3600.0  # ... to 1 h
-    jitter: float = 0.2  # +-20%, so lanes paused together do not resume together
-    min_rate_per_minute: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.start_fraction <= 1:
-            raise ValueError("start_fraction must be in (0, 1]")
-        if self.step <= 1:
-            raise ValueError("step must be above 1")
-        if self.clean_interval < self.min_change_interval:
-            raise ValueError("clean_interval must be at least min_change_interval")
-
-    @property
-    def step_interval(self) -> float:
-        return max(self.clean_interval, self.min_change_interval)
-
-
-# --------------------------------------------------------------------------------------------
-# Persistent state
-
-
-@dataclass(frozen=True)
-class LaneState:
-    """Everything a lane must remember across runs (one row of the ``lanes`` table)."""
-
-    ip: str
-    provider: str
-    mode: LaneMode = LaneMode.NORMAL
-    until: float | None = None  # end of the suspension / slow period / disablement
-    reason: str | None = None
-    rule: str | None = None
-    alert: bool = False
-    # While slowed (or scheduled to slow after a pause): the limits in force, and when a
-    # pause-then-slow rule (Gmail 4.7.28) turns from suspended into slowed.
-    slow_limits: LaneLimits | None = None
-    slow_until: float | None = None
-    earlier_factor: float = 1.0  # rate factor in force when the current pause began
-    ramp_factor: float | None = None  # None: full speed; else fraction of the base rates
-    ramp_connections: int | None = None
-    last_change_at: float | None = None
-    backoff_level: int = 0
-    last_resume_at: float | None = None  # end of the last backoff, to reset it when clean
-    tokens: tuple[float, float, float] | None = None  # minute, hour, day buckets
-    tokens_at: float | None = None
-    hits: tuple[tuple[str, tuple[float, ...]], ...] = ()  # trigger matches per rule id
-    sent: int = 0
-    deferred: int = 0
-    throttled: int = 0
-    updated_at: float | None = None
-
-    def to_row(self) -> dict[str, Any]:
-        """Flat, SQLite-ready values (nested parts as JSON text)."""
-        return {
-            "ip": self.ip,
-            "provider": self.provider,
-            "mode": self.mode.value,
-            "until": self.until,
-            "reason": self.reason,
-            "rule": self.rule,
-            "alert": int(self.alert),
-            "slow_limits": json.dumps(self.slow_limits.as_dict()) if self.slow_limits else None,
-            "slow_until": self.slow_until,
-            "earlier_factor": self.earlier_factor,
-            "ramp_factor": self.ramp_factor,
-            "ramp_connections": self.ramp_connections,
-            "last_change_at": self.last_change_at,
-            "backoff_level": self.backoff_level,
-            "last_resume_at": self.last_resume_at,
-            "tokens": json.dumps(list(self.tokens)) if self.tokens is not None else None,
-            "tokens_at": self.tokens_at,
-            "hits": json.dumps({rule: list(times) for rule, times in self.hits}),
-            "sent": self.sent,
-            "deferred": self.deferred,
-            "throttled": self.throttled,
-            "updated_at": self.updated_at,
-        }
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> LaneState:
-        """The inverse of `to_row` (accepts a sqlite3.Row or any mapping)."""
-        slow = row["slow_limits"]
-        tokens = row["tokens"]
-        hits = json.loads(row["hits"] or "{}")
-        return cls(
-            ip=row["ip"],
-            provider=row["provider"],
-            mode=LaneMode(row["mode"]),
-            until=row["until"],
-            reason=row["reason"],
-            rule=row["rule"],
-            alert=bool(row["alert"]),
-            slow_limits=LaneLimits.from_dict(json.loads(slow)) if slow else None,
-            slow_until=row["slow_until"],
-            earlier_factor=float(row["earlier_factor"]),
-            ramp_factor=row["ramp_factor"],
-            ramp_connections=row["ramp_connections"],
-            last_change_at=row["last_change_at"],
-            backoff_level=int(row["backoff_level"]),
-            last_resume_at=row["last_resume_at"],
-            tokens=tuple(json.loads(tokens)) if tokens else None,  # type: ignore[arg-type]
-            tokens_at=row["tokens_at"],
-            hits=tuple((rule, tuple(times)) for rule, times in sorted(hits.items())),
-            sent=int(row["sent"]),
-            deferred=int(row["deferred"]),
-            throttled=int(row["throttled"]),
-            updated_at=row["updated_at"],
-        )
-
-
-@dataclass(frozen=True)
-class LaneSnapshot:
-    """One line of ``mailctl lanes``."""
-
-    ip: str
-    provider: str
-    mode: LaneMode
-    until: float | None
-    reason: str | None
-    rule: str | None
-    alert: bool
-    limits: LaneLimits
-    recovering: bool
-    ready_in: float  # seconds until the lane may send (inf: disabled)
-    sent: int
-    deferred: int
-    throttled: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ip": self.ip,
-            "provider": self.provider,
-            "state": self.mode.value,
-            "until": self.until,
-            "reason": self.reason,
-            "rule": self.rule,
-            "alert": self.alert,
-            "limits": self.limits.as_dict(),
-            "recovering": self.recovering,
-            "ready_in": None if math.isinf(self.ready_in) else round(self.ready_in, 3),
-            "sent": self.sent,
-            "deferred": self.deferred,
-            "throttled": self.throttled,
-        }
-
 
 # --------------------------------------------------------------------------------------------
 # A lane
@@ -296,11 +104,14 @@ class Lane:
         *,
         policy: RecoveryPolicy | None = None,
         rng: random.Random | None = None,
+        aimd: AimdPolicy | None = None,
     ) -> None:
         self.state = state
         self.rules = rules
         self.policy = policy or RecoveryPolicy()
         self.rng = rng or random.Random()
+        self.aimd = aimd or AimdPolicy()
+        self.meter = Meter(self.aimd)
         self.changed = False  # set on every state change, cleared by Scheduler.changed_states
 
     @property
@@ -357,11 +168,22 @@ class Lane:
         """Apply the transitions that time alone causes, lazily, as of ``now``."""
         s = self.state
         start = s
+        if s.learned_rate is not None or s.learned_connections is not None:
+            s = relax(
+                s, now, self.aimd, ceiling_rate=self.base.per_minute,
+                ceiling_connections=self.base.connections,
+            )  # fmt: skip
         for _ in range(4):  # at most suspended -> slowed -> normal
             if s.until is None or now < s.until:
                 break
+            if s.mode is LaneMode.SUSPENDED and s.probing:
+                # A probe pause ends where it began: the learned caps govern, no ramp.
+                s = replace(
+                    s, mode=LaneMode.NORMAL, until=None, reason=None, rule=None, probing=False,
+                )  # fmt: skip
+                break
             if s.mode is LaneMode.SUSPENDED and s.slow_limits is not None and s.slow_until:
-                if s.slow_until > s.until:
+                if s.slow_until > (s.until or 0.0):
                     s = replace(
                         s, mode=LaneMode.SLOWED, until=s.slow_until, slow_until=None,
                         last_change_at=s.until,
@@ -415,10 +237,45 @@ class Lane:
     def limits(self, now: float) -> LaneLimits:
         """The limits in force at ``now``: size the lane's connections and reuse by these.
 
-        ``connections`` is 0 while the lane is suspended or disabled.
+        ``connections`` is 0 while the lane is suspended or disabled. What the lane learned
+        caps the rate and the connections; the ceilings stay upper bounds.
         """
         self._advance(now)
-        return self._limits_of(self.state)
+        return self._learned_caps(self._limits_of(self.state), self.state)
+
+    def _learned_caps(self, limits: LaneLimits, s: LaneState) -> LaneLimits:
+        if s.learned_rate is None and s.learned_connections is None:
+            return limits
+        per_minute = limits.per_minute
+        burst = limits.burst
+        if s.learned_rate is not None:
+            per_minute = s.learned_rate if per_minute is None else min(per_minute, s.learned_rate)
+            # A learned rate is paced evenly: at most a second's worth at once.
+            burst = max(1, min(burst, math.floor(per_minute / 60.0)))
+        connections = limits.connections
+        if s.learned_connections is not None and connections > 0:
+            connections = max(1, min(connections, s.learned_connections))
+        return replace(limits, per_minute=per_minute, burst=burst, connections=connections)
+
+    def connection_cap(self, now: float, configured: int | None = None) -> int:
+        """How many connections the lane may hold now: the limits' (and ``configured``, the
+        group's own count), and, until a receiver refused one, one more per
+        `AimdPolicy.slow_start` accepted messages (a slow start: never open them all at once)."""
+        cap = self.limits(now).connections
+        if configured is not None:
+            cap = min(cap, configured)
+        if cap <= 0:
+            return 0
+        if self.state.learned_connections is None:
+            # One new connection at a time: the next only once the last one holds.
+            grown = 1 + self.meter.accepted_total // max(1, self.aimd.slow_start)
+            cap = min(cap, grown, self.meter.open + 1)
+        return max(1, cap)
+
+    def connect_wait(self, now: float) -> float:
+        """Seconds until the lane may open another connection (after a connection signal)."""
+        until = self.state.connect_until
+        return 0.0 if until is None else max(0.0, until - now)
 
     def _pace_factor(self, s: LaneState) -> float:
         if s.mode is LaneMode.SLOWED and s.slow_limits is not None:
@@ -503,13 +360,45 @@ class Lane:
     def _event(self, kind: LaneEventKind, **fields: Any) -> LaneEvent:
         return LaneEvent(kind, self.ip, self.provider, **fields)
 
+    def accepted(self, now: float, *, busy: bool = True) -> None:
+        """A message the receiver accepted: measure it, and take an additive step when a clean
+        interval has passed (``busy``: the lane had more work waiting, so a larger cap would
+        have been used)."""
+        self.meter.accepted(now)
+        s = self.state
+        if s.learned_rate is None and s.learned_connections is None:
+            if s.probe_level and s.learned_at is not None:
+                if now - s.learned_at >= self.aimd.episode_gap:
+                    self._set(replace(s, probe_level=0), now)
+            return
+        stepped = step_up(
+            s, now, self.aimd, ceiling_rate=self.base.per_minute,
+            ceiling_connections=self.base.connections,
+            connections_due=busy and self.meter.open >= (s.learned_connections or 0),
+        )  # fmt: skip
+        if stepped.probe_level and s.learned_at is not None:
+            if now - s.learned_at >= self.aimd.episode_gap:
+                stepped = replace(stepped, probe_level=0)
+        if stepped != s:
+            self._set(stepped, now)
+
     def on_reply(
-        self, reply_text: str, code: int | None, now: float, *, from_receiver: bool
+        self,
+        reply_text: str,
+        code: int | None,
+        now: float,
+        *,
+        from_receiver: bool,
+        stage: str | None = None,
+        recipient_scoped: bool = False,
     ) -> LaneEvent:
         """Apply what a reply means to this lane, and say what happened.
 
         ``from_receiver=False`` is for deferrals mailctl made itself (lane paused, cap
         reached, connection never made): they never trigger, extend or count anything.
+        ``stage`` is the command it answered ("connect" for the banner, EHLO ...): a refusal
+        there is a connection signal. ``recipient_scoped`` (the classifier's word) keeps an
+        unclassified 4xx about one recipient out of the throttle count.
         """
         if not from_receiver:
             return self._event(LaneEventKind.IGNORED, reason="not a receiver's reply")
@@ -520,12 +409,98 @@ class Lane:
             return self._event(LaneEventKind.NONE)
         found = self.rules.match(reply_text, self.provider)
         if found is not None:
-            return self._apply(found, now)
+            return self._apply(found, now, stage)
         if code is not None and 400 <= code < 500:
             self._set(replace(self.state, deferred=self.state.deferred + 1), now)
+        if stage == "connect" and code == 421:
+            return self.on_connect_refused(reply_text, now)
         if code == 421:
             return self._backoff(reply_text, now)
+        if code is not None and 400 <= code < 500 and not recipient_scoped:
+            if self.meter.unclassified(now):
+                return self._backoff(reply_text, now)
         return self._event(LaneEventKind.NONE)
+
+    def on_connect_refused(
+        self,
+        reply_text: str,
+        now: float,
+        *,
+        rule: str | None = None,
+        factor: float | None = None,
+        held: int | None = None,
+    ) -> LaneEvent:
+        """A connection refused, or answered 421 at connect: a connection signal. The lane
+        keeps the connections that held (the ones open now) and opens no new one for a probe
+        pause; its message rate is left alone. Connections already open keep sending."""
+        s = self.state
+        if s.connect_until is not None and now < s.connect_until:
+            return self._event(
+                LaneEventKind.IGNORED, until=s.connect_until, reason="same episode",
+                retry_after=s.connect_until - now,
+            )  # fmt: skip
+        level, pause = probe_pause(s, now, self.aimd, self.rng)
+        held = self.meter.open if held is None else held
+        text = " ".join(reply_text.split())
+        s = cut_connections(s, held, now, factor=factor if held and factor and held > 1 else None)
+        s = replace(
+            s, connect_until=now + pause, probe_level=level, throttled=s.throttled + 1,
+            learned_reason=text, learned_at=now, learned_observed=self.meter.describe(now),
+        )  # fmt: skip
+        self._set(s, now)
+        return self._event(
+            LaneEventKind.CONNECTIONS, until=now + pause, reason=text, rule=rule,
+            retry_after=pause,
+        )  # fmt: skip
+
+    def _throttle(
+        self,
+        reply_text: str,
+        now: float,
+        *,
+        rule: str | None = None,
+        factor: float | None = None,
+        pause: float | None = None,
+        ceiling: float | None = None,
+        kind: LaneEventKind = LaneEventKind.BACKOFF,
+    ) -> LaneEvent:
+        """A message signal: cut the learned rate from the observed one, then pause (the
+        rule's named pause, else a short probe pause that doubles on repeats)."""
+        s = self.state
+        if (
+            s.mode in (LaneMode.SUSPENDED, LaneMode.DISABLED)
+            and s.until is not None
+            and now < s.until
+        ):
+            # Replies to messages already in flight when the lane paused: same episode.
+            return self._event(
+                LaneEventKind.IGNORED, until=s.until, reason="lane already paused",
+                retry_after=s.until - now,
+            )  # fmt: skip
+        level, probe = probe_pause(s, now, self.aimd, self.rng)
+        wait = probe if pause is None else pause
+        text = " ".join(reply_text.split())
+        observed = self.meter.describe(now)
+        s = cut_rate(s, self.meter.rate(now), now, self.aimd, factor=factor, ceiling=ceiling)
+        s = replace(
+            s, probe_level=level, throttled=s.throttled + 1, learned_reason=text,
+            learned_at=now, learned_observed=observed,
+        )  # fmt: skip
+        if s.mode is LaneMode.DISABLED:
+            self._set(s, now)
+            return self._event(LaneEventKind.IGNORED, until=s.until, reason="lane disabled")
+        if s.mode is LaneMode.SLOWED and s.until is not None and s.until > now + wait:
+            # Pause, then the slow period a documented rule set goes on.
+            s = replace(
+                s, mode=LaneMode.SUSPENDED, slow_until=s.until, until=now + wait, probing=False,
+            )  # fmt: skip
+        else:
+            s = replace(
+                s, mode=LaneMode.SUSPENDED, until=now + wait, reason=text, rule=rule,
+                probing=True, last_change_at=now,
+            )  # fmt: skip
+        self._set(s, now)
+        return self._event(kind, until=now + wait, reason=text, rule=rule, retry_after=wait)
 
     def _triggered(self, rule: ReplyRule, now: float) -> bool:
         """Record a match of a triggered rule; True when it reaches its count."""
@@ -538,7 +513,7 @@ class Lane:
         self._set(replace(self.state, hits=kept), now)
         return fired
 
-    def _apply(self, found: RuleMatch, now: float) -> LaneEvent:
+    def _apply(self, found: RuleMatch, now: float, stage: str | None = None) -> LaneEvent:
         rule = found.rule
         s = self.state
         if rule.action is Action.DEFER_RECIPIENT:
@@ -571,10 +546,38 @@ class Lane:
             return self._event(
                 LaneEventKind.DISABLED, until=until, reason=found.reply, rule=rule.id, alert=True
             )
+        # Every lane throttle teaches the lane: the cut from the observed rate.
+        observed = self.meter.describe(now)
+        s = cut_rate(s, self.meter.rate(now), now, self.aimd)
+        s = replace(s, learned_reason=found.reply, learned_at=now, learned_observed=observed)
         if rule.action is Action.SUSPEND:
             assert rule.duration is not None
             return self._suspend(s, now + rule.duration, found.reply, rule.id, rule.alert, now)
-        return self._slow(s, found, now)
+        assert rule.limits is not None
+        if not rule.limits.adaptive:
+            # A number the provider documents (Gmail's 10/min, Microsoft's 1/min): it caps.
+            return self._slow(s, found, now)
+        # Shares ("50%"): of what was observed, not of the configured ceiling.
+        rate = rule.limits.per_minute
+        conns = rule.limits.connections
+        if conns is not None and rate is None:
+            if stage == "connect":
+                return self.on_connect_refused(found.reply, now, rule=rule.id)
+            # Said on an open connection: a share of the connections open (or allowed).
+            held = self.meter.open or self._learned_caps(self._limits_of(s), s).connections
+            event = self.on_connect_refused(
+                found.reply, now, rule=rule.id, factor=conns.value, held=held
+            )
+            return replace(event, kind=LaneEventKind.SLOWED)
+        if conns is not None:
+            held = self.meter.open or self._learned_caps(self._limits_of(s), s).connections
+            self._set(cut_connections(self.state, held, now, factor=conns.value), now)
+        if rate is None:
+            return self._event(LaneEventKind.NONE, rule=rule.id)
+        return self._throttle(
+            found.reply, now, rule=rule.id, factor=rate.value, pause=rule.pause,
+            kind=LaneEventKind.SLOWED,
+        )  # fmt: skip
 
     def _earlier(self, s: LaneState) -> float:
         """The pace to recover towards a quarter of: the pace before this episode began."""
@@ -658,6 +661,11 @@ class Lane:
         )
 
     def _backoff(self, reply_text: str, now: float) -> LaneEvent:
+        """A throttle no rule names (an unknown 421, a few unclassified 4xx)."""
+        self._set(replace(self.state, deferred=self.state.deferred), now)
+        return self._throttle(reply_text, now)
+
+    def _backoff_old(self, reply_text: str, now: float) -> LaneEvent:
         s = self.state
         if s.mode in (LaneMode.SUSPENDED, LaneMode.DISABLED):
             # Replies to messages already in flight when the lane paused: same episode.
@@ -733,172 +741,9 @@ class Lane:
             sent=s.sent,
             deferred=s.deferred,
             throttled=s.throttled,
+            learned_rate=s.learned_rate,
+            learned_connections=s.learned_connections,
+            learned_reason=s.learned_reason,
+            learned_at=s.learned_at,
+            learned_observed=s.learned_observed,
         )
-
-
-# --------------------------------------------------------------------------------------------
-# The scheduler
-
-
-CapacityFn = Callable[[str, str], "int | None"]
-"""(ip, provider) -> messages the IP may still send to the provider now (warm-up), None = no cap."""
-
-
-class Scheduler:
-    """All lanes of a run. Lanes are created on first use from the rules' limits."""
-
-    def __init__(
-        self,
-        rules: RuleSet | None = None,
-        *,
-        policy: RecoveryPolicy | None = None,
-        rng: random.Random | None = None,
-        states: Iterable[LaneState] = (),
-    ) -> None:
-        self.rules = rules or default_rules()
-        self.policy = policy or RecoveryPolicy()
-        self.rng = rng or random.Random()
-        self._lanes: dict[tuple[str, str], Lane] = {}
-        self._picks: dict[tuple[str, str], int] = {}
-        for state in states:
-            self._lanes[(state.ip, state.provider)] = self._make(state)
-
-    def _make(self, state: LaneState) -> Lane:
-        return Lane(state, self.rules, policy=self.policy, rng=self.rng)
-
-    def lane(self, ip: str, provider: str) -> Lane:
-        key = (ip, provider)
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = self._lanes[key] = self._make(LaneState(ip=ip, provider=provider))
-        return lane
-
-    def lanes(self) -> list[Lane]:
-        return [self._lanes[key] for key in sorted(self._lanes)]
-
-    def changed_states(self) -> list[LaneState]:
-        """States changed since the last call: what to upsert into the ``lanes`` table."""
-        changed = []
-        for lane in self.lanes():
-            if lane.changed:
-                lane.changed = False
-                changed.append(lane.state)
-        return changed
-
-    def next_wake(self, now: float, busy: Iterable[tuple[str, str]] | None = None) -> float | None:
-        """When the first of the lanes with work (``busy``; all lanes when None) may send
-        again: ``now`` if one may send now, None if none ever will (all disabled)."""
-        keys = list(busy) if busy is not None else list(self._lanes)
-        waits = [self.lane(ip, provider).ready_in(now) for ip, provider in keys]
-        finite = [w for w in waits if not math.isinf(w)]
-        return now + min(finite) if finite else None
-
-    def snapshot(self, now: float) -> list[LaneSnapshot]:
-        return [lane.snapshot(now) for lane in self.lanes()]
-
-    def pick_ip(
-        self,
-        pool_ips: Iterable[str],
-        provider: str,
-        now: float,
-        capacity_fn: CapacityFn | None = None,
-        prefer: str | None = None,
-    ) -> str | None:
-        """The pool IP to send the next message for ``provider`` from, or None if none may.
-
-        Only IPs of ``pool_ips`` are ever returned (traffic never moves to another pool).
-        Skipped: IPs whose lane to the provider is suspended or disabled, and IPs whose
-        warm-up capacity is used up (spill-over to the pool's other IPs). IPs with a cap
-        (still warming) come first, the one with the most capacity left, so cold IPs get the
-        volume their schedule needs; uncapped IPs take the rest in turn. ``prefer`` (an IP
-        the receiver asked to hear from again: greylisting keys on the client's address) wins
-        whenever it may send.
-        """
-        candidates: list[tuple[str, int | None]] = []
-        for ip in dict.fromkeys(pool_ips):
-            if self.lane(ip, provider).pause_wait(now) > 0:
-                continue
-            capacity = capacity_fn(ip, provider) if capacity_fn is not None else None
-            if capacity is not None and capacity <= 0:
-                continue
-            candidates.append((ip, capacity))
-        if not candidates:
-            return None
-        capped = [c for c in candidates if c[1] is not None]
-        if prefer is not None and any(c[0] == prefer for c in candidates):
-            ip = prefer
-        elif capped:
-            ip = max(
-                capped,
-                key=lambda c: (c[1], -self._picks.get((c[0], provider), 0)),
-            )[0]
-        else:
-            ip = min(candidates, key=lambda c: self._picks.get((c[0], provider), 0))[0]
-        self._picks[(ip, provider)] = self._picks.get((ip, provider), 0) + 1
-        return ip
-
-
-# --------------------------------------------------------------------------------------------
-# Circuit breaker
-
-
-@dataclass(frozen=True)
-class BreakerPolicy:
-    """Trip above these rates, once at least ``min_sent`` messages were answered."""
-
-    bounce_rate: float = 0.02
-    complaint_rate: float = 0.003
-    min_sent: int = 200
-
-    @classmethod
-    def from_config(cls, breakers: Any) -> BreakerPolicy:
-        """From `config.Breakers` (same field names)."""
-        return cls(breakers.bounce_rate, breakers.complaint_rate, breakers.min_sent)
-
-
-@dataclass(frozen=True)
-class BreakerState:
-    """A campaign's counts. ``sent``: messages the receivers answered (accepted or rejected);
-    ``bounced``: hard bounces, synchronous or from DSNs; ``complained``: ARF reports."""
-
-    sent: int = 0
-    bounced: int = 0
-    complained: int = 0
-
-    def add(self, *, sent: int = 0, bounced: int = 0, complained: int = 0) -> BreakerState:
-        return BreakerState(self.sent + sent, self.bounced + bounced, self.complained + complained)
-
-
-@dataclass(frozen=True)
-class BreakerTrip:
-    kind: str  # "bounce_rate" | "complaint_rate"
-    rate: float
-    threshold: float
-    sent: int
-    reason: str = field(default="")
-
-
-def _exact(value: float) -> Fraction:
-    # Compare as decimals: 4 bounces of 200 is exactly 2%, which must not trip a 2% breaker.
-    return Fraction(repr(value))
-
-
-def check_breaker(state: BreakerState, policy: BreakerPolicy | None = None) -> BreakerTrip | None:
-    """A trip when the bounce rate passes its threshold (strictly above), else the
-    complaint rate; None below ``min_sent`` and at or below the thresholds."""
-    policy = policy or BreakerPolicy()
-    if state.sent <= 0 or state.sent < policy.min_sent:
-        return None
-    for kind, count, threshold in (
-        ("bounce_rate", state.bounced, policy.bounce_rate),
-        ("complaint_rate", state.complained, policy.complaint_rate),
-    ):
-        rate = Fraction(count, state.sent)
-        if rate > _exact(threshold):
-            label = kind.replace("_", " ")
-            reason = (
-                f"{label} {float(rate) * 100:.2f}% is above {threshold * 100:g}% "
-                f"({count} of {state.sent} sent)"
-            )
-            return BreakerTrip(kind, float(rate), threshold, state.sent, reason)
-    return None

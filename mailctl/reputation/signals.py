@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+from mailctl.recipients.address import address_key
 from mailctl.store.base import IpDayCounts, SuppressionEntry
 
 # The reason that makes a lane's refusal a block rather than a throttle.
@@ -97,7 +98,7 @@ def smtp_suppressions(outcomes: Iterable[CountedOutcome]) -> list[SuppressionEnt
     """Hard bounces from live SMTP replies: suppressed at once, sourced to the sending IP."""
     return [
         SuppressionEntry(
-            o.email,
+            address_key(o.email),
             "hard_bounce",
             at=o.at,
             source=f"smtp:{o.ip or ''}",

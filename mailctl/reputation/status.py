@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 from mailctl.config.profiles import ProfilesFile
@@ -55,7 +56,10 @@ def warmup_plans(
         ip_plan = plan(
             entry.setting, history(store, entry.ip), events(store, entry.ip), today, days
         )
-        result.append((entry, ip_plan))
+        sent_today = sum(
+            r["sent"] for r in store.ip_days(entry.ip) if r["day"] == today.isoformat()
+        )
+        result.append((entry, replace(ip_plan, sent_today=sent_today)))
     return result
 
 

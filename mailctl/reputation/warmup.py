@@ -202,6 +202,7 @@ class WarmupPlan:
     past: tuple[PastDay, ...]
     upcoming: tuple[PlannedDay, ...]
     target_reached_on: date | None  # past (warm_since) or projected; None if not reachable
+    sent_today: int = 0  # what the IP has sent so far on `state.day` (all providers)
 
 
 # --- the replay ------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ MESSAGE_STATES = tuple(state.value for state in MessageState)
 # The per IP, day and provider counters the warm-up reads (the `ip_days` record).
 IP_DAY_COUNTERS = ("sent", "deferred", "bounced", "complained", "throttles", "blocks")
 
+# How `mailctl queue` groups waiting messages besides campaign and kind.
+QueueGroup = Literal["lane", "domain"]
+
 # How report rows are keyed; the key of each result row is the group's value.
 ReportGroup = Literal["all", "campaign", "ip", "provider"]
 
@@ -56,6 +59,21 @@ class IpDayCounts:
     def counts(self) -> dict[str, int]:
         """The counters this adds to, by column name (those it leaves alone left out)."""
         return {name: getattr(self, name) for name in IP_DAY_COUNTERS if getattr(self, name)}
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """Which waiting (queued or deferred) messages a queue command is about; unset fields
+    match everything. ``reason`` is a case-insensitive part of the wait kind or reason."""
+
+    campaign_id: int | None = None
+    domain: str | None = None
+    provider: str | None = None
+    address_key: str | None = None
+    reason: str | None = None
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, name) is None for name in self.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -98,6 +116,17 @@ class DeliveryRecord(Protocol):
     def rule(self) -> str | None: ...
     @property
     def scope(self) -> str | None: ...
+    @property
+    def possible_duplicate(self) -> bool: ...
+    @property
+    def wait_kind(self) -> str | None:
+        """Deferred only: why it waits, in words that group (no times)."""
+        ...
+
+    @property
+    def wait_reason(self) -> str | None:
+        """Deferred only: the full reason, with when it will be tried again."""
+        ...
 
 
 class BounceRecipientRecord(Protocol):
@@ -179,6 +208,15 @@ class ReportQueries(Protocol):
         """Lanes not at normal speed."""
         ...
 
+    def unsubscribe_sources(self) -> list[str]:
+        """The source of every recorded unsubscribe (suppressions with reason
+        ``unsubscribe`` and list-scoped ones), e.g. ``one-click:news``, ``mail:news``."""
+
+    def report_counts(self) -> dict[str, int]:
+        """Imported bounce and complaint reports: ``reports`` (that name recipients) and
+        ``unmatched`` (of those, the ones tied to no message mailctl sent)."""
+        ...
+
 
 class Store(Protocol):
     """One open database: everything mailctl keeps between runs."""
@@ -221,7 +259,10 @@ class Store(Protocol):
 
     # recipients import: staged, then merged in one transaction
     def begin_import(self) -> None: ...
-    def stage_recipients(self, rows: Sequence[tuple[str, str, str]]) -> None: ...
+    def stage_recipients(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """(email as written, its canonical key, domain, fields_json); keyed on the key."""
+        ...
+
     def staged_count(self) -> int: ...
     def finish_import(self, list_name: str | None, *, skip_existing: bool) -> StagedCounts: ...
     def abort_import(self) -> None: ...
@@ -235,7 +276,7 @@ class Store(Protocol):
     def list_counts(self) -> list[tuple[str, int]]: ...
     def recipient_missing_field(self, list_name: str, field_name: str) -> str | None: ...
 
-    # suppression
+    # suppression: every address given is a canonical key (mailctl.recipients.address)
     def suppress(
         self,
         address: str,
@@ -255,6 +296,36 @@ class Store(Protocol):
     def iter_suppression(
         self, reason: str | None = None, *, include_expired: bool = False
     ) -> Iterator[dict[str, Any]]: ...
+
+    def unsubscribe(self, address: str, *, list_name: str | None, source: str, now: float) -> bool:
+        """Record an unsubscribe of an address key (`mailctl.recipients.address.address_key`)
+        with reason ``unsubscribe``: from `list_name` only, or from
+        everything (a suppression row) when it is None. True when it is new; an address
+        already unsubscribed (or suppressed) is left as it is."""
+        ...
+
+    def unsubscribed(self, address: str, list_name: str | None) -> bool:
+        """Whether this address key is already unsubscribed from the list (or suppressed)."""
+        ...
+
+    def list_unsubscribes(self, list_name: str | None = None) -> list[dict[str, Any]]:
+        """Unsubscribes scoped to one list: list_name, address, reason, source, at."""
+        ...
+
+    # remote mailboxes: how far each has been imported
+    def remote_mark(self, mailbox: str) -> tuple[int | None, int] | None:
+        """(UIDVALIDITY, highest imported UID) of an IMAP mailbox, None before the first run."""
+        ...
+
+    def set_remote_mark(
+        self, mailbox: str, uidvalidity: int | None, last_uid: int, now: float
+    ) -> None: ...
+
+    def remote_seen(self, mailbox: str, uids: Iterable[str]) -> set[str]:
+        """Which of these POP3 UIDLs were already imported from this mailbox."""
+        ...
+
+    def add_remote_seen(self, mailbox: str, uids: Iterable[str], now: float) -> None: ...
 
     # campaigns
     def get_campaign(self, name: str) -> dict[str, Any] | None: ...
@@ -309,10 +380,54 @@ class Store(Protocol):
         carry, in one transaction."""
         ...
 
+    def requeue_failed(
+        self,
+        campaign_id: int,
+        failed_reasons: Sequence[str],
+        expired_reasons: Sequence[str],
+        now: float,
+    ) -> int:
+        """Failed/expired messages with these stored reasons back to `queued`, due now."""
+        ...
+
     def mark_possible_duplicates(self, message_ids: Sequence[int]) -> None: ...
     def recover_interrupted(self) -> int: ...
     def next_due_at(self, campaign_ids: Sequence[int]) -> float | None: ...
     def remaining(self, campaign_id: int) -> int: ...
+    def first_notice(self, key: str, now: float) -> bool:
+        """Record notice `key`; True only the first time it is recorded (warnings that must be
+        given once per cause, not once per run)."""
+        ...
+
+    def campaign_recipient_keys(self, campaign_name: str) -> set[str]:
+        """The address keys that already have a message in campaign `campaign_name` (empty
+        when there is no such campaign): what a real run would not queue again."""
+        ...
+
+    # the queue as operators steer it (waiting = queued or deferred)
+    def queue_summary(self, by: QueueGroup, where: QueueFilter) -> list[dict[str, Any]]:
+        """Per campaign, lane or domain, and wait kind: count, oldest, next_attempt_at,
+        example (the next due message's full reason)."""
+        ...
+
+    def queue_list(self, where: QueueFilter, limit: int | None = None) -> list[dict[str, Any]]:
+        """Waiting messages, the next due first."""
+        ...
+
+    def retry_deferred(self, where: QueueFilter, now: float) -> int:
+        """Matching deferred messages fall due now; returns how many."""
+        ...
+
+    def drop_waiting(self, where: QueueFilter, now: float, note: str) -> int:
+        """Matching waiting messages become `cancelled` (reason ``dropped``, ``note`` as
+        their last reply); returns how many."""
+        ...
+
+    def top_wait_kinds(
+        self, campaign_id: int | None = None, limit: int = 5
+    ) -> list[tuple[str, int]]:
+        """Why deferred messages wait now, most common first."""
+        ...
 
     # runs
     def start_run(self, pid: int, host: str, now: float) -> int: ...
@@ -332,13 +447,22 @@ class Store(Protocol):
         original_message_id: str | None,
         feedback_type: str | None,
         message_id: int | None,
-    ) -> int | None: ...
+        aliases: Sequence[str] = (),
+    ) -> int | None:
+        """Store a report once; None when its digest or one of its aliases is stored."""
+        ...
+
     def add_bounce_recipient(
-        self, event_id: int, day: str, recipient: BounceRecipientRecord, message_id: int | None
+        self,
+        event_id: int,
+        day: str,
+        recipient: BounceRecipientRecord,
+        message_id: int | None,
+        address_key: str | None = None,
     ) -> None: ...
     def soft_bounce_days(self, address: str, since_day: str, until_day: str) -> int: ...
     def message_by_tracking_id(self, tracking_id: str) -> dict[str, Any] | None: ...
-    def latest_message_to(self, address: str, since: float) -> dict[str, Any] | None: ...
+    def latest_message_to(self, address_key: str, since: float) -> dict[str, Any] | None: ...
     def mark_reported(
         self, message_id: int, state: str, reply: str | None, reason: str | None
     ) -> bool: ...

@@ -29,6 +29,7 @@ from mailctl.store.base import (
     SuppressionEntry,
 )
 from mailctl.store.sqlite_addresses import _AddressTables
+from mailctl.store.sqlite_queue import _QueueTables
 from mailctl.store.sqlite_reports import SqliteReportQueries
 from mailctl.store.sqlite_schema import MIGRATIONS
 
@@ -43,7 +44,7 @@ def resolve_db_path(explicit: str | Path | None) -> Path:
     return Path(env) if env else Path(DEFAULT_DB)
 
 
-class SqliteStore(_AddressTables):
+class SqliteStore(_AddressTables, _QueueTables):
     """One open SQLite database. Create with `SqliteStore.open(path)`."""
 
     def __init__(self, db: sqlite_utils.Database, path: Path) -> None:
@@ -300,8 +301,10 @@ class SqliteStore(_AddressTables):
                 """CREATE TEMP TABLE to_queue AS
                    SELECT r.id AS recipient_id, r.email, r.domain,
                           (EXISTS (SELECT 1 FROM suppression x
-                                   WHERE x.address IN (r.email, '*@' || r.domain)
-                                     AND (x.expires_at IS NULL OR x.expires_at > ?)))
+                                   WHERE x.address IN (r.email_key, '*@' || r.domain)
+                                     AND (x.expires_at IS NULL OR x.expires_at > ?))
+                           OR EXISTS (SELECT 1 FROM list_unsubscribes u
+                                      WHERE u.list_name = l.name AND u.address = r.email_key))
                             AS suppressed
                    FROM lists l
                    JOIN list_members m ON m.list_id = l.id
@@ -426,7 +429,9 @@ class SqliteStore(_AddressTables):
                      first_attempt_at = CASE WHEN ? THEN coalesce(first_attempt_at, ?)
                                         ELSE first_attempt_at END,
                      next_attempt_at = ?, sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END,
-                     ip = ?, provider = ?, last_code = ?, last_reply = ?, reason = ?
+                     ip = ?, provider = ?, last_code = ?, last_reply = ?, reason = ?,
+                     wait_kind = ?, wait_reason = ?,
+                     possible_duplicate = max(possible_duplicate, ?)
                    WHERE id = ?""",
                 [
                     (
@@ -444,6 +449,9 @@ class SqliteStore(_AddressTables):
                         o.code,
                         o.reply,
                         o.reason,
+                        o.wait_kind if o.state == "deferred" else None,
+                        o.wait_reason if o.state == "deferred" else None,
+                        int(o.possible_duplicate),
                         o.message_id,
                     )
                     for o in outcomes
@@ -483,6 +491,30 @@ class SqliteStore(_AddressTables):
                     now=entry.at,
                 )
 
+    def requeue_failed(
+        self,
+        campaign_id: int,
+        failed_reasons: Sequence[str],
+        expired_reasons: Sequence[str],
+        now: float,
+    ) -> int:
+        """Failed (or expired) messages of a campaign with one of these reasons: queued
+        again, due now, their age counted afresh. Returns how many."""
+        if not failed_reasons and not expired_reasons:
+            return 0
+        failed = ",".join("?" * len(failed_reasons)) or "NULL"
+        expired = ",".join("?" * len(expired_reasons)) or "NULL"
+        with self.transaction():
+            cur = self.conn.execute(
+                f"""UPDATE messages SET state = 'queued', next_attempt_at = ?,
+                      first_attempt_at = NULL
+                    WHERE campaign_id = ?
+                      AND ((state = 'failed' AND reason IN ({failed}))
+                        OR (state = 'expired' AND reason IN ({expired})))""",
+                (now, campaign_id, *failed_reasons, *expired_reasons),
+            )
+            return cur.rowcount
+
     def mark_possible_duplicates(self, message_ids: Sequence[int]) -> None:
         """Messages cut off mid-delivery: they may have been delivered already."""
         self.conn.executemany(
@@ -515,6 +547,23 @@ class SqliteStore(_AddressTables):
         ).fetchone()
         return row[0]
 
+    def first_notice(self, key: str, now: float) -> bool:
+        with self.transaction():
+            cursor = self.conn.execute(
+                "INSERT OR IGNORE INTO notices (key, first_at) VALUES (?, ?)", (key, now)
+            )
+        return cursor.rowcount == 1
+
+    def campaign_recipient_keys(self, campaign_name: str) -> set[str]:
+        rows = self.conn.execute(
+            """SELECT COALESCE(r.email_key, lower(r.email)) FROM messages g
+               JOIN campaigns c ON c.id = g.campaign_id
+               JOIN recipients r ON r.id = g.recipient_id
+               WHERE c.name = ?""",
+            (campaign_name,),
+        )
+        return {key for (key,) in rows}
+
     def remaining(self, campaign_id: int) -> int:
         return int(
             self.conn.execute(
@@ -542,8 +591,10 @@ class SqliteStore(_AddressTables):
         OS drops the lock when the holder dies."""
         import fcntl
 
+        from mailctl.files import open_lock
+
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        fd = open_lock(lock_path)  # no symlink, no hard link: only our own file is truncated
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -638,6 +689,18 @@ class SqliteStore(_AddressTables):
         "deferred",
         "throttled",
         "updated_at",
+        # learned from the receiver (migration 6)
+        "learned_rate",
+        "learned_peak",
+        "learned_connections",
+        "learned_reason",
+        "learned_at",
+        "learned_observed",
+        "learned_step_at",
+        "learned_conn_at",
+        "probe_level",
+        "connect_until",
+        "probing",
     )
 
     def lane_rows(self) -> list[dict[str, Any]]:

@@ -37,18 +37,21 @@ class _AddressTables:
         )
         self.conn.execute(
             """CREATE TEMP TABLE import_staging (
-                email TEXT PRIMARY KEY,
+                email_key TEXT PRIMARY KEY,
+                email TEXT NOT NULL,
                 domain TEXT NOT NULL,
                 fields TEXT NOT NULL
             ) WITHOUT ROWID"""
         )
         self.conn.execute("BEGIN")
 
-    def stage_recipients(self, rows: Sequence[tuple[str, str, str]]) -> None:
-        """(email, domain, fields_json); a later row for the same email wins."""
+    def stage_recipients(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """(email, email_key, domain, fields_json); a later row for the same key wins its
+        fields, the first keeps its spelling."""
         self.conn.executemany(
-            """INSERT INTO temp.import_staging (email, domain, fields) VALUES (?, ?, ?)
-               ON CONFLICT(email) DO UPDATE SET fields = excluded.fields""",
+            """INSERT INTO temp.import_staging (email, email_key, domain, fields)
+               VALUES (?, ?, ?, ?)
+               ON CONFLICT(email_key) DO UPDATE SET fields = excluded.fields""",
             rows,
         )
 
@@ -64,19 +67,21 @@ class _AddressTables:
                 """SELECT
                      sum(r.id IS NULL),
                      sum(r.id IS NOT NULL AND json_patch(r.fields, s.fields) <> r.fields)
-                   FROM temp.import_staging s LEFT JOIN recipients r ON r.email = s.email"""
+                   FROM temp.import_staging s LEFT JOIN recipients r ON r.email_key = s.email_key"""
             ).fetchone()
             imported, changed = imported or 0, changed or 0
             suppressed = c.execute(
                 """SELECT count(*) FROM temp.import_staging s
-                   WHERE s.email IN (SELECT address FROM active_suppression)
+                   WHERE s.email_key IN (SELECT address FROM active_suppression)
                       OR '*@' || s.domain IN (SELECT address FROM active_suppression)"""
             ).fetchone()[0]
             total = self.staged_count()
             # Staged fields are compact JSON already, in the form SQLite's json_patch emits.
             c.execute(
-                """INSERT OR IGNORE INTO recipients (email, domain, fields, created_at, updated_at)
-                   SELECT s.email, s.domain, s.fields, ?, ? FROM temp.import_staging s""",
+                """INSERT OR IGNORE INTO recipients
+                     (email, email_key, domain, fields, created_at, updated_at)
+                   SELECT s.email, s.email_key, s.domain, s.fields, ?, ?
+                   FROM temp.import_staging s""",
                 (now, now),
             )
             updated = 0
@@ -85,7 +90,8 @@ class _AddressTables:
                     """UPDATE recipients AS r
                        SET fields = json_patch(r.fields, s.fields), updated_at = ?
                        FROM temp.import_staging AS s
-                       WHERE s.email = r.email AND json_patch(r.fields, s.fields) <> r.fields""",
+                       WHERE s.email_key = r.email_key
+                         AND json_patch(r.fields, s.fields) <> r.fields""",
                     (now,),
                 )
                 updated = changed
@@ -93,7 +99,8 @@ class _AddressTables:
                 list_id = self._list_id(list_name, now)
                 c.execute(
                     """INSERT OR IGNORE INTO list_members (list_id, recipient_id)
-                       SELECT ?, r.id FROM temp.import_staging s JOIN recipients r USING (email)""",
+                       SELECT ?, r.id
+                       FROM temp.import_staging s JOIN recipients r USING (email_key)""",
                     (list_id,),
                 )
             c.execute("COMMIT")
@@ -139,6 +146,8 @@ class _AddressTables:
                 " JOIN lists l ON l.id = m.list_id WHERE l.name = ?"
             )
             params.append(list_name)
+        else:  # rows merged into another by the case-insensitive key keep only history
+            sql += " WHERE r.merged_into IS NULL"
         sql += " ORDER BY r.id"
         if limit is not None:
             sql += " LIMIT ?"
@@ -154,7 +163,9 @@ class _AddressTables:
                 (list_name,),
             ).fetchone()
         else:
-            row = self.conn.execute("SELECT count(*) FROM recipients").fetchone()
+            row = self.conn.execute(
+                "SELECT count(*) FROM recipients WHERE merged_into IS NULL"
+            ).fetchone()
         return int(row[0])
 
     def list_counts(self) -> list[tuple[str, int]]:
@@ -179,7 +190,10 @@ class _AddressTables:
         expires_at: float | None = None,
         now: float | None = None,
     ) -> bool:
-        """Add or refresh a suppression; True when the address was not suppressed before."""
+        """Add or refresh a suppression; True when the address was not suppressed before.
+
+        ``address`` is a canonical key (`mailctl.recipients.address`), as in every
+        suppression method: the caller keys, the store compares exactly."""
         now = time.time() if now is None else now
         existed = self.suppression_for(address, now=now, exact=True) is not None
         self.conn.execute(
@@ -201,6 +215,103 @@ class _AddressTables:
         )
         return not existed
 
+    def unsubscribe(self, address: str, *, list_name: str | None, source: str, now: float) -> bool:
+        """An unsubscribe (see `Store.unsubscribe`; ``address`` is a canonical key, as in every
+        suppression method); one statement, so concurrent requests
+        for the same address record it once. A temporary suppression (soft bounces) becomes
+        a permanent one: an unsubscribe never lapses by itself."""
+        if list_name is None:
+            cur = self.conn.execute(
+                """INSERT INTO suppression (address, reason, source, first_seen, last_seen)
+                   VALUES (?, 'unsubscribe', ?, ?, ?)
+                   ON CONFLICT(address) DO UPDATE SET
+                     reason = 'unsubscribe', source = excluded.source,
+                     last_seen = excluded.last_seen, expires_at = NULL
+                   WHERE suppression.expires_at IS NOT NULL""",
+                (address, source, now, now),
+            )
+        else:
+            cur = self.conn.execute(
+                """INSERT INTO list_unsubscribes (list_name, address, source, at)
+                   VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+                (list_name, address, source, now),
+            )
+            # Mail of this list's campaigns not yet sent is not sent: the send loop's last
+            # check reads the global suppression only.
+            self.conn.execute(
+                """UPDATE messages SET state = 'suppressed', reason = 'unsubscribe'
+                   WHERE state IN ('queued', 'deferred')
+                     AND recipient_id IN (SELECT id FROM recipients WHERE email_key = ?)
+                     AND campaign_id IN (SELECT id FROM campaigns WHERE list_name = ?)""",
+                (address, list_name),
+            )
+        return cur.rowcount > 0
+
+    def unsubscribed(self, address: str, list_name: str | None) -> bool:
+        if self.suppression_for(address) is not None:
+            return True
+        if list_name is None:
+            return False
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM list_unsubscribes WHERE list_name = ? AND address = ?",
+                (list_name, address),
+            ).fetchone()
+            is not None
+        )
+
+    def list_unsubscribes(self, list_name: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT list_name, address, reason, source, at FROM list_unsubscribes"
+        params: tuple[Any, ...] = ()
+        if list_name is not None:
+            sql += " WHERE list_name = ?"
+            params = (list_name,)
+        columns = ("list_name", "address", "reason", "source", "at")
+        return [
+            dict(zip(columns, row, strict=True))
+            for row in self.conn.execute(sql + " ORDER BY list_name, address", params)
+        ]
+
+    # ------------------------------------------------------------------ remote mailboxes
+
+    def remote_mark(self, mailbox: str) -> tuple[int | None, int] | None:
+        row = self.conn.execute(
+            "SELECT uidvalidity, last_uid FROM remote_mailboxes WHERE mailbox = ?", (mailbox,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def set_remote_mark(
+        self, mailbox: str, uidvalidity: int | None, last_uid: int, now: float
+    ) -> None:
+        self.conn.execute(
+            """INSERT INTO remote_mailboxes (mailbox, uidvalidity, last_uid, updated_at)
+               VALUES (?, ?, ?, ?)
+               ON CONFLICT(mailbox) DO UPDATE SET uidvalidity = excluded.uidvalidity,
+                 last_uid = excluded.last_uid, updated_at = excluded.updated_at""",
+            (mailbox, uidvalidity, last_uid, now),
+        )
+
+    def remote_seen(self, mailbox: str, uids: Iterable[str]) -> set[str]:
+        wanted = list(uids)
+        found: set[str] = set()
+        for start in range(0, len(wanted), 400):
+            chunk = wanted[start : start + 400]
+            found.update(
+                row[0]
+                for row in self.conn.execute(
+                    f"""SELECT uid FROM remote_seen
+                        WHERE mailbox = ? AND uid IN ({",".join("?" * len(chunk))})""",
+                    (mailbox, *chunk),
+                )
+            )
+        return found
+
+    def add_remote_seen(self, mailbox: str, uids: Iterable[str], now: float) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO remote_seen (mailbox, uid, at) VALUES (?, ?, ?)",
+            [(mailbox, uid, now) for uid in uids],
+        )
+
     def unsuppress(self, address: str) -> bool:
         cur = self.conn.execute("DELETE FROM suppression WHERE address = ?", (address,))
         return cur.rowcount > 0
@@ -208,7 +319,7 @@ class _AddressTables:
     def suppression_for(
         self, address: str, *, now: float | None = None, exact: bool = False
     ) -> dict[str, Any] | None:
-        """The active suppression entry matching an address (exact, or its *@domain)."""
+        """The active suppression entry matching an address key (exact, or its *@domain)."""
         now = time.time() if now is None else now
         candidates = [address]
         if not exact and "@" in address and not address.startswith("*@"):
@@ -225,7 +336,7 @@ class _AddressTables:
         return dict(zip(_SUPPRESSION_COLUMNS, row, strict=True))
 
     def suppressed_set(self, addresses: Iterable[str], now: float | None = None) -> set[str]:
-        """Which of these addresses are suppressed now (exactly or by their domain)."""
+        """Which of these address keys are suppressed now (exactly or by their domain)."""
         now = time.time() if now is None else now
         wanted = list(addresses)
         found: set[str] = set()
@@ -275,8 +386,18 @@ class _AddressTables:
         original_message_id: str | None,
         feedback_type: str | None,
         message_id: int | None,
+        aliases: Sequence[str] = (),
     ) -> int | None:
-        """Store a report once; None when this exact report was imported before."""
+        """Store a report once; None when this report was imported before, under its digest
+        or one of its `aliases` (the digests earlier versions stored for it)."""
+        if (
+            aliases
+            and self.conn.execute(
+                f"SELECT 1 FROM bounce_events WHERE digest IN ({','.join('?' * len(aliases))})",
+                tuple(aliases),
+            ).fetchone()
+        ):
+            return None
         cur = self.conn.execute(
             """INSERT OR IGNORE INTO bounce_events (digest, source, kind, imported_at,
                  reported_at, tracking_id, original_message_id, feedback_type, message_id)
@@ -296,15 +417,22 @@ class _AddressTables:
         return int(cur.lastrowid or 0) if cur.rowcount else None
 
     def add_bounce_recipient(
-        self, event_id: int, day: str, recipient: BounceRecipientRecord, message_id: int | None
+        self,
+        event_id: int,
+        day: str,
+        recipient: BounceRecipientRecord,
+        message_id: int | None,
+        address_key: str | None = None,
     ) -> None:
+        """One recipient of a report, filed under its address key (soft-bounce scoring
+        compares keys)."""
         self.conn.execute(
             """INSERT INTO bounce_recipients (event_id, address, day, status, action, reason,
                  permanent, suppress, diagnostic, message_id)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 event_id,
-                recipient.address,
+                address_key or recipient.address,
                 day,
                 recipient.status,
                 recipient.action,
@@ -338,13 +466,18 @@ class _AddressTables:
         ).fetchone()
         return None if row is None else dict(zip(self._MATCH_COLUMNS, row, strict=True))
 
-    def latest_message_to(self, address: str, since: float) -> dict[str, Any] | None:
-        """The most recent message sent to an address (correlation without a tracking id)."""
+    def latest_message_to(self, address_key: str, since: float) -> dict[str, Any] | None:
+        """The most recent message sent to an address key (correlation without a tracking
+        id), whichever of the person's spellings it went to."""
         row = self.conn.execute(
-            f"""SELECT {", ".join(self._MATCH_COLUMNS)} FROM messages
-                WHERE email = ? COLLATE NOCASE AND sent_at >= ?
-                ORDER BY sent_at DESC LIMIT 1""",
-            (address, since),
+            f"""SELECT {", ".join("m." + c for c in self._MATCH_COLUMNS)} FROM messages m
+                WHERE m.recipient_id IN (
+                    SELECT id FROM recipients WHERE email_key = ?1
+                    UNION SELECT id FROM recipients WHERE merged_into IN
+                        (SELECT id FROM recipients WHERE email_key = ?1))
+                  AND m.sent_at >= ?2
+                ORDER BY m.sent_at DESC LIMIT 1""",
+            (address_key, since),
         ).fetchone()
         return None if row is None else dict(zip(self._MATCH_COLUMNS, row, strict=True))
 

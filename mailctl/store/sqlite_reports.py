@@ -65,6 +65,15 @@ class SqliteReportQueries:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
+    def unsubscribe_sources(self) -> list[str]:
+        return [
+            row[0] or ""
+            for row in self.conn.execute(
+                """SELECT source FROM suppression WHERE reason = 'unsubscribe'
+                   UNION ALL SELECT source FROM list_unsubscribes"""
+            )
+        ]
+
     def campaigns(self, name: str | None = None) -> list[dict[str, Any]]:
         """Campaign identities, newest first (creation time, then id for ties)."""
         columns = (
@@ -269,3 +278,15 @@ class SqliteReportQueries:
                 WHERE coalesce(mode, 'normal') <> 'normal' ORDER BY ip, provider"""
         )
         return [dict(zip(wanted, row, strict=True)) for row in rows]
+
+    def report_counts(self) -> dict[str, int]:
+        """Imported bounce and complaint reports that name recipients, and how many of them
+        are tied to no message mailctl sent (recorded, never suppressing by default)."""
+        row = self.conn.execute(
+            """SELECT count(*), coalesce(sum(matched = 0), 0) FROM (
+                 SELECT max(r.message_id IS NOT NULL) AS matched
+                 FROM bounce_events e JOIN bounce_recipients r ON r.event_id = e.id
+                 WHERE e.kind IN ('bounce', 'delay', 'complaint')
+                 GROUP BY e.id)"""
+        ).fetchone()
+        return {"reports": int(row[0]), "unmatched": int(row[1])}

@@ -208,4 +208,172 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE replies ADD COLUMN scope TEXT",
     ],
+    # 6: addresses compared on one canonical key (lower-cased local part and IDNA domain).
+    # Stored addresses were normalised on the way in: ASCII, domain already lower-cased and
+    # IDNA-encoded, so SQL's ASCII lower() computes exactly `recipients.address.address_key`.
+    # Recipients that differ only in case merge into the oldest row; a merged row keeps only
+    # the messages that cannot move (see below) and leaves every list.
+    [
+        "ALTER TABLE recipients ADD COLUMN email_key TEXT",
+        "ALTER TABLE recipients ADD COLUMN merged_into INTEGER REFERENCES recipients(id)",
+        "UPDATE recipients SET email_key = lower(email)",
+        "CREATE INDEX recipients_email_key_tmp ON recipients(email_key)",
+        "DROP TABLE IF EXISTS temp.recipient_merge",
+        """CREATE TEMP TABLE recipient_merge AS
+           SELECT r.id AS old_id, k.keep_id AS new_id
+           FROM recipients r JOIN (SELECT email_key, min(id) AS keep_id FROM recipients
+                                   GROUP BY email_key HAVING count(*) > 1) k
+             ON k.email_key = r.email_key
+           WHERE r.id <> k.keep_id""",
+        # Fields: every spelling's fields, a later row's value winning (as a re-import does).
+        """UPDATE recipients SET fields = (
+             SELECT json_group_object(key, value) FROM (
+               SELECT j.key AS key, j.value AS value,
+                      row_number() OVER (PARTITION BY j.key ORDER BY d.id DESC) AS rank
+               FROM recipients d, json_each(d.fields) j
+               WHERE d.email_key = recipients.email_key)
+             WHERE rank = 1)
+           WHERE id IN (SELECT new_id FROM temp.recipient_merge)""",
+        """INSERT OR IGNORE INTO list_members (list_id, recipient_id)
+           SELECT m.list_id, g.new_id FROM list_members m
+           JOIN temp.recipient_merge g ON g.old_id = m.recipient_id""",
+        "DELETE FROM list_members WHERE recipient_id IN (SELECT old_id FROM temp.recipient_merge)",
+        # Messages: per campaign and merged person, one message stays the person's (the one
+        # that reached them or came furthest); the others are kept as history, and those
+        # that could still be sent are cancelled, so no campaign sends twice.
+        "DROP TABLE IF EXISTS temp.message_merge",
+        """CREATE TEMP TABLE message_merge AS
+           SELECT id, campaign_id, recipient_id, person,
+                  row_number() OVER (PARTITION BY campaign_id, person ORDER BY
+                    CASE state WHEN 'sent' THEN 0 WHEN 'complained' THEN 0
+                               WHEN 'bounced' THEN 1 WHEN 'sending' THEN 2
+                               WHEN 'failed' THEN 3 WHEN 'deferred' THEN 4
+                               WHEN 'queued' THEN 5 WHEN 'expired' THEN 6
+                               WHEN 'suppressed' THEN 7 ELSE 8 END, id) AS rank
+           FROM (SELECT m.id, m.campaign_id, m.recipient_id, m.state,
+                        coalesce(g.new_id, m.recipient_id) AS person
+                 FROM messages m LEFT JOIN temp.recipient_merge g ON g.old_id = m.recipient_id
+                 WHERE m.recipient_id IN (SELECT old_id FROM temp.recipient_merge
+                                          UNION SELECT new_id FROM temp.recipient_merge))""",
+        """UPDATE messages SET state = 'cancelled', reason = 'merged duplicate',
+             last_reply = 'merged: another message of this campaign is this person''s'
+           WHERE id IN (SELECT id FROM temp.message_merge WHERE rank > 1)
+             AND state IN ('queued', 'deferred', 'sending', 'failed')""",
+        # The kept message moves to the surviving row; a message the surviving row held in
+        # that campaign takes the kept one's old place (UNIQUE (campaign, recipient)).
+        "PRAGMA defer_foreign_keys = ON",
+        """UPDATE messages SET recipient_id = -recipient_id
+           WHERE id IN (SELECT id FROM temp.message_merge WHERE rank = 1
+                        AND recipient_id <> person)""",
+        """UPDATE messages SET recipient_id = (
+             SELECT w.recipient_id FROM temp.message_merge w
+             WHERE w.campaign_id = messages.campaign_id AND w.person = messages.recipient_id
+               AND w.rank = 1)
+           WHERE id IN (SELECT l.id FROM temp.message_merge l JOIN temp.message_merge w
+                          ON w.campaign_id = l.campaign_id AND w.person = l.person
+                         AND w.rank = 1 AND w.recipient_id <> w.person
+                        WHERE l.rank > 1 AND l.recipient_id = l.person)""",
+        """UPDATE messages SET recipient_id = (
+             SELECT person FROM temp.message_merge w WHERE w.id = messages.id)
+           WHERE id IN (SELECT id FROM temp.message_merge WHERE rank = 1
+                        AND recipient_id <> person)""",
+        """UPDATE recipients SET email_key = NULL, merged_into = (
+             SELECT new_id FROM temp.recipient_merge WHERE old_id = recipients.id)
+           WHERE id IN (SELECT old_id FROM temp.recipient_merge)""",
+        """DELETE FROM recipients WHERE merged_into IS NOT NULL
+             AND NOT EXISTS (SELECT 1 FROM messages WHERE recipient_id = recipients.id)""",
+        "DROP INDEX recipients_email_key_tmp",
+        "CREATE UNIQUE INDEX recipients_email_key ON recipients(email_key)",
+        "CREATE INDEX recipients_merged_into ON recipients(merged_into)",
+        "DROP TABLE temp.message_merge",
+        "DROP TABLE temp.recipient_merge",
+        # Suppression re-keyed: spellings of one address merge into one entry that keeps the
+        # strongest suppression (permanent over temporary, the latest expiry), the earliest
+        # first sighting, the latest one and every count.
+        """CREATE TABLE suppression_keyed (
+            address TEXT PRIMARY KEY,       -- canonical address key, or *@domain
+            reason TEXT NOT NULL,
+            source TEXT,
+            status TEXT,
+            diagnostic TEXT,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            count INTEGER NOT NULL DEFAULT 1,
+            expires_at REAL
+        )""",
+        """INSERT INTO suppression_keyed (address, reason, source, status, diagnostic,
+             first_seen, last_seen, count, expires_at)
+           SELECT key, reason, source, status, diagnostic, first, last, total, expiry FROM (
+             SELECT lower(address) AS key, reason, source, status, diagnostic,
+                    min(first_seen) OVER w AS first, max(last_seen) OVER w AS last,
+                    sum(count) OVER w AS total,
+                    CASE WHEN max(expires_at IS NULL) OVER w THEN NULL
+                         ELSE max(expires_at) OVER w END AS expiry,
+                    row_number() OVER (PARTITION BY lower(address)
+                                       ORDER BY expires_at IS NULL DESC, last_seen DESC)
+                      AS rank
+             FROM suppression WINDOW w AS (PARTITION BY lower(address)))
+           WHERE rank = 1""",
+        "DROP TABLE suppression",
+        "ALTER TABLE suppression_keyed RENAME TO suppression",
+        "UPDATE bounce_recipients SET address = lower(address)",
+    ],
+    # 7: why each deferred message waits: a kind that groups ("warm-up: 127.0.0.3's window
+    # slots") and the full reason with its times, for `mailctl queue` and the reports.
+    [
+        "ALTER TABLE messages ADD COLUMN wait_kind TEXT",
+        "ALTER TABLE messages ADD COLUMN wait_reason TEXT",
+        "CREATE INDEX messages_campaign_wait ON messages(campaign_id, state, wait_kind)",
+        # Deferred before reasons were kept: what the last reply says.
+        """UPDATE messages SET
+             wait_kind = CASE WHEN reason = 'mailctl' THEN coalesce(last_reply, 'mailctl')
+                              WHEN last_code IS NOT NULL THEN 'retry after ' || last_code
+                              ELSE 'retry after a network error' END,
+             wait_reason = last_reply
+           WHERE state = 'deferred'""",
+    ],
+    # 8: unsubscribes from one list (an unsubscribe scoped to "all" is a suppression row),
+    # and how far each remote mailbox (IMAP high-water mark, POP3 UIDLs) has been imported.
+    [
+        """CREATE TABLE IF NOT EXISTS list_unsubscribes (
+            list_name TEXT NOT NULL,
+            address TEXT NOT NULL,          -- canonical address key (recipients.address)
+            reason TEXT NOT NULL DEFAULT 'unsubscribe',
+            source TEXT,
+            at REAL NOT NULL,
+            PRIMARY KEY (list_name, address)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE IF NOT EXISTS remote_mailboxes (
+            mailbox TEXT PRIMARY KEY,       -- scheme://user@host:port/folder
+            uidvalidity INTEGER,
+            last_uid INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS remote_seen (
+            mailbox TEXT NOT NULL,
+            uid TEXT NOT NULL,              -- a POP3 UIDL
+            at REAL NOT NULL,
+            PRIMARY KEY (mailbox, uid)
+        ) WITHOUT ROWID""",
+    ],
+    # 9: warnings already given once (a CSV version's rejected rows): a cron run every few
+    # minutes must not repeat them into every mail it sends the operator.
+    [
+        "CREATE TABLE notices (key TEXT PRIMARY KEY, first_at REAL NOT NULL)",
+    ],
+    # 10: what each lane learned from its receiver (reputation/aimd.py): the rate and the
+    # connections it accepted, why (reply, when, what was observed before), the probe level.
+    [
+        "ALTER TABLE lanes ADD COLUMN learned_rate REAL",
+        "ALTER TABLE lanes ADD COLUMN learned_peak REAL",
+        "ALTER TABLE lanes ADD COLUMN learned_connections INTEGER",
+        "ALTER TABLE lanes ADD COLUMN learned_reason TEXT",
+        "ALTER TABLE lanes ADD COLUMN learned_at REAL",
+        "ALTER TABLE lanes ADD COLUMN learned_observed TEXT",
+        "ALTER TABLE lanes ADD COLUMN learned_step_at REAL",
+        "ALTER TABLE lanes ADD COLUMN learned_conn_at REAL",
+        "ALTER TABLE lanes ADD COLUMN probe_level INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE lanes ADD COLUMN connect_until REAL",
+        "ALTER TABLE lanes ADD COLUMN probing INTEGER NOT NULL DEFAULT 0",
+    ],
 ]

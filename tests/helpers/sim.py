@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from mailctl.sim.server import SimBehaviour, SimEvent, ThreadedSimServer
+from mailctl.sim.behaviours import SimBehaviour
+from mailctl.sim.events import SimEvent
+from mailctl.sim.servers import ThreadedSimServer
 
 
 class SimServerFactory(Protocol):

@@ -1,0 +1,259 @@
+"""What a lane learns from its receiver, the way TCP congestion control does (AIMD).
+
+* `Meter` measures a lane in memory: the acceptance rate over a sliding window, the
+  connections that were open, and unclassified 4xx replies (a few within a window are a
+  throttle).
+* `cut_rate` / `cut_connections` are the multiplicative decrease: from the rate the receiver
+  actually accepted just before the throttle (never from the configured ceiling), and to the
+  number of connections that held when one more was refused.
+* `step_up` is the additive increase while clean: quickly back towards the rate that was
+  throttled, then slowly above it; one more connection per clean interval.
+* `relax` lets a learned rate drift back toward the ceiling over clean hours between runs.
+* `probe_pause` is the pause after a throttle that names no delay: short, doubling on repeats.
+
+Ceilings (configured limits, rule limits, warm-up caps) stay upper bounds: the lane takes the
+minimum. Pure and clock-free: every function takes ``now``; jitter from an injected RNG.
+Imports only `lane_state`; never the store, delivery or the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, replace
+
+from mailctl.reputation.lane_state import LaneState
+
+__all__ = [
+    "AimdPolicy",
+    "Meter",
+    "cut_connections",
+    "cut_rate",
+    "probe_pause",
+    "relax",
+    "step_up",
+]
+
+
+@dataclass(frozen=True)
+class AimdPolicy:
+    """The constants of the learning. Defaults suit both real receivers and slow cron runs."""
+
+    window: float = 60.0  # acceptance rate over the last minute ...
+    min_span: float = 1.0  # ... never over less than a second
+    cut: float = 0.5  # a throttle halves the observed rate (a rule may name its own share)
+    min_rate: float = 1.0  # messages per minute: a learned rate never goes below
+    step_interval: float = 10.0  # one additive step per this many seconds of clean sending
+    approach: float = 0.1  # step below the throttled rate: 10% of it ...
+    plateau: float = 0.9  # ... up to 90% of it,
+    probe: float = 0.02  # then 2% of it per step above
+    probe_pause: float = 2.0  # first pause after a throttle that names no delay ...
+    probe_pause_max: float = 600.0  # ... doubling on repeats up to this
+    jitter: float = 0.1
+    episode_gap: float = 60.0  # a throttle this soon after the last one is a repeat
+    unclassified_count: int = 3  # this many unclassified 4xx (not about a recipient) ...
+    unclassified_window: float = 60.0  # ... within this window are a throttle
+    slow_start: int = 5  # unlearned: one more connection per this many accepted messages
+    connection_step: float = 60.0  # learned: one more connection per clean interval (doubling)
+    relax_interval: float = 3600.0  # per clean hour without sending ...
+    relax_step: float = 1.25  # ... the learned rate rises 25% toward the ceiling, +1 connection
+
+    def __post_init__(self) -> None:
+        if not 0 < self.cut < 1:
+            raise ValueError("cut must be in (0, 1)")
+        if self.window <= 0 or self.step_interval <= 0 or self.probe_pause <= 0:
+            raise ValueError("window, step_interval and probe_pause must be positive")
+
+
+class Meter:
+    """In-memory measurements of one lane during a run (never persisted)."""
+
+    def __init__(self, policy: AimdPolicy) -> None:
+        self.policy = policy
+        self._accepts: deque[float] = deque()
+        self._first: float | None = None
+        self._unclassified: deque[float] = deque()
+        self.accepted_total = 0
+        self.open = 0  # connections of this lane open now (the dispatcher reports them)
+        self.peak_open = 0  # most connections open at once without a refusal
+
+    def _trim(self, now: float) -> None:
+        horizon = now - self.policy.window
+        while self._accepts and self._accepts[0] <= horizon:
+            self._accepts.popleft()
+
+    def accepted(self, now: float) -> None:
+        if self._first is None:
+            self._first = now
+        self._accepts.append(now)
+        self.accepted_total += 1
+        self._trim(now)
+
+    def rate(self, now: float) -> float:
+        """Messages accepted per minute over the window (or since the first acceptance)."""
+        self._trim(now)
+        if not self._accepts or self._first is None:
+            return 0.0
+        start = max(now - self.policy.window, self._first)
+        span = max(self.policy.min_span, now - start)
+        return len(self._accepts) * 60.0 / span
+
+    def span(self, now: float) -> float:
+        if self._first is None:
+            return 0.0
+        return max(self.policy.min_span, now - max(now - self.policy.window, self._first))
+
+    def opened(self, count: int) -> None:
+        self.open = count
+        self.peak_open = max(self.peak_open, count)
+
+    def unclassified(self, now: float) -> bool:
+        """Count an unclassified 4xx; True when it makes a throttle (the count starts over)."""
+        p = self.policy
+        self._unclassified.append(now)
+        while self._unclassified and self._unclassified[0] <= now - p.unclassified_window:
+            self._unclassified.popleft()
+        if len(self._unclassified) >= p.unclassified_count:
+            self._unclassified.clear()
+            return True
+        return False
+
+    def describe(self, now: float) -> str:
+        """What was observed before a throttle, for ``mailctl lanes``."""
+        rate = self.rate(now)
+        return (
+            f"{_fmt(rate)}/min accepted over {_fmt(self.span(now))}s"
+            f" on {self.open} connection{'s' if self.open != 1 else ''}"
+        )
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}".rstrip("0").rstrip(".")
+
+
+def cut_rate(
+    s: LaneState,
+    observed: float,
+    now: float,
+    policy: AimdPolicy,
+    *,
+    factor: float | None = None,
+    ceiling: float | None = None,
+) -> LaneState:
+    """The multiplicative decrease: ``factor`` (default `AimdPolicy.cut`) of the rate the
+    receiver accepted just before the throttle. Without any observation this run, of the
+    learned rate; with neither, the rate stays unlearned (the pause still applies)."""
+    share = policy.cut if factor is None else factor
+    base = observed if observed > 0 else s.learned_rate
+    if base is None:
+        return replace(s, learned_step_at=now)
+    new = max(policy.min_rate, share * base)
+    if s.learned_rate is not None:
+        new = min(new, max(policy.min_rate, s.learned_rate))
+    if ceiling is not None:
+        new = min(new, ceiling)
+    peak = observed if observed > 0 else (s.learned_peak or base)
+    return replace(s, learned_rate=new, learned_peak=peak, learned_step_at=now)
+
+
+def cut_connections(
+    s: LaneState, held: int, now: float, *, factor: float | None = None
+) -> LaneState:
+    """Connections down to the number that held (``factor`` of the open ones when the signal
+    came on an open connection), at least one. The message rate is left alone."""
+    count = max(1, math.floor(held * factor) if factor is not None else held)
+    if s.learned_connections is not None:
+        count = min(count, s.learned_connections)
+    return replace(s, learned_connections=count, learned_conn_at=now)
+
+
+def step_up(
+    s: LaneState,
+    now: float,
+    policy: AimdPolicy,
+    *,
+    ceiling_rate: float | None,
+    ceiling_connections: int,
+    connections_due: bool,
+) -> LaneState:
+    """One additive step after a clean interval of sending, if one is due. A learned value
+    that reaches its ceiling is forgotten (the ceiling governs again)."""
+    if s.learned_rate is not None and now - (s.learned_step_at or now) >= policy.step_interval:
+        peak = s.learned_peak or s.learned_rate
+        rate = s.learned_rate
+        if rate < policy.plateau * peak:
+            rate = min(policy.plateau * peak, rate + max(policy.min_rate, policy.approach * peak))
+        else:
+            rate = rate + max(policy.min_rate, policy.probe * peak)
+        if ceiling_rate is not None and rate >= ceiling_rate:
+            s = replace(s, learned_rate=None, learned_peak=None, learned_step_at=now)
+        else:
+            s = replace(s, learned_rate=rate, learned_step_at=now)
+    if s.learned_connections is not None and connections_due:
+        wait = policy.connection_step * 2 ** min(6, max(0, s.probe_level - 1))
+        if now - (s.learned_conn_at or now) >= wait:
+            count = s.learned_connections + 1
+            s = replace(
+                s,
+                learned_connections=None if count >= ceiling_connections else count,
+                learned_conn_at=now,
+            )
+    return s
+
+
+def relax(
+    s: LaneState,
+    now: float,
+    policy: AimdPolicy,
+    *,
+    ceiling_rate: float | None,
+    ceiling_connections: int,
+) -> LaneState:
+    """Between runs: per clean hour since the last change, the learned rate rises by
+    `AimdPolicy.relax_step` and the learned connections by one, toward the ceilings."""
+    last = max(s.learned_step_at or 0.0, s.learned_conn_at or 0.0, s.learned_at or 0.0)
+    hours = int((now - last) // policy.relax_interval) if last else 0
+    if hours <= 0 or (s.learned_rate is None and s.learned_connections is None):
+        return s
+    rate = s.learned_rate
+    if rate is not None:
+        rate *= policy.relax_step ** min(hours, 100)
+        if ceiling_rate is not None and rate >= ceiling_rate:
+            rate = None
+    conns = s.learned_connections
+    if conns is not None:
+        conns += hours
+        if conns >= ceiling_connections:
+            conns = None
+    at = last + hours * policy.relax_interval
+    return replace(
+        s,
+        learned_rate=rate,
+        learned_peak=None if rate is None else s.learned_peak,
+        learned_connections=conns,
+        learned_step_at=at,
+        learned_conn_at=at,
+        probe_level=0,
+    )
+
+
+def probe_pause(
+    s: LaneState, now: float, policy: AimdPolicy, rng: random.Random
+) -> tuple[int, float]:
+    """(level, seconds) of the pause after a throttle that names no delay: the first is short,
+    a repeat within `AimdPolicy.episode_gap` of the last throttle doubles it."""
+    level = 1
+    if s.learned_at is not None and now - s.learned_at < policy.episode_gap + _last_pause(
+        s, policy
+    ):
+        level = s.probe_level + 1
+    pause = policy.probe_pause * 2 ** min(20, level - 1)
+    pause *= rng.uniform(1 - policy.jitter, 1 + policy.jitter)
+    return level, min(policy.probe_pause_max, pause)
+
+
+def _last_pause(s: LaneState, policy: AimdPolicy) -> float:
+    if s.probe_level <= 0:
+        return 0.0
+    return min(policy.probe_pause_max, policy.probe_pause * 2 ** min(20, s.probe_level - 1))
