@@ -14,11 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mailctl.sim.behaviours import AddressRule, SimBehaviour
 from mailctl.sim.replies import SimReply
+from tests.helpers.auth_relay import RecordingSink, running_auth_relay
 from tests.helpers.workspace import cli, db_states, make_workspace
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -50,39 +49,11 @@ def _relay(ws: Path, port: int, extra: str = "") -> None:
     )
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.received: list[str] = []
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
-        self.received.extend(envelope.rcpt_tos)
-        return "250 OK"
-
-
 @pytest.fixture()
-def auth_relay() -> Iterator[tuple[int, _Sink]]:
+def auth_relay() -> Iterator[tuple[int, RecordingSink]]:
     """A relay on loopback that takes mail only from mailer / right horse battery."""
-
-    def authenticator(server, session, envelope, mechanism, auth_data):
-        ok = isinstance(auth_data, LoginPassword) and (
-            auth_data.login,
-            auth_data.password,
-        ) == (b"mailer", b"right horse battery")
-        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535
-
-    port = _free_port()
-    handler = _Sink()
-    controller = Controller(
-        handler,
-        hostname="127.0.0.1",
-        port=port,
-        authenticator=authenticator,
-        auth_require_tls=False,
-        auth_required=True,
-    )
-    controller.start()
-    yield port, handler
-    controller.stop()
+    with running_auth_relay() as relay:
+        yield relay
 
 
 def _send_quiet(ws: Path) -> int:

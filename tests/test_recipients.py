@@ -14,7 +14,8 @@ import pytest
 
 from mailctl.cli import run
 from mailctl.errors import InputError, InvalidAddress, MailctlError
-from mailctl.recipients.csv_import import import_csv, normalise_address
+from mailctl.recipients.address import normalise_address
+from mailctl.recipients.csv_import import import_csv
 from mailctl.store.sqlite import SqliteStore
 
 

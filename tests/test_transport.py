@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import socket
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mailctl.cli import run
 from mailctl.sim.behaviours import SimBehaviour, SimTls
 from mailctl.store.sqlite import SqliteStore
+from tests.helpers.auth_relay import RecordingSink, running_auth_relay
 from tests.helpers.workspace import cli, db_states, make_workspace, send_json
 
 
@@ -74,41 +72,11 @@ def test_opportunistic_starttls_sends_in_clear_when_not_offered(
     assert send_json(ws, capsys)["sent"] == 2
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.received: list[str] = []
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
-        self.received.extend(envelope.rcpt_tos)
-        return "250 OK"
-
-
 @pytest.fixture()
-def auth_server() -> Iterator[tuple[int, _Sink]]:
-    def authenticator(server, session, envelope, mechanism, auth_data):
-        ok = (
-            isinstance(auth_data, LoginPassword)
-            and auth_data.login == b"mailer"
-            and (auth_data.password == b"right horse battery")
-        )
-        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    handler = _Sink()
-    # A relay on loopback in a test: AUTH without TLS is deliberate here.
-    controller = Controller(
-        handler,
-        hostname="127.0.0.1",
-        port=port,
-        authenticator=authenticator,
-        auth_require_tls=False,
-        auth_required=True,
-    )
-    controller.start()
-    yield port, handler
-    controller.stop()
+def auth_server() -> Iterator[tuple[int, RecordingSink]]:
+    """A relay on loopback that takes mail only from mailer / right horse battery."""
+    with running_auth_relay() as relay:
+        yield relay
 
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
