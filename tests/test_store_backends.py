@@ -42,6 +42,9 @@ class Outcome:
     reason: str | None = None
     rule: str | None = None
     scope: str | None = None
+    possible_duplicate: bool = False
+    wait_kind: str | None = None
+    wait_reason: str | None = None
 
 
 def loaded(store_url: str, tmp_path: Path, rows: int = 30) -> int:

@@ -25,6 +25,9 @@ MESSAGE_STATES = tuple(state.value for state in MessageState)
 # The per IP, day and provider counters the warm-up reads (the `ip_days` record).
 IP_DAY_COUNTERS = ("sent", "deferred", "bounced", "complained", "throttles", "blocks")
 
+# `Store.database_key`: (name, generate) -> the key kept in a shared database, or None.
+StoredKey = Callable[[str, Callable[[], str]], "str | None"]
+
 # How `mailctl queue` groups waiting messages besides campaign and kind.
 QueueGroup = Literal["lane", "domain"]
 
@@ -397,6 +400,12 @@ class Store(Protocol):
     def first_notice(self, key: str, now: float) -> bool:
         """Record notice `key`; True only the first time it is recorded (warnings that must be
         given once per cause, not once per run)."""
+        ...
+
+    def database_key(self, name: str, generate: Callable[[], str]) -> str | None:
+        """A secret kept in the database itself, so every host sharing the database signs
+        and verifies with the same one (created by `generate` on first use; the first
+        writer wins). None where keys live in files beside the database (SQLite)."""
         ...
 
     def campaign_recipient_keys(self, campaign_name: str) -> set[str]:

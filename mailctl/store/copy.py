@@ -19,9 +19,12 @@ from mailctl.store.base import Store
 TABLES = (
     "recipients", "lists", "list_members", "suppression", "campaigns", "messages", "replies",
     "runs", "bounce_events", "bounce_recipients", "ip_days", "lanes", "lane_events",
-    "mx_cache", "warmup_events",
+    "mx_cache", "warmup_events", "list_unsubscribes", "remote_mailboxes", "remote_seen",
+    "notices",
 )  # fmt: skip
 _BATCH = 5000
+# SQLite tables without a rowid to order by (their primary key orders them).
+_WITHOUT_ROWID = ("list_members", "ip_days", "list_unsubscribes", "remote_seen")
 
 
 def copy_database(
@@ -57,7 +60,7 @@ class _SqliteReader:
         return [row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")]
 
     def rows(self, table: str, columns: list[str]) -> Iterator[tuple[Any, ...]]:
-        order = "rowid" if table not in ("list_members", "ip_days") else "1"
+        order = "1" if table in _WITHOUT_ROWID else "rowid"
         cursor = self.conn.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}")
         while batch := cursor.fetchmany(_BATCH):
             yield from batch

@@ -40,6 +40,7 @@ from mailctl.store.base import (
 )
 from mailctl.store.postgres_addresses import _PgAddressTables
 from mailctl.store.postgres_lanes import _PgLaneTables
+from mailctl.store.postgres_queue import _PgQueueTables
 from mailctl.store.postgres_reports import PgReportQueries
 from mailctl.store.postgres_schema import MIGRATIONS, VERSION_TABLE
 from mailctl.store.urls import redact
@@ -81,7 +82,7 @@ def connect(url: str) -> psycopg.Connection[Any]:
         raise StoreConnectionError(f"{redact(url)}: cannot connect: {_one_line(exc)}") from None
 
 
-class PostgresStore(_PgLaneTables, _PgAddressTables):
+class PostgresStore(_PgLaneTables, _PgAddressTables, _PgQueueTables):
     """One PostgreSQL database. Create with `PostgresStore.open(url)`."""
 
     def __init__(self, url: str, conn: psycopg.Connection[Any]) -> None:
@@ -390,9 +391,11 @@ class PostgresStore(_PgLaneTables, _PgAddressTables):
             self._x("SELECT id FROM campaigns WHERE id = %s FOR UPDATE", (campaign_id,))
             rows = self._x(
                 """SELECT r.id, r.email, r.domain,
-                          EXISTS (SELECT 1 FROM suppression x
-                                  WHERE x.address IN (r.email, '*@' || r.domain)
-                                    AND (x.expires_at IS NULL OR x.expires_at > %s))
+                          (EXISTS (SELECT 1 FROM suppression x
+                                   WHERE x.address IN (r.email_key, '*@' || r.domain)
+                                     AND (x.expires_at IS NULL OR x.expires_at > %s))
+                           OR EXISTS (SELECT 1 FROM list_unsubscribes u
+                                      WHERE u.list_name = l.name AND u.address = r.email_key))
                    FROM lists l
                    JOIN list_members m ON m.list_id = l.id
                    JOIN recipients r ON r.id = m.recipient_id
@@ -498,10 +501,13 @@ class PostgresStore(_PgLaneTables, _PgAddressTables):
         with self.transaction():
             if outcomes:
                 # One statement for the batch: a VALUES list joined on id.
+                deferred = [o.state == "deferred" for o in outcomes]
                 values = [
                     (o.message_id, o.state, o.attempted, o.at, o.next_attempt_at, o.ip,
-                     o.provider, o.code, o.reply, o.reason)
-                    for o in outcomes
+                     o.provider, o.code, o.reply, o.reason,
+                     o.wait_kind if waits else None, o.wait_reason if waits else None,
+                     int(o.possible_duplicate))
+                    for o, waits in zip(outcomes, deferred, strict=True)
                 ]  # fmt: skip
                 self._x(
                     """UPDATE messages m SET state = v.state,
@@ -514,12 +520,14 @@ class PostgresStore(_PgLaneTables, _PgAddressTables):
                          next_attempt_at = v.next_at,
                          sent_at = CASE WHEN v.state = 'sent' THEN v.at ELSE m.sent_at END,
                          ip = v.ip, provider = v.provider, last_code = v.code,
-                         last_reply = v.reply, reason = v.reason
+                         last_reply = v.reply, reason = v.reason,
+                         wait_kind = v.wait_kind, wait_reason = v.wait_reason,
+                         possible_duplicate = greatest(m.possible_duplicate, v.dup)
                        FROM unnest(%s::bigint[], %s::text[], %s::bool[], %s::float8[],
                                    %s::float8[], %s::text[], %s::text[], %s::int[], %s::text[],
-                                   %s::text[])
+                                   %s::text[], %s::text[], %s::text[], %s::int[])
                          AS v(id, state, attempted, at, next_at, ip, provider, code, reply,
-                              reason)
+                              reason, wait_kind, wait_reason, dup)
                        WHERE m.id = v.id""",
                     [list(column) for column in zip(*values, strict=True)],
                 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from mailctl.store.base import BounceRecipientRecord, StagedCounts
@@ -32,6 +33,9 @@ class _PgAddressTables:
     def _in_transaction(self) -> bool:
         raise NotImplementedError
 
+    def transaction(self) -> AbstractContextManager[None]:
+        raise NotImplementedError  # PostgresStore: BEGIN … COMMIT, joined when nested
+
     # ------------------------------------------------------------------ recipients import
 
     def begin_import(self) -> None:
@@ -39,15 +43,18 @@ class _PgAddressTables:
         self._x("DROP TABLE IF EXISTS pg_temp.import_staging")
         self._x(
             """CREATE TEMP TABLE import_staging (
-                email text PRIMARY KEY, domain text NOT NULL, fields jsonb NOT NULL)"""
+                email_key text PRIMARY KEY, email text NOT NULL, domain text NOT NULL,
+                fields jsonb NOT NULL)"""
         )
         self._x("BEGIN")
 
-    def stage_recipients(self, rows: Sequence[tuple[str, str, str]]) -> None:
-        """(email, domain, fields_json); a later row for the same email wins."""
+    def stage_recipients(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """(email, email_key, domain, fields_json); a later row for the same key wins its
+        fields, the first keeps its spelling."""
         self._many(
-            """INSERT INTO import_staging (email, domain, fields) VALUES (%s, %s, %s)
-               ON CONFLICT (email) DO UPDATE SET fields = excluded.fields""",
+            """INSERT INTO import_staging (email, email_key, domain, fields)
+               VALUES (%s, %s, %s, %s)
+               ON CONFLICT (email_key) DO UPDATE SET fields = excluded.fields""",
             rows,
         )
 
@@ -62,21 +69,22 @@ class _PgAddressTables:
                 """SELECT count(*) FILTER (WHERE r.id IS NULL),
                           count(*) FILTER (WHERE r.id IS NOT NULL
                                              AND r.fields || s.fields <> r.fields)
-                   FROM import_staging s LEFT JOIN recipients r ON r.email = s.email"""
+                   FROM import_staging s LEFT JOIN recipients r ON r.email_key = s.email_key"""
             ).fetchone()
             suppressed = self._x(
                 """SELECT count(*) FROM import_staging s
                    WHERE EXISTS (SELECT 1 FROM suppression x
-                                 WHERE x.address IN (s.email, '*@' || s.domain)
+                                 WHERE x.address IN (s.email_key, '*@' || s.domain)
                                    AND (x.expires_at IS NULL OR x.expires_at > %s))""",
                 (now,),
             ).fetchone()[0]
             total = self.staged_count()
             self._x(
-                """INSERT INTO recipients (email, domain, fields, created_at, updated_at)
-                   SELECT s.email, s.domain, s.fields, %s, %s FROM import_staging s
-                   ORDER BY s.email
-                   ON CONFLICT (email) DO NOTHING""",
+                """INSERT INTO recipients
+                     (email, email_key, domain, fields, created_at, updated_at)
+                   SELECT s.email, s.email_key, s.domain, s.fields, %s, %s
+                   FROM import_staging s ORDER BY s.email_key
+                   ON CONFLICT DO NOTHING""",
                 (now, now),
             )
             updated = 0
@@ -84,7 +92,7 @@ class _PgAddressTables:
                 self._x(
                     """UPDATE recipients AS r SET fields = r.fields || s.fields, updated_at = %s
                        FROM import_staging AS s
-                       WHERE s.email = r.email AND r.fields || s.fields <> r.fields""",
+                       WHERE s.email_key = r.email_key AND r.fields || s.fields <> r.fields""",
                     (now,),
                 )
                 updated = changed
@@ -92,7 +100,7 @@ class _PgAddressTables:
                 list_id = self._list_id(list_name, now)
                 self._x(
                     """INSERT INTO list_members (list_id, recipient_id)
-                       SELECT %s, r.id FROM import_staging s JOIN recipients r USING (email)
+                       SELECT %s, r.id FROM import_staging s JOIN recipients r USING (email_key)
                        ON CONFLICT DO NOTHING""",
                     (list_id,),
                 )
@@ -138,6 +146,8 @@ class _PgAddressTables:
                 " JOIN lists l ON l.id = m.list_id WHERE l.name = %s"
             )
             params.append(list_name)
+        else:  # rows merged into another by the case-insensitive key keep only history
+            sql += " WHERE r.merged_into IS NULL"
         sql += " ORDER BY r.id"
         if limit is not None:
             sql += " LIMIT %s"
@@ -153,7 +163,7 @@ class _PgAddressTables:
                 (list_name,),
             ).fetchone()
         else:
-            row = self._x("SELECT count(*) FROM recipients").fetchone()
+            row = self._x("SELECT count(*) FROM recipients WHERE merged_into IS NULL").fetchone()
         return int(row[0])
 
     def list_counts(self) -> list[tuple[str, int]]:
@@ -189,7 +199,10 @@ class _PgAddressTables:
         expires_at: float | None = None,
         now: float | None = None,
     ) -> bool:
-        """Add or refresh a suppression; True when the address was not suppressed before."""
+        """Add or refresh a suppression; True when the address was not suppressed before.
+
+        ``address`` is a canonical key (`mailctl.recipients.address`), as in every
+        suppression method: the caller keys, the store compares exactly."""
         now = time.time() if now is None else now
         existed = self.suppression_for(address, now=now, exact=True) is not None
         self._x(
@@ -214,10 +227,101 @@ class _PgAddressTables:
         cur = self._x("DELETE FROM suppression WHERE address = %s", (address,))
         return bool(cur.rowcount > 0)
 
+    def unsubscribe(self, address: str, *, list_name: str | None, source: str, now: float) -> bool:
+        """An unsubscribe (see `Store.unsubscribe`; ``address`` is a canonical key); one
+        statement, so concurrent requests for one address (from any host) record it once.
+        A temporary suppression becomes a permanent one: an unsubscribe never lapses."""
+        if list_name is None:
+            cur = self._x(
+                """INSERT INTO suppression AS x (address, reason, source, first_seen, last_seen)
+                   VALUES (%s, 'unsubscribe', %s, %s, %s)
+                   ON CONFLICT (address) DO UPDATE SET
+                     reason = 'unsubscribe', source = excluded.source,
+                     last_seen = excluded.last_seen, expires_at = NULL
+                   WHERE x.expires_at IS NOT NULL""",
+                (address, source, now, now),
+            )
+            return bool(cur.rowcount > 0)
+        with self.transaction():
+            cur = self._x(
+                """INSERT INTO list_unsubscribes (list_name, address, source, at)
+                   VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                (list_name, address, source, now),
+            )
+            # Mail of this list's campaigns not yet sent is not sent: the send loop's last
+            # check reads the global suppression only.
+            self._x(
+                """UPDATE messages SET state = 'suppressed', reason = 'unsubscribe'
+                   WHERE state IN ('queued', 'deferred')
+                     AND recipient_id IN (SELECT id FROM recipients WHERE email_key = %s)
+                     AND campaign_id IN (SELECT id FROM campaigns WHERE list_name = %s)""",
+                (address, list_name),
+            )
+        return bool(cur.rowcount > 0)
+
+    def unsubscribed(self, address: str, list_name: str | None) -> bool:
+        if self.suppression_for(address) is not None:
+            return True
+        if list_name is None:
+            return False
+        row = self._x(
+            "SELECT 1 FROM list_unsubscribes WHERE list_name = %s AND address = %s",
+            (list_name, address),
+        ).fetchone()
+        return row is not None
+
+    def list_unsubscribes(self, list_name: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT list_name, address, reason, source, at FROM list_unsubscribes"
+        params: tuple[Any, ...] = ()
+        if list_name is not None:
+            sql += " WHERE list_name = %s"
+            params = (list_name,)
+        columns = ("list_name", "address", "reason", "source", "at")
+        sql += ' ORDER BY list_name COLLATE "C", address COLLATE "C"'
+        return [dict(zip(columns, row, strict=True)) for row in self._x(sql, params).fetchall()]
+
+    # ------------------------------------------------------------------ remote mailboxes
+
+    def remote_mark(self, mailbox: str) -> tuple[int | None, int] | None:
+        row = self._x(
+            "SELECT uidvalidity, last_uid FROM remote_mailboxes WHERE mailbox = %s", (mailbox,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def set_remote_mark(
+        self, mailbox: str, uidvalidity: int | None, last_uid: int, now: float
+    ) -> None:
+        self._x(
+            """INSERT INTO remote_mailboxes (mailbox, uidvalidity, last_uid, updated_at)
+               VALUES (%s, %s, %s, %s)
+               ON CONFLICT (mailbox) DO UPDATE SET uidvalidity = excluded.uidvalidity,
+                 last_uid = excluded.last_uid, updated_at = excluded.updated_at""",
+            (mailbox, uidvalidity, last_uid, now),
+        )
+
+    def remote_seen(self, mailbox: str, uids: Iterable[str]) -> set[str]:
+        wanted = list(uids)
+        if not wanted:
+            return set()
+        return {
+            row[0]
+            for row in self._x(
+                "SELECT uid FROM remote_seen WHERE mailbox = %s AND uid = ANY(%s)",
+                (mailbox, wanted),
+            ).fetchall()
+        }
+
+    def add_remote_seen(self, mailbox: str, uids: Iterable[str], now: float) -> None:
+        self._many(
+            """INSERT INTO remote_seen (mailbox, uid, at) VALUES (%s, %s, %s)
+               ON CONFLICT DO NOTHING""",
+            [(mailbox, uid, now) for uid in uids],
+        )
+
     def suppression_for(
         self, address: str, *, now: float | None = None, exact: bool = False
     ) -> dict[str, Any] | None:
-        """The active suppression entry matching an address (exact, or its *@domain)."""
+        """The active suppression entry matching an address key (exact, or its *@domain)."""
         now = time.time() if now is None else now
         candidates = [address]
         if not exact and "@" in address and not address.startswith("*@"):
@@ -234,7 +338,7 @@ class _PgAddressTables:
         return dict(zip(_SUPPRESSION_COLUMNS, row, strict=True))
 
     def suppressed_set(self, addresses: Iterable[str], now: float | None = None) -> set[str]:
-        """Which of these addresses are suppressed now (exactly or by their domain)."""
+        """Which of these address keys are suppressed now (exactly or by their domain)."""
         now = time.time() if now is None else now
         wanted = list(addresses)
         if not wanted:
@@ -279,8 +383,17 @@ class _PgAddressTables:
         original_message_id: str | None,
         feedback_type: str | None,
         message_id: int | None,
+        aliases: Sequence[str] = (),
     ) -> int | None:
-        """Store a report once; None when this exact report was imported before."""
+        """Store a report once; None when this report was imported before, under its digest
+        or one of its `aliases` (the digests earlier versions stored for it)."""
+        if (
+            aliases
+            and self._x(
+                "SELECT 1 FROM bounce_events WHERE digest = ANY(%s)", (list(aliases),)
+            ).fetchone()
+        ):
+            return None
         row = self._x(
             """INSERT INTO bounce_events (digest, source, kind, imported_at, reported_at,
                  tracking_id, original_message_id, feedback_type, message_id)
@@ -301,15 +414,22 @@ class _PgAddressTables:
         return None if row is None else int(row[0])
 
     def add_bounce_recipient(
-        self, event_id: int, day: str, recipient: BounceRecipientRecord, message_id: int | None
+        self,
+        event_id: int,
+        day: str,
+        recipient: BounceRecipientRecord,
+        message_id: int | None,
+        address_key: str | None = None,
     ) -> None:
+        """One recipient of a report, filed under its address key (soft-bounce scoring
+        compares keys)."""
         self._x(
             """INSERT INTO bounce_recipients (event_id, address, day, status, action, reason,
                  permanent, suppress, diagnostic, message_id)
                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
             (
                 event_id,
-                recipient.address,
+                address_key or recipient.address,
                 day,
                 recipient.status,
                 recipient.action,
@@ -342,13 +462,18 @@ class _PgAddressTables:
         ).fetchone()
         return None if row is None else dict(zip(self._MATCH_COLUMNS, row, strict=True))
 
-    def latest_message_to(self, address: str, since: float) -> dict[str, Any] | None:
-        """The most recent message sent to an address (correlation without a tracking id)."""
+    def latest_message_to(self, address_key: str, since: float) -> dict[str, Any] | None:
+        """The most recent message sent to an address key (correlation without a tracking
+        id), whichever of the person's spellings it went to."""
         row = self._x(
-            f"""SELECT {", ".join(self._MATCH_COLUMNS)} FROM messages
-                WHERE lower(email) = lower(%s) AND sent_at >= %s
-                ORDER BY sent_at DESC LIMIT 1""",
-            (address, since),
+            f"""SELECT {", ".join("m." + c for c in self._MATCH_COLUMNS)} FROM messages m
+                WHERE m.recipient_id IN (
+                    SELECT id FROM recipients WHERE email_key = %(key)s
+                    UNION SELECT id FROM recipients WHERE merged_into IN
+                        (SELECT id FROM recipients WHERE email_key = %(key)s))
+                  AND m.sent_at >= %(since)s
+                ORDER BY m.sent_at DESC LIMIT 1""",
+            {"key": address_key, "since": since},
         ).fetchone()
         return None if row is None else dict(zip(self._MATCH_COLUMNS, row, strict=True))
 

@@ -84,6 +84,10 @@ class _PgLaneTables:
         "slow_until", "earlier_factor", "ramp_factor", "ramp_connections", "last_change_at",
         "backoff_level", "last_resume_at", "tokens", "tokens_at", "hits", "sent", "deferred",
         "throttled", "updated_at",
+        # learned from the receiver (migration 10)
+        "learned_rate", "learned_peak", "learned_connections", "learned_reason", "learned_at",
+        "learned_observed", "learned_step_at", "learned_conn_at", "probe_level",
+        "connect_until", "probing",
     )  # fmt: skip
 
     def lane_rows(self) -> list[dict[str, Any]]:

@@ -235,3 +235,26 @@ class PgReportQueries:
             [],
         ).fetchall()
         return [dict(zip(wanted, row, strict=True)) for row in rows]
+
+    def unsubscribe_sources(self) -> list[str]:
+        return [
+            row[0] or ""
+            for row in self._x(
+                """SELECT source FROM suppression WHERE reason = 'unsubscribe'
+                   UNION ALL SELECT source FROM list_unsubscribes""",
+                (),
+            ).fetchall()
+        ]
+
+    def report_counts(self) -> dict[str, int]:
+        """Imported bounce and complaint reports that name recipients, and how many of them
+        are tied to no message mailctl sent (recorded, never suppressing by default)."""
+        row = self._x(
+            """SELECT count(*), count(*) FILTER (WHERE NOT matched) FROM (
+                 SELECT bool_or(r.message_id IS NOT NULL) AS matched
+                 FROM bounce_events e JOIN bounce_recipients r ON r.event_id = e.id
+                 WHERE e.kind IN ('bounce', 'delay', 'complaint')
+                 GROUP BY e.id) t""",
+            (),
+        ).fetchone()
+        return {"reports": int(row[0]), "unmatched": int(row[1])}

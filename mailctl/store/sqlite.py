@@ -554,6 +554,9 @@ class SqliteStore(_AddressTables, _QueueTables):
             )
         return cursor.rowcount == 1
 
+    def database_key(self, name: str, generate: Callable[[], str]) -> str | None:
+        return None  # a file database keeps its keys in files next to it
+
     def campaign_recipient_keys(self, campaign_name: str) -> set[str]:
         rows = self.conn.execute(
             """SELECT COALESCE(r.email_key, lower(r.email)) FROM messages g
