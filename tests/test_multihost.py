@@ -116,7 +116,7 @@ def test_three_hosts_share_one_campaign_each_recipient_once_from_its_own_ips(
 def test_kill_9_one_host_the_others_go_on_and_its_claims_return_after_the_lease(
     pg_cluster, sim_server, tmp_path: Path
 ) -> None:
-    from mailctl.sim.server import SimBehaviour
+    from mailctl.sim.behaviours import SimBehaviour
 
     jsonl = tmp_path / "delivered.jsonl"
     server = sim_server(SimBehaviour(delays={"DATA": 0.002}), jsonl=jsonl)
@@ -164,7 +164,7 @@ def test_kill_9_one_host_the_others_go_on_and_its_claims_return_after_the_lease(
 def test_a_suppression_on_one_host_stops_another_host_sending_at_once(
     pg_cluster, sim_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mailctl.sim.server import SimBehaviour
+    from mailctl.sim.behaviours import SimBehaviour
 
     jsonl = tmp_path / "delivered.jsonl"
     server = sim_server(SimBehaviour(delays={"DATA": 0.02}), jsonl=jsonl)
@@ -196,7 +196,7 @@ def test_a_suppression_on_one_host_stops_another_host_sending_at_once(
 def test_a_server_restart_mid_send_loses_nothing_and_sends_nothing_twice(
     pg_cluster, sim_server, tmp_path: Path
 ) -> None:
-    from mailctl.sim.server import SimBehaviour
+    from mailctl.sim.behaviours import SimBehaviour
 
     jsonl = tmp_path / "delivered.jsonl"
     server = sim_server(SimBehaviour(delays={"DATA": 0.005}), jsonl=jsonl)
