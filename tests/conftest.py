@@ -93,13 +93,26 @@ _databases = iter(range(1, 1_000_000))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """A fresh, empty database of each backend: a SQLite file, or a new PostgreSQL database
-    on the session's throwaway cluster. Use as `--db` or with `open_store`."""
-    if request.param == "sqlite":
-        return str(tmp_path / "m.db")
-    cluster = request.getfixturevalue("pg_cluster")
-    return str(cluster.new_database(f"t{next(_databases)}"))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Runs the test on each backend ("sqlite", "postgresql"): for PostgreSQL a new database
+    on the session's throwaway cluster, named in tmp_path's DB_URL_FILE so the workspace
+    helpers (`cli`, `send`, `db_of`, `db_rows` in tests.helpers.workspace) use it."""
+    from tests.helpers.workspace import DB_URL_FILE
+
+    if request.param == "postgresql":
+        cluster = request.getfixturevalue("pg_cluster")
+        url = cluster.new_database(f"t{next(_databases)}")
+        (tmp_path / DB_URL_FILE).write_text(url + "\n")
+    return str(request.param)
+
+
+@pytest.fixture
+def store_url(backend: str, tmp_path: Path) -> str:
+    """A fresh, empty database of each backend (see `backend`): a SQLite file, or a new
+    PostgreSQL database. Use as `--db` or with `open_store`."""
+    from tests.helpers.workspace import db_of
+
+    return db_of(tmp_path)
 
 
 # --------------------------------------------------------------------------- smtp-sink

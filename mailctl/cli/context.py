@@ -45,6 +45,8 @@ def campaign_recipient_keys(campaign_name: str) -> set[str]:
     if backend_of(target) == "sqlite" and not sqlite_path(target).exists():
         return set()
     with open_db(target, migrate=False) as store:
+        if store.schema_version == 0:  # a server database never used yet
+            return set()
         return store.campaign_recipient_keys(campaign_name)
 
 
