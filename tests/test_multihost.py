@@ -11,6 +11,7 @@ doubles nothing.
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import json
 import os
 import signal
@@ -219,3 +220,52 @@ def test_a_server_restart_mid_send_loses_nothing_and_sends_nothing_twice(
     )
     assert len(delivered) == rows
     assert max(delivered.values()) == 1
+
+
+def _zone_where_it_is_late() -> tuple[str, dt.date]:
+    """An Etc/GMT zone where it is now 22:xx (and that local date): a 0-24 h window is then
+    22/24 gone, so a cap of 12 is wholly allowed (the even spread plus one burst)."""
+    now = dt.datetime.now(dt.UTC)
+    offset = (22 - now.hour) % 24
+    if offset > 14:
+        offset -= 24
+    zone = f"Etc/GMT{-offset:+d}" if offset else "UTC"  # Etc/GMT-14 is UTC+14
+    return zone, (now + dt.timedelta(hours=offset)).date()
+
+
+@pytest.mark.timeout(300)
+def test_two_overlapping_runs_on_one_warming_ip_never_pass_its_cap(
+    pg_cluster, sim_server, tmp_path: Path
+) -> None:
+    from mailctl.sim.behaviours import SimBehaviour
+
+    cap = 12
+    zone, today = _zone_where_it_is_late()
+    jsonl = tmp_path / "delivered.jsonl"
+    server = sim_server(SimBehaviour(delays={"DATA": 0.3}), jsonl=jsonl)
+    # One IP with no `host:` (both hosts may send from it), in its first warm-up day.
+    warmup = (
+        f"{{volumes: [{cap}, {2 * cap}], start: {today.isoformat()}, target_daily: {2 * cap},"
+        f" window: {{start: 0, end: 24, timezone: {zone}}}}}"
+    )
+    pools = f"    pools:\n      default:\n        - {{ip: 127.0.0.2, warmup: {warmup}}}\n"
+    ws = make_workspace(tmp_path, server.port, rows=800, profile_extra=pools)
+    url = pg_cluster.new_database("overlap")
+    load(url, ws)  # one of the twelve
+    runs = [mailctl(url, ws, "send", "--all", "--host", host, "--json") for host in HOSTS]
+    results = []
+    for proc in runs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    assert sum(r["sent"] for r in results) == cap - 1
+    # Every run met the cap (the one that got there first took the day's sends).
+    assert all(r["deferred"] or r["remaining"] for r in results), results
+    delivered = [json.loads(line)["rcpt"] for line in jsonl.read_text().splitlines()]
+    assert len(delivered) == len(set(delivered)) == cap
+    day = today.isoformat()
+    sent = db_rows(url, f"SELECT sum(sent) FROM ip_days WHERE ip = '127.0.0.2' AND day = '{day}'")
+    assert sent == [(cap,)]
+    # What the runs took and did not use went back: the grants add up to what was sent.
+    granted = db_rows(url, "SELECT sum(granted) FROM warmup_grants WHERE ip = '127.0.0.2'")
+    assert granted == [(cap,)]

@@ -154,9 +154,7 @@ def bounces_import(
                 on_unmatched=on_unmatched,
                 on_unsure=lambda source, raw, why: on_error(source, raw, why, "unsure"),
                 on_total=bar.set_total,
-                unsubscriber=optional_unsubscriber(
-                    profiles, store.location, store.database_key
-                ),
+                unsubscriber=optional_unsubscriber(profiles, store.location, store.database_key),
                 remote=RemoteOptions(
                     password_env=password_env,
                     insecure=insecure,

@@ -51,8 +51,8 @@ def db_copy(
 ) -> None:
     """Copy a whole SQLite database into an empty PostgreSQL one: campaigns and their
     history, suppression, warm-up state, lanes, and the tracking and unsubscribe keys kept
-    beside the file (hosts then share them through the database). The source is only read (and brought to
-    the current schema version first).
+    beside the file (hosts then share them through the database). The source is only read
+    (and brought to the current schema version first).
 
     Example: mailctl db copy mailctl.db postgresql://mailctl@db1/mail
     """

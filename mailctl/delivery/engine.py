@@ -72,7 +72,7 @@ class Engine:
             states = [LaneState.from_row(row) for row in store.lane_rows()]
             scheduler = Scheduler(rules, rng=rng, states=states)
         if budget is None:
-            budget = WarmupBudget(store, profile_settings(*profiles.values()))
+            budget = WarmupBudget(store, profile_settings(*profiles.values()), shared=True)
         self.ctx = SendContext(
             store,
             jobs,
@@ -240,6 +240,7 @@ class Engine:
         # Anything still in flight was cut off mid-transaction: it may have been delivered.
         self.recorder.cut_off(cut, now)
         self.recorder.commit(force=True)
+        self.ctx.budget.give_back()  # sends granted to this run and not made: other runs' now
 
 
 def top_wait_kinds(

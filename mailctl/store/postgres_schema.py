@@ -378,4 +378,14 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE lanes ADD COLUMN connect_until double precision",
         "ALTER TABLE lanes ADD COLUMN probing integer NOT NULL DEFAULT 0",
     ],
+    # 11: the share of each warm-up IP's daily cap granted to send runs, per provider.
+    [
+        """CREATE TABLE warmup_grants (
+            ip text NOT NULL,
+            day text NOT NULL,
+            provider text NOT NULL,
+            granted integer NOT NULL DEFAULT 0,
+            PRIMARY KEY (ip, day, provider)
+        )""",
+    ],
 ]

@@ -32,6 +32,7 @@ from mailctl.store.sqlite_addresses import _AddressTables
 from mailctl.store.sqlite_queue import _QueueTables
 from mailctl.store.sqlite_reports import SqliteReportQueries
 from mailctl.store.sqlite_schema import MIGRATIONS
+from mailctl.store.sqlite_warmup import _WarmupGrants
 
 DEFAULT_DB = "mailctl.db"
 
@@ -44,7 +45,7 @@ def resolve_db_path(explicit: str | Path | None) -> Path:
     return Path(env) if env else Path(DEFAULT_DB)
 
 
-class SqliteStore(_AddressTables, _QueueTables):
+class SqliteStore(_AddressTables, _QueueTables, _WarmupGrants):
     """One open SQLite database. Create with `SqliteStore.open(path)`."""
 
     def __init__(self, db: sqlite_utils.Database, path: Path) -> None:
