@@ -88,19 +88,19 @@ def sent_from_own_ips(url: str) -> None:
     assert rows and all(HOSTS[host] == ip for host, ip, _ in rows), rows
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_three_hosts_share_one_campaign_each_recipient_once_from_its_own_ips(
     pg_cluster, smtp_sink: tuple[int, Path], tmp_path: Path
 ) -> None:
     port, dump = smtp_sink
-    rows = 3000
+    rows = 30_000
     url = pg_cluster.new_database("three")
     ws = workspace(tmp_path, port, rows)
     load(url, ws)
     procs = {host: mailctl(url, ws, "send", "--all", "--host", host, "--json") for host in HOSTS}
     results = {}
     for host, proc in procs.items():
-        out, err = proc.communicate(timeout=240)
+        out, err = proc.communicate(timeout=420)
         assert proc.returncode == 0, err
         results[host] = json.loads(out)
     assert sum(r["sent"] for r in results.values()) == rows - 1
