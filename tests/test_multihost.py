@@ -267,5 +267,37 @@ def test_two_overlapping_runs_on_one_warming_ip_never_pass_its_cap(
     sent = db_rows(url, f"SELECT sum(sent) FROM ip_days WHERE ip = '127.0.0.2' AND day = '{day}'")
     assert sent == [(cap,)]
     # What the runs took and did not use went back: the grants add up to what was sent.
-    granted = db_rows(url, "SELECT sum(granted) FROM warmup_grants WHERE ip = '127.0.0.2'")
+    granted = db_rows(url, "SELECT sum(granted) FROM send_grants WHERE ip = '127.0.0.2'")
     assert granted == [(cap,)]
+
+
+@pytest.mark.timeout(300)
+def test_a_provider_wide_hourly_limit_holds_across_hosts(
+    pg_cluster, sim_server, tmp_path: Path
+) -> None:
+    from mailctl.sim.behaviours import SimBehaviour
+
+    limit = 10
+    jsonl = tmp_path / "delivered.jsonl"
+    server = sim_server(SimBehaviour(delays={"DATA": 0.05}), jsonl=jsonl)
+    # DNS is off in the workspace, so the provider is the recipients' domain.
+    extra = POOLS + f"    providers: {{example.com: {{max_per_hour: {limit}}}}}\n"
+    ws = make_workspace(tmp_path, server.port, rows=600, profile_extra=extra)
+    url = pg_cluster.new_database("hourly")
+    hour = time.gmtime().tm_hour
+    load(url, ws)  # one of the hour's ten
+    runs = [mailctl(url, ws, "send", "--all", "--host", host, "--json") for host in HOSTS]
+    results = []
+    for proc in runs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    delivered = [json.loads(line)["rcpt"] for line in jsonl.read_text().splitlines()]
+    if time.gmtime().tm_hour != hour:  # a new hour began mid-test: its allowance too
+        assert len(delivered) <= 2 * limit
+        return
+    assert len(delivered) == len(set(delivered)) == limit
+    assert sum(r["sent"] for r in results) == limit - 1
+    reasons = {kind for r in results for kind in (w["reason"] for w in r["deferral_reasons"])}
+    assert reasons == {"provider limit: example.com per hour"}, reasons
+    sent_from_own_ips(url)

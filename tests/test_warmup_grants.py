@@ -1,5 +1,5 @@
 """Warm-up caps hold when send runs overlap on one IP: each run's budget takes its sends
-from the database (`Store.take_warmup_quota`) before reserving them.
+from the database (`Store.take_send_quota`) before reserving them.
 
 Two budgets on two connections to one real database of each backend (the `store_url`
 fixture: a SQLite file, a throwaway PostgreSQL database), interleaved as two overlapping
@@ -57,7 +57,7 @@ def test_two_overlapping_runs_together_send_exactly_the_cap(store_url: str) -> N
         assert again == 3
         first.give_back()
     with open_store(store_url) as store:
-        assert store.take_warmup_quota(IP, DAY.isoformat(), "google", 5, CAP, None) == (
+        assert store.take_send_quota(IP, DAY.isoformat(), "google", 5, CAP, None) == (
             0,
             CAP,
             CAP,
@@ -82,3 +82,30 @@ def test_without_sharing_each_run_would_send_the_whole_cap(store_url: str) -> No
         routed = sum(route(first, "google") + route(second, "google") for _ in range(40))
         one.record_outcomes([], [IpDayCounts(IP, DAY.isoformat(), "google", sent=routed)])
     assert routed == 2 * CAP
+
+
+def test_a_provider_wide_hourly_limit_holds_over_ips_and_runs(store_url: str) -> None:
+    """`providers: {google: {max_per_hour: 25}}`: whatever IPs (warm ones too) and runs
+    send, 25 an hour reach the provider; the next hour brings 25 more."""
+    hourly = {"google": 25}
+    with open_store(store_url) as one, open_store(store_url) as two:
+        first = WarmupBudget(one, {}, shared=True, provider_hourly=hourly)
+        second = WarmupBudget(two, {}, shared=True, provider_hourly=hourly)
+
+        def send(budget: WarmupBudget, ip: str, now: float) -> bool:
+            room = budget.provider_room("google", now)
+            if room is not None and room <= 0:
+                return False
+            budget.reserve(ip, "google")
+            return True
+
+        sent = sum(
+            send(first, "192.0.2.1", LATE) + send(second, "192.0.2.2", LATE) for _ in range(40)
+        )
+        assert sent == 25
+        assert first.provider_room("yahoo", LATE) is None  # no limit for yahoo
+        # The next hour (00:30 the next day): a new allowance.
+        later = LATE + 3600
+        assert sum(send(first, "192.0.2.1", later) for _ in range(40)) == 25
+        first.give_back()
+        second.give_back()

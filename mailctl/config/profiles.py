@@ -164,6 +164,9 @@ class Profile:
     unsubscribe: UnsubscribeSettings = field(default_factory=UnsubscribeSettings)
     tracking_key_env: str | None = None  # signs tracking ids; else the key file by the db
     bounces: BounceSettings = field(default_factory=BounceSettings)
+    # Provider-wide limits over every IP (and every sending host): provider -> messages per
+    # hour, counted in the database (`providers: {google: {max_per_hour: 5000}}`).
+    provider_hourly: Mapping[str, int] = field(default_factory=dict)
 
     def password(self) -> str | None:
         """The relay password, read from the environment variable the profile names."""
@@ -273,6 +276,7 @@ _PROFILE_KEYS = {
     "unsubscribe",
     "tracking_key_env",
     "bounces",
+    "providers",
 }
 _WARMUP_KEYS = {
     "preset",
@@ -560,6 +564,14 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
             raise keys["tracking_key_env"].error(f"'{var}' is not an environment variable name")
         options["tracking_key_env"] = var
+    if "providers" in keys:
+        hourly: dict[str, int] = {}
+        for provider, limits in keys["providers"].mapping().items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", provider):
+                raise limits.error(f"'{provider}' is not a provider name")
+            limit_keys = limits.mapping({"max_per_hour"}, required={"max_per_hour"})
+            hourly[provider.lower()] = limit_keys["max_per_hour"].int(minimum=1)
+        options["provider_hourly"] = hourly
     if "bounces" in keys:
         bounce_keys = keys["bounces"].mapping({"trust_unmatched", "max_unmatched"})
         options["bounces"] = BounceSettings(

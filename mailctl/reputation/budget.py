@@ -4,7 +4,7 @@ Caps come from the warm-up replay (reputation/warmup.py, over the schedules in
 mailctl/warmup_schedule.py) applied to the IP's history in the store; they are counted across
 all campaigns, spread across the IP's sending window, and reserved when a message is routed
 so concurrent sends can never overshoot. A send run's budget (``shared=True``) also takes its
-sends from the store in small blocks (`Store.take_warmup_quota`) before it reserves them, so
+sends from the store in small blocks (`Store.take_send_quota`) before it reserves them, so
 runs that overlap on one IP (several hosts on one PostgreSQL database, or one host under two
 ``--host`` names) hold the cap together; `give_back` returns what a run did not use.
 """
@@ -39,6 +39,15 @@ def profile_settings(*profiles: Profile) -> dict[str, WarmupSetting | None]:
     return {
         ip.ip: ip.warmup for profile in profiles for pool in profile.pools.values() for ip in pool
     }
+
+
+def provider_hourly(*profiles: Profile) -> dict[str, int]:
+    """The provider-wide hourly limits these profiles set (the lowest where several do)."""
+    limits: dict[str, int] = {}
+    for profile in profiles:
+        for provider, limit in profile.provider_hourly.items():
+            limits[provider] = min(limit, limits.get(provider, limit))
+    return limits
 
 
 def history(store: Store, ip: str) -> list[DayRecord]:
@@ -82,9 +91,16 @@ class WarmupBudget:
         settings: Mapping[str, WarmupSetting | None],
         *,
         shared: bool = False,
+        provider_hourly: Mapping[str, int] | None = None,
     ) -> None:
         self.store = store
         self.settings = dict(settings)
+        # Provider-wide limits over every IP and run (`providers:` in the profile): granted
+        # per (provider, UTC hour) by the store like the warm-up caps (a shared budget only).
+        self.provider_hourly = {k.lower(): v for k, v in (provider_hourly or {}).items()}
+        self._hour_granted: Counter[tuple[str, str]] = Counter()
+        self._hour_used: Counter[tuple[str, str]] = Counter()
+        self._hour_of: dict[str, str] = {}
         # Shared: capped sends are granted by the store first (other runs may send from the
         # same IPs); `_granted` holds what this run was granted and has not used yet, per
         # (ip, provider) of the IP's current day, and `_sent_*` then count every run's.
@@ -205,7 +221,44 @@ class WarmupBudget:
         opens, closes = window_bounds(setting, self._day[ip])
         return (closes - opens).total_seconds() / cap
 
+    def provider_room(self, provider: str, now: float) -> int | None:
+        """How many more messages this run may send to `provider` in this UTC hour under
+        its provider-wide limit, over every IP and run (None: no such limit). Taken from the
+        store in blocks; a run at the limit asks again now and then."""
+        limit = self.provider_hourly.get(provider.lower()) if self.shared else None
+        if limit is None:
+            return None
+        hour = time.strftime("%Y-%m-%dT%H", time.gmtime(now))
+        previous = self._hour_of.get(provider)
+        if previous != hour:
+            if previous is not None:
+                self._give_back_hour(provider, previous)
+            self._hour_of[provider] = hour
+        key = (provider, hour)
+        if self._hour_granted[key] <= 0 and now >= self._recheck.get(("*", provider), 0.0):
+            want = max(1, min(GRANT_BLOCK, limit // 20))
+            granted, _, _ = self.store.take_send_quota("*", hour, provider, want, limit, None)
+            self._hour_granted[key] += granted
+            if not granted:
+                self._recheck[("*", provider)] = now + GRANT_RECHECK
+        return self._hour_granted[key]
+
+    @staticmethod
+    def next_hour(now: float) -> float:
+        """When the next UTC hour (and its provider-wide allowance) begins."""
+        return (int(now) // 3600 + 1) * 3600.0
+
+    def _give_back_hour(self, provider: str, hour: str) -> None:
+        self._hour_used.pop((provider, hour), None)
+        unused = self._hour_granted.pop((provider, hour), 0)
+        if unused > 0:
+            self.store.return_send_quota("*", hour, provider, unused)
+
     def reserve(self, ip: str, provider: str) -> None:
+        hour = self._hour_of.get(provider)
+        if hour is not None and self._hour_granted[(provider, hour)] > 0:
+            self._hour_granted[(provider, hour)] -= 1
+            self._hour_used[(provider, hour)] += 1
         key = (ip, provider)
         if self.shared and self._granted[key] > 0:
             self._granted[key] -= 1  # granted (and counted) when it was taken from the store
@@ -216,6 +269,11 @@ class WarmupBudget:
     def release(self, ip: str, provider: str) -> None:
         """A reserved message was not delivered: its slot goes back to the day's cap (a
         granted one back to this run's grant, given back to the store at the end)."""
+        hour = self._hour_of.get(provider)
+        if hour is not None and self._hour_used[(provider, hour)] > 0:
+            # Back to this hour's grant; one reserved in an earlier hour stays spent.
+            self._hour_used[(provider, hour)] -= 1
+            self._hour_granted[(provider, hour)] += 1
         if (
             self.shared
             and self.settings.get(ip) is not None
@@ -234,7 +292,7 @@ class WarmupBudget:
         limits (the window's allowance so far: never above the day's caps); what every run
         has taken becomes this run's count of the day."""
         day = self._day[ip].isoformat()
-        granted, ip_total, lane_total = self.store.take_warmup_quota(
+        granted, ip_total, lane_total = self.store.take_send_quota(
             ip, day, provider, want, ip_limit, lane_limit
         )
         self._granted[(ip, provider)] += granted
@@ -243,7 +301,7 @@ class WarmupBudget:
 
     def _give_back_ip(self, ip: str, day: str) -> None:
         for key in [k for k, n in self._granted.items() if k[0] == ip and n > 0]:
-            self.store.return_warmup_quota(ip, day, key[1], self._granted.pop(key))
+            self.store.return_send_quota(ip, day, key[1], self._granted.pop(key))
 
     def give_back(self) -> None:
         """Return every grant this run did not use (at the end of a run)."""
@@ -251,6 +309,8 @@ class WarmupBudget:
             return
         for ip, day in list(self._day.items()):
             self._give_back_ip(ip, day.isoformat())
+        for provider, hour in list(self._hour_of.items()):
+            self._give_back_hour(provider, hour)
 
     def capacity_returns(self, ip: str, provider: str, now: float) -> float:
         """When this IP may send to this provider again (its window or tomorrow's cap)."""

@@ -479,16 +479,18 @@ class Store(Protocol):
     # warm-up records
     def bump_ip_day(self, ip: str, day: str, provider: str, **counts: int) -> None: ...
     def ip_days(self, ip: str | None = None) -> list[dict[str, Any]]: ...
-    def take_warmup_quota(
+    def take_send_quota(
         self, ip: str, day: str, provider: str, want: int, ip_cap: int, lane_cap: int | None
     ) -> tuple[int, int, int]:
-        """Grant up to `want` more of `ip`'s sends to `provider` on `day`, atomically among
-        all runs, so the IP's total stays within `ip_cap` and the provider's within
+        """Grant up to `want` more of `ip`'s sends to `provider` in period `day`, atomically
+        among all runs, so the IP's total stays within `ip_cap` and the provider's within
         `lane_cap`. Returns (granted, the IP's total, the provider's total) after the grant;
-        a total counts what was granted or, where more, what `ip_days` says was sent."""
+        a total counts what was granted or, where more, what `ip_days` says was sent. A warm-up
+        grant is per IP and its local day; a provider-wide one has `ip` ``*`` (every IP) and
+        a UTC hour as `day` (``2027-01-15T08``)."""
         ...
 
-    def return_warmup_quota(self, ip: str, day: str, provider: str, unused: int) -> None:
+    def return_send_quota(self, ip: str, day: str, provider: str, unused: int) -> None:
         """Give back granted sends a run did not use."""
         ...
 

@@ -20,12 +20,12 @@ TABLES = (
     "recipients", "lists", "list_members", "suppression", "campaigns", "messages", "replies",
     "runs", "bounce_events", "bounce_recipients", "ip_days", "lanes", "lane_events",
     "mx_cache", "warmup_events", "list_unsubscribes", "remote_mailboxes", "remote_seen",
-    "notices", "warmup_grants",
+    "notices", "send_grants",
 )  # fmt: skip
 _BATCH = 5000
 # SQLite tables without a rowid to order by (their primary key orders them).
 _WITHOUT_ROWID = (
-    "list_members", "ip_days", "list_unsubscribes", "remote_seen", "warmup_grants",
+    "list_members", "ip_days", "list_unsubscribes", "remote_seen", "send_grants",
 )  # fmt: skip
 
 

@@ -86,17 +86,17 @@ class _PgLaneTables:
     def transaction(self) -> AbstractContextManager[None]:
         raise NotImplementedError  # PostgresStore: BEGIN … COMMIT, joined when nested
 
-    def take_warmup_quota(
+    def take_send_quota(
         self, ip: str, day: str, provider: str, want: int, ip_cap: int, lane_cap: int | None
     ) -> tuple[int, int, int]:
         """A block of `ip`'s sends today, granted under its caps: runs on any host that send
         from one IP take turns on a lock of that IP and day, so their total never passes
-        the cap (`Store.take_warmup_quota`)."""
+        the cap (`Store.take_send_quota`)."""
         key = zlib.crc32(f"{ip}|{day}".encode()) & 0x7FFFFFFF
         with self.transaction():
             self._x("SELECT pg_advisory_xact_lock(%s, %s)", (_GRANT_LOCKS, key))
             self._x(
-                """INSERT INTO warmup_grants (ip, day, provider, granted)
+                """INSERT INTO send_grants (ip, day, provider, granted)
                    SELECT ip, day, provider, sent FROM ip_days WHERE ip = %s AND day = %s
                    UNION ALL SELECT %s, %s, %s, 0
                    ON CONFLICT DO NOTHING""",
@@ -106,7 +106,7 @@ class _PgLaneTables:
                 """SELECT coalesce(sum(greatest(g.granted, coalesce(d.sent, 0))), 0),
                           coalesce(sum(greatest(g.granted, coalesce(d.sent, 0)))
                                    FILTER (WHERE g.provider = %(provider)s), 0)
-                   FROM warmup_grants g LEFT JOIN ip_days d
+                   FROM send_grants g LEFT JOIN ip_days d
                      ON d.ip = g.ip AND d.day = g.day AND d.provider = g.provider
                    WHERE g.ip = %(ip)s AND g.day = %(day)s""",
                 {"ip": ip, "day": day, "provider": provider},
@@ -117,7 +117,7 @@ class _PgLaneTables:
             granted = max(0, min(want, room))
             if granted:
                 self._x(
-                    """UPDATE warmup_grants g SET granted = greatest(g.granted, coalesce(
+                    """UPDATE send_grants g SET granted = greatest(g.granted, coalesce(
                          (SELECT sent FROM ip_days d WHERE d.ip = g.ip AND d.day = g.day
                             AND d.provider = g.provider), 0)) + %s
                        WHERE g.ip = %s AND g.day = %s AND g.provider = %s""",
@@ -125,10 +125,10 @@ class _PgLaneTables:
                 )
         return granted, int(ip_total) + granted, int(lane_total) + granted
 
-    def return_warmup_quota(self, ip: str, day: str, provider: str, unused: int) -> None:
+    def return_send_quota(self, ip: str, day: str, provider: str, unused: int) -> None:
         if unused > 0:
             self._x(
-                """UPDATE warmup_grants SET granted = greatest(granted - %s, 0)
+                """UPDATE send_grants SET granted = greatest(granted - %s, 0)
                    WHERE ip = %s AND day = %s AND provider = %s""",
                 (unused, ip, day, provider),
             )

@@ -378,9 +378,9 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE lanes ADD COLUMN connect_until double precision",
         "ALTER TABLE lanes ADD COLUMN probing integer NOT NULL DEFAULT 0",
     ],
-    # 11: the share of each warm-up IP's daily cap granted to send runs, per provider.
+    # 11: sends granted to send runs: warm-up caps per IP and day, provider-wide hourly limits.
     [
-        """CREATE TABLE warmup_grants (
+        """CREATE TABLE send_grants (
             ip text NOT NULL,
             day text NOT NULL,
             provider text NOT NULL,

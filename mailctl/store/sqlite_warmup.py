@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 
 
 class _WarmupGrants:
-    """`take_warmup_quota` / `return_warmup_quota` of `SqliteStore`."""
+    """`take_send_quota` / `return_send_quota` of `SqliteStore`."""
 
     conn: sqlite3.Connection
 
@@ -27,26 +27,26 @@ class _WarmupGrants:
             """SELECT coalesce(sum(max(g.granted, coalesce(d.sent, 0))), 0),
                       coalesce(sum(CASE WHEN g.provider = ?3
                                         THEN max(g.granted, coalesce(d.sent, 0)) END), 0)
-               FROM warmup_grants g LEFT JOIN ip_days d
+               FROM send_grants g LEFT JOIN ip_days d
                  ON d.ip = g.ip AND d.day = g.day AND d.provider = g.provider
                WHERE g.ip = ?1 AND g.day = ?2""",
             (ip, day, provider),
         ).fetchone()
         return int(ip_total), int(lane_total)
 
-    def take_warmup_quota(
+    def take_send_quota(
         self, ip: str, day: str, provider: str, want: int, ip_cap: int, lane_cap: int | None
     ) -> tuple[int, int, int]:
         c = self.conn
         with self.transaction():
             # Every lane the IP sent on today takes part in the IP's total.
             c.execute(
-                """INSERT OR IGNORE INTO warmup_grants (ip, day, provider, granted)
+                """INSERT OR IGNORE INTO send_grants (ip, day, provider, granted)
                    SELECT ip, day, provider, sent FROM ip_days WHERE ip = ? AND day = ?""",
                 (ip, day),
             )
             c.execute(
-                "INSERT OR IGNORE INTO warmup_grants (ip, day, provider) VALUES (?, ?, ?)",
+                "INSERT OR IGNORE INTO send_grants (ip, day, provider) VALUES (?, ?, ?)",
                 (ip, day, provider),
             )
             ip_total, lane_total = self._totals(ip, day, provider)
@@ -56,21 +56,21 @@ class _WarmupGrants:
             granted = max(0, min(want, room))
             if granted:
                 c.execute(
-                    """UPDATE warmup_grants SET granted = max(granted, coalesce(
-                         (SELECT sent FROM ip_days d WHERE d.ip = warmup_grants.ip
-                            AND d.day = warmup_grants.day
-                            AND d.provider = warmup_grants.provider), 0)) + ?
+                    """UPDATE send_grants SET granted = max(granted, coalesce(
+                         (SELECT sent FROM ip_days d WHERE d.ip = send_grants.ip
+                            AND d.day = send_grants.day
+                            AND d.provider = send_grants.provider), 0)) + ?
                        WHERE ip = ? AND day = ? AND provider = ?""",
                     (granted, ip, day, provider),
                 )
         return granted, ip_total + granted, lane_total + granted
 
-    def return_warmup_quota(self, ip: str, day: str, provider: str, unused: int) -> None:
+    def return_send_quota(self, ip: str, day: str, provider: str, unused: int) -> None:
         if unused <= 0:
             return
         with self.transaction():
             self.conn.execute(
-                """UPDATE warmup_grants SET granted = max(granted - ?, 0)
+                """UPDATE send_grants SET granted = max(granted - ?, 0)
                    WHERE ip = ? AND day = ? AND provider = ?""",
                 (unused, ip, day, provider),
             )
