@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from mailctl.cli import run
+from mailctl.message.tracking import tracking_keys
 from mailctl.store.factory import open_store
 from mailctl.store.sqlite_schema import MIGRATIONS
-from tests.helpers.workspace import make_workspace
+from tests.helpers.workspace import db_rows, make_workspace
 
 POOL = "    pools:\n      default:\n        - 127.0.0.2\n"
 
@@ -61,6 +62,13 @@ def test_db_copy_moves_history_suppression_and_warmup_into_postgresql(
         assert dst.warmup_events("127.0.0.2") == src.warmup_events("127.0.0.2")
         # New rows continue after the copied ids.
         assert dst.start_run(1, "mta1", 1.0) == src.start_run(1, "mta1", 1.0)
+        # The key beside the file signs on in the database: every host verifies the ids
+        # of mail sent before the move, so a bounce of it still finds its message.
+        key = (tmp_path / "m.db.key").read_text().strip()
+        assert dst.database_key("tracking", lambda: "not this one") == key
+        ((tracking_id,),) = db_rows(tmp_path, "SELECT tracking_id FROM messages LIMIT 1")
+        assert tracking_keys(url, stored=dst.database_key).verify(tracking_id)
+        assert dst.message_by_tracking_id(tracking_id)["state"] == "sent"
 
     assert run(["db", "copy", sqlite_db, url]) == 2 - 1  # a StoreError: not into data
     assert capsys.readouterr().err == (f"Error: {url} already holds data; copy into an empty one\n")
