@@ -70,8 +70,26 @@ def test_db_copy_moves_history_suppression_and_warmup_into_postgresql(
         assert tracking_keys(url, stored=dst.database_key).verify(tracking_id)
         assert dst.message_by_tracking_id(tracking_id)["state"] == "sent"
 
-    assert run(["db", "copy", sqlite_db, url]) == 2 - 1  # a StoreError: not into data
+    assert run(["db", "copy", sqlite_db, url]) == 1  # a StoreError: never into data
     assert capsys.readouterr().err == (f"Error: {url} already holds data; copy into an empty one\n")
+
+
+def test_db_copy_refuses_a_source_table_it_would_leave_behind(
+    pg_cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sqlite_db = str(tmp_path / "m.db")
+    assert run(["--db", sqlite_db, "suppress", "add", "kept@example.com"]) == 0
+    with open_store(sqlite_db) as src:
+        src.conn.execute("CREATE TABLE operator_notes (id INTEGER PRIMARY KEY, note TEXT)")
+    url = pg_cluster.new_database("leftover")
+    capsys.readouterr()
+
+    assert run(["db", "copy", sqlite_db, url]) == 1
+    assert capsys.readouterr().err == (
+        f"Error: {sqlite_db} has tables db copy does not know: operator_notes\n"
+    )
+    with open_store(url) as dst:
+        assert dst.suppressed_set(["kept@example.com"]) == set()
 
 
 def test_db_migrate_reports_the_schema_version(

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import sqlite_utils
+
 from mailctl.errors import StoreError
 from mailctl.store.base import Store
 
@@ -41,6 +43,11 @@ def copy_database(
             f"{destination.location} at {dst_version}; run `mailctl db migrate` on both"
         )
     reader, writer = _reader(source), _writer(destination)
+    unknown = reader.tables() - set(TABLES)
+    if unknown:  # a table this list forgot would be left behind without a word
+        raise StoreError(
+            f"{source.location} has tables db copy does not know: {', '.join(sorted(unknown))}"
+        )
     if any(writer.count(table) for table in TABLES):
         raise StoreError(f"{destination.location} already holds data; copy into an empty one")
     copied: dict[str, int] = {}
@@ -57,9 +64,14 @@ def copy_database(
 class _SqliteReader:
     def __init__(self, store: Any) -> None:
         self.conn = store.conn
+        self.db = sqlite_utils.Database(self.conn)
+
+    def tables(self) -> set[str]:
+        """Every table of the schema (SQLite's own bookkeeping tables excluded)."""
+        return {name for name in self.db.table_names() if not name.startswith("sqlite_")}
 
     def columns(self, table: str) -> list[str]:
-        return [row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")]
+        return list(self.db.table(table).columns_dict)
 
     def rows(self, table: str, columns: list[str]) -> Iterator[tuple[Any, ...]]:
         order = "1" if table in _WITHOUT_ROWID else "rowid"
