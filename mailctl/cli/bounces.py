@@ -17,7 +17,7 @@ from mailctl.bounces.mailbox import iter_messages
 from mailctl.bounces.parse import parse_message
 from mailctl.bounces.remote import RemoteOptions
 from mailctl.bounces.suppression import EvidencePolicy, SoftBouncePolicy, import_reports
-from mailctl.cli import console
+from mailctl.cli import console, displays
 from mailctl.cli.context import load_profiles_near, open_store, optional_profiles, state
 from mailctl.cli.options import (
     CONTEXT,
@@ -140,7 +140,7 @@ def bounces_import(
         keep(raw)
 
     try:
-        with open_store() as store, console.progress("Importing reports") as bar:
+        with open_store() as store, displays.progress("Importing reports") as bar:
             result = import_reports(
                 store,
                 paths,
@@ -148,13 +148,13 @@ def bounces_import(
                 evidence=EvidencePolicy(
                     trust_unmatched=settings.trust_unmatched, max_unmatched=settings.max_unmatched
                 ),
-                keys=tracking_keys(store.location, None, key_envs),
+                keys=tracking_keys(store.location, None, key_envs, store.database_key),
                 on_message=lambda r: bar.advance(1, status=f"{r.suppressed} suppressed"),
                 on_error=on_error,
                 on_unmatched=on_unmatched,
                 on_unsure=lambda source, raw, why: on_error(source, raw, why, "unsure"),
                 on_total=bar.set_total,
-                unsubscriber=optional_unsubscriber(profiles, store.location),
+                unsubscriber=optional_unsubscriber(profiles, store.location, store.database_key),
                 remote=RemoteOptions(
                     password_env=password_env,
                     insecure=insecure,

@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
-
 from mailctl.errors import LockedError, StoreError
 from mailctl.store.base import (
     IP_DAY_COUNTERS,
@@ -32,6 +30,7 @@ from mailctl.store.sqlite_addresses import _AddressTables
 from mailctl.store.sqlite_queue import _QueueTables
 from mailctl.store.sqlite_reports import SqliteReportQueries
 from mailctl.store.sqlite_schema import MIGRATIONS
+from mailctl.store.sqlite_warmup import _WarmupGrants
 
 DEFAULT_DB = "mailctl.db"
 
@@ -44,13 +43,12 @@ def resolve_db_path(explicit: str | Path | None) -> Path:
     return Path(env) if env else Path(DEFAULT_DB)
 
 
-class SqliteStore(_AddressTables, _QueueTables):
+class SqliteStore(_AddressTables, _QueueTables, _WarmupGrants):
     """One open SQLite database. Create with `SqliteStore.open(path)`."""
 
-    def __init__(self, db: sqlite_utils.Database, path: Path) -> None:
-        self.db = db
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.path = path
-        self.conn: sqlite3.Connection = db.conn
+        self.conn = conn
         self.reports = SqliteReportQueries(self.conn)
 
     # ------------------------------------------------------------------ lifecycle
@@ -68,14 +66,14 @@ class SqliteStore(_AddressTables, _QueueTables):
                 fd = os.open(db_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
                 os.close(fd)
             conn = sqlite3.connect(db_path, timeout=30, isolation_level=None)
-            db = sqlite_utils.Database(conn)
-            db.enable_wal()
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")  # once per file: it persists
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{db_path}: cannot open database: {exc}") from None
-        store = cls(db, db_path)
+        store = cls(conn, db_path)
         if migrate:
             store.migrate()
         return store
@@ -554,6 +552,9 @@ class SqliteStore(_AddressTables, _QueueTables):
             )
         return cursor.rowcount == 1
 
+    def database_key(self, name: str, generate: Callable[[], str]) -> str | None:
+        return None  # a file database keeps its keys in files next to it
+
     def campaign_recipient_keys(self, campaign_name: str) -> set[str]:
         rows = self.conn.execute(
             """SELECT COALESCE(r.email_key, lower(r.email)) FROM messages g
@@ -586,8 +587,9 @@ class SqliteStore(_AddressTables, _QueueTables):
         return None if row is None else str(row[0])
 
     @contextmanager
-    def send_lock(self) -> Iterator[None]:
-        """One send run per database. The OS drops the lock when the holder dies."""
+    def send_lock(self, host: str | None = None) -> Iterator[None]:
+        """One send run per database file, whatever the host (one writer at a time). The
+        OS drops the lock when the holder dies."""
         import fcntl
 
         from mailctl.files import open_lock
