@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from mailctl.bounces.parse import parse_message  # noqa: E402
 
 # One scoring of reports against labels, shared with tests/test_bounce_parse.py.
-from tests.helpers.bounce_labels import (  # noqa: E402
+from scripts.bounce_labels import (  # noqa: E402
     COMPLAINT_TYPES,
     LOFO_TARGETS,
     family_of,

@@ -18,7 +18,7 @@ from mailctl.cli import run
 from mailctl.replies.classify import RULE_FAMILIES
 from mailctl.replies.stages import smtp_stage
 from mailctl.store.sqlite import SqliteStore
-from tests.helpers.bounce_labels import (
+from scripts.bounce_labels import (
     LOFO_TARGETS,
     family_of,
     leave_one_family_out,

@@ -10,7 +10,7 @@ import pytest
 from mailctl.bounces.mailbox import iter_messages
 from mailctl.bounces.parse import Kind, parse_message
 from mailctl.errors import BounceParseError
-from tests.helpers.bounce_labels import COMPLAINT_TYPES, match_label
+from scripts.bounce_labels import COMPLAINT_TYPES, match_label
 
 DATA = Path(__file__).parent / "data" / "bounces"
 

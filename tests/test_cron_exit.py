@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import socket
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,24 +28,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _relay(ws: Path, port: int, extra: str = "") -> None:
-    (ws / "profiles.yaml").write_text(
-        textwrap.dedent(f"""\
-        default_profile: relay
-        profiles:
-          relay:
-            transport: relay
-            host: 127.0.0.1
-            port: {port}
-            tls: none
-            dns: false
-            preflight: false
-            connections: 2
-            retry: [5m]
-            rules: {{limits: {{default: {{per_minute: null}}}}}}
-        """)
-        + textwrap.indent(textwrap.dedent(extra), "    ")
-    )
+# The relay profile of these tests: two connections, one retry after 5 minutes.
+RELAY = {"connections": 2, "messages_per_connection": None, "retry": "[5m]", "max_age": None}
 
 
 @pytest.fixture()
@@ -64,8 +47,9 @@ def test_wrong_password_exits_3_and_resume_sends_what_the_535_failed(
     auth_relay, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     port, relay = auth_relay
-    ws = make_workspace(tmp_path, port, rows=10)
-    _relay(ws, port, "username: mailer\npassword_env: RELAY_PW\n")
+    ws = make_workspace(
+        tmp_path, port, rows=10, profile={**RELAY, "username": "mailer", "password_env": "RELAY_PW"}
+    )
     monkeypatch.setenv("RELAY_PW", "wrong horse")
     assert _send_quiet(ws) == 3
     captured = capsys.readouterr()
@@ -95,8 +79,7 @@ def test_wrong_password_exits_3_and_resume_sends_what_the_535_failed(
 
 def test_relay_on_a_closed_port_exits_3_with_one_line(tmp_path: Path, capsys) -> None:
     port = _free_port()  # bound then closed: nobody listens
-    ws = make_workspace(tmp_path, port, rows=5)
-    _relay(ws, port)
+    ws = make_workspace(tmp_path, port, rows=5, profile=RELAY)
     assert _send_quiet(ws) == 3
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -133,8 +116,12 @@ def test_a_campaign_stopped_by_its_bounce_breaker_exits_3(
             )
         )
     )
-    ws = make_workspace(tmp_path, server.port, rows=30)
-    _relay(ws, server.port, "breakers: {bounce_rate: 0.02, min_sent: 10}\n")
+    ws = make_workspace(
+        tmp_path,
+        server.port,
+        rows=30,
+        profile={**RELAY, "breakers": "{bounce_rate: 0.02, min_sent: 10}"},
+    )
     assert _send_quiet(ws) == 3
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,26 +20,15 @@ Start = Callable[[Script], HostileServer]
 
 
 def workspace(tmp_path: Path, port: int, rows: int, *, timeout: str = "2s") -> Path:
-    ws = make_workspace(tmp_path, port, rows=rows)
-    (ws / "profiles.yaml").write_text(
-        textwrap.dedent(f"""\
-        default_profile: relay
-        profiles:
-          relay:
-            transport: relay
-            host: 127.0.0.1
-            port: {port}
-            tls: none
-            dns: false
-            preflight: false
-            connections: 1
-            timeout: {timeout}
-            retry: [1s]
-            max_age: 1d
-            rules: {{limits: {{default: {{per_minute: null}}}}}}
-        """)
-    )
-    return ws
+    """One connection, a short timeout, a retry after 1 s: each misbehaviour shows at once."""
+    profile = {
+        "connections": 1,
+        "messages_per_connection": None,
+        "timeout": timeout,
+        "retry": "[1s]",
+        "max_age": "1d",
+    }
+    return make_workspace(tmp_path, port, rows=rows, profile=profile)
 
 
 def rows(ws: Path) -> list[tuple[str, str, str, int]]:

@@ -9,7 +9,7 @@ import io
 
 from rich.console import Console
 
-from mailctl.cli.console import LoadProgress, SendProgress
+from mailctl.cli.displays import LoadProgress, SendProgress
 from mailctl.cli.progress import LoadFigures, SendFigures, format_eta
 from tests.helpers.clock import FakeClock
 

@@ -154,3 +154,24 @@ def test_queue_summary_list_retry_and_drop(sim_server, tmp_path: Path, capsys) -
     assert capsys.readouterr().out == "the queue is empty\n"
     assert cli(ws, "campaign", "show", "news", "--json") == 0
     assert json.loads(capsys.readouterr().out)["counts"]["cancelled"] == 1
+
+
+def test_every_queue_command_takes_the_five_filters(tmp_path: Path, capsys) -> None:
+    # The summary, list, retry and drop: each hands the filters it was given to the query
+    # (an unknown campaign, a bad domain and a bad address are refused by every one).
+    assert cli(tmp_path, "queue", "list", "--json") == 0  # an empty database
+    assert capsys.readouterr().out == ""
+    for command in ([], ["list"], ["retry"], ["drop"]):
+        assert cli(tmp_path, "queue", *command, "--campaign", "nope") == 1
+        assert capsys.readouterr().err == "Error: no campaign named 'nope'\n"
+        assert cli(tmp_path, "queue", *command, "--domain", "not a domain") == 2
+        assert capsys.readouterr().err == "Error: --domain: 'not a domain' is not a domain\n"
+        assert cli(tmp_path, "queue", *command, "--address", "nobody") == 2
+        assert capsys.readouterr().err.startswith("Error: --address: ")
+    # drop needs a target: a provider is one, a reason alone is not.
+    assert cli(tmp_path, "queue", "drop", "--reason", "421") == 2
+    assert "queue drop needs --campaign, --domain, --provider or --address" in (
+        capsys.readouterr().err
+    )
+    assert cli(tmp_path, "queue", "drop", "--provider", "google", "--reason", "421") == 0
+    assert capsys.readouterr().err == "0 waiting messages dropped by hand\n"

@@ -1,10 +1,12 @@
 """The command line: the only package that knows Typer; it parses, calls and formats.
 
-This root registers one sub-app per command group (one module each: send, check, report, sim,
-bounces, lanes, warmup, rules, dkim, recipients, campaign, suppress, queue, unsubscribe),
-holds the global options, and turns library errors into one-line messages and exit codes
-through one table, `EXIT_CODES`; no command catches mailctl's errors itself. Shared options
-are `Annotated` aliases in `options.py`; `context.py` holds what the groups share. Nothing
+This root lists one sub-app per command group (one module each: send, check, report, sim,
+bounces, lanes, warmup, rules, dkim, recipients, campaign, suppress, queue, unsubscribe) in
+one table, `COMMANDS`, and imports a group's module only when that command is used
+(`lazy.py`: start-up time matters to cron). It holds the global options (their values in
+`global_options.py`) and turns library errors into one-line messages and exit codes through
+one table, `EXIT_CODES`; no command catches mailctl's errors itself. Shared options are
+`Annotated` aliases in `options.py`; `context.py` holds what the groups share. Nothing
 outside mailctl/cli imports this package.
 
 Exit codes: 0 success; 1 error; 2 usage or configuration error; 3 mail waits on something
@@ -22,24 +24,9 @@ from typing import Annotated
 import typer
 
 from mailctl import __version__
-from mailctl.cli import (
-    bounces,
-    campaign,
-    check,
-    console,
-    dkim,
-    lanes,
-    queue,
-    recipients,
-    report,
-    rules,
-    send,
-    sim,
-    suppress,
-    unsubscribe,
-    warmup,
-)
-from mailctl.cli.context import state
+from mailctl.cli import console
+from mailctl.cli.global_options import state
+from mailctl.cli.lazy import LazyEntry, LazyGroup
 from mailctl.cli.options import CONTEXT, DbOption, DebugOption, ProfilesOption
 from mailctl.errors import (
     CampaignChangedError,
@@ -64,8 +51,52 @@ EXIT_CODES: dict[type[MailctlError], int] = {
     MailctlError: 1,
 }
 
+# Every command: its module (mailctl/cli/<name>.py) is imported only when the command is used,
+# so `mailctl --help` and `mailctl send` do not pay for the other groups (see lazy.py). Top-level
+# commands first, then the groups: the order `mailctl --help` lists them in. A new group is one
+# line here; its short help is the first sentence of its own help (tests/test_cli_startup.py).
+COMMANDS: dict[str, LazyEntry] = {
+    "send": LazyEntry(
+        "Send a campaign, or every active campaign with --all (the cron form).", group=False
+    ),
+    "check": LazyEntry(
+        "DNS preflight: SPF, DKIM, DMARC, reverse DNS and MX, before the providers see mail.",
+        group=False,
+    ),
+    "report": LazyEntry(
+        "What happened: counts, bounce and complaint rates against the circuit breakers, "
+        "delivery times, top replies; per sending IP and provider: throttles and lane pauses.",
+        group=False,
+    ),
+    "sim": LazyEntry(
+        "Run a simulated mailbox provider on this machine, for rehearsal.", group=False
+    ),
+    "bounces": LazyEntry("Read bounce and complaint mailboxes (mbox, Maildir, .eml)."),
+    "lanes": LazyEntry("Sending lanes (IP x provider): state, limits, and manual suspend/resume."),
+    "warmup": LazyEntry("Per-IP warm-up: the plan, today's caps, and manual start/hold/reset."),
+    "rules": LazyEntry("Provider limits and reply rules."),
+    "dkim": LazyEntry("DKIM keys."),
+    "recipients": LazyEntry("Import and inspect recipients."),
+    "campaign": LazyEntry("Inspect and control campaigns."),
+    "suppress": LazyEntry("The suppression list every send honours."),
+    "queue": LazyEntry(
+        "The queue: without a command, waiting messages per campaign x lane (or domain) x "
+        "reason, with how many, the oldest and the next attempt; retry now or drop by hand."
+    ),
+    "unsubscribe": LazyEntry("Signed unsubscribe links and the one-click (RFC 8058) endpoint."),
+}
+
+
+class MailctlGroup(LazyGroup):
+    """The root group: the commands of `COMMANDS`, from the modules of this package."""
+
+    package = __name__
+    entries = COMMANDS
+
+
 app = typer.Typer(
     name="mailctl",
+    cls=MailctlGroup,
     help=(
         "Bulk email sending and IP warm-up that protects your sending reputation.\n\n"
         "Typical use: `mailctl recipients import list.csv`, `mailctl send campaign.yaml`, "
@@ -77,23 +108,6 @@ app = typer.Typer(
     add_completion=True,
     rich_markup_mode=None,
 )
-# Top-level commands first, then the groups: the order `mailctl --help` lists them in.
-for command in (send, check, report, sim):
-    app.add_typer(command.app)
-for name, group in (
-    ("bounces", bounces),
-    ("lanes", lanes),
-    ("warmup", warmup),
-    ("rules", rules),
-    ("dkim", dkim),
-    ("recipients", recipients),
-    ("campaign", campaign),
-    ("suppress", suppress),
-    ("queue", queue),
-    ("unsubscribe", unsubscribe),
-):
-    # `lanes` and `queue` alone show the lanes and the queue; every other group, its help.
-    app.add_typer(group.app, name=name, no_args_is_help=group not in (lanes, queue))
 
 
 def _version(value: bool) -> None:

@@ -17,7 +17,7 @@ from mailctl.bounces.mailbox import iter_messages
 from mailctl.bounces.parse import parse_message
 from mailctl.bounces.remote import RemoteOptions
 from mailctl.bounces.suppression import EvidencePolicy, SoftBouncePolicy, import_reports
-from mailctl.cli import console
+from mailctl.cli import console, displays
 from mailctl.cli.context import load_profiles_near, open_store, optional_profiles, state
 from mailctl.cli.options import (
     CONTEXT,
@@ -140,7 +140,7 @@ def bounces_import(
         keep(raw)
 
     try:
-        with open_store() as store, console.progress("Importing reports") as bar:
+        with open_store() as store, displays.progress("Importing reports") as bar:
             result = import_reports(
                 store,
                 paths,

@@ -1,5 +1,6 @@
-"""What every command group shares: the global options' values and the few helpers that
-turn them into a store, a profiles file, a point in time.
+"""What every command group shares: the global options' values (`state`, defined in
+`global_options.py`) and the few helpers that turn them into a store, a profiles file, a point
+in time.
 
 Part of the CLI: it may import the domain and the store, never another command module.
 """
@@ -7,23 +8,13 @@ Part of the CLI: it may import the domain and the store, never another command m
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from pathlib import Path
 
+from mailctl.cli.global_options import state as state  # the groups read it from here
 from mailctl.config.profiles import ProfilesFile, find_profiles, load_profiles
 from mailctl.errors import ConfigError, MailctlError, UsageError
 from mailctl.store.base import Store
 from mailctl.store.sqlite import SqliteStore, resolve_db_path
-
-
-@dataclass
-class Globals:
-    db: str | None = None
-    profiles: Path | None = None
-    debug: bool = False
-
-
-state = Globals()
 
 
 def open_store() -> Store:

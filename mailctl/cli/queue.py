@@ -5,8 +5,11 @@ The command group only parses, calls `mailctl.delivery.queue` and formats.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -28,38 +31,56 @@ app = typer.Typer(
     invoke_without_command=True,
 )
 
-CampaignOpt = Annotated[str | None, typer.Option("--campaign", help="Only this campaign.")]
-DomainOpt = Annotated[str | None, typer.Option("--domain", help="Only this recipient domain.")]
-ProviderOpt = Annotated[
-    str | None, typer.Option("--provider", help="Only this provider (lane group), e.g. google.")
-]
-AddressOpt = Annotated[str | None, typer.Option("--address", help="Only this address (any case).")]
-ReasonOpt = Annotated[
-    str | None, typer.Option("--reason", help="Only reasons containing this text, e.g. warm-up.")
-]
+# The filters every queue command takes, written once: `with_filters` gives a command these
+# options, in this order, where its `query` parameter stands, and hands it one `QueueQuery`.
+FILTERS: dict[str, Any] = {
+    "campaign": Annotated[str | None, typer.Option("--campaign", help="Only this campaign.")],
+    "domain": Annotated[str | None, typer.Option("--domain", help="Only this recipient domain.")],
+    "provider": Annotated[
+        str | None,
+        typer.Option("--provider", help="Only this provider (lane group), e.g. google."),
+    ],
+    "address": Annotated[
+        str | None, typer.Option("--address", help="Only this address (any case).")
+    ],
+    "reason": Annotated[
+        str | None,
+        typer.Option("--reason", help="Only reasons containing this text, e.g. warm-up."),
+    ],
+}
+NO_FILTER = QueueQuery()  # a command's `query` default (the filters always give one)
 
 
-def _query(
-    campaign: str | None,
-    domain: str | None,
-    provider: str | None,
-    address: str | None,
-    reason: str | None,
-) -> QueueQuery:
-    return QueueQuery(campaign, domain, provider, address, reason)
+def with_filters(command: Callable[..., None]) -> Callable[..., None]:
+    """The command with the `FILTERS` options in place of its `query: QueueQuery` parameter
+    (Typer reads the options from the signature; the command receives the query)."""
+    signature = inspect.signature(command, eval_str=True)
+    params = list(signature.parameters.values())
+    at = [p.name for p in params].index("query")
+    filters = [
+        inspect.Parameter(name, params[at].kind, default=None, annotation=alias)
+        for name, alias in FILTERS.items()
+    ]
+
+    @functools.wraps(command)
+    def run_with_query(**options: Any) -> None:
+        query = QueueQuery(**{name: options.pop(name) for name in FILTERS})
+        command(**options, query=query)
+
+    run_with_query.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*params[:at], *filters, *params[at + 1 :]]
+    )
+    return run_with_query
 
 
 @app.callback()
+@with_filters
 def queue_summary(
     ctx: typer.Context,
     by: Annotated[
         str, typer.Option("--by", help="Group by lane (IP -> provider) or domain.")
     ] = "lane",
-    campaign: CampaignOpt = None,
-    domain: DomainOpt = None,
-    provider: ProviderOpt = None,
-    address: AddressOpt = None,
-    reason: ReasonOpt = None,
+    query: QueueQuery = NO_FILTER,
     json_output: JsonOption = False,
 ) -> None:
     """Summarise the queue: waiting messages per campaign x lane (or domain) x reason, with
@@ -74,7 +95,7 @@ def queue_summary(
         raise UsageError(f"--by must be lane or domain, not '{by}'")
     group: QueueGroup = "domain" if by == "domain" else "lane"
     with open_store() as store:
-        rows = summary(store, _query(campaign, domain, provider, address, reason), group)
+        rows = summary(store, query, group)
     if json_output:
         console.emit_json({"by": by, "waiting": sum(r["count"] for r in rows), "groups": rows})
         return
@@ -96,12 +117,9 @@ def queue_summary(
 
 
 @app.command("list")
+@with_filters
 def queue_list(
-    campaign: CampaignOpt = None,
-    domain: DomainOpt = None,
-    provider: ProviderOpt = None,
-    address: AddressOpt = None,
-    reason: ReasonOpt = None,
+    query: QueueQuery = NO_FILTER,
     limit: Annotated[int, typer.Option(help="Show at most this many.", min=1)] = 50,
     json_output: JsonOption = False,
 ) -> None:
@@ -111,7 +129,7 @@ def queue_list(
     """
 
     with open_store() as store:
-        rows = waiting(store, _query(campaign, domain, provider, address, reason), limit)
+        rows = waiting(store, query, limit)
     if json_output:
         for row in rows:
             console.emit_json_line(row)
@@ -132,12 +150,9 @@ def queue_list(
 
 
 @app.command("retry")
+@with_filters
 def queue_retry(
-    campaign: CampaignOpt = None,
-    domain: DomainOpt = None,
-    provider: ProviderOpt = None,
-    address: AddressOpt = None,
-    reason: ReasonOpt = None,
+    query: QueueQuery = NO_FILTER,
     json_output: JsonOption = False,
 ) -> None:
     """Make matching deferred messages due now; the next `send` tries them (lane pauses and
@@ -147,7 +162,7 @@ def queue_retry(
     """
 
     with open_store() as store:
-        count = retry_now(store, _query(campaign, domain, provider, address, reason), time.time())
+        count = retry_now(store, query, time.time())
     if json_output:
         console.emit_json({"retried": count})
     else:
@@ -155,12 +170,9 @@ def queue_retry(
 
 
 @app.command("drop")
+@with_filters
 def queue_drop(
-    campaign: CampaignOpt = None,
-    domain: DomainOpt = None,
-    provider: ProviderOpt = None,
-    address: AddressOpt = None,
-    reason: ReasonOpt = None,
+    query: QueueQuery = NO_FILTER,
     json_output: JsonOption = False,
 ) -> None:
     """Drop matching waiting messages by hand: they become cancelled and are never sent.
@@ -170,7 +182,7 @@ def queue_drop(
     """
 
     with open_store() as store:
-        count = drop(store, _query(campaign, domain, provider, address, reason), time.time())
+        count = drop(store, query, time.time())
     if json_output:
         console.emit_json({"dropped": count})
     else:

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mailctl.cli import console
+from mailctl.cli import console, displays
 from mailctl.cli.context import open_store
 from mailctl.cli.options import (
     CONTEXT,
@@ -70,7 +70,7 @@ def recipients_import(
         shown += 1
 
     size = file.stat().st_size if file.exists() else 0
-    with open_store() as store, console.progress(f"Importing {file.name}", size) as bar:
+    with open_store() as store, displays.progress(f"Importing {file.name}", size) as bar:
         last = 0
 
         def on_progress(done: int, rows: int) -> None:

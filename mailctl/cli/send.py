@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mailctl.cli import console
+from mailctl.cli import console, displays
 from mailctl.cli.context import (
     campaign_recipient_keys,
     existing_store,
@@ -147,11 +147,11 @@ def _send(
         SendRun(store, on_warning=console.warn, on_info=console.info) as run,
     ):
         if campaign_file is not None:
-            with console.LoadProgress("Loading recipients", csv_size(campaign_file)) as bar:
+            with displays.LoadProgress("Loading recipients", csv_size(campaign_file)) as bar:
                 run.prepare_campaign(campaign_file, profiles, update=update, on_progress=bar.update)
         else:
             run.prepare_active(profiles)
-        display = console.SendProgress()
+        display = displays.SendProgress()
         return run.send(options, on_progress=display.update, live=display)
 
 

@@ -561,7 +561,10 @@ def _shipped_rules(entries: Any, path: str) -> tuple[ReplyRule, ...]:
 def _shipped() -> tuple[dict[str, dict[str, Any]], tuple[ReplyRule, ...]]:
     text = resources.files("mailctl").joinpath("data", DATA_FILE).read_text(encoding="utf-8")
     path = DATA_FILE
-    limits, replies = _parse_document(yaml.safe_load(text), path)
+    # The shipped file is ours, not user input: libyaml's parser reads it ~7x faster than the
+    # pure-Python one (every command that resolves rules pays this at start-up).
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    limits, replies = _parse_document(yaml.load(text, Loader=loader), path)
     return limits, _shipped_rules(replies, f"{path}.replies")
 
 

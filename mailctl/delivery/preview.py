@@ -10,18 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mailctl.config.campaign import load_campaign
 from mailctl.config.profiles import ProfilesFile, TransportKind
 from mailctl.delivery.campaigns import check_fields, make_renderer
-from mailctl.dns.checks import CheckReport
-from mailctl.dns.preflight import check as run_check
-from mailctl.dns.preflight import resolver_for
 from mailctl.message.render import RenderedMessage
 from mailctl.message.tracking import new_tracking_id
 from mailctl.recipients.address import address_key
 from mailctl.recipients.csv_import import import_csv
 from mailctl.store.base import Store
+
+if TYPE_CHECKING:
+    from mailctl.dns.checks import CheckReport
 
 
 @dataclass(frozen=True)
@@ -105,4 +106,9 @@ def first_send_preflight(
     with open_store() as store:
         if store.get_campaign(campaign.name) is not None:
             return None  # checked when it started
-    return campaign.name, run_check(resolver_for(zones), profile, campaign, fast=True)
+    # Imported here, not at the top: the DNS checks (SPF, DKIM, DMARC, host checks) are a
+    # heavy import, and only a campaign's first send over a relay or direct needs them; cron
+    # runs `send` every few minutes.
+    from mailctl.dns.preflight import check, resolver_for
+
+    return campaign.name, check(resolver_for(zones), profile, campaign, fast=True)

@@ -26,7 +26,6 @@ from mailctl.delivery.campaigns import Prepared, active_jobs, prepare
 from mailctl.delivery.context import CampaignJob, SendOptions
 from mailctl.delivery.engine import Engine
 from mailctl.delivery.record import RunSummary
-from mailctl.delivery.sandbox import Sandbox
 from mailctl.store.base import Store
 
 Notice = Callable[[str], None]
@@ -186,6 +185,10 @@ class SendRun:
         sandbox_jobs = [j for j in jobs if j.profile.transport is TransportKind.SANDBOX]
         if sandbox_jobs:
             outbox = sandbox_jobs[0].profile.outbox or Path("outbox")
+            # Imported here, not at the top: the embedded server (aiosmtpd) is a heavy import
+            # that only the sandbox profile needs, and cron pays every import on every run.
+            from mailctl.delivery.sandbox import Sandbox
+
             sandbox = Sandbox(outbox)
             await sandbox.start()
             self.on_info(f"sandbox: delivering to an embedded SMTP server, Maildir {outbox}/")

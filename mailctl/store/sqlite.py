@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
-
 from mailctl.errors import LockedError, StoreError
 from mailctl.store.base import (
     IP_DAY_COUNTERS,
@@ -47,10 +45,9 @@ def resolve_db_path(explicit: str | Path | None) -> Path:
 class SqliteStore(_AddressTables, _QueueTables):
     """One open SQLite database. Create with `SqliteStore.open(path)`."""
 
-    def __init__(self, db: sqlite_utils.Database, path: Path) -> None:
-        self.db = db
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.path = path
-        self.conn: sqlite3.Connection = db.conn
+        self.conn = conn
         self.reports = SqliteReportQueries(self.conn)
 
     # ------------------------------------------------------------------ lifecycle
@@ -68,14 +65,14 @@ class SqliteStore(_AddressTables, _QueueTables):
                 fd = os.open(db_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
                 os.close(fd)
             conn = sqlite3.connect(db_path, timeout=30, isolation_level=None)
-            db = sqlite_utils.Database(conn)
-            db.enable_wal()
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")  # once per file: it persists
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{db_path}: cannot open database: {exc}") from None
-        store = cls(db, db_path)
+        store = cls(conn, db_path)
         if migrate:
             store.migrate()
         return store

@@ -10,36 +10,47 @@ from __future__ import annotations
 import json
 import sqlite3
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from mailctl.cli import run
 
+# The relay profile of every workspace, as YAML values; `make_workspace(profile=...)` changes
+# or adds settings, and a setting given as None is left out (the profile's default applies).
+RELAY_PROFILE: dict[str, object] = {
+    "transport": "relay",
+    "host": "127.0.0.1",
+    "port": None,  # the server's port, given to make_workspace
+    "tls": "none",
+    "dns": "false",
+    "preflight": "false",
+    "connections": 3,
+    "messages_per_connection": 7,
+    "retry": "[5m, 10m, 20m]",
+    "max_age": "1h",
+    # The simulated server is local, not a provider: no lane pacing toward it.
+    "rules": "{limits: {default: {per_minute: null}}}",
+}
+
 
 def make_workspace(
-    tmp_path: Path, port: int, rows: int = 20, *, extra: str = "", profile_extra: str = ""
+    tmp_path: Path,
+    port: int,
+    rows: int = 20,
+    *,
+    extra: str = "",
+    profile: Mapping[str, object] | None = None,
+    profile_extra: str = "",
 ) -> Path:
+    """profiles.yaml (the relay profile toward 127.0.0.1:`port`, with `profile`'s settings
+    over `RELAY_PROFILE`'s, then `profile_extra` as text), list.csv (`rows` recipients) and
+    c.yaml (plus `extra`) in `tmp_path`."""
+    settings = {**RELAY_PROFILE, "port": port, **(profile or {})}
     (tmp_path / "profiles.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            default_profile: relay
-            profiles:
-              relay:
-                transport: relay
-                host: 127.0.0.1
-                port: {port}
-                tls: none
-                dns: false
-                preflight: false
-                connections: 3
-                messages_per_connection: 7
-                retry: [5m, 10m, 20m]
-                max_age: 1h
-                # The simulated server is local, not a provider: no lane pacing toward it.
-                rules: {{limits: {{default: {{per_minute: null}}}}}}
-            """
-        )
+        "default_profile: relay\nprofiles:\n  relay:\n"
+        + "".join(f"    {key}: {value}\n" for key, value in settings.items() if value is not None)
         + profile_extra
     )
     lines = ["email,first_name"] + [f"user{i}@example.com,User{i}" for i in range(rows)]

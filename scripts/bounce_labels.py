@@ -3,7 +3,9 @@
 Used by tests/test_bounce_parse.py for its accuracy floors and by bench/bounce_accuracy.py for
 the full figures, so both score the parser the same way; the leave-one-family-out figures and
 issue #14's targets too (bench/bounce_accuracy.py --leave-one-family-out,
-tests/test_bounce_generic.py). Imports mailctl only.
+tests/test_bounce_generic.py). It lives in scripts/ because both sides use it: bench/ must not
+depend on tests/, tests/ must not import bench/, and mailctl/ (what is packaged) ships no
+evaluation code. Imports mailctl and the standard library only.
 """
 
 from __future__ import annotations
