@@ -69,7 +69,7 @@ class AimdPolicy:
     relax_interval: float = 3600.0  # per clean hour without sending ...
     relax_step: float = 1.25  # ... the learned rate rises 25% toward the ceiling, +1 connection
     window_precision: float = 0.05  # bisection of a receiver's window stops this close
-    window_tries: int = 2  # shorter windows tried per window before the one accepted
+    window_tries: int = 1  # a shorter window is tried once per window
     max_burst: int = 5000  # a learned burst never exceeds this many messages
     probe_timeout: float = 30.0  # a lone probe with no answer after this frees the lane
     probe_poll: float = 0.02  # how often a lane waiting on its lone probe looks again
@@ -380,17 +380,19 @@ def relax(
 
 
 def probe_pause(
-    s: LaneState, now: float, policy: AimdPolicy, rng: random.Random
+    s: LaneState, now: float, policy: AimdPolicy, rng: random.Random, *, jitter: bool = True
 ) -> tuple[int, float]:
     """(level, seconds) of the pause after a throttle that names no delay: the first is short,
-    a repeat within `AimdPolicy.episode_gap` of the last throttle doubles it."""
+    a repeat within `AimdPolicy.episode_gap` of the last throttle doubles it. Jitter keeps
+    many senders' retries apart; ``jitter=False`` for a pause that ends in one lone probe."""
     level = 1
     if s.learned_at is not None and now - s.learned_at < policy.episode_gap + _last_pause(
         s, policy
     ):
         level = s.probe_level + 1
     pause = policy.probe_pause * 2 ** min(20, level - 1)
-    pause *= rng.uniform(1 - policy.jitter, 1 + policy.jitter)
+    if jitter:
+        pause *= rng.uniform(1 - policy.jitter, 1 + policy.jitter)
     return level, min(policy.probe_pause_max, pause)
 
 

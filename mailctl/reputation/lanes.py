@@ -551,7 +551,8 @@ class Lane:
             self._set(s, now)
             retry = max(self.aimd.probe_poll, self.pacer.wait(now, s.learned_rate))
             return self._event(kind, reason=text, rule=rule, retry_after=retry)
-        level, probe = probe_pause(s, now, self.aimd, self.rng)
+        # A pause that ends in the pacer's lone probe needs no jitter (one message).
+        level, probe = probe_pause(s, now, self.aimd, self.rng, jitter=self.pacer.burst is None)
         wait = probe if pause is None else pause
         self._progress_after = now + wait
         s = cut_rate(s, self.meter.rate(now), now, self.aimd, factor=factor, ceiling=ceiling)
