@@ -64,7 +64,7 @@ class AimdPolicy:
     slow_start: int = 5  # unlearned: one more connection per this many accepted messages ...
     # ... and beyond two (which nearly every receiver takes), per this many seconds of clean
     # sending on all of them, doubling per connection.
-    slow_start_interval: float = 4.0
+    slow_start_interval: float = 10.0
     connection_step: float = 60.0  # learned: one more connection per clean interval (doubling)
     relax_interval: float = 3600.0  # per clean hour without sending ...
     relax_step: float = 1.25  # ... the learned rate rises 25% toward the ceiling, +1 connection
