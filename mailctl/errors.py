@@ -93,6 +93,14 @@ class StoreError(MailctlError):
     """The database cannot be opened, migrated or written."""
 
 
+class StoreUrlError(StoreError):
+    """`--db` / MAILCTL_DB names no database mailctl can use (a malformed or unknown URL)."""
+
+
+class StoreConnectionError(StoreError, ConnectionError):
+    """The database server refused the connection, the login, or went away for too long."""
+
+
 class LockedError(StoreError):
     """Another mailctl run holds the database's send lock."""
 

@@ -9,17 +9,20 @@ import json
 import sqlite3
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailctl.recipients.address import address_key, normalise_address
 from mailctl.sim.behaviours import SimBehaviour, SimConfig
 from mailctl.sim.servers import ThreadedSimServer
-from mailctl.store.sqlite import SqliteStore
+from mailctl.store.factory import open_store
 from mailctl.store.sqlite_schema import MIGRATIONS
-from tests.helpers.workspace import cli, db_states, make_workspace, send_json
+from tests.helpers.workspace import cli, db_of, db_states, make_workspace, send_json
 
 
 def _with_list(ws: Path, *emails: str) -> None:
@@ -27,6 +30,7 @@ def _with_list(ws: Path, *emails: str) -> None:
     (ws / "list.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+@pytest.mark.usefixtures("backend")
 def test_unsubscribe_in_another_case_is_never_sent_to(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server(SimBehaviour())
     ws = make_workspace(tmp_path, server.port)
@@ -37,6 +41,7 @@ def test_unsubscribe_in_another_case_is_never_sent_to(sim_server, tmp_path: Path
     assert [d.rcpt for d in server.deliveries] == ["grace@example.net"]
 
 
+@pytest.mark.usefixtures("backend")
 def test_suppress_check_matches_any_case(tmp_path: Path, capsys) -> None:
     ws = make_workspace(tmp_path, 1)
     assert cli(ws, "suppress", "add", "unknown-user1@gmail.com", "--reason", "hard_bounce") == 0
@@ -51,13 +56,14 @@ def test_suppress_check_matches_any_case(tmp_path: Path, capsys) -> None:
     assert check["suppressed"] and check["entry"]["address"] == "*@blocked.example"
 
 
+@pytest.mark.usefixtures("backend")
 def test_import_merges_spellings_of_one_address(tmp_path: Path, capsys) -> None:
     ws = make_workspace(tmp_path, 1)
     _with_list(ws, "SOFIA.NOVAK72@GMAIL.COM", "sofia.novak72@gmail.com")
     assert cli(ws, "recipients", "import", str(ws / "list.csv"), "--json") == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["imported"], summary["duplicates"]) == (1, 1)
-    with SqliteStore.open(ws / "m.db") as store:
+    with open_store(db_of(ws)) as store:
         emails = [r["email"] for r in store.iter_recipients()]
     assert emails == ["SOFIA.NOVAK72@gmail.com"]  # as written (the domain is normalised)
 
@@ -130,18 +136,48 @@ def test_no_case_variant_of_a_suppressed_address_is_ever_sent_to(
 # --------------------------------------------------------------------------- migration
 
 
-def _schema_v5(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)
-    for version, statements in enumerate(MIGRATIONS[:5], start=1):
-        for statement in statements:
-            conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {version}")
-    return conn
+class _OldDatabase:
+    """A database of either backend at schema version 5, written with plain SQL (``?``
+    placeholders on both)."""
+
+    def __init__(self, backend: str, tmp_path: Path) -> None:
+        self.postgres = backend == "postgresql"
+        if self.postgres:
+            import psycopg
+
+            from mailctl.store import postgres_schema
+
+            self.url = db_of(tmp_path)
+            self.conn: Any = psycopg.connect(self.url, autocommit=True)
+            self.conn.execute(postgres_schema.VERSION_TABLE)
+            for statements in postgres_schema.MIGRATIONS[:5]:
+                for statement in statements:
+                    self.conn.execute(statement)
+            self.conn.execute("INSERT INTO mailctl_schema (version) VALUES (5)")
+        else:
+            self.url = str(tmp_path / "old.db")
+            self.conn = sqlite3.connect(self.url, isolation_level=None)
+            for version, statements in enumerate(MIGRATIONS[:5], start=1):
+                for statement in statements:
+                    self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version = {version}")
+
+    def sql(self, text: str) -> str:
+        return text.replace("?", "%s") if self.postgres else text
+
+    def execute(self, text: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(self.sql(text), params)
+
+    def executemany(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
+        for row in rows:
+            self.execute(text, row)
 
 
-def test_migration_merges_case_duplicates_and_rekeys_suppression(tmp_path: Path) -> None:
-    db = tmp_path / "old.db"
-    conn = _schema_v5(db)
+def test_migration_merges_case_duplicates_and_rekeys_suppression(
+    tmp_path: Path, backend: str
+) -> None:
+    conn = _OldDatabase(backend, tmp_path)
+    old = conn
     now = time.time()
     people = [
         (1, "sofia@gmail.com", '{"plan":"free","city":"Oslo"}'),
@@ -192,11 +228,11 @@ def test_migration_merges_case_duplicates_and_rekeys_suppression(tmp_path: Path)
                  expires_at) VALUES (?, ?, ?, ?, ?, ?)""",
             (address, reason, first, last, count, expires),
         )
-    conn.close()
+    conn.conn.close()
 
-    with SqliteStore.open(db) as store:
+    with open_store(old.url) as store:
         assert store.schema_version == len(MIGRATIONS)
-        c = store.conn
+        c = store.conn  # type: ignore[attr-defined]
         people_after = c.execute(
             "SELECT id, email, email_key, merged_into, fields FROM recipients ORDER BY id"
         ).fetchall()
@@ -207,7 +243,9 @@ def test_migration_merges_case_duplicates_and_rekeys_suppression(tmp_path: Path)
             (3, None, 1),
             (4, "bob@example.net", None),
         ]
-        assert json.loads(people_after[0][4]) == {"plan": "pro", "city": "Oslo", "team": "a"}
+        fields = people_after[0][4]
+        fields = fields if isinstance(fields, dict) else json.loads(fields)  # jsonb: a dict
+        assert fields == {"plan": "pro", "city": "Oslo", "team": "a"}
         assert [r["email"] for r in store.iter_recipients()] == [
             "sofia@gmail.com",
             "bob@example.net",
@@ -239,5 +277,5 @@ def test_migration_merges_case_duplicates_and_rekeys_suppression(tmp_path: Path)
         assert entries["eve@x.example"]["expires_at"] == now + 900
         assert store.suppression_for("ada@example.com") is not None
         # The merged person is found by a bounce whichever spelling the message went to.
-        c.execute("UPDATE messages SET sent_at = ? WHERE id = 2", (now,))
+        c.execute(old.sql("UPDATE messages SET sent_at = ? WHERE id = 2"), (now,))
         assert store.latest_message_to("sofia@gmail.com", now - 60)["id"] == 2

@@ -56,9 +56,15 @@ def test_commented_examples_in_profiles_are_valid(tmp_path: Path) -> None:
     profiles = load_profiles(path)
     assert set(profiles.profiles) == {"sandbox", "relay", "direct"}
     direct = profiles.profiles["direct"]
-    assert [ip.ip for ip in direct.pools["marketing"]] == ["203.0.113.20", "203.0.113.21"]
+    assert [ip.ip for ip in direct.pools["marketing"]] == [
+        "203.0.113.20",
+        "203.0.113.21",
+        "203.0.113.30",
+    ]
+    assert [ip.host for ip in direct.pools["marketing"]] == [None, None, "mta2"]
     warmup = direct.pools["marketing"][0].warmup
     assert warmup is not None and warmup.preset == "sendgrid" and warmup.target_daily == 100000
+    assert direct.provider_hourly == {"google": 20000}
     relay = profiles.profiles["relay"]
     assert relay.port == 587 and relay.password_env == "SMTP_PASSWORD"
 
@@ -263,3 +269,21 @@ def test_config_imports_none_of_the_domain_packages_above_it() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     above = ("mailctl.replies", "mailctl.dns", "mailctl.reputation", "mailctl.delivery")
     assert [name for name in json.loads(done.stdout) if name.startswith(above)] == []
+
+
+def test_provider_wide_limits_are_read_and_a_bad_one_names_its_line(tmp_path: Path) -> None:
+    good = write(
+        tmp_path,
+        "good.yaml",
+        "profiles:\n  relay:\n    transport: relay\n    host: smtp.example.com\n"
+        "    providers: {Google: {max_per_hour: 500}}\n",
+    )
+    assert load_profiles(good).get("relay").provider_hourly == {"google": 500}
+    bad = write(
+        tmp_path,
+        "bad.yaml",
+        "profiles:\n  relay:\n    transport: relay\n    host: smtp.example.com\n"
+        "    providers:\n      google: {max_per_hour: 0}\n",
+    )
+    message = error_of(load_profiles, bad)
+    assert message.startswith(f"{bad}:6: profiles.relay.providers.google.max_per_hour: ")

@@ -21,14 +21,28 @@ from mailctl.sim.behaviours import SimBehaviour
 from tests.helpers.workspace import make_workspace
 
 
-def start_send(ws: Path, *extra: str) -> subprocess.Popen[str]:
+def query(db: str, sql: str) -> list[tuple]:
+    """Rows of a read-only query on either backend."""
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(db) as conn:
+            return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def start_send(ws: Path, *extra: str, db: str | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "mailctl",
             "--db",
-            str(ws / "m.db"),
+            db or str(ws / "m.db"),
             "--profiles",
             str(ws / "profiles.yaml"),
             "send",
@@ -49,7 +63,7 @@ def delivered(jsonl: Path) -> collections.Counter[str]:
     return collections.Counter(json.loads(line)["rcpt"] for line in jsonl.read_text().splitlines())
 
 
-def test_kill_9_and_resume_loses_nothing(sim_server, tmp_path: Path) -> None:
+def test_kill_9_and_resume_loses_nothing(sim_server, tmp_path: Path, store_url: str) -> None:
     jsonl = tmp_path / "delivered.jsonl"
     # A little latency so each run is killed with many messages in flight.
     server = sim_server(SimBehaviour(delays={"DATA": 0.002}), jsonl=jsonl)
@@ -58,7 +72,7 @@ def test_kill_9_and_resume_loses_nothing(sim_server, tmp_path: Path) -> None:
     rng = random.Random(42)
     kills = 0
     for _ in range(4):
-        proc = start_send(ws)
+        proc = start_send(ws, db=store_url)
         # Kill once it is sending (something delivered since the last kill), at a random moment.
         before = sum(delivered(jsonl).values())
         deadline = time.time() + 30
@@ -75,7 +89,7 @@ def test_kill_9_and_resume_loses_nothing(sim_server, tmp_path: Path) -> None:
         proc.wait(timeout=30)
     assert kills >= 2, "the runs finished before they could be killed; make the test slower"
     for _ in range(5):
-        proc = start_send(ws)
+        proc = start_send(ws, db=store_url)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         if json.loads(out)["remaining"] == 0:
@@ -84,11 +98,10 @@ def test_kill_9_and_resume_loses_nothing(sim_server, tmp_path: Path) -> None:
     expected = {f"user{i}@example.com" for i in range(rows)}
     assert set(counts) == expected, f"missing: {sorted(expected - set(counts))[:5]}"
     duplicates = {rcpt for rcpt, n in counts.items() if n > 1}
-    conn = sqlite3.connect(ws / "m.db")
     flagged = {
-        r[0] for r in conn.execute("SELECT email FROM messages WHERE possible_duplicate = 1")
+        r[0] for r in query(store_url, "SELECT email FROM messages WHERE possible_duplicate = 1")
     }
-    states = dict(conn.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall())
+    states = dict(query(store_url, "SELECT state, count(*) FROM messages GROUP BY state"))
     assert states == {"sent": rows}
     # Every duplicate was one of the messages in flight at a crash, and flagged as such.
     assert duplicates <= flagged
@@ -96,11 +109,13 @@ def test_kill_9_and_resume_loses_nothing(sim_server, tmp_path: Path) -> None:
     assert len(flagged) <= kills * 600  # in flight = claim batch + connection queues + pending
 
 
-def test_sigint_stops_cleanly_and_resumes_without_duplicates(sim_server, tmp_path: Path) -> None:
+def test_sigint_stops_cleanly_and_resumes_without_duplicates(
+    sim_server, tmp_path: Path, store_url: str
+) -> None:
     jsonl = tmp_path / "delivered.jsonl"
     server = sim_server(SimBehaviour(delays={"DATA": 0.01}), jsonl=jsonl)
     ws = make_workspace(tmp_path, server.port, rows=400)
-    proc = start_send(ws)
+    proc = start_send(ws, db=store_url)
     deadline = time.time() + 30
     while not delivered(jsonl) and time.time() < deadline:
         time.sleep(0.01)
@@ -110,13 +125,12 @@ def test_sigint_stops_cleanly_and_resumes_without_duplicates(sim_server, tmp_pat
     result = json.loads(out)
     assert result["stop_reason"] == "interrupted"
     assert 0 < result["sent"] < 400
-    conn = sqlite3.connect(ws / "m.db")
-    assert conn.execute("SELECT count(*) FROM messages WHERE state = 'sending'").fetchone()[0] == 0
+    assert query(store_url, "SELECT count(*) FROM messages WHERE state = 'sending'")[0][0] == 0
     assert (
-        conn.execute("SELECT count(*) FROM messages WHERE state = 'sent'").fetchone()[0]
+        query(store_url, "SELECT count(*) FROM messages WHERE state = 'sent'")[0][0]
         == result["sent"]
     )
-    proc = start_send(ws)
+    proc = start_send(ws, db=store_url)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     counts = delivered(jsonl)

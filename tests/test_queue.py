@@ -13,11 +13,16 @@ import re
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from mailctl.sim.behaviours import AddressRule, SimBehaviour
 from mailctl.sim.replies import SimReply
 from tests.helpers.workspace import cli, db_states
 
 COLD = "127.0.0.2"
+
+
+pytestmark = pytest.mark.usefixtures("backend")  # SQLite and PostgreSQL
 
 
 def _warmup_workspace(tmp_path: Path, port: int, rows: int = 20, cap: int | None = 4) -> Path:

@@ -1,12 +1,17 @@
-"""End-to-end sending against simulated providers on 127.0.0.1 (real SMTP, real SQLite)."""
+"""End-to-end sending against simulated providers on 127.0.0.1 (real SMTP), on each backend
+(the `backend` fixture: a SQLite file, and a database on a throwaway PostgreSQL cluster)."""
 
 from __future__ import annotations
 
 import asyncio
 import email
 import json
+import os
+import socket
 from email import policy
 from pathlib import Path
+
+import pytest
 
 from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
@@ -15,9 +20,11 @@ from mailctl.delivery.engine import Engine
 from mailctl.message.tracking import TRACKING_RE
 from mailctl.sim.behaviours import AddressRule, SimBehaviour
 from mailctl.sim.replies import SimReply
-from mailctl.store.sqlite import SqliteStore
+from mailctl.store.factory import open_store
 from tests.helpers.clock import FakeClock
-from tests.helpers.workspace import cli, db_states, make_workspace, send, summary
+from tests.helpers.workspace import cli, db_of, db_rows, db_states, make_workspace, send, summary
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 
 def test_send_resumes_without_resending_and_picks_up_new_rows(
@@ -90,7 +97,7 @@ def test_replies_bounce_and_suppress_or_defer(sim_server, tmp_path: Path, capsys
     assert (result["sent"], result["bounced"], result["failed"], result["deferred"]) == (5, 1, 0, 2)
     assert result["stop_reason"] == "deferred"
     assert db_states(ws) == {"sent": 5, "bounced": 1, "deferred": 2}
-    with SqliteStore.open(ws / "m.db") as store:
+    with open_store(db_of(ws)) as store:
         assert store.suppression_for("user0@example.com")["reason"] == "hard_bounce"
         assert store.suppression_for("user3@example.com") is None
     delivered = {d.rcpt for d in server.deliveries}
@@ -123,7 +130,7 @@ def test_sender_scoped_refusal_fails_and_stops_campaign(sim_server, tmp_path: Pa
     )
     assert result["failed"] == 1 and result["stop_reason"] == "campaign stopped"
     assert result["sent"] < 29 and result["remaining"] == 29 - result["sent"]
-    with SqliteStore.open(ws / "m.db") as store:
+    with open_store(db_of(ws)) as store:
         assert store.suppression_for("user1@example.com") is None  # the sender's fault
         row = store.get_campaign("news")
     assert row["status"] == "stopped" and "DMARC" in row["stop_reason"]
@@ -135,7 +142,7 @@ def test_sender_scoped_refusal_fails_and_stops_campaign(sim_server, tmp_path: Pa
 def test_suppressed_recipients_are_never_sent(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=5)
-    with SqliteStore.open(ws / "m.db") as store:
+    with open_store(db_of(ws)) as store:
         store.suppress("user1@example.com", "unsubscribe")
         store.suppress("*@example.org", "manual")
     with (ws / "list.csv").open("a") as f:
@@ -151,7 +158,7 @@ def test_suppression_is_checked_again_before_delivery(sim_server, tmp_path: Path
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=3)
     profiles = load_profiles(ws / "profiles.yaml")
-    with SqliteStore.open(ws / "m.db") as store:
+    with open_store(db_of(ws)) as store:
         prepared = prepare(store, ws / "c.yaml", profiles, now=1_800_000_000.0)
         store.suppress("user2@example.com", "complaint")  # arrives after queueing
         run_id = store.start_run(1, "test", 1_800_000_000.0)
@@ -169,7 +176,7 @@ def test_retry_schedule_then_expiry_with_injected_clock(sim_server, tmp_path: Pa
     )
     ws = make_workspace(tmp_path, server.port, rows=2)
     profiles = load_profiles(ws / "profiles.yaml")
-    with SqliteStore.open(ws / "m.db") as store:
+    with open_store(db_of(ws)) as store:
         prepared = prepare(store, ws / "c.yaml", profiles, now=clock.now())
         run_id = store.start_run(1, "test", clock.now())
         engine = Engine(
@@ -180,9 +187,9 @@ def test_retry_schedule_then_expiry_with_injected_clock(sim_server, tmp_path: Pa
             options=SendOptions(max_time=4 * 3600),
         )
         result = asyncio.run(engine.run())
-        row = store.conn.execute(
-            "SELECT state, attempts, last_code FROM messages WHERE email = 'user0@example.com'"
-        ).fetchone()
+    (row,) = db_rows(
+        ws, "SELECT state, attempts, last_code FROM messages WHERE email = 'user0@example.com'"
+    )
     # 5m, 10m, 20m, 20m ... until max_age (1h) is passed: then expired, not failed.
     assert row[0] == "expired" and row[2] == 451
     assert 4 <= row[1] <= 6
@@ -247,17 +254,23 @@ def test_changed_campaign_needs_update(sim_server, tmp_path: Path, capsys) -> No
     assert "changed since it started (subject)" in err and "--update" in err
     assert send(ws, "--update") == 0
     capsys.readouterr()
-    with SqliteStore.open(ws / "m.db") as store:
-        versions = dict(store.conn.execute("SELECT email, content_version FROM messages"))
+    versions = dict(db_rows(ws, "SELECT email, content_version FROM messages"))
     assert versions["user0@example.com"] == 2 and versions["user1@example.com"] == 1
 
 
-def test_second_run_is_locked_out(sim_server, tmp_path: Path, capsys) -> None:
+def test_second_run_is_locked_out(sim_server, tmp_path: Path, capsys, backend: str) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=2)
-    with SqliteStore.open(ws / "m.db") as store, store.send_lock():
+    with open_store(db_of(ws)) as store, store.send_lock():
         assert send(ws) == 75
-        assert "another mailctl run holds" in capsys.readouterr().err
+        holder = (
+            f"on host {socket.gethostname()} holds {db_of(ws)}"  # PostgreSQL: one run per host
+            if backend == "postgresql"
+            else f"holds {db_of(ws)} (pid {os.getpid()})"
+        )
+        assert capsys.readouterr().err == (
+            f"Error: another mailctl run {holder}; try again when it finishes\n"
+        )
     assert send(ws) == 0
 
 
@@ -309,9 +322,8 @@ def test_suspended_lane_defers_and_resume_releases_its_mail(
     result = summary(capsys)
     assert (result["sent"], result["remaining"], result["stop_reason"]) == (0, 4, "deferred")
     assert not server.deliveries
-    with SqliteStore.open(ws / "m.db") as store:
-        reasons = {r[0] for r in store.conn.execute("SELECT reason FROM messages")}
-        attempts = store.conn.execute("SELECT max(attempts) FROM messages").fetchone()[0]
+    reasons = {r[0] for r in db_rows(ws, "SELECT reason FROM messages")}
+    ((attempts,),) = db_rows(ws, "SELECT max(attempts) FROM messages")
     assert reasons == {"mailctl"} and attempts == 0  # mailctl's own deferral: no attempt
     assert cli(ws, "lanes", "resume", "--ip", "0.0.0.0", "--provider", "example.com") == 0
     assert "4 waiting messages are due now" in capsys.readouterr().err

@@ -4,13 +4,12 @@ transactions behave as the interface says."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from mailctl.reputation.signals import ip_day_counts, reported_counts, smtp_suppressions
 from mailctl.store.base import IpDayCounts, SuppressionEntry
-from mailctl.store.sqlite import SqliteStore
+from mailctl.store.factory import open_store
 
 AT = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 
@@ -79,8 +78,8 @@ def test_a_later_report_counts_against_the_day_its_message_went_out() -> None:
     assert reported_counts({**message, "ip": None}, reason="userunknown") is None
 
 
-def test_a_batched_transaction_keeps_what_was_applied_when_it_fails(tmp_path: Path) -> None:
-    with SqliteStore.open(tmp_path / "m.db") as store:
+def test_a_batched_transaction_keeps_what_was_applied_when_it_fails(store_url: str) -> None:
+    with open_store(store_url) as store:
         with pytest.raises(RuntimeError), store.batched_transaction() as commit:
             store.suppress("a@example.com", "manual", now=AT)
             commit()
@@ -93,8 +92,8 @@ def test_a_batched_transaction_keeps_what_was_applied_when_it_fails(tmp_path: Pa
     assert kept == ["a@example.com", "b@example.com"]
 
 
-def test_record_outcomes_writes_the_rows_it_is_given(tmp_path: Path) -> None:
-    with SqliteStore.open(tmp_path / "m.db") as store:
+def test_record_outcomes_writes_the_rows_it_is_given(store_url: str) -> None:
+    with open_store(store_url) as store:
         store.record_outcomes(
             [],
             [IpDayCounts("192.0.2.1", "2027-01-15", "google", sent=2, throttles=1)],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import email.utils
 import io
 import json
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -16,17 +15,17 @@ from mailctl.cli import run
 from mailctl.sim.behaviours import AddressRule, SimBehaviour
 from mailctl.sim.dsn import append_to_mbox, build_dsn
 from mailctl.sim.replies import SimReply
+from mailctl.store.factory import open_store
 from mailctl.store.sqlite import SqliteStore
-from tests.helpers.workspace import cli, make_workspace
+from tests.helpers.workspace import cli, db_of, db_rows, make_workspace
 
 CORPUS = Path(__file__).parent / "data" / "bounces"
 
 
 def sent_headers(ws: Path, address: str) -> tuple[str, bytes]:
-    conn = sqlite3.connect(ws / "m.db")
-    tracking, ip = conn.execute(
-        "SELECT tracking_id, ip FROM messages WHERE email = ?", (address,)
-    ).fetchone()
+    ((tracking, ip),) = db_rows(
+        ws, f"SELECT tracking_id, ip FROM messages WHERE email = '{address}'"
+    )
     headers = (
         f"From: News <news@example.com>\nTo: {address}\nSubject: Hello\n"
         f"Message-ID: <{tracking}@example.com>\nX-Mailctl-ID: {tracking}\n"
@@ -34,6 +33,7 @@ def sent_headers(ws: Path, address: str) -> tuple[str, bytes]:
     return tracking, headers
 
 
+@pytest.mark.usefixtures("backend")  # SQLite and PostgreSQL
 def test_async_bounces_from_provider_mbox(sim_server, tmp_path: Path, capsys) -> None:
     mbox = tmp_path / "bounces.mbox"
     server = sim_server(
@@ -64,11 +64,10 @@ def test_async_bounces_from_provider_mbox(sim_server, tmp_path: Path, capsys) ->
     result = json.loads(capsys.readouterr().out)
     assert result["messages"] == 3 and result["bounces"] == 2 and result["matched"] == 2
     assert result["suppressed"] == 1  # the blocklist bounce is the sender's fault
-    conn = sqlite3.connect(ws / "m.db")
-    states = dict(conn.execute("SELECT email, state FROM messages").fetchall())
+    states = dict(db_rows(ws, "SELECT email, state FROM messages"))
     assert states["user1@example.com"] == "bounced"
     assert states["user2@example.com"] == "failed"  # a block says nothing about the recipient
-    with SqliteStore.open(ws / "m.db") as store:
+    with open_store(db_of(ws)) as store:
         assert store.suppression_for("user1@example.com")["reason"] == "hard_bounce"
         assert store.suppression_for("user2@example.com") is None
         days = store.ip_days()
@@ -82,6 +81,7 @@ def test_async_bounces_from_provider_mbox(sim_server, tmp_path: Path, capsys) ->
     assert "suppressed: hard_bounce" in capsys.readouterr().out
 
 
+@pytest.mark.usefixtures("backend")
 def test_complaint_marks_message_and_suppresses(sim_server, tmp_path: Path, capsys) -> None:
     server = sim_server()
     ws = make_workspace(tmp_path, server.port, rows=2)
@@ -101,12 +101,10 @@ def test_complaint_marks_message_and_suppresses(sim_server, tmp_path: Path, caps
     assert cli(ws, "bounces", "import", str(tmp_path / "arf.eml"), "--json") == 0
     result = json.loads(capsys.readouterr().out)
     assert (result["complaints"], result["suppressed"], result["matched"]) == (1, 1, 1)
-    conn = sqlite3.connect(ws / "m.db")
-    assert (
-        conn.execute("SELECT state FROM messages WHERE tracking_id = ?", (tracking,)).fetchone()[0]
-        == "complained"
-    )
-    assert conn.execute("SELECT sum(complained) FROM ip_days").fetchone()[0] == 1
+    assert db_rows(ws, f"SELECT state FROM messages WHERE tracking_id = '{tracking}'") == [
+        ("complained",)
+    ]
+    assert db_rows(ws, "SELECT sum(complained) FROM ip_days") == [(1,)]
 
 
 def _dsn(rcpt: str, status: str, diagnostic: str, when: float, headers: bytes = b"") -> bytes:

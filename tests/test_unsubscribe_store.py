@@ -1,4 +1,5 @@
-"""What an unsubscribe writes, through the Store protocol, in a real SQLite file."""
+"""What an unsubscribe writes, through the Store protocol, in a real database of each backend
+(a SQLite file; a database on a throwaway PostgreSQL cluster)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,18 @@ from pathlib import Path
 
 from mailctl.cli import run
 from mailctl.config.profiles import UnsubscribeScope
-from mailctl.store.sqlite import SqliteStore
+from mailctl.store.factory import open_store
 from mailctl.unsubscribe.apply import Unsubscriber
 from mailctl.unsubscribe.tokens import Signer, load_secret
+from tests.helpers.workspace import db_rows
 
 NOW = 1_800_000_000.0
 
 
 def test_an_unsubscribe_makes_a_temporary_suppression_permanent_and_counts_once(
-    tmp_path: Path,
+    store_url: str,
 ) -> None:
-    with SqliteStore.open(tmp_path / "m.db") as store:
+    with open_store(store_url) as store:
         with store.transaction():
             store.suppress("jane@example.com", "soft_bounce_limit", expires_at=NOW + 86400, now=NOW)
             assert store.unsubscribe(
@@ -39,16 +41,16 @@ def test_an_unsubscribe_makes_a_temporary_suppression_permanent_and_counts_once(
         assert store.suppression_for("joe@example.com")["reason"] == "hard_bounce"
 
 
-def test_a_list_scoped_unsubscribe_skips_that_list_only(tmp_path: Path, capsys) -> None:
+def test_a_list_scoped_unsubscribe_skips_that_list_only(
+    tmp_path: Path, capsys, store_url: str
+) -> None:
     csv = tmp_path / "people.csv"
     csv.write_text("email\njane@example.com\njoe@example.com\n")
-    db = tmp_path / "m.db"
+    db = store_url
     for list_name in ("customers", "partners"):
-        assert (
-            run(["--db", str(db), "recipients", "import", str(csv), "--list", list_name, "-q"]) == 0
-        )
+        assert run(["--db", db, "recipients", "import", str(csv), "--list", list_name, "-q"]) == 0
     capsys.readouterr()
-    with SqliteStore.open(db) as store:
+    with open_store(db) as store:
         ids = {}
         with store.transaction():
             for name, list_name in (("news", "customers"), ("deals", "partners")):
@@ -83,28 +85,28 @@ def test_a_list_scoped_unsubscribe_skips_that_list_only(tmp_path: Path, capsys) 
         with store.transaction():
             store.unsubscribe("joe@example.com", list_name="customers", source="mail:news", now=NOW)
         states = dict(
-            store.conn.execute(
-                "SELECT email, state FROM messages WHERE campaign_id = ?", (ids["news"],)
-            ).fetchall()
+            db_rows(
+                tmp_path, f"SELECT email, state FROM messages WHERE campaign_id = {ids['news']}"
+            )
         )
         assert states == {"jane@example.com": "suppressed", "joe@example.com": "suppressed"}
 
 
 def test_an_unsubscribe_in_another_letter_case_still_stops_every_spelling(
-    tmp_path: Path, capsys
+    tmp_path: Path, capsys, store_url: str
 ) -> None:
     # The list holds "Jane.Doe@Example.com"; the link was signed for a different spelling.
     csv = tmp_path / "people.csv"
     csv.write_text("email\nJane.Doe@Example.com\njoe@example.com\n")
-    db = tmp_path / "m.db"
-    assert run(["--db", str(db), "recipients", "import", str(csv), "--list", "customers"]) == 0
+    db = store_url
+    assert run(["--db", db, "recipients", "import", str(csv), "--list", "customers"]) == 0
     capsys.readouterr()
-    signer = Signer(load_secret(None, db))
+    signer = Signer(load_secret(None, tmp_path / "m.db"))
     unsubscriber = Unsubscriber((signer,), lambda store, campaign: UnsubscribeScope.ALL)
     token = unsubscriber.verify(
         signer.token("JANE.DOE@EXAMPLE.COM", "news", "customers", NOW + 86400), NOW
     )
-    with SqliteStore.open(db) as store:
+    with open_store(db) as store:
         with store.transaction():
             campaign_id = store.create_campaign(
                 name="news",
@@ -125,10 +127,10 @@ def test_an_unsubscribe_in_another_letter_case_still_stops_every_spelling(
             campaign_id, "customers", NOW, lambda: f"mc1-{next(counter):016d}"
         ) == (1, 1)
         states = dict(
-            store.conn.execute(
-                "SELECT email, state FROM messages WHERE campaign_id = ?", (campaign_id,)
-            ).fetchall()
+            db_rows(
+                tmp_path, f"SELECT email, state FROM messages WHERE campaign_id = {campaign_id}"
+            )
         )
         assert states == {"Jane.Doe@example.com": "suppressed", "joe@example.com": "queued"}
-    assert run(["--db", str(db), "suppress", "check", "jane.doe@EXAMPLE.com"]) == 0
+    assert run(["--db", db, "suppress", "check", "jane.doe@EXAMPLE.com"]) == 0
     assert "unsubscribe" in capsys.readouterr().out

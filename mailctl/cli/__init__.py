@@ -1,7 +1,7 @@
 """The command line: the only package that knows Typer; it parses, calls and formats.
 
 This root lists one sub-app per command group (one module each: send, check, report, sim,
-bounces, lanes, warmup, rules, dkim, recipients, campaign, suppress, queue, unsubscribe) in
+bounces, lanes, warmup, rules, dkim, recipients, campaign, suppress, queue, unsubscribe, db) in
 one table, `COMMANDS`, and imports a group's module only when that command is used
 (`lazy.py`: start-up time matters to cron). It holds the global options (their values in
 `global_options.py`) and turns library errors into one-line messages and exit codes through
@@ -35,6 +35,8 @@ from mailctl.errors import (
     MailboxLoginError,
     MailctlError,
     NeedsOperator,
+    StoreConnectionError,
+    StoreUrlError,
     TemplateError,
     UsageError,
 )
@@ -42,6 +44,8 @@ from mailctl.errors import (
 # Error class -> exit code; an error takes the code of the nearest class in its MRO.
 EXIT_CODES: dict[type[MailctlError], int] = {
     LockedError: 75,  # EX_TEMPFAIL: cron can simply try again next time
+    StoreUrlError: 2,  # --db names no usable database
+    StoreConnectionError: 2,  # refused, bad login, or the server stayed away
     NeedsOperator: 3,  # mail waits on something only the operator can fix
     ConfigError: 2,
     MailboxLoginError: 2,  # wrong mailbox user or password: fix the configuration
@@ -84,6 +88,7 @@ COMMANDS: dict[str, LazyEntry] = {
         "reason, with how many, the oldest and the next attempt; retry now or drop by hand."
     ),
     "unsubscribe": LazyEntry("Signed unsubscribe links and the one-click (RFC 8058) endpoint."),
+    "db": LazyEntry("The database itself: migrate it, copy it to PostgreSQL."),
 }
 
 

@@ -148,13 +148,13 @@ def bounces_import(
                 evidence=EvidencePolicy(
                     trust_unmatched=settings.trust_unmatched, max_unmatched=settings.max_unmatched
                 ),
-                keys=tracking_keys(store.location, None, key_envs),
+                keys=tracking_keys(store.location, None, key_envs, store.database_key),
                 on_message=lambda r: bar.advance(1, status=f"{r.suppressed} suppressed"),
                 on_error=on_error,
                 on_unmatched=on_unmatched,
                 on_unsure=lambda source, raw, why: on_error(source, raw, why, "unsure"),
                 on_total=bar.set_total,
-                unsubscriber=optional_unsubscriber(profiles, store.location),
+                unsubscriber=optional_unsubscriber(profiles, store.location, store.database_key),
                 remote=RemoteOptions(
                     password_env=password_env,
                     insecure=insecure,

@@ -14,11 +14,14 @@ from mailctl.cli.global_options import state as state  # the groups read it from
 from mailctl.config.profiles import ProfilesFile, find_profiles, load_profiles
 from mailctl.errors import ConfigError, MailctlError, UsageError
 from mailctl.store.base import Store
-from mailctl.store.sqlite import SqliteStore, resolve_db_path
+from mailctl.store.factory import backend_of, resolve_db, sqlite_path
+from mailctl.store.factory import open_store as open_db
+from mailctl.store.sqlite import SqliteStore
 
 
 def open_store() -> Store:
-    return SqliteStore.open(state.db)
+    """The database --db / MAILCTL_DB names (a SQLite file, or a PostgreSQL URL)."""
+    return open_db(state.db)
 
 
 def scratch_store() -> Store:
@@ -29,19 +32,21 @@ def scratch_store() -> Store:
 def campaign_recipient_keys(campaign_name: str) -> set[str]:
     """Address keys with a message in the campaign in the database as it is (read only; none
     when there is no database yet)."""
-    db_path = resolve_db_path(state.db)
-    if not db_path.exists():
+    target = resolve_db(state.db)
+    if backend_of(target) == "sqlite" and not sqlite_path(target).exists():
         return set()
-    with SqliteStore.open(db_path, migrate=False) as store:
+    with open_db(target, migrate=False) as store:
+        if store.schema_version == 0:  # a server database never used yet
+            return set()
         return store.campaign_recipient_keys(campaign_name)
 
 
 def existing_store(list_name: str) -> Store:
     """The database as it is, to read `list_name` from: never created, migrated or written."""
-    db_path = resolve_db_path(state.db)
-    if not db_path.exists():
-        raise MailctlError(f"{db_path} does not exist, so list '{list_name}' is empty")
-    return SqliteStore.open(db_path, migrate=False)
+    target = resolve_db(state.db)
+    if backend_of(target) == "sqlite" and not sqlite_path(target).exists():
+        raise MailctlError(f"{sqlite_path(target)} does not exist, so list '{list_name}' is empty")
+    return open_db(target, migrate=False)
 
 
 def load_profiles_near(near: Path | None) -> ProfilesFile:

@@ -21,8 +21,9 @@ DbOption = Annotated[
     str | None,
     typer.Option(
         "--db",
-        metavar="FILE",
-        help="SQLite database file [default: $MAILCTL_DB or ./mailctl.db]",
+        metavar="FILE|URL",
+        help="SQLite file (or sqlite:///path), or postgresql://user@host/dbname to share "
+        "one queue between sending hosts [default: $MAILCTL_DB or ./mailctl.db]",
     ),
 ]
 ProfilesOption = Annotated[
@@ -34,6 +35,15 @@ ProfilesOption = Annotated[
     ),
 ]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+HostOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME",
+        help="This sending host: send only from pool IPs on it (a pool IP's `host:`) "
+        "[default: the machine's hostname].",
+        show_default=False,
+    ),
+]
 
 # --------------------------------------------------------------------------- output
 

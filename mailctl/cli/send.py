@@ -8,6 +8,7 @@ not be imported by anything outside mailctl/cli.
 from __future__ import annotations
 
 import datetime as dt
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +24,13 @@ from mailctl.cli.context import (
     scratch_store,
     state,
 )
-from mailctl.cli.options import CONTEXT, JsonSummaryOption, QuietOption, SendZoneOption
+from mailctl.cli.options import (
+    CONTEXT,
+    HostOption,
+    JsonSummaryOption,
+    QuietOption,
+    SendZoneOption,
+)
 from mailctl.config.nodes import parse_duration
 from mailctl.config.profiles import ProfilesFile
 from mailctl.delivery.campaigns import csv_size
@@ -93,6 +100,7 @@ def send(
             show_default=False,
         ),
     ] = None,
+    host: HostOption = None,
     quiet: QuietOption = False,
     json_output: JsonSummaryOption = False,
 ) -> None:
@@ -108,6 +116,9 @@ def send(
             raise UsageError(f"--max-time: {exc}") from None
     console.set_quiet(quiet or json_output)
     profiles = load_profiles_near(campaign_file.parent if campaign_file else None)
+    if not dry_run:
+        host = host or socket.gethostname()
+        profiles = profiles.for_host(host)
     if dry_run:
         assert campaign_file is not None
         _dry_run(campaign_file, profiles, show)
@@ -115,7 +126,7 @@ def send(
     options = SendOptions(limit=limit, max_time=seconds, wait=wait)
     if campaign_file is not None and not skip_check:
         _preflight(campaign_file, profiles, zone or [])
-    summary = _send(campaign_file, profiles, options, update=update)
+    summary = _send(campaign_file, profiles, options, update=update, host=host)
     if json_output:
         console.emit_json(summary.as_dict())
     elif not quiet:
@@ -140,11 +151,16 @@ def _preflight(campaign_file: Path, profiles: ProfilesFile, zones: list[Path]) -
 
 
 def _send(
-    campaign_file: Path | None, profiles: ProfilesFile, options: SendOptions, *, update: bool
+    campaign_file: Path | None,
+    profiles: ProfilesFile,
+    options: SendOptions,
+    *,
+    update: bool,
+    host: str | None,
 ) -> RunSummary:
     with (
         open_store() as store,
-        SendRun(store, on_warning=console.warn, on_info=console.info) as run,
+        SendRun(store, on_warning=console.warn, on_info=console.info, host=host) as run,
     ):
         if campaign_file is not None:
             with displays.LoadProgress("Loading recipients", csv_size(campaign_file)) as bar:

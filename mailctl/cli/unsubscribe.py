@@ -19,7 +19,8 @@ from mailctl.cli.context import load_profiles_near, open_store, state
 from mailctl.cli.options import CONTEXT, JsonOption
 from mailctl.config.profiles import ProfilesFile
 from mailctl.errors import UsageError
-from mailctl.store.sqlite import resolve_db_path
+from mailctl.store.factory import backend_of, resolve_db, sqlite_path
+from mailctl.store.urls import redact
 from mailctl.unsubscribe.apply import Unsubscriber, unsubscriber_for
 from mailctl.unsubscribe.tokens import token_from_url
 
@@ -39,7 +40,11 @@ def _profiles() -> ProfilesFile | None:
 
 
 def _unsubscriber() -> Unsubscriber:
-    return unsubscriber_for(_profiles(), str(resolve_db_path(state.db)))
+    target = resolve_db(state.db)
+    if backend_of(target) == "sqlite":  # the key file next to the database
+        return unsubscriber_for(_profiles(), str(sqlite_path(target)))
+    with open_store() as store:  # a shared server keeps the key itself
+        return unsubscriber_for(_profiles(), None, store.database_key)
 
 
 @app.command("verify")
@@ -100,7 +105,8 @@ def unsubscribe_serve(
     from mailctl.unsubscribe.web import RateLimit, create_app, serve
 
     unsubscriber = _unsubscriber()  # config errors now, not at the first request
-    console.info(f"serving unsubscribes for {resolve_db_path(state.db)} on http://{host}:{port}/")
+    where = redact(resolve_db(state.db))
+    console.info(f"serving unsubscribes for {where} on http://{host}:{port}/")
     web_app = create_app(
         open_store,
         unsubscriber,

@@ -15,7 +15,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,7 @@ class SendingIp:
     ip: str
     helo: str | None = None
     warmup: WarmupSetting | None = None
+    host: str | None = None  # the sending host it lives on; None: any host (one-host setups)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,8 @@ class Profile:
     messages_per_connection: int = 100
     pools: Mapping[str, tuple[SendingIp, ...]] = field(default_factory=dict)
     classes: Mapping[TrafficClass, str] = field(default_factory=dict)
+    # Pools whose IPs all live on other sending hosts (see ProfilesFile.for_host).
+    elsewhere: frozenset[str] = frozenset()
     bounce_domain: str | None = None
     verp: bool = False
     mx_override: Mapping[str, str] = field(default_factory=dict)
@@ -161,6 +164,9 @@ class Profile:
     unsubscribe: UnsubscribeSettings = field(default_factory=UnsubscribeSettings)
     tracking_key_env: str | None = None  # signs tracking ids; else the key file by the db
     bounces: BounceSettings = field(default_factory=BounceSettings)
+    # Provider-wide limits over every IP (and every sending host): provider -> messages per
+    # hour, counted in the database (`providers: {google: {max_per_hour: 5000}}`).
+    provider_hourly: Mapping[str, int] = field(default_factory=dict)
 
     def password(self) -> str | None:
         """The relay password, read from the environment variable the profile names."""
@@ -179,7 +185,13 @@ class Profile:
         name = pool or self.classes.get(traffic_class) or traffic_class.value
         if name in self.pools:
             return name
-        if pool is None and len(self.pools) == 1:
+        if name in self.elsewhere:
+            raise ConfigError(
+                f"{self.source}: profiles.{self.name}.pools.{name}: no IP of this pool lives "
+                "on this host (see send --host)",
+                key=f"profiles.{self.name}.pools.{name}",
+            )
+        if pool is None and len(self.pools) == 1 and not self.elsewhere:
             return next(iter(self.pools))
         raise ConfigError(
             f"{self.source}: profiles.{self.name}: no pool '{name}' "
@@ -213,6 +225,21 @@ class ProfilesFile:
                 key=f"profiles.{profile.name}.tracking_key_env",
             )
         return profile
+
+    def for_host(self, host: str) -> ProfilesFile:
+        """The profiles as one sending host sees them: each pool keeps only the IPs that
+        live on `host` (and those without a `host:`); a pool left empty is set aside, so a
+        campaign on it is not sent from here (and never spills into another pool)."""
+        profiles = {}
+        for name, profile in self.profiles.items():
+            pools = {
+                pool: kept
+                for pool, ips in profile.pools.items()
+                if (kept := tuple(ip for ip in ips if ip.host in (None, host)))
+            }
+            elsewhere = frozenset(profile.pools) - set(pools)
+            profiles[name] = replace(profile, pools=pools, elsewhere=elsewhere)
+        return replace(self, profiles=profiles)
 
 
 # Keys that only mean something for transport: relay.
@@ -249,6 +276,7 @@ _PROFILE_KEYS = {
     "unsubscribe",
     "tracking_key_env",
     "bounces",
+    "providers",
 }
 _WARMUP_KEYS = {
     "preset",
@@ -338,11 +366,12 @@ def _warmup(node: Node) -> WarmupSetting:
 def _sending_ip(node: Node) -> SendingIp:
     if isinstance(node.node, yaml.ScalarNode):
         return SendingIp(ip=node.ip())
-    keys = node.mapping({"ip", "helo", "warmup"}, required={"ip"})
+    keys = node.mapping({"ip", "helo", "warmup", "host"}, required={"ip"})
     return SendingIp(
         ip=keys["ip"].ip(),
         helo=_hostname(keys["helo"]) if "helo" in keys else None,
         warmup=_warmup(keys["warmup"]) if "warmup" in keys else None,
+        host=keys["host"].str() if "host" in keys else None,
     )
 
 
@@ -535,6 +564,14 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
             raise keys["tracking_key_env"].error(f"'{var}' is not an environment variable name")
         options["tracking_key_env"] = var
+    if "providers" in keys:
+        hourly: dict[str, int] = {}
+        for provider, limits in keys["providers"].mapping().items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", provider):
+                raise limits.error(f"'{provider}' is not a provider name")
+            limit_keys = limits.mapping({"max_per_hour"}, required={"max_per_hour"})
+            hourly[provider.lower()] = limit_keys["max_per_hour"].int(minimum=1)
+        options["provider_hourly"] = hourly
     if "bounces" in keys:
         bounce_keys = keys["bounces"].mapping({"trust_unmatched", "max_unmatched"})
         options["bounces"] = BounceSettings(

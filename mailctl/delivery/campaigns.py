@@ -22,8 +22,8 @@ from mailctl.errors import (
 from mailctl.message.render import LinkSigning, Renderer
 from mailctl.message.tracking import tracking_keys
 from mailctl.recipients.csv_import import ImportSummary, import_csv
-from mailctl.store.base import Store
-from mailctl.unsubscribe.tokens import load_secret
+from mailctl.store.base import Store, StoredKey
+from mailctl.unsubscribe.tokens import load_secret, stored_secret
 
 
 def content_hash(content: dict[str, Any]) -> str:
@@ -70,8 +70,10 @@ def make_renderer(
     database: str | Path | None = None,
     *,
     preview: bool = False,
+    stored: StoredKey | None = None,
 ) -> Renderer:
-    """The campaign's renderer; `database` is where a generated unsubscribe key lives. A
+    """The campaign's renderer; `database` is where a generated unsubscribe key lives (or
+    `stored`, the store's `database_key`, when the database keeps it itself). A
     `preview` (dry run) without a database signs links with a throwaway key: it creates
     nothing."""
     from mailctl.dns.preflight import signing_key
@@ -96,13 +98,18 @@ def make_renderer(
         bounce_domain=profile.bounce_domain,
         verp=profile.verp,
         dkim=signing_key(profile, campaign.from_addr),
-        unsubscribe=link_signing(campaign, profile, database, preview=preview),
+        unsubscribe=link_signing(campaign, profile, database, preview=preview, stored=stored),
         unsubscribe_base_url=base_url,
     )
 
 
 def link_signing(
-    campaign: Campaign, profile: Profile, database: str | Path | None, *, preview: bool = False
+    campaign: Campaign,
+    profile: Profile,
+    database: str | Path | None,
+    *,
+    preview: bool = False,
+    stored: StoredKey | None = None,
 ) -> LinkSigning | None:
     """Signed unsubscribe links for campaigns that have an unsubscribe URL or mailto."""
     if (
@@ -116,11 +123,14 @@ def link_signing(
         location = Path(database)
     settings = profile.unsubscribe
     if settings.secret_env is None and location is None:
+        shared = stored_secret(stored)
+        if shared is not None:
+            return LinkSigning(shared, campaign.list_key, settings.valid_for)
         if preview:
             return LinkSigning(os.urandom(32), campaign.list_key, settings.valid_for)
         return None  # nowhere to keep a key (a scratch database): links stay unsigned
     return LinkSigning(
-        secret=load_secret(settings.secret_env, location),
+        secret=load_secret(settings.secret_env, location, stored),
         list_name=campaign.list_key,
         valid_for=settings.valid_for,
     )
@@ -139,7 +149,7 @@ def prepare(
     campaign = load_campaign(campaign_path)
     profile = profiles.get(campaign.profile)
     pool = profile.pool_for(campaign.traffic_class, campaign.pool)
-    renderer = make_renderer(campaign, profiles, store.location)
+    renderer = make_renderer(campaign, profiles, store.location, stored=store.database_key)
     imported = None
     if campaign.csv is not None:
         source = campaign.csv
@@ -203,7 +213,7 @@ def prepare(
         if row["status"] == "done":
             store.set_campaign_status(campaign_id, "active", None, now=now)
     # Signed ids: a report can name a message only with an id this database's key made.
-    keys = tracking_keys(store.location, profile.tracking_key_env)
+    keys = tracking_keys(store.location, profile.tracking_key_env, stored=store.database_key)
     queued, suppressed = store.queue_messages(campaign_id, campaign.list_key, now, keys.new_id)
     job = CampaignJob(
         campaign_id=campaign_id,

@@ -35,7 +35,7 @@ from mailctl.dns.providers import AsyncMxResolver
 from mailctl.dns.resolver import Resolver
 from mailctl.errors import StoreError
 from mailctl.replies.rules import load_rules
-from mailctl.reputation.budget import WarmupBudget, profile_settings
+from mailctl.reputation.budget import WarmupBudget, profile_settings, provider_hourly
 from mailctl.reputation.lane_state import LaneState
 from mailctl.reputation.scheduler import Scheduler
 from mailctl.store.base import Store
@@ -72,7 +72,12 @@ class Engine:
             states = [LaneState.from_row(row) for row in store.lane_rows()]
             scheduler = Scheduler(rules, rng=rng, states=states)
         if budget is None:
-            budget = WarmupBudget(store, profile_settings(*profiles.values()))
+            budget = WarmupBudget(
+                store,
+                profile_settings(*profiles.values()),
+                shared=True,
+                provider_hourly=provider_hourly(*profiles.values()),
+            )
         self.ctx = SendContext(
             store,
             jobs,
@@ -240,6 +245,10 @@ class Engine:
         # Anything still in flight was cut off mid-transaction: it may have been delivered.
         self.recorder.cut_off(cut, now)
         self.recorder.commit(force=True)
+        # Sends granted to this run and not made go back to other runs; if the database is
+        # away they stay spent for their day or hour (fewer messages, never more).
+        with contextlib.suppress(StoreError):
+            self.ctx.budget.give_back()
 
 
 def top_wait_kinds(

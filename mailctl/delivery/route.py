@@ -234,6 +234,20 @@ class Router:
                         kind="DNS lookup timed out",
                     )
                     continue
+            room = budget.provider_room(provider, now)
+            if room is not None and room <= 0:
+                # The provider-wide limit (every IP, every host) is used up for this hour.
+                returns = budget.next_hour(now)
+                recorder.defer_self(
+                    message,
+                    now,
+                    returns,
+                    provider=provider,
+                    why=f"provider limit: {provider} per hour reached; next hour at {hm(returns)}",
+                    kind=f"provider limit: {provider} per hour",
+                    may_expire=False,
+                )
+                continue
             pool = [s.ip for s in job.profile.pools[job.pool]]
             # An open lane with capacity; one that is only pacing is fine: the worker
             # waits for its slot.

@@ -54,8 +54,11 @@ class SendRun:
         on_warning: Notice = _ignore,
         on_info: Notice = _ignore,
         clock: Clock | None = None,
+        host: str | None = None,
     ) -> None:
         self.store = store
+        # The sending host this run stands for (send --host; default the machine's name).
+        self.host = host or socket.gethostname()
         self.on_warning = on_warning
         self.on_info = on_info
         self.clock = clock or SystemClock()
@@ -71,7 +74,7 @@ class SendRun:
             self.on_warning(message.removeprefix("warning: "))
 
     def __enter__(self) -> Self:
-        self._exit.enter_context(self.store.send_lock())
+        self._exit.enter_context(self.store.send_lock(self.host))
         self.now = self.clock.now()
         self.recovered = self.store.recover_interrupted()
         if self.recovered:
@@ -162,7 +165,7 @@ class SendRun:
             summary.queued, summary.suppressed = queued, suppressed
             return summary
         total = sum(self.store.remaining(job.campaign_id) for job in jobs)
-        run_id = self.store.start_run(os.getpid(), socket.gethostname(), self.now)
+        run_id = self.store.start_run(os.getpid(), self.host, self.now)
         summary = asyncio.run(
             self._loop(jobs, run_id, options, total, on_progress, live or nullcontext())
         )

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mailctl.errors import ConfigError
+from mailctl.store.base import StoredKey
 
 __all__ = [
     "KEY_FILE_SUFFIX",
@@ -170,11 +171,16 @@ def _env_key(name: str, *, required: bool) -> bytes | None:
 
 
 def tracking_keys(
-    db_location: str, sign_env: str | None = None, verify_envs: Iterable[str] = ()
+    db_location: str,
+    sign_env: str | None = None,
+    verify_envs: Iterable[str] = (),
+    stored: StoredKey | None = None,
 ) -> TrackingKeys:
     """The keys for a database: `sign_env`'s key signs when given (it must be set), else the
-    key file's; every key named in `verify_envs` that is set verifies too, as does the file's.
-    A database in memory gets a key of its own that lives as long as the process."""
+    database's own key; every key named in `verify_envs` that is set verifies too, as does the
+    database's. That key is the one kept in the database when `stored` (the store's
+    `database_key`) has one (a server shared by hosts), else the key file next to it. A
+    database in memory gets a key of its own that lives as long as the process."""
     keys: list[bytes] = []
     if sign_env:
         key = _env_key(sign_env, required=True)
@@ -184,7 +190,10 @@ def tracking_keys(
         key = _env_key(name, required=False)
         if key is not None and key not in keys:
             keys.append(key)
-    if db_location == ":memory:":
+    shared = stored("tracking", lambda: os.urandom(KEY_BYTES).hex()) if stored else None
+    if shared is not None:
+        keys.append(bytes.fromhex(shared))
+    elif db_location == ":memory:":
         keys.append(os.urandom(KEY_BYTES))
     else:
         keys.append(load_key_file(key_file_for(db_location)))

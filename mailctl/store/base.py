@@ -1,9 +1,11 @@
 """The store's interface: what the rest of mailctl may ask of persistent state.
 
 `Store` (and the `ReportQueries` it composes) is the whole API a backend implements: SQLite
-today (`mailctl.store.sqlite`), PostgreSQL next. Callers type against these protocols and
-never see a dialect. The store only stores: the rows it receives are already decided (what
-counts as a throttle, whom to suppress); deciding is the domain's job.
+(`mailctl.store.sqlite`, the embedded default) and PostgreSQL (`mailctl.store.postgres`,
+shared by many sending hosts); `mailctl.store.factory.open_store` picks one from `--db`.
+Callers type against these protocols and never see a dialect. The store only stores: the
+rows it receives are already decided (what counts as a throttle, whom to suppress);
+deciding is the domain's job.
 
 Imports nothing from mailctl but the bottom module mailctl.model: every other package may
 import this one.
@@ -22,6 +24,9 @@ MESSAGE_STATES = tuple(state.value for state in MessageState)
 
 # The per IP, day and provider counters the warm-up reads (the `ip_days` record).
 IP_DAY_COUNTERS = ("sent", "deferred", "bounced", "complained", "throttles", "blocks")
+
+# `Store.database_key`: (name, generate) -> the key kept in a shared database, or None.
+StoredKey = Callable[[str, Callable[[], str]], "str | None"]
 
 # How `mailctl queue` groups waiting messages besides campaign and kind.
 QueueGroup = Literal["lane", "domain"]
@@ -227,7 +232,16 @@ class Store(Protocol):
     @property
     def reports(self) -> ReportQueries: ...
 
-    # lifecycle and transactions
+    # lifecycle, schema and transactions
+    @property
+    def schema_version(self) -> int:
+        """How many migrations the database has (the same numbers on every backend)."""
+        ...
+
+    def migrate(self) -> None:
+        """Apply the migrations the database lacks."""
+        ...
+
     def close(self) -> None: ...
     def __enter__(self) -> Store: ...
     def __exit__(self, *exc: object) -> None: ...
@@ -241,8 +255,9 @@ class Store(Protocol):
         durable and goes on; an exception keeps what was applied (each step is whole)."""
         ...
 
-    def send_lock(self) -> AbstractContextManager[None]:
-        """One send run per database; raises `LockedError` when another holds it."""
+    def send_lock(self, host: str | None = None) -> AbstractContextManager[None]:
+        """One send run per database (SQLite) or per sending host (PostgreSQL, where hosts
+        share the queue); raises `LockedError` when another run holds it."""
         ...
 
     # recipients import: staged, then merged in one transaction
@@ -387,6 +402,12 @@ class Store(Protocol):
         given once per cause, not once per run)."""
         ...
 
+    def database_key(self, name: str, generate: Callable[[], str]) -> str | None:
+        """A secret kept in the database itself, so every host sharing the database signs
+        and verifies with the same one (created by `generate` on first use; the first
+        writer wins). None where keys live in files beside the database (SQLite)."""
+        ...
+
     def campaign_recipient_keys(self, campaign_name: str) -> set[str]:
         """The address keys that already have a message in campaign `campaign_name` (empty
         when there is no such campaign): what a real run would not queue again."""
@@ -458,6 +479,21 @@ class Store(Protocol):
     # warm-up records
     def bump_ip_day(self, ip: str, day: str, provider: str, **counts: int) -> None: ...
     def ip_days(self, ip: str | None = None) -> list[dict[str, Any]]: ...
+    def take_send_quota(
+        self, ip: str, day: str, provider: str, want: int, ip_cap: int, lane_cap: int | None
+    ) -> tuple[int, int, int]:
+        """Grant up to `want` more of `ip`'s sends to `provider` in period `day`, atomically
+        among all runs, so the IP's total stays within `ip_cap` and the provider's within
+        `lane_cap`. Returns (granted, the IP's total, the provider's total) after the grant;
+        a total counts what was granted or, where more, what `ip_days` says was sent. A warm-up
+        grant is per IP and its local day; a provider-wide one has `ip` ``*`` (every IP) and
+        a UTC hour as `day` (``2027-01-15T08``)."""
+        ...
+
+    def return_send_quota(self, ip: str, day: str, provider: str, unused: int) -> None:
+        """Give back granted sends a run did not use."""
+        ...
+
     def add_warmup_event(
         self, ip: str, day: str, kind: str, preset: str | None, now: float
     ) -> None: ...

@@ -30,6 +30,7 @@ from mailctl.store.sqlite_addresses import _AddressTables
 from mailctl.store.sqlite_queue import _QueueTables
 from mailctl.store.sqlite_reports import SqliteReportQueries
 from mailctl.store.sqlite_schema import MIGRATIONS
+from mailctl.store.sqlite_warmup import _WarmupGrants
 
 DEFAULT_DB = "mailctl.db"
 
@@ -42,7 +43,7 @@ def resolve_db_path(explicit: str | Path | None) -> Path:
     return Path(env) if env else Path(DEFAULT_DB)
 
 
-class SqliteStore(_AddressTables, _QueueTables):
+class SqliteStore(_AddressTables, _QueueTables, _WarmupGrants):
     """One open SQLite database. Create with `SqliteStore.open(path)`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
@@ -551,6 +552,9 @@ class SqliteStore(_AddressTables, _QueueTables):
             )
         return cursor.rowcount == 1
 
+    def database_key(self, name: str, generate: Callable[[], str]) -> str | None:
+        return None  # a file database keeps its keys in files next to it
+
     def campaign_recipient_keys(self, campaign_name: str) -> set[str]:
         rows = self.conn.execute(
             """SELECT COALESCE(r.email_key, lower(r.email)) FROM messages g
@@ -583,8 +587,9 @@ class SqliteStore(_AddressTables, _QueueTables):
         return None if row is None else str(row[0])
 
     @contextmanager
-    def send_lock(self) -> Iterator[None]:
-        """One send run per database. The OS drops the lock when the holder dies."""
+    def send_lock(self, host: str | None = None) -> Iterator[None]:
+        """One send run per database file, whatever the host (one writer at a time). The
+        OS drops the lock when the holder dies."""
         import fcntl
 
         from mailctl.files import open_lock

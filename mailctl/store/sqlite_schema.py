@@ -376,4 +376,17 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE lanes ADD COLUMN connect_until REAL",
         "ALTER TABLE lanes ADD COLUMN probing INTEGER NOT NULL DEFAULT 0",
     ],
+    # 11: sends granted to send runs, so runs that overlap (several hosts, or one host under
+    # two names) never exceed a cap together: each warm-up IP's daily cap per provider, and
+    # provider-wide hourly limits (ip '*', an hour as day). A run takes a block before
+    # sending and gives back what it did not use.
+    [
+        """CREATE TABLE send_grants (
+            ip TEXT NOT NULL,
+            day TEXT NOT NULL,               -- the IP's local day as in ip_days, or a UTC hour
+            provider TEXT NOT NULL,
+            granted INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (ip, day, provider)
+        ) WITHOUT ROWID""",
+    ],
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from mailctl.config.profiles import ProfilesFile, UnsubscribeScope
 from mailctl.errors import ConfigError
 from mailctl.recipients.address import address_key
-from mailctl.store.base import Store
+from mailctl.store.base import Store, StoredKey
 from mailctl.unsubscribe.tokens import Signer, TokenError, UnsubscribeToken, load_secret
 
 __all__ = ["Unsubscriber", "optional_unsubscriber", "unsubscriber_for"]
@@ -79,17 +79,19 @@ class Unsubscriber:
 
 
 def optional_unsubscriber(
-    profiles: ProfilesFile | None, database: str | None
+    profiles: ProfilesFile | None, database: str | None, stored: StoredKey | None = None
 ) -> Unsubscriber | None:
     """`unsubscriber_for`, or None when no secret is available (`bounces import`: tokens in
     unsubscribe mail are then simply not trusted)."""
     try:
-        return unsubscriber_for(profiles, database)
+        return unsubscriber_for(profiles, database, stored)
     except ConfigError:
         return None
 
 
-def unsubscriber_for(profiles: ProfilesFile | None, database: str | None) -> Unsubscriber:
+def unsubscriber_for(
+    profiles: ProfilesFile | None, database: str | None, stored: StoredKey | None = None
+) -> Unsubscriber:
     """The secrets and scopes of every profile (a token names its campaign, the campaign its
     profile). Without a profiles file: the key file next to the database, scope ``all``."""
     location = (
@@ -113,7 +115,7 @@ def unsubscriber_for(profiles: ProfilesFile | None, database: str | None) -> Uns
     secrets: list[bytes] = []
     for env in dict.fromkeys(envs):
         try:
-            secret = load_secret(env, location)
+            secret = load_secret(env, location, stored)
         except ConfigError:
             if env is None:
                 raise

@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from mailctl.errors import ConfigError, UsageError
+from mailctl.store.base import StoredKey
 
 __all__ = [
     "KEY_FILE_SUFFIX",
@@ -38,6 +39,7 @@ __all__ = [
     "UnsubscribeToken",
     "key_file_for",
     "load_secret",
+    "stored_secret",
     "token_from_url",
     "url_with_token",
 ]
@@ -157,9 +159,21 @@ def key_file_for(database: Path) -> Path:
     return database.with_name(database.name + KEY_FILE_SUFFIX)
 
 
-def load_secret(secret_env: str | None, database: Path | None) -> bytes:
-    """The signing secret: the named environment variable, else the key file next to the
-    database (created on first use, mode 0600)."""
+def stored_secret(stored: StoredKey | None) -> bytes | None:
+    """The unsubscribe key a shared database keeps itself (created on first use), or None
+    when it keeps none (SQLite: the key file beside it)."""
+    shared = stored("unsubscribe", lambda: secrets.token_urlsafe(32)) if stored else None
+    return None if shared is None else shared.encode("ascii")
+
+
+def load_secret(
+    secret_env: str | None,
+    database: Path | None,
+    stored: StoredKey | None = None,
+) -> bytes:
+    """The signing secret: the named environment variable, else the key kept in the
+    database when `stored` (the store's `database_key`) has one (a server shared by hosts),
+    else the key file next to the database (created on first use, mode 0600)."""
     if secret_env:
         value = os.environ.get(secret_env)
         if not value:
@@ -171,6 +185,9 @@ def load_secret(secret_env: str | None, database: Path | None) -> bytes:
                     f"{_MIN_SECRET} characters"
                 )
             return value.encode("utf-8")
+    shared = stored_secret(stored)
+    if shared is not None:
+        return shared
     if database is None:
         raise ConfigError("no unsubscribe secret: set the profile's unsubscribe.secret_env")
     path = key_file_for(database)

@@ -1,6 +1,10 @@
 """A throwaway mailctl workspace (profiles.yaml, a recipient CSV, one campaign) and the CLI
 run against it: ``make_workspace``, ``cli``, ``send``, ``send_json``, ``summary``, ``db_states``.
 
+The workspace's database is ``m.db`` in it, unless the ``backend`` fixture (tests/conftest.py)
+chose PostgreSQL for the test: it names the database in the workspace's ``DB_URL_FILE``, and
+``db_of`` / ``db_rows`` read whichever it is.
+
 The workspace's relay profile points at a simulated provider on 127.0.0.1 (see the
 ``sim_server`` fixture in tests/conftest.py).
 """
@@ -16,6 +20,31 @@ from pathlib import Path
 import pytest
 
 from mailctl.cli import run
+
+DB_URL_FILE = ".mailctl-db-url"
+
+
+def db_of(ws: Path) -> str:
+    """The workspace's database: the URL the ``backend`` fixture chose, else ``ws/m.db``."""
+    marker = ws / DB_URL_FILE
+    return marker.read_text().strip() if marker.exists() else str(ws / "m.db")
+
+
+def db_rows(ws: Path, sql: str) -> list[tuple]:
+    """Rows of one plain SQL query (no parameters) on the workspace's database, either
+    backend: what a test checks beneath the store's interface."""
+    target = db_of(ws)
+    if target.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(target) as conn:
+            return [tuple(row) for row in conn.execute(sql).fetchall()]  # type: ignore[arg-type]
+    conn = sqlite3.connect(target)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
 
 # The relay profile of every workspace, as YAML values; `make_workspace(profile=...)` changes
 # or adds settings, and a setting given as None is left out (the profile's default applies).
@@ -74,7 +103,7 @@ def make_workspace(
 
 def cli(ws: Path, *args: str) -> int:
     """mailctl with the workspace's database and profiles."""
-    return run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"), *args])
+    return run(["--db", db_of(ws), "--profiles", str(ws / "profiles.yaml"), *args])
 
 
 def send(ws: Path, *args: str) -> int:
@@ -94,5 +123,4 @@ def summary(capsys: pytest.CaptureFixture[str]) -> dict:
 
 
 def db_states(ws: Path) -> dict[str, int]:
-    conn = sqlite3.connect(ws / "m.db")
-    return dict(conn.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall())
+    return dict(db_rows(ws, "SELECT state, count(*) FROM messages GROUP BY state"))
