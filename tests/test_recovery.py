@@ -39,8 +39,9 @@ def test_a_learned_rate_paces_the_lane_not_only_its_display() -> None:
     lane.state = LaneState("192.0.2.10", "example.net", learned_rate=45.0)
 
     assert lane.limits(T0).per_minute == 45.0
-    # The default ceiling is 6,000 a minute with a burst of 100; the learned 45 governs.
-    assert admitted(lane.admit, T0, 60.0) == 45
+    # The default ceiling is 6,000 a minute with a burst of 100; the learned 45 governs (one at
+    # once, then one every 60/45 s).
+    assert admitted(lane.admit, T0, 60.0) == 46
 
 
 def test_after_gmail_4728_the_lane_grows_additively_from_the_rate_that_held() -> None:

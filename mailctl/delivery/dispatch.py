@@ -35,6 +35,11 @@ SHORT_WAIT = 2.0
 KEEP_WAIT = 20.0
 # A connection idle longer than this is checked with NOOP before the next message.
 NOOP_AFTER = 10.0
+# After this many refusals in a row on one session (greylisting, per-recipient 4xx) the
+# connection is closed and the next message opens a new one: servers count errors per
+# session and slow down (Postfix's smtpd_soft_error_limit, 10) or hang up (its hard limit)
+# long before a session of refusals would have carried anything.
+REFUSALS_PER_CONNECTION = 3
 
 
 @dataclass
@@ -383,9 +388,13 @@ class Dispatcher:
             wait = lane.admit(now)
             if wait == 0:
                 break
-            keep = connection is not None and connection.alive and wait <= KEEP_WAIT
+            # A few seconds to the next token: keep the connection, do not churn it. A lane
+            # that is only pacing (not paused) holds the message too: booking it a slot of
+            # its own would space out a burst the receiver was learned to take at once.
+            keep = wait <= KEEP_WAIT and (
+                (connection is not None and connection.alive) or lane.pause_wait(now) == 0
+            )
             if wait <= SHORT_WAIT or keep:
-                # A few seconds to the next token: keep the connection, do not churn it.
                 await ctx.clock.sleep(wait)
                 continue
             # Paused, or pacing far behind: spread this lane's messages over its slots.
@@ -473,7 +482,12 @@ class Dispatcher:
             item.rendered.envelope_from, item.rendered.recipient, item.rendered.data
         )
         connection.last_used = ctx.clock.now()
-        self._after_reply(item, reply, group=group, busy=not group.queue.empty())
+        event = self._after_reply(item, reply, group=group, busy=not group.queue.empty())
+        if event.pauses_lane or event.kind is LaneEventKind.IGNORED:
+            # A throttle of the lane (message rate): the lane waits, the session is kept.
+            connection.refusals = 0
+        if connection.alive and connection.refusals >= REFUSALS_PER_CONNECTION:
+            await connection.close()
         if not connection.alive:
             self._lane_closed(group)
             return None
@@ -555,7 +569,8 @@ class Dispatcher:
 
     def _after_reply(
         self, item: Item, reply: Reply, *, group: _Group | None = None, busy: bool = False
-    ) -> None:
+    ) -> LaneEvent:
+        """Record a reply and feed it to the lane; returns the lane's event."""
         ctx, recorder = self.ctx, self.recorder
         now = ctx.clock.now()
         lane = ctx.scheduler.lane(item.ip, item.provider)
@@ -564,7 +579,7 @@ class Dispatcher:
             if group is not None and group.conn_lane != (item.ip, item.provider):
                 self._conn_lane(group).accepted(now, busy=busy)
             recorder.sent(self._outcome(item, reply, NO_EVENT, now))
-            return
+            return NO_EVENT
         verdict_scope = None
         if reply.code is not None:
             verdict_scope = classify_reply(
@@ -590,6 +605,7 @@ class Dispatcher:
             ctx.stop_campaign(cid, why if reply.text in why else f"{why} ({reply.text})")
         elif outcome.state is MessageState.FAILED and outcome.scope == "campaign":
             ctx.stop_campaign(cid, f"the receiver refused the sender: {reply.text}")
+        return event
 
     def _outcome(self, item: Item, reply: Reply, event: LaneEvent, now: float) -> Outcome:
         ctx = self.ctx

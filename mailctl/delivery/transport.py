@@ -139,6 +139,7 @@ class Connection:
         self.messages = 0
         self.alive = False
         self.last_used = 0.0  # when it last carried a message (the dispatcher's clock)
+        self.refusals = 0  # refusals in a row since the last delivery on this session
 
     async def open(self) -> Reply | None:
         """Connect (falling back to the next MX host when a host cannot be reached), EHLO,
@@ -289,6 +290,7 @@ class Connection:
             return self._unanswered(stage, f"connection error: {_describe(exc)}")
         if 200 <= response.code < 300:
             self.messages += 1
+            self.refusals = 0
             return _reply(response.code, response.message, "data", delivered=True)
         return await self._refused(response.code, response.message, "data")
 
@@ -330,6 +332,7 @@ class Connection:
         return reply
 
     async def _after_refusal(self, reply: Reply) -> None:
+        self.refusals += 1
         if reply.code == 421:  # the server is closing the channel
             self._dead()
             return

@@ -10,6 +10,12 @@
   throttled, then slowly above it; one more connection per clean interval.
 * `relax` lets a learned rate drift back toward the ceiling over clean hours between runs.
 * `probe_pause` is the pause after a throttle that names no delay: short, doubling on repeats.
+* `Pacer` meets a receiver that counts per client over a time unit (Postfix's anvil, most
+  providers' per-minute counters): at most ``burst`` messages in any ``window`` seconds, the
+  burst learned from what the receiver took before its first refusal, the window found by
+  bisection between one it refused and one it accepted. Anything faster than a window already
+  accepted goes out as one lone probe, so a wrong guess costs one refusal, not one per
+  connection.
 
 Ceilings (configured limits, rule limits, warm-up caps) stay upper bounds: the lane takes the
 minimum. Pure and clock-free: every function takes ``now``; jitter from an injected RNG.
@@ -28,6 +34,7 @@ from mailctl.reputation.lane_state import LaneState
 __all__ = [
     "AimdPolicy",
     "Meter",
+    "Pacer",
     "cut_connections",
     "cut_rate",
     "probe_pause",
@@ -54,10 +61,18 @@ class AimdPolicy:
     episode_gap: float = 60.0  # a throttle this soon after the last one is a repeat
     unclassified_count: int = 3  # this many unclassified 4xx (not about a recipient) ...
     unclassified_window: float = 60.0  # ... within this window are a throttle
-    slow_start: int = 5  # unlearned: one more connection per this many accepted messages
+    slow_start: int = 5  # unlearned: one more connection per this many accepted messages ...
+    # ... and beyond two (which nearly every receiver takes), per this many seconds of clean
+    # sending on all of them, doubling per connection.
+    slow_start_interval: float = 10.0
     connection_step: float = 60.0  # learned: one more connection per clean interval (doubling)
     relax_interval: float = 3600.0  # per clean hour without sending ...
     relax_step: float = 1.25  # ... the learned rate rises 25% toward the ceiling, +1 connection
+    window_precision: float = 0.05  # bisection of a receiver's window stops this close
+    window_tries: int = 1  # a shorter window is tried once per window
+    max_burst: int = 5000  # a learned burst never exceeds this many messages
+    probe_timeout: float = 30.0  # a lone probe with no answer after this frees the lane
+    probe_poll: float = 0.02  # how often a lane waiting on its lone probe looks again
 
     def __post_init__(self) -> None:
         if not 0 < self.cut < 1:
@@ -130,6 +145,132 @@ class Meter:
             f"{_fmt(rate)}/min accepted over {_fmt(self.span(now))}s"
             f" on {self.open} connection{'s' if self.open != 1 else ''}"
         )
+
+
+class Pacer:
+    """At most ``burst`` messages in any ``window`` seconds, learned from one receiver during
+    a run (in memory; the lane persists the rate it implies, ``burst * 60 / window``).
+
+    * ``burst``: what the receiver accepted, unpaced, before its first refusal.
+    * ``hi``: a window after which it accepted the next message; ``lo``: one it refused the
+      next message in. Between them the window tried is the midpoint (the additive side of
+      AIMD: faster while clean); a refusal falls back to ``hi`` (the cut), with no pause.
+    * A permit faster than ``hi`` allows, or the first after a pause, is a lone probe: no
+      other permit until its reply.
+    Without a learned burst, a learned rate alone is paced evenly (a second's worth at once).
+    """
+
+    def __init__(self, policy: AimdPolicy) -> None:
+        self.policy = policy
+        self.burst: int | None = None
+        self.lo = 0.0
+        self.hi: float | None = None
+        self.sends: deque[float] = deque(maxlen=policy.max_burst + 1)
+        self.cycle = 0  # accepted since the run began or the last refusal
+        self.probe: tuple[float, float | None] | None = None  # (sent at, window it tests)
+        self.lone = False  # the next permit goes alone (after a pause)
+        self.last_span: float | None = None  # of the last permit: its span over a burst
+        self.misses = 0  # refusals since the last acceptance (a window's failed tries)
+
+    @property
+    def learned(self) -> bool:
+        """Whether the pacer knows a burst and a window (it then governs the learned rate)."""
+        return self.burst is not None and self.hi is not None
+
+    def rate(self) -> float | None:
+        """Messages per minute of the window last accepted."""
+        if self.burst is None or self.hi is None:
+            return None
+        return self.burst * 60.0 / max(self.hi, 1e-3)
+
+    def peak(self) -> float | None:
+        """Messages per minute of the window last refused."""
+        if self.burst is None or self.lo <= 0:
+            return None
+        return self.burst * 60.0 / self.lo
+
+    def _window(self, rate: float | None) -> tuple[int, float] | None:
+        if self.burst is not None and self.hi is not None:
+            hi, lo = self.hi, self.lo
+            tries = self.misses < self.policy.window_tries
+            if tries and hi - lo > self.policy.window_precision * hi:
+                return self.burst, (hi + lo) / 2
+            return self.burst, hi
+        if rate:
+            burst = max(1, int(rate // 60))
+            return burst, burst * 60.0 / rate
+        return None
+
+    def wait(self, now: float, rate: float | None) -> float:
+        """Seconds until the next permit (``rate``: the lane's learned rate, if any)."""
+        if self.probe is not None:
+            if now - self.probe[0] < self.policy.probe_timeout:
+                return self.policy.probe_poll
+            self.probe = None  # never answered (the message went elsewhere): go on
+        window = self._window(rate)
+        if window is None or len(self.sends) < window[0]:
+            return 0.0
+        burst, span = window
+        wait = max(0.0, self.sends[-burst] + span - now)
+        if self.hi is not None and wait > 0.1 * span:
+            # A new window opens after a gap: where it opens is uncertain (receivers count
+            # in whole seconds), so its first message goes alone.
+            self.lone = True
+        return wait
+
+    def permit(self, now: float, rate: float | None) -> None:
+        span: float | None = None
+        burst = self.burst
+        if burst is not None and len(self.sends) >= burst:
+            span = now - self.sends[-burst]
+        below = span is not None and self.hi is not None and span < self.hi
+        if self.lone or below:
+            self.probe = (now, span)
+            self.lone = False
+        self.last_span = span
+        self.sends.append(now)
+
+    def accepted(self) -> bool:
+        """A message taken; True when it taught a shorter window (the rate rises)."""
+        self.cycle += 1
+        self.misses = 0
+        if self.probe is None:
+            return False
+        tested = self.probe[1]
+        self.probe = None
+        if tested is not None and (self.hi is None or tested < self.hi):
+            self.hi = max(tested, self.lo)
+            return True
+        return False
+
+    def refund(self) -> None:
+        """A refused message in flight when the lane paused: it took no place either."""
+        if self.sends:
+            self.sends.pop()
+
+    def refused(self, unpaced: bool) -> bool:
+        """A message-rate refusal. True when the pacer falls back to a longer window (no
+        pause needed: it spaces the next message); False when the lane must pause and probe
+        (nothing accepted is known yet)."""
+        self.refund()  # the refused message took nothing of the receiver's count
+        self.misses += 1
+        probe, self.probe = self.probe, None
+        span = probe[1] if probe is not None else self.last_span
+        if self.burst is None and unpaced and self.cycle > 0:
+            self.burst = min(self.policy.max_burst, self.cycle)
+        elif span is not None and self.burst is not None:
+            self.lo = max(self.lo, span)
+        self.cycle = 0
+        self.lone = True  # the next try goes alone too
+        if self.hi is not None and self.lo >= self.hi:
+            # A window taken before was refused now (the receiver's clock is coarse, or it
+            # got stricter): a longer one, tried by one message first.
+            self.hi = self.lo * (1 + 4 * self.policy.window_precision)
+            self.lone = True
+        if self.hi is None:
+            self.lone = True
+            return False
+        return True
 
 
 def _fmt(value: float) -> str:
@@ -243,17 +384,19 @@ def relax(
 
 
 def probe_pause(
-    s: LaneState, now: float, policy: AimdPolicy, rng: random.Random
+    s: LaneState, now: float, policy: AimdPolicy, rng: random.Random, *, jitter: bool = True
 ) -> tuple[int, float]:
     """(level, seconds) of the pause after a throttle that names no delay: the first is short,
-    a repeat within `AimdPolicy.episode_gap` of the last throttle doubles it."""
+    a repeat within `AimdPolicy.episode_gap` of the last throttle doubles it. Jitter keeps
+    many senders' retries apart; ``jitter=False`` for a pause that ends in one lone probe."""
     level = 1
     if s.learned_at is not None and now - s.learned_at < policy.episode_gap + _last_pause(
         s, policy
     ):
         level = s.probe_level + 1
     pause = policy.probe_pause * 2 ** min(20, level - 1)
-    pause *= rng.uniform(1 - policy.jitter, 1 + policy.jitter)
+    if jitter:
+        pause *= rng.uniform(1 - policy.jitter, 1 + policy.jitter)
     return level, min(policy.probe_pause_max, pause)
 
 

@@ -34,6 +34,7 @@ from mailctl.replies.rules import RuleMatch, RuleSet
 from mailctl.reputation.aimd import (
     AimdPolicy,
     Meter,
+    Pacer,
     cut_connections,
     cut_rate,
     probe_pause,
@@ -112,6 +113,14 @@ class Lane:
         self.rng = rng or random.Random()
         self.aimd = aimd or AimdPolicy()
         self.meter = Meter(self.aimd)
+        self.pacer = Pacer(self.aimd)
+        # The end of the last message-rate pause: a message accepted after it is progress,
+        # so the next throttle starts its pause short again.
+        self._progress_after: float | None = None
+        # The slow start (in memory): connections allowed, and since when.
+        self._slow_cap = 1
+        self._slow_at: float | None = None
+        self._conn_probed = False  # a learned connection count grows once per run at most
         self.changed = False  # set on every state change, cleared by Scheduler.changed_states
 
     @property
@@ -273,9 +282,24 @@ class Lane:
         if cap <= 0:
             return 0
         if self.state.learned_connections is None:
-            # One new connection at a time: the next only once the last one holds.
-            grown = 1 + self.meter.accepted_total // max(1, self.aimd.slow_start)
-            cap = min(cap, grown, self.meter.open + 1)
+            # One new connection at a time: the next only once all allowed ones hold and
+            # carried mail for a while (the wait doubling per connection). A receiver that
+            # limits connections refuses the one too many: rather never reach it than be
+            # refused for a few seconds' gain.
+            if self._slow_at is None:
+                self._slow_at = now
+            a = self.aimd
+            due = self._slow_at
+            if self._slow_cap >= 2:
+                due += a.slow_start_interval * 2 ** min(10, self._slow_cap - 2)
+            if (
+                now >= due
+                and self.meter.open >= self._slow_cap
+                and self.meter.accepted_total >= a.slow_start * self._slow_cap
+            ):
+                self._slow_cap += 1
+                self._slow_at = now
+            cap = min(cap, self._slow_cap, self.meter.open + 1)
         return max(1, cap)
 
     def connect_wait(self, now: float) -> float:
@@ -323,8 +347,7 @@ class Lane:
     def _token_wait(
         self, now: float
     ) -> tuple[float, list[float], list[tuple[float, float] | None]]:  # noqa: E501
-        # What the lane learned paces it too: a learned rate only shown would pace nothing.
-        buckets = self._buckets(self._learned_caps(self._limits_of(self.state), self.state))
+        buckets = self._buckets(self._limits_of(self.state))
         tokens = self._refilled(now, buckets)
         wait = 0.0
         for level, bucket in zip(tokens, buckets, strict=True):
@@ -337,7 +360,7 @@ class Lane:
         pause = self.pause_wait(now)
         if pause > 0:
             return pause
-        return self._token_wait(now)[0]
+        return max(self._token_wait(now)[0], self.pacer.wait(now, self.state.learned_rate))
 
     def admit(self, now: float) -> float:
         """0.0 and a permit taken: send one message now. Otherwise the seconds to wait
@@ -345,9 +368,13 @@ class Lane:
         pause = self.pause_wait(now)
         if pause > 0:
             return pause
+        paced = self.pacer.wait(now, self.state.learned_rate)
+        if paced > 0:
+            return paced  # what the receiver was learned to take (reputation/aimd.py)
         wait, tokens, buckets = self._token_wait(now)
         if wait > 0:
             return wait
+        self.pacer.permit(now, self.state.learned_rate)
         if not any(buckets):
             return 0.0  # no rate limit on this lane: nothing to take, no state to write
         taken = tuple(
@@ -373,6 +400,21 @@ class Lane:
         have been used)."""
         self.meter.accepted(now)
         s = self.state
+        if self.pacer.accepted():
+            # The receiver took a message after a shorter window than before: the learned
+            # rate rises to what that window implies (never past the ceiling).
+            rate = self.pacer.rate()
+            ceiling = self.base.per_minute
+            if rate is not None and (ceiling is None or rate < ceiling):
+                s = replace(s, learned_rate=rate, learned_peak=self.pacer.peak(),
+                            learned_step_at=now)  # fmt: skip
+                self._set(s, now)
+        if self._progress_after is not None and now >= self._progress_after:
+            # Progress since the last message-rate throttle: the next one is a new episode.
+            self._progress_after = None
+            if s.probe_level:
+                s = replace(s, probe_level=0)
+                self._set(s, now)
         if s.learned_rate is None and s.learned_connections is None:
             if s.probe_level and s.learned_at is not None:
                 if now - s.learned_at >= self.aimd.episode_gap:
@@ -383,6 +425,22 @@ class Lane:
             ceiling_connections=self.base.connections,
             connections_due=busy and self.meter.open >= (s.learned_connections or 0),
         )  # fmt: skip
+        if (stepped.learned_connections or 0) > (s.learned_connections or 0) or (
+            stepped.learned_connections is None and s.learned_connections is not None
+        ):
+            if self._conn_probed:
+                # One more connection than a receiver took is tried once per run at most.
+                stepped = replace(
+                    stepped, learned_connections=s.learned_connections,
+                    learned_conn_at=s.learned_conn_at,
+                )  # fmt: skip
+            self._conn_probed = True
+        if self.pacer.learned:
+            # The pacer's bisection is this lane's additive increase: keep its rate.
+            stepped = replace(
+                stepped, learned_rate=s.learned_rate, learned_peak=s.learned_peak,
+                learned_step_at=s.learned_step_at,
+            )  # fmt: skip
         if stepped.probe_level and s.learned_at is not None:
             if now - s.learned_at >= self.aimd.episode_gap:
                 stepped = replace(stepped, probe_level=0)
@@ -480,14 +538,29 @@ class Lane:
             and now < s.until
         ):
             # Replies to messages already in flight when the lane paused: same episode.
+            self.pacer.refund()
             return self._event(
                 LaneEventKind.IGNORED, until=s.until, reason="lane already paused",
                 retry_after=s.until - now,
             )  # fmt: skip
-        level, probe = probe_pause(s, now, self.aimd, self.rng)
-        wait = probe if pause is None else pause
         text = " ".join(reply_text.split())
         observed = self.meter.describe(now)
+        falls_back = self.pacer.refused(unpaced=s.learned_rate is None)
+        if falls_back and pause is None:
+            # A window shorter than one already accepted was refused: back to that window,
+            # no pause (the pacer spaces the next message), the bisection narrowed.
+            s = replace(
+                s, learned_rate=self.pacer.rate() or s.learned_rate,
+                learned_peak=self.pacer.peak(), learned_step_at=now, learned_reason=text,
+                learned_at=now, learned_observed=observed, throttled=s.throttled + 1,
+            )  # fmt: skip
+            self._set(s, now)
+            retry = max(self.aimd.probe_poll, self.pacer.wait(now, s.learned_rate))
+            return self._event(kind, reason=text, rule=rule, retry_after=retry)
+        # A pause that ends in the pacer's lone probe needs no jitter (one message).
+        level, probe = probe_pause(s, now, self.aimd, self.rng, jitter=self.pacer.burst is None)
+        wait = probe if pause is None else pause
+        self._progress_after = now + wait
         if level > 1 and s.learned_at is not None and not self.meter.accepted_since(s.learned_at):
             # A repeat that met the first messages after the pause: the receiver has not
             # recovered yet. Nothing was learned since the last cut (the observed rate is only
