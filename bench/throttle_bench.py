@@ -13,7 +13,7 @@ received before it paused and in total (from the ``replies`` and ``lane_events``
 pause episodes, and when the last Microsoft/Yahoo message and the last Google message went out.
 
 Clock: mailctl's rule for 4.7.28 pauses the lane 10 minutes, then allows 10/min for 30 minutes,
-then ramps back from a quarter of the earlier rate; delivering ~3,300 Gmail messages that way
+then grows additively from the 10/min that held; delivering ~3,300 Gmail messages that way
 takes hours. So both runs use a *jumping* clock, injected into the engine and into the sims:
 it is the real clock plus an offset, and a sleep longer than JUMP seconds adds to the offset
 instead of waiting (a FakeClock for the long waits only). Everything that happens at full speed

@@ -119,6 +119,10 @@ class Meter:
             return 0.0
         return max(self.policy.min_span, now - max(now - self.policy.window, self._first))
 
+    def accepted_since(self, at: float) -> int:
+        """Messages accepted after ``at`` (within the window)."""
+        return sum(1 for t in self._accepts if t > at)
+
     def opened(self, count: int) -> None:
         self.open = count
         self.peak_open = max(self.peak_open, count)

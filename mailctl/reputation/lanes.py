@@ -153,6 +153,12 @@ class Lane:
         if s.mode is LaneMode.SLOWED and s.slow_limits is not None:
             # Never slower after a slow period than during it.
             start = max(start, _rate_factor(s.slow_limits, self.base))
+            held = s.slow_limits.per_minute
+            if held:
+                # The provider's documented rate held for the whole period: grow additively
+                # from it (aimd.step_up, in steps sized by it), not from a share of the
+                # ceiling or of a burst's rate, which is what throttled the lane.
+                s = replace(s, learned_rate=held, learned_peak=held, learned_step_at=at)
         return replace(
             s,
             mode=LaneMode.NORMAL,
@@ -555,7 +561,13 @@ class Lane:
         level, probe = probe_pause(s, now, self.aimd, self.rng, jitter=self.pacer.burst is None)
         wait = probe if pause is None else pause
         self._progress_after = now + wait
-        s = cut_rate(s, self.meter.rate(now), now, self.aimd, factor=factor, ceiling=ceiling)
+        if level > 1 and s.learned_at is not None and not self.meter.accepted_since(s.learned_at):
+            # A repeat that met the first messages after the pause: the receiver has not
+            # recovered yet. Nothing was learned since the last cut (the observed rate is only
+            # diluted by the pause), so wait longer (the pause doubles) without cutting again.
+            observed = s.learned_observed or observed
+        else:
+            s = cut_rate(s, self.meter.rate(now), now, self.aimd, factor=factor, ceiling=ceiling)
         s = replace(
             s, probe_level=level, throttled=s.throttled + 1, learned_reason=text,
             learned_at=now, learned_observed=observed,

@@ -43,6 +43,7 @@ from mailctl.sim.replies import (
     YAHOO_TSS04,
     SimReply,
 )
+from mailctl.sim.reputation import ReputationModel
 
 
 class Stage(enum.StrEnum):
@@ -141,9 +142,10 @@ class Greylist:
 class SimBehaviour:
     """How a simulated provider answers. The default accepts everything.
 
-    Recipient checks run in this order: throttle (if at RCPT), ``rcpt_rules`` (first match
-    wins), greylisting. Addresses matching ``bounce_rules`` are accepted with 250, then a DSN
-    carrying the rule's reply as diagnostic is appended to the mbox.
+    Recipient checks run in this order: throttle (if at RCPT), reputation (block, then its
+    own throttle), ``rcpt_rules`` (first match wins), greylisting. Addresses matching
+    ``bounce_rules`` are accepted with 250, then a DSN carrying the rule's reply as diagnostic
+    is appended to the mbox.
     """
 
     name: str = "sandbox"
@@ -164,6 +166,7 @@ class SimBehaviour:
     greylist: Greylist | None = None
     bounce_rules: tuple[AddressRule, ...] = ()
     accept_reply: SimReply = ACCEPTED
+    reputation: ReputationModel | None = None  # judge each sending IP (sim/reputation.py)
 
     def __post_init__(self) -> None:
         # Frozen means frozen: accept a plain dict with str keys, keep a read-only copy.
@@ -193,6 +196,7 @@ class Preset(enum.StrEnum):
     GOOGLE = "google"
     MICROSOFT = "microsoft"
     YAHOO = "yahoo"
+    REPUTATION = "reputation"
 
 
 def _local_part(*prefixes: str) -> re.Pattern[str]:
@@ -272,6 +276,18 @@ def _presets() -> dict[Preset, SimBehaviour]:
             throttle=Throttle(max_messages=100, window=60.0, reply=YAHOO_TSS04),
             bounce_rules=late_bounce,
         ),
+        # Judges each sending IP: see mailctl/sim/reputation.py for the model.
+        Preset.REPUTATION: SimBehaviour(
+            name="reputation",
+            hostname="mx.reputation.sim.invalid",
+            banner="ESMTP Postfix",
+            max_connections=10,
+            rcpt_rules=(
+                AddressRule(_UNKNOWN, GENERIC_USER_UNKNOWN),
+                AddressRule(_FULL, GENERIC_MAILBOX_FULL),
+            ),
+            reputation=ReputationModel(),
+        ),
     }
 
 
@@ -281,7 +297,8 @@ def preset(name: Preset | str, **overrides: Any) -> SimBehaviour:
     Presets other than ``sandbox`` know rehearsal addresses by local-part prefix:
     ``unknown…``/``nosuchuser…`` get the provider's hard bounce, ``disabled…`` a disabled
     mailbox, ``overquota…``/``full…`` a mailbox-full deferral, ``busy…`` Google's
-    ReceivingRate, ``bounce…`` is accepted and then bounced by DSN.
+    ReceivingRate, ``bounce…`` is accepted and then bounced by DSN. ``reputation`` judges each
+    sending IP by its reputation (throttle, spam placement, block: sim/reputation.py).
     """
     try:
         key = Preset(str(name).lower())

@@ -1,7 +1,8 @@
 """What a simulated provider records and reports.
 
 Owns the records a sim keeps (:class:`Delivery`, :class:`Refusal`, :class:`Bounce`, each with
-its :class:`RefusalReason`) and the progress events it hands to an ``on_event`` callback
+its :class:`RefusalReason`), the counts per sending IP made from them (:class:`IpStats`,
+:func:`ip_stats`) and the progress events it hands to an ``on_event`` callback
 (:class:`SimEvent` of a :class:`SimEventKind`): the sim never prints.
 
 Must not import aiosmtpd, the handler or the servers, nor mailctl's cli, delivery, bounces or
@@ -11,7 +12,7 @@ report.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from mailctl.sim.behaviours import Stage
@@ -25,6 +26,7 @@ class RefusalReason(enum.StrEnum):
     CONNECTION_CAP = "connection_cap"
     RECIPIENT_RULE = "recipient_rule"
     THROTTLE = "throttle"
+    BLOCKED = "blocked"  # the sending IP's reputation is too low (sim/reputation.py)
     GREYLIST = "greylist"
     DATA_REPLY = "data_reply"
     DROPPED = "dropped"  # connection closed mid-DATA, no reply at all
@@ -42,6 +44,7 @@ class Delivery:
     mailctl_id: str | None
     time: float
     size: int
+    folder: str = "inbox"  # where the receiver placed it: inbox or spam (reputation sims)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,66 @@ class Bounce:
     diagnostic: str
     time: float
     dsn: bytes
+
+
+@dataclass
+class IpStats:
+    """What one sending IP got from a simulated provider, counted per recipient."""
+
+    inbox: int = 0  # accepted and placed in the inbox (every acceptance, without a reputation)
+    spam: int = 0  # accepted and placed in spam (reputation sims)
+    throttled: int = 0  # refused by a throttle (at connect, RCPT or DATA)
+    blocked: int = 0  # refused because the IP's reputation is too low
+    bounced: int = 0  # refused at RCPT with a 5xx recipient rule (unknown user ...)
+    other: int = 0  # any other refusal (greylisting, connection caps, drops ...)
+    reputation: float | None = None  # as last judged (reputation sims)
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {
+            "inbox": self.inbox,
+            "spam": self.spam,
+            "throttled": self.throttled,
+            "blocked": self.blocked,
+            "bounced": self.bounced,
+            "other": self.other,
+            "reputation": None if self.reputation is None else round(self.reputation, 2),
+        }
+
+
+def ip_stats(
+    deliveries: Iterable[Delivery],
+    refusals: Iterable[Refusal],
+    reputations: Mapping[str, float] | None = None,
+) -> dict[str, IpStats]:
+    """Counts per sending IP, sorted by IP."""
+    stats: dict[str, IpStats] = {}
+
+    def of(ip: str) -> IpStats:
+        return stats.setdefault(ip, IpStats())
+
+    for delivery in deliveries:
+        entry = of(delivery.source_ip)
+        if delivery.folder == "spam":
+            entry.spam += 1
+        else:
+            entry.inbox += 1
+    for refusal in refusals:
+        entry = of(refusal.source_ip)
+        if refusal.reason is RefusalReason.THROTTLE:
+            entry.throttled += 1
+        elif refusal.reason is RefusalReason.BLOCKED:
+            entry.blocked += 1
+        elif (
+            refusal.reason is RefusalReason.RECIPIENT_RULE
+            and refusal.code is not None
+            and refusal.code >= 500
+        ):
+            entry.bounced += 1
+        else:
+            entry.other += 1
+    for ip, reputation in (reputations or {}).items():
+        of(ip).reputation = reputation
+    return dict(sorted(stats.items()))
 
 
 class SimEventKind(enum.StrEnum):

@@ -41,13 +41,16 @@ from mailctl.sim.events import (
     Bounce,
     Delivery,
     EventCallback,
+    IpStats,
     Refusal,
     RefusalReason,
     SimEvent,
     SimEventKind,
     TimeSource,
+    ip_stats,
 )
 from mailctl.sim.replies import INTERNAL_ERROR, SimReply
+from mailctl.sim.reputation import Folder, ReputationBook, Verdict
 
 # aiosmtpd logs through "mail.log"; without a handler, warnings would reach stderr through
 # logging's last resort. The sim never prints, so give that logger a sink (callers may still
@@ -103,6 +106,8 @@ class SimHandler:
         throttle, greylist = self.behaviour.throttle, self.behaviour.greylist
         self.throttle = None if throttle is None else ThrottleCounter(throttle)
         self.greylist = None if greylist is None else GreylistMemory(greylist)
+        model = self.behaviour.reputation
+        self.reputation = None if model is None else ReputationBook(model)
         self.data_transactions = 0
         self.connection_count = 0
         self._queue_ids = itertools.count(1)
@@ -204,6 +209,15 @@ class SimHandler:
     def on_disconnect(self, conn: _Connection) -> None:
         self.connections_per_ip[conn.source_ip] -= 1
 
+    def stats(self) -> dict[str, IpStats]:
+        """Counts per sending IP, with its reputation where the behaviour keeps one."""
+        book = self.reputation
+        return ip_stats(
+            list(self.deliveries),
+            list(self.refusals),
+            None if book is None else book.reputations(),
+        )
+
     # -- throttling -------------------------------------------------------------------------
 
     def _throttle_reply(self, source_ip: str, stage: Stage) -> SimReply | None:
@@ -256,10 +270,23 @@ class SimHandler:
             return self.refuse(
                 conn, Stage.RCPT, RefusalReason.THROTTLE, throttle, mail_from=sender, rcpt=address
             )
+        book = self.reputation
+        now = self.clock()
+        if book is not None:
+            verdict = book.admit(conn.source_ip, now)
+            if verdict is not None:
+                reason = (
+                    RefusalReason.BLOCKED if verdict is Verdict.BLOCKED else RefusalReason.THROTTLE
+                )
+                return self.refuse(
+                    conn, Stage.RCPT, reason, book.reply(verdict), mail_from=sender, rcpt=address
+                )
         for rule in self.behaviour.rcpt_rules:
             if rule.matches(address):
                 if rule.reply.code < 400:  # a rule may also accept explicitly
                     break
+                if book is not None and rule.reply.code >= 500:
+                    book.hard_bounce(conn.source_ip, now)
                 return self.refuse(
                     conn,
                     Stage.RCPT,
@@ -278,6 +305,8 @@ class SimHandler:
                 mail_from=sender,
                 rcpt=address,
             )
+        if book is not None:
+            book.accepted(conn.source_ip, now)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
@@ -318,9 +347,19 @@ class SimHandler:
         queue_id = f"{self._queue_prefix}{next(self._queue_ids):08X}"
         message_id, mailctl_id = _parse_ids(content)
         now = self.clock()
+        book = self.reputation
         for rcpt in rcpts:
+            folder = Folder.INBOX if book is None else book.place(conn.source_ip, now)
             delivery = Delivery(
-                queue_id, conn.source_ip, sender, rcpt, message_id, mailctl_id, now, len(content)
+                queue_id,
+                conn.source_ip,
+                sender,
+                rcpt,
+                message_id,
+                mailctl_id,
+                now,
+                len(content),
+                folder.value,
             )
             self._store(delivery, session, content)
             if self.throttle is not None:
@@ -372,9 +411,11 @@ class SimHandler:
             ).encode()
             # Maildir files use LF; Maildir.add writes tmp/ then renames into new/ atomically.
             self._maildir.add(received + content.replace(b"\r\n", b"\n"))
+        placed = " (spam)" if delivery.folder == Folder.SPAM else ""
         self.emit(
             SimEventKind.DELIVERED,
-            f"{delivery.source_ip} {delivery.mail_from} -> {delivery.rcpt} {delivery.queue_id}",
+            f"{delivery.source_ip} {delivery.mail_from} -> {delivery.rcpt} {delivery.queue_id}"
+            f"{placed}",
             delivery.source_ip,
             delivery,
         )

@@ -19,6 +19,7 @@ import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -29,6 +30,7 @@ from mailctl.sim.events import (
     Bounce,
     Delivery,
     EventCallback,
+    IpStats,
     Refusal,
     SimEventKind,
     TimeSource,
@@ -121,6 +123,7 @@ class SimServer:
         self._provider = SimHandler(self.config, clock, on_event)
         self._server: asyncio.Server | None = None
         self._port: int | None = None
+        self.started = False  # set once listening; stays set after close
 
     @property
     def behaviour(self) -> SimBehaviour:
@@ -161,6 +164,11 @@ class SimServer:
         """Connections accepted since start (including refused ones)."""
         return self._provider.connection_count
 
+    def stats(self) -> dict[str, IpStats]:
+        """Per sending IP: inbox, spam, throttled, blocked, bounced, other refusals, and the
+        reputation where the behaviour keeps one."""
+        return self._provider.stats()
+
     @property
     def open_connections(self) -> int:
         return len(self._provider.protocols)
@@ -195,6 +203,7 @@ class SimServer:
             provider.close_files()
             raise SimError(f"cannot listen on {config.host}:{config.port}: {error}") from error
         self._port = self._server.sockets[0].getsockname()[1]
+        self.started = True
         provider.emit(
             SimEventKind.LISTENING,
             f"{config.behaviour.name} simulator listening on {config.host}:{self._port}",
@@ -305,6 +314,9 @@ class ThreadedSimServer:
     def open_connections(self) -> int:
         return self.sim.open_connections
 
+    def stats(self) -> dict[str, IpStats]:
+        return self.sim.stats()
+
     def start(self, timeout: float = 10.0) -> int:
         if self._thread is not None:
             raise SimError("the simulated provider is already running")
@@ -374,14 +386,17 @@ def run_forever(
     on_event: EventCallback | None = None,
     clock: TimeSource = time.time,
     stop: threading.Event | None = None,
+    on_stop: Callable[[dict[str, IpStats]], None] | None = None,
 ) -> None:
     """Serve until ``stop`` is set or the process is interrupted (KeyboardInterrupt propagates).
 
-    For ``mailctl sim``: the LISTENING event carries the actual port.
+    For ``mailctl sim``: the LISTENING event carries the actual port; ``on_stop`` receives the
+    counts per sending IP once the server has stopped (also on Ctrl-C).
     """
+    server = SimServer(config, clock=clock, on_event=on_event)
 
     async def serve() -> None:
-        async with SimServer(config, clock=clock, on_event=on_event):
+        async with server:
             if stop is None:
                 await asyncio.Event().wait()
             else:
@@ -389,4 +404,8 @@ def run_forever(
                 while not stop.is_set():
                     await asyncio.sleep(0.1)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    finally:
+        if on_stop is not None and server.started:
+            on_stop(server.stats())
