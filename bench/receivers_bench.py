@@ -17,7 +17,7 @@ For each: time to deliver everything, refusals (421 at connect + 4xx replies, fr
 own log), messages per connection. Targets from issue #11 are checked at the end.
 
 Rows are functions in ``ROWS`` (``Context`` -> ``Measured``); another bench module adds one by
-appending to it (bench/reputation_bench.py's reputation sim).
+appending to it, as bench/reputation_bench.py's reputation sim does below.
 
 Run by hand:  python bench/receivers_bench.py [SCALE]   (SCALE 1.0 = the issue's sizes)
 """
@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import reputation_bench  # noqa: E402  (bench/ is this script's own directory on sys.path)
 
 from mailctl.cli import run as mailctl  # noqa: E402
 from tests.helpers.postfix import (  # noqa: E402
@@ -258,6 +260,38 @@ ROWS: list[RowFn] = [_postfix_row_fn(i) for i in range(4)] + (
     [_postfix_row_fn(4)] if have_postgrey() else []
 )
 
+REPUTATION_DETAIL: list[reputation_bench.BenchRow] = []  # printed in full under the table
+
+
+def _from_reputation(result: reputation_bench.Result) -> Result:
+    """A reputation-sim sender in this table's cells; a sender that never delivered every
+    valid recipient (blocked) shows an infinite time."""
+    return Result(
+        math.inf if result.seconds is None else result.seconds,
+        result.refusals,
+        result.per_connection,
+        result.delivered,
+        inbox=f"{result.inbox_share:.1%}",
+    )
+
+
+def reputation_row(ctx: Context) -> Measured:
+    """The reputation sim: two campaigns to one list with 1% unknown users; the optimum
+    column holds the paced sender (bench/reputation_bench.py explains its rate)."""
+    (row,) = reputation_bench.reputation_rows(ctx.messages)
+    REPUTATION_DETAIL.append(row)
+    return Measured(
+        row.name,
+        row.messages,
+        _from_reputation(row.paced),
+        _from_reputation(row.naive),
+        _from_reputation(row.mailctl),
+        row.failures,
+    )
+
+
+ROWS.append(reputation_row)
+
 
 def _cells(result: Result) -> str:
     return f"{result.seconds:>7.1f} {result.refusals:>5} {result.per_connection:>6.0f}"
@@ -296,6 +330,9 @@ def main() -> int:
     print()
     print("4xx: refusals (421 at connect and 4xx replies, from the receiver's own log);")
     print("loop s: mailctl's send loop alone (time s includes its start-up).")
+    if REPUTATION_DETAIL:
+        print("reputation sim: the optimum column is the paced sender; inf = never delivered all.")
+        print(reputation_bench.table(REPUTATION_DETAIL))
     missed = [f"{m.name}: {what}" for m in measured for what in m.targets]
     for line in missed:
         print("MISSED:", line)
