@@ -10,44 +10,13 @@ import sqlite3
 from typing import Any
 
 from mailctl.store.base import QueueFilter, QueueGroup
-
-# What a waiting message waits for, as one groupable label (deferrals recorded before
-# reasons were stored have none).
-_KIND = """CASE WHEN m.state = 'deferred'
-                THEN coalesce(m.wait_kind, 'deferred (reason not recorded)')
-                ELSE 'queued' END"""
-_WAITING = "m.state IN ('queued', 'deferred')"
-_LIST_COLUMNS = (
-    "id", "campaign", "email", "domain", "ip", "provider", "state", "attempts", "queued_at",
-    "next_attempt_at", "kind", "reason",
-)  # fmt: skip
+from mailctl.store.queue_filter import KIND as _KIND
+from mailctl.store.queue_filter import LIST_COLUMNS as _LIST_COLUMNS
+from mailctl.store.queue_filter import waiting_where
 
 
 def _where(where: QueueFilter) -> tuple[str, list[Any]]:
-    clauses = [_WAITING]
-    params: list[Any] = []
-    if where.campaign_id is not None:
-        clauses.append("m.campaign_id = ?")
-        params.append(where.campaign_id)
-    if where.domain is not None:
-        clauses.append("m.domain = ?")
-        params.append(where.domain)
-    if where.provider is not None:
-        clauses.append("m.provider = ?")
-        params.append(where.provider)
-    if where.address_key is not None:
-        clauses.append(
-            """m.recipient_id IN (SELECT id FROM recipients WHERE email_key = ?
-                 UNION SELECT id FROM recipients WHERE merged_into IN
-                   (SELECT id FROM recipients WHERE email_key = ?))"""
-        )
-        params += [where.address_key, where.address_key]
-    if where.reason is not None:
-        clauses.append(
-            f"(instr(lower({_KIND}), ?) > 0 OR instr(lower(coalesce(m.wait_reason, '')), ?) > 0)"
-        )
-        params += [where.reason.lower(), where.reason.lower()]
-    return " AND ".join(clauses), params
+    return waiting_where(where, ph="?", find="instr")
 
 
 class _QueueTables:
