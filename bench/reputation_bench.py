@@ -48,7 +48,6 @@ import smtplib
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +60,7 @@ from mailctl.sim.events import Delivery  # noqa: E402
 from mailctl.sim.replies import GENERIC_USER_UNKNOWN  # noqa: E402
 from mailctl.sim.reputation import ReputationModel  # noqa: E402
 from mailctl.sim.servers import ThreadedSimServer  # noqa: E402
+from tests.helpers.workspace import reputation_workspace  # noqa: E402
 
 DOMAIN = "rep.example"
 RATE_PER_RECIPIENT = 1.2  # new-IP rate per minute per list recipient: paced needs ~100 s
@@ -169,46 +169,13 @@ def smtplib_sender(
             client.quit()
 
 
-def write_workspace(ws: Path, port: int, source: str, addresses: list[str]) -> None:
-    (ws / "profiles.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            default_profile: direct
-            profiles:
-              direct:
-                transport: direct
-                dns: false
-                preflight: false
-                helo: mta.example.com
-                pools:
-                  marketing: [{source}]
-                mx_override: {{{DOMAIN}: "reputation@127.0.0.1:{port}"}}
-            """
-        )
-    )
-    (ws / "list.csv").write_text("email\n" + "".join(f"{a}\n" for a in addresses))
-    for campaign in CAMPAIGNS:
-        (ws / f"{campaign}.yaml").write_text(
-            textwrap.dedent(
-                f"""\
-                name: {campaign}
-                from: "News <news@example.com>"
-                subject: "{campaign} news"
-                text: "Hello {{{{ email }}}}, this season's news. {{{{ unsubscribe_url }}}}"
-                recipients: list.csv
-                unsubscribe: {{url: "https://example.com/u/{{{{ email | urlencode }}}}"}}
-                """
-            )
-        )
-
-
 def mailctl_sender(port: int, source: str, addresses: list[str], deadline: float) -> list[str]:
     """Each campaign with ``mailctl send``; rerun (as cron would) while mail is deferred."""
     notes: list[str] = []
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="repbench") as tmp:
         ws = Path(tmp)
-        write_workspace(ws, port, source, addresses)
+        reputation_workspace(ws, port, addresses, source=source, domain=DOMAIN, campaigns=CAMPAIGNS)
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         base = [sys.executable, "-m", "mailctl", "--db", str(ws / "m.db"), "--profiles"]
         base += [str(ws / "profiles.yaml")]

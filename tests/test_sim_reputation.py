@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from mailctl.sim.behaviours import Preset, SimBehaviour, preset
 from mailctl.sim.reputation import Folder, ReputationBook, ReputationModel, Verdict
 from tests.helpers.clock import FakeClock
 from tests.helpers.sim import SimServerFactory
-from tests.helpers.workspace import cli
+from tests.helpers.workspace import cli, reputation_workspace
 
 SENDER = "news@example.com"
 UNTRUSTED = "451 4.7.1 Received too many messages from a new or untrusted IP: 127.0.0.2"
@@ -187,39 +186,6 @@ def test_reputation_recovers_slowly_after_an_hour_without_penalties() -> None:
 # -- mailctl against it ----------------------------------------------------------------------
 
 
-def _workspace(ws: Path, port: int, addresses: list[str]) -> None:
-    (ws / "profiles.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            default_profile: direct
-            profiles:
-              direct:
-                transport: direct
-                dns: false
-                preflight: false
-                helo: mta.example.com
-                pools:
-                  marketing: [127.0.0.4]
-                mx_override: {{rep.example: "reputation@127.0.0.1:{port}"}}
-            """
-        )
-    )
-    (ws / "list.csv").write_text("email\n" + "".join(f"{a}\n" for a in addresses))
-    for name in ("spring", "summer"):
-        (ws / f"{name}.yaml").write_text(
-            textwrap.dedent(
-                f"""\
-                name: {name}
-                from: "News <news@example.com>"
-                subject: "{name} news"
-                text: "Hello. {{{{ unsubscribe_url }}}}"
-                recipients: list.csv
-                unsubscribe: {{url: "https://example.com/u/{{{{ email | urlencode }}}}"}}
-                """
-            )
-        )
-
-
 def test_mailctl_keeps_two_campaigns_to_the_same_list_in_the_inbox(
     sim_server: SimServerFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -230,7 +196,7 @@ def test_mailctl_keeps_two_campaigns_to_the_same_list_in_the_inbox(
     addresses = [
         f"unknown-{i}@rep.example" if i % 50 == 49 else f"user{i}@rep.example" for i in range(100)
     ]
-    _workspace(tmp_path, server.port, addresses)
+    reputation_workspace(tmp_path, server.port, addresses)
 
     for name in ("spring", "summer"):
         code = cli(tmp_path, "send", str(tmp_path / f"{name}.yaml"), "--json", "--max-time", "9m")

@@ -124,3 +124,47 @@ def summary(capsys: pytest.CaptureFixture[str]) -> dict:
 
 def db_states(ws: Path) -> dict[str, int]:
     return dict(db_rows(ws, "SELECT state, count(*) FROM messages GROUP BY state"))
+
+
+def reputation_workspace(
+    ws: Path,
+    port: int,
+    addresses: list[str],
+    *,
+    source: str = "127.0.0.4",
+    domain: str = "rep.example",
+    campaigns: tuple[str, ...] = ("spring", "summer"),
+) -> None:
+    """profiles.yaml (a direct profile sending from `source`, its mail for `domain` to the
+    reputation sim on `port`, nothing else configured), list.csv (`addresses`) and one
+    campaign YAML per name in `campaigns`, each to the whole list."""
+    (ws / "profiles.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            default_profile: direct
+            profiles:
+              direct:
+                transport: direct
+                dns: false
+                preflight: false
+                helo: mta.example.com
+                pools:
+                  marketing: [{source}]
+                mx_override: {{{domain}: "reputation@127.0.0.1:{port}"}}
+            """
+        )
+    )
+    (ws / "list.csv").write_text("email\n" + "".join(f"{a}\n" for a in addresses))
+    for campaign in campaigns:
+        (ws / f"{campaign}.yaml").write_text(
+            textwrap.dedent(
+                f"""\
+                name: {campaign}
+                from: "News <news@example.com>"
+                subject: "{campaign} news"
+                text: "Hello {{{{ email }}}}, this season's news. {{{{ unsubscribe_url }}}}"
+                recipients: list.csv
+                unsubscribe: {{url: "https://example.com/u/{{{{ email | urlencode }}}}"}}
+                """
+            )
+        )
