@@ -388,4 +388,8 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (ip, day, provider)
         )""",
     ],
+    # 12: which file version each list last took in (see the SQLite migration).
+    [
+        "ALTER TABLE lists ADD COLUMN source text",
+    ],
 ]
