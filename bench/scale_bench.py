@@ -4,8 +4,10 @@ one Postfix smtp-sink that dumps every message, so duplicates are counted at the
 
 Prints per configuration: messages/s (wall time of the sending processes), the database
 server's share of CPU (PostgreSQL's postmaster and its reaped backends; SQLite runs inside
-the senders), and the claim and commit latency per batch (median and p99, timed around
-`claim_due` and `record_outcomes` in each sender). The PostgreSQL cluster is a throwaway one
+the senders), the claim and commit latency per batch (median and p99, timed around
+`claim_due` and `record_outcomes` in each sender), and the CPU time per message of the
+senders (with their render workers), the database server and smtp-sink: on one small
+machine extra senders only help while these do not grow. The PostgreSQL cluster is a throwaway one
 (tests.helpers.postgres), torn down at the end.
 
 Needs Debian's `postfix` (smtp-sink) and `postgresql` packages. Run by hand:
@@ -34,7 +36,7 @@ from tests.helpers.postgres import PgCluster, free_port, remove_cluster, start_c
 # A sender: mailctl's CLI with claim_due and record_outcomes timed (both backends), the
 # timings and the process's CPU written to a JSON file at exit.
 SENDER = r"""
-import json, resource, sys, time
+import json, multiprocessing, resource, sys, time
 from mailctl.store.postgres import PostgresStore
 from mailctl.store.sqlite import SqliteStore
 timings = {"claim": [], "commit": []}
@@ -52,6 +54,8 @@ for cls in (PostgresStore, SqliteStore):
     timed(cls, "record_outcomes", "commit")
 from mailctl.cli import run
 code = run(sys.argv[2:])
+for child in multiprocessing.active_children():  # render workers: their CPU counts too
+    child.join(10)
 own = resource.getrusage(resource.RUSAGE_SELF)
 kids = resource.getrusage(resource.RUSAGE_CHILDREN)
 cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
@@ -115,12 +119,16 @@ def workspace(root: Path, port: int, count: int) -> Path:
     return root
 
 
-def postmaster_cpu(cluster: PgCluster) -> float:
-    """CPU seconds of the postmaster and every backend it has reaped."""
-    pid = int((cluster.data / "postmaster.pid").read_text().split()[0])
+def process_cpu(pid: int) -> float:
+    """CPU seconds of a process and the children it has reaped."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
     return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
+
+
+def postmaster_cpu(cluster: PgCluster) -> float:
+    """CPU seconds of the postmaster and every backend it has reaped."""
+    return process_cpu(int((cluster.data / "postmaster.pid").read_text().split()[0]))
 
 
 def deliveries(dump: Path) -> collections.Counter[str]:
@@ -192,6 +200,7 @@ def run_config(
         time.sleep(1.0)
         seen = deliveries(dump)
     finally:
+        sink_cpu = process_cpu(sink.pid)
         sink.terminate()
         sink.wait()
         shutil.rmtree(dump, ignore_errors=True)
@@ -214,6 +223,9 @@ def run_config(
         "commits": len(commits),
         "commit_ms_p50": statistics.median(commits) * 1000 if commits else 0.0,
         "commit_ms_p99": pct(commits, 99) * 1000,
+        "sender_cpu_us_per_msg": sender_cpu * 1e6 / count,
+        "db_cpu_us_per_msg": db_cpu * 1e6 / count,
+        "sink_cpu_us_per_msg": sink_cpu * 1e6 / count,
         "db_cpu_ms_per_claim": db_cpu * 1000 / max(len(claims), 1) if cluster else None,
     }
 
@@ -247,10 +259,16 @@ def main() -> None:
             f"{share:>8}{r['claims']:>8}"
             f"{r['claim_ms_p50']:>9.1f}/{r['claim_ms_p99']:<8.1f}"
             f"{r['commit_ms_p50']:>9.1f}/{r['commit_ms_p99']:<9.1f}{per_claim:>12}"
+            f"{r['sender_cpu_us_per_msg']:>13.0f}/{r['db_cpu_us_per_msg']:.0f}"
+            f"/{r['sink_cpu_us_per_msg']:.0f}"
         )
     base = rows[0]["msg_s"]
+    pg1 = next((r["msg_s"] for r in rows if r["config"] == "postgresql-x1"), None)
     for r in rows[1:]:
-        print(f"{r['config']}: {float(r['msg_s']) / float(base):.2f}x sqlite-x1")  # type: ignore[arg-type]
+        line = f"{r['config']}: {float(r['msg_s']) / float(base):.2f}x sqlite-x1"  # type: ignore[arg-type]
+        if pg1 and r["config"] != "postgresql-x1":
+            line += f", {float(r['msg_s']) / float(pg1):.2f}x postgresql-x1"  # type: ignore[arg-type]
+        print(line)
     if options.json:
         print(json.dumps(rows, indent=1))
 

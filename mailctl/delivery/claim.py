@@ -24,6 +24,13 @@ from mailctl.errors import TemplateError
 from mailctl.message.render import RenderedMessage, Renderer
 from mailctl.recipients.address import address_key
 
+# After a claim came back short (the due queue is drained, or other senders took the rest),
+# a run that still has messages going out asks the database again only after this long,
+# not after every message that finishes: at the end of a campaign each of N senders would
+# otherwise send one claim per message for the length of its backlog, each a round trip
+# that holds up its event loop while the others still have mail to move.
+CLAIM_RETRY_SECONDS = 0.5
+
 
 class Claimer:
     """Due work of the run's active campaigns, and its rendering."""
@@ -31,12 +38,23 @@ class Claimer:
     def __init__(self, ctx: SendContext) -> None:
         self.ctx = ctx
         self.render_pool: RenderPool | None = None
+        self.claims = 0  # round trips to the store's claim
+        self._retry_at: float | None = None  # set by a short claim
 
-    def claim(self, now: float, batch: int) -> list[dict[str, Any]]:
-        """Up to ``batch`` due messages, now `sending` for this run."""
+    def claim(self, now: float, batch: int, *, busy: bool = False) -> list[dict[str, Any]]:
+        """Up to ``batch`` due messages, now `sending` for this run.
+
+        ``busy``: earlier claims are still being sent. Then, within `CLAIM_RETRY_SECONDS`
+        of a short claim, nothing is claimed (the store is not asked). A run with nothing
+        in flight always asks: it is about to finish or wait, and must see what fell due."""
         if batch <= 0:
             return []
-        return self.ctx.store.claim_due(self.ctx.active(), now, self.ctx.run_id, batch)
+        if busy and self._retry_at is not None and now < self._retry_at:
+            return []
+        self.claims += 1
+        claimed = self.ctx.store.claim_due(self.ctx.active(), now, self.ctx.run_id, batch)
+        self._retry_at = now + CLAIM_RETRY_SECONDS if len(claimed) < batch else None
+        return claimed
 
     def remaining(self) -> int:
         return sum(self.ctx.store.remaining(cid) for cid in self.ctx.jobs)

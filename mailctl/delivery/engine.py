@@ -163,7 +163,7 @@ class Engine:
                 batch = options.claim_batch
                 if options.limit is not None:
                     batch = min(batch, options.limit - dispatcher.attempted)
-                claimed = self.claimer.claim(now, batch)
+                claimed = self.claimer.claim(now, batch, busy=dispatcher.busy())
                 if not claimed:
                     if dispatcher.busy():
                         await self._await_workers()

@@ -163,6 +163,17 @@ class PostgresStore(_PgLaneTables, _PgAddressTables, _PgQueueTables):
                 f"{self.location}: lost the database connection: {_one_line(exc)}"
             ) from exc
 
+    def _copy_rows(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """COPY rows in on the one connection (inside the caller's transaction)."""
+        try:
+            with self.conn.cursor() as cur, cur.copy(sql) as copy:  # type: ignore[arg-type]
+                for row in rows:
+                    copy.write_row(row)
+        except psycopg.OperationalError as exc:
+            raise StoreConnectionError(
+                f"{self.location}: lost the database connection: {_one_line(exc)}"
+            ) from exc
+
     def _in_transaction(self) -> bool:
         return self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
