@@ -388,4 +388,8 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (ip, day, provider)
         )""",
     ],
+    # 12: what each lane's receiver accepted in the last minute (reputation/aimd.py).
+    [
+        "ALTER TABLE lanes ADD COLUMN recent_accepts text",
+    ],
 ]

@@ -389,4 +389,9 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (ip, day, provider)
         ) WITHOUT ROWID""",
     ],
+    # 12: what each lane's receiver accepted in the last minute (per second), so a run that
+    # starts right after another counts what the receiver still counts (reputation/aimd.py).
+    [
+        "ALTER TABLE lanes ADD COLUMN recent_accepts TEXT",
+    ],
 ]
