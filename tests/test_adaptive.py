@@ -22,6 +22,7 @@ import pytest
 from mailctl.replies.rules import default_rules
 from mailctl.reputation.lane_state import LaneState
 from mailctl.reputation.scheduler import Scheduler
+from mailctl.store.sqlite import SqliteStore
 from tests.helpers.postfix import have_postfix, have_postgrey, postfix_receiver, postgrey_server
 from tests.helpers.workspace import cli
 
@@ -310,3 +311,40 @@ def test_a_receiver_counting_per_time_unit_is_met_at_its_window_with_few_refusal
     rate = lane.state.learned_rate
     assert rate is not None and 0.8 * 600 <= rate <= 600
     assert lane.state.learned_peak is not None and lane.state.learned_peak > rate
+
+
+def test_what_the_receiver_accepted_in_the_last_minute_is_kept_for_the_next_run(
+    tmp_path: Path,
+) -> None:
+    # Run 1 sends 40 messages in 4 s and ends; its lane is saved to a real SQLite store.
+    first = Scheduler(default_rules(), rng=random.Random(1)).lane("192.0.2.1", "example.net")
+    for i in range(40):
+        assert first.admit(T0 + i * 0.1) == 0
+        first.accepted(T0 + i * 0.1)
+    first.count_sent(40, T0 + 4)
+    assert sum(count for _, count in first.state.recent_accepts) == 40
+    with SqliteStore.open(tmp_path / "m.db") as store:
+        store.upsert_lanes([first.state.to_row()])
+        rows = store.lane_rows()
+    # Run 2 starts 2 s later: the receiver still counts run 1's 40, takes 10 more, refuses.
+    states = [LaneState.from_row(row) for row in rows]
+    lane = Scheduler(default_rules(), rng=random.Random(1), states=states).lane(
+        "192.0.2.1", "example.net"
+    )
+    now = T0 + 6
+    for _ in range(10):
+        assert lane.admit(now) == 0
+        lane.accepted(now)
+        now += 0.01
+    assert lane.admit(now) == 0
+    event = lane.on_reply(TOO_MUCH_MAIL, 450, now, from_receiver=True, stage="rcpt")
+    assert event.pauses_lane
+    assert lane.pacer.burst == 50  # what the receiver counted, not run 2's own 10
+    # The rate observed before the throttle includes run 1's too: 50 over 6 s, halved.
+    assert lane.state.learned_rate == pytest.approx(0.5 * 50 * 60 / 6, rel=0.05)
+    # A run a minute later starts afresh: the receiver's minute has passed.
+    later = Scheduler(default_rules(), rng=random.Random(1), states=states).lane(
+        "192.0.2.1", "example.net"
+    )
+    later.limits(T0 + 70)
+    assert later.pacer.cycle == 0 and later.meter.rate(T0 + 70) == 0

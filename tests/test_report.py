@@ -296,7 +296,7 @@ def test_a_database_from_before_reply_scopes_reports_the_same_after_migrating(
     (sent / "m.db").rename(old)
     conn = sqlite3.connect(old)
     conn.execute("ALTER TABLE replies DROP COLUMN scope")
-    for later in (  # what migrations 6, 7, 9, 10, 11 and 12 added (8 re-creates its tables)
+    for later in (  # what migrations 6, 7, 9, 10, 11, 12 and 13 added (8 re-creates its tables)
         "ALTER TABLE lists DROP COLUMN source",
         "DROP INDEX recipients_email_key",
         "DROP INDEX recipients_merged_into",
@@ -312,7 +312,7 @@ def test_a_database_from_before_reply_scopes_reports_the_same_after_migrating(
             for column in (
                 "learned_rate", "learned_peak", "learned_connections", "learned_reason",
                 "learned_at", "learned_observed", "learned_step_at", "learned_conn_at",
-                "probe_level", "connect_until", "probing",
+                "probe_level", "connect_until", "probing", "recent_accepts",
             )
         ),
     ):  # fmt: skip

@@ -216,6 +216,37 @@ def test_mailctl_keeps_two_campaigns_to_the_same_list_in_the_inbox(
     assert stats.reputation is not None and stats.reputation >= 35  # ... without burning the IP
 
 
+def test_a_campaign_right_after_another_learns_the_rate_from_what_the_receiver_counted(
+    sim_server: SimServerFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The receiver takes 100 recipients per 5 s (1,200/min). Spring sends 95 of them at
+    # once; summer starts moments later: the receiver still counts spring's 95, so it takes
+    # only 5 of summer's before its throttle. The lane must learn the burst from both runs
+    # (100), not from summer's own 5, or it would pace a fraction of what the receiver takes.
+    server = sim_server(reputation(new_ip_rate=100, window=5))
+    reputation_workspace(tmp_path, server.port, [f"user{i}@rep.example" for i in range(95)])
+
+    for name in ("spring", "summer"):
+        code = cli(tmp_path, "send", str(tmp_path / f"{name}.yaml"), "--json", "--max-time", "2m")
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        assert json.loads(out.out)["remaining"] == 0
+
+    assert len(server.deliveries) == 190
+    assert all(d.folder == "inbox" for d in server.deliveries)
+    (stats,) = server.stats().values()
+    assert 0 < stats.throttled <= 5  # the first refusal and a few lone probes while it drains
+    code = cli(tmp_path, "lanes", "--json")
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    (lane,) = json.loads(out.out)
+    # 100 per the window the lane found: the receiver's 5 s, or the few seconds of probe
+    # pauses it took to drain (300/min even at 20 s); learned from summer's 5 alone it
+    # was under 200/min.
+    learned = lane["learned"]["per_minute"]
+    assert learned is not None and 300 <= learned <= 1200 * 1.1, lane
+
+
 # -- the CLI ---------------------------------------------------------------------------------
 
 

@@ -10,6 +10,11 @@
   throttled, then slowly above it; one more connection per clean interval.
 * `relax` lets a learned rate drift back toward the ceiling over clean hours between runs.
 * `probe_pause` is the pause after a throttle that names no delay: short, doubling on repeats.
+* `recent_times` turns the per-second acceptances a lane persisted (`Meter.recent`) back into
+  times: a receiver counts per client over its own window, whichever run sent the mail, so a
+  run that starts right after another seeds its `Meter` and `Pacer` with them (`seed`).
+  Without that, a second campaign sent seconds after a first learns as the receiver's burst
+  only what it sent itself before the refusal, and paces a fraction of the receiver's rate.
 * `Pacer` meets a receiver that counts per client over a time unit (Postfix's anvil, most
   providers' per-minute counters): at most ``burst`` messages in any ``window`` seconds, the
   burst learned from what the receiver took before its first refusal, the window found by
@@ -38,6 +43,7 @@ __all__ = [
     "cut_connections",
     "cut_rate",
     "probe_pause",
+    "recent_times",
     "relax",
     "step_up",
 ]
@@ -97,6 +103,22 @@ class Meter:
         horizon = now - self.policy.window
         while self._accepts and self._accepts[0] <= horizon:
             self._accepts.popleft()
+
+    def seed(self, times: list[float]) -> None:
+        """Acceptances of an earlier run (sorted, older than any of this run's)."""
+        if not times:
+            return
+        self._accepts.extendleft(reversed(times))
+        self._first = times[0] if self._first is None else min(self._first, times[0])
+
+    def recent(self, now: float) -> tuple[tuple[int, int], ...]:
+        """Acceptances over the window, as (epoch second, count), for the lane to persist."""
+        self._trim(now)
+        counts: dict[int, int] = {}
+        for t in self._accepts:
+            second = math.floor(t)
+            counts[second] = counts.get(second, 0) + 1
+        return tuple(counts.items())
 
     def accepted(self, now: float) -> None:
         if self._first is None:
@@ -171,6 +193,15 @@ class Pacer:
         self.lone = False  # the next permit goes alone (after a pause)
         self.last_span: float | None = None  # of the last permit: its span over a burst
         self.misses = 0  # refusals since the last acceptance (a window's failed tries)
+
+    def seed(self, times: list[float]) -> None:
+        """Acceptances of an earlier run (sorted, within the window): the receiver still
+        counts them, so they take their places among the sends and in the cycle a first
+        refusal learns the burst from."""
+        if times and self.burst is None:
+            kept = [*times, *self.sends][-(self.policy.max_burst + 1) :]
+            self.sends = deque(kept, maxlen=self.policy.max_burst + 1)
+            self.cycle += len(times)
 
     @property
     def learned(self) -> bool:
@@ -271,6 +302,19 @@ class Pacer:
             self.lone = True
             return False
         return True
+
+
+def recent_times(
+    recent: tuple[tuple[int, int], ...], now: float, policy: AimdPolicy
+) -> list[float]:
+    """Per-second acceptances (`Meter.recent`) back as times within ``policy.window`` of
+    ``now``, each second's spread evenly over it, oldest first, at most ``max_burst``."""
+    times: list[float] = []
+    for second, count in sorted(recent):
+        count = min(max(0, count), policy.max_burst)
+        times.extend(second + (i + 0.5) / count for i in range(count))
+    horizon = now - policy.window
+    return [t for t in times if horizon < t <= now][-policy.max_burst :]
 
 
 def _fmt(value: float) -> str:

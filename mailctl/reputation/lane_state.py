@@ -132,6 +132,10 @@ class LaneState:
     probe_level: int = 0  # throttles in a row (the pause doubles)
     connect_until: float | None = None  # no new connection before (a connection signal)
     probing: bool = False  # the suspension is a probe pause: it ends without a ramp
+    # Messages the receiver accepted in the last `AimdPolicy.window`, as (epoch second,
+    # count): a receiver counts per client over its own window, so a run that starts right
+    # after another starts from what that one sent (reputation/aimd.py `recent_times`).
+    recent_accepts: tuple[tuple[int, int], ...] = ()
 
     def to_row(self) -> dict[str, Any]:
         """Flat, SQLite-ready values (nested parts as JSON text)."""
@@ -160,6 +164,7 @@ class LaneState:
             "updated_at": self.updated_at,
             **{name: getattr(self, name) for name in LEARNED_COLUMNS},
             "probing": int(self.probing),
+            "recent_accepts": json.dumps([list(pair) for pair in self.recent_accepts]),
         }
 
     @classmethod
@@ -207,6 +212,7 @@ LEARNED_COLUMNS = (
     "probe_level",
     "connect_until",
     "probing",
+    "recent_accepts",
 )
 
 
@@ -216,9 +222,22 @@ def _learned(row: Mapping[str, Any]) -> dict[str, Any]:
     values = {name: row[name] for name in LEARNED_COLUMNS if name in keys}
     values["probe_level"] = int(values.get("probe_level") or 0)
     values["probing"] = bool(values.get("probing"))
+    values["recent_accepts"] = _recent(values.get("recent_accepts"))
     if values.get("learned_connections") is not None:
         values["learned_connections"] = int(values["learned_connections"])
     return values
+
+
+def _recent(text: str | None) -> tuple[tuple[int, int], ...]:
+    """The ``recent_accepts`` column: a JSON list of [second, count] pairs (bad or absent
+    values read as none: it is a hint, never worth failing a run for)."""
+    if not text:
+        return ()
+    try:
+        pairs = json.loads(text)
+        return tuple((int(second), int(count)) for second, count in pairs if int(count) > 0)
+    except (TypeError, ValueError):
+        return ()
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from mailctl.reputation.aimd import (
     cut_connections,
     cut_rate,
     probe_pause,
+    recent_times,
     relax,
     step_up,
 )
@@ -121,6 +122,7 @@ class Lane:
         self._slow_cap = 1
         self._slow_at: float | None = None
         self._conn_probed = False  # a learned connection count grows once per run at most
+        self._seeded = False  # the earlier run's recent acceptances taken into the meter
         self.changed = False  # set on every state change, cleared by Scheduler.changed_states
 
     @property
@@ -181,6 +183,13 @@ class Lane:
 
     def _advance(self, now: float) -> None:
         """Apply the transitions that time alone causes, lazily, as of ``now``."""
+        if not self._seeded:
+            # What the receiver accepted from this lane in the last window, in earlier runs:
+            # it still counts them (the burst a first refusal teaches includes them).
+            self._seeded = True
+            times = recent_times(self.state.recent_accepts, now, self.aimd)
+            self.meter.seed(times)
+            self.pacer.seed(times)
         s = self.state
         start = s
         if s.learned_rate is not None or s.learned_connections is not None:
@@ -389,7 +398,8 @@ class Lane:
     def count_sent(self, count: int, now: float) -> None:
         """Delivered messages, counted in bulk (a 250 changes nothing else in a lane)."""
         if count:
-            self._set(replace(self.state, sent=self.state.sent + count), now)
+            s = self.state
+            self._set(replace(s, sent=s.sent + count, recent_accepts=self.meter.recent(now)), now)
 
     def _event(self, kind: LaneEventKind, **fields: Any) -> LaneEvent:
         return LaneEvent(kind, self.ip, self.provider, **fields)

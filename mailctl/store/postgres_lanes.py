@@ -144,6 +144,7 @@ class _PgLaneTables:
         "learned_rate", "learned_peak", "learned_connections", "learned_reason", "learned_at",
         "learned_observed", "learned_step_at", "learned_conn_at", "probe_level",
         "connect_until", "probing",
+        "recent_accepts",  # migration 12
     )  # fmt: skip
 
     def lane_rows(self) -> list[dict[str, Any]]:

@@ -388,7 +388,11 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (ip, day, provider)
         )""",
     ],
-    # 12: which file version each list last took in (see the SQLite migration).
+    # 12: what each lane's receiver accepted in the last minute (reputation/aimd.py).
+    [
+        "ALTER TABLE lanes ADD COLUMN recent_accepts text",
+    ],
+    # 13: which file version each list last took in (see the SQLite migration).
     [
         "ALTER TABLE lists ADD COLUMN source text",
     ],

@@ -702,6 +702,7 @@ class SqliteStore(_AddressTables, _QueueTables, _WarmupGrants):
         "probe_level",
         "connect_until",
         "probing",
+        "recent_accepts",  # migration 12
     )
 
     def lane_rows(self) -> list[dict[str, Any]]:

@@ -389,7 +389,12 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (ip, day, provider)
         ) WITHOUT ROWID""",
     ],
-    # 12: which file version each list last took in (a digest of the CSV's bytes and how it
+    # 12: what each lane's receiver accepted in the last minute (per second), so a run that
+    # starts right after another counts what the receiver still counts (reputation/aimd.py).
+    [
+        "ALTER TABLE lanes ADD COLUMN recent_accepts TEXT",
+    ],
+    # 13: which file version each list last took in (a digest of the CSV's bytes and how it
     # was read): a cron `send` whose campaign file is unchanged does not re-read its CSV.
     # NULL means unknown (never imported, or another import changed shared recipient fields).
     [
