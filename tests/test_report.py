@@ -296,7 +296,8 @@ def test_a_database_from_before_reply_scopes_reports_the_same_after_migrating(
     (sent / "m.db").rename(old)
     conn = sqlite3.connect(old)
     conn.execute("ALTER TABLE replies DROP COLUMN scope")
-    for later in (  # what migrations 6, 7, 9, 10, 11 and 12 added (8 re-creates its tables)
+    for later in (  # what migrations 6, 7, 9, 10, 11, 12 and 13 added (8 re-creates its tables)
+        "ALTER TABLE lists DROP COLUMN source",
         "DROP INDEX recipients_email_key",
         "DROP INDEX recipients_merged_into",
         "ALTER TABLE recipients DROP COLUMN email_key",

@@ -21,7 +21,7 @@ from mailctl.errors import (
 )
 from mailctl.message.render import LinkSigning, Renderer
 from mailctl.message.tracking import tracking_keys
-from mailctl.recipients.csv_import import ImportSummary, import_csv
+from mailctl.recipients.csv_import import ImportSummary, import_csv_if_changed
 from mailctl.store.base import Store, StoredKey
 from mailctl.unsubscribe.tokens import load_secret, stored_secret
 
@@ -153,7 +153,7 @@ def prepare(
     imported = None
     if campaign.csv is not None:
         source = campaign.csv
-        imported = import_csv(
+        imported = import_csv_if_changed(
             store,
             source.path,
             list_name=campaign.list_key,

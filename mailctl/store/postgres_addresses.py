@@ -85,7 +85,9 @@ class _PgAddressTables:
     def staged_count(self) -> int:
         return int(self._x("SELECT count(*) FROM import_staging").fetchone()[0])
 
-    def finish_import(self, list_name: str | None, *, skip_existing: bool) -> StagedCounts:
+    def finish_import(
+        self, list_name: str | None, *, skip_existing: bool, source: str | None = None
+    ) -> StagedCounts:
         """Merge the staging table into recipients (and the list) in the open transaction."""
         now = time.time()
         try:
@@ -128,6 +130,11 @@ class _PgAddressTables:
                        ON CONFLICT DO NOTHING""",
                     (list_id,),
                 )
+            if updated:
+                self._x("UPDATE lists SET source = NULL WHERE source IS NOT NULL")
+            if list_name:
+                recorded = None if skip_existing else source
+                self._x("UPDATE lists SET source = %s WHERE id = %s", (recorded, list_id))
             self._x("COMMIT")
         except BaseException:
             if self._in_transaction():
@@ -160,6 +167,10 @@ class _PgAddressTables:
 
     def list_exists(self, name: str) -> bool:
         return self._x("SELECT 1 FROM lists WHERE name = %s", (name,)).fetchone() is not None
+
+    def list_source(self, name: str) -> str | None:
+        row = self._x("SELECT source FROM lists WHERE name = %s", (name,)).fetchone()
+        return None if row is None else row[0]
 
     def iter_recipients(
         self, list_name: str | None = None, limit: int | None = None

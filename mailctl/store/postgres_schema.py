@@ -392,4 +392,8 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE lanes ADD COLUMN recent_accepts text",
     ],
+    # 13: which file version each list last took in (see the SQLite migration).
+    [
+        "ALTER TABLE lists ADD COLUMN source text",
+    ],
 ]

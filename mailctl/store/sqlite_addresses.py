@@ -58,7 +58,9 @@ class _AddressTables:
     def staged_count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM temp.import_staging").fetchone()[0])
 
-    def finish_import(self, list_name: str | None, *, skip_existing: bool) -> StagedCounts:
+    def finish_import(
+        self, list_name: str | None, *, skip_existing: bool, source: str | None = None
+    ) -> StagedCounts:
         """Merge the staging table into recipients (and the list) in the open transaction."""
         now = time.time()
         c = self.conn
@@ -103,6 +105,11 @@ class _AddressTables:
                        FROM temp.import_staging s JOIN recipients r USING (email_key)""",
                     (list_id,),
                 )
+            if updated:
+                c.execute("UPDATE lists SET source = NULL WHERE source IS NOT NULL")
+            if list_name:
+                recorded = None if skip_existing else source
+                c.execute("UPDATE lists SET source = ? WHERE id = ?", (recorded, list_id))
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:
@@ -134,6 +141,10 @@ class _AddressTables:
         return (
             self.conn.execute("SELECT 1 FROM lists WHERE name = ?", (name,)).fetchone() is not None
         )
+
+    def list_source(self, name: str) -> str | None:
+        row = self.conn.execute("SELECT source FROM lists WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row[0]
 
     def iter_recipients(
         self, list_name: str | None = None, limit: int | None = None

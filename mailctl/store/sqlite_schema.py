@@ -394,4 +394,10 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE lanes ADD COLUMN recent_accepts TEXT",
     ],
+    # 13: which file version each list last took in (a digest of the CSV's bytes and how it
+    # was read): a cron `send` whose campaign file is unchanged does not re-read its CSV.
+    # NULL means unknown (never imported, or another import changed shared recipient fields).
+    [
+        "ALTER TABLE lists ADD COLUMN source TEXT",
+    ],
 ]
