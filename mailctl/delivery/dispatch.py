@@ -388,7 +388,9 @@ class Dispatcher:
         soon as another worker of the lane holds a message and waits for a slot; otherwise
         each would wait for the other for ever.
         """
-        if connection is None or not group.lane_capped:
+        if connection is None or not group.lane_capped or not group.queue.empty():
+            # Work waiting (the busy case: no futures to set up per message), or no
+            # connection to give up while waiting.
             return await group.queue.get(), connection
         lane_key = _lane_key(group)
         wanted = self._slot_wanted.setdefault(lane_key, asyncio.Event())
