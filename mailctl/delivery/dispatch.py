@@ -596,6 +596,7 @@ class Dispatcher:
         if failure is None:
             self._report_open(key)
             group.failures = 0
+            connection.last_used = self.ctx.clock.now()  # just answered: no NOOP first
             return connection
         self._lane_closed(group)
         if failure.code is None and not self._open.get(key):
