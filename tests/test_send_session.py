@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -22,10 +21,49 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.postfix import free_port, have_postfix, postfix_receiver
-from tests.test_adaptive import lanes, send, workspace
+from tests.helpers.workspace import db_rows, send_json
 
 needs_postfix = pytest.mark.skipif(not have_postfix(), reason="Postfix is not installed")
 REPO = Path(__file__).resolve().parent.parent
+
+
+def workspace(tmp_path: Path, port: int, rows: int) -> Path:
+    """A relay profile to the Postfix (one connection, no configured rate) and a list."""
+    (tmp_path / "profiles.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            default_profile: relay
+            profiles:
+              relay:
+                transport: relay
+                host: 127.0.0.1
+                port: {port}
+                tls: none
+                dns: false
+                preflight: false
+                connections: 1
+                messages_per_connection: 1000
+                retry: [1m, 2m]
+                max_age: 1h
+                rules: {{limits: {{default: {{per_minute: null}}}}}}
+            """
+        )
+    )
+    lines = ["email"] + [f"user{i}@example.com" for i in range(rows)]
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "c.yaml").write_text(
+        textwrap.dedent(
+            """\
+            name: news
+            from: "News <news@example.com>"
+            subject: "Hello"
+            text: "Hi"
+            class: transactional
+            recipients: list.csv
+            """
+        )
+    )
+    return tmp_path
 
 
 def accepted_in_order(log: str) -> list[str]:
@@ -47,8 +85,7 @@ def accepted_in_order(log: str) -> list[str]:
 
 def queued_in_order(ws: Path) -> list[str]:
     """The recipients in the order they were queued (claims go by due time, then this)."""
-    with sqlite3.connect(ws / "m.db") as conn:
-        return [row[0] for row in conn.execute("SELECT email FROM messages ORDER BY id")]
+    return [row[0] for row in db_rows(ws, "SELECT email FROM messages ORDER BY id")]
 
 
 @needs_postfix
@@ -57,8 +94,8 @@ def test_a_rate_refused_message_goes_again_on_the_same_session_before_the_rest(
 ) -> None:
     # 20 recipients per 3 s (anvil counts whole seconds): 45 messages meet the limit twice.
     with postfix_receiver(time_unit="3s", smtpd_client_recipient_rate_limit=20) as postfix:
-        ws = workspace(tmp_path, postfix.port, rows=45, connections=1)
-        result = send(ws, capsys, max_time="60s")
+        ws = workspace(tmp_path, postfix.port, rows=45)
+        result = send_json(ws, capsys, "--max-time", "60s")
         assert (result["sent"], result["deferred"], result["remaining"]) == (45, 0, 0)
         refused = postfix.count(r"warning: Recipient address rate limit exceeded")
         assert refused >= 1
@@ -70,9 +107,11 @@ def test_a_rate_refused_message_goes_again_on_the_same_session_before_the_rest(
         # messages already waiting on the connection.
         assert accepted_in_order(postfix.log) == queued_in_order(ws)
     # The throttle still taught the lane: the learned pacing is kept for the next run.
-    (lane,) = [lane for lane in lanes(ws) if lane["provider"] == "example.com"]
-    assert lane["throttled"] >= 1
-    assert "too many recipients" in lane["learned_reason"]
+    ((throttled, reason),) = db_rows(
+        ws, "SELECT throttled, learned_reason FROM lanes WHERE provider = 'example.com'"
+    )
+    assert throttled >= 1
+    assert "too many recipients" in reason
 
 
 def test_a_relay_send_without_dns_lookups_never_loads_the_dns_library(tmp_path: Path) -> None:
