@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from mailctl.reputation.aimd import AimdPolicy, Pacer
 from tests.helpers.postfix import free_port, have_postfix, postfix_receiver
 from tests.helpers.workspace import db_rows, send_json
 
@@ -168,3 +169,21 @@ def test_a_relay_send_without_dns_lookups_never_loads_the_dns_library(tmp_path: 
     assert code in (0, 3)  # 3: the relay needs the operator's attention
     assert "aiosmtplib" in modules  # the send path ran
     assert not [name for name in modules if name == "dns" or name.startswith("dns.")]
+
+
+def test_a_burst_counts_the_messages_accepted_after_the_refusal_that_taught_it() -> None:
+    # Two connections: the receiver took 3 messages, the 4th was refused, and one accepted
+    # on the other connection is answered only after that refusal: the burst is 3, not 2.
+    pacer = Pacer(AimdPolicy())
+    for at in (0.0, 0.01, 0.02, 0.03):
+        pacer.permit(at, None)
+    pacer.accepted()
+    pacer.accepted()
+    assert pacer.refused(unpaced=True) is False  # nothing accepted is known yet: a pause
+    assert pacer.burst == 2
+    pacer.accepted()  # in flight at the refusal
+    assert pacer.burst == 3
+    # Once the next message is permitted, acceptances are the new window's.
+    pacer.permit(6.0, None)
+    pacer.accepted()
+    assert pacer.burst == 3
