@@ -13,5 +13,7 @@ def printable(value: object, limit: int = 260) -> str:
     """``value`` as text with every control character (line breaks, ESC, NUL ...) as ``?``
     and cut at ``limit`` characters (with an ellipsis)."""
     text = str(value)
-    head = "".join(ch if ch.isprintable() else "?" for ch in text[: limit + 1])
+    head = text[: limit + 1]
+    if not head.isprintable():  # the common case (a plain reply) costs one scan, no copy
+        head = "".join(ch if ch.isprintable() else "?" for ch in head)
     return head if len(head) <= limit else head[:limit] + "…"

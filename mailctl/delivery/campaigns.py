@@ -19,6 +19,7 @@ from mailctl.errors import (
     MailctlError,
     TemplateError,
 )
+from mailctl.message.dkim import DkimKeyConfig
 from mailctl.message.render import LinkSigning, Renderer
 from mailctl.message.tracking import tracking_keys
 from mailctl.recipients.csv_import import ImportSummary, import_csv_if_changed
@@ -64,6 +65,16 @@ def csv_size(campaign_path: Path) -> int | None:
         return None
 
 
+def _signing_key(profile: Profile, from_address: str) -> DkimKeyConfig | None:
+    """The profile's DKIM key for this From; the key loader (with the DNS checks beside it,
+    a heavy import) is loaded only when the profile signs at all."""
+    if not profile.dkim:
+        return None
+    from mailctl.dns.preflight import signing_key
+
+    return signing_key(profile, from_address)
+
+
 def make_renderer(
     campaign: Campaign,
     profiles: ProfilesFile,
@@ -76,8 +87,6 @@ def make_renderer(
     `stored`, the store's `database_key`, when the database keeps it itself). A
     `preview` (dry run) without a database signs links with a throwaway key: it creates
     nothing."""
-    from mailctl.dns.preflight import signing_key
-
     profile = profiles.get(campaign.profile, need_password=False)  # rendering never connects
     base_url = None if campaign.unsubscribe_url else profile.unsubscribe.base_url
     if (
@@ -97,7 +106,7 @@ def make_renderer(
         campaign,
         bounce_domain=profile.bounce_domain,
         verp=profile.verp,
-        dkim=signing_key(profile, campaign.from_addr),
+        dkim=_signing_key(profile, campaign.from_addr),
         unsubscribe=link_signing(campaign, profile, database, preview=preview, stored=stored),
         unsubscribe_base_url=base_url,
     )

@@ -24,7 +24,7 @@ from mailctl.dns.providers import DomainRoute
 from mailctl.message.render import RenderedMessage
 from mailctl.model import MessageState
 from mailctl.recipients.address import address_key
-from mailctl.replies.classify import classify_reply
+from mailctl.replies.classify import classify_reply, parse_reply_delay
 from mailctl.reputation.lanes import Lane, LaneEvent, LaneEventKind
 
 # A lane wait shorter than this is slept through by the worker; longer ones defer the message.
@@ -40,6 +40,12 @@ NOOP_AFTER = 10.0
 # session and slow down (Postfix's smtpd_soft_error_limit, 10) or hang up (its hard limit)
 # long before a session of refusals would have carried anything.
 REFUSALS_PER_CONNECTION = 3
+# A message the receiver refused with a throttle of the lane's message rate ("too much mail",
+# a rate rule) is tried again on the same session at the lane's next slot, when that slot is
+# within KEEP_WAIT, at most this many times; then it goes back to the queue as before. The
+# round trip through the queue (retry delay, claim, render) would send it long after the
+# receiver's window opened again, and behind the messages that were never refused.
+SESSION_RETRIES = 5
 
 
 @dataclass
@@ -49,6 +55,12 @@ class Item:
     rendered: RenderedMessage
     ip: str
     provider: str
+    # Between the first command and the reply to the final dot: cut off there, the message
+    # may have been delivered. At any other moment it is only waiting.
+    transmitting: bool = False
+    # The outcome of a refusal waiting for its retry in this session: recorded if the retry
+    # never happens (the run stops, the lane's wait grows, the connection is lost).
+    refusal: Outcome | None = None
 
 
 @dataclass
@@ -87,6 +99,30 @@ def _pace(limits: Any) -> float:
         if rate
     ]
     return max(gaps) if gaps else 0.0
+
+
+def session_retry(
+    reply: Reply, event: LaneEvent, outcome: Outcome, wait: float, scope: Scope | None
+) -> bool:
+    """Whether a refused message goes again on the same session rather than back to the
+    queue: a temporary refusal (not 421: the server closes the session) that throttled the
+    lane's message rate, or met the lane already paused for it; not about the recipient; no
+    delay named in the reply; and the lane's next slot (``wait`` seconds) within
+    `KEEP_WAIT`. Anything else keeps the profile's retry schedule."""
+    return (
+        reply.code is not None
+        and 400 <= reply.code < 500
+        and reply.code != 421
+        and reply.from_receiver
+        and outcome.state is MessageState.DEFERRED
+        and scope is not Scope.RECIPIENT
+        and (
+            event.kind in (LaneEventKind.BACKOFF, LaneEventKind.SUSPENDED, LaneEventKind.SLOWED)
+            or (event.kind is LaneEventKind.IGNORED and wait > 0)
+        )
+        and parse_reply_delay(reply.text) is None
+        and wait <= KEEP_WAIT
+    )
 
 
 def _lane_key(group: _Group) -> tuple[str, str]:
@@ -168,7 +204,7 @@ class Dispatcher:
 
     def cut(self, now: float) -> None:
         """A forced stop: cancel every worker and release what waits in the queues."""
-        self._cut_by_force = list(self._in_flight.values())  # before they unwind
+        self._cut_by_force = self._cut_items()  # before they unwind
         for group in self._groups.values():
             for task in group.workers:
                 task.cancel()
@@ -190,15 +226,41 @@ class Dispatcher:
         if workers:
             done, pending = await asyncio.wait(workers, timeout=self.ctx.options.stop_grace)
             # Taken before cancelling: a cancelled worker forgets its message as it unwinds.
-            cut = list(self._in_flight.values())
+            cut = self._cut_items()
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
         else:
-            cut = list(self._in_flight.values())
+            cut = self._cut_items()
         cut += [item for item in self._cut_by_force if item not in cut]
         return [item.message for item in cut]
+
+    def _cut_items(self) -> list[Item]:
+        """The messages in flight that are mid-transaction (possible duplicates if cut). The
+        others (waiting for their lane or a connection) go back to the queue now, or keep the
+        refusal they wait to retry."""
+        now = self.ctx.clock.now()
+        cut = []
+        for key, item in list(self._in_flight.items()):
+            if item.transmitting:
+                cut.append(item)
+                continue
+            del self._in_flight[key]
+            self._give_up(item, now)
+        return cut
+
+    def _give_up(self, item: Item, now: float, *, not_before: float | None = None) -> None:
+        """A message that will not be tried (again) in this session: its refusal recorded
+        (retried no sooner than ``not_before``), or, never attempted, back to the queue."""
+        self.ctx.budget.release(item.ip, item.provider)
+        refusal, item.refusal = item.refusal, None
+        if refusal is None:
+            self.recorder.release([item.message], now)
+            return
+        if not_before is not None and refusal.next_attempt_at < not_before:
+            refusal.next_attempt_at = not_before
+        self.recorder.record(refusal)
 
     def _group_for(self, job: CampaignJob, ip: str, provider: str, route: DomainRoute) -> _Group:
         profile = job.profile
@@ -326,7 +388,9 @@ class Dispatcher:
         soon as another worker of the lane holds a message and waits for a slot; otherwise
         each would wait for the other for ever.
         """
-        if connection is None or not group.lane_capped:
+        if connection is None or not group.lane_capped or not group.queue.empty():
+            # Work waiting (the busy case: no futures to set up per message), or no
+            # connection to give up while waiting.
             return await group.queue.get(), connection
         lane_key = _lane_key(group)
         wanted = self._slot_wanted.setdefault(lane_key, asyncio.Event())
@@ -350,11 +414,14 @@ class Dispatcher:
     async def _deliver(
         self, group: _Group, item: Item, connection: Connection | None
     ) -> Connection | None:
-        """One message through this group; returns the connection to keep using."""
+        """One message through this group; returns the connection to keep using.
+
+        The lane's permit is taken only once a connection is ready: opening one (or waiting
+        for a connection slot) must not use up a slot the receiver was learned to take. A
+        throttle of the lane's message rate is tried again on the same session at the lane's
+        next slot, up to `SESSION_RETRIES` times."""
         ctx, recorder = self.ctx, self.recorder
         message, ip, provider = item.message, item.ip, item.provider
-        lane = ctx.scheduler.lane(ip, provider)
-        lane_key = (ip, provider)
         if recorder.suppressed_in_run and address_key(message["email"]) in (
             recorder.suppressed_in_run
         ):
@@ -366,39 +433,83 @@ class Dispatcher:
                 )
             )
             return connection
+        tries = 0
+        while True:
+            go, connection = await self._admitted(group, item, connection)
+            if not go:
+                return connection
+            assert connection is not None
+            tries += 1
+            item.transmitting = True
+            try:
+                reply = await connection.send(
+                    item.rendered.envelope_from, item.rendered.recipient, item.rendered.data
+                )
+            finally:
+                item.transmitting = False
+            connection.last_used = ctx.clock.now()
+            event = self._after_reply(
+                item,
+                reply,
+                group=group,
+                busy=not group.queue.empty(),
+                may_retry=tries <= SESSION_RETRIES,
+            )
+            if event.pauses_lane or event.kind is LaneEventKind.IGNORED:
+                # A throttle of the lane (message rate): the lane waits, the session is kept.
+                connection.refusals = 0
+            if connection.alive and connection.refusals >= REFUSALS_PER_CONNECTION:
+                await connection.close()
+            if not connection.alive:
+                self._lane_closed(group)
+                connection = None
+            if item.refusal is None:
+                return connection
+            # Refused by a throttle: again at the lane's next slot (`_admitted` sends it
+            # back to the queue with its refusal if that slot is far off).
+
+    async def _admitted(
+        self, group: _Group, item: Item, connection: Connection | None
+    ) -> tuple[bool, Connection | None]:
+        """Wait for the lane's permit and a ready connection: (True, connection) to send
+        now, or (False, connection to keep) when the message was deferred or recorded."""
+        ctx = self.ctx
+        message, ip, provider = item.message, item.ip, item.provider
+        lane = ctx.scheduler.lane(ip, provider)
+        lane_key = (ip, provider)
         while True:
             now = ctx.clock.now()
             if ctx.halted(message["campaign_id"]):
-                ctx.budget.release(ip, provider)
-                recorder.release([message], now)
-                return connection
+                self._give_up(item, now)
+                return False, connection
             if group.paused_until > now:
-                ctx.budget.release(ip, provider)
-                recorder.defer_self(
-                    message,
+                self._defer(
+                    item,
                     now,
                     group.paused_until,
-                    provider=provider,
-                    ip=ip,
                     why=f"connections to {group.destination.name} are failing; next try at "
                     f"{hm(group.paused_until)}",
                     kind=f"connections to {group.destination.name} are failing",
                 )
-                return connection
-            wait = lane.admit(now)
+                return False, connection
+            connection = await self._usable(group, lane, connection, now)
+            # With a connection ready the permit is taken; without one, only asked about.
+            wait = lane.admit(now) if connection is not None else lane.ready_in(now)
             if wait == 0:
-                break
+                if connection is not None:
+                    return True, connection
+                connection = await self._connect(group, item, now)
+                if connection is None:
+                    return False, None  # deferred, or the connect failure recorded
+                continue  # the permit is taken now that the connection is ready
             # A few seconds to the next token: keep the connection, do not churn it. A lane
             # that is only pacing (not paused) holds the message too: booking it a slot of
             # its own would space out a burst the receiver was learned to take at once.
-            keep = wait <= KEEP_WAIT and (
-                (connection is not None and connection.alive) or lane.pause_wait(now) == 0
-            )
+            keep = wait <= KEEP_WAIT and (connection is not None or lane.pause_wait(now) == 0)
             if wait <= SHORT_WAIT or keep:
                 await ctx.clock.sleep(wait)
                 continue
             # Paused, or pacing far behind: spread this lane's messages over its slots.
-            ctx.budget.release(ip, provider)
             slot = max(now + wait, self._next_slot.get(lane_key, 0.0))
             ends = lane.state.until
             if ends is not None and slot > ends >= now + wait:
@@ -417,81 +528,82 @@ class Dispatcher:
             mode = lane.state.mode.value
             what = f"lane {ip} -> {provider} {'pacing' if mode == 'normal' else mode}"
             cause = f" ({short(lane.state.reason, 40)})" if lane.state.reason else ""
-            recorder.defer_self(
-                message,
+            self._defer(
+                item,
                 now,
                 slot,
-                provider=provider,
-                ip=ip,
                 why=f"{what} until {hm(ends if ends is not None else slot)}"
                 + (f" ({short(lane.state.reason)})" if lane.state.reason else "")
                 + f"; slot at {hm(slot)}",
                 kind=what + cause,
             )
-            return connection
-        limit = group.messages_per_connection
-        if group.conn_lane == lane_key:  # direct: the provider's messages per connection
-            limit = min(limit, lane.limits(now).messages_per_connection)
-        if connection is not None and connection.alive and connection.messages < limit:
-            if now - connection.last_used > NOOP_AFTER and not await connection.noop():
-                # The server dropped the idle connection: a new one, the message is not lost.
-                self._lane_closed(group)
-                connection = None
-        if connection is None or not connection.alive or connection.messages >= limit:
-            if connection is not None:
-                await connection.close()
-                self._lane_closed(group)
-                connection = None
-            conn_lane = self._conn_lane(group)
-            connect_wait = conn_lane.connect_wait(now)
-            if connect_wait > 0:
-                # A receiver refused a connection moments ago: open none until the probe
-                # pause ends. The connections that held go on sending.
-                ctx.budget.release(ip, provider)
-                recorder.defer_self(
-                    message,
-                    now,
-                    now + connect_wait,
-                    provider=provider,
-                    ip=ip,
-                    why="waiting to open another connection",
-                    kind=f"connections to {group.destination.name} refused: probe pause",
-                )
-                return None
-            await self._lane_slot(
-                _lane_key(group), conn_lane.connection_cap(now, group.connections)
-            )
-            connection = Connection(group.destination)
-            key = _lane_key(group)
-            self._connecting[key] += 1
-            try:
-                failure = await connection.open()
-            finally:
-                self._connecting[key] -= 1
-            if failure is None:
-                self._report_open(key)
-            else:
-                self._lane_closed(group)
-                connection = None
-                if failure.code is None and not self._open.get(_lane_key(group)):
-                    self._connection_failed(group)  # nobody answers: back the group off
-                self._connect_refused(group, item, failure)
-                return None
-            group.failures = 0
-        reply = await connection.send(
-            item.rendered.envelope_from, item.rendered.recipient, item.rendered.data
+            return False, connection
+
+    def _defer(self, item: Item, now: float, until: float, *, why: str, kind: str) -> None:
+        """Not now: a refusal waiting for its retry is recorded (no sooner than ``until``);
+        a message not tried yet waits in the queue until then (mailctl's own deferral)."""
+        if item.refusal is not None:
+            self._give_up(item, now, not_before=until)
+            return
+        self.ctx.budget.release(item.ip, item.provider)
+        self.recorder.defer_self(
+            item.message, now, until, provider=item.provider, ip=item.ip, why=why, kind=kind
         )
-        connection.last_used = ctx.clock.now()
-        event = self._after_reply(item, reply, group=group, busy=not group.queue.empty())
-        if event.pauses_lane or event.kind is LaneEventKind.IGNORED:
-            # A throttle of the lane (message rate): the lane waits, the session is kept.
-            connection.refusals = 0
-        if connection.alive and connection.refusals >= REFUSALS_PER_CONNECTION:
-            await connection.close()
-        if not connection.alive:
+
+    async def _usable(
+        self, group: _Group, lane: Lane, connection: Connection | None, now: float
+    ) -> Connection | None:
+        """The connection if it can take one more message now, else None (closed)."""
+        if connection is None:
+            return None
+        limit = group.messages_per_connection
+        if group.conn_lane == (lane.ip, lane.provider):  # direct: the provider's limit
+            limit = min(limit, lane.limits(now).messages_per_connection)
+        if connection.alive and connection.messages < limit:
+            if now - connection.last_used <= NOOP_AFTER or await connection.noop():
+                return connection
+            # The server dropped the idle connection: a new one, the message is not lost.
             self._lane_closed(group)
             return None
-        return connection
+        await connection.close()
+        self._lane_closed(group)
+        return None
+
+    async def _connect(self, group: _Group, item: Item, now: float) -> Connection | None:
+        """A new connection for this group, or None when the message was deferred (a probe
+        pause after a refused connection) or the failure recorded."""
+        conn_lane = self._conn_lane(group)
+        connect_wait = conn_lane.connect_wait(now)
+        if connect_wait > 0:
+            # A receiver refused a connection moments ago: open none until the probe
+            # pause ends. The connections that held go on sending.
+            self._defer(
+                item,
+                now,
+                now + connect_wait,
+                why="waiting to open another connection",
+                kind=f"connections to {group.destination.name} refused: probe pause",
+            )
+            return None
+        key = _lane_key(group)
+        await self._lane_slot(key, conn_lane.connection_cap(now, group.connections))
+        connection = Connection(group.destination)
+        self._connecting[key] += 1
+        try:
+            failure = await connection.open()
+        finally:
+            self._connecting[key] -= 1
+        if failure is None:
+            self._report_open(key)
+            group.failures = 0
+            connection.last_used = self.ctx.clock.now()  # just answered: no NOOP first
+            return connection
+        self._lane_closed(group)
+        if failure.code is None and not self._open.get(key):
+            self._connection_failed(group)  # nobody answers: back the group off
+        item.refusal = None  # the connect failure is this message's latest outcome
+        self._connect_refused(group, item, failure)
+        return None
 
     async def _lane_slot(self, lane_key: tuple[str, str], cap: int) -> None:
         """Take one of the lane's connection slots, waiting while all ``cap`` are open."""
@@ -568,13 +680,22 @@ class Dispatcher:
     # ------------------------------------------------------------------ replies
 
     def _after_reply(
-        self, item: Item, reply: Reply, *, group: _Group | None = None, busy: bool = False
+        self,
+        item: Item,
+        reply: Reply,
+        *,
+        group: _Group | None = None,
+        busy: bool = False,
+        may_retry: bool = False,
     ) -> LaneEvent:
-        """Record a reply and feed it to the lane; returns the lane's event."""
+        """Record a reply and feed it to the lane; returns the lane's event. With
+        ``may_retry``, a throttle of the lane's message rate whose next slot is near is kept
+        in ``item.refusal`` instead (`session_retry`), for the worker to send it again."""
         ctx, recorder = self.ctx, self.recorder
         now = ctx.clock.now()
         lane = ctx.scheduler.lane(item.ip, item.provider)
         if reply.ok:
+            item.refusal = None
             lane.accepted(now, busy=busy)
             if group is not None and group.conn_lane != (item.ip, item.provider):
                 self._conn_lane(group).accepted(now, busy=busy)
@@ -596,6 +717,10 @@ class Dispatcher:
         if event.pauses_lane or event.kind in (LaneEventKind.DISABLED, LaneEventKind.CONNECTIONS):
             self._lane_event(event, item.message["campaign_id"], now)
         outcome = self._outcome(item, reply, event, now)
+        if may_retry and session_retry(reply, event, outcome, lane.ready_in(now), verdict_scope):
+            item.refusal = outcome  # its budget stays taken: it goes again in a moment
+            return event
+        item.refusal = None
         ctx.budget.release(item.ip, item.provider)  # not sent: its place in the day goes back
         recorder.record(outcome)
         cid = item.message["campaign_id"]

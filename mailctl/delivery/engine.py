@@ -16,7 +16,7 @@ import gc
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailctl.clock import Clock, SystemClock
 from mailctl.delivery.attention import attention
@@ -32,13 +32,15 @@ from mailctl.delivery.dispatch import Dispatcher
 from mailctl.delivery.record import Recorder, RunSummary
 from mailctl.delivery.route import Router
 from mailctl.dns.providers import AsyncMxResolver
-from mailctl.dns.resolver import Resolver
 from mailctl.errors import StoreError
 from mailctl.replies.rules import load_rules
 from mailctl.reputation.budget import WarmupBudget, profile_settings, provider_hourly
 from mailctl.reputation.lane_state import LaneState
 from mailctl.reputation.scheduler import Scheduler
 from mailctl.store.base import Store
+
+if TYPE_CHECKING:
+    from mailctl.dns.resolver import Resolver  # dnspython: loaded only for live lookups
 
 ProgressCallback = Callable[["Engine"], None]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailctl.config.profiles import TransportKind
 from mailctl.delivery.context import CampaignJob, SendContext
@@ -26,9 +26,11 @@ from mailctl.dns.providers import (
     route_for_override,
     unresolved_route,
 )
-from mailctl.dns.resolver import Resolver
 from mailctl.model import MessageState
 from mailctl.store.base import Store
+
+if TYPE_CHECKING:
+    from mailctl.dns.resolver import Resolver  # dnspython: loaded only for live lookups
 
 
 class StoreRouteCache:

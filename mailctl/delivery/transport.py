@@ -28,6 +28,8 @@ from aiosmtplib.errors import (
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
+from aiosmtplib.protocol import SMTPProtocol
+from aiosmtplib.response import SMTPResponse
 
 from mailctl.config.profiles import Profile, TlsMode, TransportKind, is_loopback
 from mailctl.untrusted import printable
@@ -63,6 +65,18 @@ class Reply:
         """Only replies the receiver actually sent may feed reputation rules (a broken
         protocol exchange says nothing about reputation)."""
         return self.code is not None and not self.protocol_error
+
+
+# A session with no timeout configured still never waits longer than this for one reply.
+_NO_TIMEOUT = 3600.0
+
+
+async def _command(protocol: SMTPProtocol, command: bytes) -> SMTPResponse:
+    """One command line and its reply. A CR or LF inside would start another command."""
+    if b"\r" in command or b"\n" in command:
+        raise ValueError("command contains a line break")
+    protocol.write(command + b"\r\n")
+    return await protocol.read_response(timeout=None)
 
 
 class SenderFault:
@@ -250,31 +264,40 @@ class Connection:
         client = self.client
         assert client is not None
         stage = "mail"
+        protocol = client.protocol
+        # One command at a time on the protocol itself, under one deadline moved on per
+        # command (each still gets the whole timeout): aiosmtplib's execute_command takes a
+        # lock and sets up a timer per reply, most of the CPU a message costs here.
+        loop = asyncio.get_running_loop()
+        timeout = client.timeout or _NO_TIMEOUT
         try:
-            # Addresses were validated and IDNA-encoded on import, so they go out as they
-            # are: aiosmtplib's mail()/rcpt() would re-parse both for every message.
-            response = await client.execute_command(b"MAIL", b"FROM:<%s>" % envelope_from.encode())
-            if response.code != 250:
-                return await self._refused(response.code, response.message, stage)
-            stage = "rcpt"
-            response = await client.execute_command(b"RCPT", b"TO:<%s>" % recipient.encode())
-            if response.code not in (250, 251):
-                return await self._refused(response.code, response.message, stage)
-            stage = "data"
-            response = await client.execute_command(b"DATA")
-            if response.code != 354:
-                return await self._refused(response.code, response.message, stage)
-            protocol = client.protocol
             if protocol is None:
                 raise SMTPServerDisconnected("connection lost before the message")
-            protocol.write(_dot_stuffed(data))
-            stage = "dot"  # from here on the receiver may have the message
-            response = await protocol.read_response(timeout=client.timeout)
+            async with asyncio.timeout_at(loop.time() + timeout) as deadline:
+                # Addresses were validated and IDNA-encoded on import, so they go out as they
+                # are: aiosmtplib's mail()/rcpt() would re-parse both for every message.
+                response = await _command(protocol, b"MAIL FROM:<%s>" % envelope_from.encode())
+                if response.code != 250:
+                    return await self._refused(response.code, response.message, stage)
+                stage = "rcpt"
+                deadline.reschedule(loop.time() + timeout)
+                response = await _command(protocol, b"RCPT TO:<%s>" % recipient.encode())
+                if response.code not in (250, 251):
+                    return await self._refused(response.code, response.message, stage)
+                stage = "data"
+                deadline.reschedule(loop.time() + timeout)
+                response = await _command(protocol, b"DATA")
+                if response.code != 354:
+                    return await self._refused(response.code, response.message, stage)
+                deadline.reschedule(loop.time() + timeout)
+                protocol.write(_dot_stuffed(data))
+                stage = "dot"  # from here on the receiver may have the message
+                response = await protocol.read_response(timeout=None)
         except SMTPServerDisconnected as exc:
             self._dead()
             return self._unanswered(stage, f"connection lost: {_describe(exc)}")
-        except SMTPTimeoutError as exc:
-            self._dead()
+        except (SMTPTimeoutError, TimeoutError) as exc:
+            self._dead()  # a reply may still come: nothing more on this session pairs up
             return self._unanswered(stage, f"timeout: {_describe(exc)}")
         except SMTPResponseException as exc:
             if exc.code == _INVALID_RESPONSE:
@@ -285,7 +308,7 @@ class Connection:
             reply = _reply(exc.code, exc.message, "data" if stage == "dot" else stage)
             await self._after_refusal(reply)
             return reply
-        except (SMTPException, OSError) as exc:
+        except (SMTPException, OSError, ValueError) as exc:
             self._dead()
             return self._unanswered(stage, f"connection error: {_describe(exc)}")
         if 200 <= response.code < 300:

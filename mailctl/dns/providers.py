@@ -31,17 +31,18 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
-
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.rdatatype
-import dns.resolver
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mailctl.config.profiles import parse_mx_override
-from mailctl.dns.resolver import Resolver, configured_resolver
 from mailctl.errors import DnsError, DnsTimeout, NoAnswer, NXDomain
+
+if TYPE_CHECKING:
+    # dnspython (and resolver.py, built on it) is a heavy import that only live lookups
+    # need: a relay or sandbox send without DNS never loads it (cron pays every import).
+    import dns.rdatatype
+    import dns.resolver
+
+    from mailctl.dns.resolver import Resolver
 
 __all__ = [
     "AddressAnswer",
@@ -355,9 +356,16 @@ class DnsPythonMxResolver:
     """Live DNS through dnspython's asyncio resolver, with the answers' TTLs."""
 
     def __init__(self, *, timeout: float = 5.0, nameservers: Sequence[str] | None = None) -> None:
+        import dns.asyncresolver
+
+        from mailctl.dns.resolver import configured_resolver
+
         self._resolver = configured_resolver(dns.asyncresolver.Resolver, timeout, nameservers)
 
     async def _resolve(self, name: str, rdtype: dns.rdatatype.RdataType) -> dns.resolver.Answer:
+        import dns.exception
+        import dns.resolver
+
         label = f"{name} {rdtype.name}"
         try:
             return await self._resolver.resolve(name.rstrip(".") + ".", rdtype, search=False)
@@ -373,6 +381,9 @@ class DnsPythonMxResolver:
             raise DnsTimeout(f"{label}: {exc}") from None
 
     async def mx(self, name: str) -> MxAnswer:
+        import dns.name
+        import dns.rdatatype
+
         answer = await self._resolve(name, dns.rdatatype.MX)
         records = sorted(
             (
@@ -386,6 +397,8 @@ class DnsPythonMxResolver:
         return MxAnswer(tuple(records), answer.rrset.ttl if answer.rrset else None)
 
     async def addresses(self, name: str) -> AddressAnswer:
+        import dns.rdatatype
+
         found: list[str] = []
         ttls: list[int] = []
         missing: NoAnswer | None = None

@@ -25,6 +25,7 @@ refusal answered); never the lanes, the engine or the CLI.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -56,15 +57,23 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Rule:
-    """One text rule. ``permanent=None`` takes it from the reply's class (4xx/5xx)."""
+    """One text rule. ``permanent=None`` takes it from the reply's class (4xx/5xx).
+
+    The pattern is compiled when first used (`regex`), not at import: every run imports the
+    classifier, and most never read a refusal."""
 
     id: str
-    regex: re.Pattern[str]
+    pattern: str
     scope: Scope
     permanent: bool | None
     reason: str
     suppress: bool
     providers: tuple[str, ...] = ()  # when set, only applies if the caller names one of them
+    flags: int = re.I
+
+    @functools.cached_property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile(self.pattern, self.flags)
 
 
 # Reasons that are the recipient's own, permanent fault; the only bounce reasons that suppress.
@@ -121,7 +130,7 @@ def _rule(
     suppress: bool,
     providers: tuple[str, ...] = (),
 ) -> Rule:
-    return Rule(rule_id, re.compile(pattern, re.I), scope, permanent, reason, suppress, providers)
+    return Rule(rule_id, pattern, scope, permanent, reason, suppress, providers)
 
 
 def _provider_rule(rule: ReplyRule) -> Rule:
@@ -130,12 +139,13 @@ def _provider_rule(rule: ReplyRule) -> Rule:
         raise ValueError(f"provider rule {rule.id} has no scope or reason")
     return Rule(
         rule.id,
-        rule.pattern,
+        rule.pattern.pattern,
         rule.scope,
         rule.permanent,
         rule.reason,
         rule.suppress,
         rule.providers,
+        rule.pattern.flags,
     )
 
 
@@ -251,7 +261,7 @@ class _RuleMatcher:
 
     def __init__(self, rules: tuple[Rule, ...]) -> None:
         self.rules = rules
-        self.regexes = [re.compile(_lowered_pattern(rule.regex.pattern)) for rule in rules]
+        self.regexes = [re.compile(_lowered_pattern(rule.pattern)) for rule in rules]
         self.always: list[int] = []
         self.short: list[tuple[str, int]] = []  # key phrases shorter than an index key
         self.index: dict[str, list[tuple[str, int]]] = {}
@@ -784,6 +794,7 @@ def _queued_too_long(verdict: Verdict, action: str | None) -> Verdict:
     )
 
 
+@functools.cache
 def _tagged_phrases() -> dict[str, re.Pattern[str]]:
     by_rule: dict[str, list[str]] = {}
     for pairs in FAMILY_PHRASES.values():
@@ -804,11 +815,10 @@ def family_rule_decided(verdict: Verdict, text: str) -> bool:
         return True
     if stage and names_family_stage(text):
         return True
-    phrases = _TAGGED_PHRASES.get(rule_id)
+    phrases = _tagged_phrases().get(rule_id)
     return phrases is not None and phrases.search(_flatten(text).lower()) is not None
 
 
 _TAGGED_PROVIDER_RULES = frozenset(
     r.id for r in PROVIDER_RULES if r.id.partition(".")[0] in PROVIDER_FAMILIES
 )
-_TAGGED_PHRASES = _tagged_phrases()

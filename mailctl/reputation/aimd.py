@@ -193,6 +193,9 @@ class Pacer:
         self.lone = False  # the next permit goes alone (after a pause)
         self.last_span: float | None = None  # of the last permit: its span over a burst
         self.misses = 0  # refusals since the last acceptance (a window's failed tries)
+        # Just learned the burst, no permit since: an acceptance now answers a message that
+        # was in flight at the refusal (another connection's), so it was part of the burst.
+        self.in_flight_counts = False
 
     def seed(self, times: list[float]) -> None:
         """Acceptances of an earlier run (sorted, within the window): the receiver still
@@ -250,6 +253,7 @@ class Pacer:
         return wait
 
     def permit(self, now: float, rate: float | None) -> None:
+        self.in_flight_counts = False
         span: float | None = None
         burst = self.burst
         if burst is not None and len(self.sends) >= burst:
@@ -265,6 +269,8 @@ class Pacer:
         """A message taken; True when it taught a shorter window (the rate rises)."""
         self.cycle += 1
         self.misses = 0
+        if self.in_flight_counts and self.burst is not None:
+            self.burst = min(self.policy.max_burst, self.burst + 1)
         if self.probe is None:
             return False
         tested = self.probe[1]
@@ -289,6 +295,7 @@ class Pacer:
         span = probe[1] if probe is not None else self.last_span
         if self.burst is None and unpaced and self.cycle > 0:
             self.burst = min(self.policy.max_burst, self.cycle)
+            self.in_flight_counts = True
         elif span is not None and self.burst is not None:
             self.lo = max(self.lo, span)
         self.cycle = 0

@@ -1,0 +1,189 @@
+"""One send session against a real Postfix: a message refused by a rate throttle is sent
+again on the same session at the lane's next slot, before the messages queued behind it, with
+no new connection and no trip through the queue; and a relay send without DNS never loads the
+DNS library.
+
+Postfix is private (tests/helpers/postfix.py: its own directory, a free loopback port, anvil
+limits); what happened is read from its own log. Timing figures are in
+bench/receivers_bench.py, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mailctl.reputation.aimd import AimdPolicy, Pacer
+from tests.helpers.postfix import free_port, have_postfix, postfix_receiver
+from tests.helpers.workspace import db_rows, send_json
+
+needs_postfix = pytest.mark.skipif(not have_postfix(), reason="Postfix is not installed")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def workspace(tmp_path: Path, port: int, rows: int) -> Path:
+    """A relay profile to the Postfix (one connection, no configured rate) and a list."""
+    (tmp_path / "profiles.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            default_profile: relay
+            profiles:
+              relay:
+                transport: relay
+                host: 127.0.0.1
+                port: {port}
+                tls: none
+                dns: false
+                preflight: false
+                connections: 1
+                messages_per_connection: 1000
+                retry: [1m, 2m]
+                max_age: 1h
+                rules: {{limits: {{default: {{per_minute: null}}}}}}
+            """
+        )
+    )
+    lines = ["email"] + [f"user{i}@example.com" for i in range(rows)]
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "c.yaml").write_text(
+        textwrap.dedent(
+            """\
+            name: news
+            from: "News <news@example.com>"
+            subject: "Hello"
+            text: "Hi"
+            class: transactional
+            recipients: list.csv
+            """
+        )
+    )
+    return tmp_path
+
+
+def accepted_in_order(log: str) -> list[str]:
+    """Recipients in the order Postfix's smtpd accepted them: a queue file is opened (its
+    ``client=`` line) at the first accepted RCPT, and the delivery line names its recipient."""
+    order: list[str] = []
+    pending: dict[str, int] = {}
+    for line in log.splitlines():
+        opened = re.search(r"smtpd\[\d+\]: ([0-9A-F]+): client=", line)
+        if opened:
+            pending[opened.group(1)] = len(order)
+            order.append("")
+            continue
+        delivered = re.search(r": ([0-9A-F]+): to=<([^>]+)>.*status=sent", line)
+        if delivered and delivered.group(1) in pending:
+            order[pending.pop(delivered.group(1))] = delivered.group(2)
+    return order
+
+
+def queued_in_order(ws: Path) -> list[str]:
+    """The recipients in the order they were queued (claims go by due time, then this)."""
+    return [row[0] for row in db_rows(ws, "SELECT email FROM messages ORDER BY id")]
+
+
+@needs_postfix
+def test_a_rate_refused_message_goes_again_on_the_same_session_before_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 20 recipients per 3 s (anvil counts whole seconds): 45 messages meet the limit twice.
+    with postfix_receiver(time_unit="3s", smtpd_client_recipient_rate_limit=20) as postfix:
+        ws = workspace(tmp_path, postfix.port, rows=45)
+        result = send_json(ws, capsys, "--max-time", "60s")
+        assert (result["sent"], result["deferred"], result["remaining"]) == (45, 0, 0)
+        refused = postfix.count(r"warning: Recipient address rate limit exceeded")
+        assert refused >= 1
+        # One session carried everything, the refusals included: no reconnect for a retry.
+        assert postfix.connections == 1
+        assert postfix.count(r"disconnect from .* rcpt=45/\d+ ") == 1
+        # Each refused recipient was the next one accepted: the list went out in the order it
+        # was queued (and claimed). Through the queue (retry delay, claim, render) it would come after the
+        # messages already waiting on the connection.
+        assert accepted_in_order(postfix.log) == queued_in_order(ws)
+    # The throttle still taught the lane: the learned pacing is kept for the next run.
+    ((throttled, reason),) = db_rows(
+        ws, "SELECT throttled, learned_reason FROM lanes WHERE provider = 'example.com'"
+    )
+    assert throttled >= 1
+    assert "too many recipients" in reason
+
+
+def test_a_relay_send_without_dns_lookups_never_loads_the_dns_library(tmp_path: Path) -> None:
+    # The relay is a port nobody listens on: the send fails to connect, which is enough to
+    # go through the whole send path (campaign import, routing, rendering, a connection).
+    (tmp_path / "profiles.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            default_profile: relay
+            profiles:
+              relay:
+                transport: relay
+                host: 127.0.0.1
+                port: {free_port()}
+                tls: none
+                dns: false
+                preflight: false
+                retry: [1h]
+            """
+        )
+    )
+    (tmp_path / "list.csv").write_text("email\na@example.com\n")
+    (tmp_path / "c.yaml").write_text(
+        textwrap.dedent(
+            """\
+            name: news
+            from: "News <news@example.com>"
+            subject: "Hello"
+            text: "Hi"
+            class: transactional
+            recipients: list.csv
+            """
+        )
+    )
+    script = (
+        "import json, sys\n"
+        "from mailctl.cli import run\n"
+        f"code = run(['--db', {str(tmp_path / 'm.db')!r}, '--profiles',"
+        f" {str(tmp_path / 'profiles.yaml')!r}, 'send', {str(tmp_path / 'c.yaml')!r},"
+        " '--json', '--max-time', '5s'])\n"
+        "sys.stderr.write(json.dumps([code, sorted(sys.modules)]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+        timeout=120,
+    )
+    code, modules = json.loads(done.stderr.splitlines()[-1])
+    summary = json.loads(done.stdout)
+    assert (summary["sent"], summary["deferred"]) == (0, 1), done.stdout
+    assert code in (0, 3)  # 3: the relay needs the operator's attention
+    assert "aiosmtplib" in modules  # the send path ran
+    assert not [name for name in modules if name == "dns" or name.startswith("dns.")]
+
+
+def test_a_burst_counts_the_messages_accepted_after_the_refusal_that_taught_it() -> None:
+    # Two connections: the receiver took 3 messages, the 4th was refused, and one accepted
+    # on the other connection is answered only after that refusal: the burst is 3, not 2.
+    pacer = Pacer(AimdPolicy())
+    for at in (0.0, 0.01, 0.02, 0.03):
+        pacer.permit(at, None)
+    pacer.accepted()
+    pacer.accepted()
+    assert pacer.refused(unpaced=True) is False  # nothing accepted is known yet: a pause
+    assert pacer.burst == 2
+    pacer.accepted()  # in flight at the refusal
+    assert pacer.burst == 3
+    # Once the next message is permitted, acceptances are the new window's.
+    pacer.permit(6.0, None)
+    pacer.accepted()
+    assert pacer.burst == 3
