@@ -47,7 +47,7 @@ from tests.helpers.postfix import (  # noqa: E402
     postfix_receiver,
     postgrey_server,
 )
-from tests.test_adaptive import workspace  # noqa: E402
+from tests.helpers.workspace import postfix_workspace  # noqa: E402
 
 
 @dataclass
@@ -141,7 +141,7 @@ def naive(port: int, messages: int, deadline: float = 600.0) -> float:
 
 
 def run_mailctl(port: int, messages: int) -> tuple[float, dict]:
-    ws = workspace(Path(tempfile.mkdtemp(prefix="rb")), port, messages, connections=5)
+    ws = postfix_workspace(Path(tempfile.mkdtemp(prefix="rb")), port, messages, connections=5)
     out = io.StringIO()
     start = time.monotonic()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):

@@ -14,7 +14,6 @@ import json
 import random
 import re
 import sqlite3
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -24,50 +23,12 @@ from mailctl.reputation.lane_state import LaneState
 from mailctl.reputation.scheduler import Scheduler
 from mailctl.store.sqlite import SqliteStore
 from tests.helpers.postfix import have_postfix, have_postgrey, postfix_receiver, postgrey_server
-from tests.helpers.workspace import cli
+from tests.helpers.workspace import cli, postfix_workspace
 
 needs_postfix = pytest.mark.skipif(not have_postfix(), reason="Postfix is not installed")
 
 T0 = 1_800_000_000.0
 TOO_MUCH_MAIL = "450 4.7.1 Error: too much mail from 192.0.2.1"
-
-
-def workspace(tmp_path: Path, port: int, rows: int, *, connections: int = 4) -> Path:
-    (tmp_path / "profiles.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            default_profile: relay
-            profiles:
-              relay:
-                transport: relay
-                host: 127.0.0.1
-                port: {port}
-                tls: none
-                dns: false
-                preflight: false
-                connections: {connections}
-                messages_per_connection: 1000
-                retry: [1m, 2m]
-                max_age: 1h
-                rules: {{limits: {{default: {{per_minute: null}}}}}}
-            """
-        )
-    )
-    lines = ["email"] + [f"user{i}@example.com" for i in range(rows)]
-    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
-    (tmp_path / "c.yaml").write_text(
-        textwrap.dedent(
-            """\
-            name: news
-            from: "News <news@example.com>"
-            subject: "Hello"
-            text: "Hi, unsubscribe at {{ unsubscribe_url }}"
-            recipients: list.csv
-            unsubscribe: {url: "https://example.com/u/{{ email | urlencode }}"}
-            """
-        )
-    )
-    return tmp_path
 
 
 def send(ws: Path, capsys: pytest.CaptureFixture[str], max_time: str = "60s") -> dict:
@@ -95,7 +56,7 @@ def test_a_connection_rate_limit_is_met_by_reusing_few_connections(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with postfix_receiver(time_unit="60s", smtpd_client_connection_rate_limit=2) as postfix:
-        ws = workspace(tmp_path, postfix.port, rows=120, connections=5)
+        ws = postfix_workspace(tmp_path, postfix.port, rows=120, connections=5)
         result = send(ws, capsys)
         assert (result["sent"], result["remaining"]) == (120, 0)
         assert postfix.delivered == 120
@@ -115,7 +76,7 @@ def test_connect_refusals_lower_concurrency_to_what_held_and_it_is_kept_for_the_
     with postfix_receiver(smtpd_client_connection_count_limit=1) as postfix:
         # The slow start opens a second connection once the first has carried a few
         # messages (nearly every receiver takes two): this one refuses it.
-        ws = workspace(tmp_path, postfix.port, rows=300, connections=6)
+        ws = postfix_workspace(tmp_path, postfix.port, rows=300, connections=6)
         first = send(ws, capsys)
         assert (first["sent"], first["remaining"]) == (300, 0)
         refused_first = postfix.refused_connections
@@ -158,7 +119,7 @@ def test_a_connection_limit_the_slow_start_does_not_need_is_never_probed(
     # connection is opened only after seconds of clean sending on two, and this list goes
     # out well before that.
     with postfix_receiver(smtpd_client_connection_count_limit=2) as postfix:
-        ws = workspace(tmp_path, postfix.port, rows=300, connections=6)
+        ws = postfix_workspace(tmp_path, postfix.port, rows=300, connections=6)
         result = send(ws, capsys)
         assert (result["sent"], result["remaining"]) == (300, 0)
         assert postfix.refused_connections == 0
@@ -177,7 +138,7 @@ def test_a_message_rate_limit_cuts_the_rate_from_what_was_accepted_without_hamme
     tmp_path: Path, capsys: pytest.CaptureFixture[str], limit: str, reply: str
 ) -> None:
     with postfix_receiver(time_unit="3s", **{limit: 20}) as postfix:
-        ws = workspace(tmp_path, postfix.port, rows=100, connections=2)
+        ws = postfix_workspace(tmp_path, postfix.port, rows=100, connections=2)
         result = send(ws, capsys, max_time="90s")
         assert (result["sent"], result["remaining"]) == (100, 0)
         assert postfix.delivered == 100
@@ -204,7 +165,7 @@ def test_greylisting_by_postgrey_is_retried_after_its_delay_and_delivered(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with postgrey_server(delay=2) as policy, postfix_receiver(policy_port=policy) as postfix:
-        ws = workspace(tmp_path, postfix.port, rows=20, connections=2)
+        ws = postfix_workspace(tmp_path, postfix.port, rows=20, connections=2)
         result = send(ws, capsys, max_time="60s")
         assert (result["sent"], result["remaining"]) == (20, 0)
         assert postfix.delivered == 20

@@ -58,6 +58,8 @@ def _patterns() -> dict[str, re.Pattern[str]]:
         for name, value in vars(importlib.import_module(module_name)).items():
             walk(f"{module_name}.{name}", value, 0)
     walk("matcher", classify._matcher(None).regexes, 0)
+    # Compiled on first use, not at import: the family-tagged phrases of the corpus's rules.
+    walk("mailctl.replies.classify._TAGGED_PHRASES", classify._tagged_phrases(), 0)
     return {name: pattern for name, pattern in found.values()}
 
 

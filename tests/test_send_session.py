@@ -22,49 +22,10 @@ import pytest
 
 from mailctl.reputation.aimd import AimdPolicy, Pacer
 from tests.helpers.postfix import free_port, have_postfix, postfix_receiver
-from tests.helpers.workspace import db_rows, send_json
+from tests.helpers.workspace import db_rows, postfix_workspace, send_json
 
 needs_postfix = pytest.mark.skipif(not have_postfix(), reason="Postfix is not installed")
 REPO = Path(__file__).resolve().parent.parent
-
-
-def workspace(tmp_path: Path, port: int, rows: int) -> Path:
-    """A relay profile to the Postfix (one connection, no configured rate) and a list."""
-    (tmp_path / "profiles.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            default_profile: relay
-            profiles:
-              relay:
-                transport: relay
-                host: 127.0.0.1
-                port: {port}
-                tls: none
-                dns: false
-                preflight: false
-                connections: 1
-                messages_per_connection: 1000
-                retry: [1m, 2m]
-                max_age: 1h
-                rules: {{limits: {{default: {{per_minute: null}}}}}}
-            """
-        )
-    )
-    lines = ["email"] + [f"user{i}@example.com" for i in range(rows)]
-    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
-    (tmp_path / "c.yaml").write_text(
-        textwrap.dedent(
-            """\
-            name: news
-            from: "News <news@example.com>"
-            subject: "Hello"
-            text: "Hi"
-            class: transactional
-            recipients: list.csv
-            """
-        )
-    )
-    return tmp_path
 
 
 def accepted_in_order(log: str) -> list[str]:
@@ -95,7 +56,7 @@ def test_a_rate_refused_message_goes_again_on_the_same_session_before_the_rest(
 ) -> None:
     # 20 recipients per 3 s (anvil counts whole seconds): 45 messages meet the limit twice.
     with postfix_receiver(time_unit="3s", smtpd_client_recipient_rate_limit=20) as postfix:
-        ws = workspace(tmp_path, postfix.port, rows=45)
+        ws = postfix_workspace(tmp_path, postfix.port, rows=45, connections=1, transactional=True)
         result = send_json(ws, capsys, "--max-time", "60s")
         assert (result["sent"], result["deferred"], result["remaining"]) == (45, 0, 0)
         refused = postfix.count(r"warning: Recipient address rate limit exceeded")

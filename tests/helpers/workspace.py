@@ -168,3 +168,46 @@ def reputation_workspace(
                 """
             )
         )
+
+
+def postfix_workspace(
+    ws: Path, port: int, rows: int, *, connections: int = 4, transactional: bool = False
+) -> Path:
+    """profiles.yaml (a relay profile to a real Postfix on `port`: `connections` sessions,
+    no configured rate, so whatever limits the sending is the receiver's), list.csv (`rows`
+    addresses) and c.yaml: marketing mail with an unsubscribe link, or `transactional` mail
+    without one."""
+    (ws / "profiles.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            default_profile: relay
+            profiles:
+              relay:
+                transport: relay
+                host: 127.0.0.1
+                port: {port}
+                tls: none
+                dns: false
+                preflight: false
+                connections: {connections}
+                messages_per_connection: 1000
+                retry: [1m, 2m]
+                max_age: 1h
+                rules: {{limits: {{default: {{per_minute: null}}}}}}
+            """
+        )
+    )
+    lines = ["email"] + [f"user{i}@example.com" for i in range(rows)]
+    (ws / "list.csv").write_text("\n".join(lines) + "\n")
+    kind = (
+        'text: "Hi"\nclass: transactional\n'
+        if transactional
+        else 'text: "Hi, unsubscribe at {{ unsubscribe_url }}"\n'
+        'unsubscribe: {url: "https://example.com/u/{{ email | urlencode }}"}\n'
+    )
+    (ws / "c.yaml").write_text(
+        'name: news\nfrom: "News <news@example.com>"\nsubject: "Hello"\n'
+        + kind
+        + "recipients: list.csv\n"
+    )
+    return ws
