@@ -281,10 +281,9 @@ def import_csv_if_changed(
     read the same way): then None, and nothing is read twice. A cron `send` repeats the
     campaign's import every run; an unchanged 100,000-row list costs a hash, not a merge."""
     known = store.list_source(list_name)
-    version = source_version(
+    if known is not None and known == source_version(
         path, email_column=email_column, delimiter=delimiter, encoding=encoding
-    )
-    if known is not None and known == version:
+    ):
         return None
     return import_csv(
         store,
