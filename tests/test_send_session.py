@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -79,35 +78,7 @@ def test_a_rate_refused_message_goes_again_on_the_same_session_before_the_rest(
 def test_a_relay_send_without_dns_lookups_never_loads_the_dns_library(tmp_path: Path) -> None:
     # The relay is a port nobody listens on: the send fails to connect, which is enough to
     # go through the whole send path (campaign import, routing, rendering, a connection).
-    (tmp_path / "profiles.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            default_profile: relay
-            profiles:
-              relay:
-                transport: relay
-                host: 127.0.0.1
-                port: {free_port()}
-                tls: none
-                dns: false
-                preflight: false
-                retry: [1h]
-            """
-        )
-    )
-    (tmp_path / "list.csv").write_text("email\na@example.com\n")
-    (tmp_path / "c.yaml").write_text(
-        textwrap.dedent(
-            """\
-            name: news
-            from: "News <news@example.com>"
-            subject: "Hello"
-            text: "Hi"
-            class: transactional
-            recipients: list.csv
-            """
-        )
-    )
+    postfix_workspace(tmp_path, free_port(), rows=1, connections=1, transactional=True)
     script = (
         "import json, sys\n"
         "from mailctl.cli import run\n"

@@ -173,8 +173,9 @@ def reputation_workspace(
 def postfix_workspace(
     ws: Path, port: int, rows: int, *, connections: int = 4, transactional: bool = False
 ) -> Path:
-    """profiles.yaml (a relay profile to a real Postfix on `port`: `connections` sessions,
-    no configured rate, so whatever limits the sending is the receiver's), list.csv (`rows`
+    """profiles.yaml (a relay profile to 127.0.0.1:`port`, usually a real Postfix:
+    `connections` sessions, no configured rate, so whatever limits the sending is the
+    receiver's), list.csv (`rows`
     addresses) and c.yaml: marketing mail with an unsubscribe link, or `transactional` mail
     without one."""
     (ws / "profiles.yaml").write_text(
