@@ -41,18 +41,24 @@ class Claimer:
         self.claims = 0  # round trips to the store's claim
         self._retry_at: float | None = None  # set by a short claim
 
-    def claim(self, now: float, batch: int, *, busy: bool = False) -> list[dict[str, Any]]:
+    async def claim(self, now: float, batch: int, *, busy: bool = False) -> list[dict[str, Any]]:
         """Up to ``batch`` due messages, now `sending` for this run.
 
         ``busy``: earlier claims are still being sent. Then, within `CLAIM_RETRY_SECONDS`
         of a short claim, nothing is claimed (the store is not asked). A run with nothing
-        in flight always asks: it is about to finish or wait, and must see what fell due."""
+        in flight always asks: it is about to finish or wait, and must see what fell due.
+        With a store thread the claim runs there, and the connections keep sending."""
         if batch <= 0:
             return []
         if busy and self._retry_at is not None and now < self._retry_at:
             return []
         self.claims += 1
-        claimed = self.ctx.store.claim_due(self.ctx.active(), now, self.ctx.run_id, batch)
+        campaigns, run_id = self.ctx.active(), self.ctx.run_id
+        thread = self.ctx.store_thread
+        if thread is None:
+            claimed = self.ctx.store.claim_due(campaigns, now, run_id, batch)
+        else:
+            claimed = await thread.run(lambda store: store.claim_due(campaigns, now, run_id, batch))
         self._retry_at = now + CLAIM_RETRY_SECONDS if len(claimed) < batch else None
         return claimed
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from mailctl.clock import Clock
 from mailctl.config.campaign import Campaign
 from mailctl.config.profiles import Profile
+from mailctl.delivery.store_thread import StoreThread
 from mailctl.message.render import Renderer
 from mailctl.reputation.budget import WarmupBudget
 from mailctl.reputation.scheduler import Scheduler
@@ -79,6 +80,8 @@ class SendContext:
         on_event: EventCallback | None,
     ) -> None:
         self.store = store
+        # Claims and outcome commits, off the event loop, while the run lasts (PostgreSQL).
+        self.store_thread: StoreThread | None = None
         self.jobs = {job.campaign_id: job for job in jobs}
         # Transactional campaigns are claimed first when both kinds run together.
         self.claim_order = [

@@ -31,6 +31,7 @@ from mailctl.delivery.context import (
 from mailctl.delivery.dispatch import Dispatcher
 from mailctl.delivery.record import Recorder, RunSummary
 from mailctl.delivery.route import Router
+from mailctl.delivery.store_thread import StoreThread
 from mailctl.dns.providers import AsyncMxResolver
 from mailctl.errors import StoreError
 from mailctl.replies.rules import load_rules
@@ -143,8 +144,9 @@ class Engine:
         deadline = self.started + options.max_time if options.max_time else None
         wait = options.wait if options.wait is not None else deadline is not None
         reason = "finished"
-        self.claimer.start_render_pool()
         try:
+            ctx.store_thread = StoreThread.for_store(store)
+            self.claimer.start_render_pool()
             while True:
                 if ctx.stop.is_set():
                     reason = "interrupted"
@@ -165,7 +167,7 @@ class Engine:
                 batch = options.claim_batch
                 if options.limit is not None:
                     batch = min(batch, options.limit - dispatcher.attempted)
-                claimed = self.claimer.claim(now, batch, busy=dispatcher.busy())
+                claimed = await self.claimer.claim(now, batch, busy=dispatcher.busy())
                 if not claimed:
                     if dispatcher.busy():
                         await self._await_workers()
@@ -185,8 +187,13 @@ class Engine:
                 await self._step(claimed, now)
                 recorder.commit()
         finally:
-            await self._shutdown()
-            self.claimer.close()
+            try:
+                await self._shutdown()
+            finally:
+                self.claimer.close()
+                if ctx.store_thread is not None:
+                    ctx.store_thread.close()
+                    ctx.store_thread = None
         if recorder.fatal is not None:
             raise StoreError(f"{store.location}: cannot record outcomes: {recorder.fatal}")
         summary = self.summary

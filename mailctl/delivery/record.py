@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from mailctl.model import MessageState
 from mailctl.recipients.address import address_key
 from mailctl.reputation.breaker import BreakerPolicy, BreakerState, check_breaker
 from mailctl.reputation.signals import ip_day_counts, smtp_suppressions
+from mailctl.store.base import Store
 
 # Pending outcomes that force a commit whatever the interval.
 _MAX_PENDING = 2000
@@ -102,6 +104,31 @@ _LANE_FIELD = {
 }
 
 
+@dataclass
+class _Batch:
+    """One commit: outcomes, with the lane rows that changed and maybe the heartbeat."""
+
+    pending: list[Outcome]  # what is not written yet
+    lanes: list[dict[str, Any]]
+    run_id: int
+    at: float
+    heartbeat: bool
+
+    def write(self, store: Store) -> None:
+        """Outcomes in one transaction, then releases, lanes and the heartbeat. Each step
+        that succeeds leaves ``pending``, so a failed write is retried from where it
+        stopped and no outcome is counted twice."""
+        done = [o for o in self.pending if o.state is not MessageState.QUEUED]
+        released = [o for o in self.pending if o.state is MessageState.QUEUED]
+        store.record_outcomes(done, ip_day_counts(done), smtp_suppressions(done))
+        self.pending = released
+        store.release([o.message_id for o in released])
+        self.pending = []
+        store.upsert_lanes(self.lanes)
+        if self.heartbeat:
+            store.heartbeat(self.run_id, self.at)
+
+
 class Recorder:
     """The run's outcomes: counted at once, committed in batches."""
 
@@ -115,6 +142,7 @@ class Recorder:
         self.fatal: BaseException | None = None  # a commit failed: the run stops and says so
         self.faults = SenderFaults()  # sending-side failures toward relays, for cron's exit
         self._pending: list[Outcome] = []
+        self._writing: tuple[Future[None], _Batch] | None = None  # on the store thread
         self._sent_by_lane: Counter[tuple[str, str]] = Counter()
         self._last_commit = 0.0
         self._last_heartbeat = 0.0
@@ -279,29 +307,73 @@ class Recorder:
             self.ctx.wake.set()
 
     def commit(self, force: bool = False) -> None:
+        """Write the pending outcomes (once ``commit_interval`` has passed, or ``force``).
+
+        With a store thread the write goes there and the loop goes on; the next call
+        settles it (an error is raised there, with the batch pending again). Only one write
+        is on its way at a time: outcomes that come meanwhile wait for the next. A forced
+        commit waits for the one on its way and writes the rest here, before returning."""
         ctx = self.ctx
+        if self._writing is not None:
+            if not force and not self._writing[0].done():
+                return
+            self._settle()
         now = ctx.clock.now()
         if not self._pending or (
             not force and now - self._last_commit < ctx.options.commit_interval
         ):
             return
-        pending, self._pending = self._pending, []
-        released = [o.message_id for o in pending if o.state is MessageState.QUEUED]
+        batch = self._take(now)
+        thread = ctx.store_thread
+        if thread is not None and not force:
+            self._writing = (thread.submit(batch.write), batch)
+            return
         try:
-            done = [o for o in pending if o.state is not MessageState.QUEUED]
-            ctx.store.record_outcomes(done, ip_day_counts(done), smtp_suppressions(done))
-            ctx.store.release(released)
+            batch.write(ctx.store)
         except BaseException:
-            self._pending = pending + self._pending  # nothing is lost: tried again
+            self._restore(batch)
             raise
+        self._written(batch)
+
+    def _take(self, now: float) -> _Batch:
+        """The pending outcomes as one write, with the lanes they changed."""
+        ctx = self.ctx
+        pending, self._pending = self._pending, []
         for (ip, provider), count in self._sent_by_lane.items():
             ctx.scheduler.lane(ip, provider).count_sent(count, now)
         self._sent_by_lane.clear()
-        ctx.store.upsert_lanes([state.to_row() for state in ctx.scheduler.changed_states()])
-        self._last_commit = now
-        if now - self._last_heartbeat >= ctx.options.heartbeat_interval:
-            ctx.store.heartbeat(ctx.run_id, now)
-            self._last_heartbeat = now
+        heartbeat = now - self._last_heartbeat >= ctx.options.heartbeat_interval
+        return _Batch(
+            pending,
+            [state.to_row() for state in ctx.scheduler.changed_states()],
+            ctx.run_id,
+            now,
+            heartbeat,
+        )
+
+    def _settle(self) -> None:
+        """The write on its way, finished: waited for if it is not done yet."""
+        assert self._writing is not None
+        future, batch = self._writing
+        self._writing = None
+        try:
+            future.result()
+        except BaseException:
+            self._restore(batch)
+            raise
+        self._written(batch)
+
+    def _restore(self, batch: _Batch) -> None:
+        """A write that failed: its outcomes pending again (nothing is lost), its lanes
+        changed again."""
+        self._pending = batch.pending + self._pending
+        for row in batch.lanes:
+            self.ctx.scheduler.lane(row["ip"], row["provider"]).changed = True
+
+    def _written(self, batch: _Batch) -> None:
+        self._last_commit = batch.at
+        if batch.heartbeat:
+            self._last_heartbeat = batch.at
         if self.on_commit is not None:
             self.on_commit()
 

@@ -260,6 +260,16 @@ class Store(Protocol):
         share the queue); raises `LockedError` when another run holds it."""
         ...
 
+    def side_connection(self) -> Store | None:
+        """A second handle on the same database, on its own connection, for the send loop's
+        claims and outcome commits to run in a thread while this one serves the rest of the
+        run (`delivery.store_thread`); None where that gains nothing. PostgreSQL: each claim
+        and commit waits a round trip to the server, which the event loop, and with it every
+        SMTP session, would otherwise sit out. SQLite: that work is the sender's own CPU, and a
+        second writer would only wait on the file's lock. Opened after `send_lock`: the
+        handle recovers what earlier runs of this host left, as its claims do."""
+        ...
+
     # recipients import: staged, then merged in one transaction
     def begin_import(self) -> None: ...
     def stage_recipients(self, rows: Sequence[tuple[str, str, str, str]]) -> None:

@@ -116,6 +116,13 @@ class PostgresStore(_PgLaneTables, _PgAddressTables, _PgQueueTables):
             self._heartbeat = None
         self.conn.close()
 
+    def side_connection(self) -> PostgresStore:
+        """This database on a new connection, recovering for the same host's send lock
+        (`Store.side_connection`). It holds no lock of its own."""
+        side = PostgresStore(self.url, connect(self.url))
+        side._lock_host = self._lock_host
+        return side
+
     def __enter__(self) -> PostgresStore:
         return self
 

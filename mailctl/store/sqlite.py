@@ -85,6 +85,10 @@ class SqliteStore(_AddressTables, _QueueTables, _WarmupGrants):
     def close(self) -> None:
         self.conn.close()
 
+    def side_connection(self) -> None:
+        """None: claims and commits stay on the loop (`Store.side_connection`)."""
+        return None
+
     def __enter__(self) -> SqliteStore:
         return self
 
