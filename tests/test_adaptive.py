@@ -11,9 +11,11 @@ across runs, and a bounded number of 4xx per throttle episode.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -272,6 +274,84 @@ def test_a_receiver_counting_per_time_unit_is_met_at_its_window_with_few_refusal
     rate = lane.state.learned_rate
     assert rate is not None and 0.8 * 600 <= rate <= 600
     assert lane.state.learned_peak is not None and lane.state.learned_peak > rate
+
+
+def _drive(
+    accept: Callable[[float], bool], messages: int, *, start: float = T0 + 0.37
+) -> tuple[float, int, list[float]]:
+    """A lane sending ``messages`` to a receiver (``accept(t)``: whether a message that
+    arrives at t is taken), five connections, each reply back 10 ms after its permit.
+    Returns the seconds it took, the refusals, and when each window's first accepted message
+    went (one sent after a gap of more than a second)."""
+    lane = Scheduler(default_rules(), rng=random.Random(3)).lane("192.0.2.1", "example.net")
+    now, accepted, refused = start, 0, 0
+    in_flight: list[tuple[float, float, bool]] = []  # (reply at, sent at, after a gap)
+    firsts: list[float] = []
+    last_permit: float | None = None
+    while accepted < messages and now < start + 300:
+        while in_flight and in_flight[0][0] <= now:
+            _, sent_at, after_gap = in_flight.pop(0)
+            if accept(sent_at):
+                accepted += 1
+                lane.accepted(now)
+                if after_gap:
+                    firsts.append(sent_at)
+            else:
+                refused += 1
+                lane.on_reply(TOO_MUCH_MAIL, 450, now, from_receiver=True, stage="mail")
+        if len(in_flight) < 5 and lane.admit(now) == 0:
+            gap = last_permit is not None and now - last_permit > 1.0
+            last_permit = now
+            in_flight.append((now + 0.01, now, gap))
+            continue
+        now += 0.005
+    assert accepted == messages
+    return now - start, refused, firsts
+
+
+def _anvil(limit: int, unit: int) -> Callable[[float], bool]:
+    """Postfix's anvil: a clock of whole seconds; a count starts at the first message after
+    the last count ended, and ends once ``start + unit < now`` (anvil.c)."""
+    count = {"start": None, "n": 0}
+
+    def accept(t: float) -> bool:
+        second = math.floor(t)
+        if count["start"] is None or count["start"] + unit < second:
+            count["start"], count["n"] = second, 0
+        count["n"] += 1
+        return count["n"] <= limit
+
+    return accept
+
+
+def test_a_receiver_counting_whole_seconds_is_met_as_its_second_turns() -> None:
+    # 100 per 5 s on anvil's whole-second clock: a window opens when a second turns, six
+    # seconds after the second its first message came in, however late in that second it
+    # came. Spans measured in fractions of a second cannot tell; the lane learns the whole
+    # seconds, and from the third window on tries each just after its second turns.
+    elapsed, refused, firsts = _drive(_anvil(100, 5), 1000)
+    late = [t % 1.0 for t in firsts[3:]]
+    assert late and all(lateness <= 0.1 for lateness in late), late
+    # 10 windows; the first starts 0.37 s into a second, so it lasts 5.63 s, each after 6 s.
+    assert elapsed <= 5.63 + 8 * 6 + 1.5
+    assert refused <= 10  # the first burst's overflow, then one lone probe per window tried
+
+
+def test_a_window_counted_in_fractions_of_a_second_is_still_met() -> None:
+    # A receiver whose window starts at the exact moment of its first message (no whole
+    # seconds): 100 per 2.5 s. Whatever the whole-second model makes of it, the lane still
+    # meets each window within 25% of its length, with few refusals.
+    count = {"start": None, "n": 0}
+
+    def accept(t: float) -> bool:
+        if count["start"] is None or t - count["start"] >= 2.5:
+            count["start"], count["n"] = t, 0
+        count["n"] += 1
+        return count["n"] <= 100
+
+    elapsed, refused, _ = _drive(accept, 1000)
+    assert elapsed <= 1.25 * 9 * 2.5 + 2  # 9 whole windows at best, the last burst after
+    assert refused <= 12
 
 
 def test_what_the_receiver_accepted_in_the_last_minute_is_kept_for_the_next_run(

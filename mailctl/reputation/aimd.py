@@ -20,7 +20,8 @@
   burst learned from what the receiver took before its first refusal, the window found by
   bisection between one it refused and one it accepted. Anything faster than a window already
   accepted goes out as one lone probe, so a wrong guess costs one refusal, not one per
-  connection.
+  connection. A receiver whose windows open as its whole-second clock turns (anvil's) is
+  met just after the second turns, once its probes fit that model.
 
 Ceilings (configured limits, rule limits, warm-up caps) stay upper bounds: the lane takes the
 minimum. Pure and clock-free: every function takes ``now``; jitter from an injected RNG.
@@ -79,6 +80,11 @@ class AimdPolicy:
     max_burst: int = 5000  # a learned burst never exceeds this many messages
     probe_timeout: float = 30.0  # a lone probe with no answer after this frees the lane
     probe_poll: float = 0.02  # how often a lane waiting on its lone probe looks again
+    # A receiver counting in whole seconds is tried this long after a second turns (its
+    # clock may be a little behind ours, the message takes a moment to get there) ...
+    tick_margin: float = 0.05
+    # ... and a time this close to a whole second says nothing of which second it counted.
+    tick_doubt: float = 0.02
 
     def __post_init__(self) -> None:
         if not 0 < self.cut < 1:
@@ -179,6 +185,13 @@ class Pacer:
       AIMD: faster while clean); a refusal falls back to ``hi`` (the cut), with no pause.
     * A permit faster than ``hi`` allows, or the first after a pause, is a lone probe: no
       other permit until its reply.
+    * Whole seconds: many receivers (Postfix's anvil among them) count on a clock of whole
+      seconds, so a window opens when a second turns, a whole number of seconds after the
+      second its first message came in: earlier or later within that second than a span
+      measured in fractions can tell. Each probe also tests that model (``ticks_lo`` /
+      ``ticks_hi``, the same bisection in whole seconds); while every probe fits it, the
+      next window is tried just after the second it opens in, and the first refusal that
+      contradicts it drops it for the run (the spans alone then govern).
     Without a learned burst, a learned rate alone is paced evenly (a second's worth at once).
     """
 
@@ -189,7 +202,12 @@ class Pacer:
         self.hi: float | None = None
         self.sends: deque[float] = deque(maxlen=policy.max_burst + 1)
         self.cycle = 0  # accepted since the run began or the last refusal
-        self.probe: tuple[float, float | None] | None = None  # (sent at, window it tests)
+        # (sent at, window it tests, whole seconds it tests or None where a time was too
+        # close to a second's turn to tell)
+        self.probe: tuple[float, float | None, int | None] | None = None
+        self.ticks_lo = 0  # whole seconds after which a probe was refused
+        self.ticks_hi: int | None = None  # whole seconds after which one was accepted
+        self.ticks_broken = False  # a refusal the whole-second model cannot explain
         self.lone = False  # the next permit goes alone (after a pause)
         self.last_span: float | None = None  # of the last permit: its span over a burst
         self.misses = 0  # refusals since the last acceptance (a window's failed tries)
@@ -245,22 +263,60 @@ class Pacer:
         if window is None or len(self.sends) < window[0]:
             return 0.0
         burst, span = window
-        wait = max(0.0, self.sends[-burst] + span - now)
+        opens = None if span != self.hi else self._tick_opening(burst)
+        if opens is None:
+            opens = self.sends[-burst] + span
+        wait = max(0.0, opens - now)
         if self.hi is not None and wait > 0.1 * span:
             # A new window opens after a gap: where it opens is uncertain (receivers count
             # in whole seconds), so its first message goes alone.
             self.lone = True
         return wait
 
+    def _tick_opening(self, burst: int) -> float | None:
+        """When the next window opens on a receiver counting whole seconds (just after the
+        second turns), or None while that model is unknown, contradicted, or the window's
+        first message came too close to a second's turn to tell its second."""
+        if self.ticks_broken or self.ticks_hi is None:
+            return None
+        first = self.sends[-burst]
+        if not self._clear_of_turn(first):
+            return None
+        ticks = self.ticks_hi
+        if self.misses < self.policy.window_tries and ticks - self.ticks_lo > 1:
+            ticks = (self.ticks_lo + ticks) // 2  # bisection, in whole seconds
+        return math.floor(first) + ticks + self.policy.tick_margin
+
+    def _clear_of_turn(self, moment: float) -> bool:
+        doubt = self.policy.tick_doubt
+        return doubt <= moment % 1.0 <= 1.0 - doubt
+
+    def _ticks(self, now: float, first: float) -> int | None:
+        """Whole seconds from a window's first message to ``now``, where both are clear of a
+        second's turn."""
+        if self._clear_of_turn(now) and self._clear_of_turn(first):
+            return math.floor(now) - math.floor(first)
+        return None
+
+    def _ticked(self, ticks: int, *, accepted: bool) -> None:
+        if accepted:
+            self.ticks_hi = ticks if self.ticks_hi is None else min(self.ticks_hi, ticks)
+        else:
+            self.ticks_lo = max(self.ticks_lo, ticks)
+        if self.ticks_hi is not None and self.ticks_lo >= self.ticks_hi:
+            self.ticks_broken = True  # refused after as many seconds as one accepted
+
     def permit(self, now: float, rate: float | None) -> None:
         self.in_flight_counts = False
         span: float | None = None
+        ticks: int | None = None
         burst = self.burst
         if burst is not None and len(self.sends) >= burst:
             span = now - self.sends[-burst]
+            ticks = self._ticks(now, self.sends[-burst])
         below = span is not None and self.hi is not None and span < self.hi
         if self.lone or below:
-            self.probe = (now, span)
+            self.probe = (now, span, ticks)
             self.lone = False
         self.last_span = span
         self.sends.append(now)
@@ -273,8 +329,10 @@ class Pacer:
             self.burst = min(self.policy.max_burst, self.burst + 1)
         if self.probe is None:
             return False
-        tested = self.probe[1]
+        _, tested, ticks = self.probe
         self.probe = None
+        if ticks is not None:
+            self._ticked(ticks, accepted=True)
         if tested is not None and (self.hi is None or tested < self.hi):
             self.hi = max(tested, self.lo)
             return True
@@ -293,6 +351,8 @@ class Pacer:
         self.misses += 1
         probe, self.probe = self.probe, None
         span = probe[1] if probe is not None else self.last_span
+        if probe is not None and probe[2] is not None and self.burst is not None:
+            self._ticked(probe[2], accepted=False)
         if self.burst is None and unpaced and self.cycle > 0:
             self.burst = min(self.policy.max_burst, self.cycle)
             self.in_flight_counts = True
