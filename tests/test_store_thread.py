@@ -1,7 +1,8 @@
 """On PostgreSQL the send loop claims and commits from a thread on a second connection
-(mailctl/delivery/store_thread.py), so the SMTP sessions go on while the database answers.
-A real PostgreSQL, where a lock held by another session stands for a slow server, and a
-real Postfix smtp-sink that counts what arrives."""
+(mailctl/delivery/store_thread.py), so the SMTP sessions go on while the database answers;
+on both backends a commit that fails halfway is finished later without writing anything
+twice. A real PostgreSQL, where a lock held by another session stands for a slow server,
+a real SQLite file, and a real Postfix smtp-sink that counts what arrives."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.context import SendOptions
 from mailctl.delivery.engine import Engine
+from mailctl.errors import StoreError
 from mailctl.store.factory import open_store
-from tests.helpers.workspace import make_workspace
+from tests.helpers.workspace import db_rows, make_workspace
 
 HOLD_SECONDS = 1.5
 
@@ -98,3 +102,57 @@ def test_sqlite_claims_and_commits_on_its_one_connection(tmp_path: Path) -> None
     # SQLite's work is the sender's own CPU: no second connection, no thread.
     with open_store(str(tmp_path / "m.db")) as store:
         assert store.side_connection() is None
+
+
+class FailingRelease:
+    """The real store (and its side connection), with the first `release` failing as a
+    server gone away would: after the outcomes of that commit were written."""
+
+    def __init__(self, store: Any, failures: list[int]) -> None:
+        self._store = store
+        self._failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def side_connection(self) -> Any:
+        side = self._store.side_connection()
+        return None if side is None else FailingRelease(side, self._failures)
+
+    def release(self, message_ids: Any) -> None:
+        if not self._failures:
+            self._failures.append(1)
+            raise StoreError("the database went away")
+        self._store.release(message_ids)
+
+
+def test_a_commit_that_fails_halfway_counts_nothing_twice(
+    store_url: str, tmp_path: Path, smtp_sink: tuple[int, Path]
+) -> None:
+    # The first commit writes its outcomes, then fails. The run stops and says so; the
+    # outcomes it still holds are written at the end, and the ones already written are not
+    # written again: one attempt per message, one count per message in the IP's day.
+    port, _ = smtp_sink
+    rows = 300
+    ws = make_workspace(tmp_path, port, rows=rows, profile={"connections": 2})
+    failures: list[int] = []
+    with open_store(store_url) as real:
+        prepared = prepare(
+            real, ws / "c.yaml", load_profiles(ws / "profiles.yaml"), now=time.time()
+        )
+        store: Any = FailingRelease(real, failures)
+        engine = Engine(
+            store,
+            [prepared.job],
+            run_id=real.start_run(1, "mta1", time.time()),
+            options=SendOptions(commit_interval=0.01),
+        )
+        with pytest.raises(StoreError, match="went away"):
+            asyncio.run(engine.run())
+    assert failures == [1]
+    attempts = db_rows(
+        ws, "SELECT attempts, count(*) FROM messages WHERE state = 'sent' GROUP BY 1"
+    )
+    sent = sum(count for _, count in attempts)
+    assert sent > 0 and attempts == [(1, sent)]
+    assert db_rows(ws, "SELECT sum(sent) FROM ip_days") == [(sent,)]
