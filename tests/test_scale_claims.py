@@ -10,14 +10,11 @@ import asyncio
 import time
 from pathlib import Path
 
-from mailctl.config.profiles import load_profiles
-from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.claim import CLAIM_RETRY_SECONDS
 from mailctl.delivery.context import SendOptions
-from mailctl.delivery.engine import Engine
 from mailctl.recipients.csv_import import BATCH, import_csv
 from mailctl.store.factory import open_store
-from tests.helpers.workspace import make_workspace
+from tests.helpers.workspace import make_workspace, workspace_engine
 
 
 def test_import_keeps_first_spelling_and_last_fields_across_batches(
@@ -53,15 +50,7 @@ def test_a_run_asks_for_more_only_after_a_pause_once_the_queue_ran_dry(
         tmp_path, port, rows=rows, profile={"connections": 4, "messages_per_connection": 1000}
     )
     with open_store(store_url) as store:
-        prepared = prepare(
-            store, ws / "c.yaml", load_profiles(ws / "profiles.yaml"), now=time.time()
-        )
-        engine = Engine(
-            store,
-            [prepared.job],
-            run_id=store.start_run(1, "mta1", time.time()),
-            options=SendOptions(claim_batch=batch),
-        )
+        engine = workspace_engine(store, ws, SendOptions(claim_batch=batch))
         started = time.monotonic()
         summary = asyncio.run(engine.run())
         elapsed = time.monotonic() - started

@@ -14,13 +14,10 @@ from typing import Any
 
 import pytest
 
-from mailctl.config.profiles import load_profiles
-from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.context import SendOptions
-from mailctl.delivery.engine import Engine
 from mailctl.errors import StoreError
 from mailctl.store.factory import open_store
-from tests.helpers.workspace import db_rows, make_workspace
+from tests.helpers.workspace import db_rows, make_workspace, workspace_engine
 
 HOLD_SECONDS = 1.5
 
@@ -67,15 +64,7 @@ def test_sessions_keep_sending_while_a_commit_waits_on_the_server(
     )
     seen: dict[str, Any] = {}
     with open_store(url) as store:
-        prepared = prepare(
-            store, ws / "c.yaml", load_profiles(ws / "profiles.yaml"), now=time.time()
-        )
-        engine = Engine(
-            store,
-            [prepared.job],
-            run_id=store.start_run(1, "mta1", time.time()),
-            options=SendOptions(commit_interval=0.05),
-        )
+        engine = workspace_engine(store, ws, SendOptions(commit_interval=0.05))
         holder = threading.Thread(target=_hold_lanes_when_busy, args=(url, dump, seen))
         holder.start()
         summary = asyncio.run(engine.run())
@@ -137,16 +126,8 @@ def test_a_commit_that_fails_halfway_counts_nothing_twice(
     ws = make_workspace(tmp_path, port, rows=rows, profile={"connections": 2})
     failures: list[int] = []
     with open_store(store_url) as real:
-        prepared = prepare(
-            real, ws / "c.yaml", load_profiles(ws / "profiles.yaml"), now=time.time()
-        )
-        store: Any = FailingRelease(real, failures)
-        engine = Engine(
-            store,
-            [prepared.job],
-            run_id=real.start_run(1, "mta1", time.time()),
-            options=SendOptions(commit_interval=0.01),
-        )
+        store = FailingRelease(real, failures)
+        engine = workspace_engine(real, ws, SendOptions(commit_interval=0.01), engine_store=store)
         with pytest.raises(StoreError, match="went away"):
             asyncio.run(engine.run())
     assert failures == [1]

@@ -1,5 +1,6 @@
 """A throwaway mailctl workspace (profiles.yaml, a recipient CSV, one campaign) and the CLI
-run against it: ``make_workspace``, ``cli``, ``send``, ``send_json``, ``summary``, ``db_states``.
+run against it: ``make_workspace``, ``cli``, ``send``, ``send_json``, ``summary``, ``db_states``;
+``workspace_engine`` for a send loop run in the test's own process.
 
 The workspace's database is ``m.db`` in it, unless the ``backend`` fixture (tests/conftest.py)
 chose PostgreSQL for the test: it names the database in the workspace's ``DB_URL_FILE``, and
@@ -14,12 +15,19 @@ from __future__ import annotations
 import json
 import sqlite3
 import textwrap
+import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mailctl.cli import run
+from mailctl.config.profiles import load_profiles
+from mailctl.delivery.campaigns import prepare
+from mailctl.delivery.context import SendOptions
+from mailctl.delivery.engine import Engine
+from mailctl.store.base import Store
 
 DB_URL_FILE = ".mailctl-db-url"
 
@@ -212,3 +220,18 @@ def postfix_workspace(
         + "recipients: list.csv\n"
     )
     return ws
+
+
+def workspace_engine(
+    store: Store, ws: Path, options: SendOptions, *, engine_store: Any = None
+) -> Engine:
+    """The workspace's campaign (c.yaml, profiles.yaml) prepared in ``store`` and a send run
+    of it on the real clock, as host mta1; ``engine_store``: what the engine is given instead
+    of ``store`` (a wrapper around it)."""
+    prepared = prepare(store, ws / "c.yaml", load_profiles(ws / "profiles.yaml"), now=time.time())
+    return Engine(
+        engine_store if engine_store is not None else store,
+        [prepared.job],
+        run_id=store.start_run(1, "mta1", time.time()),
+        options=options,
+    )
