@@ -324,16 +324,21 @@ def _anvil(limit: int, unit: int) -> Callable[[float], bool]:
     return accept
 
 
-def test_a_receiver_counting_whole_seconds_is_met_as_its_second_turns() -> None:
+@pytest.mark.parametrize("into_second", [0.37, 0.85])
+def test_a_receiver_counting_whole_seconds_is_met_as_its_second_turns(
+    into_second: float,
+) -> None:
     # 100 per 5 s on anvil's whole-second clock: a window opens when a second turns, six
     # seconds after the second its first message came in, however late in that second it
     # came. Spans measured in fractions of a second cannot tell; the lane learns the whole
-    # seconds, and from the third window on tries each just after its second turns.
-    elapsed, refused, firsts = _drive(_anvil(100, 5), 1000)
+    # seconds, and from the fourth window on tries each just after its second turns. Late
+    # in a second (0.85), the first window's probe is accepted a whole second late: that
+    # second is an upper bound, not the answer.
+    elapsed, refused, firsts = _drive(_anvil(100, 5), 1000, start=T0 + into_second)
     late = [t % 1.0 for t in firsts[3:]]
     assert late and all(lateness <= 0.1 for lateness in late), late
-    # 10 windows; the first starts 0.37 s into a second, so it lasts 5.63 s, each after 6 s.
-    assert elapsed <= 5.63 + 8 * 6 + 1.5
+    # 10 windows: the first lasts what is left of its sixth second, each after it 6 s.
+    assert elapsed <= (6 - into_second) + 8 * 6 + 1.5
     assert refused <= 10  # the first burst's overflow, then one lone probe per window tried
 
 

@@ -263,9 +263,11 @@ class Pacer:
         if window is None or len(self.sends) < window[0]:
             return 0.0
         burst, span = window
-        opens = None if span != self.hi else self._tick_opening(burst)
-        if opens is None:
-            opens = self.sends[-burst] + span
+        opens = self.sends[-burst] + span
+        if span == self.hi:  # no shorter window on trial: the earliest one known to open
+            ticked = self._tick_opening(burst)
+            if ticked is not None and (self._ticks_pinned() or ticked < opens):
+                opens = ticked
         wait = max(0.0, opens - now)
         if self.hi is not None and wait > 0.1 * span:
             # A new window opens after a gap: where it opens is uncertain (receivers count
@@ -275,17 +277,22 @@ class Pacer:
 
     def _tick_opening(self, burst: int) -> float | None:
         """When the next window opens on a receiver counting whole seconds (just after the
-        second turns), or None while that model is unknown, contradicted, or the window's
-        first message came too close to a second's turn to tell its second."""
+        second turns, ``ticks_hi`` after the one its first message came in), or None while
+        that model is unknown, contradicted, or the window's first message came too close to
+        a second's turn to tell its second. Used once the whole seconds are pinned down
+        (``ticks_lo`` one below ``ticks_hi``); before that, where it is earlier than the span
+        last accepted. Shorter windows are tried mid-second (the spans' bisection), which
+        also tells a window counted in fractions of a second from one of whole seconds."""
         if self.ticks_broken or self.ticks_hi is None:
             return None
         first = self.sends[-burst]
         if not self._clear_of_turn(first):
             return None
-        ticks = self.ticks_hi
-        if self.misses < self.policy.window_tries and ticks - self.ticks_lo > 1:
-            ticks = (self.ticks_lo + ticks) // 2  # bisection, in whole seconds
-        return math.floor(first) + ticks + self.policy.tick_margin
+        return math.floor(first) + self.ticks_hi + self.policy.tick_margin
+
+    def _ticks_pinned(self) -> bool:
+        """Whether the whole seconds a window lasts are known: refused after one fewer."""
+        return self.ticks_hi is not None and self.ticks_hi - self.ticks_lo <= 1
 
     def _clear_of_turn(self, moment: float) -> bool:
         doubt = self.policy.tick_doubt
