@@ -345,6 +345,13 @@ class Pacer:
             return True
         return False
 
+    def window_start(self) -> float | None:
+        """When the window a refusal ended began (its first accepted message), once the burst
+        is learned."""
+        if self.burst is None or len(self.sends) < self.burst:
+            return None
+        return self.sends[-self.burst]
+
     def refund(self) -> None:
         """A refused message in flight when the lane paused: it took no place either."""
         if self.sends:

@@ -578,6 +578,13 @@ class Lane:
         # A pause that ends in the pacer's lone probe needs no jitter (one message).
         level, probe = probe_pause(s, now, self.aimd, self.rng, jitter=self.pacer.burst is None)
         wait = probe if pause is None else pause
+        start = self.pacer.window_start()
+        if pause is None and level == 1 and start is not None and start + probe > now:
+            # A receiver counts its window from the window's first message, not from the
+            # refusal that ended it: the first probe goes that long after the window began.
+            # Counted from the refusal, the probes drift later by the burst's length and
+            # can miss the second a whole-second window opens in.
+            wait = start + probe - now
         self._progress_after = now + wait
         if level > 1 and s.learned_at is not None and not self.meter.accepted_since(s.learned_at):
             # A repeat that met the first messages after the pause: the receiver has not
