@@ -188,10 +188,11 @@ class Pacer:
     * Whole seconds: many receivers (Postfix's anvil among them) count on a clock of whole
       seconds, so a window opens when a second turns, a whole number of seconds after the
       second its first message came in: earlier or later within that second than a span
-      measured in fractions can tell. Each probe also tests that model (``ticks_lo`` /
-      ``ticks_hi``, the same bisection in whole seconds); while every probe fits it, the
-      next window is tried just after the second it opens in, and the first refusal that
-      contradicts it drops it for the run (the spans alone then govern).
+      measured in fractions can tell. Each probe also tests that model: ``ticks_lo`` the
+      most whole seconds after which one was refused, ``ticks_hi`` the fewest after which
+      one was accepted. While every probe fits it, the next window is tried just after the
+      second it opens in (`_tick_opening`), and the first refusal that contradicts it drops
+      it for the run (the spans alone then govern).
     Without a learned burst, a learned rate alone is paced evenly (a second's worth at once).
     """
 
