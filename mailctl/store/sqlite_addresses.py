@@ -61,10 +61,19 @@ class _AddressTables:
     def finish_import(
         self, list_name: str | None, *, skip_existing: bool, source: str | None = None
     ) -> StagedCounts:
-        """Merge the staging table into recipients (and the list) in the open transaction."""
+        """Merge the staging table into recipients (and the list) in one write transaction.
+
+        The staging rows are committed first (they are this connection's own temp table) and
+        the merge takes the write lock before it reads anything: a transaction that read the
+        database and then writes cannot wait for another writer (SQLite fails it at once with
+        "database is locked"), so a bounce import or a send committing meanwhile would
+        fail this one."""
         now = time.time()
         c = self.conn
         try:
+            if c.in_transaction:
+                c.execute("COMMIT")
+            c.execute("BEGIN IMMEDIATE")
             imported, changed = c.execute(
                 """SELECT
                      sum(r.id IS NULL),
