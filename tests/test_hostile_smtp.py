@@ -245,3 +245,57 @@ def test_lines_starting_with_a_dot_arrive_intact(
     assert result["sent"] == 1
     body = server.messages[0].split(b"\r\n\r\n", 1)[1]
     assert body == b"first\r\n.\r\n..two dots\r\nlast\r\n"
+
+
+# --------------------------------------------------------------- PIPELINING (RFC 2920)
+
+
+@pytest.mark.parametrize("dribble", [False, True], ids=["whole-replies", "one-byte-writes"])
+def test_pipelined_transactions_deliver_each_message_once(
+    hostile_server: Start, tmp_path: Path, capsys, dribble: bool
+) -> None:
+    server = hostile_server(Script(pipelining=True, dribble=dribble))
+    ws = workspace(tmp_path, server.port, rows=4)
+    result = send_json(ws, capsys)
+    assert (result["sent"], result["deferred"], result["possible_duplicates"]) == (4, 0, 0)
+    assert len(server.messages) == 4
+    assert server.commands[:7] == ["EHLO", "MAIL", "RCPT", "DATA", "MAIL", "RCPT", "DATA"]
+
+
+@pytest.mark.parametrize("dribble", [False, True], ids=["whole-replies", "one-byte-writes"])
+def test_a_pipelined_refusal_reads_every_reply_it_owes_and_keeps_the_session(
+    hostile_server: Start, tmp_path: Path, capsys, dribble: bool
+) -> None:
+    # RCPT is refused, yet this server answers the pipelined DATA with a 354 anyway: RFC 2920
+    # has the client end that with a lone dot, then RSET. Replies never drift out of step
+    # (each message gets its own 550) and no message text ever reaches the server.
+    server = hostile_server(
+        Script(pipelining=True, dribble=dribble, replies={"RCPT": b"550 5.1.1 no such user\r\n"})
+    )
+    ws = workspace(tmp_path, server.port, rows=3)
+    result = send_json(ws, capsys)
+    assert (result["sent"], result["bounced"], result["deferred"]) == (0, 3, 0)
+    assert {row[:3] for row in rows(ws)} == {("bounced", "userunknown", "550 5.1.1 no such user")}
+    assert server.commands.count("EHLO") == 1  # one session for all three
+    assert server.commands[1:6] == ["MAIL", "RCPT", "DATA", "RSET", "MAIL"]
+    assert server.dots == 3 and server.messages == [b""] * 3  # lone dots: no text, no recipient
+
+
+@pytest.mark.parametrize(
+    ("verb", "reply"),
+    [
+        ("MAIL", b"252 2.1.0 Cannot verify, will attempt\r\n"),
+        ("RCPT", b"252 2.1.5 Cannot VRFY user, but will accept message\r\n"),
+        ("DATA", b"250 2.0.0 Ok\r\n"),
+    ],
+    ids=["252-to-MAIL", "252-to-RCPT", "250-to-DATA"],
+)
+def test_a_pipelined_2xx_at_the_wrong_stage_is_a_protocol_error_never_sent(
+    hostile_server: Start, tmp_path: Path, capsys, verb: str, reply: bytes
+) -> None:
+    server = hostile_server(Script(pipelining=True, replies={verb: reply}))
+    ws = workspace(tmp_path, server.port, rows=2)
+    result = send_json(ws, capsys)
+    assert (result["sent"], result["deferred"]) == (0, 2)
+    assert server.messages == []
+    assert {row[:2] for row in rows(ws)} == {("deferred", "protocolerror")}

@@ -119,3 +119,20 @@ def test_a_burst_counts_the_messages_accepted_after_the_refusal_that_taught_it()
     pacer.permit(6.0, None)
     pacer.accepted()
     assert pacer.burst == 3
+
+
+@needs_postfix
+def test_a_session_the_server_closed_while_idle_is_replaced_before_the_next_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Postfix hangs up on a client idle for 1 s; the lane sends one message every 2 s. The
+    # hang-up is seen when it happens, so each message goes out on a fresh session instead
+    # of failing on the dead one and waiting out a retry delay.
+    with postfix_receiver(smtpd_timeout="1s") as postfix:
+        ws = postfix_workspace(tmp_path, postfix.port, rows=3, connections=1, transactional=True)
+        profiles = (ws / "profiles.yaml").read_text()
+        (ws / "profiles.yaml").write_text(profiles.replace("per_minute: null", "per_minute: 30, burst: 1"))
+        result = send_json(ws, capsys, "--max-time", "60s")
+        assert (result["sent"], result["deferred"], result["remaining"]) == (3, 0, 0)
+        assert postfix.delivered == 3
+        assert postfix.count(r"timeout after END-OF-MESSAGE") >= 1

@@ -147,6 +147,9 @@ class Profile:
     timeout: float = 30.0
     connections: int = 10
     messages_per_connection: int = 100
+    # Pipeline MAIL, RCPT and DATA (RFC 2920) where the server offers PIPELINING; false
+    # only for a server that offers it and mishandles it.
+    pipelining: bool = True
     pools: Mapping[str, tuple[SendingIp, ...]] = field(default_factory=dict)
     classes: Mapping[TrafficClass, str] = field(default_factory=dict)
     # Pools whose IPs all live on other sending hosts (see ProfilesFile.for_host).
@@ -261,6 +264,7 @@ _PROFILE_KEYS = {
     "timeout",
     "connections",
     "messages_per_connection",
+    "pipelining",
     "pools",
     "classes",
     "bounce_domain",
@@ -440,6 +444,8 @@ def _profile(name: str, node: Node, base_dir: Path) -> Profile:
         options["connections"] = keys["connections"].int(minimum=1)
     if "messages_per_connection" in keys:
         options["messages_per_connection"] = keys["messages_per_connection"].int(minimum=1)
+    if "pipelining" in keys:
+        options["pipelining"] = keys["pipelining"].bool()
     pools: dict[str, tuple[SendingIp, ...]] = {}
     if "pools" in keys:
         for pool_name, pool_node in keys["pools"].mapping().items():

@@ -285,6 +285,7 @@ class Dispatcher:
                 source_ip=ip,
                 timeout=profile.timeout,
                 validate_certs=False,  # MX certificates rarely match; TLS still encrypts
+                pipelining=profile.pipelining,
             )
             connections = limits.connections
             per_connection = limits.messages_per_connection

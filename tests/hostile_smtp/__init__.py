@@ -45,6 +45,8 @@ class Script:
     dot_delay: float = 0.0  # seconds before answering the final dot
     drop_after_data_bytes: int | None = None  # hang up after this much message data
     max_line: int | None = None  # answer the dot "500 Line too long" past this many octets
+    pipelining: bool = False  # offer PIPELINING (RFC 2920) in the EHLO reply
+    dribble: bool = False  # send every reply one byte per write, as a slow link might
 
 
 class HostileServer:
@@ -103,6 +105,8 @@ class HostileServer:
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         script = self.script
         replies = {**DEFAULT_REPLIES, **script.replies}
+        if script.pipelining and "EHLO" not in script.replies:
+            replies["EHLO"] = b"250-hostile.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
         if script.endless_banner:
             while True:
                 writer.write(b"220-hostile.test still greeting you\r\n")
@@ -118,8 +122,9 @@ class HostileServer:
                 return
             verb = line.split(b" ", 1)[0].strip().upper().decode("ascii", "replace")
             self.commands.append(verb)
-            writer.write(replies.get(verb, b"502 5.5.2 Error: command not recognized\r\n"))
-            await writer.drain()
+            await self._reply(
+                writer, replies.get(verb, b"502 5.5.2 Error: command not recognized\r\n")
+            )
             if verb == "QUIT":
                 return
             if verb == "DATA" and replies["DATA"].startswith(b"354"):
@@ -149,6 +154,15 @@ class HostileServer:
         if answer[:1] == b"2":
             self.messages.append(b"".join(lines))
         with contextlib.suppress(ConnectionError):
-            writer.write(answer)
-            await writer.drain()
+            await self._reply(writer, answer)
         return True
+
+    async def _reply(self, writer: asyncio.StreamWriter, reply: bytes) -> None:
+        if not self.script.dribble:
+            writer.write(reply)
+            await writer.drain()
+            return
+        for index in range(len(reply)):
+            writer.write(reply[index : index + 1])
+            await writer.drain()
+            await asyncio.sleep(0)
