@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -131,8 +132,26 @@ def test_a_session_the_server_closed_while_idle_is_replaced_before_the_next_mess
     with postfix_receiver(smtpd_timeout="1s") as postfix:
         ws = postfix_workspace(tmp_path, postfix.port, rows=3, connections=1, transactional=True)
         profiles = (ws / "profiles.yaml").read_text()
-        (ws / "profiles.yaml").write_text(profiles.replace("per_minute: null", "per_minute: 30, burst: 1"))
+        (ws / "profiles.yaml").write_text(
+            profiles.replace("per_minute: null", "per_minute: 30, burst: 1")
+        )
         result = send_json(ws, capsys, "--max-time", "60s")
         assert (result["sent"], result["deferred"], result["remaining"]) == (3, 0, 0)
         assert postfix.delivered == 3
         assert postfix.count(r"timeout after END-OF-MESSAGE") >= 1
+
+
+@needs_postfix
+def test_the_slow_start_opens_its_second_connection_as_soon_as_it_is_due(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The second connection is due after a few messages accepted on the first; its worker
+    # is woken then, not at its next look a fifth of a second later, by when a short
+    # campaign has gone out on one connection alone.
+    with postfix_receiver() as postfix:
+        ws = postfix_workspace(tmp_path, postfix.port, rows=60, connections=2)
+        result = send_json(ws, capsys, "--max-time", "60s")
+        assert (result["sent"], result["remaining"]) == (60, 0)
+        per_session = Counter(re.findall(r"smtpd\[(\d+)\]: [0-9A-F]+: client=", postfix.log))
+    assert len(per_session) == 2, per_session
+    assert min(per_session.values()) >= 10, per_session

@@ -698,8 +698,13 @@ class Dispatcher:
         if reply.ok:
             item.refusal = None
             lane.accepted(now, busy=busy)
-            if group is not None and group.conn_lane != (item.ip, item.provider):
-                self._conn_lane(group).accepted(now, busy=busy)
+            if group is not None:
+                conn_lane = self._conn_lane(group)
+                if group.conn_lane != (item.ip, item.provider):
+                    conn_lane.accepted(now, busy=busy)
+                if conn_lane.slow_start_grew():
+                    # The next connection is due: its worker looks now, not at its next poll.
+                    self._freed.setdefault(group.conn_lane, asyncio.Event()).set()
             recorder.sent(self._outcome(item, reply, NO_EVENT, now))
             return NO_EVENT
         verdict_scope = None

@@ -311,6 +311,14 @@ class Lane:
             cap = min(cap, self._slow_cap, self.meter.open + 1)
         return max(1, cap)
 
+    def slow_start_grew(self) -> bool:
+        """Whether the last acceptance completed the count the slow start's next connection
+        waits for (`connection_cap`): a worker waiting for its turn should look now."""
+        return (
+            self.state.learned_connections is None
+            and self.meter.accepted_total == self.aimd.slow_start * self._slow_cap
+        )
+
     def connect_wait(self, now: float) -> float:
         """Seconds until the lane may open another connection (after a connection signal)."""
         until = self.state.connect_until
