@@ -192,3 +192,33 @@ def test_only_a_reply_that_names_a_delay_asks_for_the_same_ip_again() -> None:
     assert asked_back_to({**row, "last_code": 550}) is None
     assert asked_back_to({**row, "ip": None}) is None
     assert asked_back_to({"ip": None, "last_code": None, "last_reply": None}) is None
+
+
+def test_the_first_connection_opens_while_the_first_claim_is_still_rendering(
+    sim_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A claim of 256 rendered in one go on the event loop kept the run's first connection
+    # unopened, and every open one waiting for its replies, until the last was rendered.
+    # Now each few rendered go to the connections at once (and the loop runs between).
+    from mailctl.delivery.transport import Connection
+    from mailctl.message.render import Renderer
+
+    events: list[str] = []
+    render, connect = Renderer.render, Connection.open
+
+    def rendering(self: Renderer, *args: object, **kwargs: object) -> object:
+        events.append("render")
+        return render(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    async def opening(self: Connection) -> object:
+        events.append("open")
+        return await connect(self)
+
+    monkeypatch.setattr(Renderer, "render", rendering)
+    monkeypatch.setattr(Connection, "open", opening)
+    server = sim_server(SimBehaviour())
+    ws = make_workspace(tmp_path, server.port, rows=256)
+    with SqliteStore.open(ws / "m.db") as store:
+        summary = asyncio.run(start_engine(ws, store).run())
+    assert summary.sent == 256 and events.count("render") == 256
+    assert events.index("open") <= 48, "the connection waited for the rendering"

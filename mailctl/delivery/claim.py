@@ -82,10 +82,16 @@ class Claimer:
         if self.render_pool is not None:
             self.render_pool.close()
 
+    def renders_elsewhere(self, count: int) -> bool:
+        """Whether `render` of this many messages runs in the render processes (off the
+        event loop) rather than here."""
+        pool = self.render_pool
+        return pool is not None and pool.ready and count > 16
+
     async def render(self, messages: list[dict[str, Any]]) -> list[RenderedMessage | str]:
         """Each message's bytes, or the template error that prevents it."""
         pool = self.render_pool
-        if pool is not None and pool.ready and len(messages) > 16:
+        if pool is not None and self.renders_elsewhere(len(messages)):
             try:
                 return await pool.render(messages)
             except BrokenProcessPool:

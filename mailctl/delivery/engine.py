@@ -40,6 +40,9 @@ from mailctl.reputation.lane_state import LaneState
 from mailctl.reputation.scheduler import Scheduler
 from mailctl.store.base import Store
 
+# Messages rendered on the event loop between two looks at the connections (see _step).
+RENDER_CHUNK = 16
+
 if TYPE_CHECKING:
     from mailctl.dns.resolver import Resolver  # dnspython: loaded only for live lookups
 
@@ -220,8 +223,19 @@ class Engine:
         routed = self.router.route(claimed, suppressed, now)
         if not routed:
             return
-        rendered = await self.claimer.render([entry.message for entry in routed])
-        await self.dispatcher.send(routed, rendered, now)
+        if self.claimer.renders_elsewhere(len(routed)):
+            rendered = await self.claimer.render([entry.message for entry in routed])
+            await self.dispatcher.send(routed, rendered, now)
+            return
+        # Rendered here, on the event loop: a few at a time, each few handed to the
+        # connections at once and the loop let run between them. One whole batch at a time
+        # kept every connection waiting for its replies (and the run's first connection
+        # unopened) while a few hundred messages rendered.
+        for start in range(0, len(routed), RENDER_CHUNK):
+            part = routed[start : start + RENDER_CHUNK]
+            rendered = await self.claimer.render([entry.message for entry in part])
+            await self.dispatcher.send(part, rendered, now)
+            await asyncio.sleep(0)
 
     async def _await_workers(self) -> None:
         """Wait until a worker is done with a message, or a stop. Not a poll on the clock:
