@@ -293,13 +293,13 @@ class Connection:
         # One deadline moved on per reply (each still gets the whole timeout).
         loop = asyncio.get_running_loop()
         timeout = self.destination.timeout or _NO_TIMEOUT
-        # Addresses were validated and IDNA-encoded on import, so they go out as they are.
-        commands = (
-            ("mail", _line(b"MAIL FROM:<%s>" % envelope_from.encode()), (250,)),
-            ("rcpt", _line(b"RCPT TO:<%s>" % recipient.encode()), (250, 251)),
-            ("data", b"DATA\r\n", (354,)),
-        )
         try:
+            # Addresses were validated and IDNA-encoded on import, so they go out as they are.
+            commands = (
+                ("mail", _line(b"MAIL FROM:<%s>" % envelope_from.encode()), (250,)),
+                ("rcpt", _line(b"RCPT TO:<%s>" % recipient.encode()), (250, 251)),
+                ("data", b"DATA\r\n", (354,)),
+            )
             async with asyncio.timeout_at(loop.time() + timeout) as deadline:
                 if self.pipelining:
                     reader.write(b"".join(line for _, line, _ in commands), len(commands))
