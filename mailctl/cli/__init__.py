@@ -191,6 +191,10 @@ def run(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         console.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
         return 1
+    finally:
+        # A command's --quiet or --json lasts for that command: an in-process caller (a
+        # test, a benchmark) that shows progress next must not find it silenced.
+        console.set_quiet(False)
     return 0
 
 
