@@ -4,17 +4,15 @@ keep the session in step (every reply read, then RSET) on one connection."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from mailctl.cli import run
 from mailctl.delivery.smtp_reader import ReplyReader
 from tests.helpers.postfix import have_postfix, postfix_receiver
-from tests.helpers.workspace import postfix_workspace
+from tests.helpers.workspace import postfix_workspace, send_json
 
 pytestmark = pytest.mark.skipif(not have_postfix(), reason="Postfix is not installed")
 
@@ -24,14 +22,6 @@ REFUSE = (
     " { user3@example.com = 550 5.1.1 no such user },"
     " { user5@example.com = 450 4.2.0 mailbox busy } }, permit"
 )
-
-
-def send(ws: Path, capsys: pytest.CaptureFixture[str]) -> dict:
-    code = run(["--db", str(ws / "m.db"), "--profiles", str(ws / "profiles.yaml"),
-                "send", str(ws / "c.yaml"), "--json"])  # fmt: skip
-    out = capsys.readouterr().out
-    assert code == 0, out
-    return json.loads(out)
 
 
 @pytest.fixture()
@@ -53,7 +43,7 @@ def test_refusals_inside_a_pipelined_group_keep_the_session_in_step(
 ) -> None:
     with postfix_receiver(smtpd_recipient_restrictions=REFUSE) as postfix:
         ws = postfix_workspace(tmp_path, postfix.port, 20, connections=1)
-        result = send(ws, capsys)
+        result = send_json(ws, capsys)
         assert (postfix.delivered, postfix.connections) == (18, 1)
         assert postfix.count(r"to=<user[35]@example\.com>[^\n]*status=sent") == 0
         assert postfix.count("Recipient address rejected: no such user") == 1
@@ -87,7 +77,7 @@ def test_commands_are_pipelined_only_where_offered_and_allowed(
                 "    connections: 1\n", "    connections: 1\n    pipelining: false\n"
             )
             (ws / "profiles.yaml").write_text(text)
-        result = send(ws, capsys)
+        result = send_json(ws, capsys)
         assert "improper command pipelining" not in postfix.log
         assert (result["sent"], postfix.delivered, postfix.connections) == (10, 10, 1)
     assert list(writes.values()) == [10 * per_message + 1]

@@ -223,16 +223,13 @@ class Engine:
         routed = self.router.route(claimed, suppressed, now)
         if not routed:
             return
-        if self.claimer.renders_elsewhere(len(routed)):
-            rendered = await self.claimer.render([entry.message for entry in routed])
-            await self.dispatcher.send(routed, rendered, now)
-            return
-        # Rendered here, on the event loop: a few at a time, each few handed to the
-        # connections at once and the loop let run between them. One whole batch at a time
-        # kept every connection waiting for its replies (and the run's first connection
-        # unopened) while a few hundred messages rendered.
-        for start in range(0, len(routed), RENDER_CHUNK):
-            part = routed[start : start + RENDER_CHUNK]
+        # The render processes take the batch whole. Rendered here, on the event loop, it
+        # goes a few at a time, each few handed to the connections at once and the loop let
+        # run between them: one whole batch at a time kept every connection waiting for its
+        # replies (and the run's first connection unopened) while hundreds rendered.
+        chunk = len(routed) if self.claimer.renders_elsewhere(len(routed)) else RENDER_CHUNK
+        for start in range(0, len(routed), chunk):
+            part = routed[start : start + chunk]
             rendered = await self.claimer.render([entry.message for entry in part])
             await self.dispatcher.send(part, rendered, now)
             await asyncio.sleep(0)

@@ -75,9 +75,6 @@ class ReplyReader(asyncio.Protocol):
                 self._waiter = None
         return self._replies.popleft()
 
-    def close(self) -> None:
-        self.transport.close()
-
     # --- asyncio.Protocol -------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:

@@ -353,7 +353,7 @@ class Connection:
         if self.reader is None or not self.alive:
             return False
         try:
-            async with asyncio.timeout(self.destination.timeout):
+            async with asyncio.timeout(self.destination.timeout or _NO_TIMEOUT):
                 response = await _command(self.reader, b"NOOP")
         except (TimeoutError, SMTPException, OSError):
             self._dead()
