@@ -7,7 +7,6 @@ import asyncio
 import json
 import sqlite3
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,11 @@ from mailctl.sim.behaviours import CapAction, SimBehaviour
 from mailctl.sim.replies import SimReply
 from mailctl.store.sqlite import SqliteStore
 from tests.helpers.clock import FakeClock
-from tests.helpers.workspace import cli, db_states, make_workspace, send
+from tests.helpers.workspace import cli, db_states, make_workspace, send, workspace_engine
 
 
 def start_engine(ws: Path, store: SqliteStore, **options: object) -> Engine:
-    prepared = prepare(store, ws / "c.yaml", load_profiles(ws / "profiles.yaml"), now=time.time())
-    run_id = store.start_run(1, "test", time.time())
-    return Engine(store, [prepared.job], run_id=run_id, options=SendOptions(**options))
+    return workspace_engine(store, ws, SendOptions(**options))
 
 
 def test_second_stop_returns_at_once_and_leaves_nothing_in_sending(
