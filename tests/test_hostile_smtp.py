@@ -260,7 +260,9 @@ def test_pipelined_transactions_deliver_each_message_once(
     result = send_json(ws, capsys)
     assert (result["sent"], result["deferred"], result["possible_duplicates"]) == (4, 0, 0)
     assert len(server.messages) == 4
-    assert server.commands[:7] == ["EHLO", "MAIL", "RCPT", "DATA", "MAIL", "RCPT", "DATA"]
+    # The next message's commands follow each text, RSET first (a clean transaction
+    # whatever the reply to the text).
+    assert server.commands[:8] == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA"]
 
 
 @pytest.mark.parametrize("dribble", [False, True], ids=["whole-replies", "one-byte-writes"])
@@ -280,3 +282,20 @@ def test_a_pipelined_refusal_reads_every_reply_it_owes_and_keeps_the_session(
     assert server.commands.count("EHLO") == 1  # one session for all three
     assert server.commands[1:6] == ["MAIL", "RCPT", "DATA", "RSET", "MAIL"]
     assert server.dots == 3 and server.messages == [b""] * 3  # lone dots: no text, no recipient
+
+
+def test_a_recipient_taken_after_a_refused_mail_gets_no_dot(
+    hostile_server: Start, tmp_path: Path, capsys
+) -> None:
+    # MAIL is refused, yet the pipelined RCPT is taken and DATA answered 354: the server
+    # holds a transaction that is not this message's (Postfix does so after refusing a text
+    # by its end-of-data restrictions). A lone dot would deliver an empty message there:
+    # the client hangs up mid-data instead, which the server drops.
+    server = hostile_server(
+        Script(pipelining=True, replies={"MAIL": b"451 4.3.0 try again later\r\n"})
+    )
+    ws = workspace(tmp_path, server.port, rows=2)
+    result = send_json(ws, capsys)
+    assert (result["sent"], result["deferred"]) == (0, 2)
+    assert server.dots == 0 and server.messages == []
+    assert "RSET" not in server.commands  # nothing more said on a session out of step

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from mailctl.config.profiles import TlsMode, TransportKind, is_loopback
@@ -61,6 +63,9 @@ class Item:
     # The outcome of a refusal waiting for its retry in this session: recorded if the retry
     # never happens (the run stops, the lane's wait grows, the connection is lost).
     refusal: Outcome | None = None
+    # Its MAIL, RCPT and DATA went out behind the last message's text on the worker's
+    # connection, its lane's permit taken then: the worker sends it next, on that session.
+    presented: bool = False
 
 
 @dataclass
@@ -346,29 +351,45 @@ class Dispatcher:
 
     async def _worker(self, group: _Group, index: int = 0) -> None:
         connection: Connection | None = None
+        held: list[Item] = []  # the next message, taken while the last one's text went out
+
+        def follow(sending: Connection) -> tuple[str, str] | None:
+            if held:
+                return None
+            taken = self._take_next(group, index, sending)
+            if taken is None:
+                return None
+            held.append(taken)
+            if not taken.presented:
+                return None
+            return taken.rendered.envelope_from, taken.rendered.recipient
+
         try:
             while True:
-                if index > 0 and connection is None:
-                    await self._my_turn(group, index, connection)
-                elif index > 0 and connection is not None:
-                    cap = self._conn_lane(group).connection_cap(
-                        self.ctx.clock.now(), group.connections
-                    )
-                    if index >= cap:
-                        await connection.close()
-                        self._lane_closed(group)
-                        connection = None
-                        continue
-                item, connection = await self._next_item(group, connection)
-                if item is None:
-                    break
-                message = item.message
-                self._in_flight[message["id"]] = item
-                group.pending -= 1
+                if held:
+                    item = held.pop()  # in flight already, and perhaps presented
+                else:
+                    if index > 0 and connection is None:
+                        await self._my_turn(group, index, connection)
+                    elif index > 0 and connection is not None:
+                        cap = self._conn_lane(group).connection_cap(
+                            self.ctx.clock.now(), group.connections
+                        )
+                        if index >= cap:
+                            await connection.close()
+                            self._lane_closed(group)
+                            connection = None
+                            continue
+                    next_item, connection = await self._next_item(group, connection)
+                    if next_item is None:
+                        break
+                    item = next_item
+                    self._in_flight[item.message["id"]] = item
+                    group.pending -= 1
                 try:
-                    connection = await self._deliver(group, item, connection)
+                    connection = await self._deliver(group, item, connection, follow, held)
                 finally:
-                    self._in_flight.pop(message["id"], None)
+                    self._in_flight.pop(item.message["id"], None)
                     self.finished.set()
                 self.recorder.commit_due()
         except asyncio.CancelledError:
@@ -413,19 +434,37 @@ class Dispatcher:
         return get.result(), connection
 
     async def _deliver(
-        self, group: _Group, item: Item, connection: Connection | None
+        self,
+        group: _Group,
+        item: Item,
+        connection: Connection | None,
+        follow: Callable[[Connection], tuple[str, str] | None] | None = None,
+        held: list[Item] | None = None,
     ) -> Connection | None:
         """One message through this group; returns the connection to keep using.
 
         The lane's permit is taken only once a connection is ready: opening one (or waiting
         for a connection slot) must not use up a slot the receiver was learned to take. A
         throttle of the lane's message rate is tried again on the same session at the lane's
-        next slot, up to `SESSION_RETRIES` times."""
+        next slot, up to `SESSION_RETRIES` times. ``follow`` takes the group's next message
+        into ``held`` while this one's text goes out (`_take_next`).
+
+        A message presented behind the last one (`Item.presented`) is sent on without
+        waiting for its lane: its permit was taken when its commands went out. Unless it
+        may no longer go (its campaign stopped, its address bounced meanwhile): then the
+        session is hung up mid-transaction, which the server drops, never delivers, and the
+        message takes the usual way (recorded as suppressed, or back to the queue)."""
         ctx, recorder = self.ctx, self.recorder
         message, ip, provider = item.message, item.ip, item.provider
-        if recorder.suppressed_in_run and address_key(message["email"]) in (
-            recorder.suppressed_in_run
-        ):
+        presented = item.presented and connection is not None and connection.presented is not None
+        item.presented = False
+        # Stopping the run is no reason: the message is in flight, and goes like the others.
+        if presented and (self._suppressed_in_run(item) or message["campaign_id"] in ctx.stopped):
+            assert connection is not None
+            await connection.close()
+            self._lane_closed(group)
+            connection, presented = None, False
+        if self._suppressed_in_run(item):
             # A hard bounce earlier in this run (another campaign, the same address).
             ctx.budget.release(ip, provider)
             recorder.record(
@@ -436,15 +475,21 @@ class Dispatcher:
             return connection
         tries = 0
         while True:
-            go, connection = await self._admitted(group, item, connection)
-            if not go:
-                return connection
+            if presented:
+                presented = False
+            else:
+                go, connection = await self._admitted(group, item, connection)
+                if not go:
+                    return connection
             assert connection is not None
             tries += 1
             item.transmitting = True
             try:
                 reply = await connection.send(
-                    item.rendered.envelope_from, item.rendered.recipient, item.rendered.data
+                    item.rendered.envelope_from,
+                    item.rendered.recipient,
+                    item.rendered.data,
+                    partial(follow, connection) if follow is not None else None,
                 )
             finally:
                 item.transmitting = False
@@ -453,8 +498,9 @@ class Dispatcher:
                 item,
                 reply,
                 group=group,
-                busy=not group.queue.empty(),
-                may_retry=tries <= SESSION_RETRIES,
+                busy=not group.queue.empty() or bool(held),
+                # Not with the next message presented: it goes first on this session.
+                may_retry=tries <= SESSION_RETRIES and connection.presented is None,
             )
             if event.pauses_lane or event.kind is LaneEventKind.IGNORED:
                 # A throttle of the lane (message rate): the lane waits, the session is kept.
@@ -468,6 +514,50 @@ class Dispatcher:
                 return connection
             # Refused by a throttle: again at the lane's next slot (`_admitted` sends it
             # back to the queue with its refusal if that slot is far off).
+
+    def _suppressed_in_run(self, item: Item) -> bool:
+        suppressed = self.recorder.suppressed_in_run
+        return bool(suppressed) and address_key(item.message["email"]) in suppressed
+
+    def _take_next(self, group: _Group, index: int, connection: Connection) -> Item | None:
+        """While a message's text goes out on ``connection``: the group's next message, taken
+        into the worker's hands (in flight) when the worker would take it next anyway: the
+        session clean (no refusal since its last delivery), the worker within its lane's
+        connection cap, the group neither paused nor closing. It is marked `Item.presented`
+        when its commands may go in the same write: room for it on the session, its
+        campaign not stopped, its address not bounced in this run, and its lane's permit
+        free now (taken here). Otherwise the worker sends it next the usual way."""
+        ctx = self.ctx
+        now = ctx.clock.now()
+        if (
+            group.closing
+            or ctx.stop.is_set()
+            or group.queue.empty()
+            or connection.refusals
+            or group.paused_until > now
+            or (
+                index > 0 and index >= self._conn_lane(group).connection_cap(now, group.connections)
+            )
+        ):
+            return None
+        item = group.queue.get_nowait()
+        if item is None:  # the end of the run (not while closing: cannot come here)
+            group.queue.put_nowait(None)
+            return None
+        self._in_flight[item.message["id"]] = item
+        group.pending -= 1
+        lane = ctx.scheduler.lane(item.ip, item.provider)
+        limit = group.messages_per_connection
+        if group.conn_lane == (lane.ip, lane.provider):  # direct: the provider's limit
+            limit = min(limit, lane.limits(now).messages_per_connection)
+        item.presented = (
+            connection.messages + 2 <= limit
+            and item.refusal is None
+            and not ctx.halted(item.message["campaign_id"])
+            and not self._suppressed_in_run(item)
+            and lane.admit(now) == 0
+        )
+        return item
 
     async def _admitted(
         self, group: _Group, item: Item, connection: Connection | None

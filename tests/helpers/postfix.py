@@ -71,6 +71,14 @@ class Receiver:
     def count(self, pattern: str) -> int:
         return len(re.findall(pattern, self.log))
 
+    def settled_count(self, pattern: str, expected: int, timeout: float = 5.0) -> int:
+        """`count`, once it reaches ``expected`` or ``timeout`` passes: Postfix logs a
+        delivery (qmgr, discard) a moment after its smtpd took the message."""
+        deadline = time.monotonic() + timeout
+        while (found := self.count(pattern)) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return found
+
     @property
     def connections(self) -> int:
         """Connections the smtpd accepted a session on (refused ones included)."""
