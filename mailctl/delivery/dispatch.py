@@ -338,8 +338,7 @@ class Dispatcher:
         start, or the number that held when a receiver refused one more). A worker above the
         cap gives up its connection first. Waits on the event loop, not the injected clock:
         an idle worker must not make time pass."""
-        lane = self._conn_lane(group)
-        while index >= lane.connection_cap(self.ctx.clock.now(), group.connections):
+        while self._beyond_cap(group, index):
             if self.ctx.stop.is_set() or group.closing:
                 return
             changed = self._freed.setdefault(_lane_key(group), asyncio.Event())
@@ -371,21 +370,15 @@ class Dispatcher:
                 else:
                     if index > 0 and connection is None:
                         await self._my_turn(group, index, connection)
-                    elif index > 0 and connection is not None:
-                        cap = self._conn_lane(group).connection_cap(
-                            self.ctx.clock.now(), group.connections
-                        )
-                        if index >= cap:
-                            await connection.close()
-                            self._lane_closed(group)
-                            connection = None
-                            continue
+                    elif connection is not None and self._beyond_cap(group, index):
+                        await connection.close()
+                        self._lane_closed(group)
+                        connection = None
+                        continue
                     next_item, connection = await self._next_item(group, connection)
                     if next_item is None:
                         break
-                    item = next_item
-                    self._in_flight[item.message["id"]] = item
-                    group.pending -= 1
+                    item = self._taken(group, next_item)
                 try:
                     connection = await self._deliver(group, item, connection, follow, held)
                 finally:
@@ -515,6 +508,30 @@ class Dispatcher:
             # Refused by a throttle: again at the lane's next slot (`_admitted` sends it
             # back to the queue with its refusal if that slot is far off).
 
+    def _taken(self, group: _Group, item: Item) -> Item:
+        """An item a worker took off its group's queue: in flight from now on."""
+        self._in_flight[item.message["id"]] = item
+        group.pending -= 1
+        return item
+
+    def _beyond_cap(self, group: _Group, index: int) -> bool:
+        """Whether worker ``index`` is beyond the connections its lane may hold now (the
+        first worker never is)."""
+        if index == 0:
+            return False
+        return index >= self._conn_lane(group).connection_cap(
+            self.ctx.clock.now(), group.connections
+        )
+
+    @staticmethod
+    def _session_limit(group: _Group, lane: Lane, now: float) -> int:
+        """Messages one session may carry: the group's limit, and for direct delivery the
+        provider's."""
+        limit = group.messages_per_connection
+        if group.conn_lane == (lane.ip, lane.provider):  # direct: the provider's limit
+            limit = min(limit, lane.limits(now).messages_per_connection)
+        return limit
+
     def _suppressed_in_run(self, item: Item) -> bool:
         suppressed = self.recorder.suppressed_in_run
         return bool(suppressed) and address_key(item.message["email"]) in suppressed
@@ -535,23 +552,17 @@ class Dispatcher:
             or group.queue.empty()
             or connection.refusals
             or group.paused_until > now
-            or (
-                index > 0 and index >= self._conn_lane(group).connection_cap(now, group.connections)
-            )
+            or self._beyond_cap(group, index)
         ):
             return None
         item = group.queue.get_nowait()
         if item is None:  # the end of the run (not while closing: cannot come here)
             group.queue.put_nowait(None)
             return None
-        self._in_flight[item.message["id"]] = item
-        group.pending -= 1
+        self._taken(group, item)
         lane = ctx.scheduler.lane(item.ip, item.provider)
-        limit = group.messages_per_connection
-        if group.conn_lane == (lane.ip, lane.provider):  # direct: the provider's limit
-            limit = min(limit, lane.limits(now).messages_per_connection)
         item.presented = (
-            connection.messages + 2 <= limit
+            connection.messages + 2 <= self._session_limit(group, lane, now)
             and item.refusal is None
             and not ctx.halted(item.message["campaign_id"])
             and not self._suppressed_in_run(item)
@@ -647,10 +658,7 @@ class Dispatcher:
         """The connection if it can take one more message now, else None (closed)."""
         if connection is None:
             return None
-        limit = group.messages_per_connection
-        if group.conn_lane == (lane.ip, lane.provider):  # direct: the provider's limit
-            limit = min(limit, lane.limits(now).messages_per_connection)
-        if connection.alive and connection.messages < limit:
+        if connection.alive and connection.messages < self._session_limit(group, lane, now):
             if now - connection.last_used <= NOOP_AFTER or await connection.noop():
                 return connection
             # The server dropped the idle connection: a new one, the message is not lost.
