@@ -5,7 +5,6 @@ reply read, then RSET) on one connection."""
 
 from __future__ import annotations
 
-import json
 import socket
 import tempfile
 from collections import Counter
@@ -168,7 +167,7 @@ def test_a_presented_message_to_an_address_that_just_bounced_is_never_sent(
         assert cli(ws, "queue", "retry") == 0
         capsys.readouterr()
         assert cli(ws, "send", "--all", "--json") == 0
-        result = json.loads(capsys.readouterr().out)
+        result = summary(capsys)
         assert postfix.count("reject: END-OF-MESSAGE") == 1
         # The second message was presented (its RSET, MAIL, RCPT, DATA), never ended.
         assert (
