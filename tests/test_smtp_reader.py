@@ -139,3 +139,30 @@ def test_replies_read_before_a_hang_up_are_still_handed_out_then_the_loss() -> N
     read, error = asyncio.run(main())
     assert read == [(250, "2.1.0 Ok"), (421, "4.7.0 closing")]
     assert error is SMTPServerDisconnected
+
+
+def test_a_reply_that_does_not_come_in_time_fails_and_each_reply_gets_the_whole_timeout() -> None:
+    # Only waiting counts: replies that arrived together are handed out without a timer,
+    # and replies coming one after another each get the whole timeout.
+    async def main() -> tuple[list[tuple[int, str]], list[int], float]:
+        async with wire() as w:
+            w.reader.timeout = 0.3
+            loop = asyncio.get_running_loop()
+            w.reader.write(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n", 3)
+            await asyncio.sleep(0.4)  # longer than the timeout, before anyone waits
+            await w.send([THREE])
+            together = await replies(w.reader, 3)
+            w.reader.write(b"RSET\r\nNOOP\r\n", 2)
+            loop.call_later(0.2, w.server.sendall, b"250 2.0.0 reset\r\n")
+            loop.call_later(0.4, w.server.sendall, b"250 2.0.0 ok\r\n")
+            apart = [(await w.reader.reply()).code, (await w.reader.reply()).code]
+            w.reader.write(b"NOOP\r\n", 1)
+            started = loop.time()
+            with pytest.raises(TimeoutError, match="no reply within 0.3 s"):
+                await asyncio.wait_for(w.reader.reply(), 3)  # a hang fails, not waits
+            return together, apart, loop.time() - started
+
+    together, apart, waited = asyncio.run(main())
+    assert together == EXPECTED
+    assert apart == [250, 250]
+    assert 0.29 <= waited < 2.0

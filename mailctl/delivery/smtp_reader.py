@@ -8,7 +8,8 @@ replies. `Connection` therefore hands the open transport to a `ReplyReader`
 connection can write MAIL, RCPT and DATA in one go and read their three replies after.
 
 Replies come from strangers: lines are bounded (8 KiB, as aiosmtplib), a reply is bounded
-(32 KiB), a malformed line fails the session, and each byte is scanned once. Replies that
+(32 KiB), a malformed line fails the session, each byte is scanned once, and no reply is
+waited for longer than the reader's timeout. Replies that
 arrive when none was asked for (a server that talks out of turn) are dropped, as aiosmtplib
 drops them, so they can never be paired with the next command.
 """
@@ -25,13 +26,15 @@ from aiosmtplib.response import SMTPResponse
 MAX_LINE = 8192  # one reply line, as aiosmtplib's MAX_LINE_LENGTH
 MAX_REPLY = 4 * MAX_LINE  # one reply with its continuation lines
 INVALID_REPLY = -1  # aiosmtplib's code for a reply that could not be read
+NO_TIMEOUT = 3600.0  # a session with no timeout configured still never waits longer
 
 
 class ReplyReader(asyncio.Protocol):
     """Reads the replies to the commands written through it, in the order they were written."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, timeout: float = NO_TIMEOUT) -> None:
         self.transport = transport
+        self.timeout = timeout  # seconds each reply may take once it is waited for
         self._buffer = bytearray()
         self._scanned = 0  # bytes of the buffer already searched for a line end
         self._lines: list[bytes] = []  # the texts of the reply being read
@@ -42,9 +45,11 @@ class ReplyReader(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
 
     @classmethod
-    def take_over(cls, transport: asyncio.BaseTransport) -> ReplyReader:
+    def take_over(
+        cls, transport: asyncio.BaseTransport, timeout: float = NO_TIMEOUT
+    ) -> ReplyReader:
         """Make this reader the protocol of an open TCP or TLS transport from now on."""
-        reader = cls(cast(asyncio.Transport, transport))
+        reader = cls(cast(asyncio.Transport, transport), timeout)
         transport.set_protocol(reader)
         return reader
 
@@ -64,14 +69,24 @@ class ReplyReader(asyncio.Protocol):
 
     async def reply(self) -> SMTPResponse:
         """The next reply asked for. Raises SMTPServerDisconnected when the connection ends
-        first, SMTPResponseException (code -1) when the server sent something unreadable."""
+        first, SMTPResponseException (code -1) when the server sent something unreadable,
+        TimeoutError when it has not come `timeout` seconds after it was first waited for.
+
+        A timer runs only while the reply is actually awaited: the pipelined replies that
+        arrive together are handed out without one."""
+        if self._replies:
+            return self._replies.popleft()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
         while not self._replies:
             if self._failure is not None:
                 raise self._failure
-            self._waiter = asyncio.get_running_loop().create_future()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_at(deadline, _time_out, waiter, self.timeout)
             try:
-                await self._waiter
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         return self._replies.popleft()
 
@@ -143,3 +158,8 @@ class ReplyReader(asyncio.Protocol):
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+
+def _time_out(waiter: asyncio.Future[None], seconds: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError(f"no reply within {seconds:g} s"))

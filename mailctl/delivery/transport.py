@@ -39,7 +39,7 @@ from aiosmtplib.errors import (
 from aiosmtplib.response import SMTPResponse
 
 from mailctl.config.profiles import Profile, TlsMode, TransportKind, is_loopback
-from mailctl.delivery.smtp_reader import INVALID_REPLY, ReplyReader
+from mailctl.delivery.smtp_reader import INVALID_REPLY, NO_TIMEOUT, ReplyReader
 from mailctl.untrusted import printable
 
 
@@ -73,10 +73,6 @@ class Reply:
         """Only replies the receiver actually sent may feed reputation rules (a broken
         protocol exchange says nothing about reputation)."""
         return self.code is not None and not self.protocol_error
-
-
-# A session with no timeout configured still never waits longer than this for one reply.
-_NO_TIMEOUT = 3600.0
 
 
 def _line(command: bytes) -> bytes:
@@ -290,7 +286,7 @@ class Connection:
                 None, f"connection to {d.name} failed: connection lost", fault=SenderFault.CONNECT
             )
         self.client = client
-        self.reader = ReplyReader.take_over(transport)
+        self.reader = ReplyReader.take_over(transport, d.timeout or NO_TIMEOUT)
         self.pipelining = d.pipelining and client.supports_extension("pipelining")
         self._session_open = True
         self.messages = 0
@@ -328,36 +324,30 @@ class Connection:
         if reader is None:
             return self._unanswered("mail", "connection lost before the message")
         stage = "mail"
-        # One deadline moved on per reply (each still gets the whole timeout).
-        loop = asyncio.get_running_loop()
-        timeout = self.destination.timeout or _NO_TIMEOUT
         try:
             commands = _transaction(envelope_from, recipient, reset=ahead is not None)
-            async with asyncio.timeout_at(loop.time() + timeout) as deadline:
-                if self.pipelining and ahead is None:
-                    reader.write(b"".join(line for _, line, _ in commands), len(commands))
-                for index, (stage, line, success) in enumerate(commands):
-                    if not self.pipelining:
-                        reader.write(line, 1)
-                    deadline.reschedule(loop.time() + timeout)
-                    response = await reader.reply()
-                    if response.code not in success:
-                        if stage == "rset":  # the session is out of step: nothing more on it
-                            self._dead()
-                            return self._unanswered("mail", f"RSET refused: {response.code}")
-                        owed = len(commands) - index - 1 if self.pipelining else 0
-                        return await self._refused(response.code, response.message, stage, owed)
-                deadline.reschedule(loop.time() + timeout)
-                text = _dot_stuffed(data)
-                following = follow() if follow is not None and self.pipelining else None
-                if following is None:
-                    reader.write(text, 1)
-                else:
-                    then = _transaction(*following, reset=True)
-                    reader.write(text + b"".join(line for _, line, _ in then), 1 + len(then))
-                    self.presented = following
-                stage = "dot"  # from here on the receiver may have the message
-                response = await reader.reply()
+            if self.pipelining and ahead is None:
+                reader.write(b"".join(line for _, line, _ in commands), len(commands))
+            for index, (stage, line, success) in enumerate(commands):
+                if not self.pipelining:
+                    reader.write(line, 1)
+                response = await reader.reply()  # each within the destination's timeout
+                if response.code not in success:
+                    if stage == "rset":  # the session is out of step: nothing more on it
+                        self._dead()
+                        return self._unanswered("mail", f"RSET refused: {response.code}")
+                    owed = len(commands) - index - 1 if self.pipelining else 0
+                    return await self._refused(response.code, response.message, stage, owed)
+            text = _dot_stuffed(data)
+            following = follow() if follow is not None and self.pipelining else None
+            if following is None:
+                reader.write(text, 1)
+            else:
+                then = _transaction(*following, reset=True)
+                reader.write(text + b"".join(line for _, line, _ in then), 1 + len(then))
+                self.presented = following
+            stage = "dot"  # from here on the receiver may have the message
+            response = await reader.reply()
         except SMTPServerDisconnected as exc:
             self._dead()
             return self._unanswered(stage, f"connection lost: {_describe(exc)}")
@@ -396,8 +386,7 @@ class Connection:
         if self.reader is None or not self.alive:
             return False
         try:
-            async with asyncio.timeout(self.destination.timeout or _NO_TIMEOUT):
-                response = await _command(self.reader, b"NOOP")
+            response = await _command(self.reader, b"NOOP")
         except (TimeoutError, SMTPException, OSError):
             self._dead()
             return False
