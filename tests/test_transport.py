@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mailctl.cli import run
+from mailctl.delivery.transport import _dot_stuffed
 from mailctl.sim.behaviours import SimBehaviour, SimTls
 from mailctl.store.sqlite import SqliteStore
 from tests.helpers.auth_relay import RecordingSink, running_auth_relay
@@ -143,3 +144,22 @@ def test_a_server_that_hangs_times_out_into_a_deferral(sim_server, tmp_path: Pat
     with SqliteStore.open(ws / "m.db") as store:
         state, reply = store.conn.execute("SELECT state, last_reply FROM messages").fetchone()
     assert state == "deferred" and "timeout" in reply.lower()
+
+
+@pytest.mark.parametrize(
+    ("data", "wire"),
+    [
+        (b"a\r\nb\r\n", b"a\r\nb\r\n.\r\n"),  # already CRLF: as it is
+        (b"a\nb", b"a\r\nb\r\n.\r\n"),  # bare LF, no final line end
+        (b"a\rb\r\n", b"a\r\nb\r\n.\r\n"),  # bare CR
+        (b"a\r\n\r\nb\n", b"a\r\n\r\nb\r\n.\r\n"),  # mixed
+        (b".a\r\n", b"..a\r\n.\r\n"),  # a dot first of all
+        (b"a\r\n.\r\n..b\r\n", b"a\r\n..\r\n...b\r\n.\r\n"),  # dots after line ends
+        (b"a\n.b", b"a\r\n..b\r\n.\r\n"),  # a dot after a bare LF
+        (b"", b".\r\n"),
+    ],
+)
+def test_the_text_goes_out_with_crlf_line_ends_and_leading_dots_doubled(
+    data: bytes, wire: bytes
+) -> None:
+    assert _dot_stuffed(data) == wire

@@ -144,7 +144,11 @@ def _transaction(
 
 def _dot_stuffed(data: bytes) -> bytes:
     """The message as sent after DATA: CRLF line ends, leading dots doubled, the final dot."""
-    data = _LEADING_DOT.sub(b"..", _LINE_ENDS.sub(b"\r\n", data))
+    lines = data.count(b"\n")
+    if data.count(b"\r\n") != lines or data.count(b"\r") != lines:  # not CRLF throughout
+        data = _LINE_ENDS.sub(b"\r\n", data)
+    if data.startswith(b".") or b"\n." in data:
+        data = _LEADING_DOT.sub(b"..", data)
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data + b".\r\n"
