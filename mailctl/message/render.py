@@ -116,6 +116,15 @@ def url_value(value: Any) -> str:
     )
 
 
+def _plain(ast: jinja2.nodes.Template) -> bool:
+    """A template that is text only: every node literal output (no variable, no tag)."""
+    return all(
+        isinstance(node, jinja2.nodes.Output)
+        and all(isinstance(child, jinja2.nodes.TemplateData) for child in node.nodes)
+        for node in ast.body
+    )
+
+
 def encode_address_header(value: str) -> str:
     name, address = parseaddr(value)
     if not name:
@@ -217,6 +226,8 @@ class Renderer:
             undefined=jinja2.StrictUndefined, autoescape=False, finalize=url_value
         )
         self._templates: dict[str, jinja2.Template] = {}
+        # Parts that are plain text (no tag, no variable), rendered once: a fixed subject.
+        self._constant: dict[str, str] = {}
         self.required_fields: set[str] = set()
         sources = {
             "subject": (text_env, campaign.subject),
@@ -233,6 +244,8 @@ class Renderer:
             try:
                 ast = env.parse(source)
                 self._templates[part] = env.from_string(ast)
+                if _plain(ast):
+                    self._constant[part] = render_limited(self._templates[part], {})
             except jinja2.TemplateSyntaxError as exc:
                 raise TemplateError(
                     f"{campaign.path}: {part} template line {exc.lineno}: {exc.message}"
@@ -290,6 +303,12 @@ class Renderer:
             return bounce_address(self.bounce_domain)
         return self.plain_from
 
+    def _part(self, part: str, context: dict[str, Any]) -> str:
+        constant = self._constant.get(part)
+        if constant is not None:
+            return constant
+        return render_limited(self._templates[part], context)
+
     def render(
         self, recipient: str, fields: Mapping[str, Any], tracking_id: str
     ) -> RenderedMessage:
@@ -308,16 +327,16 @@ class Renderer:
                     )
                 else:
                     unsubscribe_url = (
-                        render_limited(templates["unsubscribe_url"], context)
+                        self._part("unsubscribe_url", context)
                         if "unsubscribe_url" in templates
                         else None
                     )
                 if unsubscribe_url is not None:
                     unsubscribe_url = _header_safe(unsubscribe_url)
                 context["unsubscribe_url"] = unsubscribe_url or ""
-                subject = render_limited(templates["subject"], context)
-                text = render_limited(templates["text"], context) if "text" in templates else None
-                html = render_limited(templates["html"], context) if "html" in templates else None
+                subject = self._part("subject", context)
+                text = self._part("text", context) if "text" in templates else None
+                html = self._part("html", context) if "html" in templates else None
         except TemplateLimitError as exc:
             raise TemplateError(f"recipient {recipient}: template limit: {exc}") from None
         except jinja2.UndefinedError as exc:
