@@ -14,6 +14,7 @@ import pytest
 from mailctl.config.profiles import load_profiles
 from mailctl.delivery.campaigns import prepare
 from mailctl.delivery.context import SendOptions
+from mailctl.delivery.dispatch import Dispatcher
 from mailctl.delivery.engine import Engine
 from mailctl.delivery.outcome import asked_back_to
 from mailctl.errors import DnsTimeout
@@ -21,7 +22,17 @@ from mailctl.sim.behaviours import CapAction, SimBehaviour
 from mailctl.sim.replies import SimReply
 from mailctl.store.sqlite import SqliteStore
 from tests.helpers.clock import FakeClock
-from tests.helpers.workspace import cli, db_states, make_workspace, send, workspace_engine
+from tests.helpers.postfix import have_postfix, postfix_receiver
+from tests.helpers.workspace import (
+    cli,
+    db_rows,
+    db_states,
+    make_workspace,
+    postfix_workspace,
+    send,
+    summary,
+    workspace_engine,
+)
 
 
 def start_engine(ws: Path, store: SqliteStore, **options: object) -> Engine:
@@ -219,3 +230,46 @@ def test_the_first_connection_opens_while_the_first_claim_is_still_rendering(
         summary = asyncio.run(start_engine(ws, store).run())
     assert summary.sent == 256 and events.count("render") == 256
     assert events.index("open") <= 48, "the connection waited for the rendering"
+
+
+@pytest.mark.skipif(not have_postfix(), reason="Postfix is not installed")
+def test_a_fault_in_a_delivery_worker_stops_the_run_loudly_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A bug (here one forced into the bookkeeping after the fifth reply) used to end its
+    # worker in silence: the run went on without it, exit 0, and the message it held stayed
+    # claimed. Now the run stops and says so, and nothing the worker held is lost: the
+    # fifth, delivered but not recorded, is queued as a possible duplicate; the sixth, whose
+    # commands went out behind it, was never sent (the server dropped it) and is queued.
+    original = Dispatcher._after_reply
+    calls = 0
+
+    def after_reply(self: Dispatcher, *args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise RuntimeError("a fault forced by the test")
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Dispatcher, "_after_reply", after_reply)
+    with postfix_receiver() as postfix:
+        ws = postfix_workspace(tmp_path, postfix.port, 20, connections=1)
+        assert send(ws) == 1
+        err = capsys.readouterr().err
+        assert "a delivery worker failed (RuntimeError: a fault forced by the test)" in err
+        states = db_rows(
+            ws, "SELECT state, possible_duplicate, count(*) FROM messages GROUP BY 1, 2"
+        )
+        assert {(state, dup): n for state, dup, n in states} == {
+            ("sent", 0): 4,
+            ("queued", 1): 1,
+            ("queued", 0): 15,
+        }
+        assert postfix.settled_count("status=sent ", 5) == 5
+        monkeypatch.undo()
+        # The next run sends the rest, and the possible duplicate again, as after a stop
+        # whose grace ran out: a message is never lost for fear of sending it twice.
+        assert send(ws) == 0
+        assert summary(capsys)["sent"] == 16
+        assert postfix.settled_count("status=sent ", 21) == 21
+        assert db_states(ws) == {"sent": 20}

@@ -57,7 +57,7 @@ class Item:
     rendered: RenderedMessage
     ip: str
     provider: str
-    # Between the first command and the reply to the final dot: cut off there, the message
+    # Between the first command and the recording of its reply: cut off there, the message
     # may have been delivered. At any other moment it is only waiting.
     transmitting: bool = False
     # The outcome of a refusal waiting for its retry in this session: recorded if the retry
@@ -158,6 +158,9 @@ class Dispatcher:
         self._next_slot: dict[tuple[str, str], float] = {}
         self._last_lane_event: dict[tuple[str, str, str, str | None], float] = {}
         self._cut_by_force: list[Item] = []
+        # The first exception that ended a worker: a fault in mailctl, re-raised by the
+        # engine once the run has shut down cleanly.
+        self.crash: Exception | None = None
 
     # ------------------------------------------------------------------ queueing
 
@@ -381,12 +384,26 @@ class Dispatcher:
                     item = self._taken(group, next_item)
                 try:
                     connection = await self._deliver(group, item, connection, follow, held)
-                finally:
+                except asyncio.CancelledError:
                     self._in_flight.pop(item.message["id"], None)
+                    raise
+                else:
+                    self._in_flight.pop(item.message["id"], None)
+                finally:
                     self.finished.set()
                 self.recorder.commit_due()
         except asyncio.CancelledError:
             pass
+        except Exception as exc:
+            # A fault in mailctl itself. The message (and the one held behind it) stay in
+            # flight for `close` to settle: cut off if its outcome was not recorded after
+            # its transaction began, else back to the queue. The run stops and says why.
+            if self.crash is None:
+                self.crash = exc
+            self.ctx.stop.set()
+            self.ctx.wake.set()
+            if connection is not None:
+                connection.abort()  # mid-transaction perhaps: no QUIT to be read as text
         finally:
             if connection is not None:
                 await connection.close()
@@ -477,15 +494,12 @@ class Dispatcher:
             assert connection is not None
             tries += 1
             item.transmitting = True
-            try:
-                reply = await connection.send(
-                    item.rendered.envelope_from,
-                    item.rendered.recipient,
-                    item.rendered.data,
-                    partial(follow, connection) if follow is not None else None,
-                )
-            finally:
-                item.transmitting = False
+            reply = await connection.send(
+                item.rendered.envelope_from,
+                item.rendered.recipient,
+                item.rendered.data,
+                partial(follow, connection) if follow is not None else None,
+            )
             connection.last_used = ctx.clock.now()
             event = self._after_reply(
                 item,
@@ -495,6 +509,7 @@ class Dispatcher:
                 # Not with the next message presented: it goes first on this session.
                 may_retry=tries <= SESSION_RETRIES and connection.presented is None,
             )
+            item.transmitting = False
             if event.pauses_lane or event.kind is LaneEventKind.IGNORED:
                 # A throttle of the lane (message rate): the lane waits, the session is kept.
                 connection.refusals = 0

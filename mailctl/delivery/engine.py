@@ -199,6 +199,12 @@ class Engine:
                     ctx.store_thread = None
         if recorder.fatal is not None:
             raise StoreError(f"{store.location}: cannot record outcomes: {recorder.fatal}")
+        if dispatcher.crash is not None:
+            crash = dispatcher.crash
+            raise RuntimeError(
+                f"a delivery worker failed ({type(crash).__name__}: {crash}); the run"
+                " stopped, and the messages it had in flight went back to the queue"
+            ) from crash
         summary = self.summary
         summary.stop_reason = reason
         summary.elapsed = clock.now() - self.started
