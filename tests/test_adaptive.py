@@ -61,7 +61,7 @@ def test_a_connection_rate_limit_is_met_by_reusing_few_connections(
         ws = postfix_workspace(tmp_path, postfix.port, rows=120, connections=5)
         result = send(ws, capsys)
         assert (result["sent"], result["remaining"]) == (120, 0)
-        assert postfix.delivered == 120
+        assert postfix.settled_count("status=sent ", 120) == 120
         # Two connections fit in the limit; a third is refused at most once before the lane
         # keeps the two that held and reuses them.
         assert postfix.refused_connections <= 1
@@ -94,7 +94,7 @@ def test_connect_refusals_lower_concurrency_to_what_held_and_it_is_kept_for_the_
         second = send(ws, capsys)
         assert (second["sent"], second["remaining"]) == (300, 0)
         assert postfix.refused_connections == refused_first
-        assert postfix.delivered == 600
+        assert postfix.settled_count("status=sent ", 600) == 600
 
     # `mailctl lanes` says what was learned and why: the reply, when, what was seen before.
     assert cli(ws, "lanes") == 0
@@ -143,7 +143,7 @@ def test_a_message_rate_limit_cuts_the_rate_from_what_was_accepted_without_hamme
         ws = postfix_workspace(tmp_path, postfix.port, rows=100, connections=2)
         result = send(ws, capsys, max_time="90s")
         assert (result["sent"], result["remaining"]) == (100, 0)
-        assert postfix.delivered == 100
+        assert postfix.settled_count("status=sent ", 100) == 100
         # The connections are kept through every throttle: the waits are short, and a
         # message-rate signal says nothing against the connection.
         assert postfix.connections <= 2
@@ -170,7 +170,7 @@ def test_greylisting_by_postgrey_is_retried_after_its_delay_and_delivered(
         ws = postfix_workspace(tmp_path, postfix.port, rows=20, connections=2)
         result = send(ws, capsys, max_time="60s")
         assert (result["sent"], result["remaining"]) == (20, 0)
-        assert postfix.delivered == 20
+        assert postfix.settled_count("status=sent ", 20) == 20
         greylisted = replies(ws, "%Greylisted%")
         assert 1 <= greylisted <= 20  # each recipient at most once: the retry honours the delay
         # After a run of refusals a session is closed and a new one opened later: Postfix
