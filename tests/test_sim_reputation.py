@@ -244,11 +244,14 @@ def test_a_campaign_right_after_another_learns_the_rate_from_what_the_receiver_c
     # pauses it took to drain (300/min even at 20 s); learned from summer's 5 alone it
     # was under 200/min. At most what the receiver took at its best: 1,200/min at the start,
     # a little more as the 190 accepted raised the IP's reputation (1.9 points: 1,265/min),
-    # which a probe finds as a window a little shorter than 5 s.
+    # which a probe finds as a window a little shorter than 5 s. The lane times the window
+    # from its sends, the receiver from their arrival: on a loaded machine a window's first
+    # message arriving a few hundred ms late makes it look that much shorter (1.11x once in
+    # CI), hence 1.2x; the receiver's raw burst rate would be about 2x.
     model = ReputationModel(new_ip_rate=100, window=5)
     best = model.rate(model.start + 190 / model.new_ip_rate * model.earn) * 60 / model.window
     learned = lane["learned"]["per_minute"]
-    assert learned is not None and 300 <= learned <= best * 1.1, lane
+    assert learned is not None and 300 <= learned <= best * 1.2, lane
 
 
 # -- the CLI ---------------------------------------------------------------------------------
