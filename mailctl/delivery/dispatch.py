@@ -194,6 +194,10 @@ class Dispatcher:
             await group.queue.put(Item(message, job, result, ip, provider))
             self.attempted += 1
 
+    def connecting(self) -> bool:
+        """Whether a connection is being opened (its greeting, EHLO, STARTTLS, AUTH)."""
+        return any(self._connecting.values())
+
     def busy(self) -> bool:
         # ``pending`` also counts an item a worker has taken off the queue but not yet
         # marked in flight (the get completed; the worker has not run since).
