@@ -235,8 +235,9 @@ def test_the_first_connection_opens_while_the_first_claim_is_still_rendering(
     assert summary.sent == 256 and events.count("render") == 256
     assert events.index("open") <= 48, "the connection waited for the rendering"
     # Opening takes several turns of the loop (connect, greeting, EHLO): with one turn
-    # between chunks it finished only once 209 of the 256 were rendered.
-    assert events.index("opened") <= 80, "the connection's opening waited for the rendering"
+    # between chunks it finished only once 209 of the 256 were rendered (now ~33: the
+    # first claim is one chunk, and the loop is left to the network while it opens).
+    assert events.index("opened") <= 64, "the connection's opening waited for the rendering"
 
 
 @pytest.mark.skipif(not have_postfix(), reason="Postfix is not installed")

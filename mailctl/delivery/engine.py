@@ -169,7 +169,9 @@ class Engine:
                 if deadline is not None and now >= deadline:
                     reason = "max-time"
                     break
-                batch = options.claim_batch
+                # The run's first claim is one render chunk: its connections start opening
+                # before the rest are claimed, routed and rendered.
+                batch = options.claim_batch if self.claimer.claims else RENDER_CHUNK
                 if options.limit is not None:
                     batch = min(batch, options.limit - dispatcher.attempted)
                 claimed = await self.claimer.claim(now, batch, busy=dispatcher.busy())
@@ -240,9 +242,11 @@ class Engine:
             part = routed[start : start + chunk]
             rendered = await self.claimer.render([entry.message for entry in part])
             await self.dispatcher.send(part, rendered, now)
-            # While a connection opens, each step of its opening needs the loop: one turn
-            # between chunks let the whole batch render first (20 ms for 256 messages).
-            await asyncio.sleep(OPENING_TURN if self.dispatcher.connecting() else 0)
+            await asyncio.sleep(0)  # replies are read, new workers start
+            if self.dispatcher.connecting():
+                # Each step of an opening (connect, greeting, EHLO) needs the loop: one turn
+                # between chunks let the whole batch render first (20 ms for 256 messages).
+                await asyncio.sleep(OPENING_TURN)
 
     async def _await_workers(self) -> None:
         """Wait until a worker is done with a message, or a stop. Not a poll on the clock:
