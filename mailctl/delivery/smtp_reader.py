@@ -9,9 +9,9 @@ connection can write MAIL, RCPT and DATA in one go and read their three replies 
 
 Replies come from strangers: lines are bounded (8 KiB, as aiosmtplib), a reply is bounded
 (32 KiB), a malformed line fails the session, each byte is scanned once, and no reply is
-waited for longer than the reader's timeout. Replies that
-arrive when none was asked for (a server that talks out of turn) are dropped, as aiosmtplib
-drops them, so they can never be paired with the next command.
+waited for longer than the reader's timeout. Replies that arrive when none was asked for (a
+server that talks out of turn) are dropped, as aiosmtplib drops them, so they can never be
+paired with the next command.
 """
 
 from __future__ import annotations
