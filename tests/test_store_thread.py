@@ -75,8 +75,9 @@ def test_sessions_keep_sending_while_a_commit_waits_on_the_server(
         states = dict(conn.execute("SELECT state, count(*) FROM messages GROUP BY state"))
     assert "during" in seen, "no commit waited on the held lock: the run was too short"
     # The loop kept its sessions going on what it had claimed. A commit on the event loop
-    # would have stopped every one of them until the lock was gone: none in 1.5 s.
-    assert seen["during"] >= 50, seen
+    # would have stopped every one of them until the lock was gone: none in 1.5 s. (Some
+    # 430-465 arrive here on a quiet machine; 43 once in a loaded CI run.)
+    assert seen["during"] >= 20, seen
     # Nothing lost, nothing twice, and the outcomes written after the wait.
     assert (summary.stop_reason, summary.sent, summary.remaining) == ("finished", rows, 0)
     assert states == {"sent": rows}
