@@ -245,10 +245,11 @@ def test_a_fault_in_a_delivery_worker_stops_the_run_loudly_and_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A bug (here one forced into the bookkeeping after the fifth reply) used to end its
-    # worker in silence: the run went on without it, exit 0, and the message it held stayed
-    # claimed. Now the run stops and says so, and nothing the worker held is lost: the
-    # fifth, delivered but not recorded, is queued as a possible duplicate; the sixth, whose
-    # commands went out behind it, was never sent (the server dropped it) and is queued.
+    # worker in silence, its message forgotten while still claimed: the run waited for it
+    # until --max-time (for ever without one). Now the run stops and says so (exit 1),
+    # and nothing the worker held is lost: the fifth, delivered but not recorded, is
+    # queued as a possible duplicate; the sixth, whose commands went out behind it, was
+    # never sent (the server dropped it) and is queued.
     original = Dispatcher._after_reply
     calls = 0
 
