@@ -16,6 +16,7 @@ again).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import traceback
@@ -152,9 +153,18 @@ def exit_code(error: MailctlError) -> int:
     return next(EXIT_CODES[cls] for cls in type(error).__mro__ if cls in EXIT_CODES)
 
 
+@functools.cache
+def _command() -> typer.core.TyperGroup:
+    """The root command, built once per process: building it (each command's parameters
+    from its signature) costs milliseconds that every in-process call would pay again."""
+    command = typer.main.get_command(app)
+    assert isinstance(command, typer.core.TyperGroup)
+    return command
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this directly)."""
-    command = typer.main.get_command(app)
+    command = _command()
     args = list(sys.argv[1:] if argv is None else argv)
     state.debug = "--debug" in args
     console.set_quiet(False)
