@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailctl.errors import LockedError, StoreError
+from mailctl.store import sqlite_fresh as fresh
 from mailctl.store.base import (
     IP_DAY_COUNTERS,
     MESSAGE_STATES,
@@ -106,6 +107,15 @@ class SqliteStore(_AddressTables, _QueueTables, _WarmupGrants):
                 f"{self.path}: schema version {current} is newer than this mailctl knows "
                 f"({len(MIGRATIONS)}); upgrade mailctl"
             )
+        if current == 0 and fresh.VERSION == len(MIGRATIONS) and self._empty():
+            try:
+                with self.transaction():
+                    for statement in fresh.STATEMENTS:
+                        self.conn.execute(statement)
+                    self.conn.execute(f"PRAGMA user_version = {fresh.VERSION}")
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{self.path}: creating the schema failed: {exc}") from None
+            return
         for version in range(current, len(MIGRATIONS)):
             try:
                 with self.transaction():
@@ -114,6 +124,10 @@ class SqliteStore(_AddressTables, _QueueTables, _WarmupGrants):
                     self.conn.execute(f"PRAGMA user_version = {version + 1}")
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"{self.path}: migration {version + 1} failed: {exc}") from None
+
+    def _empty(self) -> bool:
+        """No table, no index: a new database (sqlite_fresh.py makes its schema at once)."""
+        return self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
