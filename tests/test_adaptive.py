@@ -344,6 +344,22 @@ def test_a_receiver_counting_whole_seconds_is_met_as_its_second_turns(
     assert refused <= 11
 
 
+@pytest.mark.parametrize("into_second", [0.37, 0.85])
+def test_the_first_window_is_probed_as_whole_seconds_turn(into_second: float) -> None:
+    # When the first refusal comes, the receiver's window is unknown: the lane probes after
+    # pauses of 2 s, then 4 s, ..., added up from the second the window began in and sent
+    # just after a second turns (a whole-second receiver opens its next window then).
+    # Anvil's 100 per 5 s lasts 6 whole seconds: the second probe meets it. Timed from each
+    # refusal, that probe came 4 s after the first one's refusal, up to a second late.
+    start = T0 + into_second
+    _, refused, firsts = _drive(_anvil(100, 5), 300, start=start)
+    opened = math.floor(start) + 6
+    assert 0 <= firsts[0] - opened <= 0.1, firsts[0] - opened
+    # The first burst's overflow (up to the five in flight), the probe at 2 s, then a lone
+    # probe or two per later window for a shorter one.
+    assert refused <= 9
+
+
 def test_a_window_counted_in_fractions_of_a_second_is_still_met() -> None:
     # A receiver whose window starts at the exact moment of its first message (no whole
     # seconds): 100 per 2.5 s. Whatever the whole-second model makes of it, the lane still

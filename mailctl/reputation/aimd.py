@@ -10,6 +10,8 @@
   throttled, then slowly above it; one more connection per clean interval.
 * `relax` lets a learned rate drift back toward the ceiling over clean hours between runs.
 * `probe_pause` is the pause after a throttle that names no delay: short, doubling on repeats.
+  `probe_offset` adds an episode's pauses up: the lane sends each probe that long after the
+  second the refused window began in, just after a second turns (lanes.py).
 * `recent_times` turns the per-second acceptances a lane persisted (`Meter.recent`) back into
   times: a receiver counts per client over its own window, whichever run sent the mail, so a
   run that starts right after another seeds its `Meter` and `Pacer` with them (`seed`).
@@ -43,6 +45,7 @@ __all__ = [
     "Pacer",
     "cut_connections",
     "cut_rate",
+    "probe_offset",
     "probe_pause",
     "recent_times",
     "relax",
@@ -524,6 +527,15 @@ def probe_pause(
     if jitter:
         pause *= rng.uniform(1 - policy.jitter, 1 + policy.jitter)
     return level, min(policy.probe_pause_max, pause)
+
+
+def probe_offset(level: int, policy: AimdPolicy) -> float:
+    """Seconds from the start of the window a throttle ended to the probe after the
+    episode's ``level``th pause: the pauses so far, added up (2, 6, 14 s … for pauses of 2,
+    4, 8 s …)."""
+    return sum(
+        min(policy.probe_pause_max, policy.probe_pause * 2 ** min(20, i)) for i in range(level)
+    )
 
 
 def _last_pause(s: LaneState, policy: AimdPolicy) -> float:

@@ -37,6 +37,7 @@ from mailctl.reputation.aimd import (
     Pacer,
     cut_connections,
     cut_rate,
+    probe_offset,
     probe_pause,
     recent_times,
     relax,
@@ -579,12 +580,16 @@ class Lane:
         level, probe = probe_pause(s, now, self.aimd, self.rng, jitter=self.pacer.burst is None)
         wait = probe if pause is None else pause
         start = self.pacer.window_start()
-        if pause is None and level == 1 and start is not None and start + probe > now:
+        if pause is None and start is not None:
             # A receiver counts its window from the window's first message, not from the
-            # refusal that ended it: the first probe goes that long after the window began.
-            # Counted from the refusal, the probes drift later by the burst's length and
-            # can miss the second a whole-second window opens in.
-            wait = start + probe - now
+            # refusal that ended it, and many count whole seconds (Postfix's anvil): each
+            # probe of the episode goes just after a second turns, as many seconds after
+            # the second the window began in as the episode's pauses add up to (2, 6, 14 s
+            # ...). Counted from each refusal instead, the probes drift later by the burst's
+            # length and the replies' delays, and miss the second the window opens in.
+            opens = math.floor(start) + probe_offset(level, self.aimd) + self.aimd.tick_margin
+            if now < opens < now + wait:
+                wait = opens - now
         self._progress_after = now + wait
         if level > 1 and s.learned_at is not None and not self.meter.accepted_since(s.learned_at):
             # A repeat that met the first messages after the pause: the receiver has not
