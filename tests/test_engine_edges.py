@@ -219,10 +219,10 @@ def test_the_first_connection_opens_while_the_first_claim_is_still_rendering(
         events.append("render")
         return render(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    async def opening(self: Connection) -> object:
+    async def opening(self: Connection, *args: object) -> object:
         events.append("open")
         try:
-            return await connect(self)
+            return await connect(self, *args)  # type: ignore[arg-type]
         finally:
             events.append("opened")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,11 +154,15 @@ def prepare(
     update: bool = False,
     now: float,
     on_progress: Any = None,
+    before_import: Callable[[Campaign, Profile, str], None] | None = None,
 ) -> Prepared:
-    """Load a campaign file, import its CSV, register or resume it, queue new recipients."""
+    """Load a campaign file, import its CSV, register or resume it, queue new recipients.
+    ``before_import`` gets the campaign, its profile and pool once they are known."""
     campaign = load_campaign(campaign_path)
     profile = profiles.get(campaign.profile)
     pool = profile.pool_for(campaign.traffic_class, campaign.pool)
+    if before_import is not None:
+        before_import(campaign, profile, pool)
     renderer = make_renderer(campaign, profiles, store.location, stored=store.database_key)
     imported = None
     if campaign.csv is not None:

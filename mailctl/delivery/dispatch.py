@@ -18,6 +18,7 @@ from typing import Any
 from mailctl.config.profiles import TlsMode, TransportKind, is_loopback
 from mailctl.config.provider_rules import Scope, TlsPolicy
 from mailctl.delivery.context import CampaignJob, SendContext, hms
+from mailctl.delivery.early import EarlyConnection
 from mailctl.delivery.outcome import NO_EVENT, Outcome, hm, reply_outcome, short
 from mailctl.delivery.record import Recorder
 from mailctl.delivery.route import Routed
@@ -140,11 +141,18 @@ class Dispatcher:
     """The run's connection groups and their workers."""
 
     def __init__(
-        self, ctx: SendContext, recorder: Recorder, sandbox_port: int | None = None
+        self,
+        ctx: SendContext,
+        recorder: Recorder,
+        sandbox_port: int | None = None,
+        early: EarlyConnection | None = None,
     ) -> None:
         self.ctx = ctx
         self.recorder = recorder
         self.sandbox_port = sandbox_port
+        # A relay connection the run opened while it loaded: the first connection to that
+        # relay adopts its socket.
+        self.early = early
         self.attempted = 0  # messages handed to connections (released ones taken back)
         self.finished = asyncio.Event()  # a worker is done with a message
         self._in_flight: dict[int, Item] = {}
@@ -708,7 +716,11 @@ class Dispatcher:
         connection = Connection(group.destination)
         self._connecting[key] += 1
         try:
-            failure = await connection.open()
+            sock = None
+            if self.early is not None and self.early.target.serves(group.destination):
+                early, self.early = self.early, None
+                sock = await early.take()
+            failure = await connection.open(sock)
         finally:
             self._connecting[key] -= 1
         if failure is None:

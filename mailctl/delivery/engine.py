@@ -29,6 +29,7 @@ from mailctl.delivery.context import (
     hms,
 )
 from mailctl.delivery.dispatch import Dispatcher
+from mailctl.delivery.early import EarlyConnection
 from mailctl.delivery.record import Recorder, RunSummary
 from mailctl.delivery.route import Router
 from mailctl.delivery.store_thread import StoreThread
@@ -69,6 +70,7 @@ class Engine:
         resolver: Resolver | AsyncMxResolver | None = None,
         scheduler: Scheduler | None = None,
         budget: WarmupBudget | None = None,
+        early: EarlyConnection | None = None,
     ) -> None:
         rng = rng or random.Random()
         profiles = {job.profile.name: job.profile for job in jobs}
@@ -101,7 +103,7 @@ class Engine:
         self.recorder = Recorder(self.ctx, on_commit=self._progress)
         self.claimer = Claimer(self.ctx)
         self.router = Router(self.ctx, self.recorder, resolver)
-        self.dispatcher = Dispatcher(self.ctx, self.recorder, sandbox_port)
+        self.dispatcher = Dispatcher(self.ctx, self.recorder, sandbox_port, early)
         self.started = 0.0
 
     @property

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Self
 
 from mailctl.clock import Clock, SystemClock
-from mailctl.config.profiles import ProfilesFile, TransportKind
+from mailctl.config.campaign import Campaign
+from mailctl.config.profiles import Profile, ProfilesFile, TransportKind
 from mailctl.delivery.campaigns import Prepared, active_jobs, prepare
 from mailctl.delivery.context import CampaignJob, SendOptions
+from mailctl.delivery.early import EarlyConnection, connect_early
 from mailctl.delivery.engine import Engine
 from mailctl.delivery.record import RunSummary
 from mailctl.store.base import Store
@@ -65,6 +67,7 @@ class SendRun:
         self.now = 0.0
         self.recovered = 0
         self.prepared: list[Prepared] = []
+        self.early: EarlyConnection | None = None
         self._exit = ExitStack()
 
     def _engine_event(self, message: str) -> None:
@@ -95,7 +98,8 @@ class SendRun:
         update: bool,
         on_progress: LoadCallback | None = None,
     ) -> None:
-        """Load one campaign file, import its CSV and queue its new recipients."""
+        """Load one campaign file, import its CSV and queue its new recipients. A run sure
+        to send over a relay connects to it meanwhile (early.py)."""
         self.prepared = [
             prepare(
                 self.store,
@@ -104,8 +108,14 @@ class SendRun:
                 update=update,
                 now=self.now,
                 on_progress=on_progress,
+                before_import=self._connect_early,
             )
         ]
+
+    def _connect_early(self, campaign: Campaign, profile: Profile, pool: str) -> None:
+        self.early = connect_early(self.store, campaign, profile, pool, self.now)
+        if self.early is not None:
+            self._exit.callback(self.early.discard)  # a socket the run did not take
 
     def prepare_active(self, profiles: ProfilesFile) -> None:
         """Every active campaign (`send --all`); one that cannot load is a warning."""
@@ -219,6 +229,7 @@ class SendRun:
             sandbox_port=sandbox.port if sandbox else None,
             on_progress=progress,
             on_event=self._engine_event,
+            early=self.early,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -174,6 +175,11 @@ class Destination:
     pipelining: bool = True  # pipeline MAIL, RCPT and DATA where the server offers it
 
 
+def source_address(ip: str | None) -> tuple[str, int] | None:
+    """The local address to bind for sending from ``ip`` (None: the system's choice)."""
+    return (ip, 0) if ip and ip not in ("0.0.0.0", "::") else None
+
+
 class Connection:
     """One SMTP session, reused for many messages."""
 
@@ -195,20 +201,22 @@ class Connection:
         """Open, and the server has not hung up since (a hang-up while idle shows at once)."""
         return self._session_open and self.reader is not None and self.reader.usable
 
-    async def open(self) -> Reply | None:
+    async def open(self, sock: socket.socket | None = None) -> Reply | None:
         """Connect (falling back to the next MX host when a host cannot be reached), EHLO,
-        STARTTLS, AUTH. Returns None on success, else the failure reply."""
+        STARTTLS, AUTH. Returns None on success, else the failure reply. ``sock``: a socket
+        already connected to the first host (early.py), whose greeting is read instead of
+        connecting."""
         failure: Reply | None = None
         for host in (self.destination.host, *self.destination.fallback_hosts):
-            failure = await self._open(host)
+            failure = await self._open(host, sock)
+            sock = None
             # Only an unreachable host moves on: a server that answered has spoken for all.
             if failure is None or failure.code is not None:
                 return failure
         return failure
 
-    async def _open(self, host: str) -> Reply | None:
+    async def _open(self, host: str, sock: socket.socket | None) -> Reply | None:
         d = self.destination
-        source = (d.source_ip, 0) if d.source_ip and d.source_ip not in ("0.0.0.0", "::") else None
         tls_context = None
         if d.tls is not TlsMode.NONE and not d.validate_certs:
             tls_context = ssl.create_default_context()
@@ -216,9 +224,10 @@ class Connection:
             tls_context.verify_mode = ssl.CERT_NONE
         client = aiosmtplib.SMTP(
             hostname=host,
-            port=d.port,
+            port=None if sock else d.port,
+            sock=sock,
             local_hostname=d.helo,
-            source_address=source,
+            source_address=None if sock else source_address(d.source_ip),
             timeout=d.timeout,
             use_tls=d.tls is TlsMode.IMPLICIT,
             start_tls=False,
