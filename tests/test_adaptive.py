@@ -277,13 +277,20 @@ def test_a_receiver_counting_per_time_unit_is_met_at_its_window_with_few_refusal
 
 
 def _drive(
-    accept: Callable[[float], bool], messages: int, *, start: float = T0 + 0.37
+    accept: Callable[[float], bool],
+    messages: int,
+    *,
+    start: float = T0 + 0.37,
+    contact: float | None = None,
 ) -> tuple[float, int, list[float]]:
     """A lane sending ``messages`` to a receiver (``accept(t)``: whether a message that
-    arrives at t is taken), five connections, each reply back 10 ms after its permit.
-    Returns the seconds it took, the refusals, and when each window's first accepted message
-    went (one sent after a gap of more than a second)."""
+    arrives at t is taken), five connections, each reply back 10 ms after its permit; the
+    first connection began at ``contact``. Returns the seconds it took, the refusals, and
+    when each window's first accepted message went (one sent after a gap of more than a
+    second)."""
     lane = Scheduler(default_rules(), rng=random.Random(3)).lane("192.0.2.1", "example.net")
+    if contact is not None:
+        lane.contacted(contact)
     now, accepted, refused = start, 0, 0
     in_flight: list[tuple[float, float, bool]] = []  # (reply at, sent at, after a gap)
     firsts: list[float] = []
@@ -309,10 +316,11 @@ def _drive(
     return now - start, refused, firsts
 
 
-def _anvil(limit: int, unit: int) -> Callable[[float], bool]:
-    """Postfix's anvil: a clock of whole seconds; a count starts at the first message after
-    the last count ended, and ends once ``start + unit < now`` (anvil.c)."""
-    count = {"start": None, "n": 0}
+def _anvil(limit: int, unit: int, connected: float | None = None) -> Callable[[float], bool]:
+    """Postfix's anvil: a clock of whole seconds; a count starts at the client's connection
+    (``connected``) or the first message after the last count ended, and ends once
+    ``start + unit < now`` (anvil.c)."""
+    count = {"start": None if connected is None else math.floor(connected), "n": 0}
 
     def accept(t: float) -> bool:
         second = math.floor(t)
@@ -358,6 +366,22 @@ def test_the_first_window_is_probed_as_whole_seconds_turn(into_second: float) ->
     # The first burst's overflow (up to the five in flight), the probe at 2 s, then a lone
     # probe or two per later window for a shorter one.
     assert refused <= 9
+
+
+@pytest.mark.parametrize("counts_from", ["connection", "message"])
+def test_a_first_window_that_began_with_the_connection_a_second_earlier_is_met(
+    counts_from: str,
+) -> None:
+    # The connection began just before a second turned, the first message just after it.
+    # Anvil counts a client's window from its connection; another receiver may count from
+    # the first message. The lane tries the earlier second's opening first, then the later
+    # one, at each step of the episode: either receiver's window is met as it opens.
+    contact, start = T0 + 0.97, T0 + 1.01
+    receiver = _anvil(100, 5, connected=contact if counts_from == "connection" else None)
+    _, refused, firsts = _drive(receiver, 300, start=start, contact=contact)
+    opened = (math.floor(contact) if counts_from == "connection" else math.floor(start)) + 6
+    assert 0 <= firsts[0] - opened <= 0.1, firsts[0] - opened
+    assert refused <= 10  # as above, and at most one more probe per step of the episode
 
 
 def test_a_window_counted_in_fractions_of_a_second_is_still_met() -> None:

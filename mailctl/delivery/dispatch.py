@@ -715,11 +715,14 @@ class Dispatcher:
         await self._lane_slot(key, conn_lane.connection_cap(now, group.connections))
         connection = Connection(group.destination)
         self._connecting[key] += 1
+        began = self.ctx.clock.now()
         try:
             sock = None
             if self.early is not None and self.early.target.serves(group.destination):
                 early, self.early = self.early, None
                 sock = await early.take()
+                if sock is not None:
+                    began = early.began
             failure = await connection.open(sock)
         finally:
             self._connecting[key] -= 1
@@ -727,6 +730,8 @@ class Dispatcher:
             self._report_open(key)
             group.failures = 0
             connection.last_used = self.ctx.clock.now()  # just answered: no NOOP first
+            # The receiver may count this lane's window from here (Pacer.window_starts).
+            self.ctx.scheduler.lane(item.ip, item.provider).contacted(began)
             return connection
         self._lane_closed(group)
         if failure.code is None and not self._open.get(key):

@@ -26,6 +26,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 
@@ -68,7 +69,12 @@ class Target:
 
 
 def connect_early(
-    store: Store, campaign: Campaign, profile: Profile, pool: str, now: float
+    store: Store,
+    campaign: Campaign,
+    profile: Profile,
+    pool: str,
+    now: float,
+    clock: Callable[[], float] = time.time,
 ) -> EarlyConnection | None:
     """An early connection to the campaign's relay, or None unless the run is certain to
     want one at once (see the module's docstring for why each condition)."""
@@ -103,15 +109,17 @@ def connect_early(
             source_ip=ip,
             timeout=profile.timeout,
             implicit_tls=profile.tls is TlsMode.IMPLICIT,
-        )
+        ),
+        clock,
     )
 
 
 class EarlyConnection:
     """A TCP connection to a relay, opened in a thread while the run still loads."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, clock: Callable[[], float] = time.time) -> None:
         self.target = target
+        self.began = clock()  # on the run's clock: a lane may count its window from here
         self._socket: Future[tuple[socket.socket, float]] = Future()
         self._lock = threading.Lock()
         self._done = False  # taken or discarded: the socket is no longer this object's

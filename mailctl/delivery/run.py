@@ -113,7 +113,7 @@ class SendRun:
         ]
 
     def _connect_early(self, campaign: Campaign, profile: Profile, pool: str) -> None:
-        self.early = connect_early(self.store, campaign, profile, pool, self.now)
+        self.early = connect_early(self.store, campaign, profile, pool, self.now, self.clock.now)
         if self.early is not None:
             self._exit.callback(self.early.discard)  # a socket the run did not take
 

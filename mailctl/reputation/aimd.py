@@ -23,7 +23,10 @@
   bisection between one it refused and one it accepted. Anything faster than a window already
   accepted goes out as one lone probe, so a wrong guess costs one refusal, not one per
   connection. A receiver whose windows open as its whole-second clock turns (anvil's) is
-  met just after the second turns, once its probes fit that model.
+  met just after the second turns, once its probes fit that model. A run's first window may
+  have begun with the connection (anvil counts a client from there) rather than with the
+  first message: where the two fall in adjacent seconds, the probes try both
+  (`Pacer.window_starts`).
 
 Ceilings (configured limits, rule limits, warm-up caps) stay upper bounds: the lane takes the
 minimum. Pure and clock-free: every function takes ``now``; jitter from an injected RNG.
@@ -218,6 +221,8 @@ class Pacer:
         # Just learned the burst, no permit since: an acceptance now answers a message that
         # was in flight at the refusal (another connection's), so it was part of the burst.
         self.in_flight_counts = False
+        self.first_permit: float | None = None  # the run's first message, unless seeded
+        self.contact: float | None = None  # when the connection it went on began
 
     def seed(self, times: list[float]) -> None:
         """Acceptances of an earlier run (sorted, within the window): the receiver still
@@ -330,6 +335,8 @@ class Pacer:
             self.probe = (now, span, ticks)
             self.lone = False
         self.last_span = span
+        if self.first_permit is None and not self.sends:
+            self.first_permit = now
         self.sends.append(now)
 
     def accepted(self) -> bool:
@@ -348,6 +355,27 @@ class Pacer:
             self.hi = max(tested, self.lo)
             return True
         return False
+
+    def contacted(self, at: float) -> None:
+        """A connection to the receiver began at ``at``: kept if it precedes the run's first
+        message (and no earlier run's acceptances count)."""
+        if self.contact is None and not self.sends:
+            self.contact = at
+
+    def window_starts(self) -> list[float]:
+        """Where the window a refusal ended may have begun, earliest first: its first
+        accepted message, and for the run's first window the moment the connection it went
+        on began, where that was in the second before. A receiver may count a client's
+        window from its first message or from its connection (Postfix's anvil counts every
+        rate of a client from its first connection)."""
+        start = self.window_start()
+        if start is None:
+            return []
+        contact = self.contact
+        if contact is not None and start == self.first_permit:
+            if math.floor(start) - math.floor(contact) == 1:
+                return [contact, start]
+        return [start]
 
     def window_start(self) -> float | None:
         """When the window a refusal ended began (its first accepted message), once the burst

@@ -380,6 +380,11 @@ class Lane:
             return pause
         return max(self._token_wait(now)[0], self.pacer.wait(now, self.state.learned_rate))
 
+    def contacted(self, at: float) -> None:
+        """A connection that will carry this lane's messages began at ``at`` (the run's
+        first counts: `Pacer.window_starts`)."""
+        self.pacer.contacted(at)
+
     def admit(self, now: float) -> float:
         """0.0 and a permit taken: send one message now. Otherwise the seconds to wait
         (until a token, or the end of a pause; inf while disabled) and nothing taken."""
@@ -579,16 +584,26 @@ class Lane:
         # A pause that ends in the pacer's lone probe needs no jitter (one message).
         level, probe = probe_pause(s, now, self.aimd, self.rng, jitter=self.pacer.burst is None)
         wait = probe if pause is None else pause
-        start = self.pacer.window_start()
-        if pause is None and start is not None:
-            # A receiver counts its window from the window's first message, not from the
-            # refusal that ended it, and many count whole seconds (Postfix's anvil): each
-            # probe of the episode goes just after a second turns, as many seconds after
-            # the second the window began in as the episode's pauses add up to (2, 6, 14 s
-            # ...). Counted from each refusal instead, the probes drift later by the burst's
-            # length and the replies' delays, and miss the second the window opens in.
-            opens = math.floor(start) + probe_offset(level, self.aimd) + self.aimd.tick_margin
-            if now < opens < now + wait:
+        starts = self.pacer.window_starts()
+        if pause is None and starts:
+            # A receiver counts its window from where it began, not from the refusal that
+            # ended it, and many count whole seconds (Postfix's anvil): each probe of the
+            # episode goes just after a second turns, as many seconds after the second the
+            # window began in as the episode's pauses add up to (2, 6, 14 s ...). Counted
+            # from each refusal instead, the probes drift later by the burst's length and
+            # the replies' delays, and miss the second the window opens in. Where the
+            # window may have begun in either of two seconds, each is tried in turn.
+            margin = self.aimd.tick_margin
+            opens = min(
+                (
+                    t
+                    for start in starts
+                    for reached in range(1, level + 1)
+                    if (t := math.floor(start) + probe_offset(reached, self.aimd) + margin) > now
+                ),
+                default=None,
+            )
+            if opens is not None and opens < now + wait:
                 wait = opens - now
         self._progress_after = now + wait
         if level > 1 and s.learned_at is not None and not self.meter.accepted_since(s.learned_at):
