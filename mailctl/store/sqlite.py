@@ -107,15 +107,20 @@ class SqliteStore(_AddressTables, _QueueTables, _WarmupGrants):
                 f"{self.path}: schema version {current} is newer than this mailctl knows "
                 f"({len(MIGRATIONS)}); upgrade mailctl"
             )
-        if current == 0 and fresh.VERSION == len(MIGRATIONS) and self._empty():
+        if current == 0 and fresh.VERSION == len(MIGRATIONS):
             try:
                 with self.transaction():
-                    for statement in fresh.STATEMENTS:
-                        self.conn.execute(statement)
-                    self.conn.execute(f"PRAGMA user_version = {fresh.VERSION}")
+                    # Asked under the write lock: another process may have made it meanwhile.
+                    created = self._empty()
+                    if created:
+                        for statement in fresh.STATEMENTS:
+                            self.conn.execute(statement)
+                        self.conn.execute(f"PRAGMA user_version = {fresh.VERSION}")
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"{self.path}: creating the schema failed: {exc}") from None
-            return
+            if created:
+                return
+            current = self.schema_version
         for version in range(current, len(MIGRATIONS)):
             try:
                 with self.transaction():
