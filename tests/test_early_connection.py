@@ -62,7 +62,6 @@ def test_a_first_send_connects_while_the_csv_imports_and_a_run_with_nothing_due_
         assert receiver.count(r"lost connection") == 0
 
         # Everything is sent: the next run (cron's) has nothing due and opens no connection.
-        during_import.clear()
         monkeypatch.setattr(campaigns, "import_csv_if_changed", real_import)
         assert send(ws) == 0
         time.sleep(0.3)
@@ -94,7 +93,8 @@ def test_an_early_socket_nobody_takes_or_taken_too_late_is_closed_with_quit(
         stale.discard()  # taken already: nothing more to do
         assert wait_for(lambda: quits(receiver) == 2)
 
-        # Discarded while it still connects: the thread closes it once connected.
+        # Discarded at once, most likely while it still connects (the thread then closes it
+        # once connected).
         pending = EarlyConnection(target)
         pending.discard()
         assert wait_for(lambda: quits(receiver) == 3)
@@ -120,11 +120,13 @@ def test_an_early_socket_nobody_takes_or_taken_too_late_is_closed_with_quit(
         assert receiver.count(r"lost connection") == 0
 
 
-def gate(ws: Path, store: SqliteStore, *, now: float | None = None) -> EarlyConnection | None:
+def gate(ws: Path, store: SqliteStore) -> EarlyConnection | None:
+    """What `connect_early` makes of the workspace now (a connection it opens is dropped:
+    the relay's port is closed)."""
     campaign = load_campaign(ws / "c.yaml")
     profile = load_profiles(ws / "profiles.yaml").get(campaign.profile)
     pool = profile.pool_for(campaign.traffic_class, campaign.pool)
-    found = connect_early(store, campaign, profile, pool, time.time() if now is None else now)
+    found = connect_early(store, campaign, profile, pool, time.time())
     if found is not None:
         found.discard()
     return found
@@ -184,7 +186,7 @@ def _suspended_lane(ws: Path, store: SqliteStore) -> None:
 
 
 def _probe_pause(ws: Path, store: SqliteStore) -> None:
-    _lane(ws, store, provider="relay 127.0.0.1:1", connect_until=time.time() + 60)
+    _lane(ws, store, provider="relay 127.0.0.1:25", connect_until=time.time() + 60)
 
 
 @pytest.mark.parametrize(
@@ -202,7 +204,7 @@ def _probe_pause(ws: Path, store: SqliteStore) -> None:
     ids=lambda f: f.__name__.strip("_"),
 )
 def test_no_early_connection_unless_the_run_is_sure_to_use_it(tmp_path: Path, setup: Any) -> None:
-    ws = postfix_workspace(tmp_path, 1, 5)
+    ws = postfix_workspace(tmp_path, free_port(), 5)
     with SqliteStore.open(ws / "m.db") as store:
         assert isinstance(gate(ws, store), EarlyConnection)  # a first send over the relay
         setup(ws, store)
