@@ -52,7 +52,9 @@ _LAST_LINE = re.compile(rb"(?:^|\n)\d{3}(?: [^\n]*)?\r?\n")
 
 @dataclass(frozen=True)
 class Target:
-    """Where an early connection goes: what the dispatcher's destination must match."""
+    """Where an early connection goes: what the dispatcher's destination must match. Not a
+    `Destination` (`relay_destination`): that reads the AUTH password from the environment,
+    which stays the dispatcher's to ask for, and to report missing, when it connects."""
 
     host: str
     port: int

@@ -372,9 +372,12 @@ class Pacer:
         if start is None:
             return []
         contact = self.contact
-        if contact is not None and start == self.first_permit:
-            if math.floor(start) - math.floor(contact) == 1:
-                return [contact, start]
+        if (
+            contact is not None
+            and start == self.first_permit
+            and math.floor(start) - math.floor(contact) == 1
+        ):
+            return [contact, start]
         return [start]
 
     def window_start(self) -> float | None:
